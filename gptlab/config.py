@@ -1,0 +1,521 @@
+"""The one config system: a tree of dataclasses, named presets, TOML files, CLI overrides.
+
+Every leaf has a default and a one-line help (the `help` metadata). Leaf names are
+unique across the tree, so a flat `--key value` reaches exactly one field. Users
+arrive speaking two vocabularies (minimal-GPT style and Languini style); each
+alias maps onto exactly one canonical key and is listed in `--help`.
+
+Order of application: dataclass defaults -> preset -> TOML file -> CLI overrides.
+The resolved config is saved as JSON (never pickle) and a run can be rebuilt from
+that JSON alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from gptlab.errors import UserError
+
+
+def _f(default, help: str, aliases: tuple[str, ...] = (), choices: tuple | None = None):
+    return field(default=default, metadata={"help": help, "aliases": aliases, "choices": choices})
+
+
+@dataclass
+class ModelConfig:
+    n_layer: int = _f(12, "transformer blocks", ("n_layers",))
+    n_head: int = _f(12, "attention heads per block", ("n_heads",))
+    n_embd: int = _f(768, "residual stream width", ("h_dim",))
+    head_dim: int = _f(0, "width of one attention head; 0 = n_embd / n_head")
+    mlp_dim: int = _f(0, "hidden width of the MLP; 0 = 4 * n_embd", ("ff_dim",))
+    block_size: int = _f(1024, "context length in tokens (training sequence length)", ("seq_len",))
+    vocab_size: int = _f(0, "tokenizer vocabulary; 0 = read from the dataset's meta.json")
+    pad_vocab_multiple: int = _f(64, "pad the embedding/logit rows up to a multiple of this, for speed")
+    bias: bool = _f(True, "biases in Linear and LayerNorm layers (GPT-2: true)")
+    dropout: float = _f(0.0, "dropout on embeddings, attention and residual branches")
+    tie_embeddings: bool = _f(True, "share the token embedding with the output layer")
+    embed_scale: bool = _f(False, "multiply token embeddings by sqrt(n_embd) (Languini)")
+    qkv: str = _f("fused", "attention input projection: one fused QKV matrix or separate Q/K/V", choices=("fused", "separate"))
+    gelu: str = _f("tanh", "GELU form: exact erf or the tanh approximation GPT-2 used", choices=("exact", "tanh"))
+    scaled_init: str = _f("all", "which residual output projections get std 0.02/sqrt(2L): attention+MLP or MLP only", choices=("all", "mlp", "none"))
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _f("shakespeare_char", "prepared dataset name (folder under data_root) or a path", ("data",))
+    data_root: str = _f("data", "folder that holds prepared datasets")
+    sampler: str = _f("random", "training batches: random windows, or Languini document streams", choices=("random", "stream"))
+    train_split: str = _f("train", "split used for training")
+    val_split: str = _f("val", "split used for in-training evaluation (falls back to 'test')")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = _f("adamw", "adamw (decoupled decay on >=2-D weights) or adam (no decay)", choices=("adamw", "adam"))
+    learning_rate: float = _f(6e-4, "peak learning rate", ("max_lr", "lr"))
+    min_lr: float = _f(6e-5, "learning rate at the end of the decay")
+    weight_decay: float = _f(0.1, "AdamW weight decay on matrices and embeddings")
+    beta1: float = _f(0.9, "Adam beta1")
+    beta2: float = _f(0.95, "Adam beta2")
+    eps: float = _f(1e-8, "Adam epsilon")
+    grad_clip: float = _f(1.0, "clip the global gradient norm at this value; 0 = off", ("grad_clip_norm",))
+    schedule: str = _f("cosine", "cosine: linear warmup then cosine to min_lr; languini: cosine times a linear ramp; constant", choices=("cosine", "languini", "constant"))
+    decay_lr: bool = _f(True, "false = constant learning rate (same as schedule=constant)")
+    warmup_iters: int = _f(2000, "steps of linear warmup (languini ramp length)", ("warmup_steps",))
+    lr_decay_iters: int = _f(600000, "step at which the cosine reaches min_lr", ("decay_steps",))
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = _f(12, "micro-batch per rank (sequences); 0 = derived from train_batch_size")
+    train_batch_size: int = _f(0, "global batch per optimiser step = world * batch_size * accumulation; 0 = derived")
+    gradient_accumulation_steps: int = _f(1, "micro-batches per optimiser step on each rank")
+    max_iters: int = _f(5000, "optimiser steps to train", ("max_train_steps", "max_steps"))
+    compute_class: str = _f("", "Languini compute class like '6h': sets max_iters and decay from tokens_per_second")
+    tokens_per_second: float = _f(0.0, "reference throughput of this config (Languini); turns tokens into accelerator-hours")
+    eval_interval: int = _f(250, "evaluate every N steps (and at the end); 0 = only at the end", ("eval_every",))
+    eval_iters: int = _f(20, "held-out batches per in-training evaluation", ("max_eval_steps",))
+    eval_batch_size: int = _f(0, "sequences per eval batch; 0 = batch_size")
+    eval_only: bool = _f(False, "evaluate once and exit (baselines)")
+    last_n: int = _f(0, "score only the last N targets of each eval window (0 = all); must divide block_size")
+    checkpoint_interval: int = _f(0, "also write a checkpoint every N steps; 0 = at evaluations only", ("log_ckpt_every",))
+    always_save_checkpoint: bool = _f(True, "write 'last' at every eval even without improvement")
+    keep_last: int = _f(2, "numbered checkpoints to keep besides best")
+    init_from: str = _f("scratch", "scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | RUN_DIR | checkpoint file")
+    resume: bool = _f(False, "continue the run in out_dir from its newest checkpoint")
+    overwrite: bool = _f(False, "allow training into an existing run folder (renames the old one aside)")
+    seed: int = _f(1337, "base random seed (ranks derive theirs from it)")
+    max_nonfinite: int = _f(5, "stop after this many consecutive non-finite steps")
+
+
+@dataclass
+class LogConfig:
+    out_dir: str = _f("", "run folder; empty = logs/<class or free>/<preset>/<encoded name>")
+    log_root: str = _f("logs", "parent of auto-named run folders")
+    name: str = _f("", "run name; empty = encoded from the hyperparameters")
+    comment: str = _f("", "free text appended to the run name")
+    log_interval: int = _f(10, "print a training line every N steps", ("log_terminal_every",))
+    log_metrics_every: int = _f(10, "write train metrics to metrics.jsonl/TensorBoard every N steps")
+    log_grads_every: int = _f(0, "weight/grad/update/logit statistics every N steps; 0 = off")
+    tensorboard: bool = _f(True, "write TensorBoard events (if tensorboard is installed)")
+    wandb_log: bool = _f(False, "log to Weights & Biases (optional dependency)")
+    wandb_project: str = _f("gptlab", "W&B project")
+    progress: str = _f("auto", "progress bar: auto (on a terminal), on, off", choices=("auto", "on", "off"))
+
+
+@dataclass
+class SystemConfig:
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N | mps")
+    dtype: str = _f("auto", "auto (bf16 where supported, else fp32) | bfloat16 | float16 | float32", ("precision",))
+    compile: str = _f("none", "torch.compile mode: none | default | reduce-overhead | max-autotune",
+                      choices=("none", "default", "reduce-overhead", "max-autotune"))
+    parallel: str = _f("ddp", "multi-process strategy under torchrun: ddp or fsdp (FSDP2)", choices=("ddp", "fsdp"))
+    deterministic: bool = _f(False, "deterministic algorithms (bit-exact resume on CPU)")
+    num_threads: int = _f(0, "CPU threads for torch; 0 = torch's default")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
+    preset: str = "custom"
+
+    # --- flat access --------------------------------------------------------------
+    def get(self, key: str) -> Any:
+        section, name = KEY_INDEX[canonical_key(key)]
+        return getattr(getattr(self, section), name)
+
+    def set(self, key: str, value: Any) -> None:
+        section, name = KEY_INDEX[canonical_key(key)]
+        setattr(getattr(self, section), name, coerce(canonical_key(key), value))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        cfg = cls()
+        for section, values in d.items():
+            if section == "preset":
+                cfg.preset = str(values)
+                continue
+            if section not in SECTIONS or not isinstance(values, dict):
+                raise UserError(f"config: unknown section {section!r}; sections are {', '.join(SECTIONS)}")
+            for k, v in values.items():
+                if k not in SECTION_KEYS[section]:
+                    raise UserError(unknown_key_message(k))
+                cfg.set(k, v)
+        return cfg
+
+    # --- derived values -------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        m = self.model
+        return m.head_dim or m.n_embd // m.n_head
+
+    @property
+    def mlp_dim(self) -> int:
+        return self.model.mlp_dim or 4 * self.model.n_embd
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
+    "train": TrainConfig, "log": LogConfig, "system": SystemConfig,
+}
+KEY_INDEX: dict[str, tuple[str, str]] = {}
+SECTION_KEYS: dict[str, set[str]] = {s: set() for s in SECTIONS}
+ALIASES: dict[str, str] = {}
+FIELD_INFO: dict[str, dataclasses.Field] = {}
+for _section, _cls in SECTIONS.items():
+    for _fld in fields(_cls):
+        assert _fld.name not in KEY_INDEX, f"duplicate config key {_fld.name}"
+        KEY_INDEX[_fld.name] = (_section, _fld.name)
+        SECTION_KEYS[_section].add(_fld.name)
+        FIELD_INFO[_fld.name] = _fld
+        for _alias in _fld.metadata["aliases"]:
+            assert _alias not in ALIASES, f"duplicate alias {_alias}"
+            ALIASES[_alias] = _fld.name
+for _section, _keys in list(SECTION_KEYS.items()):
+    SECTION_KEYS[_section] |= {a for a, c in ALIASES.items() if c in _keys}
+
+ALL_KEYS = sorted(set(KEY_INDEX) | set(ALIASES))
+
+
+def canonical_key(key: str) -> str:
+    key = key.replace("-", "_")
+    if key in KEY_INDEX:
+        return key
+    if key in ALIASES:
+        return ALIASES[key]
+    raise UserError(unknown_key_message(key))
+
+
+def unknown_key_message(key: str) -> str:
+    close = difflib.get_close_matches(key, ALL_KEYS, n=1, cutoff=0.5)
+    hint = f"did you mean --{close[0]}?" if close else "see `gptlab train --help` for the list"
+    return f"unknown config key {key!r}: {hint}"
+
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f"}
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Turn a CLI string / TOML / JSON value into the field's type, or raise UserError."""
+    fld = FIELD_INFO[key]
+    typ = fld.type if isinstance(fld.type, type) else {"int": int, "float": float, "bool": bool, "str": str}[fld.type]
+    if key == "compile":  # Languini passes None / default / ...; minimal-GPT passes True / False
+        v = str(value).strip().lower()
+        value = {"none": "none", "false": "none", "0": "none", "off": "none", "true": "default", "1": "default"}.get(v, v)
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                out = value
+            elif str(value).strip().lower() in _TRUE:
+                out = True
+            elif str(value).strip().lower() in _FALSE:
+                out = False
+            else:
+                raise ValueError
+        elif typ is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError
+                out = int(value)
+            else:
+                s = str(value).strip().replace("_", "")
+                try:
+                    out = int(s)
+                except ValueError:
+                    f = float(s)  # accept 1e4 for a step count
+                    if not f.is_integer():
+                        raise
+                    out = int(f)
+        elif typ is float:
+            if isinstance(value, bool):
+                raise ValueError
+            out = float(value)
+            if math.isnan(out):
+                raise ValueError
+        else:
+            out = "" if value is None else str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"--{key}: expected {typ.__name__}, got {value!r}") from None
+    choices = fld.metadata["choices"]
+    if choices and out not in choices:
+        raise UserError(f"--{key}: {out!r} is not one of {', '.join(map(str, choices))}")
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Presets: plain dicts of overrides over the defaults above.
+# --------------------------------------------------------------------------------------
+_GPT2_COMMON = dict(bias=True, tie_embeddings=True, gelu="tanh", dropout=0.0, block_size=1024,
+                    dataset="openwebtext", batch_size=12, gradient_accumulation_steps=40,
+                    max_iters=600000, lr_decay_iters=600000, warmup_iters=2000,
+                    learning_rate=6e-4, min_lr=6e-5, eval_interval=1000, eval_iters=200)
+
+
+def _languini(n_layer, n_embd, mlp_dim, n_head, head_dim):
+    return dict(
+        n_layer=n_layer, n_embd=n_embd, mlp_dim=mlp_dim, n_head=n_head, head_dim=head_dim,
+        block_size=512, vocab_size=16384, bias=True, dropout=0.0, tie_embeddings=False,
+        embed_scale=True, qkv="separate", gelu="tanh", scaled_init="mlp",
+        dataset="books16384", sampler="stream", val_split="test",
+        optimizer="adam", weight_decay=0.0, beta1=0.9, beta2=0.95, eps=1e-8,
+        learning_rate=6e-4, min_lr=6e-6, schedule="languini", warmup_iters=200,
+        lr_decay_iters=18265, max_iters=18265, grad_clip=0.0, dtype="float16",
+        train_batch_size=128, batch_size=0, gradient_accumulation_steps=4,
+        eval_interval=500, eval_iters=100, eval_batch_size=16, log_interval=100,
+        compile="default", seed=0, last_n=128,
+    )
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(_GPT2_COMMON, n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": dict(_GPT2_COMMON, n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(_GPT2_COMMON, n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(_GPT2_COMMON, n_layer=48, n_head=25, n_embd=1600),
+    # The well-known character-level recipe (a GPU run of a few minutes).
+    "shakespeare_char": dict(
+        n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=True,
+        dataset="shakespeare_char", batch_size=64, gradient_accumulation_steps=1,
+        learning_rate=1e-3, min_lr=1e-4, max_iters=5000, lr_decay_iters=5000, warmup_iters=100,
+        beta2=0.99, eval_interval=250, eval_iters=200, log_interval=10, always_save_checkpoint=False,
+    ),
+    # The CPU recipe: trains to val loss < 2.0 on tiny Shakespeare in a few CPU minutes.
+    "baby": dict(
+        n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=True,
+        dataset="shakespeare_char", batch_size=12, gradient_accumulation_steps=1,
+        learning_rate=1e-3, min_lr=1e-4, max_iters=2000, lr_decay_iters=2000, warmup_iters=100,
+        beta2=0.99, eval_interval=250, eval_iters=20, log_interval=50, device="cpu", dtype="float32",
+    ),
+    # One-layer GPT-2 on the synthetic 0/1 data (entropy bound H(1/3) = 0.6365 nats/word).
+    "zero_one": dict(
+        n_layer=1, n_head=12, n_embd=768, block_size=512, dropout=0.0, bias=True,
+        dataset="zero_one", batch_size=64, gradient_accumulation_steps=1,
+        learning_rate=6e-4, min_lr=6e-5, max_iters=300, lr_decay_iters=300, warmup_iters=20,
+        eval_interval=50, eval_iters=20, log_interval=10,
+    ),
+    # Languini Kitchen GPT baselines: layers / h_dim / mlp_dim / heads / head_dim.
+    "mini": _languini(4, 512, 2048, 8, 32),
+    "tiny": _languini(4, 768, 3072, 12, 64),
+    "small": _languini(12, 768, 3072, 12, 64),
+    "medium": _languini(24, 1024, 4096, 16, 64),
+    "large": _languini(24, 1536, 6144, 16, 96),
+    "XL": _languini(24, 2048, 8192, 24, 128),
+}
+# Evaluation-only recipes for OpenAI's released weights (the well-known baselines).
+for _hf in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
+    PRESETS["eval_" + _hf.replace("-", "_")] = dict(
+        PRESETS[_hf], init_from=_hf, eval_only=True, batch_size=8, eval_iters=500, gradient_accumulation_steps=1)
+PRESETS["finetune_shakespeare"] = dict(
+    PRESETS["gpt2"], init_from="gpt2", dataset="shakespeare", batch_size=1, gradient_accumulation_steps=32,
+    max_iters=20, learning_rate=3e-5, decay_lr=False, eval_interval=5, eval_iters=40,
+    always_save_checkpoint=False, dropout=0.0)
+
+
+def resolve_preset_name(name: str) -> str:
+    if name in PRESETS:
+        return name
+    lower = {k.lower(): k for k in PRESETS}
+    if name.lower() in lower:  # "xl" works for "XL"
+        return lower[name.lower()]
+    close = difflib.get_close_matches(name, list(PRESETS), n=1, cutoff=0.4)
+    hint = f"did you mean {close[0]!r}?" if close else f"presets: {', '.join(PRESETS)}"
+    raise UserError(f"unknown preset {name!r}: {hint}")
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML config: flat keys and/or [section] tables, plus an optional `preset = "..."`."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {str(p)!r} not found")
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {str(p)!r} is not valid TOML ({str(e).splitlines()[0]}): fix its syntax") from None
+    flat: dict[str, Any] = {}
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            if k not in SECTIONS:
+                raise UserError(f"{p}: unknown section [{k}]; sections are {', '.join(SECTIONS)}")
+            for kk, vv in v.items():
+                flat[kk] = vv
+        else:
+            flat[k] = v
+    return flat
+
+
+def parse_overrides(argv: list[str]) -> dict[str, str]:
+    """`--key=value` or `--key value` pairs; a bare `--flag` means true."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise UserError(f"unexpected argument {arg!r}: overrides look like --key=value or --key value")
+        body = arg[2:]
+        if "=" in body:
+            key, value = body.split("=", 1)
+            i += 1
+        elif i + 1 < len(argv) and not (argv[i + 1].startswith("--") and len(argv[i + 1]) > 2
+                                         and not _is_number(argv[i + 1])):
+            key, value = body, argv[i + 1]
+            i += 2
+        else:
+            key, value = body, "true"
+            i += 1
+        out[canonical_key(key)] = value
+    return out
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def build_config(preset: str | None = None, toml_path: str | None = None,
+                 overrides: dict[str, Any] | None = None) -> Config:
+    """defaults -> preset -> TOML -> overrides; then validate."""
+    cfg = Config()
+    layers: list[dict[str, Any]] = []
+    if toml_path:
+        file_values = load_toml(toml_path)
+        preset = preset or file_values.pop("preset", None)
+        file_values.pop("preset", None)
+    else:
+        file_values = {}
+    if preset:
+        preset = resolve_preset_name(preset)
+        cfg.preset = preset
+        layers.append(PRESETS[preset])
+    layers.append(file_values)
+    layers.append(overrides or {})
+    for layer in layers:
+        keys = {canonical_key(k) for k in layer}
+        # Two ways to say the batch size: the one a layer names wins over the other.
+        if "batch_size" in keys and "train_batch_size" not in keys:
+            cfg.train.train_batch_size = 0
+        if "train_batch_size" in keys and "batch_size" not in keys:
+            cfg.train.batch_size = 0
+        for k, v in layer.items():
+            cfg.set(k, v)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Impossible values are user errors, found before anything is built or written."""
+    m, o, t = cfg.model, cfg.optim, cfg.train
+    positive = {"n_layer": m.n_layer, "n_head": m.n_head, "n_embd": m.n_embd, "block_size": m.block_size,
+                "max_iters": t.max_iters, "gradient_accumulation_steps": t.gradient_accumulation_steps,
+                "pad_vocab_multiple": m.pad_vocab_multiple}
+    for k, v in positive.items():
+        if v <= 0:
+            raise UserError(f"--{k} must be positive, got {v}")
+    if t.batch_size <= 0 and t.train_batch_size <= 0:
+        raise UserError("set --batch_size (per-rank micro batch) or --train_batch_size (global batch) to a positive number")
+    if t.batch_size < 0 or t.train_batch_size < 0:
+        raise UserError("batch sizes must not be negative")
+    if o.learning_rate <= 0:
+        raise UserError(f"--learning_rate must be > 0, got {o.learning_rate}")
+    if o.min_lr < 0 or o.min_lr > o.learning_rate:
+        raise UserError(f"--min_lr must be in [0, learning_rate={o.learning_rate}], got {o.min_lr}")
+    if not 0 <= m.dropout < 1:
+        raise UserError(f"--dropout must be in [0, 1), got {m.dropout}")
+    if not (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1):
+        raise UserError("--beta1 and --beta2 must be in [0, 1)")
+    if o.grad_clip < 0 or o.weight_decay < 0:
+        raise UserError("--grad_clip and --weight_decay must not be negative")
+    if m.head_dim == 0 and m.n_embd % m.n_head:
+        raise UserError(f"--n_embd {m.n_embd} is not divisible by --n_head {m.n_head}: change one, or set --head_dim")
+    if t.last_n < 0 or (t.last_n and m.block_size % t.last_n):
+        raise UserError(f"--last_n {t.last_n} must divide --block_size/--seq_len {m.block_size}")
+    if t.eval_interval < 0 or t.eval_iters < 0:
+        raise UserError("--eval_interval and --eval_iters must not be negative")
+    if t.tokens_per_second < 0:
+        raise UserError("--tokens_per_second must not be negative")
+    if t.compute_class and not t.tokens_per_second:
+        raise UserError("--compute_class needs --tokens_per_second (the config's reference throughput)")
+    if t.compute_class:
+        parse_hours(t.compute_class)
+
+
+def parse_hours(compute_class: str) -> float:
+    s = compute_class.strip().lower().removesuffix("h")
+    try:
+        h = float(s)
+    except ValueError:
+        raise UserError(f"--compute_class {compute_class!r}: expected hours like '6h' or '12h'") from None
+    if h <= 0:
+        raise UserError(f"--compute_class {compute_class!r} must be positive")
+    return h
+
+
+def resolve_batch(cfg: Config, world_size: int) -> tuple[int, int]:
+    """(micro_batch_per_rank, global_batch). train_batch_size is global (Languini);
+    batch_size is the per-rank micro batch (minimal-GPT)."""
+    t = cfg.train
+    accum = t.gradient_accumulation_steps
+    if t.train_batch_size > 0:
+        if t.train_batch_size % (world_size * accum):
+            raise UserError(
+                f"--train_batch_size {t.train_batch_size} is not divisible by world_size {world_size} x "
+                f"gradient_accumulation_steps {accum}: pick a multiple of {world_size * accum}")
+        micro = t.train_batch_size // (world_size * accum)
+        if t.batch_size and t.batch_size != micro:
+            raise UserError(f"--batch_size {t.batch_size} disagrees with --train_batch_size {t.train_batch_size} "
+                            f"/ {world_size} ranks / {accum} accumulation = {micro}: set only one")
+        return micro, t.train_batch_size
+    return t.batch_size, t.batch_size * accum * world_size
+
+
+def help_text() -> str:
+    """Every key with its default, aliases and meaning, grouped by section."""
+    lines = ["config keys (--key=value or --key value; aliases in brackets):"]
+    for section, cls in SECTIONS.items():
+        lines.append(f"\n[{section}]")
+        for fld in fields(cls):
+            al = fld.metadata["aliases"]
+            alias = f" [{', '.join(al)}]" if al else ""
+            ch = fld.metadata["choices"]
+            choice = f" {{{'|'.join(ch)}}}" if ch else ""
+            lines.append(f"  --{fld.name}{alias} = {fld.default!r}{choice}\n      {fld.metadata['help']}")
+    lines.append("\npresets: " + ", ".join(PRESETS))
+    return "\n".join(lines)
+
+
+def load_run_config(path: str | Path) -> Config:
+    """Rebuild a Config from a run's config.json (or the run folder)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    if not p.is_file():
+        raise UserError(f"no config.json at {str(p)!r}: pass a run folder written by `gptlab train`")
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{p} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}): the run's config is damaged") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{p} does not hold a config object")
+    return Config.from_dict(d)

@@ -1,0 +1,230 @@
+"""The GPT model: GPT-2 architecture and its Languini variant as options of one class.
+
+No I/O, no distributed code, no logging here: the model takes token ids and returns
+logits and a loss. Parameter names follow Hugging Face's GPT-2 (transformer.wte,
+transformer.h.N.attn.c_attn, ...) so weights convert by transposition alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gptlab.config import ModelConfig
+
+
+def padded_vocab(vocab_size: int, multiple: int) -> int:
+    """Embedding rows rounded up: matmuls with a multiple-of-64 dimension run faster."""
+    return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
+@dataclass
+class GPTShape:
+    """Everything the model needs, with the derived sizes filled in."""
+
+    n_layer: int
+    n_head: int
+    n_embd: int
+    head_dim: int
+    mlp_dim: int
+    block_size: int
+    vocab_size: int
+    padded_vocab: int
+    bias: bool = True
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    embed_scale: bool = False
+    qkv: str = "fused"
+    gelu: str = "tanh"
+    scaled_init: str = "all"
+
+    @classmethod
+    def from_config(cls, m: ModelConfig, vocab_size: int | None = None) -> "GPTShape":
+        v = vocab_size or m.vocab_size
+        if not v:
+            raise ValueError("vocab_size unknown: set it in the config or read it from the dataset")
+        return cls(
+            n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
+            head_dim=m.head_dim or m.n_embd // m.n_head, mlp_dim=m.mlp_dim or 4 * m.n_embd,
+            block_size=m.block_size, vocab_size=v, padded_vocab=padded_vocab(v, m.pad_vocab_multiple),
+            bias=m.bias, dropout=m.dropout, tie_embeddings=m.tie_embeddings, embed_scale=m.embed_scale,
+            qkv=m.qkv, gelu=m.gelu, scaled_init=m.scaled_init,
+        )
+
+
+class KVCache:
+    """Keys and values of every layer for generation, preallocated to max_len."""
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, head_dim: int, max_len: int,
+                 device, dtype):
+        shape = (batch, n_head, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.pos = 0  # tokens already stored
+        self.max_len = max_len
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, s: GPTShape):
+        super().__init__()
+        self.n_head, self.head_dim = s.n_head, s.head_dim
+        inner = s.n_head * s.head_dim  # may differ from n_embd (Languini mini, XL)
+        self.fused = s.qkv == "fused"
+        if self.fused:
+            self.c_attn = nn.Linear(s.n_embd, 3 * inner, bias=s.bias)
+        else:
+            self.q_proj = nn.Linear(s.n_embd, inner, bias=s.bias)
+            self.k_proj = nn.Linear(s.n_embd, inner, bias=s.bias)
+            self.v_proj = nn.Linear(s.n_embd, inner, bias=s.bias)
+        self.c_proj = nn.Linear(inner, s.n_embd, bias=s.bias)
+        self.dropout = s.dropout
+        self.resid_drop = nn.Dropout(s.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, _ = x.shape
+        if self.fused:
+            q, k, v = self.c_attn(x).split(self.n_head * self.head_dim, dim=2)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        # (B, T, H*D) -> (B, H, T, D)
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        drop = self.dropout if self.training else 0.0
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
+        else:
+            p = cache.pos
+            cache.k[layer][:, :, p:p + T] = k
+            cache.v[layer][:, :, p:p + T] = v
+            k_all, v_all = cache.k[layer][:, :, :p + T], cache.v[layer][:, :, :p + T]
+            if T == 1:  # one new token sees everything cached: no mask needed
+                y = F.scaled_dot_product_attention(q, k_all, v_all)
+            else:  # query i (absolute position p+i) sees keys 0..p+i
+                mask = torch.ones(T, p + T, dtype=torch.bool, device=x.device).tril(diagonal=p)
+                y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
+        return self.resid_drop(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, s: GPTShape):
+        super().__init__()
+        self.c_fc = nn.Linear(s.n_embd, s.mlp_dim, bias=s.bias)
+        self.act = nn.GELU(approximate="tanh" if s.gelu == "tanh" else "none")
+        self.c_proj = nn.Linear(s.mlp_dim, s.n_embd, bias=s.bias)
+        self.drop = nn.Dropout(s.dropout)
+
+    def forward(self, x):
+        return self.drop(self.c_proj(self.act(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, s: GPTShape):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(s.n_embd, bias=s.bias)
+        self.attn = CausalSelfAttention(s)
+        self.ln_2 = nn.LayerNorm(s.n_embd, bias=s.bias)
+        self.mlp = MLP(s)
+
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, shape: GPTShape):
+        super().__init__()
+        self.shape = s = shape
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(s.padded_vocab, s.n_embd),
+            wpe=nn.Embedding(s.block_size, s.n_embd),
+            drop=nn.Dropout(s.dropout),
+            h=nn.ModuleList([Block(s) for _ in range(s.n_layer)]),
+            ln_f=nn.LayerNorm(s.n_embd, bias=s.bias),
+        ))
+        self.lm_head = nn.Linear(s.n_embd, s.padded_vocab, bias=False)
+        if s.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.embed_multiplier = math.sqrt(s.n_embd) if s.embed_scale else 1.0
+        self.apply(self._init_weights)
+        # GPT-2: residual output projections get std 0.02/sqrt(2L) so the residual stream's
+        # variance does not grow with depth. Languini scales the MLP output only.
+        scaled = {"all": ("attn.c_proj.weight", "mlp.c_proj.weight"), "mlp": ("mlp.c_proj.weight",), "none": ()}[s.scaled_init]
+        for name, p in self.named_parameters():
+            if name.endswith(scaled):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * s.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        """All distinct parameters (a tied matrix counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> logits (B, T, vocab_size) and, given targets (B, T),
+        the mean cross-entropy over targets != -1. Padded vocab rows never appear in
+        the returned logits, so they are never sampled nor counted in the loss."""
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.shape.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.shape.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.transformer.wte(idx)
+        if self.embed_multiplier != 1.0:
+            x = x * self.embed_multiplier
+        x = self.transformer.drop(x + self.transformer.wpe(pos))
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cache, i)
+        x = self.transformer.ln_f(x)
+        if cache is not None:
+            cache.pos += T
+        logits = self.lm_head(x)[..., : self.shape.vocab_size]
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def crop_block_size(self, block_size: int) -> None:
+        """Shorter context for fine-tuning: keep the first block_size position embeddings."""
+        if block_size > self.shape.block_size:
+            raise ValueError(f"cannot grow block_size from {self.shape.block_size} to {block_size}")
+        self.shape.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
+
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        p = next(self.parameters())
+        s = self.shape
+        return KVCache(s.n_layer, batch, s.n_head, s.head_dim, max_len or s.block_size, p.device, p.dtype)
+
+
+def matmul_params(shape: GPTShape) -> int:
+    """N in the 6N FLOPs rule: weights that take part in a matrix multiply.
+
+    Counted from the shape (not the module) so bench/budget can use it without a model:
+    every Linear weight + the output layer; position embeddings and (when untied) input
+    embeddings are table lookups and cost no matmul FLOPs. Biases and norms are ignored
+    as the PaLM-style estimate does.
+    """
+    s = shape
+    inner = s.n_head * s.head_dim
+    per_block = s.n_embd * 3 * inner + inner * s.n_embd + 2 * s.n_embd * s.mlp_dim
+    return s.n_layer * per_block + s.n_embd * s.padded_vocab
+
+
+def flops_per_token(shape: GPTShape, seq_len: int | None = None) -> float:
+    """Training FLOPs per token: 6N + 12*L*H*Q*T (forward + backward, with attention)."""
+    T = seq_len or shape.block_size
+    return 6 * matmul_params(shape) + 12 * shape.n_layer * shape.n_head * shape.head_dim * T
