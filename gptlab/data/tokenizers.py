@@ -444,6 +444,9 @@ def train_sentencepiece(
                     yield line
 
     model_prefix = Path(model_prefix)
+    # Sentence sampling is random; a fixed seed makes the same corpus give the same model.
+    if hasattr(spm, "set_random_generator_seed"):
+        spm.set_random_generator_seed(seed)
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=lines(),
@@ -470,7 +473,6 @@ def train_sentencepiece(
             max_sentence_length=16384,
             hard_vocab_limit=False,
             minloglevel=2,
-            random_seed=seed,
         )
     except RuntimeError as e:
         raise UserError(f"SentencePiece training failed ({str(e).splitlines()[0]}): use more text or a smaller --vocab_size") from None
