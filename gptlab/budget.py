@@ -1,0 +1,129 @@
+"""Compute classes: a fixed number of accelerator-hours turned into a step count.
+
+Under the Languini protocol a method is compared at a fixed compute budget, not at a
+fixed number of steps. The budget is N hours on the reference accelerator; the
+config's *reference* throughput (tokens per second, measured once with
+`gptlab throughput`) turns those hours into tokens, and the global batch turns tokens
+into optimiser steps:
+
+    steps = round(hours * 3600 * tokens_per_second / (train_batch_size * seq_len))
+
+The throughput is a property of the config on the reference hardware, not of the
+machine the run happens to use, so a run on other or more GPUs gets the same steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from gptlab.config import Config, parse_hours, resolve_batch
+from gptlab.errors import UserError
+
+SECONDS_PER_HOUR = 3600
+
+
+def _check_positive(**values: float) -> None:
+    for name, v in values.items():
+        if not v > 0:  # also rejects NaN
+            raise UserError(f"--{name} must be positive, got {v}")
+
+
+def token_budget(hours: float, tokens_per_second: float) -> int:
+    """Tokens the reference accelerator processes in `hours` at the config's throughput."""
+    _check_positive(hours=hours, tokens_per_second=tokens_per_second)
+    return round(hours * SECONDS_PER_HOUR * tokens_per_second)
+
+
+def steps_for_budget(hours: float, tokens_per_second: float, train_batch_size: int, seq_len: int) -> int:
+    """Optimiser steps that spend the budget; train_batch_size is the global batch."""
+    _check_positive(hours=hours, tokens_per_second=tokens_per_second,
+                    train_batch_size=train_batch_size, seq_len=seq_len)
+    # Divide the exact product, not the rounded token budget, so only one rounding happens.
+    steps = round(hours * SECONDS_PER_HOUR * tokens_per_second / (train_batch_size * seq_len))
+    if steps < 1:
+        raise UserError(
+            f"a {hours:g}h budget at {tokens_per_second:g} tokens/s is less than one step of "
+            f"{train_batch_size} x {seq_len} tokens: raise --hours or lower the batch")
+    return steps
+
+
+def accel_seconds_per_step(tokens_per_second: float, train_batch_size: int, seq_len: int) -> float:
+    """Theoretical reference-accelerator seconds one optimiser step costs."""
+    _check_positive(tokens_per_second=tokens_per_second, train_batch_size=train_batch_size, seq_len=seq_len)
+    return train_batch_size * seq_len / tokens_per_second
+
+
+def apply_compute_class(cfg: Config, world_size: int = 1) -> None:
+    """If cfg.train.compute_class is set, set max_iters and lr_decay_iters from it.
+
+    The compute class wins over any step count the config carries: the class *is* the
+    statement of how long to train. With train_batch_size set the global batch does not
+    depend on world_size; it only matters when the batch is given per rank (batch_size).
+    """
+    t = cfg.train
+    if not t.compute_class:
+        return
+    if not t.tokens_per_second > 0:
+        raise UserError("--compute_class needs --tokens_per_second (the config's reference throughput, "
+                        "see `gptlab throughput`)")
+    hours = parse_hours(t.compute_class)
+    _, global_batch = resolve_batch(cfg, world_size)
+    steps = steps_for_budget(hours, t.tokens_per_second, global_batch, cfg.model.block_size)
+    t.max_iters = steps
+    cfg.optim.lr_decay_iters = steps
+
+
+def budget_report(hours: float, tokens_per_second: float, train_batch_size: int, seq_len: int) -> dict:
+    steps = steps_for_budget(hours, tokens_per_second, train_batch_size, seq_len)
+    return {
+        "hours": hours,
+        "accel_seconds": hours * SECONDS_PER_HOUR,
+        "tokens_per_second": tokens_per_second,
+        "train_batch_size": train_batch_size,
+        "seq_len": seq_len,
+        "tokens_per_step": train_batch_size * seq_len,
+        "token_budget": token_budget(hours, tokens_per_second),
+        "steps": steps,
+        # What the steps actually consume; differs from the budget by under half a step.
+        "tokens_trained": steps * train_batch_size * seq_len,
+        "accel_seconds_per_step": accel_seconds_per_step(tokens_per_second, train_batch_size, seq_len),
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gptlab budget",
+        description="Turn a compute class (accelerator-hours on the reference GPU) into a token budget "
+                    "and a step count: steps = round(hours*3600*tokens_per_second / (train_batch_size*seq_len)).",
+        epilog="example: gptlab budget --hours 6h --tokens_per_second 55416 --train_batch_size 128 --seq_len 512",
+    )
+    p.add_argument("--hours", "--compute_class", dest="hours", required=True,
+                   help="compute class in accelerator-hours, e.g. 6 or 6h")
+    p.add_argument("--tokens_per_second", type=float, required=True,
+                   help="the config's reference throughput (from `gptlab throughput`)")
+    p.add_argument("--train_batch_size", type=int, required=True, help="global batch in sequences per optimiser step")
+    p.add_argument("--seq_len", "--block_size", dest="seq_len", type=int, default=512,
+                   help="tokens per sequence (default 512, the Languini setting)")
+    p.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    hours = parse_hours(str(args.hours))
+    r = budget_report(hours, args.tokens_per_second, args.train_batch_size, args.seq_len)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    s = r["steps"]
+    print(f"compute class      {hours:g}h = {r['accel_seconds']:,.0f} accelerator-seconds")
+    print(f"throughput         {r['tokens_per_second']:,g} tokens/s (reference)")
+    print(f"tokens per step    {r['tokens_per_step']:,} = {r['train_batch_size']} sequences x {r['seq_len']} tokens")
+    print(f"token budget       {r['token_budget']:,} tokens")
+    print(f"steps              {s:,}")
+    print(f"tokens trained     {r['tokens_trained']:,} ({s} steps x {r['tokens_per_step']:,})")
+    print(f"accel-s per step   {r['accel_seconds_per_step']:.4f}")
+    print(f"train with         --max_train_steps {s} --decay_steps {s} --tokens_per_second {r['tokens_per_second']:g}")
+    return 0

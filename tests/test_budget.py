@@ -1,0 +1,78 @@
+import json
+
+import pytest
+
+from gptlab.budget import (accel_seconds_per_step, apply_compute_class, main, steps_for_budget,
+                           token_budget)
+from gptlab.config import build_config
+from gptlab.errors import UserError
+
+
+# The step counts the Languini GPT README publishes for its compute classes.
+@pytest.mark.parametrize("hours,tps,bsz,steps", [
+    (6, 55416, 128, 18265),
+    (12, 55416, 128, 36529),
+    (24, 55416, 256, 36529),
+    (48, 16618, 256, 21908),
+    (96, 16618, 256, 43817),
+])
+def test_published_step_counts(hours, tps, bsz, steps):
+    assert steps_for_budget(hours, tps, bsz, 512) == steps
+
+
+def test_token_budget_and_seconds_per_step():
+    assert token_budget(6, 55416) == 6 * 3600 * 55416
+    assert accel_seconds_per_step(55416, 128, 512) == pytest.approx(128 * 512 / 55416)
+
+
+@pytest.mark.parametrize("args", [(0, 55416, 128, 512), (6, 0, 128, 512), (6, 55416, 0, 512),
+                                  (6, 55416, 128, -1), (float("nan"), 1, 1, 1), (1e-9, 1, 128, 512)])
+def test_bad_inputs_are_user_errors(args):
+    with pytest.raises(UserError):
+        steps_for_budget(*args)
+
+
+def test_apply_compute_class_small_6h():
+    cfg = build_config("small", overrides={"compute_class": "6h", "tokens_per_second": 55416})
+    apply_compute_class(cfg)
+    assert cfg.train.max_iters == 18265
+    assert cfg.optim.lr_decay_iters == 18265
+
+
+def test_apply_compute_class_medium_48h_with_languini_flags():
+    cfg = build_config("medium", overrides={"compute_class": "48", "tokens_per_second": 16618,
+                                            "train_batch_size": 256, "gradient_accumulation_steps": 32})
+    apply_compute_class(cfg, world_size=4)  # global batch, so the world size changes nothing
+    assert (cfg.train.max_iters, cfg.optim.lr_decay_iters) == (21908, 21908)
+
+
+def test_apply_compute_class_without_class_changes_nothing():
+    cfg = build_config("small", overrides={"max_train_steps": 123, "decay_steps": 77})
+    apply_compute_class(cfg)
+    assert (cfg.train.max_iters, cfg.optim.lr_decay_iters) == (123, 77)
+
+
+def test_apply_compute_class_needs_throughput():
+    cfg = build_config("small")
+    cfg.train.compute_class = "6h"  # set after validation, as a caller might
+    with pytest.raises(UserError, match="tokens_per_second"):
+        apply_compute_class(cfg)
+
+
+def test_cli_prints_budget(capsys):
+    assert main(["--hours", "6h", "--tokens_per_second", "55416", "--train_batch_size", "128",
+                 "--seq_len", "512"]) == 0
+    out = capsys.readouterr().out
+    assert "18,265" in out and "1,196,985,600" in out and "--max_train_steps 18265" in out
+
+
+def test_cli_json(capsys):
+    main(["--hours", "96", "--tokens_per_second", "16618", "--train_batch_size", "256", "--json"])
+    r = json.loads(capsys.readouterr().out)
+    assert r["steps"] == 43817 and r["seq_len"] == 512
+    assert r["accel_seconds_per_step"] == pytest.approx(256 * 512 / 16618)
+
+
+def test_cli_bad_hours():
+    with pytest.raises(UserError, match="compute_class"):
+        main(["--hours", "six", "--tokens_per_second", "1", "--train_batch_size", "1"])

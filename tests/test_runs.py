@@ -1,0 +1,98 @@
+import pytest
+
+from gptlab.config import build_config
+from gptlab.errors import UserError
+from gptlab.runs import prepare_run_dir, run_dir, run_name
+
+SMALL_6H = ("GPT_books16384_bsz128_micro32_sl512_coslr0.0006to6e-06_h768_ff3072_nH12_dH64_nl12_"
+            "clip0.0_decay18k_gpus1_defaultCompile_fp16_seed0")
+
+
+def test_name_of_the_languini_small_recipe():
+    cfg = build_config("small")
+    assert run_name(cfg, 1) == SMALL_6H
+
+
+def test_name_tracks_world_size_micro_batch_comment_and_decay():
+    cfg = build_config("medium", overrides={"train_batch_size": 256, "gradient_accumulation_steps": 8,
+                                            "decay_steps": 43817, "comment": "my idea/v2", "compile": "None",
+                                            "precision": "bfloat16", "seed": 3})
+    name = run_name(cfg, 4)
+    assert "_bsz256_micro8_" in name  # 256 global / 4 ranks / 8 accumulation
+    assert "_h1024_ff4096_nH16_dH64_nl24_" in name
+    assert "_decay43k_gpus4_noCompile_bf16_seed3_my-idea-v2" in name
+    assert name.endswith("_my-idea-v2") and "/" not in name
+
+
+def test_small_decay_counts_stay_exact_and_constant_lr():
+    cfg = build_config("mini", overrides={"decay_steps": 40, "decay_lr": False, "dataset": "/tmp/x/openbooks/"})
+    name = run_name(cfg, 1)
+    assert name.startswith("GPT_openbooks_")
+    assert "_constlr0.0006_" in name and "_decay40_" in name
+
+
+def test_run_dir_layout(tmp_path):
+    cfg = build_config("small", overrides={"compute_class": "6h", "tokens_per_second": 55416,
+                                           "log_root": str(tmp_path)})
+    assert run_dir(cfg, 1) == tmp_path / "6h" / "small" / SMALL_6H
+    cfg.train.compute_class = ""
+    assert run_dir(cfg, 1) == tmp_path / "free" / "small" / SMALL_6H
+    cfg.log.name = "short"
+    assert run_dir(cfg, 1) == tmp_path / "free" / "small" / "short"
+    cfg.log.out_dir = str(tmp_path / "elsewhere")
+    assert run_dir(cfg, 1) == tmp_path / "elsewhere"
+
+
+def test_new_folder_is_created(tmp_path):
+    p = prepare_run_dir(tmp_path / "a" / "b")
+    assert p.is_dir()
+    assert prepare_run_dir(p) == p  # empty folder: nothing to lose
+
+
+def _filled(tmp_path):
+    p = tmp_path / "run"
+    (p / "checkpoints").mkdir(parents=True)
+    (p / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')
+    return p
+
+
+def test_existing_folder_refused_without_flags(tmp_path):
+    p = _filled(tmp_path)
+    with pytest.raises(UserError, match="--resume.*--overwrite"):
+        prepare_run_dir(p)
+    assert (p / "metrics.jsonl").read_text() == '{"kind": "train", "step": 1}\n'
+
+
+def test_resume_keeps_contents(tmp_path):
+    p = _filled(tmp_path)
+    assert prepare_run_dir(p, resume=True) == p
+    assert (p / "metrics.jsonl").exists()
+
+
+def test_resume_of_nothing_is_an_error(tmp_path):
+    with pytest.raises(UserError, match="nothing to continue"):
+        prepare_run_dir(tmp_path / "missing", resume=True)
+
+
+def test_overwrite_moves_aside_never_deletes(tmp_path):
+    p = _filled(tmp_path)
+    prepare_run_dir(p, overwrite=True)
+    assert p.is_dir() and not any(p.iterdir())
+    aside = [q for q in tmp_path.iterdir() if q.name.startswith("run.old-")]
+    assert len(aside) == 1
+    assert (aside[0] / "metrics.jsonl").read_text() == '{"kind": "train", "step": 1}\n'
+    # a second overwrite in the same second must not clash with the first
+    (p / "x").write_text("second")
+    prepare_run_dir(p, overwrite=True)
+    aside = sorted(q.name for q in tmp_path.iterdir() if q.name.startswith("run.old-"))
+    assert len(aside) == 2
+
+
+def test_contradictions_and_files(tmp_path):
+    with pytest.raises(UserError):
+        prepare_run_dir(tmp_path / "r", resume=True, overwrite=True)
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        prepare_run_dir(f, overwrite=True)
+    assert f.read_text() == "x"
