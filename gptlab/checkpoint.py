@@ -1,0 +1,226 @@
+"""One checkpoint format, written so that a kill at any moment loses nothing but time.
+
+A checkpoint is a dict of tensors and plain Python containers (model, optimiser,
+scaler, step, RNG states, sampler state, config) that torch.load(weights_only=True)
+accepts - no pickle of arbitrary objects is ever read back.
+
+On disk, in <run>/checkpoints/:
+    ckpt_00001000.pt          numbered checkpoints, the last `keep_last` kept
+    ckpt_00001000.pt.sha256   checksum written after the file is complete
+    model.pt                  the newest checkpoint (hard link; the Languini path)
+    best.pt                   the one with the lowest validation loss
+    latest                    text: file name of the newest complete checkpoint
+
+Writes go to a temporary file that is flushed, fsynced and renamed into place, so a
+reader sees either the old file or the complete new one. A checkpoint whose bytes do
+not match its .sha256 is reported and skipped in favour of the newest valid one.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from gptlab.errors import UserError
+
+CKPT_RE = re.compile(r"^ckpt_(\d{8})\.pt$")
+FORMAT = "gptlab-ckpt-1"
+
+
+class _HashingWriter(io.RawIOBase):
+    """File wrapper that hashes bytes as they are written (no second read of a big file)."""
+
+    def __init__(self, f):
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        n = self.f.write(b)
+        self.h.update(memoryview(b)[:n] if n is not None else b)
+        self.n += len(b) if n is None else n
+        return n
+
+    def flush(self):
+        self.f.flush()
+
+
+def _open_for_write(path: Path):
+    """Indirection so tests can inject a failing writer (full disk)."""
+    return open(path, "wb")
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Any], None]) -> str:
+    """write(fileobj) into path atomically; returns the sha256 of the bytes written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with _open_for_write(tmp) as raw:
+            hw = _HashingWriter(raw)
+            write(hw)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        return hw.h.hexdigest()
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"disk full while writing {path}: the previous checkpoint is intact; "
+                            "free space and rerun with --resume") from None
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Point dst at src's bytes: a hard link costs no space; replace atomically."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    sidecar = src.with_name(src.name + ".sha256")
+    if sidecar.exists():
+        atomic_write_text(dst.with_name(dst.name + ".sha256"), sidecar.read_text())
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(run_dir: Path, state: dict, step: int, keep_last: int = 2, is_best: bool = False) -> Path:
+    """Write ckpt_<step>.pt atomically, then its checksum, then the pointers; prune old ones
+    only after the new one is complete."""
+    d = checkpoint_dir(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"ckpt_{step:08d}.pt"
+    state = dict(state, format=FORMAT, step=step)
+    digest = atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write_text(path.with_name(path.name + ".sha256"), digest + "\n")
+    _link_or_copy(path, d / "model.pt")
+    if is_best:
+        _link_or_copy(path, d / "best.pt")
+    atomic_write_text(d / "latest", path.name + "\n")
+    for old in list_checkpoints(run_dir)[max(1, keep_last):]:
+        old.unlink(missing_ok=True)
+        old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+    return path
+
+
+def mark_best(run_dir: Path, path: Path) -> None:
+    _link_or_copy(Path(path), checkpoint_dir(run_dir) / "best.pt")
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Numbered checkpoints, newest first."""
+    d = checkpoint_dir(run_dir)
+    if not d.is_dir():
+        return []
+    found = [p for p in d.iterdir() if CKPT_RE.match(p.name)]
+    return sorted(found, key=lambda p: int(CKPT_RE.match(p.name).group(1)), reverse=True)
+
+
+def verify(path: Path) -> str | None:
+    """None if the file matches its checksum, else what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    sidecar = path.with_name(path.name + ".sha256")
+    if not sidecar.is_file():
+        return "no checksum (the write never finished)"
+    want = sidecar.read_text().strip()
+    if sha256_file(path) != want:
+        return "checksum mismatch (truncated or corrupted)"
+    return None
+
+
+def load_checkpoint(path: Path, map_location="cpu", check: bool = True) -> dict:
+    """Load one checkpoint safely: checksum (when present), weights_only, format check."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {str(path)!r} not found")
+    if check and path.with_name(path.name + ".sha256").is_file():
+        problem = verify(path)
+        if problem:
+            raise UserError(f"checkpoint {path} is damaged: {problem}; use an older one or retrain")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a damaged or foreign file
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load checkpoint {path}: not a valid gptlab/PyTorch checkpoint ({first})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"{path} is not a gptlab checkpoint (no 'model' entry)")
+    return state
+
+
+def load_latest_valid(run_dir: Path, map_location="cpu", warn=print) -> tuple[dict, Path] | None:
+    """Newest checkpoint that passes its checksum and loads; damaged ones are reported and skipped."""
+    for path in list_checkpoints(run_dir):
+        problem = verify(path)
+        if problem is None:
+            try:
+                return load_checkpoint(path, map_location, check=False), path
+            except UserError as e:
+                problem = str(e)
+        warn(f"warning: skipping checkpoint {path.name}: {problem}")
+    return None
+
+
+def find_checkpoint(run_or_file: str | Path, which: str = "best") -> Path:
+    """A checkpoint file from a run folder (best, else newest) or a file path."""
+    p = Path(run_or_file)
+    if p.is_file():
+        return p
+    d = checkpoint_dir(p)
+    if not d.is_dir():
+        raise UserError(f"{str(p)!r} is neither a checkpoint file nor a run folder with checkpoints/")
+    order = ["best.pt", "model.pt"] if which == "best" else ["model.pt", "best.pt"]
+    for name in order:
+        if (d / name).is_file():
+            return d / name
+    latest = list_checkpoints(p)
+    if latest:
+        return latest[0]
+    raise UserError(f"no checkpoint in {d}: train first, or pass a checkpoint file")
+
+
+def load_model_state(run_dir: str | Path, which: str = "best") -> tuple[dict, dict]:
+    """(model state_dict, the rest of the checkpoint) for sampling / export / eval."""
+    state = load_checkpoint(find_checkpoint(run_dir, which))
+    model = state.pop("model")
+    return model, state

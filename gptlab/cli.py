@@ -1,0 +1,144 @@
+"""The `gptlab` command: parse the sub-command and hand over. No logic of its own."""
+
+from __future__ import annotations
+
+import sys
+
+from gptlab.errors import UserError
+
+USAGE = """usage: gptlab COMMAND [ARGS]
+
+commands:
+  prepare NAME [--input PATH] [--tokenizer char|gpt2|sentencepiece] [--out DIR]   text -> token files
+  train [PRESET | CONFIG.toml] [--key=value ...]     train (see `gptlab train --help` for every key)
+  sample --run DIR [--prompt TEXT] [...]             print samples from a run
+  eval --checkpoint_file F [--config_file C] --eval_data_split test --last_n 128
+  model [PRESET] [--key=value ...]                   build the model, run a dummy batch, print its size
+  budget --hours H --tokens_per_second T --train_batch_size B --seq_len S
+  throughput PRESET                                  reference throughput sweep (GPU)
+  bench [PRESET] [...]                               time the training step
+  plot RUN [RUN ...] --out F.png                     compare runs
+  export RUN --to hf OUT/                            Hugging Face GPT-2 folder
+  demo                                               prepare tiny Shakespeare, train on CPU, sample
+"""
+
+
+def _train(argv: list[str]) -> int:
+    from gptlab.config import build_config, help_text, parse_overrides
+
+    if any(a in ("-h", "--help") for a in argv):
+        print("usage: gptlab train [PRESET | CONFIG.toml] [--key=value | --key value ...]\n")
+        print(help_text())
+        return 0
+    preset = toml = None
+    rest = argv
+    if argv and not argv[0].startswith("--"):
+        first, rest = argv[0], argv[1:]
+        if first.endswith(".toml"):
+            toml = first
+        else:
+            preset = first
+    cfg = build_config(preset, toml, parse_overrides(rest))
+    from gptlab.train import train
+
+    train(cfg, argv)
+    return 0
+
+
+def _model(argv: list[str]) -> int:
+    import torch
+
+    from gptlab.config import build_config, parse_overrides
+    from gptlab.model import GPT, GPTShape, flops_per_token
+
+    preset = argv[0] if argv and not argv[0].startswith("--") else "gpt2"
+    overrides = parse_overrides(argv[1:] if argv and not argv[0].startswith("--") else argv)
+    cfg = build_config(preset, None, overrides)
+    vocab = cfg.model.vocab_size or 50257
+    shape = GPTShape.from_config(cfg.model, vocab)
+    model = GPT(shape)
+    T = min(shape.block_size, 64)
+    x = torch.randint(0, vocab, (2, T))
+    with torch.no_grad():
+        logits, loss = model(x, x)
+    print(f"preset {cfg.preset}: {shape.n_layer} layers, {shape.n_head} heads x {shape.head_dim}, width {shape.n_embd}, "
+          f"mlp {shape.mlp_dim}, block {shape.block_size}, vocab {vocab} (padded {shape.padded_vocab})")
+    print(f"parameters: {model.num_params():,}")
+    print(f"FLOPs per token (6N + 12*L*H*Q*T, T={shape.block_size}): {flops_per_token(shape):,.0f}")
+    print(f"dummy batch {tuple(x.shape)} -> logits {tuple(logits.shape)}, loss {loss.item():.4f} "
+          f"(ln vocab = {torch.log(torch.tensor(float(vocab))).item():.4f})")
+    return 0
+
+
+def _demo(argv: list[str]) -> int:
+    """The README's main job: tiny Shakespeare, character model on CPU, a sample."""
+    from pathlib import Path
+
+    from gptlab.config import build_config, parse_overrides
+    from gptlab.data.prepare import prepare
+    from gptlab.train import train
+    from gptlab import sample
+
+    overrides = {"out_dir": "out/demo", "overwrite": "true"}
+    overrides.update(parse_overrides(argv))
+    data_dir = Path("data") / "shakespeare_char"
+    if not (data_dir / "meta.json").is_file():
+        prepare("shakespeare_char", out=data_dir)
+    cfg = build_config("baby", None, overrides)
+    summary = train(cfg, ["baby"] + argv)
+    val = (summary.get("eval") or {}).get("val", {})
+    if val:
+        print(f"final val loss {val['loss']:.4f}")
+    return sample.main(["--run", summary["run_dir"], "--num_samples", "1", "--max_new_tokens", "500", "--prompt", "\n"])
+
+
+def _lazy(module: str, fn: str = "main"):
+    def run(argv):
+        import importlib
+
+        return getattr(importlib.import_module(module), fn)(argv)
+    return run
+
+
+COMMANDS = {
+    "prepare": _lazy("gptlab.data.prepare"),
+    "train": _train,
+    "sample": _lazy("gptlab.sample"),
+    "eval": _lazy("gptlab.evaluate"),
+    "model": _model,
+    "budget": _lazy("gptlab.budget"),
+    "throughput": _lazy("gptlab.bench", "throughput_main"),
+    "bench": _lazy("gptlab.bench"),
+    "plot": _lazy("gptlab.plot"),
+    "export": _lazy("gptlab.hf", "main_export"),
+    "demo": _demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(cmd, list(COMMANDS), n=1)
+        hint = f"did you mean `gptlab {close[0]}`?" if close else "run `gptlab --help`"
+        print(f"error: unknown command {cmd!r}: {hint}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[cmd](rest) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a deliberate stop (divergence) prints its message without a traceback
+        code = getattr(e, "exit_code", None)
+        if code is None:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return code

@@ -1,0 +1,600 @@
+"""GPT-2 weights in and out: Hugging Face folders, the HF cache, and `gptlab export --to hf`.
+
+Import: OpenAI's GPT-2 (or any GPT2LMHeadModel folder) becomes a gptlab GPT whose logits
+match transformers' within float error. Export: a gptlab GPT that GPT-2's architecture can
+express becomes a folder that `GPT2LMHeadModel.from_pretrained` loads with the same logits.
+
+Our parameter names already follow HF's GPT-2, so conversion is: strip or add the
+`transformer.` prefix, transpose the Conv1D weights (HF stores them (in, out), our Linear
+is (out, in)), drop the causal-mask buffers, and pad or trim the vocabulary rows.
+Pickled .bin files are read only through torch.load(weights_only=True).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptlab.config import Config, ModelConfig
+from gptlab.errors import UserError
+from gptlab.model import GPT, GPTShape, padded_vocab
+
+# Short names users type, and the hub repositories that hold them today. The hub moved
+# the OpenAI models under openai-community/; caches filled before the move use the old id.
+PRETRAINED = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+}
+# HF's Conv1D stores weights (in, out); these are the ones to transpose.
+CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# The causal mask (and the -1e4 fill value) that older transformers saved as buffers.
+_MASK_BUFFER = re.compile(r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$")
+# Both spell the tanh approximation of GELU that GPT-2 was trained with.
+TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
+_LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which gptlab's blocks use
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+# Files an export writes; with overwrite=True these are removed first so a stale file
+# from an earlier export (say a tokenizer of another vocabulary) cannot survive.
+_EXPORT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json", "generation_config.json", "vocab.json", "merges.txt",
+                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+ENDOFTEXT = "<|endoftext|>"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+# --------------------------------------------------------------------------------------
+# Finding a GPT-2 folder: local path -> HF cache (offline) -> download
+# --------------------------------------------------------------------------------------
+
+def _has_weights(d: Path) -> bool:
+    return (d / "config.json").is_file() and any((d / f).is_file() for f in WEIGHT_FILES)
+
+
+def hf_cache_dir(cache_dir: str | Path | None = None) -> Path:
+    """The huggingface_hub cache: the argument, else what huggingface_hub would use."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    try:  # honours HF_HUB_CACHE / HF_HOME / XDG_CACHE_HOME exactly as the library does
+        from huggingface_hub import constants
+
+        return Path(constants.HF_HUB_CACHE)
+    except Exception:  # not installed: the same environment variables by hand
+        for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+            if os.environ.get(var):
+                return Path(os.environ[var]).expanduser()
+        if os.environ.get("HF_HOME"):
+            return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        return (Path(xdg) if xdg else Path.home() / ".cache") / "huggingface" / "hub"
+
+
+def _repo_ids(name: str) -> list[str]:
+    if name in PRETRAINED:
+        return [PRETRAINED[name], name]
+    if name.startswith("openai-community/") and name.split("/", 1)[1] in PRETRAINED:
+        return [name, name.split("/", 1)[1]]
+    return [name]
+
+
+def find_in_cache(name: str, cache_dir: str | Path | None = None) -> Path | None:
+    """A complete snapshot of `name` in the HF hub cache, found without any network.
+
+    The cache layout is models--{owner}--{name}/snapshots/{commit}/ with refs/main naming
+    the commit last fetched; that one wins, else the newest complete snapshot.
+    """
+    root = hf_cache_dir(cache_dir)
+    for repo in _repo_ids(name):
+        base = root / ("models--" + repo.replace("/", "--"))
+        snaps = base / "snapshots"
+        if not snaps.is_dir():
+            continue
+        ref = base / "refs" / "main"
+        if ref.is_file():
+            d = snaps / ref.read_text().strip()
+            if _has_weights(d):
+                return d
+        done = [d for d in snaps.iterdir() if d.is_dir() and _has_weights(d)]
+        if done:
+            return max(done, key=lambda d: d.stat().st_mtime)
+    return None
+
+
+def _download(name: str, cache_dir: str | Path | None) -> Path | None:
+    """Fetch config + weights through huggingface_hub; None when that is impossible."""
+    if os.environ.get("GPTLAB_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return None
+    # safetensors first: it is smaller to parse and needs no unpickling at all.
+    for patterns in (["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"],
+                     ["config.json", "pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"]):
+        try:
+            d = Path(snapshot_download(repo_id=_repo_ids(name)[0], allow_patterns=patterns,
+                                       cache_dir=str(cache_dir) if cache_dir else None))
+        except Exception:  # no network, unknown repo, proxy: all mean "not obtainable here"
+            return None
+        if _has_weights(d):
+            return d
+    return None
+
+
+def resolve_pretrained(name_or_path: str, cache_dir: str | Path | None = None) -> Path:
+    """The folder holding config.json + weights for a GPT-2 name or a local path."""
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise UserError(f"{p} has no config.json: pass a Hugging Face model folder (config.json + model.safetensors)")
+        if not _has_weights(p):
+            raise UserError(f"{p} has a config.json but no model.safetensors or pytorch_model.bin: copy the weights there")
+        return p
+    # Anything else must look like a hub id ("owner/name"); a mistyped local path must not
+    # turn into a network request.
+    if name_or_path not in PRETRAINED and not _HUB_ID.fullmatch(name_or_path):
+        raise UserError(f"{name_or_path!r} is neither a folder nor one of {', '.join(PRETRAINED)}: "
+                        "give a Hugging Face model folder (config.json + model.safetensors) or a GPT-2 name")
+    d = find_in_cache(name_or_path, cache_dir) or _download(name_or_path, cache_dir)
+    if d is None:
+        repo = _repo_ids(name_or_path)[0]
+        raise UserError(
+            f"{name_or_path} is not in the Hugging Face cache ({hf_cache_dir(cache_dir)}) and could not be downloaded: "
+            f"on a machine with network run `huggingface-cli download {repo} config.json model.safetensors` "
+            f"(pip install huggingface_hub), or pass a local folder holding config.json + model.safetensors")
+    return d
+
+
+# --------------------------------------------------------------------------------------
+# Reading weights
+# --------------------------------------------------------------------------------------
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise UserError(f"reading {path.name} needs the safetensors package: pip install safetensors") from None
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for damaged headers
+        raise UserError(f"{path} is not a readable safetensors file ({e}): re-download or re-export it") from None
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    # weights_only: a checkpoint is data; full unpickling would run whatever code it names.
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{path} holds more than tensors and will not be unpickled ({str(e).splitlines()[0]}): "
+                        "convert it to model.safetensors with a trusted tool") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise UserError(f"{path} is not a readable PyTorch weights file ({e}): re-download it") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"{path} does not hold a flat dict of tensors: pass a Hugging Face GPT-2 weights file")
+    return sd
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a HF folder: model.safetensors preferred, sharded indexes followed."""
+    folder = Path(folder)
+    for single, index, loader in (("model.safetensors", "model.safetensors.index.json", _load_safetensors),
+                                  ("pytorch_model.bin", "pytorch_model.bin.index.json", _load_bin)):
+        if (folder / single).is_file():
+            return loader(folder / single)
+        if (folder / index).is_file():
+            try:
+                shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
+                raise UserError(f"{folder / index} is not a valid shard index: re-download the model") from None
+            sd: dict[str, torch.Tensor] = {}
+            for s in shards:
+                if not (folder / s).is_file():
+                    raise UserError(f"{folder} lacks shard {s} listed in {index}: re-download the model")
+                sd.update(loader(folder / s))
+            return sd
+    raise UserError(f"{folder} has no model.safetensors or pytorch_model.bin: copy the weights there")
+
+
+def overrides_from_hf_config(hf: dict, pad_vocab_multiple: int = 64) -> dict[str, Any]:
+    """ModelConfig values for a GPT-2 config.json; UserError for what gptlab cannot express."""
+    src = "config.json"
+    mt = hf.get("model_type", "gpt2")
+    if mt != "gpt2":
+        raise UserError(f"{src}: model_type {mt!r} is not GPT-2: only GPT2LMHeadModel checkpoints can be imported")
+    try:
+        n_layer, n_head, n_embd = int(hf["n_layer"]), int(hf["n_head"]), int(hf["n_embd"])
+        n_pos, vocab = int(hf.get("n_positions", hf.get("n_ctx"))), int(hf["vocab_size"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{src}: missing or bad GPT-2 field {e}: it must give n_layer, n_head, n_embd, n_positions, vocab_size") from None
+    act = hf.get("activation_function", "gelu_new")
+    if act not in TANH_GELUS:
+        raise UserError(f"{src}: activation_function {act!r} is not supported: gptlab imports GPT-2 with the tanh GELU "
+                        f"({' or '.join(TANH_GELUS)}); this checkpoint needs another architecture")
+    eps = float(hf.get("layer_norm_epsilon", _LN_EPS))
+    if abs(eps - _LN_EPS) > 1e-12:
+        raise UserError(f"{src}: layer_norm_epsilon {eps} differs from the 1e-05 gptlab's LayerNorm uses: cannot import exactly")
+    for key, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False), ("add_cross_attention", False)):
+        if bool(hf.get(key, ok)) != ok:
+            raise UserError(f"{src}: {key}={hf[key]} is a GPT-2 variant gptlab's attention does not implement")
+    if n_embd % n_head:
+        raise UserError(f"{src}: n_embd {n_embd} is not divisible by n_head {n_head}: not a valid GPT-2 config")
+    n_inner = hf.get("n_inner")
+    return dict(
+        n_layer=n_layer, n_head=n_head, n_embd=n_embd, head_dim=0,
+        mlp_dim=0 if n_inner in (None, 4 * n_embd) else int(n_inner),
+        block_size=n_pos, vocab_size=vocab, pad_vocab_multiple=pad_vocab_multiple,
+        bias=True, tie_embeddings=bool(hf.get("tie_word_embeddings", True)), embed_scale=False,
+        qkv="fused", gelu="tanh",
+    )
+
+
+def _shape_from_overrides(ov: dict[str, Any], dropout: float = 0.0) -> GPTShape:
+    m = ModelConfig()
+    for k, v in ov.items():
+        setattr(m, k, v)
+    m.dropout = dropout
+    return GPTShape.from_config(m)
+
+
+def convert_hf_state(hf_sd: dict[str, torch.Tensor], shape: GPTShape) -> dict[str, torch.Tensor]:
+    """HF GPT-2 tensors -> a state dict that GPT(shape).load_state_dict accepts (strict)."""
+    src: dict[str, torch.Tensor] = {}
+    for k, v in hf_sd.items():
+        if _MASK_BUFFER.search(k):
+            continue
+        # GPT2LMHeadModel saves "transformer.h.0...", GPT2Model (OpenAI's own upload) "h.0...".
+        k = k.removeprefix("transformer.")
+        src[k if k.startswith("lm_head.") else "transformer." + k] = v
+    with torch.device("meta"):  # shapes and names only: no memory for gpt2-xl twice over
+        expected = GPT(shape).state_dict()
+    out: dict[str, torch.Tensor] = {}
+    V, P = shape.vocab_size, shape.padded_vocab
+    for name, ref in expected.items():
+        if name == "lm_head.weight" and shape.tie_embeddings:
+            continue  # filled below with the very same tensor as wte
+        if name not in src:
+            raise UserError(f"weights lack {name.removeprefix('transformer.')}: the folder is not a complete GPT-2 "
+                            "checkpoint for its config.json")
+        t = src.pop(name).to(torch.float32)
+        if name.endswith(CONV1D_SUFFIXES) and t.dim() == 2:
+            t = t.t()
+        if name in ("transformer.wte.weight", "lm_head.weight"):
+            if t.shape != (V, shape.n_embd):
+                raise UserError(f"{name} has shape {tuple(t.shape)}, config.json implies {(V, shape.n_embd)}: "
+                                "weights and config.json do not belong together")
+            # Padded rows are zero: never produced as logits (forward trims them) and zero
+            # keeps them inert for weight decay and tied gradients.
+            t = torch.cat([t, t.new_zeros(P - V, shape.n_embd)]) if P > V else t
+        if tuple(t.shape) != tuple(ref.shape):
+            raise UserError(f"{name} has shape {tuple(t.shape)} but config.json implies {tuple(ref.shape)}: "
+                            "weights and config.json do not belong together")
+        out[name] = t.contiguous()
+    if shape.tie_embeddings:
+        src.pop("lm_head.weight", None)  # tied: HF ignores a saved copy on load as well
+        out["lm_head.weight"] = out["transformer.wte.weight"]
+    if src:
+        extra = ", ".join(sorted(src)[:4]) + (" ..." if len(src) > 4 else "")
+        raise UserError(f"weights hold tensors a GPT-2 LM does not have ({extra}): not a plain GPT2LMHeadModel checkpoint")
+    return out
+
+
+def load_gpt2_state(name_or_path: str, cache_dir: str | Path | None = None,
+                    pad_vocab_multiple: int = 64) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(ModelConfig overrides, state dict) for a GPT-2 name or HF folder.
+
+    Apply the overrides to cfg.model, build GPT(GPTShape.from_config(cfg.model)) and
+    load_state_dict(state) strictly; the vocabulary rows are already padded to
+    pad_vocab_multiple (pass the config's value).
+    """
+    folder = resolve_pretrained(name_or_path, cache_dir)
+    try:
+        hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{folder / 'config.json'} is not valid JSON: re-download or re-export the model") from None
+    if not isinstance(hf, dict):
+        raise UserError(f"{folder / 'config.json'} does not hold a config object")
+    ov = overrides_from_hf_config(hf, pad_vocab_multiple)
+    state = convert_hf_state(read_weights(folder), _shape_from_overrides(ov))
+    return ov, state
+
+
+def gpt_from_pretrained(name_or_path: str, dropout: float = 0.0, block_size: int | None = None,
+                        cache_dir: str | Path | None = None, pad_vocab_multiple: int = 64) -> GPT:
+    """A GPT with GPT-2's weights; block_size below n_positions crops the position table."""
+    ov, state = load_gpt2_state(name_or_path, cache_dir, pad_vocab_multiple)
+    if block_size is not None and block_size > ov["block_size"]:
+        raise UserError(f"--block_size {block_size} exceeds the {ov['block_size']} positions {name_or_path} was trained "
+                        f"with: use --block_size {ov['block_size']} or less")
+    model = GPT(_shape_from_overrides(ov, dropout))
+    model.load_state_dict(state)
+    if block_size is not None and block_size < ov["block_size"]:
+        model.crop_block_size(block_size)
+    return model
+
+
+def init_from_pretrained(cfg: Config, name_or_path: str | None = None) -> tuple[GPT, list[str]]:
+    """For `--init_from gpt2*|HF_FOLDER`: the model, with cfg.model made to describe it.
+
+    The architecture comes from the checkpoint (the user's n_layer etc. cannot apply to
+    fixed weights); dropout and a shorter block_size are the user's. Returns the model
+    and one line per config value that changed, for the run log.
+    """
+    name = name_or_path or cfg.train.init_from
+    m = cfg.model
+    ov, state = load_gpt2_state(name, pad_vocab_multiple=m.pad_vocab_multiple)
+    block = min(m.block_size, ov["block_size"])
+    model = GPT(_shape_from_overrides(ov, m.dropout))
+    model.load_state_dict(state)
+    if block < ov["block_size"]:
+        model.crop_block_size(block)
+    notes = []
+    for k, v in dict(ov, block_size=block).items():
+        if getattr(m, k) != v:
+            notes.append(f"{k}: {getattr(m, k)!r} -> {v!r} (from {name})")
+            setattr(m, k, v)
+    return model, notes
+
+
+# --------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------
+
+def check_gpt2_expressible(s: GPTShape) -> None:
+    """UserError naming the first option GPT2LMHeadModel cannot represent."""
+    problems = []
+    if not s.tie_embeddings:
+        problems.append("--tie_embeddings false (GPT-2 shares wte with lm_head)")
+    if s.embed_scale:
+        problems.append("--embed_scale true (GPT-2 does not scale token embeddings)")
+    if s.qkv != "fused":
+        problems.append(f"--qkv {s.qkv} (GPT-2 has one fused c_attn)")
+    if s.gelu != "tanh":
+        problems.append(f"--gelu {s.gelu} (GPT-2 uses the tanh GELU)")
+    if not s.bias:
+        problems.append("--bias false (GPT-2 has biases in every Linear and LayerNorm)")
+    if s.n_head * s.head_dim != s.n_embd:
+        problems.append(f"--head_dim {s.head_dim} (GPT-2 needs n_head x head_dim = n_embd = {s.n_embd})")
+    if problems:
+        raise UserError("cannot export as GPT-2: the model uses " + "; ".join(problems) + ". Train with the GPT-2 options to export")
+
+
+def _tokenizer_kind(tokenizer_meta: dict | None) -> tuple[str | None, int | None]:
+    """(kind, eot id) from a tokenizer's to_meta() dict or a whole data meta.json."""
+    if not tokenizer_meta:
+        return None, None
+    tok = tokenizer_meta.get("tokenizer") if isinstance(tokenizer_meta.get("tokenizer"), dict) else tokenizer_meta
+    eot = tokenizer_meta.get("eot_id", tok.get("eot_id"))
+    return tok.get("kind"), eot if isinstance(eot, int) else None
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map used in vocab.json / merges.txt.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 bytes (controls, space,
+    soft hyphen...) are shifted to code points 256.. in byte order, so no token string
+    contains whitespace and the merges file can be split on spaces.
+    """
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out
+
+
+def gpt2_tokenizer_files(ranks: dict[bytes, int]) -> tuple[dict[str, int], str]:
+    """(vocab.json mapping, merges.txt text) rebuilt from tiktoken-style merge ranks.
+
+    Each multi-byte token was created by one merge; which one is recovered by running
+    BPE on the token's bytes with only the merges ranked before it: what remains is the
+    two halves that the token's own merge joins.
+    """
+    b2u = _bytes_to_unicode()
+
+    def uni(b: bytes) -> str:
+        return "".join(b2u[x] for x in b)
+
+    vocab = {uni(tok): r for tok, r in ranks.items()}
+    merges = []
+    for tok, r in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(tok) < 2:
+            continue
+        parts = [bytes([x]) for x in tok]
+        while len(parts) > 2:
+            best, at = None, -1
+            for i in range(len(parts) - 1):
+                pr = ranks.get(parts[i] + parts[i + 1])
+                if pr is not None and pr < r and (best is None or pr < best):
+                    best, at = pr, i
+            if best is None:
+                break
+            parts[at:at + 2] = [parts[at] + parts[at + 1]]
+        if len(parts) != 2:
+            raise ValueError(f"token rank {r} is not reachable by one merge: not a BPE rank table")
+        merges.append(f"{uni(parts[0])} {uni(parts[1])}")
+    return vocab, "#version: 0.2\n" + "\n".join(merges) + "\n"
+
+
+def _write_gpt2_tokenizer(out: Path, vocab_size: int, block_size: int) -> list[str]:
+    """Write vocab.json/merges.txt/tokenizer_config.json; returns notes (why skipped)."""
+    if vocab_size != 50257:
+        return [f"tokenizer files skipped: the model has {vocab_size} tokens, GPT-2 BPE has 50257"]
+    from gptlab.data.tokenizers import GPT2_INSTALL_HINT, find_gpt2_ranks
+
+    try:  # no fetch here: an export should not reach for the network behind the user's back
+        ranks, where = find_gpt2_ranks(allow_fetch=False)
+    except UserError:
+        return [f"tokenizer files skipped: {GPT2_INSTALL_HINT}, then export again"]
+    vocab, merges = gpt2_tokenizer_files(ranks)
+    vocab[ENDOFTEXT] = 50256
+    _atomic_write(out / "vocab.json", json.dumps(vocab, ensure_ascii=False).encode("utf-8"))
+    _atomic_write(out / "merges.txt", merges.encode("utf-8"))
+    tok_cfg = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": block_size, "add_prefix_space": False,
+               "bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT}
+    _atomic_write(out / "tokenizer_config.json", (json.dumps(tok_cfg, indent=2) + "\n").encode())
+    return [f"tokenizer: GPT-2 BPE from {where}"]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def hf_config_dict(s: GPTShape, eot_id: int | None = None, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """GPT2Config fields for a shape (n_positions = block_size, vocab_size = real vocab)."""
+    dt = str(dtype).removeprefix("torch.")
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "activation_function": "gelu_new",
+        "n_layer": s.n_layer, "n_head": s.n_head, "n_embd": s.n_embd,
+        "n_inner": None if s.mlp_dim == 4 * s.n_embd else s.mlp_dim,
+        "n_positions": s.block_size, "n_ctx": s.block_size,  # n_ctx: what old readers look for
+        "vocab_size": s.vocab_size,
+        "layer_norm_epsilon": _LN_EPS, "initializer_range": 0.02,
+        "attn_pdrop": s.dropout, "embd_pdrop": s.dropout, "resid_pdrop": s.dropout,
+        "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": True, "use_cache": True,
+        "bos_token_id": eot_id, "eos_token_id": eot_id,
+        "torch_dtype": dt, "dtype": dt,  # transformers 4.x reads the first, 5.x the second
+    }
+
+
+def export_hf(model: GPT, out_dir: str | Path, tokenizer_meta: dict | None = None,
+              overwrite: bool = False) -> dict[str, Any]:
+    """Write config.json + model.safetensors (+ GPT-2 tokenizer files) for transformers.
+
+    Returns {"dir", "files", "notes"}. Tied lm_head is omitted, as save_pretrained does
+    (safetensors cannot store one tensor under two names; transformers re-ties it).
+    """
+    s = model.shape
+    check_gpt2_expressible(s)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder: pick another export path")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"{out} is not empty: pick a new folder or pass --overwrite")
+        for f in _EXPORT_FILES:
+            (out / f).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise UserError("export needs the safetensors package: pip install safetensors") from None
+
+    kind, eot = _tokenizer_kind(tokenizer_meta)
+    if kind == "gpt2" and eot is None:
+        eot = 50256
+    V = s.vocab_size
+    tensors: dict[str, torch.Tensor] = {}
+    dtype = torch.float32
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue  # tied (check_gpt2_expressible): the same data as wte
+        t = t.detach().to("cpu")
+        dtype = t.dtype if t.is_floating_point() else dtype
+        if name == "transformer.wte.weight":
+            t = t[:V]  # vocab padding is gptlab's speed trick, not part of the model
+        if name.endswith(CONV1D_SUFFIXES):
+            t = t.t()
+        tensors[name] = t.contiguous().clone()  # clone: no views sharing storage in the file
+    _atomic_write_tensors(save_file, tensors, out / "model.safetensors")
+    cfg = hf_config_dict(s, eot if eot is not None and eot < V else None, dtype)
+    _atomic_write(out / "config.json", (json.dumps(cfg, indent=2) + "\n").encode())
+    notes = []
+    if kind == "gpt2":
+        notes += _write_gpt2_tokenizer(out, V, s.block_size)
+    elif kind:
+        notes.append(f"tokenizer files skipped: a {kind!r} tokenizer has no GPT-2 equivalent; "
+                     "keep the data dir's meta.json beside the export to encode text")
+    else:
+        notes.append("tokenizer files skipped: the tokenizer is unknown (no meta.json found)")
+    files = sorted(p.name for p in out.iterdir() if p.is_file())
+    return {"dir": str(out), "files": files, "notes": notes}
+
+
+def _atomic_write_tensors(save_file, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    # format=pt: transformers checks this metadata to know the tensors are PyTorch-laid-out.
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------
+# `gptlab export RUN --to hf OUT/`
+# --------------------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would exit(2) with usage; one line through UserError instead
+        raise UserError(f"export: {message}; usage: gptlab export RUN --to hf OUT/ [--overwrite] [--checkpoint best|last]")
+
+
+def _strip_wrappers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # torch.compile and DDP wrap the model and prefix every key; the weights are the same.
+    out = {}
+    for k, v in sd.items():
+        for p in ("_orig_mod.", "module."):
+            while k.startswith(p):
+                k = k[len(p):]
+        out[k] = v
+    return out
+
+
+def _data_meta(cfg: Config) -> dict | None:
+    d = cfg.data
+    for cand in (Path(d.dataset), Path(d.data_root) / d.dataset):
+        f = cand / "meta.json"
+        if f.is_file():
+            try:
+                meta = json.loads(f.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                return None
+            return meta if isinstance(meta, dict) else None
+    return None
+
+
+def main_export(argv: list[str]) -> int:
+    ap = _Parser(prog="gptlab export", description="Export a trained run for another toolkit.")
+    ap.add_argument("run", help="run folder (holds config.json and checkpoints/)")
+    ap.add_argument("out", help="folder to write (must be empty unless --overwrite)")
+    ap.add_argument("--to", required=True, help="target format: hf (transformers GPT2LMHeadModel)")
+    ap.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint to export")
+    ap.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
+    a = ap.parse_intermixed_args(argv)
+    if a.to != "hf":
+        raise UserError(f"export: --to {a.to!r} is not supported: use --to hf")
+    from gptlab.config import load_run_config
+
+    cfg = load_run_config(a.run)
+    if not cfg.model.vocab_size:
+        raise UserError(f"{a.run}/config.json has no model.vocab_size: the run was never started; train it first")
+    shape = GPTShape.from_config(cfg.model)
+    check_gpt2_expressible(shape)  # before reading a possibly large checkpoint
+    from gptlab.checkpoint import load_model_state
+
+    state, meta = load_model_state(a.run, which=a.checkpoint)
+    model = GPT(shape)
+    try:
+        model.load_state_dict(_strip_wrappers(state))
+    except RuntimeError as e:
+        raise UserError(f"the {a.checkpoint} checkpoint of {a.run} does not match its config.json "
+                        f"({str(e).splitlines()[0]}): the run folder is inconsistent") from None
+    tok = (meta or {}).get("tokenizer") if isinstance(meta, dict) else None
+    tok_meta = {"tokenizer": tok} if isinstance(tok, dict) else _data_meta(cfg)
+    res = export_hf(model, a.out, tok_meta, overwrite=a.overwrite)
+    print(f"exported {a.run} ({a.checkpoint}) to {res['dir']}: {', '.join(res['files'])}")
+    for n in res["notes"]:
+        print("  " + n)
+    return 0

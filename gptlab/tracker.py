@@ -1,0 +1,106 @@
+"""One logger that fans out to the terminal, metrics.jsonl, TensorBoard and (optionally) W&B.
+
+Only rank 0 logs; other ranks get a logger with enabled=False that does nothing.
+metrics.jsonl holds one JSON object per line: {"kind": "train"|"eval"|"grads", "step",
+"tokens", "accel_hours", "time_s", ...metric fields}; it is flushed line by line so a
+killed run keeps everything it logged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path | None, cfg, enabled: bool = True, total_steps: int = 0, start_step: int = 0):
+        self.enabled = enabled and run_dir is not None
+        self.cfg = cfg
+        self.t0 = time.time()
+        self.tb = None
+        self.wandb = None
+        self.bar = None
+        self.jsonl = None
+        if not self.enabled:
+            return
+        run_dir = Path(run_dir)
+        self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        if cfg.log.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            except Exception:  # tensorboard not installed: the jsonl still has everything
+                self.tb = None
+        if cfg.log.wandb_log:
+            try:
+                import wandb
+            except ImportError:
+                from gptlab.errors import UserError
+
+                raise UserError("--wandb_log needs Weights & Biases: pip install wandb (or drop --wandb_log)") from None
+            self.wandb = wandb.init(project=cfg.log.wandb_project, name=run_dir.name, config=cfg.to_dict(),
+                                    dir=str(run_dir))
+        show_bar = cfg.log.progress == "on" or (cfg.log.progress == "auto" and sys.stderr.isatty())
+        if show_bar:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, leave=True)
+            except ImportError:
+                self.bar = None
+
+    def hours(self, tokens: int) -> float | None:
+        tps = self.cfg.train.tokens_per_second
+        return tokens / tps / 3600.0 if tps else None
+
+    def print(self, line: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def advance(self, n: int = 1, **postfix) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+
+    def log(self, kind: str, step: int, tokens: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        rec = {"kind": kind, "step": step, "tokens": tokens, "accel_hours": self.hours(tokens),
+               "time_s": round(time.time() - self.t0, 3)}
+        rec.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()})
+        self.jsonl.write(json.dumps(rec) + "\n")
+        self.jsonl.flush()
+        prefix = values.get("split", kind)
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None and math.isfinite(v):
+                if self.tb is not None:
+                    self.tb.add_scalar(f"{prefix}/{k}", v, step)
+                    if kind == "eval" and k == "loss":
+                        self.tb.add_scalar(f"{prefix}/loss_vs_tokens", v, tokens)
+                        if rec["accel_hours"] is not None:
+                            # TensorBoard steps are integers: accelerator-seconds keep resolution.
+                            self.tb.add_scalar(f"{prefix}/loss_vs_accel_seconds", v, int(rec["accel_hours"] * 3600))
+        if self.wandb is not None:
+            self.wandb.log({f"{prefix}/{k}": v for k, v in values.items() if isinstance(v, (int, float))} |
+                           {"tokens": tokens}, step=step)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        if self.jsonl is not None:
+            self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()

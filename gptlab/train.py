@@ -1,0 +1,519 @@
+"""The training loop: accumulate -> backward -> clip -> step -> schedule -> log -> eval -> checkpoint.
+
+Runs in one process (CPU, CUDA, MPS) or in several under torchrun (DDP / FSDP2). Every
+piece it calls is built from the config tree; this file only wires them together.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gptlab import checkpoint as ck
+from gptlab import distributed as dist_
+from gptlab.config import Config, resolve_batch
+from gptlab.data import tokens as tk
+from gptlab.data.samplers import RandomWindowSampler, StreamBatcher
+from gptlab.errors import UserError
+from gptlab.evaluate import evaluate, format_metrics
+from gptlab.metrics import device_peak_flops, fmt_mfu, mfu, peak_memory_gb
+from gptlab.model import GPT, GPTShape, flops_per_token
+from gptlab.optim import build_optimizer, lr_at
+from gptlab.runtime import autocast_ctx, resolve_data_dir, resolve_dtype, token_byte_lengths
+from gptlab.tracker import RunLogger
+
+
+class RunStopped(Exception):
+    """The run stopped on purpose (divergence); exit code 1, message printed, no traceback."""
+
+    exit_code = 1
+
+
+@dataclass
+class StopFlag:
+    """SIGTERM / SIGINT: the first asks for a clean stop after the current step, the second exits at once."""
+
+    requested: bool = False
+    signum: int = 0
+    previous: dict = field(default_factory=dict)
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. called from a test thread)
+                pass
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            os._exit(128 + signum)
+        self.requested, self.signum = True, signum
+        print(f"\nsignal {signal.Signals(signum).name}: finishing this step and writing a checkpoint "
+              "(send it again to exit at once)", file=sys.stderr, flush=True)
+
+    def restore(self) -> None:
+        for sig, h in self.previous.items():
+            signal.signal(sig, h)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "numpy_seed_state": None}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def load_data(cfg: Config):
+    """(data_dir, meta, train tokens, val tokens or None, val split name)."""
+    data_dir = resolve_data_dir(cfg.data.dataset, cfg.data.data_root)
+    meta = tk.read_meta(data_dir)
+    splits = tk.split_names(data_dir)
+    if cfg.data.train_split not in splits:
+        raise UserError(f"dataset {data_dir} has no split {cfg.data.train_split!r} (has: {', '.join(splits)})")
+    train_tokens = tk.load_split(data_dir, cfg.data.train_split, meta)
+    val_name = cfg.data.val_split if cfg.data.val_split in splits else ("test" if "test" in splits else None)
+    val_tokens = tk.load_split(data_dir, val_name, meta) if val_name else None
+    return data_dir, meta, train_tokens, val_tokens, val_name
+
+
+def check_vocab(cfg: Config, meta: dict) -> int:
+    vocab = int(meta["vocab_size"])
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = vocab
+    elif cfg.model.vocab_size < vocab:
+        raise UserError(f"--vocab_size {cfg.model.vocab_size} is smaller than the dataset's {vocab}: "
+                        "drop --vocab_size (it is read from meta.json) or use matching data")
+    return cfg.model.vocab_size
+
+
+def build_sampler(cfg: Config, data_dir: Path, meta: dict, train_tokens, micro: int, d: dist_.Dist):
+    seq = cfg.model.block_size
+    if len(train_tokens) < seq + 1:
+        raise UserError(f"the train split has {len(train_tokens)} tokens, fewer than seq_len + 1 = {seq + 1}: "
+                        "use a shorter --block_size or more data")
+    if cfg.data.sampler == "stream":
+        offsets = tk.doc_offsets(data_dir, cfg.data.train_split, meta)
+        accum = cfg.train.gradient_accumulation_steps
+        return StreamBatcher(train_tokens, offsets, micro * accum * d.world_size, seq, meta.get("eot_id"),
+                             rank=d.rank, world_size=d.world_size, micro_batches=accum)
+    return RandomWindowSampler(train_tokens, micro, seq, seed=cfg.train.seed, rank=d.rank, world_size=d.world_size)
+
+
+def step_batches(sampler, accum: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The micro-batches of one optimiser step."""
+    if isinstance(sampler, StreamBatcher):
+        return sampler.next()
+    return [sampler.next() for _ in range(accum)]
+
+
+def to_device(batches, device: torch.device):
+    if device.type == "cuda":  # pinned host memory lets the copy overlap with compute
+        return [(x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True))
+                for x, y in batches]
+    return [(x.to(device), y.to(device)) for x, y in batches]
+
+
+def init_model(cfg: Config, vocab: int, log) -> GPT:
+    """scratch, OpenAI GPT-2 weights, or another run's weights (fine-tuning)."""
+    src = cfg.train.init_from
+    if src in ("scratch", "resume", ""):
+        return GPT(GPTShape.from_config(cfg.model, vocab))
+    if src in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl") or (Path(src) / "config.json").is_file() and \
+            not (Path(src) / "checkpoints").is_dir():
+        from gptlab import hf
+
+        model = hf.gpt_from_pretrained(src, dropout=cfg.model.dropout, block_size=cfg.model.block_size)
+        s = model.shape
+        if vocab > s.vocab_size:
+            raise UserError(f"dataset vocab {vocab} is larger than {src}'s {s.vocab_size}: prepare the data with its tokenizer")
+        for k in ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "tie_embeddings", "embed_scale", "qkv", "gelu"):
+            setattr(cfg.model, k, getattr(s, k))
+        cfg.model.head_dim, cfg.model.mlp_dim = s.head_dim, s.mlp_dim
+        log(f"initialised from {src} ({model.num_params():,} parameters)")
+        return model
+    # Another gptlab run (folder) or checkpoint file.
+    path = Path(src)
+    if not path.exists():
+        raise UserError(f"--init_from {src!r}: not scratch/resume/gpt2*, and no such run folder or file")
+    from gptlab.config import load_run_config
+
+    ckpt_path = ck.find_checkpoint(path, "best")
+    run_cfg_path = (path if path.is_dir() else ckpt_path.resolve().parent.parent) / "config.json"
+    src_model = load_run_config(run_cfg_path).model
+    block = cfg.model.block_size
+    dropout = cfg.model.dropout
+    cfg.model = src_model
+    cfg.model.dropout = dropout
+    model = GPT(GPTShape.from_config(cfg.model))
+    state = ck.load_checkpoint(ckpt_path)
+    model.load_state_dict(state["model"])
+    if block < model.shape.block_size:
+        model.crop_block_size(block)
+    cfg.model.block_size = model.shape.block_size
+    log(f"initialised from {ckpt_path} (step {state.get('step')})")
+    return model
+
+
+def resolve_run_dir(cfg: Config, d: dist_.Dist) -> Path:
+    from gptlab.runs import prepare_run_dir, run_dir
+
+    path = run_dir(cfg, d.world_size)
+    resume = cfg.train.resume or cfg.train.init_from == "resume"
+    if d.is_main:
+        if resume:
+            if not ck.list_checkpoints(path):
+                raise UserError(f"--resume: no checkpoint in {path}: start the run without --resume")
+        else:
+            prepare_run_dir(path, resume=False, overwrite=cfg.train.overwrite)
+    dist_.barrier(d)
+    return path
+
+
+def copy_tokenizer_files(meta: dict, data_dir: Path, run_dir: Path) -> None:
+    """The run folder alone must be enough to sample: keep the data's meta and tokenizer model."""
+    ck.atomic_write_text(run_dir / "data_meta.json", json.dumps(meta, indent=2) + "\n")
+    model_file = meta.get("tokenizer", {}).get("model_file")
+    if model_file and (data_dir / model_file).is_file():
+        shutil.copyfile(data_dir / model_file, run_dir / Path(model_file).name)
+
+
+def grad_stats(model: torch.nn.Module, before: dict[str, torch.Tensor] | None, scale: float = 1.0) -> dict:
+    """Mean / max / min / L2 of weights, gradients and the last update, per parameter and global."""
+    out: dict[str, float] = {}
+    g_sq = w_sq = u_sq = 0.0
+    for name, p in model.named_parameters():
+        w = p.detach().float()
+        out[f"w/{name}/mean"], out[f"w/{name}/max"], out[f"w/{name}/min"] = w.mean().item(), w.max().item(), w.min().item()
+        out[f"w/{name}/l2"] = n = w.norm().item()
+        w_sq += n * n
+        if p.grad is not None:
+            g = p.grad.detach().float() / scale
+            out[f"g/{name}/mean"], out[f"g/{name}/max"], out[f"g/{name}/min"] = g.mean().item(), g.max().item(), g.min().item()
+            out[f"g/{name}/l2"] = n = g.norm().item()
+            g_sq += n * n
+        if before is not None and name in before:
+            u = w - before[name]
+            out[f"u/{name}/mean"], out[f"u/{name}/max"], out[f"u/{name}/min"] = u.mean().item(), u.max().item(), u.min().item()
+            out[f"u/{name}/l2"] = n = u.norm().item()
+            u_sq += n * n
+    out.update({"w/global/l2": math.sqrt(w_sq), "g/global/l2": math.sqrt(g_sq), "u/global/l2": math.sqrt(u_sq)})
+    return out
+
+
+def train(cfg: Config, argv: list[str] | None = None) -> dict:
+    """Train as the config says; returns a summary (final losses, steps, run folder)."""
+    d = dist_.init(cfg.system.device)
+    try:
+        return _train(cfg, d, argv or [])
+    finally:
+        dist_.shutdown()
+
+
+def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
+    from gptlab.budget import apply_compute_class
+
+    log = print if d.is_main else (lambda *a, **k: None)
+    if cfg.system.num_threads:
+        torch.set_num_threads(cfg.system.num_threads)
+    if cfg.system.deterministic:
+        torch.use_deterministic_algorithms(True)
+    device = d.device
+    dtype = resolve_dtype(cfg.system.dtype, device)
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("this GPU has no bfloat16: use --dtype float16")
+    ctx = autocast_ctx(device, dtype)
+    cfg.system.dtype = str(dtype).replace("torch.", "")  # the run records what actually ran
+    apply_compute_class(cfg, d.world_size)
+
+    data_dir, meta, train_tokens, val_tokens, val_name = load_data(cfg)
+    vocab = check_vocab(cfg, meta)
+    micro, global_batch = resolve_batch(cfg, d.world_size)
+    accum = cfg.train.gradient_accumulation_steps
+    resume = cfg.train.resume or cfg.train.init_from == "resume"
+
+    # Model (built before the run folder so a bad --init_from writes nothing).
+    set_seed(cfg.train.seed)
+    model = init_model(cfg, vocab, log)
+    tk.check_token_range(train_tokens, model.shape.vocab_size, f"{data_dir}/{cfg.data.train_split}.bin")
+    if val_tokens is not None:
+        tk.check_token_range(val_tokens, model.shape.vocab_size, f"{data_dir}/{val_name}.bin")
+    sampler = build_sampler(cfg, data_dir, meta, train_tokens, micro, d)
+    run_dir = resolve_run_dir(cfg, d)
+
+    # Resume: model, optimiser, scaler, schedule position, RNG and data position.
+    start_step, tokens_seen, best_val, skipped_total = 0, 0, float("inf"), 0
+    state = None
+    if resume:
+        found = ck.load_latest_valid(run_dir, warn=log) if d.is_main or True else None
+        if found is None:
+            raise UserError(f"--resume: no valid checkpoint in {run_dir}/checkpoints (all damaged?)")
+        state, path = found
+        saved_model_cfg = state.get("config", {}).get("model", {})
+        mine = cfg.to_dict()["model"]
+        diff = [k for k in ("n_layer", "n_head", "n_embd", "head_dim", "mlp_dim", "block_size", "vocab_size", "qkv",
+                            "tie_embeddings", "bias") if k in saved_model_cfg and saved_model_cfg[k] != mine[k]]
+        if diff:
+            k = diff[0]
+            raise UserError(f"checkpoint {path} was written with {k}={saved_model_cfg[k]!r} but this config has "
+                            f"{mine[k]!r}: resume with the run's own config ({run_dir}/config.json)")
+        model.load_state_dict(state["model"])
+        start_step, tokens_seen = int(state["step"]), int(state.get("tokens", 0))
+        best_val = float(state.get("best_val_loss", float("inf")))
+        skipped_total = int(state.get("nonfinite_skipped", 0))
+        log(f"resuming from {path} at step {start_step}")
+
+    if d.is_main:
+        ck.atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
+        copy_tokenizer_files(meta, data_dir, run_dir)
+
+    model.to(device)
+    shape = model.shape
+    n_params = model.num_params()
+    fpt = flops_per_token(shape, shape.block_size)
+    peak, dev_name = device_peak_flops(device)
+    optimizer = build_optimizer(model, cfg, device.type)
+    use_scaler = dtype == torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        if use_scaler and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        samplers = state.get("sampler")
+        if isinstance(samplers, list) and len(samplers) == d.world_size:
+            sampler.load_state_dict(samplers[d.rank])
+        elif isinstance(samplers, list) and samplers and isinstance(sampler, StreamBatcher):
+            sampler.load_state_dict(samplers[0])  # stream position is global: any rank's will do
+        else:
+            log("warning: world size changed; random windows restart from a fresh per-rank stream")
+        if state.get("rng") and state.get("world_size", 1) == d.world_size:
+            set_rng_state(state["rng"][d.rank] if isinstance(state["rng"], list) else state["rng"], device)
+
+    raw_model = model
+    model = dist_.wrap_model(model, d, cfg.system.parallel, dtype if dtype != torch.float32 else None)
+    if cfg.system.compile != "none":
+        t_c = time.time()
+        model = torch.compile(model) if cfg.system.compile == "default" else torch.compile(model, mode=cfg.system.compile)
+        log(f"torch.compile mode={cfg.system.compile} (compiles on the first step; set up in {time.time() - t_c:.1f}s)")
+
+    byte_lengths = token_byte_lengths(meta, data_dir) if d.is_main or True else None
+    eval_bs = cfg.train.eval_batch_size or micro
+    last_n = cfg.train.last_n or shape.block_size
+    max_steps = cfg.train.max_iters
+    tokens_per_step = global_batch * shape.block_size
+    logger = RunLogger(run_dir, cfg, enabled=d.is_main, total_steps=max_steps, start_step=start_step)
+    log(f"run: {run_dir}")
+    log(f"model: {n_params:,} parameters, {fpt / 1e9:.3f} GFLOPs/token | device {dev_name} | dtype "
+        f"{str(dtype).replace('torch.', '')} | world {d.world_size} | batch {global_batch} = {d.world_size} ranks x "
+        f"{micro} x {accum} accum | seq {shape.block_size} | {tokens_per_step:,} tokens/step")
+
+    def run_eval(step: int) -> dict:
+        out = {}
+        reduce = (lambda t: dist_.all_reduce_sum(t, d)) if d.enabled else None
+        for split, toks in (("train", train_tokens), (val_name, val_tokens)):
+            if toks is None or cfg.train.eval_iters == 0:
+                continue
+            m = evaluate(model, toks, shape.block_size, eval_bs, device, last_n=last_n,
+                         max_batches=cfg.train.eval_iters, byte_lengths=byte_lengths, autocast=ctx,
+                         rank=d.rank, world_size=d.world_size, reduce=reduce)
+            m["split"] = split
+            logger.log("eval", step, tokens_seen, m)
+            out[split] = m
+        val = out.get(val_name) or out.get("train")
+        if val:
+            line = " | ".join(f"{k} loss {v['loss']:.4f}" for k, v in out.items())
+            extra = f" | {val_name} {format_metrics(val)}" if val_name in out else ""
+            gap = ""
+            if meta.get("name") == "zero_one" or cfg.data.dataset.endswith("zero_one"):
+                gap = f" | gap to entropy bound: {(val['loss'] / ENTROPY_ZERO_ONE - 1) * 100:+.2f}%"
+            logger.print(f"eval step {step}: {line}{extra}{gap}")
+        return out
+
+    if cfg.train.eval_only:
+        res = run_eval(start_step)
+        logger.close()
+        return {"run_dir": str(run_dir), "eval": res}
+
+    def save(step: int, is_best: bool) -> None:
+        sampler_states = [sampler.state_dict()]
+        rngs = [rng_state(device)]
+        if d.enabled:
+            sampler_states = dist_.gather_objects(sampler.state_dict(), d)
+            rngs = dist_.gather_objects(rng_state(device), d)
+        if cfg.system.parallel == "fsdp" and d.enabled:
+            dist_.save_sharded(run_dir, step, raw_model, optimizer, d)
+        if not d.is_main:
+            return
+        model_sd = dist_.full_state_dict(raw_model, d) if cfg.system.parallel == "fsdp" and d.enabled else raw_model.state_dict()
+        st = {"model": model_sd, "optimizer": optimizer.state_dict() if not (cfg.system.parallel == "fsdp" and d.enabled) else {},
+              "scaler": scaler.state_dict() if use_scaler else None, "tokens": tokens_seen,
+              "best_val_loss": best_val, "rng": rngs, "sampler": sampler_states, "config": cfg.to_dict(),
+              "nonfinite_skipped": skipped_total, "world_size": d.world_size}
+        ck.save_checkpoint(run_dir, st, step, keep_last=cfg.train.keep_last, is_best=is_best)
+
+    stop = StopFlag()
+    stop.install()
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused_skip = bool(optimizer.defaults.get("fused")) and not use_scaler
+    consec_bad = torch.zeros((), device=device)
+    total_bad = torch.zeros((), device=device)
+    loss_sum = torch.zeros((), device=device)
+    loss_count = 0
+    t_last = time.time()
+    steps_since = 0
+    data_wait = 0.0
+    last_eval = {}
+    summary = {"run_dir": str(run_dir)}
+    check_every = max(1, min(cfg.train.max_nonfinite, cfg.log.log_interval))
+    log_grads = cfg.log.log_grads_every
+    t_w = time.time()
+    batches = to_device(step_batches(sampler, accum), device)
+    data_wait += time.time() - t_w
+    step = start_step
+    model.train()
+    while step < max_steps:
+        lr = lr_at(step, cfg)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        before = ({n: p.detach().float().clone() for n, p in raw_model.named_parameters()}
+                  if log_grads and (step + 1) % log_grads == 0 and d.is_main else None)
+        step_loss = torch.zeros((), device=device)
+        for i, (x, y) in enumerate(batches):
+            last = i == len(batches) - 1
+            with dist_.grad_sync(model, last), ctx:
+                logits, loss = model(x, y)
+                loss = loss / accum
+            if last:  # fetch the next step's data while the device works on this one
+                t_w = time.time()
+                next_batches = to_device(step_batches(sampler, accum), device)
+                data_wait += time.time() - t_w
+            scaler.scale(loss).backward()
+            step_loss += loss.detach()
+        if use_scaler:
+            scaler.unscale_(optimizer)
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"),
+                                               foreach=True)
+        # Non-finite loss or gradients: skip the update. The fused optimiser skips on device
+        # (found_inf), so no host sync is needed; fp16's GradScaler does the same for overflow.
+        bad = ~torch.isfinite(step_loss) if use_scaler else ~(torch.isfinite(step_loss) & torch.isfinite(gnorm))
+        if fused_skip:
+            optimizer.found_inf = bad.float()
+            optimizer.grad_scale = None
+            optimizer.step()
+        elif use_scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        elif not bool(bad):
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        consec_bad = (consec_bad + bad.float()) * bad.float()
+        total_bad += bad.float()
+        loss_sum += torch.where(bad, torch.zeros_like(step_loss), step_loss)
+        loss_count += 1
+        step += 1
+        steps_since += 1
+        tokens_seen += tokens_per_step
+        batches = next_batches
+        logger.advance(1)
+
+        if step % check_every == 0 or step == max_steps:
+            if d.enabled:
+                consec_host = float(dist_.all_reduce_max(consec_bad, d))
+            else:
+                consec_host = float(consec_bad)
+            if consec_host >= cfg.train.max_nonfinite:
+                logger.close()
+                raise RunStopped(f"stopped at step {step}: {int(consec_host)} steps in a row had a non-finite loss or "
+                                 f"gradient (updates skipped); the last good checkpoint in {run_dir}/checkpoints is "
+                                 "intact: lower --learning_rate or use --dtype bfloat16/float32 and --resume")
+
+        if before is not None:
+            stats = grad_stats(raw_model, before, scaler.get_scale() if use_scaler else 1.0)
+            lf = logits.detach().float()
+            stats.update({"logits/mean": lf.mean().item(), "logits/std": lf.std().item(),
+                          "logits/max": lf.max().item(), "logits/min": lf.min().item()})
+            logger.log("grads", step, tokens_seen, stats)
+
+        if step % cfg.log.log_interval == 0 or step == max_steps or step % cfg.log.log_metrics_every == 0:
+            mean_loss = dist_.all_reduce_mean(loss_sum / max(loss_count, 1), d).item()
+            dt = (time.time() - t_last) / max(steps_since, 1)
+            tps = tokens_per_step / dt
+            m = mfu(fpt, tps / d.world_size, peak)
+            mem = peak_memory_gb(device)
+            skipped_total_now = skipped_total + int(total_bad.item())
+            values = {"loss": mean_loss, "lr": lr, "ms_per_step": dt * 1000, "tokens_per_sec": tps, "mfu": m,
+                      "grad_norm": float(gnorm), "data_wait_share": data_wait / max(dt * steps_since, 1e-9),
+                      "nonfinite_skipped": skipped_total_now}
+            if mem is not None:
+                values["peak_mem_gb"] = mem
+            if step % cfg.log.log_metrics_every == 0 or step == max_steps:
+                logger.log("train", step, tokens_seen, values)
+            if step % cfg.log.log_interval == 0 or step == max_steps:
+                memtxt = f" | mem {mem:.2f} GiB" if mem is not None else ""
+                logger.print(f"step {step}/{max_steps} | loss {mean_loss:.4f} | lr {lr:.2e} | {dt * 1000:.1f} ms/step | "
+                             f"{tps:,.0f} tok/s | MFU {fmt_mfu(m)}{memtxt}")
+                summary["train_loss"] = mean_loss
+                loss_sum.zero_()
+                loss_count = 0
+                t_last, steps_since, data_wait = time.time(), 0, 0.0
+
+        do_eval = (cfg.train.eval_interval and step % cfg.train.eval_interval == 0) or step == max_steps
+        do_ckpt = cfg.train.checkpoint_interval and step % cfg.train.checkpoint_interval == 0
+        if d.enabled and not stop.requested and step % cfg.log.log_interval == 0:
+            stop.requested = bool(dist_.all_reduce_max(torch.tensor(float(stop.requested), device=device), d))
+        if do_eval:
+            last_eval = run_eval(step)
+            val = last_eval.get(val_name) or last_eval.get("train")
+            improved = val is not None and val["loss"] < best_val
+            if improved:
+                best_val = val["loss"]
+            skipped_total += int(total_bad.item())
+            total_bad.zero_()
+            if improved or cfg.train.always_save_checkpoint or step == max_steps:
+                save(step, is_best=improved)
+            t_last, steps_since, data_wait = time.time(), 0, 0.0
+        elif do_ckpt or stop.requested:
+            skipped_total += int(total_bad.item())
+            total_bad.zero_()
+            save(step, is_best=False)
+            t_last, steps_since, data_wait = time.time(), 0, 0.0
+        if stop.requested:
+            if not do_eval:
+                pass  # checkpoint written just above
+            else:
+                save(step, is_best=False) if not (cfg.train.always_save_checkpoint or step == max_steps) else None
+            resume_cmd = "gptlab train " + " ".join(a for a in argv if a not in ("--resume", "--overwrite")) + " --resume"
+            log(f"stopped by {signal.Signals(stop.signum).name} at step {step}; checkpoint written. "
+                f"Resume with: {resume_cmd.strip()}")
+            summary["stopped"] = True
+            break
+    stop.restore()
+    logger.close()
+    summary.update(step=step, best_val_loss=best_val, eval=last_eval, tokens=tokens_seen,
+                   nonfinite_skipped=skipped_total)
+    return summary
+
+
+ENTROPY_ZERO_ONE = -(1 / 3) * math.log(1 / 3) - (2 / 3) * math.log(2 / 3)  # 0.6365 nats per word token
