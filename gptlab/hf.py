@@ -148,8 +148,8 @@ def resolve_pretrained(name_or_path: str, cache_dir: str | Path | None = None) -
         repo = _repo_ids(name_or_path)[0]
         raise UserError(
             f"{name_or_path} is not in the Hugging Face cache ({hf_cache_dir(cache_dir)}) and could not be downloaded: "
-            f"on a machine with network run `huggingface-cli download {repo} config.json model.safetensors` "
-            f"(pip install huggingface_hub), or pass a local folder holding config.json + model.safetensors")
+            f"on a machine with network run `hf download {repo} config.json model.safetensors` "
+            f"(pip install huggingface_hub) and copy the cache here, or pass a local folder holding config.json + model.safetensors")
     return d
 
 

@@ -224,7 +224,7 @@ def test_resolution_cache_and_errors(tmp_path, monkeypatch):
     assert hf.find_in_cache("gpt2-medium", tmp_path / "hub") == legacy
     # Not cached and offline: a UserError saying what to do, no network attempt.
     monkeypatch.setenv("GPTLAB_OFFLINE", "1")
-    with pytest.raises(UserError, match="huggingface-cli download openai-community/gpt2-large"):
+    with pytest.raises(UserError, match="hf download openai-community/gpt2-large"):
         hf.resolve_pretrained("gpt2-large", cache_dir=tmp_path / "hub")
     with pytest.raises(UserError, match="neither a folder"):
         hf.resolve_pretrained(str(tmp_path / "nope"))
