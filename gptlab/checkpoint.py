@@ -40,12 +40,19 @@ class _HashingWriter(io.RawIOBase):
 
     def __init__(self, f):
         self.f, self.h, self.n = f, hashlib.sha256(), 0
+        # torch.save calls write() from C++ and reports a failure there as a RuntimeError
+        # ("unexpected pos ..."); keeping the OSError lets the caller see a full disk for what it is.
+        self.error: OSError | None = None
 
     def writable(self):
         return True
 
     def write(self, b):
-        n = self.f.write(b)
+        try:
+            n = self.f.write(b)
+        except OSError as e:
+            self.error = e
+            raise
         self.h.update(memoryview(b)[:n] if n is not None else b)
         self.n += len(b) if n is None else n
         return n
@@ -72,10 +79,29 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _no_space(e: BaseException | None) -> bool:
+    """Is e (or what it wraps) a full disk / quota? torch and shutil wrap the OSError."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in _NO_SPACE:
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def _disk_full_error(path: Path) -> UserError:
+    return UserError(f"disk full while writing {path}: the previous checkpoint is intact; "
+                     "free space and rerun with --resume")
+
+
 def atomic_write(path: Path, write: Callable[[Any], None]) -> str:
     """write(fileobj) into path atomically; returns the sha256 of the bytes written."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    hw = None
     try:
         with _open_for_write(tmp) as raw:
             hw = _HashingWriter(raw)
@@ -87,9 +113,8 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> str:
         return hw.h.hexdigest()
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"disk full while writing {path}: the previous checkpoint is intact; "
-                            "free space and rerun with --resume") from None
+        if _no_space(e) or (hw is not None and _no_space(hw.error)):
+            raise _disk_full_error(path) from None
         raise
 
 
@@ -110,13 +135,20 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)
     try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        # The old checksum must not outlive the old bytes: without a sidecar a reader loads
+        # unchecked, with a stale one it would call a good file damaged.
+        dst_sidecar = dst.with_name(dst.name + ".sha256")
+        dst_sidecar.unlink(missing_ok=True)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
     sidecar = src.with_name(src.name + ".sha256")
     if sidecar.exists():
-        atomic_write_text(dst.with_name(dst.name + ".sha256"), sidecar.read_text())
+        atomic_write_text(dst_sidecar, sidecar.read_text())
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -129,13 +161,35 @@ def save_checkpoint(run_dir: Path, state: dict, step: int, keep_last: int = 2, i
     d = checkpoint_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"ckpt_{step:08d}.pt"
+    sidecar = path.with_name(path.name + ".sha256")
     state = dict(state, format=FORMAT, step=step)
+    # Re-saving a step (a resumed run reaching it again) must not leave the old checksum
+    # beside the new bytes: drop it first, so a crash in between reads "no checksum" (skipped).
+    sidecar.unlink(missing_ok=True)
     digest = atomic_write(path, lambda f: torch.save(state, f))
-    atomic_write_text(path.with_name(path.name + ".sha256"), digest + "\n")
-    _link_or_copy(path, d / "model.pt")
-    if is_best:
-        _link_or_copy(path, d / "best.pt")
-    atomic_write_text(d / "latest", path.name + "\n")
+    try:
+        atomic_write_text(sidecar, digest + "\n")
+    except BaseException:
+        # Without its checksum the new file would only be skipped later; remove it so the
+        # folder looks exactly as before this save.
+        path.unlink(missing_ok=True)
+        raise
+    try:
+        _link_or_copy(path, d / "model.pt")
+        if is_best:
+            _link_or_copy(path, d / "best.pt")
+        atomic_write_text(d / "latest", path.name + "\n")
+    except OSError as e:  # the numbered checkpoint is complete; only a convenience pointer failed
+        if _no_space(e):
+            raise _disk_full_error(d / "model.pt") from None
+        raise
+    for old in list_checkpoints(run_dir):
+        n = int(CKPT_RE.match(old.name).group(1))
+        if n > step:
+            # Newer than what we just wrote: resume skipped it as damaged, so it belongs to an
+            # abandoned timeline. Set it aside (not deleted) so fallback and pruning ignore it.
+            old.rename(old.with_name(old.name + ".stale"))
+            old.with_name(old.name + ".sha256").unlink(missing_ok=True)
     for old in list_checkpoints(run_dir)[max(1, keep_last):]:
         old.unlink(missing_ok=True)
         old.with_name(old.name + ".sha256").unlink(missing_ok=True)
@@ -163,7 +217,9 @@ def verify(path: Path) -> str | None:
     sidecar = path.with_name(path.name + ".sha256")
     if not sidecar.is_file():
         return "no checksum (the write never finished)"
-    want = sidecar.read_text().strip()
+    want = sidecar.read_bytes()[:200].decode("ascii", errors="replace").strip()
+    if len(want) != 64:
+        return "its .sha256 file is damaged"
     if sha256_file(path) != want:
         return "checksum mismatch (truncated or corrupted)"
     return None
@@ -183,9 +239,23 @@ def load_checkpoint(path: Path, map_location="cpu", check: bool = True) -> dict:
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a damaged or foreign file
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load checkpoint {path}: not a valid gptlab/PyTorch checkpoint ({first})") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise UserError(f"{path} is not a gptlab checkpoint (no 'model' entry)")
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise UserError(f"{path} is not a gptlab checkpoint (no 'model' entry): pass a checkpoint written by gptlab")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()):
+        raise UserError(f"{path}: its 'model' entry is not a state dict of tensors: pass a checkpoint written by gptlab")
     return state
+
+
+def check_resumable(state: dict, path: Path) -> None:
+    """The entries a resume reads, with the types it expects; UserError otherwise, before
+    anything is restored (a foreign or hand-edited checkpoint must not half-load)."""
+    want = {"optimizer": dict, "step": int, "config": dict}
+    for k, typ in want.items():
+        if not isinstance(state.get(k), typ) or isinstance(state.get(k), bool):
+            raise UserError(f"checkpoint {path} has no valid {k!r} entry, so it cannot be resumed: "
+                            "use it with --init_from to start a new run from its weights")
+    if not isinstance(state["config"].get("model", {}), dict):
+        raise UserError(f"checkpoint {path} holds a damaged config: resume from another checkpoint")
 
 
 def load_latest_valid(run_dir: Path, map_location="cpu", warn=print) -> tuple[dict, Path] | None:

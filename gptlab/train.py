@@ -74,7 +74,12 @@ def set_seed(seed: int) -> None:
 
 
 def rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "numpy_seed_state": None}
+    """Every generator the loop may draw from, as tensors / ints / lists (weights_only-safe:
+    numpy arrays and Python's state tuple are turned into plain lists)."""
+    py_version, py_internal, py_gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": [int(py_version), list(py_internal), py_gauss],
+             "numpy": [np_kind, [int(k) for k in np_keys], int(np_pos), int(np_has_gauss), float(np_gauss)]}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
@@ -82,8 +87,33 @@ def rng_state(device: torch.device) -> dict:
 
 def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
+    py = state.get("python")
+    if isinstance(py, list) and len(py) == 3 and isinstance(py[1], list):  # older checkpoints kept only the keys
+        random.setstate((py[0], tuple(py[1]), py[2]))
+    npy = state.get("numpy")
+    if isinstance(npy, list) and len(npy) == 5:
+        np.random.set_state((npy[0], np.asarray(npy[1], dtype=np.uint32), npy[2], npy[3], npy[4]))
     if device.type == "cuda" and state.get("cuda") is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that continues this run: the same arguments with --resume instead of
+    --resume/--overwrite (and the true/false value that may follow either)."""
+    import shlex
+
+    out, skip_value = [], False
+    for a in argv:
+        if skip_value:
+            skip_value = False
+            if a.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                continue
+        key = a.split("=", 1)[0]
+        if key in ("--resume", "--overwrite"):
+            skip_value = "=" not in a
+            continue
+        out.append(a)
+    return shlex.join(["gptlab", "train", *out, "--resume"])
 
 
 def load_data(cfg: Config):
@@ -226,9 +256,15 @@ def grad_stats(model: torch.nn.Module, before: dict[str, torch.Tensor] | None, s
 def train(cfg: Config, argv: list[str] | None = None) -> dict:
     """Train as the config says; returns a summary (final losses, steps, run folder)."""
     d = dist_.init(cfg.system.device)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         return _train(cfg, d, argv or [])
     finally:
+        for sig, h in handlers.items():
+            try:
+                signal.signal(sig, h)
+            except (ValueError, TypeError):  # not the main thread, or a handler set outside Python
+                pass
         dist_.shutdown()
 
 
@@ -266,12 +302,14 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
     # Resume: model, optimiser, scaler, schedule position, RNG and data position.
     start_step, tokens_seen, best_val, skipped_total = 0, 0, float("inf"), 0
     state = None
+    resume_loop = None
     if resume:
         found = ck.load_latest_valid(run_dir, warn=log) if d.is_main or True else None
         if found is None:
             raise UserError(f"--resume: no valid checkpoint in {run_dir}/checkpoints (all damaged?)")
         state, path = found
-        saved_model_cfg = state.get("config", {}).get("model", {})
+        ck.check_resumable(state, path)
+        saved_model_cfg = state["config"].get("model", {})
         mine = cfg.to_dict()["model"]
         diff = [k for k in ("n_layer", "n_head", "n_embd", "head_dim", "mlp_dim", "block_size", "vocab_size", "qkv",
                             "tie_embeddings", "bias") if k in saved_model_cfg and saved_model_cfg[k] != mine[k]]
@@ -279,15 +317,16 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
             k = diff[0]
             raise UserError(f"checkpoint {path} was written with {k}={saved_model_cfg[k]!r} but this config has "
                             f"{mine[k]!r}: resume with the run's own config ({run_dir}/config.json)")
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise UserError(f"checkpoint {path} does not fit this config ({str(e).splitlines()[0][:150]}): "
+                            f"resume with the run's own config ({run_dir}/config.json)") from None
         start_step, tokens_seen = int(state["step"]), int(state.get("tokens", 0))
+        resume_loop = state.get("loop")
         best_val = float(state.get("best_val_loss", float("inf")))
         skipped_total = int(state.get("nonfinite_skipped", 0))
         log(f"resuming from {path} at step {start_step}")
-
-    if d.is_main:
-        ck.atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
-        copy_tokenizer_files(meta, data_dir, run_dir)
 
     model.to(device)
     shape = model.shape
@@ -310,6 +349,13 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
             log("warning: world size changed; random windows restart from a fresh per-rank stream")
         if state.get("rng") and state.get("world_size", 1) == d.world_size:
             set_rng_state(state["rng"][d.rank] if isinstance(state["rng"], list) else state["rng"], device)
+        state = None  # the model/optimiser copies are restored; do not hold them for the whole run
+
+    # Written only now, after a resume restored everything: a resume that fails on an
+    # incompatible checkpoint must leave the run folder (and its config.json) as it was.
+    if d.is_main:
+        ck.atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
+        copy_tokenizer_files(meta, data_dir, run_dir)
 
     raw_model = model
     model = dist_.wrap_model(model, d, cfg.system.parallel, dtype if dtype != torch.float32 else None)
@@ -357,10 +403,10 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
         return {"run_dir": str(run_dir), "eval": res}
 
     def save(step: int, is_best: bool) -> None:
-        sampler_states = [sampler.state_dict()]
+        sampler_states = [next_pos]
         rngs = [rng_state(device)]
         if d.enabled:
-            sampler_states = dist_.gather_objects(sampler.state_dict(), d)
+            sampler_states = dist_.gather_objects(next_pos, d)
             rngs = dist_.gather_objects(rng_state(device), d)
         if cfg.system.parallel == "fsdp" and d.enabled:
             dist_.save_sharded(run_dir, step, raw_model, optimizer, d)
@@ -371,6 +417,9 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
               "scaler": scaler.state_dict() if use_scaler else None, "tokens": tokens_seen,
               "best_val_loss": best_val, "rng": rngs, "sampler": sampler_states, "config": cfg.to_dict(),
               "nonfinite_skipped": skipped_total, "world_size": d.world_size}
+        # Between logging points the loop carries running sums; a resume must continue them.
+        st["loop"] = {"loss_sum": loss_sum.detach().cpu().clone(), "loss_count": loss_count,
+                      "consec_bad": consec_bad.detach().cpu().clone()}
         ck.save_checkpoint(run_dir, st, step, keep_last=cfg.train.keep_last, is_best=is_best)
 
     stop = StopFlag()
@@ -381,6 +430,10 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
     total_bad = torch.zeros((), device=device)
     loss_sum = torch.zeros((), device=device)
     loss_count = 0
+    if isinstance(resume_loop, dict):
+        loss_sum.copy_(resume_loop.get("loss_sum", loss_sum))
+        loss_count = int(resume_loop.get("loss_count", 0))
+        consec_bad.copy_(resume_loop.get("consec_bad", consec_bad))
     t_last = time.time()
     steps_since = 0
     data_wait = 0.0
@@ -389,6 +442,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
     check_every = max(1, min(cfg.train.max_nonfinite, cfg.log.log_interval))
     log_grads = cfg.log.log_grads_every
     t_w = time.time()
+    next_pos = sampler.state_dict()
     batches = to_device(step_batches(sampler, accum), device)
     data_wait += time.time() - t_w
     step = start_step
@@ -407,6 +461,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
                 loss = loss / accum
             if last:  # fetch the next step's data while the device works on this one
                 t_w = time.time()
+                next_pos = sampler.state_dict()
                 next_batches = to_device(step_batches(sampler, accum), device)
                 data_wait += time.time() - t_w
             scaler.scale(loss).backward()
@@ -504,9 +559,8 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
                 pass  # checkpoint written just above
             else:
                 save(step, is_best=False) if not (cfg.train.always_save_checkpoint or step == max_steps) else None
-            resume_cmd = "gptlab train " + " ".join(a for a in argv if a not in ("--resume", "--overwrite")) + " --resume"
             log(f"stopped by {signal.Signals(stop.signum).name} at step {step}; checkpoint written. "
-                f"Resume with: {resume_cmd.strip()}")
+                f"Resume with: {resume_command(argv)}")
             summary["stopped"] = True
             break
     stop.restore()
