@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from gptlab.errors import UserError
 
 
 @dataclass
@@ -49,8 +52,13 @@ def init(device_name: str = "auto") -> Dist:
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         return Dist(device=device)
+    if "RANK" not in os.environ:
+        raise UserError(f"WORLD_SIZE={world} but RANK is unset: launch with torchrun, which sets both")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"local rank {local_rank} but this node has {torch.cuda.device_count()} GPU(s): "
+                            "set --nproc_per_node to at most the GPU count")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
@@ -67,12 +75,25 @@ def shutdown() -> None:
 
 
 def wrap_model(model: torch.nn.Module, d: Dist, strategy: str = "ddp", mp_dtype: torch.dtype | None = None):
-    """DDP (gradients all-reduced in backward) or FSDP2 (one shard unit per block)."""
+    """DDP (gradients all-reduced in backward) or FSDP2 (one shard unit per block).
+
+    FSDP2 replaces the parameters by sharded DTensors in place, so the optimiser must be
+    built from the model *after* this call. mp_dtype (bf16) is the dtype of the gathered
+    parameters in forward/backward; gradients are reduced and kept in fp32.
+    """
     if not d.enabled:
         return model
     if strategy == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        if mp_dtype == torch.float16:
+            # fp16 needs a sharded gradient scaler; bf16 has fp32's range and needs none.
+            raise UserError("--parallel fsdp runs in bfloat16 or float32: use --dtype bfloat16")
+        import warnings
+
+        # The model returns (logits, loss); FSDP2 warns that such outputs may be views. The
+        # loop never modifies them in place (loss / accum makes a new tensor), so it is noise.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
         mp = MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32) if mp_dtype else MixedPrecisionPolicy()
         for block in model.transformer.h:
             fully_shard(block, mp_policy=mp)
@@ -82,6 +103,12 @@ def wrap_model(model: torch.nn.Module, d: Dist, strategy: str = "ddp", mp_dtype:
 
     ids = [d.device.index] if d.device.type == "cuda" else None
     return DDP(model, device_ids=ids)
+
+
+def local_value(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from a result that may be a DTensor (FSDP2's grad norm is one)."""
+    full = getattr(t, "full_tensor", None)
+    return full() if full is not None else t
 
 
 def grad_sync(model: torch.nn.Module, last_micro_step: bool):
@@ -142,17 +169,80 @@ def gather_objects(obj, d: Dist) -> list:
 
 
 def full_state_dict(model: torch.nn.Module, d: Dist) -> dict:
-    """A plain single-file state dict (gathered to CPU on rank 0 under FSDP2)."""
+    """A plain single-file state dict, on CPU. Under FSDP2 this all-gathers every shard, so
+    every rank must call it (only rank 0 receives the tensors)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+    if not d.enabled or not is_sharded(model):
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def save_sharded(run_dir, step: int, model: torch.nn.Module, optimizer, d: Dist) -> None:
-    """FSDP2: every rank writes its shards with torch.distributed.checkpoint (DCP); the
-    layout is resharded on load, so a run can resume on a different number of ranks."""
+def is_sharded(model: torch.nn.Module) -> bool:
+    return any(hasattr(p, "full_tensor") for p in model.parameters())
+
+
+DCP_PREFIX = "dcp_"
+
+
+def sharded_name(step: int) -> str:
+    return f"{DCP_PREFIX}{step:08d}"
+
+
+def save_sharded(run_dir, step: int, model: torch.nn.Module, optimizer, d: Dist) -> str:
+    """FSDP2: every rank writes its own shards with torch.distributed.checkpoint (DCP). DCP
+    stores each tensor with its global shape and offsets, so load() reshards it to any
+    number of ranks (one included). Returns the folder name, relative to checkpoints/."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
+    name = sharded_name(step)
     msd, osd = get_state_dict(model, optimizer)
-    dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(run_dir / "checkpoints" / f"dcp_{step:08d}"))
+    dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(Path(run_dir) / "checkpoints" / name))
+    return name
+
+
+def load_sharded(path, model: torch.nn.Module, optimizer) -> None:
+    """Load a DCP checkpoint into a plain, DDP-unwrapped or FSDP2 model and its optimiser,
+    whatever number of ranks wrote it. Every rank calls it (without a process group, a
+    single process reads all shards)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    path = Path(path)
+    if not (path / ".metadata").is_file():
+        raise UserError(f"sharded checkpoint {path} is missing or incomplete (no .metadata): "
+                        "resume from an older checkpoint (delete the newer ckpt_*.pt)")
+    msd, osd = get_state_dict(model, optimizer)
+    state = {"model": msd, "optimizer": osd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def load_plain_optimizer(model: torch.nn.Module, optimizer, osd: dict) -> None:
+    """Load a plain optimizer.state_dict() (from a 1-rank or DDP checkpoint) into an
+    optimiser over FSDP2-sharded parameters: its integer ids follow the parameter order of
+    the param groups, which is the same before and after sharding, so they map to names,
+    and set_optimizer_state_dict slices each full tensor into this rank's shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    saved_ids = [i for g in osd["param_groups"] for i in g["params"]]
+    if len(saved_ids) != len(order):
+        raise UserError(f"checkpoint optimiser has {len(saved_ids)} parameters, this model {len(order)}: "
+                        "resume with the run's own config")
+    fqn = dict(zip(saved_ids, order))
+    full = {"state": {fqn[i]: st for i, st in osd["state"].items()},
+            "param_groups": [dict(g, params=[fqn[i] for i in g["params"]]) for g in osd["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, full, options=StateDictOptions(full_state_dict=True))
+
+
+def prune_sharded(run_dir, keep: set[str]) -> None:
+    """Remove DCP folders that no kept numbered checkpoint refers to (rank 0, after a save)."""
+    import shutil
+
+    ckdir = Path(run_dir) / "checkpoints"
+    for p in ckdir.glob(DCP_PREFIX + "*"):
+        if p.is_dir() and p.name not in keep:
+            shutil.rmtree(p, ignore_errors=True)

@@ -231,25 +231,38 @@ def copy_tokenizer_files(meta: dict, data_dir: Path, run_dir: Path) -> None:
 
 
 def grad_stats(model: torch.nn.Module, before: dict[str, torch.Tensor] | None, scale: float = 1.0) -> dict:
-    """Mean / max / min / L2 of weights, gradients and the last update, per parameter and global."""
+    """Mean / max / min / L2 of weights, gradients and the last update, per parameter and global.
+
+    Call it after the optimiser step and before zero_grad (the gradients must still be
+    there) and after any GradScaler.unscale_, so `scale` is 1: the logged gradients are
+    the true ones, not fp16-scaled ones. Global entries pool every element of every
+    parameter (mean weighted by size), so they compare across models of different shapes.
+    """
     out: dict[str, float] = {}
-    g_sq = w_sq = u_sq = 0.0
+    # per kind: [sum, count, max, min, sum of squares]
+    acc = {k: [0.0, 0, -math.inf, math.inf, 0.0] for k in ("w", "g", "u")}
+
+    def add(kind: str, name: str, t: torch.Tensor) -> None:
+        mean, mx, mn, l2 = t.mean().item(), t.max().item(), t.min().item(), t.norm().item()
+        out[f"{kind}/{name}/mean"], out[f"{kind}/{name}/max"], out[f"{kind}/{name}/min"] = mean, mx, mn
+        out[f"{kind}/{name}/l2"] = l2
+        a = acc[kind]
+        a[0] += mean * t.numel()
+        a[1] += t.numel()
+        a[2], a[3] = max(a[2], mx), min(a[3], mn)
+        a[4] += l2 * l2
+
     for name, p in model.named_parameters():
         w = p.detach().float()
-        out[f"w/{name}/mean"], out[f"w/{name}/max"], out[f"w/{name}/min"] = w.mean().item(), w.max().item(), w.min().item()
-        out[f"w/{name}/l2"] = n = w.norm().item()
-        w_sq += n * n
+        add("w", name, w)
         if p.grad is not None:
-            g = p.grad.detach().float() / scale
-            out[f"g/{name}/mean"], out[f"g/{name}/max"], out[f"g/{name}/min"] = g.mean().item(), g.max().item(), g.min().item()
-            out[f"g/{name}/l2"] = n = g.norm().item()
-            g_sq += n * n
+            add("g", name, p.grad.detach().float() / scale)
         if before is not None and name in before:
-            u = w - before[name]
-            out[f"u/{name}/mean"], out[f"u/{name}/max"], out[f"u/{name}/min"] = u.mean().item(), u.max().item(), u.min().item()
-            out[f"u/{name}/l2"] = n = u.norm().item()
-            u_sq += n * n
-    out.update({"w/global/l2": math.sqrt(w_sq), "g/global/l2": math.sqrt(g_sq), "u/global/l2": math.sqrt(u_sq)})
+            add("u", name, w - before[name])
+    for kind, (total, count, mx, mn, sq) in acc.items():
+        if count:
+            out.update({f"{kind}/global/mean": total / count, f"{kind}/global/max": mx,
+                        f"{kind}/global/min": mn, f"{kind}/global/l2": math.sqrt(sq)})
     return out
 
 
@@ -333,11 +346,21 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
     n_params = model.num_params()
     fpt = flops_per_token(shape, shape.block_size)
     peak, dev_name = device_peak_flops(device)
-    optimizer = build_optimizer(model, cfg, device.type)
     use_scaler = dtype == torch.float16
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    fsdp = cfg.system.parallel == "fsdp" and d.enabled
+    raw_model = model
+    model = dist_.wrap_model(model, d, cfg.system.parallel, dtype if dtype != torch.float32 else None)
+    # After wrapping: FSDP2 swaps the parameters for sharded ones, and the optimiser must hold those.
+    optimizer = build_optimizer(raw_model, cfg, device.type)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        if state.get("sharded"):
+            # Written under FSDP2 by any number of ranks: DCP reshards model and optimiser to this run.
+            dist_.load_sharded(run_dir / "checkpoints" / state["sharded"], raw_model, optimizer)
+        elif fsdp:  # a 1-rank or DDP checkpoint continued under FSDP2
+            dist_.load_plain_optimizer(raw_model, optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         if use_scaler and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         samplers = state.get("sampler")
@@ -357,8 +380,6 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
         ck.atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
         copy_tokenizer_files(meta, data_dir, run_dir)
 
-    raw_model = model
-    model = dist_.wrap_model(model, d, cfg.system.parallel, dtype if dtype != torch.float32 else None)
     if cfg.system.compile != "none":
         t_c = time.time()
         model = torch.compile(model) if cfg.system.compile == "default" else torch.compile(model, mode=cfg.system.compile)
@@ -408,19 +429,28 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
         if d.enabled:
             sampler_states = dist_.gather_objects(next_pos, d)
             rngs = dist_.gather_objects(rng_state(device), d)
-        if cfg.system.parallel == "fsdp" and d.enabled:
-            dist_.save_sharded(run_dir, step, raw_model, optimizer, d)
+        sharded = None
+        if fsdp:
+            # Collectives: every rank writes its DCP shards and joins the gather of the full
+            # weights; rank 0 then writes the plain single-file checkpoint beside them.
+            sharded = dist_.save_sharded(run_dir, step, raw_model, optimizer, d)
+            model_sd = dist_.full_state_dict(raw_model, d)
         if not d.is_main:
             return
-        model_sd = dist_.full_state_dict(raw_model, d) if cfg.system.parallel == "fsdp" and d.enabled else raw_model.state_dict()
-        st = {"model": model_sd, "optimizer": optimizer.state_dict() if not (cfg.system.parallel == "fsdp" and d.enabled) else {},
+        if not fsdp:
+            model_sd = raw_model.state_dict()
+        # Under FSDP the optimiser state lives only in the DCP folder ("sharded"); the file
+        # keeps full weights so sample / eval / export read it like any other checkpoint.
+        st = {"model": model_sd, "optimizer": optimizer.state_dict() if not fsdp else {}, "sharded": sharded,
               "scaler": scaler.state_dict() if use_scaler else None, "tokens": tokens_seen,
               "best_val_loss": best_val, "rng": rngs, "sampler": sampler_states, "config": cfg.to_dict(),
-              "nonfinite_skipped": skipped_total, "world_size": d.world_size}
+              "nonfinite_skipped": skipped_total, "world_size": d.world_size, "parallel": cfg.system.parallel}
         # Between logging points the loop carries running sums; a resume must continue them.
         st["loop"] = {"loss_sum": loss_sum.detach().cpu().clone(), "loss_count": loss_count,
                       "consec_bad": consec_bad.detach().cpu().clone()}
         ck.save_checkpoint(run_dir, st, step, keep_last=cfg.train.keep_last, is_best=is_best)
+        if fsdp:
+            dist_.prune_sharded(run_dir, {dist_.sharded_name(int(ck.CKPT_RE.match(p.name).group(1))) for p in ck.list_checkpoints(run_dir)})
 
     stop = StopFlag()
     stop.install()
@@ -452,7 +482,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
         for g in optimizer.param_groups:
             g["lr"] = lr
         before = ({n: p.detach().float().clone() for n, p in raw_model.named_parameters()}
-                  if log_grads and (step + 1) % log_grads == 0 and d.is_main else None)
+                  if log_grads and (step + 1) % log_grads == 0 and d.is_main and not fsdp else None)
         step_loss = torch.zeros((), device=device)
         for i, (x, y) in enumerate(batches):
             last = i == len(batches) - 1
@@ -470,6 +500,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
             scaler.unscale_(optimizer)
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"),
                                                foreach=True)
+        gnorm = dist_.local_value(gnorm)  # FSDP2 returns a DTensor; the rest mixes it with plain tensors
         # Non-finite loss or gradients: skip the update. The fused optimiser skips on device
         # (found_inf), so no host sync is needed; fp16's GradScaler does the same for overflow.
         bad = ~torch.isfinite(step_loss) if use_scaler else ~(torch.isfinite(step_loss) & torch.isfinite(gnorm))
@@ -482,6 +513,9 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
             scaler.update()
         elif not bool(bad):
             optimizer.step()
+        # Statistics need the gradients, so they are taken before zero_grad; by now the
+        # GradScaler has unscaled them in place (scale 1 below).
+        stats = grad_stats(raw_model, before) if before is not None else None
         optimizer.zero_grad(set_to_none=True)
         consec_bad = (consec_bad + bad.float()) * bad.float()
         total_bad += bad.float()
@@ -504,11 +538,11 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
                                  f"gradient (updates skipped); the last good checkpoint in {run_dir}/checkpoints is "
                                  "intact: lower --learning_rate or use --dtype bfloat16/float32 and --resume")
 
-        if before is not None:
-            stats = grad_stats(raw_model, before, scaler.get_scale() if use_scaler else 1.0)
-            lf = logits.detach().float()
-            stats.update({"logits/mean": lf.mean().item(), "logits/std": lf.std().item(),
-                          "logits/max": lf.max().item(), "logits/min": lf.min().item()})
+        if stats is not None:
+            if logits is not None:  # the chunked-loss path returns no logits
+                lf = logits.detach().float()
+                stats.update({"logits/mean": lf.mean().item(), "logits/std": lf.std().item(),
+                              "logits/max": lf.max().item(), "logits/min": lf.min().item()})
             logger.log("grads", step, tokens_seen, stats)
 
         if step % cfg.log.log_interval == 0 or step == max_steps or step % cfg.log.log_metrics_every == 0:
