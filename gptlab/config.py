@@ -326,12 +326,14 @@ for _hf in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
     PRESETS["eval_" + _hf.replace("-", "_")] = dict(
         PRESETS[_hf], init_from=_hf, eval_only=True, batch_size=8, eval_iters=500, gradient_accumulation_steps=1)
 PRESETS["finetune_shakespeare"] = dict(
-    PRESETS["gpt2"], init_from="gpt2", dataset="shakespeare", batch_size=1, gradient_accumulation_steps=32,
+    PRESETS["gpt2-xl"], init_from="gpt2-xl", dataset="shakespeare", batch_size=1, gradient_accumulation_steps=32,
     max_iters=20, learning_rate=3e-5, decay_lr=False, eval_interval=5, eval_iters=40,
     always_save_checkpoint=False, dropout=0.0)
 
 
 def resolve_preset_name(name: str) -> str:
+    if not isinstance(name, str):  # e.g. `preset = 5` in a TOML file
+        raise UserError(f"preset must be a name like 'baby' or 'small', got {name!r}")
     if name in PRESETS:
         return name
     lower = {k.lower(): k for k in PRESETS}

@@ -166,22 +166,23 @@ def to_device(batches, device: torch.device):
     return [(x.to(device), y.to(device)) for x, y in batches]
 
 
-def init_model(cfg: Config, vocab: int, log) -> GPT:
-    """scratch, OpenAI GPT-2 weights, or another run's weights (fine-tuning)."""
+def init_model(cfg: Config, vocab: int, log, resume: bool = False) -> GPT:
+    """scratch, OpenAI GPT-2 weights, or another run's weights (fine-tuning). On resume the
+    checkpoint supplies the weights, so the model is built from the config alone."""
     src = cfg.train.init_from
-    if src in ("scratch", "resume", ""):
+    if resume or src in ("scratch", "resume", ""):
         return GPT(GPTShape.from_config(cfg.model, vocab))
-    if src in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl") or (Path(src) / "config.json").is_file() and \
-            not (Path(src) / "checkpoints").is_dir():
+    path = Path(src)
+    is_gptlab_run = (path / "checkpoints").is_dir() or path.is_file()
+    if not is_gptlab_run:  # gpt2* names, hub ids, or a Hugging Face folder
         from gptlab import hf
 
-        model = hf.gpt_from_pretrained(src, dropout=cfg.model.dropout, block_size=cfg.model.block_size)
-        s = model.shape
-        if vocab > s.vocab_size:
-            raise UserError(f"dataset vocab {vocab} is larger than {src}'s {s.vocab_size}: prepare the data with its tokenizer")
-        for k in ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "tie_embeddings", "embed_scale", "qkv", "gelu"):
-            setattr(cfg.model, k, getattr(s, k))
-        cfg.model.head_dim, cfg.model.mlp_dim = s.head_dim, s.mlp_dim
+        model, notes = hf.init_from_pretrained(cfg, src)
+        for n in notes:
+            log(f"config {n}")
+        if vocab > model.shape.vocab_size:
+            raise UserError(f"dataset vocab {vocab} is larger than {src}'s {model.shape.vocab_size}: "
+                            "prepare the data with its tokenizer")
         log(f"initialised from {src} ({model.num_params():,} parameters)")
         return model
     # Another gptlab run (folder) or checkpoint file.
@@ -303,9 +304,21 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
     accum = cfg.train.gradient_accumulation_steps
     resume = cfg.train.resume or cfg.train.init_from == "resume"
 
+    if resume and cfg.train.init_from not in ("scratch", "resume", ""):
+        # The architecture came from the --init_from source when the run started; the run's
+        # own config.json has it, and the checkpoint's weights replace the source's anyway.
+        from gptlab.config import load_run_config
+        from gptlab.runs import run_dir as _run_dir
+
+        saved = _run_dir(cfg, d.world_size) / "config.json"
+        if saved.is_file():
+            dropout = cfg.model.dropout
+            cfg.model = load_run_config(saved).model
+            cfg.model.dropout = dropout
+
     # Model (built before the run folder so a bad --init_from writes nothing).
     set_seed(cfg.train.seed)
-    model = init_model(cfg, vocab, log)
+    model = init_model(cfg, vocab, log, resume)
     tk.check_token_range(train_tokens, model.shape.vocab_size, f"{data_dir}/{cfg.data.train_split}.bin")
     if val_tokens is not None:
         tk.check_token_range(val_tokens, model.shape.vocab_size, f"{data_dir}/{val_name}.bin")

