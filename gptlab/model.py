@@ -151,6 +151,9 @@ class GPT(nn.Module):
         if s.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         self.embed_multiplier = math.sqrt(s.n_embd) if s.embed_scale else 1.0
+        # > 0: forward(idx, targets) computes the loss in chunks of this many tokens and
+        # returns logits=None (see chunked_cross_entropy); 0 keeps the plain path.
+        self.ce_chunk_tokens = 0
         self.apply(self._init_weights)
         # GPT-2: residual output projections get std 0.02/sqrt(2L) so the residual stream's
         # variance does not grow with depth. Languini scales the MLP output only.
@@ -191,6 +194,11 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if cache is not None:
             cache.pos += T
+        if targets is not None and cache is None and self.ce_chunk_tokens > 0:
+            # Speed/memory path (opt-in): the loss without ever holding (B*T, vocab) fp32
+            # logits; logits are not returned. Same value as the branch below.
+            return None, chunked_cross_entropy(x, self.lm_head.weight, targets, self.shape.vocab_size,
+                                               self.ce_chunk_tokens)
         logits = self.lm_head(x)[..., : self.shape.vocab_size]
         loss = None
         if targets is not None:
@@ -208,6 +216,67 @@ class GPT(nn.Module):
         p = next(self.parameters())
         s = self.shape
         return KVCache(s.n_layer, batch, s.n_head, s.head_dim, max_len or s.block_size, p.device, p.dtype)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of (h @ w.T) over targets != -1, computed chunk by chunk.
+
+    Each chunk's logits live only inside the loop: the gradients for h and w are
+    computed right there (softmax - one-hot needs nothing else), so the full
+    (N, vocab) logits - 1.6 GB in bf16, 3.2 GB in fp32 for GPT-2 at 16x1024 - are never
+    stored for backward. Same matmul FLOPs as the plain path (one forward, two
+    gradient products). Columns >= vocab (embedding padding) are masked to -inf, the
+    same as slicing them off.
+    """
+
+    @staticmethod
+    def forward(ctx, h, w, targets, vocab: int, chunk: int):
+        n = h.size(0)
+        valid = targets != -1
+        # Float count on device: no host sync; 0 valid targets gives nan like F.cross_entropy.
+        n_valid = valid.sum().to(torch.float32)
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        padded = w.size(0) > vocab
+        for s in range(0, n, chunk):
+            hc, tc, vc = h[s:s + chunk], targets[s:s + chunk], valid[s:s + chunk]
+            logits = (hc @ w.t()).float()
+            if padded:
+                logits[:, vocab:] = float("-inf")
+            lse = torch.logsumexp(logits, dim=-1)
+            safe_t = torch.where(vc, tc, torch.zeros_like(tc))
+            picked = logits.gather(1, safe_t.unsqueeze(1)).squeeze(1)
+            loss = loss + torch.where(vc, lse - picked, torch.zeros_like(lse)).sum()
+            # d(mean loss)/d logits = (softmax - onehot) / n_valid on valid rows, 0 elsewhere.
+            g = torch.exp(logits - lse.unsqueeze(1))
+            g.scatter_add_(1, safe_t.unsqueeze(1), -torch.ones_like(lse).unsqueeze(1))
+            g = (g * (vc.to(g.dtype) / n_valid).unsqueeze(1)).to(h.dtype)
+            grad_h[s:s + chunk] = g @ w
+            grad_w += (g.t() @ hc).float()
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.w_dtype = w.dtype
+        return loss / n_valid
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_out.to(grad_h.dtype), (grad_w * grad_out).to(ctx.w_dtype), None, None, None
+
+
+def chunked_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab: int,
+                          chunk_tokens: int = 4096) -> torch.Tensor:
+    """F.cross_entropy(x @ weight.T[:, :vocab], targets, ignore_index=-1) without full logits.
+
+    Matmuls run in the autocast dtype when autocast is on (as nn.Linear would), the
+    softmax in fp32 (as the plain path's .float() does).
+    """
+    dev = x.device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+    h = x.reshape(-1, x.size(-1)).to(dtype)
+    w = weight.to(dtype)
+    with torch.autocast(dev, enabled=False):
+        return _LinearCrossEntropy.apply(h, w, targets.reshape(-1), vocab, max(1, int(chunk_tokens)))
 
 
 def matmul_params(shape: GPTShape) -> int:

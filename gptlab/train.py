@@ -215,6 +215,8 @@ def resolve_run_dir(cfg: Config, d: dist_.Dist) -> Path:
     resume = cfg.train.resume or cfg.train.init_from == "resume"
     if d.is_main:
         if resume:
+            # Refuses --resume together with --overwrite (it used to resume and ignore --overwrite).
+            prepare_run_dir(path, resume=True, overwrite=cfg.train.overwrite)
             if not ck.list_checkpoints(path):
                 raise UserError(f"--resume: no checkpoint in {path}: start the run without --resume")
         else:
@@ -355,6 +357,13 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
         log(f"resuming from {path} at step {start_step}")
 
     model.to(device)
+    # --- speed (issue 4): on CUDA the loss runs as a chunked linear+cross-entropy that never
+    # holds full fp32 logits (gptlab.model.chunked_cross_entropy; same loss value). It
+    # returns no logits, so it stays off when logit statistics are logged.
+    # GPTLAB_CE_CHUNK=0 turns it off (A/B against the plain path).
+    if device.type == "cuda" and not cfg.log.log_grads_every:
+        model.ce_chunk_tokens = int(os.environ.get("GPTLAB_CE_CHUNK", "8192"))
+    # --- end speed
     shape = model.shape
     n_params = model.num_params()
     fpt = flops_per_token(shape, shape.block_size)

@@ -1,0 +1,513 @@
+"""`gptlab bench` (time the real training step) and `gptlab throughput` (Languini sweep).
+
+Both time on random token batches that already sit on the device, so data loading and
+the host copy stay out of the number; CUDA events after warm-up (compile happens in the
+first warm-up step and is reported apart). FLOPs and MFU come from the one formula in
+gptlab.model.flops_per_token / gptlab.metrics.mfu; MFU is given twice: against the
+datasheet peak in metrics.PEAK_BF16 and against a bf16 8192^3 matmul measured in the
+same process (what the card really does today).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import gc
+import gzip
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from gptlab.config import build_config, parse_overrides
+from gptlab.errors import UserError
+from gptlab.metrics import device_peak_flops, fmt_mfu, mfu
+from gptlab.model import GPT, GPTShape, flops_per_token
+from gptlab.optim import build_optimizer
+from gptlab.runtime import autocast_ctx, resolve_dtype
+
+DEFAULT_VOCAB = 50257  # GPT-2 BPE, for presets that read their vocab from a dataset
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line through the CLI's UserError path
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device here; use --device cpu")
+    return dev
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_mem_gb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float | None:
+    """Dense bf16 n^3 matmul rate on random data (zeros run faster and would flatter us)."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        a @ b
+    end.record()
+    torch.cuda.synchronize(device)
+    sec = start.elapsed_time(end) / 1000 / reps
+    del a, b
+    _free(device)
+    return 2 * n**3 / sec / 1e12
+
+
+def _sdpa_ctx(name: str):
+    """Pin the attention backend (the default lets PyTorch pick)."""
+    import contextlib
+
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    return sdpa_kernel([backends[name]])
+
+
+def _compile(model: torch.nn.Module, mode: str, scope: str, dynamic: bool | None = False):
+    if mode == "none":
+        return model
+    kw = {} if mode == "default" else {"mode": mode}
+    if scope == "blocks":
+        # Per-block compile: one graph compiled once and reused by every layer's module
+        # (much shorter compile); the loss and embeddings stay eager.
+        for block in model.transformer.h:
+            block.compile(dynamic=dynamic, **kw)
+        return model
+    return torch.compile(model, dynamic=dynamic, **kw)
+
+
+def time_steps(step_fn, batches, device: torch.device, warmup: int, steps: int) -> dict:
+    """Warm-up (the first call compiles), then `steps` timed calls; per-step CUDA events."""
+    t0 = time.perf_counter()
+    step_fn(batches[0])
+    _sync(device)
+    first_s = time.perf_counter() - t0
+    for i in range(1, max(1, warmup)):
+        step_fn(batches[i % len(batches)])
+    _sync(device)
+    times_ms = []
+    if device.type == "cuda":
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
+        ev[0].record()
+        for i in range(steps):
+            step_fn(batches[i % len(batches)])
+            ev[i + 1].record()
+        torch.cuda.synchronize(device)
+        times_ms = [ev[i].elapsed_time(ev[i + 1]) for i in range(steps)]
+        total_ms = ev[0].elapsed_time(ev[-1])
+    else:
+        t_all = time.perf_counter()
+        for i in range(steps):
+            t = time.perf_counter()
+            step_fn(batches[i % len(batches)])
+            times_ms.append((time.perf_counter() - t) * 1000)
+        total_ms = (time.perf_counter() - t_all) * 1000
+    return {"first_step_s": first_s, "ms_per_step": total_ms / steps,
+            "ms_per_step_median": statistics.median(times_ms), "ms_per_step_min": min(times_ms)}
+
+
+def _random_batches(n: int, batch: int, seq: int, vocab: int, accum: int, device: torch.device, gen_seed=0):
+    g = torch.Generator().manual_seed(gen_seed)
+    out = []
+    for _ in range(n):
+        micro = []
+        for _ in range(accum):
+            t = torch.randint(0, vocab, (batch, seq + 1), generator=g)
+            micro.append((t[:, :-1].contiguous().to(device), t[:, 1:].contiguous().to(device)))
+        out.append(micro)
+    return out
+
+
+def make_train_step(model, optimizer, ctx, scaler, clip: float, loss_of=None):
+    """forward + loss + backward per micro-batch, clip, optimiser step; no host sync."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss_of = loss_of or (lambda m, x, y: m(x, y)[1])
+
+    def step(micro_batches):
+        n = len(micro_batches)
+        for x, y in micro_batches:
+            with ctx:
+                loss = loss_of(model, x, y) / n
+            scaler.scale(loss).backward()
+        if scaler.is_enabled():
+            scaler.unscale_(optimizer)
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _rates(fpt: float, tokens_per_step: int, ms: float, peak: float | None, mm_tflops: float | None) -> dict:
+    tps = tokens_per_step / (ms / 1000)
+    achieved = fpt * tps
+    return {"tokens_per_sec": tps, "tflops": achieved / 1e12, "mfu_table": mfu(fpt, tps, peak),
+            "mfu_matmul": achieved / (mm_tflops * 1e12) if mm_tflops else None}
+
+
+def _hf_model(shape: GPTShape, seq: int):
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        raise UserError("--peer hf needs transformers: pip install 'gptlab[hf]'") from None
+    conf = GPT2Config(vocab_size=shape.padded_vocab, n_positions=seq, n_embd=shape.n_embd, n_layer=shape.n_layer,
+                      n_head=shape.n_head, n_inner=shape.mlp_dim, activation_function="gelu_new",
+                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=shape.tie_embeddings)
+    conf._attn_implementation = "sdpa"
+    return GPT2LMHeadModel(conf)
+
+
+def run_hf_peer(cfg, shape, batch, seq, accum, device, dtype, compile_mode, steps, warmup, fpt, peak, mm) -> dict:
+    """transformers' GPT2LMHeadModel on the same shapes, optimiser and step; eager and compiled."""
+    out = {}
+    for label, mode in (("hf_eager", "none"), ("hf_compiled", compile_mode if compile_mode != "none" else "default")):
+        if mode != "none" and device.type == "cpu" and compile_mode == "none":
+            continue  # CPU tests: skip the (slow) compiled peer unless asked for
+        _free(device)
+        torch.manual_seed(0)
+        model = _hf_model(shape, seq).to(device)
+        model.train()
+        opt = build_optimizer(model, cfg, device.type)
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        # HF shifts labels itself: give it the inputs as labels (same loss work).
+        loss_of = lambda m, x, y: m(input_ids=x, labels=x).loss  # noqa: E731
+        cm = _compile(model, mode, "model")
+        step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip, loss_of)
+        batches = _random_batches(4, batch, seq, shape.vocab_size, accum, device, gen_seed=1)
+        t = time_steps(step, batches, device, warmup, steps)
+        r = dict(t, **_rates(fpt, batch * seq * accum, t["ms_per_step"], peak, mm), compile=mode,
+                 peak_mem_gb=_peak_mem_gb(device), params=sum(p.numel() for p in model.parameters()))
+        out[label] = r
+        del model, cm, opt, step, batches
+    _free(device)
+    return out
+
+
+def profile_step(step_fn, batches, device: torch.device, out_prefix: Path, steps: int = 3) -> dict:
+    """Chrome/Perfetto trace (gzip), top-32 kernels by device time (CSV + text), PNG bar chart."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for i in range(steps):
+            step_fn(batches[i % len(batches)])
+        _sync(device)
+    out_prefix.parent.mkdir(parents=True, exist_ok=True)
+    raw = out_prefix.with_name(out_prefix.name + "_trace.json")
+    prof.export_chrome_trace(str(raw))
+    trace = raw.with_name(raw.name + ".gz")  # Perfetto/Chrome open .json.gz directly; 10x smaller
+    with open(raw, "rb") as f, gzip.open(trace, "wb") as g:
+        shutil.copyfileobj(f, g)
+    raw.unlink()
+
+    rows = []
+    for e in prof.key_averages():
+        if device.type == "cuda":
+            is_kernel = str(getattr(e, "device_type", "")).endswith("CUDA")
+            t_us = getattr(e, "self_device_time_total", None)
+            if t_us is None:
+                t_us = getattr(e, "self_cuda_time_total", 0)
+            if not is_kernel or t_us <= 0:
+                continue
+        else:  # no kernels on CPU: the ops' own CPU time stands in
+            t_us = e.self_cpu_time_total
+            if t_us <= 0:
+                continue
+        rows.append((e.key, e.count, t_us))
+    rows.sort(key=lambda r: -r[2])
+    total = sum(r[2] for r in rows) or 1.0
+    top = rows[:32]
+    csv_path = out_prefix.with_name(out_prefix.name + "_kernels.csv")
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["rank", "kernel", "calls", "total_ms", "share", "avg_us"])
+        for i, (name, n, t) in enumerate(top, 1):
+            w.writerow([i, name, n, f"{t / 1000:.3f}", f"{t / total:.4f}", f"{t / max(n, 1):.1f}"])
+    lines = [f"{'#':>2} {'share':>6} {'ms':>8} {'calls':>6}  kernel"]
+    lines += [f"{i:>2} {100 * t / total:5.1f}% {t / 1000:8.2f} {n:>6}  {name[:90]}" for i, (name, n, t) in enumerate(top, 1)]
+    png = out_prefix.with_name(out_prefix.name + "_kernels.png")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(12, 0.3 * len(top) + 1.5))
+        names = [n[:60] + ("..." if len(n) > 60 else "") for n, _, _ in top][::-1]
+        ax.barh(range(len(top)), [t / 1000 / steps for _, _, t in top][::-1])
+        ax.set_yticks(range(len(top)), names, fontsize=7)
+        ax.set_xlabel(f"{'device' if device.type == 'cuda' else 'CPU'} time per step (ms)")
+        ax.set_title(f"top {len(top)} kernels by {'device' if device.type == 'cuda' else 'CPU'} time")
+        fig.tight_layout()
+        fig.savefig(png, dpi=100)
+        plt.close(fig)
+    except ImportError:
+        png = None
+    return {"trace": str(trace), "kernels_csv": str(csv_path), "kernels_png": str(png) if png else None,
+            "table": "\n".join(lines), "profiled_steps": steps, "kernel_time_ms_per_step": total / 1000 / steps}
+
+
+def _config(preset: str | None, rest: list[str]):
+    try:
+        cfg = build_config(preset or "gpt2", None, parse_overrides(rest))
+    except UserError:
+        raise
+    return cfg
+
+
+def bench(args, rest: list[str]) -> dict:
+    cfg = _config(args.preset, rest)
+    device = _device(args.device)
+    explicit_compile = any(a.startswith("--compile") for a in rest)
+    compile_mode = cfg.system.compile
+    if device.type == "cpu" and not explicit_compile:
+        compile_mode = "none"  # a preset's compile default would take minutes on a CPU
+    dtype = resolve_dtype(cfg.system.dtype, device)
+    if device.type == "cpu" and cfg.system.dtype == "float16":
+        dtype = torch.float32  # fp16 autocast on CPU is slow and not what anyone runs
+    vocab = cfg.model.vocab_size or DEFAULT_VOCAB
+    shape = GPTShape.from_config(cfg.model, vocab)
+    seq = shape.block_size
+    accum = cfg.train.gradient_accumulation_steps
+    batch = cfg.train.batch_size or max(1, cfg.train.train_batch_size // max(1, accum))
+    if args.steps < 1 or args.warmup < 1:
+        raise UserError("--steps and --warmup must be at least 1")
+    fpt = flops_per_token(shape, seq)
+    peak, dev_name = device_peak_flops(device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    mm = matmul_tflops(device) if not args.no_matmul else None
+
+    torch.manual_seed(0)
+    model = GPT(shape).to(device)
+    model.ce_chunk_tokens = args.ce_chunk
+    model.train()
+    opt = build_optimizer(model, cfg, device.type)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    _free(device)
+    cm = _compile(model, compile_mode, args.compile_scope)
+    step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip)
+    batches = _random_batches(4, batch, seq, vocab, accum, device)
+    with _sdpa_ctx(args.sdpa):
+        t = time_steps(step, batches, device, args.warmup, args.steps)
+    tokens_per_step = batch * seq * accum
+    res = {
+        "kind": "bench", "date": _now(), "command": "gptlab bench " + " ".join(args.argv),
+        "device": dev_name, "torch": torch.__version__, "preset": cfg.preset,
+        "shape": {k: getattr(shape, k) for k in ("n_layer", "n_head", "n_embd", "head_dim", "mlp_dim",
+                                                  "vocab_size", "padded_vocab", "tie_embeddings", "qkv")},
+        "params": model.num_params(), "batch_size": batch, "seq_len": seq, "accum": accum,
+        "tokens_per_step": tokens_per_step, "dtype": str(dtype).replace("torch.", ""), "compile": compile_mode,
+        "compile_scope": args.compile_scope, "ce_chunk": args.ce_chunk, "sdpa": args.sdpa,
+        "steps": args.steps, "warmup": args.warmup, "flops_per_token": fpt,
+        "flops_formula": "6N + 12*L*H*Q*T (gptlab.model.flops_per_token)",
+        "peak_table_tflops": peak / 1e12 if peak else None, "matmul_tflops": mm,
+        **t, **_rates(fpt, tokens_per_step, t["ms_per_step"], peak, mm),
+        "compile_s": t["first_step_s"] if compile_mode != "none" else 0.0,
+        "peak_mem_gb": _peak_mem_gb(device),
+    }
+    if args.profile:
+        with _sdpa_ctx(args.sdpa):
+            res["profile"] = profile_step(step, batches, device, Path(args.profile))
+    del model, cm, opt, step, batches
+    _free(device)
+    if args.peer == "hf":
+        with _sdpa_ctx(args.sdpa):
+            res["peer"] = run_hf_peer(cfg, shape, batch, seq, accum, device, dtype, compile_mode,
+                                      args.steps, args.warmup, fpt, peak, mm)
+        res["ratio"] = {f"vs_{k}": res["tokens_per_sec"] / v["tokens_per_sec"] for k, v in res["peer"].items()}
+    return res
+
+
+def _line(label: str, r: dict) -> str:
+    mem = f"{r['peak_mem_gb']:.2f} GiB" if r.get("peak_mem_gb") is not None else "n/a"
+    mmm = fmt_mfu(r.get("mfu_matmul"))
+    return (f"{label:<12} {r['tokens_per_sec']:>12,.0f} tok/s  {r['ms_per_step']:8.2f} ms/step  "
+            f"{r['tflops']:7.1f} TFLOP/s  MFU {fmt_mfu(r['mfu_table'])} (table) {mmm} (matmul)  mem {mem}  "
+            f"first step {r['first_step_s']:.1f}s")
+
+
+def format_bench(res: dict) -> str:
+    mm = f"{res['matmul_tflops']:.0f} TFLOP/s" if res["matmul_tflops"] else "n/a"
+    pk = f"{res['peak_table_tflops']:.1f} TFLOP/s" if res["peak_table_tflops"] else "n/a"
+    out = [f"bench {res['preset']} on {res['device']} (torch {res['torch']}): batch {res['batch_size']} x seq "
+           f"{res['seq_len']} x accum {res['accum']} = {res['tokens_per_step']:,} tokens/step, {res['dtype']}, "
+           f"compile {res['compile']} ({res['compile_scope']}), ce_chunk {res['ce_chunk']}, sdpa {res['sdpa']}",
+           f"FLOPs/token {res['flops_per_token'] / 1e9:.3f} G ({res['flops_formula']}); peak {pk} (table), "
+           f"bf16 8192^3 matmul measured {mm}",
+           _line("gptlab", res)]
+    for k, v in res.get("peer", {}).items():
+        out.append(_line(k, v))
+    for k, v in res.get("ratio", {}).items():
+        out.append(f"ratio gptlab/{k[3:]}: {v:.2f}x")
+    if "profile" in res:
+        p = res["profile"]
+        out += [f"profile: {p['trace']} | {p['kernels_csv']} | {p['kernels_png']}", p["table"]]
+    return "\n".join(out)
+
+
+def _bench_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="gptlab bench", description="time the training step on random batches; any other "
+                "--key value is a config override (batch_size, seq_len, dtype, compile, gradient_accumulation_steps...)")
+    p.add_argument("preset", nargs="?", default="gpt2")
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (the first compiles)")
+    p.add_argument("--peer", choices=("none", "hf"), default="none", help="hf: also time transformers' GPT2LMHeadModel")
+    p.add_argument("--profile", default="", help="path prefix: writes PREFIX_trace.json.gz, _kernels.csv, _kernels.png")
+    p.add_argument("--json", default="", help="write the result as JSON here")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--ce_chunk", type=int, default=8192,
+                   help="tokens per chunk of the fused linear+cross-entropy; 0 = plain full logits")
+    p.add_argument("--sdpa", choices=("auto", "cudnn", "flash", "efficient", "math"), default="auto")
+    p.add_argument("--compile_scope", choices=("model", "blocks"), default="model")
+    p.add_argument("--no_matmul", action="store_true", help="skip the 8192^3 matmul reference")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args, rest = _bench_parser().parse_known_args(argv)
+    args.argv = list(argv)
+    res = bench(args, rest)
+    print(format_bench(res), flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+# ---------------------------------------------------------------- throughput (Languini way)
+
+def throughput(args, rest: list[str]) -> dict:
+    cfg = _config(args.preset, rest)
+    device = _device(args.device)
+    on_gpu = device.type == "cuda"
+    # The benchmark's way: fp16 + GradScaler, compiled. CPU: fp32 and eager (tests only).
+    dtype = torch.float16 if on_gpu else torch.float32
+    compile_mode = args.compile if on_gpu else "none"
+    vocab = cfg.model.vocab_size or DEFAULT_VOCAB
+    shape = GPTShape.from_config(cfg.model, vocab)
+    seq = shape.block_size
+    fpt = flops_per_token(shape, seq)
+    peak, dev_name = device_peak_flops(device)
+    lo = args.min_batch or (8 if on_gpu else 1)
+    hi = args.max_batch or (1024 if on_gpu else 4)
+    if lo < 1 or hi < lo:
+        raise UserError(f"--min_batch {lo} / --max_batch {hi}: need 1 <= min <= max")
+    torch.manual_seed(0)
+    model = GPT(shape).to(device)
+    model.ce_chunk_tokens = args.ce_chunk
+    model.train()
+    opt = build_optimizer(model, cfg, device.type)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    # dynamic=None: after the second size torch.compile makes the batch dimension
+    # symbolic, so the sweep compiles twice instead of once per size.
+    cm = _compile(model, compile_mode, "model", dynamic=None)
+    step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip)
+    rows = []
+    b = lo
+    while b <= hi:
+        try:
+            _free(device)
+            batches = _random_batches(2, b, seq, vocab, 1, device)
+            t = time_steps(step, batches, device, args.warmup, args.rounds)
+            r = _rates(fpt, b * seq, t["ms_per_step"], peak, None)
+            rows.append({"batch": b, "tokens_per_sec": r["tokens_per_sec"], "ms_per_step": t["ms_per_step"],
+                         "peak_mem_gb": _peak_mem_gb(device), "mfu_table": r["mfu_table"],
+                         "first_step_s": t["first_step_s"]})
+            print(f"batch {b:>5}: {r['tokens_per_sec']:>12,.0f} tok/s  {t['ms_per_step']:8.2f} ms/step  "
+                  f"MFU {fmt_mfu(r['mfu_table'])}", flush=True)
+            del batches
+        except torch.OutOfMemoryError:
+            # Largest size found: drop what the failed step held and stop the sweep.
+            batches = None
+            opt.zero_grad(set_to_none=True)
+            _free(device)
+            print(f"batch {b:>5}: out of memory, sweep stops", flush=True)
+            break
+        b *= 2
+    if not rows:
+        raise UserError(f"batch {lo} does not fit on {dev_name}: lower --min_batch")
+    best = max(rows, key=lambda r: r["tokens_per_sec"])
+    return {"kind": "throughput", "date": _now(), "command": "gptlab throughput " + " ".join(args.argv),
+            "device": dev_name, "torch": torch.__version__, "preset": cfg.preset, "seq_len": seq,
+            "dtype": str(dtype).replace("torch.", ""), "compile": compile_mode, "ce_chunk": args.ce_chunk,
+            "flops_per_token": fpt, "peak_table_tflops": peak / 1e12 if peak else None,
+            "rows": rows, "best": best}
+
+
+def throughput_main(argv: list[str]) -> int:
+    p = _Parser(prog="gptlab throughput", description="reference tokens/s of a preset: sweep batch sizes "
+                "(powers of 2) up to the largest that fits; fp16 + GradScaler, compiled (GPU)")
+    p.add_argument("preset")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", default="default", choices=("none", "default", "reduce-overhead", "max-autotune"))
+    p.add_argument("--min_batch", type=int, default=0)
+    p.add_argument("--max_batch", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=20, help="timed steps per batch size")
+    p.add_argument("--ce_chunk", type=int, default=8192, help="0 = plain full-logits loss")
+    p.add_argument("--csv", default="", help="write the rows here (else to stdout)")
+    p.add_argument("--json", default="")
+    args, rest = p.parse_known_args(argv)
+    args.argv = list(argv)
+    if args.rounds < 1 or args.warmup < 1:
+        raise UserError("--rounds and --warmup must be at least 1")
+    res = throughput(args, rest)
+    fields = ["batch", "tokens_per_sec", "ms_per_step", "peak_mem_gb"]
+    fh = open(args.csv, "w", newline="") if args.csv else sys.stdout
+    w = csv.writer(fh)
+    w.writerow(fields)
+    for r in res["rows"]:
+        w.writerow([r["batch"], f"{r['tokens_per_sec']:.0f}", f"{r['ms_per_step']:.3f}",
+                    "" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.3f}"])
+    if args.csv:
+        fh.close()
+    b = res["best"]
+    print(f"best: batch {b['batch']} -> {b['tokens_per_sec']:,.0f} tokens/s on {res['device']} "
+          f"({res['dtype']}, compile {res['compile']}; MFU {fmt_mfu(b['mfu_table'])}); "
+          f"use --tokens_per_second {b['tokens_per_sec']:.0f}", flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
