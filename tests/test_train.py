@@ -67,3 +67,24 @@ def test_sample_command_prints_text(char_dataset, tmp_path):
                 timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("All:") >= 2 and "tokens/s" in r.stdout
+
+
+def test_init_from_another_run_fine_tunes_with_a_cropped_context(char_dataset, tmp_path):
+    import torch
+
+    from gptlab import checkpoint as ck
+
+    base = tmp_path / "base"
+    train(_cfg(char_dataset, base, max_iters=20, eval_interval=20))
+    ft = tmp_path / "ft"
+    summary = train(_cfg(char_dataset, ft, max_iters=5, eval_interval=5, init_from=str(base), block_size=16,
+                         n_layer=7, learning_rate=1e-4, min_lr=1e-5, warmup_iters=0))
+    saved = json.loads((ft / "config.json").read_text())["model"]
+    assert saved["n_layer"] == 2 and saved["block_size"] == 16  # architecture from the source run, context cropped
+    src, _ = ck.load_model_state(base)
+    new, _ = ck.load_model_state(ft, "last")
+    assert new["transformer.wpe.weight"].shape[0] == 16
+    # fine-tuning started from the source weights: a few small steps keep them close
+    diff = (new["transformer.h.0.mlp.c_fc.weight"] - src["transformer.h.0.mlp.c_fc.weight"]).abs().max()
+    assert 0 < diff < 0.01
+    assert summary["step"] == 5
