@@ -234,20 +234,22 @@ def test_wikitext_style_parquet_zero_shot_eval(tmp_path):
                         "--out", str(data / "wt"), "--no_progress"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert list(T.read_meta(data / "wt")["splits"]) == ["test"]
-    # A tiny run folder (config.json + checkpoint) trained on the same prepared dir.
+    # A tiny run folder (config.json + checkpoint) built in-process: what `gptlab train`
+    # writes, without paying for training on a shared 2-core CI machine.
+    torch = pytest.importorskip("torch")
+    from gptlab import checkpoint as ck
+    from gptlab.config import build_config
+    from gptlab.runtime import build_model_from_config
+
+    cfg = build_config("baby", overrides=dict(n_layer=1, n_embd=32, n_head=2, block_size=32, vocab_size=50304))
+    cfg.data.dataset = str(data / "wt")
+    torch.manual_seed(0)
+    model = build_model_from_config(cfg)
     run = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "gptlab", "train", "baby", "--dataset", str(data / "wt"),
-                        "--max_iters", "2", "--out_dir", str(run), "--n_layer", "1", "--n_embd", "32", "--n_head", "2",
-                        "--block_size", "32", "--eval_iters", "1", "--eval_data_split", "test"],
-                       env=env, capture_output=True, text=True, timeout=180)
-    if r.returncode != 0:
-        r = subprocess.run([sys.executable, "-m", "gptlab", "train", "baby", "--dataset", str(data / "wt"),
-                            "--max_iters", "2", "--out_dir", str(run), "--n_layer", "1", "--n_embd", "32", "--n_head", "2",
-                            "--block_size", "32", "--eval_iters", "1"], env=env, capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, r.stderr[-3000:]
-    ckpts = sorted(p for p in run.rglob("*.pt"))
-    assert ckpts and (run / "config.json").is_file()
-    r = subprocess.run([sys.executable, "-m", "gptlab", "eval", "--checkpoint_file", str(ckpts[-1]),
+    run.mkdir()
+    ck.atomic_write_text(run / "config.json", cfg.to_json() + "\n")
+    ckpt = ck.save_checkpoint(run, {"model": model.state_dict()}, step=0)
+    r = subprocess.run([sys.executable, "-m", "gptlab", "eval", "--checkpoint_file", str(ckpt),
                         "--config_file", str(run / "config.json"), "--eval_data_split", "test", "--last_n", "16",
                         "--dataset", str(data / "wt")], env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
