@@ -2,7 +2,8 @@
 # All GPU measurements of issue 4 in one device call. Usage (repo root, on the GPU machine):
 #   OUT=/some/dir bash benchmarks/bench_gpu.sh PLAN
 # PLAN 1: headline (gpt2 b16 + HF peer + profile), b32, training loop, zero_one, Languini small.
-# PLAN 2: levers (plain CE, SDPA backends, per-block compile), Languini medium.
+# PLAN 3: Languini small sweep alone.
+# PLAN 2: levers (SDPA backends, per-block compile), Languini medium.
 # Each part runs under its own timeout so one hang cannot eat the call; every part's JSON
 # is merged into $OUT/results_planN.json after each part (at most 8 files come back).
 set -u
@@ -41,23 +42,27 @@ B16="--batch_size 16 --seq_len 1024 --vocab_size 50257 --gradient_accumulation_s
 
 if [ "$PLAN" = 1 ]; then
   say "env"; (nvidia-smi -L; python3 -c "import torch,transformers,triton;print(torch.__version__,transformers.__version__,triton.__version__,torch.cuda.get_device_name())") >>"$LOG" 2>&1
-  part b16 200 $G bench gpt2 $B16 --steps 30 --warmup 5 --peer hf --profile "$OUT/prof_b16" --json "$W/bench_gpt2_b16.json"
-  part b32 100 $G bench gpt2 ${B16/--batch_size 16/--batch_size 32} --steps 20 --warmup 3 --json "$W/bench_gpt2_b32.json"
-  $G prepare zero_one >>"$LOG" 2>&1
-  part trainloop 150 $G train gpt2 --dataset zero_one --vocab_size 50257 --batch_size 16 --gradient_accumulation_steps 1 \
+  part b16 180 $G bench gpt2 $B16 --steps 30 --warmup 5 --peer hf --profile "$OUT/prof_b16" --json "$W/bench_gpt2_b16.json"
+  part b32 90 $G bench gpt2 ${B16/--batch_size 16/--batch_size 32} --steps 20 --warmup 3 --json "$W/bench_gpt2_b32.json"
+  part chunked_ce 70 $G bench gpt2 $B16 --steps 20 --warmup 3 --ce_chunk 8192 --no_matmul --json "$W/lever_chunked_ce.json"
+  # data/zero_one travels with the call (carry): the device has no offline GPT-2 vocabulary
+  # to run `gptlab prepare zero_one` with.
+  part trainloop 120 $G train gpt2 --dataset zero_one --vocab_size 50257 --batch_size 16 --gradient_accumulation_steps 1 \
       --compile default --dtype bfloat16 --max_iters 240 --warmup_iters 10 --lr_decay_iters 240 --eval_interval 0 \
       --eval_iters 0 --log_interval 20 --log_metrics_every 20 --tensorboard false --progress off --out_dir /tmp/tl
   cp /tmp/tl/metrics.jsonl "$W/trainloop_metrics.jsonl" 2>/dev/null
-  part zero_one 70 $G train zero_one --device cuda --eval_interval 10 --eval_iters 10 --log_interval 10 \
+  part zero_one 60 $G train zero_one --device cuda --eval_interval 10 --eval_iters 10 --log_interval 10 \
       --tensorboard false --progress off --out_dir /tmp/zo
   cp /tmp/zo/metrics.jsonl "$W/zero_one_metrics.jsonl" 2>/dev/null
-  part tp_small 100 $G throughput small --min_batch 16 --max_batch 256 --warmup 3 --rounds 10 --csv "$W/tp_small.csv" --json "$W/throughput_small.json"
+  part tp_small 90 $G throughput small --min_batch 32 --max_batch 256 --warmup 3 --rounds 10 --csv "$W/tp_small.csv" --json "$W/throughput_small.json"
 fi
 if [ "$PLAN" = 2 ]; then
-  part plain_ce 90 $G bench gpt2 $B16 --steps 20 --warmup 3 --ce_chunk 0 --no_matmul --json "$W/lever_plain_ce.json"
   part sdpa_flash 90 $G bench gpt2 $B16 --steps 20 --warmup 3 --sdpa flash --no_matmul --json "$W/lever_sdpa_flash.json"
   part sdpa_cudnn 90 $G bench gpt2 $B16 --steps 20 --warmup 3 --sdpa cudnn --no_matmul --json "$W/lever_sdpa_cudnn.json"
   part blocks 60 $G bench gpt2 $B16 --steps 20 --warmup 3 --compile_scope blocks --no_matmul --json "$W/lever_blocks.json"
   part tp_medium 120 $G throughput medium --min_batch 8 --max_batch 128 --warmup 3 --rounds 8 --csv "$W/tp_medium.csv" --json "$W/throughput_medium.json"
+fi
+if [ "$PLAN" = 3 ]; then  # Languini small alone (the sweep compiles once: batch dim symbolic)
+  part tp_small 90 $G throughput small --min_batch 32 --max_batch 256 --warmup 3 --rounds 10 --csv "$W/tp_small.csv" --json "$W/throughput_small.json"
 fi
 say done
