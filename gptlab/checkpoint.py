@@ -24,6 +24,7 @@ import io
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -235,7 +236,11 @@ def load_checkpoint(path: Path, map_location="cpu", check: bool = True) -> dict:
         if problem:
             raise UserError(f"checkpoint {path} is damaged: {problem}; use an older one or retrain")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about a foreign pickle protocol before refusing it; the refusal
+            # below is the one line the user needs.
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a damaged or foreign file
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load checkpoint {path}: not a valid gptlab/PyTorch checkpoint ({first})") from None

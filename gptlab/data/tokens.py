@@ -76,19 +76,23 @@ def write_split(
     h = hashlib.sha256()
     n = 0
     chunks = [tokens] if isinstance(tokens, np.ndarray) else tokens
-    with open(tmp, "wb") as f:
-        for chunk in chunks:
-            a = np.asarray(chunk)
-            if a.size == 0:
-                continue
-            if vocab_size is not None:
-                check_token_range(a, vocab_size, what=f"{split} tokens")
-            elif a.dtype.kind in "iu" and (a.min() < 0 or int(a.max()) > np.iinfo(dt).max):
-                raise ValueError(f"token ids out of range for {dt}")
-            b = a.astype(dt, copy=False).tobytes()
-            h.update(b)
-            f.write(b)
-            n += a.size
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in chunks:
+                a = np.asarray(chunk)
+                if a.size == 0:
+                    continue
+                if vocab_size is not None:
+                    check_token_range(a, vocab_size, what=f"{split} tokens")
+                elif a.dtype.kind in "iu" and (a.min() < 0 or int(a.max()) > np.iinfo(dt).max):
+                    raise ValueError(f"token ids out of range for {dt}")
+                b = a.astype(dt, copy=False).tobytes()
+                h.update(b)
+                f.write(b)
+                n += a.size
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a rejected split leaves nothing behind, not even a .tmp
+        raise
     info = {"tokens": int(n), "sha256": h.hexdigest(), "documents": None}
     if doc_starts is not None:
         starts = np.asarray(doc_starts, dtype=np.uint64)
@@ -227,8 +231,8 @@ def doc_offsets(data_dir: Path, split: str, meta: dict | None = None) -> np.ndar
         return None
     try:
         starts = np.load(p, allow_pickle=False)
-    except ValueError as e:
-        raise _bad(data_dir, f"{p.name} is not a plain .npy array ({e})") from None
+    except Exception as e:  # noqa: BLE001 - numpy fails on a damaged file with ValueError, EOFError, SyntaxError, ...
+        raise _bad(data_dir, f"{p.name} is not a plain .npy array ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     n = meta["splits"].get(split, {}).get("tokens")
     if starts.ndim != 1 or starts.dtype.kind not in "iu" or (starts.size and (starts[0] != 0 or (n is not None and int(starts[-1]) > n))):
         raise _bad(data_dir, f"{p.name} does not hold valid document starts")
