@@ -165,6 +165,9 @@ def main(argv: list[str]) -> int:
     else:  # <run>/checkpoints/model.pt -> <run>/config.json
         cfg_path = ckpt_path.resolve().parent.parent / "config.json"
     cfg = load_run_config(cfg_path)
+    # A --last_n typo is reported before the checkpoint and the split are loaded (minutes for big ones).
+    if a.last_n and (a.last_n < 0 or (a.seq_len or cfg.model.block_size) % a.last_n):
+        raise UserError(f"--last_n {a.last_n} must divide seq_len {a.seq_len or cfg.model.block_size}")
     if a.dataset:
         cfg.data.dataset = a.dataset
     if a.data_root:
