@@ -28,7 +28,8 @@ from gptlab.config import build_config, parse_overrides, resolve_batch
 from gptlab.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-OPENBOOKS = REPO.parent / "shared" / "data" / "openbooks"
+# GPTLAB_OPENBOOKS=/nowhere exercises the synthetic fallback corpus.
+OPENBOOKS = Path(os.environ.get("GPTLAB_OPENBOOKS", REPO.parent / "shared" / "data" / "openbooks"))
 
 # The 6h command from the benchmark's README, flags exactly as printed there.
 SIX_HOUR = ("small --train_batch_size 128 --decay_steps 18265 --max_train_steps 18265 "
