@@ -172,19 +172,26 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, sampler, capsys):
         assert sa["sampler"][0]["epoch"] * per_epoch + sa["sampler"][0]["step"] == n  # batches consumed
 
 
-def test_sigterm_finishes_the_step_checkpoints_and_says_how_to_resume(tmp_path):
+def test_sigterm_stops_cleanly_and_a_second_signal_exits_at_once(tmp_path):
+    """Two real runs, started together to share the start-up time: one gets SIGTERM (finish
+    the step, checkpoint, exit 0 saying how to resume), the other SIGTERM then SIGINT."""
     from gptlab.config import build_config, parse_overrides
 
     data = make_dataset(tmp_path)
-    run = tmp_path / "run"
+    run, run2 = tmp_path / "run", tmp_path / "run2"
     proc = spawn(train_args(data, run, "random", 400, checkpoint_interval=0), tmp_path, "term")
+    proc2 = spawn(train_args(data, run2, "random", 400, checkpoint_interval=0), tmp_path, "twice")
     try:
         wait_for_step(proc, run, 3, need_checkpoint=False)
         proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=120)
+        wait_for_step(proc2, run2, 2, need_checkpoint=False)
+        proc2.send_signal(signal.SIGTERM)
+        proc2.send_signal(signal.SIGINT)  # a different signal, so the two cannot merge into one
+        rc, rc2 = proc.wait(timeout=120), proc2.wait(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        for p in (proc, proc2):
+            if p.poll() is None:
+                p.kill()
     out, err = (tmp_path / "term.out").read_text(), (tmp_path / "term.err").read_text()
     assert rc == 0, err
     assert "Traceback" not in err and "SIGTERM" in err
@@ -193,7 +200,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_says_how_to_resume(tmp_path):
     ckpts = ck.list_checkpoints(run)
     assert ckpts and ckpts[0].name == f"ckpt_{last:08d}.pt" and ck.verify(ckpts[0]) is None
     state = ck.load_checkpoint(ckpts[0])
-    assert state["sampler"][0]["step"] == 2 * last
+    assert state["sampler"][0]["step"] == 2 * last  # the next unseen batch, two micro-batches a step
     line = next(l for l in out.splitlines() if "Resume with:" in l)
     assert f"stopped by SIGTERM at step {last}" in line
     cmd = shlex.split(line.split("Resume with:", 1)[1])
@@ -201,23 +208,9 @@ def test_sigterm_finishes_the_step_checkpoints_and_says_how_to_resume(tmp_path):
     cfg = build_config("baby", None, parse_overrides(cmd[3:]))
     assert cfg.train.resume and not cfg.train.overwrite and Path(cfg.log.out_dir) == run
 
-
-def test_second_signal_exits_at_once(tmp_path):
-    data = make_dataset(tmp_path)
-    run = tmp_path / "run"
-    # A larger model, so the first signal lands in a step that is still running.
-    proc = spawn(train_args(data, run, "random", 400, checkpoint_interval=0, n_embd=256, n_layer=2), tmp_path, "twice")
-    try:
-        wait_for_step(proc, run, 2, need_checkpoint=False)
-        proc.send_signal(signal.SIGTERM)
-        proc.send_signal(signal.SIGINT)  # a different signal, so the two cannot merge into one
-        rc = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    out = (tmp_path / "twice.out").read_text()
-    assert rc in (128 + signal.SIGINT, 128 + signal.SIGTERM)
-    assert "Resume with:" not in out and "Traceback" not in (tmp_path / "twice.err").read_text()
+    assert rc2 in (128 + signal.SIGINT, 128 + signal.SIGTERM)
+    assert "Resume with:" not in (tmp_path / "twice.out").read_text()
+    assert "Traceback" not in (tmp_path / "twice.err").read_text()
 
 
 def test_sigint_in_process_stops_cleanly_and_restores_handlers(tmp_path, capsys):
