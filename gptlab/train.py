@@ -24,6 +24,7 @@ from gptlab import checkpoint as ck
 from gptlab import distributed as dist_
 from gptlab.config import Config, resolve_batch
 from gptlab.data import tokens as tk
+from gptlab.data.prefetch import Prefetcher
 from gptlab.data.samplers import RandomWindowSampler, StreamBatcher
 from gptlab.errors import UserError
 from gptlab.evaluate import evaluate, format_metrics
@@ -418,6 +419,8 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
         f"{str(dtype).replace('torch.', '')} | world {d.world_size} | batch {global_batch} = {d.world_size} ranks x "
         f"{micro} x {accum} accum | seq {shape.block_size} | {tokens_per_step:,} tokens/step")
 
+    train_time = 0.0  # wall seconds in training steps only (no eval, no checkpoints)
+
     def run_eval(step: int) -> dict:
         out = {}
         reduce = (lambda t: dist_.all_reduce_sum(t, d)) if d.enabled else None
@@ -428,6 +431,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
                          max_batches=cfg.train.eval_iters, byte_lengths=byte_lengths, autocast=ctx,
                          rank=d.rank, world_size=d.world_size, reduce=reduce)
             m["split"] = split
+            m["train_time_s"] = train_time
             logger.log("eval", step, tokens_seen, m)
             out[split] = m
         val = out.get(val_name) or out.get("train")
@@ -436,7 +440,8 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
             extra = f" | {val_name} {format_metrics(val)}" if val_name in out else ""
             gap = ""
             if meta.get("name") == "zero_one" or cfg.data.dataset.endswith("zero_one"):
-                gap = f" | gap to entropy bound: {(val['loss'] / ENTROPY_ZERO_ONE - 1) * 100:+.2f}%"
+                gap = (f" | gap to entropy bound {ENTROPY_ZERO_ONE:.4f}: {(val['loss'] / ENTROPY_ZERO_ONE - 1) * 100:+.2f}%"
+                       f" after {train_time:.1f}s of training")
             logger.print(f"eval step {step}: {line}{extra}{gap}")
         return out
 
@@ -493,13 +498,20 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
     summary = {"run_dir": str(run_dir)}
     check_every = max(1, min(cfg.train.max_nonfinite, cfg.log.log_interval))
     log_grads = cfg.log.log_grads_every
+    def produce():
+        state_before = sampler.state_dict()
+        return state_before, to_device(step_batches(sampler, accum), device)
+
+    # On a GPU a worker thread prepares the next steps' batches; on the CPU the cores are
+    # busy with the step itself, so batches are drawn in line.
+    prefetch = Prefetcher(produce, depth=2, enabled=device.type == "cuda")
     t_w = time.time()
-    next_pos = sampler.state_dict()
-    batches = to_device(step_batches(sampler, accum), device)
+    next_pos, batches = prefetch.get()
     data_wait += time.time() - t_w
     step = start_step
     model.train()
     while step < max_steps:
+        t_step = time.time()
         lr = lr_at(step, cfg)
         for g in optimizer.param_groups:
             g["lr"] = lr
@@ -513,8 +525,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
                 loss = loss / accum
             if last:  # fetch the next step's data while the device works on this one
                 t_w = time.time()
-                next_pos = sampler.state_dict()
-                next_batches = to_device(step_batches(sampler, accum), device)
+                next_pos, next_batches = prefetch.get()
                 data_wait += time.time() - t_w
             scaler.scale(loss).backward()
             step_loss += loss.detach()
@@ -547,6 +558,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
         steps_since += 1
         tokens_seen += tokens_per_step
         batches = next_batches
+        train_time += time.time() - t_step
         logger.advance(1)
 
         if step % check_every == 0 or step == max_steps:
@@ -576,7 +588,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
             skipped_total_now = skipped_total + int(total_bad.item())
             values = {"loss": mean_loss, "lr": lr, "ms_per_step": dt * 1000, "tokens_per_sec": tps, "mfu": m,
                       "grad_norm": float(gnorm), "data_wait_share": data_wait / max(dt * steps_since, 1e-9),
-                      "nonfinite_skipped": skipped_total_now}
+                      "nonfinite_skipped": skipped_total_now, "train_time_s": train_time}
             if mem is not None:
                 values["peak_mem_gb"] = mem
             if step % cfg.log.log_metrics_every == 0 or step == max_steps:
@@ -620,6 +632,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
             summary["stopped"] = True
             break
     stop.restore()
+    prefetch.close()
     logger.close()
     summary.update(step=step, best_val_loss=best_val, eval=last_eval, tokens=tokens_seen,
                    nonfinite_skipped=skipped_total)
