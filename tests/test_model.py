@@ -35,11 +35,33 @@ LANGUINI_DIMS = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Small CPU models: on a busy 2-core machine one intra-op thread is far faster than two.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _meta_model(preset: str, **overrides) -> GPT:
-    # The meta device allocates no storage: even `large` (731M) builds in well under a second.
+    """The preset's model on the meta device: no storage, so even `large` (731M) is instant.
+
+    Random init is skipped: sizes do not depend on it, and torch's meta-device normal_
+    imports torch._dynamo on first use, which takes 10+ s on a busy machine.
+    """
     cfg = build_config(preset, overrides=overrides or None)
-    with torch.device("meta"):
-        return GPT(GPTShape.from_config(cfg.model))
+    keep = lambda t, *a, **k: t  # noqa: E731
+    names = ("normal_", "uniform_", "kaiming_uniform_", "trunc_normal_")
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, keep)
+        with torch.device("meta"):
+            return GPT(GPTShape.from_config(cfg.model))
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
 
 
 def _small_model(preset: str, seed: int = 0, **overrides) -> GPT:
