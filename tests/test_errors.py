@@ -156,8 +156,6 @@ def test_prepare_refuses_unreadable_text(tmp_path, capsys, content):
     assert ("UTF-8" in line) if content else ("empty" in line)
 
 
-@pytest.mark.xfail(strict=True, reason="prepare.py clears/creates --out before reading --input "
-                                       "(prepare_out_dir runs before read_text_file); owner of prepare.py to fix")
 def test_prepare_with_unreadable_text_leaves_out_dir_alone(tmp_path, capsys):
     src = tmp_path / "in.txt"
     src.write_bytes(b"\xff\xfe")

@@ -250,7 +250,7 @@ def _write_dataset(out: Path, name: str, tok: Tokenizer, splits: dict[str, tuple
             for s, i in meta_splits.items()
         )
         secs = f" in {time.perf_counter() - t0:.2f}s" if t0 is not None else ""
-        print(f"prepared {name}{secs}: {parts}; tokenizer {tok.name}, vocab {tok.vocab_size:,}, {meta['dtype']} -> {out}")
+        print(f"prepared {name}{secs}: {parts}; tokenizer {tok.name}, vocab {tok.vocab_size:,}, {meta['dtype']}")
     return out
 
 
@@ -417,24 +417,49 @@ def prepare(name: str, input=None, tokenizer: str | None = None, out=None, overw
     if vocab_size is not None and vocab_size < 8:
         raise UserError(f"--vocab_size {vocab_size} is too small: use at least a few hundred")
     out = Path(out) if out is not None else Path("data") / name
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: choose another --out")
+    if out.is_dir() and T.is_prepared(out) and not overwrite:
+        raise UserError(f"{out} already holds prepared data: pass --overwrite to replace it, or choose another --out")
+    # Build everything in a sibling work folder and swap it in only when complete: a bad
+    # input, a crash or Ctrl-C half-way never clears or mixes with the data already there.
+    work = out.with_name(f".{out.name}.preparing-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        _run_recipe(name, input, tokenizer, work, seed, val_fraction, vocab_size, num_threads, input_sentence_size)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(work, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(work, out)
+    print(f"data written to {out}")
+    return out
+
+
+def _run_recipe(name, input, tokenizer, out: Path, seed, val_fraction, vocab_size, num_threads, input_sentence_size):
     t0 = time.perf_counter()
-    # Resolve the input before touching the output dir, so a bad --input never clears old data.
     if name in ("shakespeare_char", "shakespeare"):
         text, source = get_tinyshakespeare(input)
-        T.prepare_out_dir(out, overwrite)
+        T.prepare_out_dir(out)
         kind = tokenizer or ("char" if name == "shakespeare_char" else "gpt2")
         return _prepare_one_text(name, text, source, kind, out, val_fraction, vocab_size, seed, num_threads, t0)
     if name == "zero_one":
         if tokenizer not in (None, "gpt2"):
             raise UserError("the zero_one recipe is defined with GPT-2 BPE: drop --tokenizer or use `prepare text`")
-        T.prepare_out_dir(out, overwrite)
+        T.prepare_out_dir(out)
         return _prepare_zero_one(out, seed, val_fraction, t0)
     if name == "text":
         if input is not None and not Path(input).exists():
             raise UserError(f"--input {input} does not exist: give a UTF-8 file or a folder of files")
-        T.prepare_out_dir(out, overwrite)
+        T.prepare_out_dir(out)
         return _prepare_text(input, tokenizer or "gpt2", out, val_fraction, vocab_size, seed, num_threads, t0)
-    T.prepare_out_dir(out, overwrite)
+    T.prepare_out_dir(out)
     return _prepare_books(name, input, tokenizer, out, vocab_size, seed, num_threads, t0, input_sentence_size)
 
 
