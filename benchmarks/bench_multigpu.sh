@@ -27,6 +27,7 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 if [ "${SMALL:-0}" = 1 ]; then
   SMALL_ARGS=(--n_layer 2 --n_head 2 --n_embd 64 --block_size 64 --device cpu --dtype float32)
   B124=4; BXL=2; S124=6; SXL=4; COMPILE=none; NTOK=200000
+  T_1GPU=${T_1GPU:-600}; T_DDP=${T_DDP:-600}; T_FSDP=${T_FSDP:-600}; T_RESUME=${T_RESUME:-600}  # slow, shared CPUs
 else
   SMALL_ARGS=()
   B124=${B124:-16}; BXL=${BXL:-8}; S124=${S124:-50}; SXL=${SXL:-12}; COMPILE=${COMPILE:-default}; NTOK=20000000
@@ -68,22 +69,22 @@ ok() { echo "== $1: exit $2" | tee -a "$LOG"; }
 #    logged interval (10 steps) is the measurement; the first one includes compilation.
 G124=(gpt2 "${COMMON[@]}" --batch_size "$B124" --max_iters "$S124" --lr_decay_iters "$S124" --log_interval 10
       --log_metrics_every 10 --compile "$COMPILE" "${SMALL_ARGS[@]}")
-timeout 200 "${TRAIN1[@]}" "${G124[@]}" --out_dir "$WORK/gpt2_1gpu" --overwrite true 2>&1 | tee -a "$LOG"
+timeout ${T_1GPU:-110} "${TRAIN1[@]}" "${G124[@]}" --out_dir "$WORK/gpt2_1gpu" --overwrite true 2>&1 | tee -a "$LOG"
 ok gpt2_1gpu "${PIPESTATUS[0]}"
-timeout 220 "${TRAINN[@]}" "${G124[@]}" --parallel ddp --out_dir "$WORK/gpt2_ddp" --overwrite true 2>&1 | tee -a "$LOG"
+timeout ${T_DDP:-125} "${TRAINN[@]}" "${G124[@]}" --parallel ddp --out_dir "$WORK/gpt2_ddp" --overwrite true 2>&1 | tee -a "$LOG"
 ok gpt2_ddp "${PIPESTATUS[0]}"
 
 # 2. gpt2-xl 1.5B with FSDP2 (eager: compiling would eat the time budget); it writes a DCP
 #    checkpoint and the single-file export at the last step.
 GXL=(gpt2-xl "${COMMON[@]}" --batch_size "$BXL" --lr_decay_iters 100 --compile none "${SMALL_ARGS[@]}")
-timeout 240 "${TRAINN[@]}" "${GXL[@]}" --parallel fsdp --max_iters "$SXL" --log_interval 4 --log_metrics_every 4 \
+timeout ${T_FSDP:-170} "${TRAINN[@]}" "${GXL[@]}" --parallel fsdp --max_iters "$SXL" --log_interval 4 --log_metrics_every 4 \
   --out_dir "$WORK/xl_fsdp" --overwrite true 2>&1 | tee -a "$LOG"
 ok xl_fsdp "${PIPESTATUS[0]}"
 cp "$WORK/xl_fsdp/metrics.jsonl" "$WORK/xl_fsdp_metrics_before_resume.jsonl" 2>/dev/null
 ls -la "$WORK/xl_fsdp/checkpoints" 2>&1 | tee -a "$LOG"
 
 # 3. Resume that NGPU-rank FSDP checkpoint on 1 GPU (same global batch through accumulation).
-timeout 200 "${TRAIN1[@]}" "${GXL[@]}" --parallel fsdp --gradient_accumulation_steps "$NGPU" \
+timeout ${T_RESUME:-120} "${TRAIN1[@]}" "${GXL[@]}" --parallel fsdp --gradient_accumulation_steps "$NGPU" \
   --max_iters $((SXL + 2)) --log_interval 1 --log_metrics_every 1 --out_dir "$WORK/xl_fsdp" --resume true 2>&1 | tee -a "$LOG"
 ok xl_resume_1gpu "${PIPESTATUS[0]}"
 
