@@ -65,4 +65,21 @@ fi
 if [ "$PLAN" = 3 ]; then  # Languini small alone (the sweep compiles once: batch dim symbolic)
   part tp_small 90 $G throughput small --min_batch 32 --max_batch 256 --warmup 3 --rounds 10 --csv "$W/tp_small.csv" --json "$W/throughput_small.json"
 fi
+if [ "$PLAN" = 4 ]; then  # loop vs bench (prefetch thread), zero_one time-to-bound, Languini small + medium
+  say "env"; (nvidia-smi -L; python3 -c "import torch;print(torch.__version__,torch.cuda.get_device_name())") >>"$LOG" 2>&1
+  part b16 100 $G bench gpt2 $B16 --steps 30 --warmup 5 --json "$W/bench_gpt2_b16.json"
+  part trainloop 110 $G train gpt2 --dataset zero_one --vocab_size 50257 --batch_size 16 --gradient_accumulation_steps 1 \
+      --compile default --dtype bfloat16 --max_iters 240 --warmup_iters 10 --lr_decay_iters 240 --eval_interval 0 \
+      --eval_iters 0 --log_interval 20 --log_metrics_every 20 --tensorboard false --progress off --out_dir /tmp/tl
+  cp /tmp/tl/metrics.jsonl "$W/trainloop_metrics.jsonl" 2>/dev/null
+  part zero_one_preset 80 $G train zero_one --device cuda --compile default --eval_interval 10 --eval_iters 4 \
+      --log_interval 10 --max_iters 200 --lr_decay_iters 200 --tensorboard false --progress off --out_dir /tmp/zo1
+  cp /tmp/zo1/metrics.jsonl "$W/zero_one_preset_metrics.jsonl" 2>/dev/null
+  part zero_one_fast 80 $G train zero_one --device cuda --compile default --eval_interval 10 --eval_iters 4 \
+      --log_interval 10 --learning_rate 2e-3 --min_lr 2e-4 --warmup_iters 10 --max_iters 200 --lr_decay_iters 200 \
+      --tensorboard false --progress off --out_dir /tmp/zo2
+  cp /tmp/zo2/metrics.jsonl "$W/zero_one_fast_metrics.jsonl" 2>/dev/null
+  part tp_small 100 $G throughput small --min_batch 16 --max_batch 256 --warmup 3 --rounds 10 --csv "$W/tp_small.csv" --json "$W/throughput_small.json"
+  part tp_medium 110 $G throughput medium --min_batch 8 --max_batch 128 --warmup 3 --rounds 8 --csv "$W/tp_medium.csv" --json "$W/throughput_medium.json"
+fi
 say done

@@ -310,8 +310,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "zero_one": dict(
         n_layer=1, n_head=12, n_embd=768, block_size=512, dropout=0.0, bias=True,
         dataset="zero_one", batch_size=64, gradient_accumulation_steps=1,
-        learning_rate=6e-4, min_lr=6e-5, max_iters=300, lr_decay_iters=300, warmup_iters=20,
-        eval_interval=50, eval_iters=20, log_interval=10,
+        learning_rate=2e-3, min_lr=2e-4, max_iters=200, lr_decay_iters=200, warmup_iters=10,
+        eval_interval=10, eval_iters=4, log_interval=10,
     ),
     # Languini Kitchen GPT baselines: layers / h_dim / mlp_dim / heads / head_dim.
     "mini": _languini(4, 512, 2048, 8, 32),

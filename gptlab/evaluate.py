@@ -68,7 +68,7 @@ def build_batch(tokens: np.ndarray, starts: np.ndarray, seq_len: int, last_n: in
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_size: int, device: torch.device,
              last_n: int = 0, max_batches: int | None = None, byte_lengths: np.ndarray | None = None,
-             autocast=None, rank: int = 0, world_size: int = 1, reduce=None) -> dict:
+             autocast=None, rank: int = 0, world_size: int = 1, reduce=None, eot_id: int | None = None) -> dict:
     """Score a token stream with `model` (called as model(x) -> (logits, _)).
 
     max_batches caps the work (in-training eval): the windows are then spread evenly over
@@ -84,7 +84,8 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_siz
     n_rounds = math.ceil(len(batches) / world_size)
     was_training = model.training
     model.eval()
-    sums = torch.zeros(5, dtype=torch.float64, device=device)  # nll, tokens, bytes, top1, top10
+    # nll, tokens, bytes, top1, top10, and nll/tokens over targets that are not end-of-document
+    sums = torch.zeros(7, dtype=torch.float64, device=device)
     lengths = torch.as_tensor(byte_lengths, device=device) if byte_lengths is not None else None
     ctx = autocast if autocast is not None else contextlib.nullcontext()
     for r in range(n_rounds):
@@ -103,20 +104,25 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_siz
             continue
         sel = logits[keep].float()
         tgt = y[keep]
-        nll = F.cross_entropy(sel, tgt, reduction="sum")
+        per_token = F.cross_entropy(sel, tgt, reduction="none")
+        nll = per_token.sum()
+        words = tgt != eot_id if eot_id is not None else torch.ones_like(tgt, dtype=torch.bool)
         top = sel.topk(min(10, sel.size(-1)), dim=-1).indices
         hit10 = (top == tgt[:, None]).any(-1)
         hit1 = top[:, 0] == tgt
         nbytes = lengths[tgt].sum() if lengths is not None else torch.tensor(0.0, device=device)
         sums += torch.stack([nll.double(), torch.tensor(float(tgt.numel()), device=device, dtype=torch.float64),
-                             nbytes.double(), hit1.sum().double(), hit10.sum().double()])
+                             nbytes.double(), hit1.sum().double(), hit10.sum().double(),
+                             per_token[words].sum().double(), words.sum().double()])
     if reduce is not None:
         sums = reduce(sums)
     model.train(was_training)
-    nll, ntok, nbytes, top1, top10 = sums.tolist()
+    nll, ntok, nbytes, top1, top10, nll_words, nwords = sums.tolist()
     loss = nll / max(ntok, 1)
     out = {"loss": loss, "ppl": math.exp(min(loss, 700)), "tokens": int(ntok), "acc1": top1 / max(ntok, 1),
            "acc10": top10 / max(ntok, 1), "windows": int(len(starts)), "seq_len": seq_len, "last_n": last_n}
+    if eot_id is not None and nwords > 0:  # e.g. zero_one's bound is per word token, not per <eot>
+        out.update(loss_excl_eot=nll_words / nwords, tokens_excl_eot=int(nwords))
     if byte_lengths is not None and nbytes > 0:
         lpb = nll / nbytes
         out.update(bytes=int(nbytes), loss_per_byte=lpb, bpb=lpb / math.log(2), normalised_ppl=math.exp(min(lpb, 700)))

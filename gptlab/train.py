@@ -429,19 +429,22 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
                 continue
             m = evaluate(model, toks, shape.block_size, eval_bs, device, last_n=last_n,
                          max_batches=cfg.train.eval_iters, byte_lengths=byte_lengths, autocast=ctx,
-                         rank=d.rank, world_size=d.world_size, reduce=reduce)
+                         rank=d.rank, world_size=d.world_size, reduce=reduce, eot_id=meta.get("eot_id"))
             m["split"] = split
             m["train_time_s"] = train_time
             logger.log("eval", step, tokens_seen, m)
             out[split] = m
         val = out.get(val_name) or out.get("train")
         if val:
-            line = " | ".join(f"{k} loss {v['loss']:.4f}" for k, v in out.items())
-            extra = f" | {val_name} {format_metrics(val)}" if val_name in out else ""
+            # train loss, then the held-out split's full metrics (its loss is the first of them)
+            line = " | ".join(f"{k} loss {v['loss']:.4f}" for k, v in out.items() if k != val_name)
+            extra = f"{' | ' if line else ''}{val_name} {format_metrics(val)}" if val_name in out else ""
             gap = ""
             if meta.get("name") == "zero_one" or cfg.data.dataset.endswith("zero_one"):
-                gap = (f" | gap to entropy bound {ENTROPY_ZERO_ONE:.4f}: {(val['loss'] / ENTROPY_ZERO_ONE - 1) * 100:+.2f}%"
-                       f" after {train_time:.1f}s of training")
+                # The bound is per word token; <eot> after every 1,000 words is not part of it.
+                word_loss = val.get("loss_excl_eot", val["loss"])
+                gap = (f" | word-token loss {word_loss:.4f}, gap to entropy bound {ENTROPY_ZERO_ONE:.4f}: "
+                       f"{(word_loss / ENTROPY_ZERO_ONE - 1) * 100:+.2f}% after {train_time:.1f}s of training")
             logger.print(f"eval step {step}: {line}{extra}{gap}")
         return out
 
@@ -491,7 +494,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
         loss_sum.copy_(resume_loop.get("loss_sum", loss_sum))
         loss_count = int(resume_loop.get("loss_count", 0))
         consec_bad.copy_(resume_loop.get("consec_bad", consec_bad))
-    t_last = time.time()
+    t_last = t_mark = time.time()  # t_mark: start of the current stretch of pure training
     steps_since = 0
     data_wait = 0.0
     last_eval = {}
@@ -511,7 +514,6 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
     step = start_step
     model.train()
     while step < max_steps:
-        t_step = time.time()
         lr = lr_at(step, cfg)
         for g in optimizer.param_groups:
             g["lr"] = lr
@@ -558,7 +560,6 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
         steps_since += 1
         tokens_seen += tokens_per_step
         batches = next_batches
-        train_time += time.time() - t_step
         logger.advance(1)
 
         if step % check_every == 0 or step == max_steps:
@@ -588,7 +589,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
             skipped_total_now = skipped_total + int(total_bad.item())
             values = {"loss": mean_loss, "lr": lr, "ms_per_step": dt * 1000, "tokens_per_sec": tps, "mfu": m,
                       "grad_norm": float(gnorm), "data_wait_share": data_wait / max(dt * steps_since, 1e-9),
-                      "nonfinite_skipped": skipped_total_now, "train_time_s": train_time}
+                      "nonfinite_skipped": skipped_total_now, "train_time_s": train_time + time.time() - t_mark}
             if mem is not None:
                 values["peak_mem_gb"] = mem
             if step % cfg.log.log_metrics_every == 0 or step == max_steps:
@@ -606,6 +607,12 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
         do_ckpt = cfg.train.checkpoint_interval and step % cfg.train.checkpoint_interval == 0
         if d.enabled and not stop.requested and step % cfg.log.log_interval == 0:
             stop.requested = bool(dist_.all_reduce_max(torch.tensor(float(stop.requested), device=device), d))
+        if do_eval or do_ckpt or stop.requested:
+            # Training time excludes evaluation and checkpoints. The device runs behind the
+            # host, so wait for it before reading the clock.
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_time += time.time() - t_mark
         if do_eval:
             last_eval = run_eval(step)
             val = last_eval.get(val_name) or last_eval.get("train")
@@ -616,12 +623,14 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
             total_bad.zero_()
             if improved or cfg.train.always_save_checkpoint or step == max_steps:
                 save(step, is_best=improved)
-            t_last, steps_since, data_wait = time.time(), 0, 0.0
+            t_last = t_mark = time.time()
+            steps_since, data_wait = 0, 0.0
         elif do_ckpt or stop.requested:
             skipped_total += int(total_bad.item())
             total_bad.zero_()
             save(step, is_best=False)
-            t_last, steps_since, data_wait = time.time(), 0, 0.0
+            t_last = t_mark = time.time()
+            steps_since, data_wait = 0, 0.0
         if stop.requested:
             if not do_eval:
                 pass  # checkpoint written just above
@@ -634,7 +643,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
     stop.restore()
     prefetch.close()
     logger.close()
-    summary.update(step=step, best_val_loss=best_val, eval=last_eval, tokens=tokens_seen,
+    summary.update(step=step, best_val_loss=best_val, eval=last_eval, tokens=tokens_seen, train_time_s=train_time,
                    nonfinite_skipped=skipped_total)
     return summary
 
