@@ -283,7 +283,7 @@ def _languini(n_layer, n_embd, mlp_dim, n_head, head_dim):
         lr_decay_iters=18265, max_iters=18265, grad_clip=0.0, dtype="float16",
         train_batch_size=128, batch_size=0, gradient_accumulation_steps=4,
         eval_interval=500, eval_iters=100, eval_batch_size=16, log_interval=100,
-        compile="default", seed=0, last_n=128,
+        compile="default", seed=0, last_n=0,
     )
 
 
