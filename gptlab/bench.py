@@ -118,6 +118,17 @@ def _compile(model: torch.nn.Module, mode: str, scope: str, dynamic: bool | None
     return torch.compile(model, dynamic=dynamic, **kw)
 
 
+def _build_for_timing(shape, cfg, device, dtype, ce_chunk: int):
+    """Model, optimiser and (fp16 only) GradScaler, seeded, as the training loop builds them."""
+    torch.manual_seed(0)
+    model = GPT(shape).to(device)
+    model.ce_chunk_tokens = ce_chunk
+    model.train()
+    opt = build_optimizer(model, cfg, device.type)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    return model, opt, scaler
+
+
 def time_steps(step_fn, batches, device: torch.device, warmup: int, steps: int) -> dict:
     """Warm-up (the first call compiles), then `steps` timed calls; per-step CUDA events."""
     t0 = time.perf_counter()
@@ -323,12 +334,7 @@ def bench(args, rest: list[str]) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     mm = matmul_tflops(device) if not args.no_matmul else None
 
-    torch.manual_seed(0)
-    model = GPT(shape).to(device)
-    model.ce_chunk_tokens = args.ce_chunk
-    model.train()
-    opt = build_optimizer(model, cfg, device.type)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    model, opt, scaler = _build_for_timing(shape, cfg, device, dtype, args.ce_chunk)
     _free(device)
     cm = _compile(model, compile_mode, args.compile_scope)
     step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip)
@@ -440,12 +446,7 @@ def throughput(args, rest: list[str]) -> dict:
     hi = args.max_batch or (1024 if on_gpu else 4)
     if lo < 1 or hi < lo:
         raise UserError(f"--min_batch {lo} / --max_batch {hi}: need 1 <= min <= max")
-    torch.manual_seed(0)
-    model = GPT(shape).to(device)
-    model.ce_chunk_tokens = args.ce_chunk
-    model.train()
-    opt = build_optimizer(model, cfg, device.type)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    model, opt, scaler = _build_for_timing(shape, cfg, device, dtype, args.ce_chunk)
     cm = _compile(model, compile_mode, "model", dynamic=None)
     step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip)
     rows = []
