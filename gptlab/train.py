@@ -476,7 +476,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
               "best_val_loss": best_val, "rng": rngs, "sampler": sampler_states, "config": cfg.to_dict(),
               "nonfinite_skipped": skipped_total, "world_size": d.world_size, "parallel": cfg.system.parallel}
         # Between logging points the loop carries running sums; a resume must continue them.
-        st["loop"] = {"loss_sum": loss_sum.detach().cpu().clone(), "loss_count": loss_count,
+        st["loop"] = {"loss_sum": loss_sum.detach().cpu().clone(), "loss_count": float(loss_count),
                       "consec_bad": consec_bad.detach().cpu().clone()}
         ck.save_checkpoint(run_dir, st, step, keep_last=cfg.train.keep_last, is_best=is_best)
         if fsdp:
@@ -489,10 +489,10 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
     consec_bad = torch.zeros((), device=device)
     total_bad = torch.zeros((), device=device)
     loss_sum = torch.zeros((), device=device)
-    loss_count = 0
+    loss_count = torch.zeros((), device=device)  # steps that counted (skipped non-finite steps do not)
     if isinstance(resume_loop, dict):
         loss_sum.copy_(resume_loop.get("loss_sum", loss_sum))
-        loss_count = int(resume_loop.get("loss_count", 0))
+        loss_count.fill_(float(resume_loop.get("loss_count", 0)))
         consec_bad.copy_(resume_loop.get("consec_bad", consec_bad))
     t_last = t_mark = time.time()  # t_mark: start of the current stretch of pure training
     steps_since = 0
@@ -555,7 +555,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
         consec_bad = (consec_bad + bad.float()) * bad.float()
         total_bad += bad.float()
         loss_sum += torch.where(bad, torch.zeros_like(step_loss), step_loss)
-        loss_count += 1
+        loss_count += (~bad).float()
         step += 1
         steps_since += 1
         tokens_seen += tokens_per_step
@@ -581,7 +581,8 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
             logger.log("grads", step, tokens_seen, stats)
 
         if step % cfg.log.log_interval == 0 or step == max_steps or step % cfg.log.log_metrics_every == 0:
-            mean_loss = dist_.all_reduce_mean(loss_sum / max(loss_count, 1), d).item()
+            # mean over the steps that updated the weights; nan when every one was skipped
+            mean_loss = dist_.all_reduce_mean(loss_sum / loss_count, d).item()
             dt = (time.time() - t_last) / max(steps_since, 1)
             tps = tokens_per_step / dt
             m = mfu(fpt, tps / d.world_size, peak)
@@ -600,7 +601,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
                              f"{tps:,.0f} tok/s | MFU {fmt_mfu(m)}{memtxt}")
                 summary["train_loss"] = mean_loss
                 loss_sum.zero_()
-                loss_count = 0
+                loss_count.zero_()
                 t_last, steps_since, data_wait = time.time(), 0, 0.0
 
         do_eval = (cfg.train.eval_interval and step % cfg.train.eval_interval == 0) or step == max_steps
