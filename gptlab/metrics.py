@@ -45,6 +45,12 @@ def fmt_mfu(value: float | None) -> str:
 
 
 def peak_memory_gb(device: torch.device) -> float | None:
+    """Peak device memory allocated by torch on a GPU; on the CPU, the process's peak RSS."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    return None
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    except (ImportError, OSError):
+        return None

@@ -596,7 +596,8 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
             if step % cfg.log.log_metrics_every == 0 or step == max_steps:
                 logger.log("train", step, tokens_seen, values)
             if step % cfg.log.log_interval == 0 or step == max_steps:
-                memtxt = f" | mem {mem:.2f} GiB" if mem is not None else ""
+                memname = "peak mem" if device.type == "cuda" else "peak RSS"
+                memtxt = f" | {memname} {mem:.2f} GiB" if mem is not None else ""
                 logger.print(f"step {step}/{max_steps} | loss {mean_loss:.4f} | lr {lr:.2e} | {dt * 1000:.1f} ms/step | "
                              f"{tps:,.0f} tok/s | MFU {fmt_mfu(m)}{memtxt}")
                 summary["train_loss"] = mean_loss
