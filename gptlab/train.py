@@ -333,7 +333,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
     state = None
     resume_loop = None
     if resume:
-        found = ck.load_latest_valid(run_dir, warn=log) if d.is_main or True else None
+        found = ck.load_latest_valid(run_dir, warn=log)  # every rank reads it (small next to training)
         if found is None:
             raise UserError(f"--resume: no valid checkpoint in {run_dir}/checkpoints (all damaged?)")
         state, path = found
@@ -408,7 +408,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
         model = torch.compile(model) if cfg.system.compile == "default" else torch.compile(model, mode=cfg.system.compile)
         log(f"torch.compile mode={cfg.system.compile} (compiles on the first step; set up in {time.time() - t_c:.1f}s)")
 
-    byte_lengths = token_byte_lengths(meta, data_dir) if d.is_main or True else None
+    byte_lengths = token_byte_lengths(meta, data_dir)
     eval_bs = cfg.train.eval_batch_size or micro
     last_n = cfg.train.last_n or shape.block_size
     max_steps = cfg.train.max_iters
@@ -623,7 +623,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
                 best_val = val["loss"]
             skipped_total += int(total_bad.item())
             total_bad.zero_()
-            if improved or cfg.train.always_save_checkpoint or step == max_steps:
+            if improved or cfg.train.always_save_checkpoint or step == max_steps or stop.requested:
                 save(step, is_best=improved)
             t_last = t_mark = time.time()
             steps_since, data_wait = 0, 0.0
@@ -633,11 +633,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
             save(step, is_best=False)
             t_last = t_mark = time.time()
             steps_since, data_wait = 0, 0.0
-        if stop.requested:
-            if not do_eval:
-                pass  # checkpoint written just above
-            else:
-                save(step, is_best=False) if not (cfg.train.always_save_checkpoint or step == max_steps) else None
+        if stop.requested:  # the checkpoint of this step was written just above
             log(f"stopped by {signal.Signals(stop.signum).name} at step {step}; checkpoint written. "
                 f"Resume with: {resume_command(argv)}")
             summary["stopped"] = True
