@@ -119,6 +119,7 @@ class SystemConfig:
     parallel: str = _f("ddp", "multi-process strategy under torchrun: ddp or fsdp (FSDP2)", choices=("ddp", "fsdp"))
     deterministic: bool = _f(False, "deterministic algorithms (bit-exact resume on CPU)")
     num_threads: int = _f(0, "CPU threads for torch; 0 = torch's default")
+    ce_chunk: int = _f(0, "tokens per chunk of a linear+cross-entropy that never holds full fp32 logits; 0 = plain loss")
 
 
 @dataclass

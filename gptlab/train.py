@@ -358,13 +358,11 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
         log(f"resuming from {path} at step {start_step}")
 
     model.to(device)
-    # --- speed (issue 4): GPTLAB_CE_CHUNK=N runs the loss as a chunked linear+cross-entropy
-    # that never holds full fp32 logits (gptlab.model.chunked_cross_entropy; same value).
-    # Off by default: on an H100 it was 1% slower than the compiled plain loss and saved
-    # 0.13 GiB (BENCHMARKS.md). It returns no logits, so never with logit statistics.
-    if device.type == "cuda" and not cfg.log.log_grads_every:
-        model.ce_chunk_tokens = int(os.environ.get("GPTLAB_CE_CHUNK", "0"))
-    # --- end speed
+    # A chunked linear+cross-entropy never holds full fp32 logits (same loss value). Off by
+    # default: on an H100 it was 1% slower than the compiled plain loss (BENCHMARKS.md). It
+    # returns no logits, so logit statistics (log_grads_every) keep the plain loss.
+    if not cfg.log.log_grads_every:
+        model.ce_chunk_tokens = cfg.system.ce_chunk
     shape = model.shape
     n_params = model.num_params()
     fpt = flops_per_token(shape, shape.block_size)
