@@ -12,7 +12,7 @@ import torch
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, FLOP/s.
 PEAK_BF16 = {
-    "H100 SXM": 989.4e12, "H100 80GB HBM3": 989.4e12, "H100 NVL": 835e12, "H100 PCIe": 756e12,
+    "H100 SXM": 989.4e12, "H100 SXM5": 989.4e12, "H100 80GB HBM3": 989.4e12, "H200 NVL": 835e12, "H100 NVL": 835e12, "H100 PCIe": 756e12,
     "H200": 989.4e12, "GH200": 989.4e12, "B200": 2250e12,
     "A100": 312e12, "A800": 312e12, "L40S": 362.05e12, "L4": 121e12, "A10G": 70e12, "A10": 125e12,
     "RTX 4090": 165.2e12, "RTX 3090": 71e12,
@@ -25,13 +25,18 @@ def device_peak_flops(device: torch.device | str) -> tuple[float | None, str]:
     if device.type != "cuda" or not torch.cuda.is_available():
         return None, device.type
     name = torch.cuda.get_device_name(device)
-    # Longest key first so "H100 PCIe" wins over a shorter, wrong match.
+    return peak_for_name(name), name
+
+
+def peak_for_name(name: str) -> float | None:
+    """Table lookup on whole tokens of the device name ("L4" must not match "L40"); the longest
+    key first so "H100 PCIe" wins over a shorter one. Unknown -> None."""
+    import re
+
     for key in sorted(PEAK_BF16, key=len, reverse=True):
-        if key in name:
-            return PEAK_BF16[key], name
-    if "H100" in name:
-        return PEAK_BF16["H100 SXM"], name
-    return None, name
+        if re.search(rf"(?<![A-Za-z0-9]){re.escape(key)}(?![A-Za-z0-9])", name):
+            return PEAK_BF16[key]
+    return None
 
 
 def mfu(flops_per_token: float, tokens_per_sec_per_device: float, peak: float | None) -> float | None:
