@@ -17,6 +17,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny CPU models: on a busy 2-core machine one intra-op thread is far faster than two."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def tiny_model_config():
     from gptlab.config import build_config

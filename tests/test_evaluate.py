@@ -25,14 +25,7 @@ VOCAB = 37
 SEQ = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Hundreds of tiny forwards: on a busy 2-core machine two intra-op threads make each
-    # one ~20x slower than a single thread does.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny forwards: see conftest
 
 
 @pytest.fixture(scope="module")

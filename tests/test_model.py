@@ -35,13 +35,7 @@ LANGUINI_DIMS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small CPU models: on a busy 2-core machine one intra-op thread is far faster than two.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny forwards: see conftest
 
 
 def _meta_model(preset: str, **overrides) -> GPT:

@@ -132,6 +132,19 @@ def _count_lines(path: Path) -> int:
     return n + (not last.endswith(b"\n"))
 
 
+def _capped_batches(docs, max_docs: int, max_bytes: int):
+    """Lists of documents, each closed at max_docs documents or max_bytes bytes."""
+    batch, nb = [], 0
+    for d in docs:
+        batch.append(d)
+        nb += len(d)
+        if len(batch) >= max_docs or nb >= max_bytes:
+            yield batch
+            batch, nb = [], 0
+    if batch:
+        yield batch
+
+
 def _file_stream(split: str, files: list[Path], kind: str, text_field: str) -> Stream:
     if kind == "parquet":
         try:
@@ -166,32 +179,20 @@ def _file_stream(split: str, files: list[Path], kind: str, text_field: str) -> S
             # Raw lines go to the workers, which parse JSON in parallel.
             for f in files:
                 with _open_maybe_gz(f) as fh:
-                    batch, nb = [], 0
-                    for line in fh:
-                        if skip:
-                            skip -= 1
-                            continue
-                        batch.append(line)
-                        nb += len(line)
-                        if len(batch) >= max_docs or nb >= max_bytes:
-                            yield "jsonl", batch
-                            batch, nb = [], 0
-                    if batch:
+                    lines = iter(fh)
+                    for _ in zip(range(skip), lines):  # rows done before an interruption
+                        skip -= 1
+                    for batch in _capped_batches(lines, max_docs, max_bytes):
                         yield "jsonl", batch
         return Stream(split, rows, it, sum(f.stat().st_size for f in files), describe={"format": "jsonl"})
 
     # text: one document per file, as the `text` recipe does.
+    def read(f):
+        with _open_maybe_gz(f) as fh:
+            return fh.read()
+
     def it(skip, max_docs, max_bytes):
-        batch, nb = [], 0
-        for f in files[skip:]:
-            with _open_maybe_gz(f) as fh:
-                t = fh.read()
-            batch.append(t)
-            nb += len(t)
-            if len(batch) >= max_docs or nb >= max_bytes:
-                yield "raw", batch
-                batch, nb = [], 0
-        if batch:
+        for batch in _capped_batches(map(read, files[skip:]), max_docs, max_bytes):
             yield "raw", batch
     return Stream(split, len(files), it, sum(f.stat().st_size for f in files), describe={"format": "text", "documents": "one per file"})
 
