@@ -4,6 +4,7 @@
 # PLAN 1: headline (gpt2 b16 + HF peer + profile), b32, training loop, zero_one, Languini small.
 # PLAN 3: Languini small sweep alone.
 # PLAN 2: levers (SDPA backends, per-block compile), Languini medium.
+# PLAN 5: loss formulation, attention backend, compile scope and mode, batch 32.
 # Each part runs under its own timeout so one hang cannot eat the call; every part's JSON
 # is merged into $OUT/results_planN.json after each part (at most 8 files come back).
 set -u
@@ -81,5 +82,15 @@ if [ "$PLAN" = 4 ]; then  # loop vs bench (prefetch thread), zero_one time-to-bo
   cp /tmp/zo2/metrics.jsonl "$W/zero_one_fast_metrics.jsonl" 2>/dev/null
   part tp_small 100 $G throughput small --min_batch 16 --max_batch 256 --warmup 3 --rounds 10 --csv "$W/tp_small.csv" --json "$W/throughput_small.json"
   part tp_medium 110 $G throughput medium --min_batch 8 --max_batch 128 --warmup 3 --rounds 8 --csv "$W/tp_medium.csv" --json "$W/throughput_medium.json"
+fi
+if [ "$PLAN" = 5 ]; then  # CE formulation, attention backend, compile scope/mode, batch 32
+  say "env"; (nvidia-smi -L; python3 -c "import torch,transformers;print(torch.__version__,transformers.__version__,torch.cuda.get_device_name())") >>"$LOG" 2>&1
+  part ce_plain 100 $G bench gpt2 $B16 --steps 30 --warmup 5 --ce_chunk 0 --json "$W/b16_ce_plain.json"
+  part ce8192_peer 220 $G bench gpt2 $B16 --steps 30 --warmup 5 --ce_chunk 8192 --peer hf --profile "$OUT/prof_b16_ce8192" --json "$W/b16_ce8192_peer.json"
+  part ce16384 80 $G bench gpt2 $B16 --steps 30 --warmup 5 --ce_chunk 16384 --no_matmul --json "$W/b16_ce16384.json"
+  part flash 80 $G bench gpt2 $B16 --steps 30 --warmup 5 --ce_chunk 8192 --sdpa flash --no_matmul --json "$W/b16_ce8192_flash.json"
+  part blocks 60 $G bench gpt2 $B16 --steps 30 --warmup 5 --ce_chunk 8192 --compile_scope blocks --no_matmul --json "$W/b16_ce8192_blocks.json"
+  part b32 80 $G bench gpt2 ${B16/--batch_size 16/--batch_size 32} --steps 20 --warmup 3 --ce_chunk 8192 --no_matmul --json "$W/b32_ce8192.json"
+  part autotune ${T_AUTOTUNE:-200} $G bench gpt2 ${B16/--compile default/--compile max-autotune-no-cudagraphs} --steps 30 --warmup 5 --ce_chunk 8192 --no_matmul --json "$W/b16_ce8192_autotune.json"
 fi
 say done

@@ -29,7 +29,7 @@ from gptlab.errors import UserError
 from gptlab.metrics import device_peak_flops, fmt_mfu, mfu
 from gptlab.model import GPT, GPTShape, flops_per_token
 from gptlab.optim import build_optimizer
-from gptlab.runtime import autocast_ctx, resolve_dtype
+from gptlab.runtime import autocast_ctx, resolve_ce_chunk, resolve_dtype
 
 DEFAULT_VOCAB = 50257  # GPT-2 BPE, for presets that read their vocab from a dataset
 
@@ -334,7 +334,10 @@ def bench(args, rest: list[str]) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     mm = matmul_tflops(device) if not args.no_matmul else None
 
-    model, opt, scaler = _build_for_timing(shape, cfg, device, dtype, args.ce_chunk)
+    # The config's ce_chunk (--ce_chunk), resolved as training resolves it; per-block
+    # compile leaves the loss eager, where the plain loss is the fast one.
+    ce_chunk = resolve_ce_chunk(cfg.system.ce_chunk, compile_mode if args.compile_scope == "model" else "none")
+    model, opt, scaler = _build_for_timing(shape, cfg, device, dtype, ce_chunk)
     _free(device)
     cm = _compile(model, compile_mode, args.compile_scope)
     step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip)
@@ -349,7 +352,7 @@ def bench(args, rest: list[str]) -> dict:
                                                   "vocab_size", "padded_vocab", "tie_embeddings", "qkv")},
         "params": model.num_params(), "batch_size": batch, "seq_len": seq, "accum": accum,
         "tokens_per_step": tokens_per_step, "dtype": str(dtype).replace("torch.", ""), "compile": compile_mode,
-        "compile_scope": args.compile_scope, "ce_chunk": args.ce_chunk, "sdpa": args.sdpa,
+        "compile_scope": args.compile_scope, "ce_chunk": ce_chunk, "sdpa": args.sdpa,
         "steps": args.steps, "warmup": args.warmup, "flops_per_token": fpt,
         "flops_formula": "6N + 12*L*H*Q*T (gptlab.model.flops_per_token)",
         "peak_table_tflops": peak / 1e12 if peak else None, "matmul_tflops": mm,
@@ -407,10 +410,6 @@ def _bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="", help="path prefix: writes PREFIX_trace.json.gz, _kernels.csv, _kernels.png")
     p.add_argument("--json", default="", help="write the result as JSON here")
     p.add_argument("--device", default="auto")
-    # Default 0: on an H100 the chunked loss measured 1% slower than the compiled plain
-    # loss and saved only 0.13 GiB (benchmarks/results/), so it stays an option.
-    p.add_argument("--ce_chunk", type=int, default=0,
-                   help="tokens per chunk of the fused linear+cross-entropy; 0 = plain full logits")
     p.add_argument("--sdpa", choices=("auto", "cudnn", "flash", "efficient", "math"), default="auto")
     p.add_argument("--compile_scope", choices=("model", "blocks"), default="model")
     p.add_argument("--no_matmul", action="store_true", help="skip the 8192^3 matmul reference")
@@ -446,7 +445,10 @@ def throughput(args, rest: list[str]) -> dict:
     hi = args.max_batch or (1024 if on_gpu else 4)
     if lo < 1 or hi < lo:
         raise UserError(f"--min_batch {lo} / --max_batch {hi}: need 1 <= min <= max")
-    model, opt, scaler = _build_for_timing(shape, cfg, device, dtype, args.ce_chunk)
+    # Plain loss unless --ce_chunk N is given: the chunk loop needs a static batch, so the
+    # chunked loss recompiles at every batch size, while the plain one compiles once.
+    ce_chunk = max(cfg.system.ce_chunk, 0)
+    model, opt, scaler = _build_for_timing(shape, cfg, device, dtype, ce_chunk)
     cm = _compile(model, compile_mode, "model", dynamic=None)
     step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip)
     rows = []
@@ -455,7 +457,7 @@ def throughput(args, rest: list[str]) -> dict:
         try:
             _free(device)
             batches = _random_batches(2, b, seq, vocab, 1, device)
-            if compile_mode != "none" and not args.ce_chunk:  # the chunk loop needs a static batch
+            if compile_mode != "none" and not ce_chunk:
                 # Batch dimension symbolic from the first size: one compile serves the sweep.
                 for micro in batches:
                     for x, y in micro:
@@ -482,7 +484,7 @@ def throughput(args, rest: list[str]) -> dict:
     best = max(rows, key=lambda r: r["tokens_per_sec"])
     return {"kind": "throughput", "date": _now(), "command": "gptlab throughput " + " ".join(args.argv),
             "device": dev_name, "torch": torch.__version__, "preset": cfg.preset, "seq_len": seq,
-            "dtype": str(dtype).replace("torch.", ""), "compile": compile_mode, "ce_chunk": args.ce_chunk,
+            "dtype": str(dtype).replace("torch.", ""), "compile": compile_mode, "ce_chunk": ce_chunk,
             "flops_per_token": fpt, "peak_table_tflops": peak / 1e12 if peak else None,
             "rows": rows, "best": best}
 
@@ -492,12 +494,11 @@ def throughput_main(argv: list[str]) -> int:
                 "(powers of 2) up to the largest that fits; fp16 + GradScaler, compiled (GPU)")
     p.add_argument("preset")
     p.add_argument("--device", default="auto")
-    p.add_argument("--compile", default="default", choices=("none", "default", "reduce-overhead", "max-autotune"))
+    p.add_argument("--compile", default="default", choices=("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     p.add_argument("--min_batch", type=int, default=0)
     p.add_argument("--max_batch", type=int, default=0)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=20, help="timed steps per batch size")
-    p.add_argument("--ce_chunk", type=int, default=0, help="tokens per chunk of the chunked loss; 0 = plain loss")
     p.add_argument("--csv", default="", help="write the rows here (else to stdout)")
     p.add_argument("--json", default="")
     args, rest = p.parse_known_args(argv)

@@ -114,12 +114,15 @@ class LogConfig:
 class SystemConfig:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = _f("auto", "auto (bf16 where supported, else fp32) | bfloat16 | float16 | float32", ("precision",))
-    compile: str = _f("none", "torch.compile mode: none | default | reduce-overhead | max-autotune",
-                      choices=("none", "default", "reduce-overhead", "max-autotune"))
+    compile: str = _f("none", "torch.compile mode: none | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs",
+                      choices=("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     parallel: str = _f("ddp", "multi-process strategy under torchrun: ddp or fsdp (FSDP2)", choices=("ddp", "fsdp"))
     deterministic: bool = _f(False, "deterministic algorithms (bit-exact resume on CPU)")
     num_threads: int = _f(0, "CPU threads for torch; 0 = torch's default")
-    ce_chunk: int = _f(0, "tokens per chunk of a linear+cross-entropy that never holds full fp32 logits; 0 = plain loss")
+    ce_chunk: int = _f(-1, "tokens per chunk of a linear+cross-entropy that never holds full fp32 logits; "
+                       "0 = plain loss, -1 = auto (8192 under torch.compile, else 0)")
+    ddp_bucket_mb: int = _f(25, "DDP gradient bucket size in MB (all-reduces start bucket by bucket during backward)")
+    ddp_bucket_view: bool = _f(True, "DDP gradients are views into the all-reduce buckets (one copy and its memory saved)")
 
 
 @dataclass
@@ -456,6 +459,10 @@ def validate(cfg: Config) -> None:
         raise UserError(f"--last_n {t.last_n} must divide --block_size/--seq_len {m.block_size}")
     if t.eval_interval < 0 or t.eval_iters < 0:
         raise UserError("--eval_interval and --eval_iters must not be negative")
+    if cfg.system.ddp_bucket_mb < 1:
+        raise UserError(f"--ddp_bucket_mb must be at least 1, got {cfg.system.ddp_bucket_mb}")
+    if cfg.system.ce_chunk < -1:
+        raise UserError(f"--ce_chunk {cfg.system.ce_chunk}: use a positive chunk, 0 (plain loss) or -1 (auto)")
     if t.tokens_per_second < 0:
         raise UserError("--tokens_per_second must not be negative")
     if t.compute_class and not t.tokens_per_second:

@@ -74,12 +74,14 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def wrap_model(model: torch.nn.Module, d: Dist, strategy: str = "ddp", mp_dtype: torch.dtype | None = None):
+def wrap_model(model: torch.nn.Module, d: Dist, strategy: str = "ddp", mp_dtype: torch.dtype | None = None,
+               bucket_mb: int = 25, bucket_view: bool = True):
     """DDP (gradients all-reduced in backward) or FSDP2 (one shard unit per block).
 
     FSDP2 replaces the parameters by sharded DTensors in place, so the optimiser must be
     built from the model *after* this call. mp_dtype (bf16) is the dtype of the gathered
-    parameters in forward/backward; gradients are reduced and kept in fp32.
+    parameters in forward/backward; gradients are reduced and kept in fp32. bucket_mb and
+    bucket_view are DDP's bucket_cap_mb and gradient_as_bucket_view.
     """
     if not d.enabled:
         return model
@@ -102,7 +104,7 @@ def wrap_model(model: torch.nn.Module, d: Dist, strategy: str = "ddp", mp_dtype:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [d.device.index] if d.device.type == "cuda" else None
-    return DDP(model, device_ids=ids)
+    return DDP(model, device_ids=ids, bucket_cap_mb=bucket_mb, gradient_as_bucket_view=bucket_view)
 
 
 def local_value(t: torch.Tensor) -> torch.Tensor:

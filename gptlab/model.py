@@ -227,6 +227,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
     stored for backward. Same matmul FLOPs as the plain path (one forward, two
     gradient products). Columns >= vocab (embedding padding) are masked to -inf, the
     same as slicing them off.
+
+    The 1/n_valid of the mean and the upstream gradient (which carries fp16's loss
+    scale) are applied in backward, in fp32: (softmax - onehot) is at most 1 in
+    magnitude, so the fp16/bf16 products below never underflow, whereas dividing by
+    16K tokens first would push fp16 gradients under its smallest normal number.
     """
 
     @staticmethod
@@ -235,33 +240,39 @@ class _LinearCrossEntropy(torch.autograd.Function):
         valid = targets != -1
         # Float count on device: no host sync; 0 valid targets gives nan like F.cross_entropy.
         n_valid = valid.sum().to(torch.float32)
+        safe_t = torch.where(valid, targets, torch.zeros_like(targets))
+        cols = torch.arange(w.size(0), device=h.device)
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
         grad_h = torch.empty_like(h)
-        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
-        padded = w.size(0) > vocab
+        grad_w = None
         for s in range(0, n, chunk):
-            hc, tc, vc = h[s:s + chunk], targets[s:s + chunk], valid[s:s + chunk]
-            logits = (hc @ w.t()).float()
-            if padded:
-                logits[:, vocab:] = float("-inf")
-            lse = torch.logsumexp(logits, dim=-1)
-            safe_t = torch.where(vc, tc, torch.zeros_like(tc))
-            picked = logits.gather(1, safe_t.unsqueeze(1)).squeeze(1)
-            loss = loss + torch.where(vc, lse - picked, torch.zeros_like(lse)).sum()
-            # d(mean loss)/d logits = (softmax - onehot) / n_valid on valid rows, 0 elsewhere.
-            g = torch.exp(logits - lse.unsqueeze(1))
-            g.scatter_add_(1, safe_t.unsqueeze(1), -torch.ones_like(lse).unsqueeze(1))
-            g = (g * (vc.to(g.dtype) / n_valid).unsqueeze(1)).to(h.dtype)
+            hc, tc, vc = h[s:s + chunk], safe_t[s:s + chunk], valid[s:s + chunk]
+            # Written as pointwise expressions of the low-precision logits (no in-place
+            # fill, no scatter) so that torch.compile fuses them into one kernel that
+            # reads the logits for the log-sum-exp and writes the bf16 gradient: the fp32
+            # logits and the fp32 gradient are never stored. (H100: 2.3 ms instead of
+            # 4.4 ms per GPT-2 step, 2.2 GiB less memory; BENCHMARKS.md.)
+            x = (hc @ w.t()).float()
+            if w.size(0) > vocab:  # embedding padding: columns >= vocab take no part
+                x = torch.where(cols < vocab, x, float("-inf"))
+            lse = torch.logsumexp(x, dim=-1)
+            picked = x.gather(1, tc.unsqueeze(1)).squeeze(1)
+            loss = loss + torch.where(vc, lse - picked, 0.0).sum()
+            # d(sum of losses)/d logits = softmax - onehot on counted rows, 0 elsewhere.
+            onehot = cols.unsqueeze(0) == tc.unsqueeze(1)
+            g = ((torch.exp(x - lse.unsqueeze(1)) - onehot.to(x.dtype)) * vc.unsqueeze(1)).to(h.dtype)
             grad_h[s:s + chunk] = g @ w
-            grad_w += (g.t() @ hc).float()
-        ctx.save_for_backward(grad_h, grad_w)
+            gw = (g.t() @ hc).float()
+            grad_w = gw if grad_w is None else grad_w + gw
+        ctx.save_for_backward(grad_h, grad_w, n_valid)
         ctx.w_dtype = w.dtype
         return loss / n_valid
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_out.to(grad_h.dtype), (grad_w * grad_out).to(ctx.w_dtype), None, None, None
+        grad_h, grad_w, n_valid = ctx.saved_tensors
+        factor = grad_out.float() / n_valid
+        return (grad_h.float() * factor).to(grad_h.dtype), (grad_w * factor).to(ctx.w_dtype), None, None, None
 
 
 def chunked_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab: int,

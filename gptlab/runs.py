@@ -27,7 +27,8 @@ CHECKPOINT_DIR = "checkpoints"
 
 _PRECISION = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "auto": "autoPrec"}
 _COMPILE = {"none": "noCompile", "default": "defaultCompile",
-            "reduce-overhead": "reduceOverheadCompile", "max-autotune": "maxAutotuneCompile"}
+            "reduce-overhead": "reduceOverheadCompile", "max-autotune": "maxAutotuneCompile",
+            "max-autotune-no-cudagraphs": "maxAutotuneNoGraphsCompile"}
 # Anything outside this set could split a path or upset a shell; it becomes '-'.
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]+")
 

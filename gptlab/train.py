@@ -31,7 +31,7 @@ from gptlab.evaluate import evaluate, format_metrics
 from gptlab.metrics import device_peak_flops, fmt_mfu, mfu, peak_memory_gb
 from gptlab.model import GPT, GPTShape, flops_per_token
 from gptlab.optim import build_optimizer, lr_at
-from gptlab.runtime import autocast_ctx, resolve_data_dir, resolve_dtype, token_byte_lengths
+from gptlab.runtime import autocast_ctx, resolve_ce_chunk, resolve_data_dir, resolve_dtype, token_byte_lengths
 from gptlab.tracker import RunLogger
 
 
@@ -358,11 +358,11 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
         log(f"resuming from {path} at step {start_step}")
 
     model.to(device)
-    # A chunked linear+cross-entropy never holds full fp32 logits (same loss value). Off by
-    # default: on an H100 it was 1% slower than the compiled plain loss (BENCHMARKS.md). It
-    # returns no logits, so logit statistics (log_grads_every) keep the plain loss.
+    # A chunked linear+cross-entropy never holds full fp32 logits (same loss value); by
+    # default it is on under torch.compile (resolve_ce_chunk). It returns no logits, so
+    # logit statistics (log_grads_every) keep the plain loss.
     if not cfg.log.log_grads_every:
-        model.ce_chunk_tokens = cfg.system.ce_chunk
+        model.ce_chunk_tokens = resolve_ce_chunk(cfg.system.ce_chunk, cfg.system.compile)
     shape = model.shape
     n_params = model.num_params()
     fpt = flops_per_token(shape, shape.block_size)
@@ -371,7 +371,8 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     fsdp = cfg.system.parallel == "fsdp" and d.enabled
     raw_model = model
-    model = dist_.wrap_model(model, d, cfg.system.parallel, dtype if dtype != torch.float32 else None)
+    model = dist_.wrap_model(model, d, cfg.system.parallel, dtype if dtype != torch.float32 else None,
+                             cfg.system.ddp_bucket_mb, cfg.system.ddp_bucket_view)
     # After wrapping: FSDP2 swaps the parameters for sharded ones, and the optimiser must hold those.
     optimizer = build_optimizer(raw_model, cfg, device.type)
     if state is not None:

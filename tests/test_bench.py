@@ -39,6 +39,28 @@ def test_chunked_ce_matches_cross_entropy_values_and_grads(chunk):
     assert gw[vocab:].abs().max() == 0  # padded rows get no gradient
 
 
+def test_chunked_ce_fp16_gradients_do_not_underflow_before_the_loss_scale():
+    # fp16 + GradScaler: the upstream gradient carries the loss scale (65536 here). The
+    # 1/n_valid of the mean must meet that scale in fp32, not be applied to fp16
+    # (softmax - onehot) first: p/n = 1e-3/4096 sits near fp16's subnormal floor.
+    torch.manual_seed(0)
+    n, c, vocab = 4096, 16, 1000
+    x32 = torch.randn(n, c) * 0.1
+    w32 = torch.randn(vocab, c) * 0.1
+    t = torch.randint(0, vocab, (n,))
+    x16 = x32.half().requires_grad_(True)
+    w16 = w32.half().requires_grad_(True)
+    got = chunked_cross_entropy(x16, w16, t, vocab, 1024)
+    gx, gw = torch.autograd.grad(65536.0 * got, (x16, w16))
+    xr = x16.detach().double().requires_grad_(True)
+    wr = w16.detach().double().requires_grad_(True)
+    rx, rw = torch.autograd.grad(65536.0 * F.cross_entropy(xr @ wr.t(), t), (xr, wr))
+    assert torch.isfinite(gx).all() and torch.isfinite(gw).all()
+    rel = lambda a, b: ((a.double() - b).norm() / b.norm()).item()  # noqa: E731
+    assert rel(gx, rx) < 5e-3, rel(gx, rx)
+    assert rel(gw, rw) < 5e-3, rel(gw, rw)
+
+
 def test_model_forward_chunked_equals_plain_path():
     torch.manual_seed(0)
     model = GPT(_shape())
