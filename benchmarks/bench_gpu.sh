@@ -5,6 +5,7 @@
 # PLAN 3: Languini small sweep alone.
 # PLAN 2: levers (SDPA backends, per-block compile), Languini medium.
 # PLAN 5: loss formulation, attention backend, compile scope and mode, batch 32.
+# PLAN 6: the defaults after plan 5 (bench vs loop), Languini small (chunked loss) and medium.
 # Each part runs under its own timeout so one hang cannot eat the call; every part's JSON
 # is merged into $OUT/results_planN.json after each part (at most 8 files come back).
 set -u
@@ -92,5 +93,15 @@ if [ "$PLAN" = 5 ]; then  # CE formulation, attention backend, compile scope/mod
   part blocks 60 $G bench gpt2 $B16 --steps 30 --warmup 5 --ce_chunk 8192 --compile_scope blocks --no_matmul --json "$W/b16_ce8192_blocks.json"
   part b32 80 $G bench gpt2 ${B16/--batch_size 16/--batch_size 32} --steps 20 --warmup 3 --ce_chunk 8192 --no_matmul --json "$W/b32_ce8192.json"
   part autotune ${T_AUTOTUNE:-200} $G bench gpt2 ${B16/--compile default/--compile max-autotune-no-cudagraphs} --steps 30 --warmup 5 --ce_chunk 8192 --no_matmul --json "$W/b16_ce8192_autotune.json"
+fi
+if [ "$PLAN" = 6 ]; then  # defaults after plan 5: bench vs training loop, Languini small/medium
+  say "env"; (nvidia-smi -L; python3 -c "import torch;print(torch.__version__,torch.cuda.get_device_name())") >>"$LOG" 2>&1
+  part b16 100 $G bench gpt2 $B16 --steps 30 --warmup 5 --json "$W/bench_gpt2_b16.json"
+  part trainloop 110 $G train gpt2 --dataset zero_one --vocab_size 50257 --batch_size 16 --gradient_accumulation_steps 1 \
+      --compile default --dtype bfloat16 --max_iters 240 --warmup_iters 10 --lr_decay_iters 240 --eval_interval 0 \
+      --eval_iters 0 --log_interval 20 --log_metrics_every 20 --tensorboard false --progress off --out_dir /tmp/tl
+  cp /tmp/tl/metrics.jsonl "$W/trainloop_metrics.jsonl" 2>/dev/null
+  part tp_small_ce 110 $G throughput small --min_batch 64 --max_batch 256 --warmup 3 --rounds 10 --ce_chunk 8192 --csv "$W/tp_small_ce.csv" --json "$W/throughput_small_ce.json"
+  part tp_medium 110 $G throughput medium --min_batch 16 --max_batch 128 --warmup 3 --rounds 6 --csv "$W/tp_medium.csv" --json "$W/throughput_medium.json"
 fi
 say done

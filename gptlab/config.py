@@ -121,7 +121,8 @@ class SystemConfig:
     num_threads: int = _f(0, "CPU threads for torch; 0 = torch's default")
     ce_chunk: int = _f(-1, "tokens per chunk of a linear+cross-entropy that never holds full fp32 logits; "
                        "0 = plain loss, -1 = auto (8192 under torch.compile, else 0)")
-    ddp_bucket_mb: int = _f(25, "DDP gradient bucket size in MB (all-reduces start bucket by bucket during backward)")
+    ddp_bucket_mb: int = _f(100, "DDP gradient bucket size in MB (all-reduces start bucket by bucket during backward; "
+                            "100 beat torch's 25 on 4 H200s, BENCHMARKS.md)")
     ddp_bucket_view: bool = _f(True, "DDP gradients are views into the all-reduce buckets (one copy and its memory saved)")
 
 

@@ -75,7 +75,7 @@ def shutdown() -> None:
 
 
 def wrap_model(model: torch.nn.Module, d: Dist, strategy: str = "ddp", mp_dtype: torch.dtype | None = None,
-               bucket_mb: int = 25, bucket_view: bool = True):
+               bucket_mb: int = 100, bucket_view: bool = True):
     """DDP (gradients all-reduced in backward) or FSDP2 (one shard unit per block).
 
     FSDP2 replaces the parameters by sharded DTensors in place, so the optimiser must be
