@@ -40,9 +40,22 @@ def test_impossible_values():
         build_config("baby", overrides={"learning_rate": 0})
     with pytest.raises(UserError, match="divide"):
         build_config("baby", overrides={"last_n": 7})
+    with pytest.raises(UserError, match="--ce_chunk -2"):
+        build_config("baby", overrides={"ce_chunk": -2})
+    with pytest.raises(UserError, match="--ddp_bucket_mb"):
+        build_config("baby", overrides={"ddp_bucket_mb": 0})
     cfg = build_config("small", overrides={"train_batch_size": 130, "gradient_accumulation_steps": 4})
     with pytest.raises(UserError, match="not divisible"):
         resolve_batch(cfg, world_size=1)
+
+
+def test_chunked_loss_is_on_by_default_only_under_compile():
+    from gptlab.runtime import resolve_ce_chunk
+
+    assert build_config("gpt2").system.ce_chunk == -1
+    assert resolve_ce_chunk(-1, "default") == 8192 and resolve_ce_chunk(-1, "max-autotune") == 8192
+    assert resolve_ce_chunk(-1, "none") == 0
+    assert resolve_ce_chunk(0, "default") == 0 and resolve_ce_chunk(100, "none") == 100
 
 
 def test_global_and_micro_batch():
