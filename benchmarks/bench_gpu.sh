@@ -42,6 +42,14 @@ part() {  # part NAME TIMEOUT CMD...
 }
 B16="--batch_size 16 --seq_len 1024 --vocab_size 50257 --gradient_accumulation_steps 1 --dtype bfloat16 --compile default"
 
+bench_and_loop() {  # bench b16, then the training loop on the same shapes (eval and checkpoints off)
+  part b16 100 $G bench gpt2 $B16 --steps 30 --warmup 5 --json "$W/bench_gpt2_b16.json"
+  part trainloop 110 $G train gpt2 --dataset zero_one --vocab_size 50257 --batch_size 16 --gradient_accumulation_steps 1 \
+      --compile default --dtype bfloat16 --max_iters 240 --warmup_iters 10 --lr_decay_iters 240 --eval_interval 0 \
+      --eval_iters 0 --log_interval 20 --log_metrics_every 20 --tensorboard false --progress off --out_dir /tmp/tl
+  cp /tmp/tl/metrics.jsonl "$W/trainloop_metrics.jsonl" 2>/dev/null
+}
+
 if [ "$PLAN" = 1 ]; then
   say "env"; (nvidia-smi -L; python3 -c "import torch,transformers,triton;print(torch.__version__,transformers.__version__,triton.__version__,torch.cuda.get_device_name())") >>"$LOG" 2>&1
   part b16 180 $G bench gpt2 $B16 --steps 30 --warmup 5 --peer hf --profile "$OUT/prof_b16" --json "$W/bench_gpt2_b16.json"
@@ -69,11 +77,7 @@ if [ "$PLAN" = 3 ]; then  # Languini small alone (the sweep compiles once: batch
 fi
 if [ "$PLAN" = 4 ]; then  # loop vs bench (prefetch thread), zero_one time-to-bound, Languini small + medium
   say "env"; (nvidia-smi -L; python3 -c "import torch;print(torch.__version__,torch.cuda.get_device_name())") >>"$LOG" 2>&1
-  part b16 100 $G bench gpt2 $B16 --steps 30 --warmup 5 --json "$W/bench_gpt2_b16.json"
-  part trainloop 110 $G train gpt2 --dataset zero_one --vocab_size 50257 --batch_size 16 --gradient_accumulation_steps 1 \
-      --compile default --dtype bfloat16 --max_iters 240 --warmup_iters 10 --lr_decay_iters 240 --eval_interval 0 \
-      --eval_iters 0 --log_interval 20 --log_metrics_every 20 --tensorboard false --progress off --out_dir /tmp/tl
-  cp /tmp/tl/metrics.jsonl "$W/trainloop_metrics.jsonl" 2>/dev/null
+  bench_and_loop
   part zero_one_preset 80 $G train zero_one --device cuda --compile default --eval_interval 10 --eval_iters 4 \
       --log_interval 10 --max_iters 200 --lr_decay_iters 200 --tensorboard false --progress off --out_dir /tmp/zo1
   cp /tmp/zo1/metrics.jsonl "$W/zero_one_preset_metrics.jsonl" 2>/dev/null
@@ -96,11 +100,7 @@ if [ "$PLAN" = 5 ]; then  # CE formulation, attention backend, compile scope/mod
 fi
 if [ "$PLAN" = 6 ]; then  # defaults after plan 5: bench vs training loop, Languini small/medium
   say "env"; (nvidia-smi -L; python3 -c "import torch;print(torch.__version__,torch.cuda.get_device_name())") >>"$LOG" 2>&1
-  part b16 100 $G bench gpt2 $B16 --steps 30 --warmup 5 --json "$W/bench_gpt2_b16.json"
-  part trainloop 110 $G train gpt2 --dataset zero_one --vocab_size 50257 --batch_size 16 --gradient_accumulation_steps 1 \
-      --compile default --dtype bfloat16 --max_iters 240 --warmup_iters 10 --lr_decay_iters 240 --eval_interval 0 \
-      --eval_iters 0 --log_interval 20 --log_metrics_every 20 --tensorboard false --progress off --out_dir /tmp/tl
-  cp /tmp/tl/metrics.jsonl "$W/trainloop_metrics.jsonl" 2>/dev/null
+  bench_and_loop
   part tp_small_ce 110 $G throughput small --min_batch 64 --max_batch 256 --warmup 3 --rounds 10 --ce_chunk 8192 --csv "$W/tp_small_ce.csv" --json "$W/throughput_small_ce.json"
   part tp_medium 110 $G throughput medium --min_batch 16 --max_batch 128 --warmup 3 --rounds 6 --csv "$W/tp_medium.csv" --json "$W/throughput_medium.json"
 fi
