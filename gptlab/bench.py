@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from gptlab.config import build_config, parse_overrides
+from gptlab.config import COMPILE_MODES, build_config, parse_overrides
 from gptlab.errors import UserError
 from gptlab.metrics import device_peak_flops, fmt_mfu, mfu
 from gptlab.model import GPT, GPTShape, flops_per_token
 from gptlab.optim import build_optimizer
-from gptlab.runtime import autocast_ctx, resolve_ce_chunk, resolve_dtype
+from gptlab.runtime import autocast_ctx, compile_model, resolve_ce_chunk, resolve_dtype
 
 DEFAULT_VOCAB = 50257  # GPT-2 BPE, for presets that read their vocab from a dataset
 
@@ -103,19 +103,6 @@ def _sdpa_ctx(name: str):
     backends = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
                 "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
     return sdpa_kernel([backends[name]])
-
-
-def _compile(model: torch.nn.Module, mode: str, scope: str, dynamic: bool | None = False):
-    if mode == "none":
-        return model
-    kw = {} if mode == "default" else {"mode": mode}
-    if scope == "blocks":
-        # Per-block compile: one graph compiled once and reused by every layer's module
-        # (much shorter compile); the loss and embeddings stay eager.
-        for block in model.transformer.h:
-            block.compile(dynamic=dynamic, **kw)
-        return model
-    return torch.compile(model, dynamic=dynamic, **kw)
 
 
 def _build_for_timing(shape, cfg, device, dtype, ce_chunk: int):
@@ -226,7 +213,7 @@ def run_hf_peer(cfg, shape, batch, seq, accum, device, dtype, compile_mode, step
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         # HF shifts labels itself: give it the inputs as labels (same loss work).
         loss_of = lambda m, x, y: m(input_ids=x, labels=x).loss  # noqa: E731
-        cm = _compile(model, mode, "model")
+        cm = compile_model(model, mode, dynamic=False)
         step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip, loss_of)
         batches = _random_batches(4, batch, seq, shape.vocab_size, accum, device, gen_seed=1)
         t = time_steps(step, batches, device, warmup, steps)
@@ -339,7 +326,7 @@ def bench(args, rest: list[str]) -> dict:
     ce_chunk = resolve_ce_chunk(cfg.system.ce_chunk, compile_mode if args.compile_scope == "model" else "none")
     model, opt, scaler = _build_for_timing(shape, cfg, device, dtype, ce_chunk)
     _free(device)
-    cm = _compile(model, compile_mode, args.compile_scope)
+    cm = compile_model(model, compile_mode, args.compile_scope, dynamic=False)
     step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip)
     batches = _random_batches(4, batch, seq, vocab, accum, device)
     with _sdpa_ctx(args.sdpa):
@@ -449,7 +436,7 @@ def throughput(args, rest: list[str]) -> dict:
     # chunked loss recompiles at every batch size, while the plain one compiles once.
     ce_chunk = max(cfg.system.ce_chunk, 0)
     model, opt, scaler = _build_for_timing(shape, cfg, device, dtype, ce_chunk)
-    cm = _compile(model, compile_mode, "model", dynamic=None)
+    cm = compile_model(model, compile_mode, dynamic=None)
     step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip)
     rows = []
     b = lo
@@ -494,7 +481,7 @@ def throughput_main(argv: list[str]) -> int:
                 "(powers of 2) up to the largest that fits; fp16 + GradScaler, compiled (GPU)")
     p.add_argument("preset")
     p.add_argument("--device", default="auto")
-    p.add_argument("--compile", default="default", choices=("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    p.add_argument("--compile", default="default", choices=COMPILE_MODES)
     p.add_argument("--min_batch", type=int, default=0)
     p.add_argument("--max_batch", type=int, default=0)
     p.add_argument("--warmup", type=int, default=5)

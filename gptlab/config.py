@@ -23,6 +23,8 @@ from typing import Any
 
 from gptlab.errors import UserError
 
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 def _f(default, help: str, aliases: tuple[str, ...] = (), choices: tuple | None = None):
     return field(default=default, metadata={"help": help, "aliases": aliases, "choices": choices})
@@ -114,8 +116,7 @@ class LogConfig:
 class SystemConfig:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = _f("auto", "auto (bf16 where supported, else fp32) | bfloat16 | float16 | float32", ("precision",))
-    compile: str = _f("none", "torch.compile mode: none | default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs",
-                      choices=("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    compile: str = _f("none", "torch.compile mode: " + " | ".join(COMPILE_MODES), choices=COMPILE_MODES)
     parallel: str = _f("ddp", "multi-process strategy under torchrun: ddp or fsdp (FSDP2)", choices=("ddp", "fsdp"))
     deterministic: bool = _f(False, "deterministic algorithms (bit-exact resume on CPU)")
     num_threads: int = _f(0, "CPU threads for torch; 0 = torch's default")

@@ -38,6 +38,22 @@ def resolve_ce_chunk(ce_chunk: int, compile_mode: str) -> int:
     return 8192 if compile_mode != "none" else 0
 
 
+def compile_model(model: torch.nn.Module, mode: str, scope: str = "model", dynamic: bool | None = None):
+    """torch.compile in one of config.COMPILE_MODES ("none" returns the model as it is).
+
+    scope "blocks" compiles each transformer block in place instead: one graph compiled
+    once and reused by every layer (much shorter compile); the loss and embeddings stay eager.
+    """
+    if mode == "none":
+        return model
+    kw = {} if mode == "default" else {"mode": mode}
+    if scope == "blocks":
+        for block in model.transformer.h:
+            block.compile(dynamic=dynamic, **kw)
+        return model
+    return torch.compile(model, dynamic=dynamic, **kw)
+
+
 def autocast_ctx(device: torch.device, dtype: torch.dtype):
     """Mixed precision: weights stay fp32, matmuls run in dtype."""
     if dtype == torch.float32:

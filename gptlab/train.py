@@ -31,7 +31,7 @@ from gptlab.evaluate import evaluate, format_metrics
 from gptlab.metrics import device_peak_flops, fmt_mfu, mfu, peak_memory_gb
 from gptlab.model import GPT, GPTShape, flops_per_token
 from gptlab.optim import build_optimizer, lr_at
-from gptlab.runtime import autocast_ctx, resolve_ce_chunk, resolve_data_dir, resolve_dtype, token_byte_lengths
+from gptlab.runtime import autocast_ctx, compile_model, resolve_ce_chunk, resolve_data_dir, resolve_dtype, token_byte_lengths
 from gptlab.tracker import RunLogger
 
 
@@ -404,7 +404,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
 
     if cfg.system.compile != "none":
         t_c = time.time()
-        model = torch.compile(model) if cfg.system.compile == "default" else torch.compile(model, mode=cfg.system.compile)
+        model = compile_model(model, cfg.system.compile)
         log(f"torch.compile mode={cfg.system.compile} (compiles on the first step; set up in {time.time() - t_c:.1f}s)")
 
     byte_lengths = token_byte_lengths(meta, data_dir)
