@@ -20,7 +20,7 @@ from gptlab.data import tokens as T
 from gptlab.data.tokenizers import gpt2_encoding
 from gptlab.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _docs(n=400, seed=0):

@@ -27,7 +27,7 @@ from gptlab.errors import UserError
 
 from test_resume import make_dataset, train_args
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def snapshot(root: Path) -> dict:

@@ -26,7 +26,7 @@ import torch
 from gptlab import checkpoint as ck
 from gptlab import cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WORDS = ("the quick brown fox jumps over a lazy dog and then runs far away into the dark green forest "
          "while seven small birds sing").split()
 

@@ -23,7 +23,7 @@ import torch.distributed as tdist
 from gptlab import distributed as dist_
 from gptlab.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STEPS = 6
 TINY = ["--sampler", "stream", "--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32",
         "--dropout", "0", "--device", "cpu", "--dtype", "float32", "--deterministic", "true", "--compile", "none",

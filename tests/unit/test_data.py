@@ -19,7 +19,7 @@ from gptlab.data.tokenizers import (
     find_gpt2_ranks,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SHAKESPEARE = SHARED / "tinyshakespeare.txt"
 OPENBOOKS = SHARED / "openbooks"
 

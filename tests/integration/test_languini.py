@@ -27,7 +27,7 @@ from gptlab import cli
 from gptlab.config import build_config, parse_overrides, resolve_batch
 from gptlab.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # GPTLAB_OPENBOOKS=/nowhere exercises the synthetic fallback corpus.
 OPENBOOKS = Path(os.environ.get("GPTLAB_OPENBOOKS", REPO.parent / "shared" / "data" / "openbooks"))
 
