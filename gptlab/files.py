@@ -1,0 +1,244 @@
+"""Files gptlab writes and reads: atomic writes, JSON/TOML with one-line errors, hashes, folder locks.
+
+Every write goes to a temporary file beside the target that is flushed, fsynced and renamed
+into place, so a reader sees the old file or the complete new one, never a mix. A full or
+read-only disk becomes a one-line UserError and the target is left as it was.
+
+A folder being written (a run, a dataset) holds `.gptlab.lock`: a JSON line with the
+holder's pid, host and start time. A lock whose pid is dead on this host is stale and is
+taken over; any other lock refuses the second writer with a UserError naming the holder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import secrets
+import socket
+import time
+import tomllib
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from gptlab.errors import UserError
+
+LOCK_FILE = ".gptlab.lock"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _open_for_write(path: Path):
+    """Indirection so tests can inject a failing writer (full disk)."""
+    return open(path, "wb")
+
+
+def write_error(path: Path, e: BaseException | None) -> UserError | None:
+    """The one-line UserError for a full / read-only disk behind e (or what it wraps), else None."""
+    for _ in range(8):
+        if e is None:
+            return None
+        if isinstance(e, OSError) and e.errno in _NO_SPACE:
+            return UserError(f"disk full while writing {path} (nothing was replaced): free space and run the command again")
+        if isinstance(e, OSError) and e.errno in _READ_ONLY:
+            return UserError(f"cannot write {path}: {e.strerror or 'read-only'}: choose a writable folder "
+                             "or fix its permissions")
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def fsync_dir(d: Path) -> None:
+    """Make a rename in d durable (best effort: some filesystems refuse fsync on a folder)."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_stream(path: Path, write: Callable[[Any], None]) -> None:
+    """write(binary file object) into path atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with _open_for_write(tmp) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        err = write_error(path, e)
+        if err is not None:
+            raise err from None
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write_stream(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def _read_text(path: Path, what: str) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} is missing: check the path")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not UTF-8 text: restore or rewrite it") from None
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror}: fix its permissions") from None
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Parsed JSON of path; UserError one-liner if it is missing or damaged."""
+    text = _read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{what} {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}): "
+                        "restore or rewrite it") from None
+
+
+def read_toml(path: Path, what: str) -> dict:
+    """Parsed TOML of path; UserError one-liner if it is missing or damaged."""
+    text = _read_text(path, what)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{what} {path} is not valid TOML ({str(e).splitlines()[0]}): fix it") from None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- folder locks -------------------------------------------------------------------------------
+
+def _pid_alive(pid: int) -> bool:
+    """Is pid a running (non-zombie) process on this host?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie still answers kill(0) but holds nothing
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _read_holder(lock: Path) -> dict | None:
+    """The lock's content, {} if unreadable/garbled, None if the lock is gone."""
+    try:
+        h = json.loads(lock.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return h if isinstance(h, dict) else {}
+
+
+def _is_stale(holder: dict, lock: Path) -> bool:
+    """Dead pid on this host; a garbled lock counts as stale once it is a minute old."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        try:
+            return time.time() - lock.stat().st_mtime > 60
+        except OSError:
+            return True
+    return holder.get("host") == socket.gethostname() and not _pid_alive(pid)
+
+
+def _held_error(lock: Path, what: str, holder: dict) -> UserError:
+    who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('time', '?')}"
+    return UserError(f"{what} {lock.parent} is in use by {who}: wait for it to finish, "
+                     f"or if that process is gone delete {lock}")
+
+
+def _try_create(lock: Path, content: str) -> bool:
+    """Create lock with its full content at once (link of a written temp file); False if it exists."""
+    tmp = lock.with_name(f"{lock.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        tmp.write_text(content, encoding="utf-8")
+        os.link(tmp, lock)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as e:
+        raise write_error(lock, e) or UserError(f"cannot create {lock}: {e.strerror}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def _take_over(lock: Path, holder: dict, what: str) -> None:
+    """Move a stale lock aside; if another process replaced it meanwhile, put theirs back and refuse."""
+    aside = lock.with_name(f"{lock.name}.stale-{os.getpid()}")
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:
+        return
+    moved = _read_holder(aside) or {}
+    if moved != holder:
+        with contextlib.suppress(OSError):
+            os.link(aside, lock)
+        aside.unlink(missing_ok=True)
+        raise _held_error(lock, what, moved)
+    aside.unlink(missing_ok=True)
+    print(f"taking over the stale lock {lock} (pid {holder.get('pid', '?')} is gone)")
+
+
+@contextlib.contextmanager
+def folder_lock(path: Path, what: str = "folder") -> Iterator[Path]:
+    """Hold path/.gptlab.lock for the block. A folder the lock had to create is removed again if left empty."""
+    folder = Path(path)
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(folder, e) or UserError(f"cannot create {what} {folder}: {e.strerror}") from None
+    lock = folder / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "token": secrets.token_hex(8)}
+    for _ in range(10):
+        if _try_create(lock, json.dumps(me) + "\n"):
+            break
+        holder = _read_holder(lock)
+        if holder is None:
+            continue
+        if not _is_stale(holder, lock):
+            raise _held_error(lock, what, holder)
+        _take_over(lock, holder, what)
+    else:
+        raise UserError(f"could not take the lock {lock} (it keeps changing): retry when other gptlab commands finish")
+    try:
+        yield folder
+    finally:
+        if (_read_holder(lock) or {}).get("token") == me["token"]:
+            lock.unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
