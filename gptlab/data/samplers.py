@@ -133,6 +133,43 @@ def assign_rows(doc_lengths: np.ndarray, n_rows: int) -> list[list[int]]:
     return rows
 
 
+class DocRows:
+    """Documents dealt to rows (assign_rows); each row is the stream of its documents.
+
+    `indices(row, p0, length)` maps row positions p0.. to indices into the data: with
+    wrap=True the row repeats on its own (after its last document comes its first
+    again), as the benchmark's training loader does; with wrap=False positions past the
+    row's end are -1.
+    """
+
+    def __init__(self, doc_offsets, n_tokens: int, n_rows: int):
+        starts = np.asarray(doc_offsets if doc_offsets is not None else [0], dtype=np.int64)
+        lengths = np.append(starts[1:], n_tokens) - starts
+        self.n_docs = len(starts)
+        self.rows = assign_rows(lengths, n_rows)
+        self.lengths = np.array([int(lengths[r].sum()) for r in self.rows], dtype=np.int64)
+        # Per row: data start of each of its docs, and the row position where each doc begins.
+        self._maps = []
+        for r in self.rows:
+            d = np.array(r, dtype=np.int64)
+            pos = np.concatenate([[0], np.cumsum(lengths[d])[:-1]]).astype(np.int64)
+            self._maps.append((starts[d], pos))
+
+    def indices(self, row: int, p0: int, length: int, wrap: bool) -> np.ndarray:
+        dstart, pos = self._maps[row]
+        L = int(self.lengths[row])
+        p = p0 + np.arange(length, dtype=np.int64)
+        past = p >= L
+        if wrap:
+            p = p % L
+        q = np.minimum(p, L - 1)
+        k = np.searchsorted(pos, q, side="right") - 1
+        idx = dstart[k] + (q - pos[k])
+        if not wrap:
+            idx[past] = -1
+        return idx
+
+
 class StreamBatcher:
     """Document streams, the Languini way.
 
@@ -147,11 +184,12 @@ class StreamBatcher:
     `micro_batches` consecutive micro-batches, so N ranks together compute the
     same rows as one rank with N-fold accumulation.
 
-    An epoch ends when the shortest row cannot fill another window (the
-    balanced dealing keeps what is left of longer rows small). Then `next()`
-    starts the next epoch from position 0 if wrap=True, else raises
-    StopIteration. `next()` returns the list of micro-batches (x, y) of one
-    optimiser step.
+    Every row wraps on its own: when it runs out it continues with its first
+    document again, whatever the other rows do (the benchmark's loader with
+    repeat=True), so no row tail is ever dropped. `epoch` is a nominal unit,
+    `steps_per_epoch` steps (until the shortest row first wraps). With wrap=False
+    `next()` raises StopIteration once the shortest row cannot fill a window.
+    `next()` returns the list of micro-batches (x, y) of one optimiser step.
     """
 
     def __init__(self, data, doc_offsets, batch_size: int, seq_len: int, eot_id: int | None = None,
@@ -165,49 +203,39 @@ class StreamBatcher:
                 f"gradient_accumulation_steps {micro_batches}: pick values that divide"
             )
         n = len(data)
-        starts = np.asarray(doc_offsets if doc_offsets is not None else [0], dtype=np.int64)
-        ends = np.append(starts[1:], n)
-        lengths = ends - starts
         self._reopen = _as_reopenable(data)
         self._data = None if self._reopen else data
         self.batch_size, self.seq_len, self.eot_id = batch_size, seq_len, eot_id
         self.rank, self.world_size, self.micro_batches, self.wrap = rank, world_size, micro_batches, wrap
-        self.rows = assign_rows(lengths, batch_size)
-        self.row_lengths = np.array([int(lengths[r].sum()) for r in self.rows], dtype=np.int64)
-        self.steps_per_epoch = int((self.row_lengths.min() - 1) // seq_len) if batch_size else 0
-        if self.steps_per_epoch <= 0:
+        self.doc_rows = DocRows(doc_offsets, n, batch_size)
+        self.rows, self.row_lengths = self.doc_rows.rows, self.doc_rows.lengths
+        shortest = int(self.row_lengths.min())
+        if shortest < 2 or (not wrap and shortest < seq_len + 1):
             raise UserError(
-                f"{len(starts)} documents ({n} tokens) spread over {batch_size} rows leave the shortest row "
-                f"{int(self.row_lengths.min())} tokens, less than seq_len {seq_len} + 1: use fewer rows, a shorter seq_len or more data"
+                f"{self.doc_rows.n_docs} documents ({n} tokens) spread over {batch_size} rows leave the shortest row "
+                f"{shortest} tokens, too few to stream: use fewer rows, a shorter seq_len or more data"
             )
+        self.steps_per_epoch = max(1, (shortest - 1) // seq_len)
         self.my_rows = [i for i in range(batch_size) if i % world_size == rank]
-        # Per owned row: data start of each of its docs, and the row position where each doc begins.
-        self._row_maps = []
-        for i in self.my_rows:
-            d = np.array(self.rows[i], dtype=np.int64)
-            L = lengths[d]
-            pos = np.concatenate([[0], np.cumsum(L)[:-1]]).astype(np.int64)
-            self._row_maps.append((starts[d], pos))
-        self.epoch = 0
-        self.step = 0
+        self.batches = 0  # batches taken so far: the whole position of every row
 
-    def _row_indices(self, j: int, p0: int, length: int) -> np.ndarray:
-        dstart, pos = self._row_maps[j]
-        p = p0 + np.arange(length, dtype=np.int64)
-        k = np.searchsorted(pos, p, side="right") - 1
-        return dstart[k] + (p - pos[k])
+    @property
+    def epoch(self) -> int:
+        return self.batches // self.steps_per_epoch
+
+    @property
+    def step(self) -> int:
+        return self.batches % self.steps_per_epoch
 
     def next(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if self.step >= self.steps_per_epoch:
-            if not self.wrap:
-                raise StopIteration
-            self.epoch += 1
-            self.step = 0
+        if not self.wrap and self.batches >= self.steps_per_epoch:
+            raise StopIteration
         data = _open(self._reopen, self._data)
-        p0 = self.step * self.seq_len
-        idx = np.stack([self._row_indices(j, p0, self.seq_len + 1) for j in range(len(self.my_rows))])
+        p0 = self.batches * self.seq_len
+        # (rows, seq_len + 1) data indices of this batch
+        idx = np.stack([self.doc_rows.indices(r, p0, self.seq_len + 1, wrap=True) for r in self.my_rows])
         block = np.asarray(data[idx], dtype=np.int64)
-        self.step += 1
+        self.batches += 1
         mb = len(self.my_rows) // self.micro_batches
         return [_to_xy(block[m * mb : (m + 1) * mb]) for m in range(self.micro_batches)]
 
@@ -218,7 +246,8 @@ class StreamBatcher:
         return self.next()
 
     def state_dict(self) -> dict:
-        return {"kind": "stream", "epoch": self.epoch, "step": self.step, "batch_size": self.batch_size, "seq_len": self.seq_len}
+        return {"kind": "stream", "epoch": self.epoch, "step": self.step, "batches": self.batches,
+                "batch_size": self.batch_size, "seq_len": self.seq_len}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("kind", "stream") != "stream":
@@ -226,5 +255,5 @@ class StreamBatcher:
         for k in ("batch_size", "seq_len"):
             if k in state and int(state[k]) != getattr(self, k):
                 raise UserError(f"stream state was saved with {k} {state[k]} but this run has {getattr(self, k)}: resume with the same {k}")
-        self.epoch = int(state["epoch"])
-        self.step = int(state["step"])
+        # States written before per-row wrapping hold only epoch and step.
+        self.batches = int(state["batches"]) if "batches" in state else int(state["epoch"]) * self.steps_per_epoch + int(state["step"])

@@ -155,10 +155,31 @@ def test_stream_resume_and_wrap():
     b = StreamBatcher(data, starts, 4, 16, EOT)
     b.load_state_dict(st)
     got = [b.next() for _ in range(len(exp))]
-    assert all(torch.equal(p[0][0], q[0][0]) for p, q in zip(exp, got))
+    assert all(torch.equal(p[0][0], q[0][0]) and torch.equal(p[0][1], q[0][1]) for p, q in zip(exp, got))
     assert b.epoch == 1
-    fresh = StreamBatcher(data, starts, 4, 16, EOT)
-    assert torch.equal(fresh.next()[0][0], got[a.steps_per_epoch - 3][0][0])  # the new epoch starts over
+    old = StreamBatcher(data, starts, 4, 16, EOT)  # a state saved before per-row wrapping (epoch, step only)
+    old.load_state_dict({"kind": "stream", "epoch": st["epoch"], "step": st["step"]})
+    assert torch.equal(old.next()[0][0], exp[0][0][0])
+
+
+def test_stream_rows_wrap_on_their_own():
+    # Was: every row restarted when the shortest ran out, dropping the tails of longer rows.
+    # Now each row is the endless repetition of its own documents (the benchmark's repeat=True).
+    data, starts, docs = _docs(seed=3, n_docs=13)
+    B, S = 3, 16
+    sb = StreamBatcher(data, starts, B, S, EOT)
+    longest = int(sb.row_lengths.max())
+    n = 3 * longest // S + 2  # every row wraps at least twice
+    rows = [[] for _ in range(B)]
+    for _ in range(n):
+        (x, y), = sb.next()
+        for r in range(B):
+            rows[r].extend(x[r].tolist())
+    for r in range(B):
+        one = [t for d in sb.rows[r] for t in docs[d]]
+        expect = (one * (n * S // len(one) + 1))[: n * S]
+        assert rows[r] == expect
+    assert len(set(int(L) for L in sb.row_lengths)) > 1  # rows of different lengths each wrap at their own point
 
 
 def test_stream_divisibility_errors():
@@ -168,4 +189,4 @@ def test_stream_divisibility_errors():
     with pytest.raises(UserError, match="gradient_accumulation_steps"):
         StreamBatcher(data, starts, 8, 8, EOT, rank=0, world_size=2, micro_batches=3)
     with pytest.raises(UserError, match="shortest row"):
-        StreamBatcher(data, starts, 64, 512, EOT)
+        StreamBatcher(data, starts, 64, 512, EOT)  # more rows than documents: some rows are empty
