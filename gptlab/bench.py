@@ -26,6 +26,7 @@ import torch
 
 from gptlab.config import COMPILE_MODES, build_config, parse_overrides
 from gptlab.errors import UserError
+from gptlab.loss import lm_loss
 from gptlab.metrics import device_peak_flops, fmt_mfu, mfu
 from gptlab.model import GPT, GPTShape, flops_per_token
 from gptlab.optim import build_optimizer
@@ -108,12 +109,11 @@ def _sdpa_ctx(name: str):
 def _build_for_timing(shape, cfg, device, dtype, ce_chunk: int):
     """Model, optimiser and (fp16 only) GradScaler, seeded, as the training loop builds them."""
     torch.manual_seed(0)
-    model = GPT(shape).to(device)
-    model.ce_chunk_tokens = ce_chunk
+    model = GPT(shape).init_weights().to(device)
     model.train()
     opt = build_optimizer(model, cfg, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    return model, opt, scaler
+    return model, opt, scaler, (lambda m, x, y: lm_loss(m, x, y, ce_chunk))
 
 
 def time_steps(step_fn, batches, device: torch.device, warmup: int, steps: int) -> dict:
@@ -161,7 +161,7 @@ def _random_batches(n: int, batch: int, seq: int, vocab: int, accum: int, device
 def make_train_step(model, optimizer, ctx, scaler, clip: float, loss_of=None):
     """forward + loss + backward per micro-batch, clip, optimiser step; no host sync."""
     params = [p for p in model.parameters() if p.requires_grad]
-    loss_of = loss_of or (lambda m, x, y: m(x, y)[1])
+    loss_of = loss_of or (lambda m, x, y: lm_loss(m, x, y))
 
     def step(micro_batches):
         n = len(micro_batches)
@@ -324,10 +324,10 @@ def bench(args, rest: list[str]) -> dict:
     # The config's ce_chunk (--ce_chunk), resolved as training resolves it; per-block
     # compile leaves the loss eager, where the plain loss is the fast one.
     ce_chunk = resolve_ce_chunk(cfg.system.ce_chunk, compile_mode if args.compile_scope == "model" else "none")
-    model, opt, scaler = _build_for_timing(shape, cfg, device, dtype, ce_chunk)
+    model, opt, scaler, loss_of = _build_for_timing(shape, cfg, device, dtype, ce_chunk)
     _free(device)
     cm = compile_model(model, compile_mode, args.compile_scope, dynamic=False)
-    step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip)
+    step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip, loss_of)
     batches = _random_batches(4, batch, seq, vocab, accum, device)
     with _sdpa_ctx(args.sdpa):
         t = time_steps(step, batches, device, args.warmup, args.steps)
@@ -435,9 +435,9 @@ def throughput(args, rest: list[str]) -> dict:
     # Plain loss unless --ce_chunk N is given: the chunk loop needs a static batch, so the
     # chunked loss recompiles at every batch size, while the plain one compiles once.
     ce_chunk = max(cfg.system.ce_chunk, 0)
-    model, opt, scaler = _build_for_timing(shape, cfg, device, dtype, ce_chunk)
+    model, opt, scaler, loss_of = _build_for_timing(shape, cfg, device, dtype, ce_chunk)
     cm = compile_model(model, compile_mode, dynamic=None)
-    step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip)
+    step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip, loss_of)
     rows = []
     b = lo
     while b <= hi:

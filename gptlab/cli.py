@@ -2,9 +2,43 @@
 
 from __future__ import annotations
 
+import argparse
+import difflib
+import re
 import sys
 
 from gptlab.errors import UserError
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse in gptlab's one error style: a bad flag is one line naming the closest
+    valid flag (UserError, so the CLI exits 2), never the multi-line usage."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # --temp must not silently mean --temperature
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}{self._hint(message)}")
+
+    def _hint(self, message: str) -> str:
+        # Only an unknown flag has a "closest valid flag"; other messages already name the fix.
+        m = re.search(r"unrecognized arguments: (\S+)", message)
+        if not m:
+            return f" (see `{self.prog} --help`)"
+        flags = [s for a in self._actions for s in a.option_strings]
+        close = difflib.get_close_matches(m.group(1).split("=")[0], flags, n=1, cutoff=0.5)
+        return f": did you mean {close[0]}?" if close else f" (see `{self.prog} --help`)"
+
+
+def flag_bool(text: str) -> bool:
+    """A true/false flag value as nanoGPT (True/False) and shell users (1/0, yes/no) write it."""
+    v = str(text).strip().lower()
+    if v in ("1", "true", "yes", "on", "y", "t"):
+        return True
+    if v in ("0", "false", "no", "off", "n", "f"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 USAGE = """usage: gptlab COMMAND [ARGS]
 
@@ -49,6 +83,7 @@ def _model(argv: list[str]) -> int:
     import torch
 
     from gptlab.config import build_config, parse_overrides
+    from gptlab.loss import logits_and_loss
     from gptlab.model import GPT, GPTShape, flops_per_token
 
     preset = argv[0] if argv and not argv[0].startswith("--") else "gpt2"
@@ -56,11 +91,11 @@ def _model(argv: list[str]) -> int:
     cfg = build_config(preset, None, overrides)
     vocab = cfg.model.vocab_size or 50257
     shape = GPTShape.from_config(cfg.model, vocab)
-    model = GPT(shape)
+    model = GPT(shape).init_weights()
     T = min(shape.block_size, 64)
     x = torch.randint(0, vocab, (2, T))
     with torch.no_grad():
-        logits, loss = model(x, x)
+        logits, loss = logits_and_loss(model, x, x)
     print(f"preset {cfg.preset}: {shape.n_layer} layers, {shape.n_head} heads x {shape.head_dim}, width {shape.n_embd}, "
           f"mlp {shape.mlp_dim}, block {shape.block_size}, vocab {vocab} (padded {shape.padded_vocab})")
     print(f"parameters: {model.num_params():,}")

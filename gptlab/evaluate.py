@@ -16,7 +16,6 @@ top-1 / top-10 accuracy, token and byte counts.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from gptlab.errors import UserError
+from gptlab.loss import logits_and_loss
 
 
 def window_plan(n_tokens: int, seq_len: int, last_n: int) -> np.ndarray:
@@ -69,7 +69,7 @@ def build_batch(tokens: np.ndarray, starts: np.ndarray, seq_len: int, last_n: in
 def evaluate(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_size: int, device: torch.device,
              last_n: int = 0, max_batches: int | None = None, byte_lengths: np.ndarray | None = None,
              autocast=None, rank: int = 0, world_size: int = 1, reduce=None, eot_id: int | None = None) -> dict:
-    """Score a token stream with `model` (called as model(x) -> (logits, _)).
+    """Score a token stream with `model` (logits from gptlab.loss.logits_and_loss).
 
     max_batches caps the work (in-training eval): the windows are then spread evenly over
     the whole split, the same ones every time. With several ranks, batches are dealt
@@ -98,7 +98,7 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_siz
             y.fill_(-1)
         x, y = x.to(device), y.to(device)
         with ctx:
-            logits, _ = model(x)
+            logits, _ = logits_and_loss(model, x)
         keep = y >= 0
         if not keep.any():
             continue
@@ -141,12 +141,13 @@ def format_metrics(m: dict) -> str:
 
 def main(argv: list[str]) -> int:
     """gptlab eval --checkpoint_file F [--config_file C] --eval_data_split test --last_n 128"""
-    from gptlab import checkpoint as ck
-    from gptlab.config import load_run_config
-    from gptlab.runtime import load_run_model, resolve_data_dir, token_byte_lengths
+    from gptlab.cli import ArgParser
+    from gptlab.distributed import pick_device
+    from gptlab.runs import load_run
+    from gptlab.runtime import autocast_ctx, resolve_data_dir, resolve_dtype, token_byte_lengths
     from gptlab.data import tokens as tk
 
-    p = argparse.ArgumentParser(prog="gptlab eval", description="Evaluate a checkpoint on a prepared split.")
+    p = ArgParser(prog="gptlab eval", description="Evaluate a checkpoint on a prepared split.")
     p.add_argument("--run", help="run folder (instead of --checkpoint_file/--config_file)")
     p.add_argument("--checkpoint_file", help="checkpoint .pt")
     p.add_argument("--config_file", help="config.json of the run (default: beside checkpoints/)")
@@ -163,23 +164,16 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     if not a.run and not a.checkpoint_file:
         raise UserError("pass --run RUN_DIR or --checkpoint_file FILE")
-    ckpt_path = Path(a.checkpoint_file) if a.checkpoint_file else ck.find_checkpoint(a.run, "best")
-    if a.config_file:
-        cfg_path = Path(a.config_file)
-    elif a.run:
-        cfg_path = Path(a.run) / "config.json"
-    else:  # <run>/checkpoints/model.pt -> <run>/config.json
-        cfg_path = ckpt_path.resolve().parent.parent / "config.json"
-    cfg = load_run_config(cfg_path)
+    run = load_run(a.checkpoint_file or a.run, config_file=a.config_file)  # paths resolved against the run folder
+    cfg, ckpt_path = run.config, run.checkpoint("best")
     # A --last_n typo is reported before the checkpoint and the split are loaded (minutes for big ones).
     if a.last_n and (a.last_n < 0 or (a.seq_len or cfg.model.block_size) % a.last_n):
         raise UserError(f"--last_n {a.last_n} must divide seq_len {a.seq_len or cfg.model.block_size}")
-    if a.dataset:
-        cfg.data.dataset = a.dataset
-    if a.data_root:
-        cfg.data.data_root = a.data_root
-    model, device, autocast, run_meta = load_run_model(cfg, ckpt_path, a.device, a.dtype)
-    data_dir = resolve_data_dir(cfg.data.dataset, cfg.data.data_root)
+    device = pick_device(a.device)
+    model = run.build_model(device).eval()
+    autocast = autocast_ctx(device, resolve_dtype(a.dtype, device))
+    data_dir = resolve_data_dir(a.dataset or cfg.data.dataset, a.data_root or cfg.data.data_root) \
+        if a.dataset or a.data_root else run.data_dir()
     meta = tk.read_meta(data_dir)
     tokens = tk.load_split(data_dir, a.eval_data_split)
     seq_len = a.seq_len or cfg.model.block_size

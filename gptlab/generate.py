@@ -50,12 +50,13 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
         if use_cache:
             if cache is None or cache.pos >= block:
                 cache = model.new_cache(idx.size(0))
-                logits, _ = model(idx[:, -block:], cache=cache)
+                logits = model(idx[:, -block:], cache=cache)
             else:
-                logits, _ = model(idx[:, -1:], cache=cache)
+                logits = model(idx[:, -1:], cache=cache)
         else:
-            logits, _ = model(idx[:, -block:])
-        nxt = next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
+            logits = model(idx[:, -block:])
+        # padded vocab columns (embedding padding) are never sampled
+        nxt = next_token(logits[:, -1, :model.shape.vocab_size], temperature, top_k, top_p, generator)
         idx = torch.cat([idx, nxt], dim=1)
         if stop_id is not None and bool((nxt == stop_id).all()):
             break

@@ -1,7 +1,9 @@
 """The GPT model: GPT-2 architecture and its Languini variant as options of one class.
 
 No I/O, no distributed code, no logging here: the model takes token ids and returns
-logits and a loss. Parameter names follow Hugging Face's GPT-2 (transformer.wte,
+logits over the padded vocabulary, or the final hidden states (the loss lives in
+gptlab/loss.py). Construction allocates; init_weights() draws the initial weights, so a
+model can be built on the meta device and initialised after. Parameter names follow Hugging Face's GPT-2 (transformer.wte,
 transformer.h.N.attn.c_attn, ...) so weights convert by transposition alone.
 """
 
@@ -84,12 +86,21 @@ class CausalSelfAttention(nn.Module):
         self.dropout = s.dropout
         self.resid_drop = nn.Dropout(s.dropout)
 
+    def qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, 3*H*D) in one matmul, also for separate Q/K/V weights.
+
+        Separate weights (the Languini layout, kept in state_dicts) are concatenated per
+        call: a (3*H*D, C) copy, tiny next to the matmul that replaces three.
+        """
+        if self.fused:
+            return self.c_attn(x)
+        w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        b = None if self.q_proj.bias is None else torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        return F.linear(x, w, b)
+
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
-        if self.fused:
-            q, k, v = self.c_attn(x).split(self.n_head * self.head_dim, dim=2)
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = self.qkv(x).split(self.n_head * self.head_dim, dim=2)
         # (B, T, H*D) -> (B, H, T, D)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
         drop = self.dropout if self.training else 0.0
@@ -151,35 +162,41 @@ class GPT(nn.Module):
         if s.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         self.embed_multiplier = math.sqrt(s.n_embd) if s.embed_scale else 1.0
-        # > 0: forward(idx, targets) computes the loss in chunks of this many tokens and
-        # returns logits=None (see chunked_cross_entropy); 0 keeps the plain path.
-        self.ce_chunk_tokens = 0
-        self.apply(self._init_weights)
-        # GPT-2: residual output projections get std 0.02/sqrt(2L) so the residual stream's
-        # variance does not grow with depth. Languini scales the MLP output only.
+
+    @torch.no_grad()
+    def init_weights(self) -> "GPT":
+        """Draw the initial weights (a fresh model; construction leaves torch's defaults).
+
+        Linear and embedding weights ~ N(0, 0.02), biases 0, LayerNorm 1/0. GPT-2's
+        residual output projections get std 0.02/sqrt(2L) so the residual stream's variance
+        does not grow with depth; Languini scales the MLP output only. Draw order is fixed,
+        so a seed gives the same weights on any device.
+        """
+        s = self.shape
+        if s.tie_embeddings:  # again: moving a meta-device model (to_empty) unties them
+            self.lm_head.weight = self.transformer.wte.weight
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, nn.LayerNorm):
+                module.reset_parameters()
         scaled = {"all": ("attn.c_proj.weight", "mlp.c_proj.weight"), "mlp": ("mlp.c_proj.weight",), "none": ()}[s.scaled_init]
         for name, p in self.named_parameters():
             if name.endswith(scaled):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * s.n_layer))
-
-    @staticmethod
-    def _init_weights(module):
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        return self
 
     def num_params(self) -> int:
         """All distinct parameters (a tied matrix counts once)."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids -> logits (B, T, vocab_size) and, given targets (B, T),
-        the mean cross-entropy over targets != -1. Padded vocab rows never appear in
-        the returned logits, so they are never sampled nor counted in the loss."""
+    def forward(self, idx: torch.Tensor, return_hidden: bool = False,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, padded_vocab), or with return_hidden the
+        hidden states (B, T, n_embd) after the final LayerNorm. Columns >= vocab_size are
+        embedding padding: gptlab.loss slices them off (logits_and_loss, lm_loss)."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.shape.block_size:
@@ -194,16 +211,7 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if cache is not None:
             cache.pos += T
-        if targets is not None and cache is None and self.ce_chunk_tokens > 0:
-            # Speed/memory path (opt-in): the loss without ever holding (B*T, vocab) fp32
-            # logits; logits are not returned. Same value as the branch below.
-            return None, chunked_cross_entropy(x, self.lm_head.weight, targets, self.shape.vocab_size,
-                                               self.ce_chunk_tokens)
-        logits = self.lm_head(x)[..., : self.shape.vocab_size]
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return x if return_hidden else self.lm_head(x)
 
     def crop_block_size(self, block_size: int) -> None:
         """Shorter context for fine-tuning: keep the first block_size position embeddings."""
@@ -216,78 +224,6 @@ class GPT(nn.Module):
         p = next(self.parameters())
         s = self.shape
         return KVCache(s.n_layer, batch, s.n_head, s.head_dim, max_len or s.block_size, p.device, p.dtype)
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of (h @ w.T) over targets != -1, computed chunk by chunk.
-
-    Each chunk's logits live only inside the loop: the gradients for h and w are
-    computed right there (softmax - one-hot needs nothing else), so the full
-    (N, vocab) logits - 1.6 GB in bf16, 3.2 GB in fp32 for GPT-2 at 16x1024 - are never
-    stored for backward. Same matmul FLOPs as the plain path (one forward, two
-    gradient products). Columns >= vocab (embedding padding) are masked to -inf, the
-    same as slicing them off.
-
-    The 1/n_valid of the mean and the upstream gradient (which carries fp16's loss
-    scale) are applied in backward, in fp32: (softmax - onehot) is at most 1 in
-    magnitude, so the fp16/bf16 products below never underflow, whereas dividing by
-    16K tokens first would push fp16 gradients under its smallest normal number.
-    """
-
-    @staticmethod
-    def forward(ctx, h, w, targets, vocab: int, chunk: int):
-        n = h.size(0)
-        valid = targets != -1
-        # Float count on device: no host sync; 0 valid targets gives nan like F.cross_entropy.
-        n_valid = valid.sum().to(torch.float32)
-        safe_t = torch.where(valid, targets, torch.zeros_like(targets))
-        cols = torch.arange(w.size(0), device=h.device)
-        loss = torch.zeros((), dtype=torch.float32, device=h.device)
-        grad_h = torch.empty_like(h)
-        grad_w = None
-        for s in range(0, n, chunk):
-            hc, tc, vc = h[s:s + chunk], safe_t[s:s + chunk], valid[s:s + chunk]
-            # Written as pointwise expressions of the low-precision logits (no in-place
-            # fill, no scatter) so that torch.compile fuses them into one kernel that
-            # reads the logits for the log-sum-exp and writes the bf16 gradient: the fp32
-            # logits and the fp32 gradient are never stored. (H100: 2.3 ms instead of
-            # 4.4 ms per GPT-2 step, 2.2 GiB less memory; BENCHMARKS.md.)
-            x = (hc @ w.t()).float()
-            if w.size(0) > vocab:  # embedding padding: columns >= vocab take no part
-                x = torch.where(cols < vocab, x, float("-inf"))
-            lse = torch.logsumexp(x, dim=-1)
-            picked = x.gather(1, tc.unsqueeze(1)).squeeze(1)
-            loss = loss + torch.where(vc, lse - picked, 0.0).sum()
-            # d(sum of losses)/d logits = softmax - onehot on counted rows, 0 elsewhere.
-            onehot = cols.unsqueeze(0) == tc.unsqueeze(1)
-            g = ((torch.exp(x - lse.unsqueeze(1)) - onehot.to(x.dtype)) * vc.unsqueeze(1)).to(h.dtype)
-            grad_h[s:s + chunk] = g @ w
-            gw = (g.t() @ hc).float()
-            grad_w = gw if grad_w is None else grad_w + gw
-        ctx.save_for_backward(grad_h, grad_w, n_valid)
-        ctx.w_dtype = w.dtype
-        return loss / n_valid
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        grad_h, grad_w, n_valid = ctx.saved_tensors
-        factor = grad_out.float() / n_valid
-        return (grad_h.float() * factor).to(grad_h.dtype), (grad_w * factor).to(ctx.w_dtype), None, None, None
-
-
-def chunked_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab: int,
-                          chunk_tokens: int = 4096) -> torch.Tensor:
-    """F.cross_entropy(x @ weight.T[:, :vocab], targets, ignore_index=-1) without full logits.
-
-    Matmuls run in the autocast dtype when autocast is on (as nn.Linear would), the
-    softmax in fp32 (as the plain path's .float() does).
-    """
-    dev = x.device.type
-    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-    h = x.reshape(-1, x.size(-1)).to(dtype)
-    w = weight.to(dtype)
-    with torch.autocast(dev, enabled=False):
-        return _LinearCrossEntropy.apply(h, w, targets.reshape(-1), vocab, max(1, int(chunk_tokens)))
 
 
 def matmul_params(shape: GPTShape) -> int:

@@ -28,6 +28,7 @@ from gptlab.data.prefetch import Prefetcher
 from gptlab.data.samplers import RandomWindowSampler, StreamBatcher
 from gptlab.errors import UserError
 from gptlab.evaluate import evaluate, format_metrics
+from gptlab.loss import lm_loss, logits_and_loss
 from gptlab.metrics import device_peak_flops, fmt_mfu, mfu, peak_memory_gb
 from gptlab.model import GPT, GPTShape, flops_per_token
 from gptlab.optim import build_optimizer, lr_at
@@ -172,7 +173,7 @@ def init_model(cfg: Config, vocab: int, log, resume: bool = False) -> GPT:
     checkpoint supplies the weights, so the model is built from the config alone."""
     src = cfg.train.init_from
     if resume or src in ("scratch", "resume", ""):
-        return GPT(GPTShape.from_config(cfg.model, vocab))
+        return GPT(GPTShape.from_config(cfg.model, vocab)).init_weights()
     path = Path(src)
     is_gptlab_run = (path / "checkpoints").is_dir() or path.is_file()
     if not is_gptlab_run:  # gpt2* names, hub ids, or a Hugging Face folder
@@ -361,8 +362,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
     # A chunked linear+cross-entropy never holds full fp32 logits (same loss value); by
     # default it is on under torch.compile (resolve_ce_chunk). It returns no logits, so
     # logit statistics (log_grads_every) keep the plain loss.
-    if not cfg.log.log_grads_every:
-        model.ce_chunk_tokens = resolve_ce_chunk(cfg.system.ce_chunk, cfg.system.compile)
+    ce_chunk = 0 if cfg.log.log_grads_every else resolve_ce_chunk(cfg.system.ce_chunk, cfg.system.compile)
     shape = model.shape
     n_params = model.num_params()
     fpt = flops_per_token(shape, shape.block_size)
@@ -378,7 +378,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
     if state is not None:
         if state.get("sharded"):
             # Written under FSDP2 by any number of ranks: DCP reshards model and optimiser to this run.
-            dist_.load_sharded(run_dir / "checkpoints" / state["sharded"], raw_model, optimizer)
+            dist_.load_sharded(run_dir, state["sharded"], raw_model, optimizer)
         elif fsdp:  # a 1-rank or DDP checkpoint continued under FSDP2
             dist_.load_plain_optimizer(raw_model, optimizer, state["optimizer"])
         else:
@@ -522,7 +522,7 @@ def _train(cfg: Config, d: dist_.Dist, argv: list[str]) -> dict:
         for i, (x, y) in enumerate(batches):
             last = i == len(batches) - 1
             with dist_.grad_sync(model, last), ctx:
-                logits, loss = model(x, y)
+                logits, loss = (None, lm_loss(model, x, y, ce_chunk)) if ce_chunk else logits_and_loss(model, x, y)
                 loss = loss / accum
             if last:  # fetch the next step's data while the device works on this one
                 t_w = time.time()

@@ -39,7 +39,7 @@ def tiny_model(tiny_model_config):
     from gptlab.model import GPT, GPTShape
 
     torch.manual_seed(0)
-    return GPT(GPTShape.from_config(tiny_model_config.model)).eval()
+    return GPT(GPTShape.from_config(tiny_model_config.model)).init_weights().eval()
 
 
 SAMPLE_TEXT = (

@@ -118,15 +118,16 @@ def test_twenty_four_hour_batch():
 
 def test_grad_stats_are_unscaled_and_pooled():
     """grad_stats on a hand-made step: per-parameter and global figures agree with torch's."""
+    from gptlab.loss import lm_loss
     from gptlab.model import GPT, GPTShape
     from gptlab.train import grad_stats
 
     cfg = build_config("mini", overrides=dict(n_layer=1, n_embd=16, mlp_dim=32, n_head=2, head_dim=8,
                                               block_size=8, vocab_size=32, last_n=0))
     torch.manual_seed(0)
-    model = GPT(GPTShape.from_config(cfg.model))
+    model = GPT(GPTShape.from_config(cfg.model)).init_weights()
     x = torch.randint(0, 32, (2, 8))
-    model(x, x)[1].backward()
+    lm_loss(model, x, x).backward()
     before = {n: p.detach().float().clone() for n, p in model.named_parameters()}
     grads = [p.grad for p in model.parameters()]
     with torch.no_grad():

@@ -97,19 +97,19 @@ def test_chunked_cross_entropy_option_trains_like_the_plain_loss(char_dataset, t
         return [json.loads(l)["loss"] for l in (run / "metrics.jsonl").read_text().splitlines()
                 if json.loads(l)["kind"] == "train"]
     train(_cfg(char_dataset, tmp_path / "plain", **common))
-    import gptlab.model as model_mod
+    import gptlab.loss as loss_mod
 
     calls = []
-    real = model_mod.chunked_cross_entropy
+    real = loss_mod.chunked_cross_entropy
 
     def spy(*a, **k):
         calls.append(1)
         return real(*a, **k)
-    model_mod.chunked_cross_entropy = spy
+    loss_mod.chunked_cross_entropy = spy
     try:
         train(_cfg(char_dataset, tmp_path / "chunked", ce_chunk=40, **common))
     finally:
-        model_mod.chunked_cross_entropy = real
+        loss_mod.chunked_cross_entropy = real
     assert calls  # the option reached the model
     a, b = losses(tmp_path / "plain"), losses(tmp_path / "chunked")
     assert len(a) == 6 and all(abs(x - y) < 1e-4 for x, y in zip(a, b))

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from gptlab import evaluate as E
 from gptlab.config import build_config
 from gptlab.errors import UserError
+from gptlab.loss import logits_and_loss
 from gptlab.model import GPT, GPTShape
 
 VOCAB = 37
@@ -33,7 +34,7 @@ def model():
     cfg = build_config("mini", overrides=dict(n_layer=2, n_embd=32, mlp_dim=64, n_head=2, head_dim=16,
                                               block_size=SEQ, vocab_size=VOCAB, last_n=0))
     torch.manual_seed(0)
-    m = GPT(GPTShape.from_config(cfg.model)).eval()
+    m = GPT(GPTShape.from_config(cfg.model)).init_weights().eval()
     # Random init gives near-uniform predictions that hardly depend on context; larger
     # weights make the context (and position) matter, so a wrong context shows.
     with torch.no_grad():
@@ -65,7 +66,7 @@ def brute_force(model, tokens: np.ndarray, seq_len: int, last_n: int, byte_lengt
         s = reference_context_start(t, seq_len, last_n)
         assert 0 < t - s <= seq_len
         contexts.append(t - s)
-        logits, _ = model(toks[s:t][None])
+        logits, _ = logits_and_loss(model, toks[s:t][None])
         last = logits[0, -1].float()
         nll += F.cross_entropy(last[None], toks[t][None], reduction="sum").item()
         top = last.topk(10).indices

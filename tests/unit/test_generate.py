@@ -26,10 +26,10 @@ def test_sampling_with_and_without_cache_identical(tiny_model):
 
 def test_cached_logits_match_full_forward(tiny_model):
     x = torch.randint(0, 40, (2, 12))
-    full, _ = tiny_model(x)
+    full = tiny_model(x)
     cache = tiny_model.new_cache(2)
-    part1, _ = tiny_model(x[:, :7], cache=cache)  # prefill
-    steps = [tiny_model(x[:, i:i + 1], cache=cache)[0] for i in range(7, 12)]
+    part1 = tiny_model(x[:, :7], cache=cache)  # prefill
+    steps = [tiny_model(x[:, i:i + 1], cache=cache) for i in range(7, 12)]
     got = torch.cat([part1] + steps, dim=1)
     torch.testing.assert_close(got, full, rtol=1e-5, atol=1e-5)
 
@@ -49,9 +49,11 @@ def test_top_p_keeps_smallest_set_reaching_p():
 
 
 def test_padded_vocab_never_sampled(tiny_model):
-    # vocab 40 is padded to 64 rows; logits expose exactly 40 columns.
-    logits, _ = tiny_model(torch.zeros(1, 4, dtype=torch.long))
-    assert tiny_model.shape.padded_vocab == 64 and logits.shape[-1] == 40
+    # vocab 40 is padded to 64 rows; the forward's logits carry all 64 columns.
+    logits = tiny_model(torch.zeros(1, 4, dtype=torch.long))
+    assert tiny_model.shape.padded_vocab == 64 and logits.shape[-1] == 64
+    with torch.no_grad():  # make the padding columns win every argmax if they were sampled
+        tiny_model.lm_head.weight[40:] = 10.0
     out = generate(tiny_model, torch.zeros(1, 1, dtype=torch.long), 50, temperature=2.0,
                    generator=torch.Generator().manual_seed(0))
     assert int(out.max()) < 40

@@ -16,6 +16,7 @@ from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 from gptlab import hf  # noqa: E402
 from gptlab.config import PRESETS, Config, ModelConfig  # noqa: E402
 from gptlab.errors import UserError  # noqa: E402
+from gptlab.loss import logits_and_loss  # noqa: E402
 from gptlab.model import GPT, GPTShape  # noqa: E402
 
 TINY = dict(n_layer=2, n_head=4, n_embd=64, vocab_size=100, n_positions=32)
@@ -48,13 +49,13 @@ def _hf_logits(m: GPT2LMHeadModel, idx: torch.Tensor) -> torch.Tensor:
 def _our_logits(m: GPT, idx: torch.Tensor) -> torch.Tensor:
     m.eval()
     with torch.no_grad():
-        return m(idx)[0]
+        return logits_and_loss(m, idx)[0]
 
 
 def _greedy_ours(m: GPT, idx: torch.Tensor, n: int) -> torch.Tensor:
     with torch.no_grad():
         for _ in range(n):
-            nxt = m(idx)[0][:, -1].argmax(-1, keepdim=True)
+            nxt = logits_and_loss(m, idx)[0][:, -1].argmax(-1, keepdim=True)
             idx = torch.cat([idx, nxt], dim=1)
     return idx
 

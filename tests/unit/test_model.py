@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from gptlab.config import build_config
+from gptlab.loss import logits_and_loss
 from gptlab.model import GPT, GPTShape, padded_vocab
 
 LANGUINI_PARAMS = {
@@ -66,7 +67,7 @@ def _small_model(preset: str, seed: int = 0, **overrides) -> GPT:
     base.update(overrides)
     cfg = build_config(preset, overrides=base)
     torch.manual_seed(seed)
-    return GPT(GPTShape.from_config(cfg.model)).eval()
+    return GPT(GPTShape.from_config(cfg.model)).init_weights().eval()
 
 
 @pytest.mark.parametrize("preset", list(LANGUINI_PARAMS))
@@ -177,10 +178,10 @@ def test_padded_vocab_never_in_logits_or_loss(preset):
         idx = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(1))
         tgt = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(2))
         tgt[0, :5] = -1
-        ref_logits, ref_loss = model(idx, tgt)
+        ref_logits, ref_loss = logits_and_loss(model, idx, tgt)
         # (Tied, these rows are also input embeddings of ids >= 100, which never occur.)
         model.lm_head.weight[100:] = 50.0
-        logits, loss = model(idx, tgt)
+        logits, loss = logits_and_loss(model, idx, tgt)
     assert torch.equal(logits, ref_logits) and torch.equal(loss, ref_loss)
     assert ref_logits.shape == (2, 16, 100)
     # The loss is the plain mean cross-entropy over the real vocabulary, -1 targets left out.
