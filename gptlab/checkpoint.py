@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import math
 import os
 import re
 import shutil
@@ -248,19 +249,103 @@ def load_checkpoint(path: Path, map_location="cpu", check: bool = True) -> dict:
         raise UserError(f"{path} is not a gptlab checkpoint (no 'model' entry): pass a checkpoint written by gptlab")
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()):
         raise UserError(f"{path}: its 'model' entry is not a state dict of tensors: pass a checkpoint written by gptlab")
+    if "step" in state and not _is_int(state["step"]):
+        raise UserError(f"checkpoint {path} is damaged: its 'step' is {state['step']!r}, not a step count >= 0: "
+                        "use an older checkpoint or retrain")
     return state
 
 
+def _is_int(v, lo: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _rng_problem(r) -> str | None:
+    """What is wrong with one rank's saved RNG state (the layout train.rng_state writes), or None."""
+    if not isinstance(r, dict) or not isinstance(r.get("torch"), torch.Tensor):
+        return "no torch generator state"
+    if r["torch"].dtype != torch.uint8 or r["torch"].shape != torch.get_rng_state().shape:
+        return "the torch generator state has the wrong size or type"
+    if r.get("cuda") is not None and (not isinstance(r["cuda"], torch.Tensor) or r["cuda"].dtype != torch.uint8):
+        return "the CUDA generator state is not a byte tensor"
+    py, npy = r.get("python"), r.get("numpy")
+    if py is not None and not (isinstance(py, list) and len(py) == 3 and _is_int(py[0]) and isinstance(py[1], list)
+                               and len(py[1]) == 625 and all(_is_int(k) and k < 2**32 for k in py[1])
+                               and py[1][-1] <= 624 and (py[2] is None or isinstance(py[2], float))):
+        return "the Python generator state is malformed"
+    if npy is not None and not (isinstance(npy, list) and len(npy) == 5 and npy[0] == "MT19937"
+                                and isinstance(npy[1], list) and len(npy[1]) == 624
+                                and all(_is_int(k) and k < 2**32 for k in npy[1]) and _is_int(npy[2])
+                                and npy[2] <= 624 and _is_int(npy[3]) and isinstance(npy[4], float)):
+        return "the numpy generator state is malformed"
+    return None
+
+
+def _optimizer_problem(o) -> str | None:
+    """What is wrong with a torch optimizer.state_dict(), or None."""
+    if not isinstance(o, dict) or not isinstance(o.get("state"), dict) or not isinstance(o.get("param_groups"), list):
+        return "not an optimizer state (needs 'state' and 'param_groups')"
+    ids = []
+    for g in o["param_groups"]:
+        if not isinstance(g, dict) or not isinstance(g.get("params"), list) or not all(_is_int(i) for i in g["params"]):
+            return "a param group without a list of parameter ids"
+        if not all(isinstance(g.get(k), (int, float)) and math.isfinite(g[k]) for k in ("lr",) if k in g):
+            return "a param group with a non-finite learning rate"
+        ids += g["params"]
+    if len(set(ids)) != len(ids):
+        return "a parameter id appears twice"
+    for k, v in o["state"].items():
+        if k not in ids or not isinstance(v, dict) or not all(isinstance(x, (torch.Tensor, int, float)) for x in v.values()):
+            return f"state for parameter {k!r} is malformed"
+    return None
+
+
+def _structure_problem(state: dict) -> str | None:
+    """The first entry a resume reads that is missing or malformed, as '<entry>: <what>'."""
+    if not _is_int(state.get("step")):
+        return f"'step' is {state.get('step')!r}, not a step count >= 0"
+    if not isinstance(state.get("config"), dict) or not isinstance(state["config"].get("model", {}), dict):
+        return "'config' is not a config object"
+    for k in ("tokens", "nonfinite_skipped"):
+        if k in state and not _is_int(state[k]):
+            return f"{k!r} is {state[k]!r}, not a count >= 0"
+    if "world_size" in state and not _is_int(state["world_size"], 1):
+        return f"'world_size' is {state['world_size']!r}"
+    if "best_val_loss" in state and not isinstance(state["best_val_loss"], (int, float)):
+        return "'best_val_loss' is not a number"
+    if state.get("sharded") is None:
+        problem = _optimizer_problem(state.get("optimizer"))
+        if problem:
+            return f"'optimizer': {problem}"
+    elif not isinstance(state.get("optimizer"), dict):
+        return "'optimizer' is not a dict"
+    if state.get("scaler") is not None and not isinstance(state["scaler"], dict):
+        return "'scaler' is not a GradScaler state"
+    rngs = state.get("rng")
+    for r in (rngs if isinstance(rngs, list) else [rngs]) if rngs is not None else []:
+        problem = _rng_problem(r)
+        if problem:
+            return f"'rng': {problem}"
+    samplers = state.get("sampler")
+    if samplers is not None and not (isinstance(samplers, list) and all(
+            isinstance(s, dict) and all(_is_int(v) or (k == "kind" and isinstance(v, str)) for k, v in s.items())
+            for s in samplers)):
+        return "'sampler' is not a list of sampler positions (non-negative integers)"
+    loop = state.get("loop")
+    if loop is not None and not (isinstance(loop, dict) and all(
+            isinstance(loop.get(k), torch.Tensor) and loop[k].numel() == 1 for k in ("loss_sum", "consec_bad"))
+            and isinstance(loop.get("loss_count"), (int, float))):
+        return "'loop' is not the loop's running sums"
+    return None
+
+
 def check_resumable(state: dict, path: Path) -> None:
-    """The entries a resume reads, with the types it expects; UserError otherwise, before
-    anything is restored (a foreign or hand-edited checkpoint must not half-load)."""
-    want = {"optimizer": dict, "step": int, "config": dict}
-    for k, typ in want.items():
-        if not isinstance(state.get(k), typ) or isinstance(state.get(k), bool):
-            raise UserError(f"checkpoint {path} has no valid {k!r} entry, so it cannot be resumed: "
-                            "use it with --init_from to start a new run from its weights")
-    if not isinstance(state["config"].get("model", {}), dict):
-        raise UserError(f"checkpoint {path} holds a damaged config: resume from another checkpoint")
+    """Every entry a resume reads, with the types and ranges it expects; UserError otherwise,
+    before anything is restored (a foreign or hand-edited checkpoint must not half-load)."""
+    problem = _structure_problem(state)
+    if problem:
+        raise UserError(f"checkpoint {path} is damaged or was not written by gptlab train ({problem}), so it "
+                        f"cannot be resumed: move it aside to resume from an older checkpoint, or use it with "
+                        f"--init_from to start a new run from its weights")
 
 
 def load_latest_valid(run_dir: Path, map_location="cpu", warn=print) -> tuple[dict, Path] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,39 +186,129 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
 
 DCP_PREFIX = "dcp_"
+DCP_RE = re.compile(r"^dcp_\d{8}$")
+# The only globals a DCP .metadata written by gptlab names; anything else is refused unread.
+_DCP_GLOBALS = {
+    ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath"),
+    ("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    *(("torch.distributed.checkpoint.metadata", n) for n in (
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+        "ChunkStorageMetadata", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING")),
+}
 
 
 def sharded_name(step: int) -> str:
     return f"{DCP_PREFIX}{step:08d}"
 
 
-def save_sharded(run_dir, step: int, model: torch.nn.Module, optimizer, d: Dist) -> str:
+def save_sharded(run_dir, step: int, model: torch.nn.Module, optimizer, d: Dist) -> dict:
     """FSDP2: every rank writes its own shards with torch.distributed.checkpoint (DCP). DCP
     stores each tensor with its global shape and offsets, so load() reshards it to any
-    number of ranks (one included). Returns the folder name, relative to checkpoints/."""
+    number of ranks (one included). Returns {"name", "metadata_sha256"}: the folder name
+    inside checkpoints/ and the hash of its .metadata, to be stored in the checksummed
+    single-file checkpoint so load_sharded reads only what this run wrote."""
+    import hashlib
+
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     name = sharded_name(step)
+    folder = Path(run_dir) / "checkpoints" / name
     msd, osd = get_state_dict(model, optimizer)
-    dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(Path(run_dir) / "checkpoints" / name))
-    return name
+    dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(folder))
+    # rank 0 wrote .metadata (DCP's coordinator); every rank returns rank 0's hash
+    digest = [hashlib.sha256((folder / ".metadata").read_bytes()).hexdigest() if d.is_main else None]
+    if d.enabled:
+        dist.broadcast_object_list(digest, src=0)
+    return {"name": name, "metadata_sha256": digest[0]}
 
 
-def load_sharded(path, model: torch.nn.Module, optimizer) -> None:
-    """Load a DCP checkpoint into a plain, DDP-unwrapped or FSDP2 model and its optimiser,
-    whatever number of ranks wrote it. Every rank calls it (without a process group, a
-    single process reads all shards)."""
+def _sharded_folder(run_dir, ref) -> Path:
+    """The DCP folder a checkpoint's "sharded" entry names, if it is one gptlab could have
+    written: the pattern dcp_<8 digits>, a real folder directly inside run_dir/checkpoints."""
+    bad = ("the checkpoint's 'sharded' entry {what}, so the checkpoint was not written by gptlab or was edited: "
+           "resume from another checkpoint (delete the newer ckpt_*.pt) or retrain")
+    if not (isinstance(ref, dict) and isinstance(ref.get("name"), str) and isinstance(ref.get("metadata_sha256"), str)):
+        raise UserError(bad.format(what="is not {name, metadata_sha256}"))
+    if not DCP_RE.match(ref["name"]) or not re.fullmatch(r"[0-9a-f]{64}", ref["metadata_sha256"]):
+        raise UserError(bad.format(what=f"names {ref['name'][:80]!r}, not a dcp_<8 digits> folder with a sha256"))
+    ckdir = Path(run_dir) / "checkpoints"
+    folder = ckdir / ref["name"]
+    if folder.is_symlink() or not folder.is_dir() or folder.resolve().parent != ckdir.resolve():
+        raise UserError(f"sharded checkpoint {folder} is missing or not a folder inside {ckdir}: "
+                        "resume from an older checkpoint (delete the newer ckpt_*.pt)")
+    return folder
+
+
+def _restricted_unpickle(data: bytes, where: Path):
+    """Unpickle DCP metadata allowing only the classes in _DCP_GLOBALS and torch dtypes."""
+    import io
+    import pickle
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in _DCP_GLOBALS:
+                return super().find_class(module, name)
+            if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+                return getattr(torch, name)
+            raise pickle.UnpicklingError(f"refusing {module}.{name}")
+
+    try:
+        return Restricted(io.BytesIO(data)).load()
+    except Exception as e:  # noqa: BLE001 - anything but plain DCP metadata is refused
+        raise UserError(f"sharded checkpoint metadata {where} is not DCP metadata written by gptlab "
+                        f"({str(e)[:120]}): it was not read; resume from another checkpoint") from None
+
+
+def _verified_metadata(run_dir, ref):
+    """Read .metadata once, check its sha256 against the checkpoint's record, then unpickle
+    those same bytes with the restricted unpickler; every shard it names must be a plain
+    file of the folder."""
+    import hashlib
+
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    folder = _sharded_folder(run_dir, ref)
+    meta_path = folder / ".metadata"
+    if meta_path.is_symlink() or not meta_path.is_file():
+        raise UserError(f"sharded checkpoint {folder} is incomplete (no .metadata): "
+                        "resume from an older checkpoint (delete the newer ckpt_*.pt)")
+    data = meta_path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != ref["metadata_sha256"]:
+        raise UserError(f"sharded checkpoint {meta_path} does not match the hash its checkpoint recorded "
+                        "(changed or damaged): resume from another checkpoint")
+    md = _restricted_unpickle(data, meta_path)
+    storage = getattr(md, "storage_data", None) if isinstance(md, Metadata) else None
+    files = {getattr(s, "relative_path", None) for s in storage.values()} if isinstance(storage, dict) else {None}
+    if any(not isinstance(f, str) or not re.fullmatch(r"[A-Za-z0-9_.]+", f) or f.startswith(".") for f in files):
+        raise UserError(f"sharded checkpoint metadata {meta_path} names files outside its folder: "
+                        "resume from another checkpoint")
+    return folder, md
+
+
+def load_sharded(run_dir, ref, model: torch.nn.Module, optimizer) -> None:
+    """Load the DCP checkpoint `ref` (a checkpoint's "sharded" entry) of run_dir into a plain,
+    DDP-unwrapped or FSDP2 model and its optimiser, whatever number of ranks wrote it. Every
+    rank calls it (without a process group, a single process reads all shards). Nothing is
+    unpickled unless the folder and its .metadata hash are the ones the checkpoint recorded."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.filesystem import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    path = Path(path)
-    if not (path / ".metadata").is_file():
-        raise UserError(f"sharded checkpoint {path} is missing or incomplete (no .metadata): "
-                        "resume from an older checkpoint (delete the newer ckpt_*.pt)")
+    folder, md = _verified_metadata(run_dir, ref)
+
+    class VerifiedReader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs):  # the verified copy, never the file again
+            if getattr(md, "storage_meta", None) is None:
+                md.storage_meta = StorageMeta()
+            md.storage_meta.load_id = self.load_id
+            return md
+
     msd, osd = get_state_dict(model, optimizer)
     state = {"model": msd, "optimizer": osd}
-    dcp.load(state, checkpoint_id=str(path))
+    dcp.load(state, storage_reader=VerifiedReader(str(folder)))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 

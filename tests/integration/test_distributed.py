@@ -152,7 +152,8 @@ def test_fsdp_matches_and_resumes_on_another_rank_count(work, reference):
     ckdir = run / "checkpoints"
     assert (ckdir / "dcp_00000003" / ".metadata").is_file()
     state = ck.load_checkpoint(ckdir / "ckpt_00000003.pt")
-    assert state["sharded"] == "dcp_00000003" and state["world_size"] == 2
+    assert state["sharded"]["name"] == "dcp_00000003" and state["world_size"] == 2
+    assert state["sharded"]["metadata_sha256"] == ck.sha256_file(ckdir / "dcp_00000003" / ".metadata")
     # The single file holds full, unsharded weights: sample / eval / export load it as usual.
     model = build_model_from_config(load_run_config(run / "config.json"))
     model.load_state_dict(state["model"])
@@ -184,5 +185,6 @@ def test_world_size_without_rank_is_user_error(monkeypatch):
 
 
 def test_missing_sharded_checkpoint_is_user_error(tmp_path):
+    (tmp_path / "checkpoints" / "dcp_00000009").mkdir(parents=True)
     with pytest.raises(UserError, match="incomplete"):
-        dist_.load_sharded(tmp_path / "dcp_00000009", torch.nn.Linear(2, 2), None)
+        dist_.load_sharded(tmp_path, {"name": "dcp_00000009", "metadata_sha256": "0" * 64}, torch.nn.Linear(2, 2), None)
