@@ -12,7 +12,6 @@ Pickled .bin files are read only through torch.load(weights_only=True).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pickle
@@ -46,8 +45,11 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 # from an earlier export (say a tokenizer of another vocabulary) cannot survive.
 _EXPORT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json", "generation_config.json", "vocab.json", "merges.txt",
-                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "data_meta.json")
 ENDOFTEXT = "<|endoftext|>"
+# Written last by every export: the mark that lets a later --overwrite replace the folder.
+EXPORT_MARKER = "gptlab_export.json"
+EXPORT_FORMAT = "gptlab-hf-export-1"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -481,13 +483,7 @@ def export_hf(model: GPT, out_dir: str | Path, tokenizer_meta: dict | None = Non
     s = model.shape
     check_gpt2_expressible(s)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder: pick another export path")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"{out} is not empty: pick a new folder or pass --overwrite")
-        for f in _EXPORT_FILES:
-            (out / f).unlink(missing_ok=True)
+    _clear_previous_export(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     try:
         from safetensors.torch import save_file
@@ -521,8 +517,24 @@ def export_hf(model: GPT, out_dir: str | Path, tokenizer_meta: dict | None = Non
                      "keep the data dir's meta.json beside the export to encode text")
     else:
         notes.append("tokenizer files skipped: the tokenizer is unknown (no meta.json found)")
+    _atomic_write(out / EXPORT_MARKER, (json.dumps({"format": EXPORT_FORMAT}) + "\n").encode())
     files = sorted(p.name for p in out.iterdir() if p.is_file())
     return {"dir": str(out), "files": files, "notes": notes}
+
+
+def _clear_previous_export(out: Path, overwrite: bool) -> None:
+    """An export writes into an empty folder, or replaces an earlier gptlab export there
+    (with --overwrite): never a folder of someone else's files, a run folder included."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder: pick another export path")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / EXPORT_MARKER).is_file():
+        raise UserError(f"{out} is not empty and holds no earlier gptlab export: pick a new or empty folder")
+    if not overwrite:
+        raise UserError(f"{out} holds an earlier export: pass --overwrite to replace it, or pick a new folder")
+    for f in _EXPORT_FILES + (EXPORT_MARKER,):
+        (out / f).unlink(missing_ok=True)
 
 
 def _atomic_write_tensors(save_file, tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -536,65 +548,47 @@ def _atomic_write_tensors(save_file, tensors: dict[str, torch.Tensor], path: Pat
 # `gptlab export RUN --to hf OUT/`
 # --------------------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse would exit(2) with usage; one line through UserError instead
-        raise UserError(f"export: {message}; usage: gptlab export RUN --to hf OUT/ [--overwrite] [--checkpoint best|last]")
-
-
-def _strip_wrappers(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # torch.compile and DDP wrap the model and prefix every key; the weights are the same.
-    out = {}
-    for k, v in sd.items():
-        for p in ("_orig_mod.", "module."):
-            while k.startswith(p):
-                k = k[len(p):]
-        out[k] = v
-    return out
-
-
-def _data_meta(cfg: Config) -> dict | None:
-    d = cfg.data
-    for cand in (Path(d.dataset), Path(d.data_root) / d.dataset):
-        f = cand / "meta.json"
-        if f.is_file():
-            try:
-                meta = json.loads(f.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                return None
-            return meta if isinstance(meta, dict) else None
-    return None
-
-
 def main_export(argv: list[str]) -> int:
-    ap = _Parser(prog="gptlab export", description="Export a trained run for another toolkit.")
+    from gptlab.cli import ArgParser
+    from gptlab.runs import load_run
+
+    ap = ArgParser(prog="gptlab export", description="Export a trained run for another toolkit.")
     ap.add_argument("run", help="run folder (holds config.json and checkpoints/)")
-    ap.add_argument("out", help="folder to write (must be empty unless --overwrite)")
+    ap.add_argument("out", help="folder to write: new, empty, or an earlier export (with --overwrite)")
     ap.add_argument("--to", required=True, help="target format: hf (transformers GPT2LMHeadModel)")
     ap.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint to export")
     ap.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
     a = ap.parse_intermixed_args(argv)
     if a.to != "hf":
         raise UserError(f"export: --to {a.to!r} is not supported: use --to hf")
-    from gptlab.config import load_run_config
-
-    cfg = load_run_config(a.run)
-    if not cfg.model.vocab_size:
+    run = load_run(a.run)
+    out = Path(a.out)
+    if out.resolve() == run.dir.resolve():
+        raise UserError(f"export: {out} is the run folder itself: export to a folder of its own, e.g. {out}-hf")
+    if not run.config.model.vocab_size:
         raise UserError(f"{a.run}/config.json has no model.vocab_size: the run was never started; train it first")
-    shape = GPTShape.from_config(cfg.model)
-    check_gpt2_expressible(shape)  # before reading a possibly large checkpoint
-    from gptlab.checkpoint import load_model_state
-
-    state, meta = load_model_state(a.run, which=a.checkpoint)
-    model = GPT(shape)
-    try:
-        model.load_state_dict(_strip_wrappers(state))
-    except RuntimeError as e:
-        raise UserError(f"the {a.checkpoint} checkpoint of {a.run} does not match its config.json "
-                        f"({str(e).splitlines()[0]}): the run folder is inconsistent") from None
-    tok = (meta or {}).get("tokenizer") if isinstance(meta, dict) else None
-    tok_meta = {"tokenizer": tok} if isinstance(tok, dict) else _data_meta(cfg)
-    res = export_hf(model, a.out, tok_meta, overwrite=a.overwrite)
+    check_gpt2_expressible(GPTShape.from_config(run.config.model))  # before reading a possibly large checkpoint
+    _clear_previous_export(out, a.overwrite)  # before the checkpoint is read, too
+    res = export_hf(run.build_model("cpu", a.checkpoint), out, run.data_meta, overwrite=a.overwrite)
+    res["notes"] += _copy_run_tokenizer(run, out)
     print(f"exported {a.run} ({a.checkpoint}) to {res['dir']}: {', '.join(res['files'])}")
     for n in res["notes"]:
         print("  " + n)
     return 0
+
+
+def _copy_run_tokenizer(run, out: Path) -> list[str]:
+    """A non-GPT-2 tokenizer travels as gptlab's own files: the run's data_meta.json and
+    its tokenizer model, so `tokenizer_from_meta` rebuilds it from the export folder."""
+    import shutil
+
+    kind, _ = _tokenizer_kind(run.data_meta)
+    if run.data_meta is None or kind == "gpt2":
+        return []
+    _atomic_write(out / "data_meta.json", (json.dumps(run.data_meta, indent=2) + "\n").encode())
+    model_file = (run.data_meta.get("tokenizer") or {}).get("model_file")
+    copied = ["data_meta.json"]
+    if isinstance(model_file, str) and (run.dir / Path(model_file).name).is_file():
+        shutil.copyfile(run.dir / Path(model_file).name, out / Path(model_file).name)
+        copied.append(Path(model_file).name)
+    return [f"gptlab tokenizer files copied: {', '.join(copied)}"]

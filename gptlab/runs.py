@@ -14,6 +14,7 @@ A folder with contents is never deleted or written over silently: continuing it 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from gptlab.errors import UserError
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+DATA_META_FILE = "data_meta.json"
 
 _PRECISION = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "auto": "autoPrec"}
 _COMPILE = {"none": "noCompile", "default": "defaultCompile",
@@ -138,3 +140,122 @@ def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = Fa
                         f"drop --resume to start a new run")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# --------------------------------------------------------------------------------------
+# Opening a finished (or running) run: the one loader sample, eval, export and init_from use
+# --------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Run:
+    """A run folder opened for reading. Every path is resolved against `dir`, never the
+    working directory, so a run opens the same from anywhere."""
+
+    dir: Path
+    config: Config
+    data_meta: dict | None
+    checkpoint_file: Path | None = None  # set when load_run was given a checkpoint file
+
+    def tokenizer(self):
+        """The tokenizer the run trained with (from its data_meta.json and copied model file)."""
+        from gptlab.data.tokenizers import tokenizer_from_meta
+
+        if self.data_meta is None:
+            raise UserError(f"{self.dir} has no {DATA_META_FILE}: it was not written by `gptlab train`, "
+                            "so its tokenizer is unknown")
+        return tokenizer_from_meta(self.data_meta, self.dir)
+
+    def checkpoint(self, which: str = "best") -> Path:
+        """The file load_run was given, else the run's best (or last) checkpoint."""
+        from gptlab.checkpoint import find_checkpoint
+
+        if which not in ("best", "last"):
+            raise UserError(f"checkpoint {which!r}: use best or last")
+        return self.checkpoint_file or find_checkpoint(self.dir, which)
+
+    def model_state(self, which: str = "best") -> tuple[dict, int]:
+        """(model state_dict with wrapper prefixes removed, the step it was saved at)."""
+        from gptlab.checkpoint import load_checkpoint
+
+        path = self.checkpoint(which)
+        state = load_checkpoint(path)
+        step = state.get("step")
+        return _strip_wrappers(state["model"]), int(step) if isinstance(step, int) else 0
+
+    def build_model(self, device="cpu", which: str = "best"):
+        """The run's GPT with the checkpoint's weights, on `device` (train mode; call .eval() to sample)."""
+        import torch
+
+        from gptlab.model import GPT, GPTShape
+
+        if not self.config.model.vocab_size:
+            raise UserError(f"{self.dir}/{CONFIG_FILE} has no vocab_size: the run never started training")
+        sd, _ = self.model_state(which)
+        model = GPT(GPTShape.from_config(self.config.model))
+        try:
+            model.load_state_dict(sd)
+        except RuntimeError as e:
+            raise UserError(f"checkpoint {self.checkpoint(which)} does not fit {self.dir}/{CONFIG_FILE} "
+                            f"({str(e).splitlines()[0][:150]}): the run folder is inconsistent") from None
+        return model.to(torch.device(device))
+
+    def data_dir(self) -> Path:
+        """The prepared dataset the run trained on: its recorded path, else the same relative
+        path under the run folder's ancestors (a project moved with its data), else the cwd's."""
+        d = self.config.data
+        rel = [Path(d.dataset), Path(d.data_root) / d.dataset]
+        bases = [Path(".")] + [self.dir.resolve(), *self.dir.resolve().parents]
+        for cand in [r for r in rel if r.is_absolute()] + [b / r for b in bases for r in rel if not r.is_absolute()]:
+            if (cand / "meta.json").is_file():
+                return cand
+        raise UserError(f"dataset {d.dataset!r} of run {self.dir} not found (data_root {d.data_root!r}): "
+                        f"prepare it again with `gptlab prepare {Path(d.dataset).name}` or pass --dataset/--data_root")
+
+
+def _strip_wrappers(sd: dict) -> dict:
+    # torch.compile and DDP prefix every key; the weights are the same.
+    out = {}
+    for k, v in sd.items():
+        for prefix in ("_orig_mod.", "module."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def load_run(path: str | Path, config_file: str | Path | None = None) -> Run:
+    """Open a run from its folder, a checkpoint file in its checkpoints/ folder, or its
+    config.json. `config_file` names the config explicitly (a checkpoint kept elsewhere)."""
+    from gptlab.config import load_run_config
+
+    p = Path(path).expanduser()
+    ckpt_file = None
+    if p.is_file() and p.name == CONFIG_FILE:
+        p = p.parent
+    elif p.is_file():
+        ckpt_file, p = p, p.absolute().parent.parent
+        if config_file is None and not (p / CONFIG_FILE).is_file():
+            raise UserError(f"checkpoint {path} is not inside a run's {CHECKPOINT_DIR}/ folder: pass the run folder, "
+                            f"or the run's config with --config_file")
+    elif not p.is_dir():
+        raise UserError(f"run {str(path)!r} not found: pass a run folder written by `gptlab train` or a checkpoint file")
+    cfg_path = Path(config_file) if config_file else p / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise UserError(f"{p} has no {CONFIG_FILE}: pass a run folder written by `gptlab train`")
+    return Run(dir=p, config=load_run_config(cfg_path), data_meta=_read_meta(p / DATA_META_FILE),
+               checkpoint_file=ckpt_file)
+
+
+def _read_meta(path: Path) -> dict | None:
+    import json
+
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path} is not valid JSON: the run folder is damaged; copy data_meta.json from the dataset's "
+                        "meta.json") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path} does not hold a JSON object: the run folder is damaged")
+    return meta

@@ -1,91 +1,130 @@
-"""`gptlab sample --run DIR`: print samples from a trained run (KV-cache generation)."""
+"""`gptlab sample`: print samples from a run or from GPT-2 weights (KV-cache generation).
+
+nanoGPT's options and defaults carry over: --start (or FILE:prompt.txt), --num_samples 10,
+--max_new_tokens 500, --temperature 0.8, --top_k 200, --seed 1337, --init_from
+resume|gpt2*|HF folder|RUN and --out_dir (the run folder for init_from=resume).
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
+from gptlab.cli import ArgParser, flag_bool
 from gptlab.errors import UserError
 
-
-def load_run_tokenizer(run_dir: Path):
-    from gptlab.data.tokenizers import tokenizer_from_meta
-
-    meta_path = Path(run_dir) / "data_meta.json"
-    if not meta_path.is_file():
-        raise UserError(f"{run_dir} has no data_meta.json: it was not written by `gptlab train`")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        raise UserError(f"{meta_path} is not valid JSON: the run folder is damaged") from None
-    return tokenizer_from_meta(meta, Path(run_dir)), meta
+ENDOFTEXT = "<|endoftext|>"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gptlab sample", description="Sample text from a trained run.")
-    p.add_argument("--run", required=True, help="run folder written by gptlab train")
-    p.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint")
-    p.add_argument("--prompt", default=None, help="text to continue (default: the end-of-text token or a newline)")
-    p.add_argument("--prompt_file", default=None, help="read the prompt from this UTF-8 file")
-    p.add_argument("--num_samples", type=int, default=3)
-    p.add_argument("--max_new_tokens", type=int, default=300)
+def build_parser() -> ArgParser:
+    p = ArgParser(prog="gptlab sample", description="Sample text from a trained run or GPT-2 weights.")
+    p.add_argument("--run", "--out_dir", dest="run", default=None, help="run folder written by gptlab train")
+    p.add_argument("--init_from", default="resume",
+                   help="resume (the --run/--out_dir folder) | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | HF folder | RUN")
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint of a run")
+    p.add_argument("--start", "--prompt", dest="start", default="\n",
+                   help="text to continue, or FILE:path to read it from a file; <|endoftext|> is the special token")
+    p.add_argument("--num_samples", type=int, default=10)
+    p.add_argument("--max_new_tokens", type=int, default=500)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top_k", type=int, default=200)
     p.add_argument("--top_p", type=float, default=None)
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--compile", type=flag_bool, default=False, help="accepted for nanoGPT habits; sampling runs eagerly")
     p.add_argument("--no_cache", action="store_true", help="recompute the whole context each token")
     return p
 
 
-def main(argv: list[str]) -> int:
-    from gptlab import checkpoint as ck
-    from gptlab.config import load_run_config
-    from gptlab.generate import generate
-    from gptlab.runtime import load_run_model
+def read_start(start: str) -> str:
+    """The prompt text: --start as given, or the file named after FILE:."""
+    if not start.startswith("FILE:"):
+        return start
+    path = Path(start[len("FILE:"):]).expanduser()
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--start FILE:{path}: cannot read it as UTF-8 text ({e.__class__.__name__})") from None
 
-    a = build_parser().parse_args(argv)
+
+def encode_prompt(tok, text: str) -> list[int]:
+    """Token ids of the prompt; each literal <|endoftext|> becomes the end-of-text token."""
+    pieces = text.split(ENDOFTEXT)
+    if len(pieces) > 1 and tok.eot_id is None:
+        raise UserError(f"the prompt holds {ENDOFTEXT} but this tokenizer has no end-of-text token: remove it")
+    ids: list[int] = []
+    for i, piece in enumerate(pieces):
+        if i:
+            ids.append(tok.eot_id)
+        ids.extend(tok.encode(piece) if piece else [])
+    if not ids and tok.eot_id is not None:  # e.g. "\n" in a tokenizer without a newline piece
+        ids = [tok.eot_id]
+    if not ids:
+        raise UserError("the prompt encodes to no tokens: give a non-empty --start")
+    return ids
+
+
+def open_model(a, device: torch.device):
+    """(model, tokenizer, what it is) for --init_from and --run/--out_dir."""
+    from gptlab.runs import load_run
+
+    src = a.init_from
+    if src != "resume" and a.run:
+        raise UserError(f"--init_from {src} and --run/--out_dir {a.run} name two models: pass one of them")
+    if src == "resume" and not a.run:
+        raise UserError("pass --run RUN_DIR (or --out_dir), or --init_from gpt2 to sample OpenAI's weights")
+    src = a.run or src
+    if a.run or Path(src).is_file() or (Path(src) / "checkpoints").is_dir():  # a gptlab run or one of its checkpoints
+        run = load_run(src)
+        return run.build_model(device, a.checkpoint), run.tokenizer(), f"{run.checkpoint(a.checkpoint)}"
+    from gptlab import hf
+    from gptlab.data.tokenizers import GPT2Tokenizer
+
+    model = hf.gpt_from_pretrained(src).to(device)
+    if model.shape.vocab_size != GPT2Tokenizer.vocab_size:
+        raise UserError(f"{src} has a vocabulary of {model.shape.vocab_size}, not GPT-2's {GPT2Tokenizer.vocab_size}: "
+                        "sample it with the tokenizer it was trained with (export it from a gptlab run)")
+    return model, GPT2Tokenizer(), src
+
+
+def check_args(a) -> None:
     if a.num_samples <= 0 or a.max_new_tokens <= 0:
         raise UserError("--num_samples and --max_new_tokens must be positive")
     if a.temperature < 0:
         raise UserError("--temperature must be >= 0 (0 = greedy)")
-    run = Path(a.run)
-    cfg = load_run_config(run)
-    tok, meta = load_run_tokenizer(run)
-    model, device, autocast, _ = load_run_model(cfg, ck.find_checkpoint(run, a.checkpoint), a.device, a.dtype)
-    if a.prompt_file:
-        try:
-            prompt = Path(a.prompt_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"--prompt_file {a.prompt_file}: cannot read it as UTF-8 text ({e.__class__.__name__})") from None
-    else:
-        prompt = a.prompt
-    if prompt:
-        ids = tok.encode(prompt)
-    elif tok.eot_id is not None:
-        ids = [tok.eot_id]
-    else:
-        ids = tok.encode("\n")
-    if not ids:
-        raise UserError("the prompt encodes to no tokens: give a non-empty --prompt")
-    if any(i >= model.shape.vocab_size for i in ids):
+    if a.compile:
+        print("note: --compile has no effect on sampling (the KV-cache loop runs eagerly)")
+
+
+def main(argv: list[str]) -> int:
+    from gptlab.distributed import pick_device
+    from gptlab.generate import generate
+    from gptlab.runtime import autocast_ctx, resolve_dtype
+
+    a = build_parser().parse_args(argv)
+    check_args(a)
+    prompt = read_start(a.start)
+    device = pick_device(a.device)
+    model, tok, what = open_model(a, device)
+    model.eval()
+    autocast = autocast_ctx(device, resolve_dtype(a.dtype, device))
+    ids = encode_prompt(tok, prompt)
+    if max(ids) >= model.shape.vocab_size:
         raise UserError("the prompt holds tokens outside the model's vocabulary: use the run's tokenizer")
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(a.seed)
-    n_new = 0
+    print(f"sampling {what}: {a.num_samples} x {a.max_new_tokens} tokens, temperature {a.temperature}, top_k {a.top_k}")
     t0 = time.time()
     for _ in range(a.num_samples):
         with autocast:
             out = generate(model, idx, a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
                            use_cache=not a.no_cache, generator=gen)
-        n_new += out.size(1) - idx.size(1)
-        print(tok.decode(out[0].tolist()))
+        print(tok.decode(out[0].tolist()))  # .tolist(): the one CPU-GPU sync per sample
         print("---------------")
     dt = time.time() - t0
+    n_new = a.num_samples * a.max_new_tokens
     print(f"[{n_new} tokens in {dt:.2f}s: {n_new / max(dt, 1e-9):.1f} tokens/s, cache {'off' if a.no_cache else 'on'}]")
     return 0

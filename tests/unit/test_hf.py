@@ -306,15 +306,21 @@ def test_export_refuses_languini_naming_options(tmp_path):
     hf.export_hf(_our_model(scaled_init="mlp"), tmp_path / "ok")
 
 
-def test_export_refuses_nonempty_dir_unless_overwrite(tmp_path):
+def test_export_replaces_only_an_earlier_export(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
+    # Someone else's folder is never written into, --overwrite or not.
+    for kw in ({}, {"overwrite": True}):
+        with pytest.raises(UserError, match="holds no earlier gptlab export"):
+            hf.export_hf(_our_model(), out, **kw)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    hf.export_hf(_our_model(), tmp_path / "exp")
     with pytest.raises(UserError, match="--overwrite"):
-        hf.export_hf(_our_model(), out)
-    (out / "vocab.json").write_text("{}")  # stale file of an earlier export
-    hf.export_hf(_our_model(), out, overwrite=True)
-    assert (out / "notes.txt").read_text() == "mine" and not (out / "vocab.json").exists()
+        hf.export_hf(_our_model(), tmp_path / "exp")
+    (tmp_path / "exp" / "vocab.json").write_text("{}")  # stale file of an earlier export
+    hf.export_hf(_our_model(), tmp_path / "exp", overwrite=True)
+    assert not (tmp_path / "exp" / "vocab.json").exists() and (tmp_path / "exp" / hf.EXPORT_MARKER).is_file()
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="not a folder"):
         hf.export_hf(_our_model(), tmp_path / "file")
@@ -368,16 +374,16 @@ def test_main_export_from_run_folder(tmp_path, monkeypatch, capsys):
     cfg = Config()
     for k, v in dict(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=100).items():
         cfg.set(k, v)
-    cfg.data.dataset = str(tmp_path / "data")
     (run / "config.json").write_text(cfg.to_json())
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "meta.json").write_text(json.dumps({"tokenizer": {"kind": "char", "chars": ["a"]}}))
+    # The run's own copy of the data meta names the tokenizer (the dataset may be gone).
+    (run / "data_meta.json").write_text(json.dumps({"tokenizer": {"kind": "char", "chars": ["a"]}}))
     # Compiled models save keys with _orig_mod.; export must not care.
     state = {"_orig_mod." + k: v for k, v in model.state_dict().items()}
     ck.save_checkpoint(run, {"model": state}, step=10, is_best=True)
     assert hf.main_export([str(run), "--to", "hf", str(tmp_path / "out"), "--checkpoint", "best"]) == 0
     out = capsys.readouterr().out
-    assert "exported" in out and "'char'" in out
+    assert "exported" in out and "'char'" in out and "data_meta.json" in out
+    assert json.loads((tmp_path / "out" / "data_meta.json").read_text())["tokenizer"]["kind"] == "char"
     theirs = GPT2LMHeadModel.from_pretrained(str(tmp_path / "out")).eval()
     idx = _ids(T=12)
     torch.testing.assert_close(_hf_logits(theirs, idx), _our_logits(model, idx), atol=1e-4, rtol=0)
@@ -386,8 +392,14 @@ def test_main_export_from_run_folder(tmp_path, monkeypatch, capsys):
     assert hf.main_export([str(run), "--to", "hf", str(tmp_path / "out"), "--overwrite", "--checkpoint", "last"]) == 0
     with pytest.raises(UserError, match="--to hf"):
         hf.main_export([str(run), "--to", "onnx", str(tmp_path / "o2")])
-    with pytest.raises(UserError, match="usage"):
+    with pytest.raises(UserError, match="required"):
         hf.main_export([str(run)])
+    # The run's own folder is never an export target.
+    (run / "keep.txt").write_text("x")
+    for target in (run, tmp_path / "run" / "."):
+        with pytest.raises(UserError, match="run folder itself"):
+            hf.main_export([str(run), "--to", "hf", str(target), "--overwrite"])
+    assert (run / "config.json").is_file() and (run / "keep.txt").read_text() == "x"
 
 
 def test_main_export_refuses_languini_run_before_loading(tmp_path):
