@@ -188,3 +188,34 @@ def test_padded_vocab_never_in_logits_or_loss(preset):
     keep = tgt != -1
     expected = F.cross_entropy(ref_logits[keep].float(), tgt[keep])
     assert torch.allclose(ref_loss, expected, atol=1e-6)
+
+
+def test_separate_qkv_weights_computed_as_one_matmul_match_three_projections(monkeypatch):
+    """Languini's separate Q/K/V weights (its checkpoint layout) run as one fused matmul;
+    the reference computes the three projections apart, as the layout reads."""
+    from gptlab.model import CausalSelfAttention
+
+    model = _small_model("mini", seed=4)
+    idx = torch.randint(0, 100, (3, 16), generator=torch.Generator().manual_seed(0))
+    fused = model(idx)
+    g_fused = torch.autograd.grad(fused.square().mean(), list(model.parameters()))
+    three = lambda self, x: torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)  # noqa: E731
+    monkeypatch.setattr(CausalSelfAttention, "qkv", three)
+    ref = model(idx)
+    g_ref = torch.autograd.grad(ref.square().mean(), list(model.parameters()))
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_fused, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_separate_qkv_state_dict_keeps_the_languini_layout_and_round_trips():
+    model = _small_model("mini", seed=5)
+    state = model.state_dict()
+    assert {"transformer.h.0.attn.q_proj.weight", "transformer.h.0.attn.k_proj.weight",
+            "transformer.h.0.attn.v_proj.weight"} <= set(state)
+    assert not any("c_attn" in k for k in state)
+    copy = _small_model("mini", seed=6)
+    copy.load_state_dict(state)
+    idx = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(copy(idx), model(idx))
