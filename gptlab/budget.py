@@ -69,7 +69,7 @@ def apply_compute_class(cfg: Config, world_size: int = 1) -> None:
         raise UserError("--compute_class needs --tokens_per_second (the config's reference throughput, "
                         "see `gptlab throughput`)")
     hours = parse_hours(t.compute_class)
-    _, global_batch = resolve_batch(cfg, world_size)
+    global_batch = resolve_batch(cfg, world_size).global_batch
     steps = steps_for_budget(hours, t.tokens_per_second, global_batch, cfg.model.block_size)
     t.max_iters = steps
     cfg.optim.lr_decay_iters = steps

@@ -19,7 +19,7 @@ import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from gptlab.errors import UserError
 
@@ -274,6 +274,8 @@ def coerce(key: str, value: Any) -> Any:
 # --------------------------------------------------------------------------------------
 _GPT2_COMMON = dict(bias=True, tie_embeddings=True, gelu="tanh", dropout=0.0, block_size=1024,
                     dataset="openwebtext", batch_size=12, gradient_accumulation_steps=40,
+# nanoGPT's GPT-2 recipe: a global batch of 12 x 40 x 1024 = 491,520 tokens per step. The 40
+# accumulation steps are global (train_batch_size unset): 40 on 1 GPU, 5 on each of 8 (resolve_batch).
                     max_iters=600000, lr_decay_iters=600000, warmup_iters=2000,
                     learning_rate=6e-4, min_lr=6e-5, eval_interval=1000, eval_iters=200)
 
@@ -484,9 +486,28 @@ def parse_hours(compute_class: str) -> float:
     return h
 
 
-def resolve_batch(cfg: Config, world_size: int) -> tuple[int, int]:
-    """(micro_batch_per_rank, global_batch). train_batch_size is global (Languini);
-    batch_size is the per-rank micro batch (minimal-GPT)."""
+class BatchSplit(NamedTuple):
+    """How one optimiser step's global batch is cut: micro x accum x world = global (sequences)."""
+
+    micro: int  # sequences per forward/backward on one rank
+    accum: int  # micro-batches per optimiser step on one rank
+    global_batch: int  # sequences per optimiser step over all ranks
+
+    def describe(self, world_size: int, block_size: int) -> str:
+        return (f"global batch {self.global_batch} x {block_size} = {self.global_batch * block_size:,} tokens/step "
+                f"= {self.micro} micro x {self.accum} accum x {world_size} ranks")
+
+
+def resolve_batch(cfg: Config, world_size: int) -> BatchSplit:
+    """The batch split for world_size ranks, keeping both users' meaning of the flags.
+
+    - train_batch_size set (Languini): it is the global batch; gradient_accumulation_steps
+      is per rank, and micro = train_batch_size / (world x accum).
+    - train_batch_size unset (nanoGPT): batch_size is the micro batch and
+      gradient_accumulation_steps the global count of micro-batches, divided over the ranks
+      (40 = 5 on each of 8 GPUs), so the global batch does not change with the rank count.
+      1 means no accumulation: each rank does one micro-batch.
+    """
     t = cfg.train
     accum = t.gradient_accumulation_steps
     if t.train_batch_size > 0:
@@ -498,8 +519,13 @@ def resolve_batch(cfg: Config, world_size: int) -> tuple[int, int]:
         if t.batch_size and t.batch_size != micro:
             raise UserError(f"--batch_size {t.batch_size} disagrees with --train_batch_size {t.train_batch_size} "
                             f"/ {world_size} ranks / {accum} accumulation = {micro}: set only one")
-        return micro, t.train_batch_size
-    return t.batch_size, t.batch_size * accum * world_size
+        return BatchSplit(micro, accum, t.train_batch_size)
+    if accum == 1:
+        return BatchSplit(t.batch_size, 1, t.batch_size * world_size)
+    if accum % world_size:
+        raise UserError(f"--gradient_accumulation_steps {accum} is the global count (nanoGPT's meaning) and does not "
+                        f"divide over {world_size} ranks: use a multiple of {world_size}, or set --train_batch_size")
+    return BatchSplit(t.batch_size, accum // world_size, t.batch_size * accum)
 
 
 def help_text() -> str:

@@ -53,7 +53,7 @@ def _dataset_label(dataset: str) -> str:
 def run_name(cfg: Config, world_size: int = 1) -> str:
     """The encoded folder name of a run (without the class/preset parents)."""
     m, o, t = cfg.model, cfg.optim, cfg.train
-    micro, global_batch = resolve_batch(cfg, world_size)
+    micro, _, global_batch = resolve_batch(cfg, world_size)
     constant = o.schedule == "constant" or not o.decay_lr
     lr = f"constlr{o.learning_rate}" if constant else f"coslr{o.learning_rate}to{o.min_lr}"
     parts = [

@@ -93,7 +93,7 @@ def test_compile_rejects_unknown_mode():
 @pytest.mark.parametrize("world,expected_micro", [(1, 32), (2, 16), (4, 8), (8, 4), (32, 1)])
 def test_train_batch_size_is_global(world, expected_micro):
     cfg = _languini_cfg(SIX_HOUR)
-    micro, global_batch = resolve_batch(cfg, world)
+    micro, _, global_batch = resolve_batch(cfg, world)
     assert (micro, global_batch) == (expected_micro, 128)
     assert micro * world * cfg.train.gradient_accumulation_steps == 128
 
@@ -108,12 +108,12 @@ def test_batch_size_that_disagrees_with_train_batch_size():
     cfg = _languini_cfg(SIX_HOUR + ["--batch_size", "16"])
     with pytest.raises(UserError, match="disagrees"):
         resolve_batch(cfg, 1)
-    assert resolve_batch(_languini_cfg(SIX_HOUR + ["--batch_size", "32"]), 1) == (32, 128)
+    assert resolve_batch(_languini_cfg(SIX_HOUR + ["--batch_size", "32"]), 1) == (32, 4, 128)
 
 
 def test_twenty_four_hour_batch():
     cfg = _languini_cfg("small --train_batch_size 256 --gradient_accumulation_steps 8".split())
-    assert resolve_batch(cfg, 1) == (32, 256)
+    assert resolve_batch(cfg, 1) == (32, 8, 256)
 
 
 def test_grad_stats_are_unscaled_and_pooled():

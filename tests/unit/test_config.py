@@ -59,11 +59,28 @@ def test_chunked_loss_is_on_by_default_only_under_compile():
 
 
 def test_global_and_micro_batch():
-    cfg = build_config("small")  # 128 global, 4 accumulation
-    assert resolve_batch(cfg, 1) == (32, 128)
-    assert resolve_batch(cfg, 2) == (16, 128)
+    cfg = build_config("small")  # Languini: 128 global, 4 accumulation on each rank
+    assert resolve_batch(cfg, 1) == (32, 4, 128)
+    assert resolve_batch(cfg, 2) == (16, 4, 128)
+    # nanoGPT: batch_size is the micro batch, accumulation is global and split over the ranks.
     cfg = build_config("baby", overrides={"batch_size": 8, "gradient_accumulation_steps": 2})
-    assert resolve_batch(cfg, 2) == (8, 32)
+    assert resolve_batch(cfg, 1) == (8, 2, 16) and resolve_batch(cfg, 2) == (8, 1, 16)
+    with pytest.raises(UserError, match="does not divide over 3 ranks"):
+        resolve_batch(cfg, 3)
+    # No accumulation: one micro-batch on each rank.
+    assert resolve_batch(build_config("baby", overrides={"batch_size": 8}), 2) == (8, 1, 16)
+
+
+def test_gpt2_presets_keep_nanogpts_global_batch():
+    """12 x 40 x 1024 = 491,520 tokens per step on 1 GPU or 8 (5 accumulation steps each)."""
+    for name in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
+        cfg = build_config(name)
+        for world, accum in ((1, 40), (2, 20), (4, 10), (8, 5)):
+            split = resolve_batch(cfg, world)
+            assert split == (12, accum, 480)
+            assert split.global_batch * cfg.model.block_size == 491_520
+    assert resolve_batch(build_config("gpt2"), 8).describe(8, 1024) == \
+        "global batch 480 x 1024 = 491,520 tokens/step = 12 micro x 5 accum x 8 ranks"
 
 
 def test_compile_accepts_both_styles():
