@@ -99,7 +99,15 @@ def run_dir(cfg: Config, world_size: int = 1) -> Path:
 
 
 def _has_contents(path: Path) -> bool:
-    return path.is_dir() and any(path.iterdir())
+    """Anything in path besides a lock file (a stale lock alone leaves a folder empty)."""
+    from gptlab.files import LOCK_FILE
+
+    return path.is_dir() and any(not p.name.startswith(LOCK_FILE) for p in path.iterdir())
+
+
+def _is_run(path: Path) -> bool:
+    """Does path hold something `gptlab train` writes?"""
+    return any((path / name).exists() for name in (CONFIG_FILE, CHECKPOINT_DIR, METRICS_FILE, DATA_META_FILE))
 
 
 def _aside_path(path: Path) -> Path:
@@ -113,6 +121,45 @@ def _aside_path(path: Path) -> Path:
     return candidate
 
 
+def _check_place(path: Path) -> None:
+    """Refusals that need no look inside the folder: a file, a file on the way, the cwd or above."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"run folder {str(path)!r} is a file: choose another --out_dir")
+    for parent in path.absolute().parents:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"cannot create run folder {str(path)!r}: {parent} is a file, not a folder: "
+                            "choose another --out_dir")
+    here = Path.cwd().resolve()
+    if path.exists() and (path.resolve() == here or path.resolve() in here.parents):
+        if not _is_run(path):
+            raise UserError(f"--out_dir {str(path)!r} is the current folder (or holds it), not a run folder: "
+                            "choose a new folder such as --out_dir out/myrun")
+
+
+def _check_contents(path: Path, resume: bool, overwrite: bool) -> None:
+    """Refusals that depend on what the folder holds; none of them writes anything."""
+    if not _has_contents(path):
+        if resume:
+            raise UserError(f"--resume: run folder {str(path)!r} is missing or empty, so there is nothing to "
+                            "continue: drop --resume to start a new run")
+        return
+    if not _is_run(path):
+        raise UserError(f"{str(path)!r} holds files that gptlab did not write (no {CONFIG_FILE}, {CHECKPOINT_DIR}/ "
+                        f"or {METRICS_FILE}): it is not a run folder; choose a new or empty --out_dir")
+    if resume:
+        from gptlab.checkpoint import list_checkpoints
+
+        if not list_checkpoints(path):
+            raise UserError(f"--resume: run folder {str(path)!r} has no checkpoint (it stopped before its first "
+                            "save): pass --overwrite instead of --resume to move it aside and start afresh")
+    elif not overwrite:
+        raise UserError(f"run folder {str(path)!r} exists: pass --resume to continue it or --overwrite to move it "
+                        "aside")
+    elif path.resolve() == Path.cwd().resolve() or path.resolve() in Path.cwd().resolve().parents:
+        raise UserError(f"--overwrite would move {str(path)!r} aside while you are in it: run from another folder "
+                        "or choose another --out_dir")
+
+
 def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
     """Make `path` ready for a run and return it.
 
@@ -124,21 +171,19 @@ def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = Fa
     path = Path(path)
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other: pass one of them")
-    if path.exists() and not path.is_dir():
-        raise UserError(f"run folder {str(path)!r} is a file: remove it or choose another --out_dir")
-    if _has_contents(path):
-        if resume:
-            return path
-        if overwrite:
-            aside = _aside_path(path)
-            path.rename(aside)
-            path.mkdir(parents=True)
-            return path
-        raise UserError(f"run folder {str(path)!r} exists: pass --resume to continue it or --overwrite to move it aside")
-    if resume:
-        raise UserError(f"--resume: run folder {str(path)!r} is missing or empty, so there is nothing to continue: "
-                        f"drop --resume to start a new run")
-    path.mkdir(parents=True, exist_ok=True)
+    _check_place(path)
+    _check_contents(path, resume, overwrite)
+    if (path / LOCK_FILE).exists():
+        with folder_lock(path, "run folder"):  # a live holder refuses here, before anything moves
+            pass
+    if overwrite and _has_contents(path):
+        aside = _aside_path(path)
+        path.rename(aside)
+        print(f"moved the old run {path} aside to {aside} (nothing was deleted)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create run folder {str(path)!r}: {e.strerror}: choose a writable --out_dir") from None
     return path
 
 
