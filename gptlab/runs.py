@@ -161,13 +161,17 @@ def _check_contents(path: Path, resume: bool, overwrite: bool) -> None:
 
 
 def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
-    """Make `path` ready for a run and return it.
+    """Make `path` ready for a run and return it; every refusal comes before any write.
 
     - missing or empty folder: created; resume then has nothing to continue (error);
-    - folder with contents: resume continues it as is; overwrite renames it to
-      `<path>.old-<timestamp>` and starts an empty one; neither is an error.
-    Nothing is ever deleted. Call it on rank 0 only, before other ranks write.
+    - a run folder: resume continues it (it must hold a checkpoint); overwrite renames it to
+      `<path>.old-<timestamp>` (printed) and starts an empty one;
+    - a folder of other files, the current folder, a file, a path under a file: refused;
+    - a folder another live process is training into (its lock): refused, naming the holder.
+    Nothing is ever deleted. Call it on rank 0 only, then hold run_lock(path) while training.
     """
+    from gptlab.files import LOCK_FILE, folder_lock
+
     path = Path(path)
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other: pass one of them")
@@ -185,6 +189,17 @@ def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = Fa
     except OSError as e:
         raise UserError(f"cannot create run folder {str(path)!r}: {e.strerror}: choose a writable --out_dir") from None
     return path
+
+
+def run_lock(path: str | Path, enabled: bool = True):
+    """Context manager: hold the run folder's lock (files.folder_lock) for the whole run, so a
+    second trainer or a --resume started meanwhile is refused naming this process. enabled=False
+    (ranks other than 0) holds nothing."""
+    import contextlib
+
+    from gptlab.files import folder_lock
+
+    return folder_lock(Path(path), "run folder") if enabled else contextlib.nullcontext(Path(path))
 
 
 # --------------------------------------------------------------------------------------
