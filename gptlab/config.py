@@ -87,7 +87,8 @@ class TrainConfig:
     eval_batch_size: int = _f(0, "sequences per eval batch; 0 = batch_size")
     eval_only: bool = _f(False, "evaluate once and exit (baselines)")
     last_n: int = _f(0, "score only the last N targets of each eval window (0 = all); must divide block_size")
-    checkpoint_interval: int = _f(0, "also write a checkpoint every N steps; 0 = at evaluations only", ("log_ckpt_every",))
+    checkpoint_interval: int = _f(0, "write a checkpoint every N steps (and at the end); 0 = at evaluations", ("log_ckpt_every",))
+    eval_at_start: bool = _f(False, "also evaluate before the first step (step 0)")
     always_save_checkpoint: bool = _f(True, "write 'last' at every eval even without improvement")
     keep_last: int = _f(2, "numbered checkpoints to keep besides best")
     init_from: str = _f("scratch", "scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | RUN_DIR | checkpoint file")
@@ -116,7 +117,8 @@ class LogConfig:
 class SystemConfig:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = _f("auto", "auto (bf16 where supported, else fp32) | bfloat16 | float16 | float32", ("precision",))
-    compile: str = _f("none", "torch.compile mode: " + " | ".join(COMPILE_MODES), choices=COMPILE_MODES)
+    compile: str = _f("auto", "torch.compile mode: auto (default on CUDA, none on CPU/MPS) | " + " | ".join(COMPILE_MODES),
+                      choices=("auto",) + COMPILE_MODES)
     parallel: str = _f("ddp", "multi-process strategy under torchrun: ddp or fsdp (FSDP2)", choices=("ddp", "fsdp"))
     deterministic: bool = _f(False, "deterministic algorithms (bit-exact resume on CPU)")
     num_threads: int = _f(0, "CPU threads for torch; 0 = torch's default")
@@ -272,10 +274,10 @@ def coerce(key: str, value: Any) -> Any:
 # --------------------------------------------------------------------------------------
 # Presets: plain dicts of overrides over the defaults above.
 # --------------------------------------------------------------------------------------
-_GPT2_COMMON = dict(bias=True, tie_embeddings=True, gelu="tanh", dropout=0.0, block_size=1024,
-                    dataset="openwebtext", batch_size=12, gradient_accumulation_steps=40,
 # nanoGPT's GPT-2 recipe: a global batch of 12 x 40 x 1024 = 491,520 tokens per step. The 40
 # accumulation steps are global (train_batch_size unset): 40 on 1 GPU, 5 on each of 8 (resolve_batch).
+_GPT2_COMMON = dict(bias=True, tie_embeddings=True, gelu="tanh", dropout=0.0, block_size=1024,
+                    dataset="openwebtext", batch_size=12, gradient_accumulation_steps=40,
                     max_iters=600000, lr_decay_iters=600000, warmup_iters=2000,
                     learning_rate=6e-4, min_lr=6e-5, eval_interval=1000, eval_iters=200)
 
@@ -291,7 +293,7 @@ def _languini(n_layer, n_embd, mlp_dim, n_head, head_dim):
         lr_decay_iters=18265, max_iters=18265, grad_clip=0.0, dtype="float16",
         train_batch_size=128, batch_size=0, gradient_accumulation_steps=4,
         eval_interval=500, eval_iters=100, eval_batch_size=16, log_interval=100,
-        compile="default", seed=0, last_n=0,
+        compile="auto", seed=0, last_n=0,
     )
 
 
@@ -319,7 +321,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         n_layer=1, n_head=12, n_embd=768, block_size=512, dropout=0.0, bias=True,
         dataset="zero_one", batch_size=64, gradient_accumulation_steps=1,
         learning_rate=2e-3, min_lr=2e-4, max_iters=200, lr_decay_iters=200, warmup_iters=10,
-        eval_interval=10, eval_iters=4, log_interval=10,
+        eval_interval=10, eval_iters=4, log_interval=10, checkpoint_interval=200,
     ),
     # Languini Kitchen GPT baselines: layers / h_dim / mlp_dim / heads / head_dim.
     "mini": _languini(4, 512, 2048, 8, 32),
@@ -557,3 +559,103 @@ def load_run_config(path: str | Path) -> Config:
     if not isinstance(d, dict):
         raise UserError(f"{p} does not hold a config object")
     return Config.from_dict(d)
+
+
+# --------------------------------------------------------------------------------------
+# The final config of a run: resolved once, before anything reads it; never edited after.
+# --------------------------------------------------------------------------------------
+
+# What a resumed run may change: cadences, outputs, the machine, and the knobs a diverged
+# run is resumed with. Any other key that differs from the run's config.json is refused.
+RESUME_MAY_CHANGE = frozenset({
+    "max_iters", "eval_interval", "eval_iters", "eval_batch_size", "eval_at_start", "eval_only", "checkpoint_interval",
+    "keep_last", "always_save_checkpoint", "log_interval", "log_metrics_every", "log_grads_every", "tensorboard",
+    "wandb_log", "wandb_project", "logger_type", "progress", "device", "num_threads", "dtype", "compile", "ce_chunk",
+    "ddp_bucket_mb", "ddp_bucket_view", "parallel", "deterministic", "max_nonfinite", "learning_rate", "min_lr",
+    "grad_clip", "resume", "overwrite", "init_from", "out_dir", "log_root", "name", "comment", "data_root",
+    "batch_size", "gradient_accumulation_steps"})
+_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def resolve(cfg: Config, *, world_size: int, device, data_meta: dict | None, init_source: dict | None = None,
+            resume_config: Config | None = None) -> Config:
+    """The config a run trains with: a new Config, `cfg` untouched.
+
+    dtype and compile per device, vocab from the data (or the --init_from source), the
+    architecture from init_source (ModelConfig values of the source model), compute-class
+    steps, the batch split for world_size, the dataset as an absolute path. With
+    resume_config (the run's config.json) any non-allow-listed key that differs is a UserError.
+    """
+    out = _resolved(cfg, world_size, device, data_meta, init_source)
+    if resume_config is None:
+        return out
+    mine, saved = out.to_dict(), resume_config.to_dict()
+    for section, values in mine.items():
+        if section == "preset":
+            continue
+        for k, v in values.items():
+            old = saved.get(section, {}).get(k, v)
+            if v != old and k not in RESUME_MAY_CHANGE:
+                raise UserError(f"--{k} {v!r} differs from {old!r} in the run's config.json: a resumed run keeps its "
+                                f"config; drop --{k} (only cadences, max_iters, device and output settings may change)")
+    out.preset = resume_config.preset
+    return out
+
+
+def _resolved(cfg: Config, world_size: int, device, data_meta: dict | None, init_source: dict | None) -> Config:
+    import copy
+
+    import torch
+
+    from gptlab.runtime import resolve_ce_chunk, resolve_data_dir
+
+    out = copy.deepcopy(cfg)
+    m, s, t = out.model, out.system, out.train
+    dev = torch.device(device)
+    if init_source:  # the architecture is the source's; dropout and a shorter context are ours
+        keep = {"dropout": m.dropout, "block_size": min(m.block_size, int(init_source.get("block_size", m.block_size)))}
+        for k, v in dict(init_source, **keep).items():
+            if k in SECTION_KEYS["model"]:
+                setattr(m, k, v)
+    m.vocab_size = _vocab(m.vocab_size, data_meta, fixed=bool(init_source))
+    s.dtype = _dtype(s.dtype, dev)
+    if s.compile == "auto":
+        s.compile = "default" if dev.type == "cuda" else "none"
+    # The chunked loss returns no logits, so logit statistics (log_grads_every) keep the plain loss.
+    s.ce_chunk = 0 if out.log.log_grads_every else resolve_ce_chunk(s.ce_chunk, s.compile)
+    micro, accum, global_batch = resolve_batch(out, world_size)
+    t.batch_size, t.train_batch_size, t.gradient_accumulation_steps = micro, global_batch, accum
+    if t.compute_class:
+        from gptlab.budget import steps_for_budget
+
+        t.max_iters = out.optim.lr_decay_iters = steps_for_budget(
+            parse_hours(t.compute_class), t.tokens_per_second, global_batch, m.block_size)
+    if data_meta is not None:
+        out.data.dataset = str(resolve_data_dir(out.data.dataset, out.data.data_root).resolve())
+    validate(out)
+    return out
+
+
+def _vocab(vocab: int, data_meta: dict | None, fixed: bool) -> int:
+    """The model's vocab: the data's unless set (or fixed by pretrained weights); never smaller than the data's."""
+    data_vocab = int(data_meta["vocab_size"]) if data_meta else 0
+    if vocab and vocab < data_vocab:
+        hint = "prepare the data with the source model's tokenizer" if fixed else \
+            "drop --vocab_size (it is read from meta.json) or use matching data"
+        raise UserError(f"vocab_size {vocab} is smaller than the dataset's {data_vocab}: {hint}")
+    return vocab or data_vocab
+
+
+def _dtype(name: str, device) -> str:
+    """auto = bf16 on a GPU that has it, fp16 (with a loss scaler) on one that has not, fp32
+    elsewhere; fp16 on a CPU or MPS runs as fp32 (autocast there is slow, and presets ask for it)."""
+    import torch
+
+    name = _DTYPE_NAMES.get(name, name)
+    if name not in ("auto", "float32", "bfloat16", "float16"):
+        raise UserError(f"--dtype {name!r}: use auto, bfloat16, float16 or float32")
+    if device.type != "cuda":
+        return "bfloat16" if name == "bfloat16" else "float32"
+    if name in ("auto", "bfloat16"):
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return name
