@@ -1,153 +1,305 @@
-"""The one evaluation routine: in training (capped) and in `gptlab eval` (whole split).
+"""The one evaluation routine, scoring exactly the targets the Languini benchmark scores.
 
-A split is one stream of N tokens. Windows of seq_len tokens advance by last_n:
+Documents are dealt to `streams` rows the benchmark's way (data.samplers.DocRows: in
+order, each to the row with the fewest tokens so far); each row is the stream of its
+documents with the end-of-document token after each. Row r is cut into windows of
+seq_len + 1 tokens starting at k * last_n (k = 0, 1, ...); batch k holds window k of
+every row. A window scores only its last last_n targets - window 0 included, so the
+first seq_len - last_n targets of a row are never scored - and the row's last window
+is padded past its end (padding is not scored). Windows are kept while at least two
+tokens of the row remain, as the benchmark's loader does.
 
-    window 0 starts at 0 and scores all of its targets (there is no earlier context);
-    window k >= 1 starts at k*last_n and scores only its last last_n targets,
+    `gptlab eval`         one stream (the split in order), every batch: the benchmark's eval.py;
+    in-training eval      eval_batch_size streams, the first max_eval_steps batches, last_n =
+                          seq_len: the benchmark's trainer (languini_eval_plan).
 
-so every target (token 1..N-1) is scored exactly once, and all but the first seq_len
-are predicted from at least seq_len - last_n tokens of context. last_n = seq_len gives
-plain non-overlapping windows. Targets past the end are padding (-1) and are excluded.
+Reported from one pass: loss (nats/token) and ppl; normalised_loss = total NLL / number
+of Unicode characters of the decoded targets, normalised_ppl = exp(normalised_loss), the
+characters counted as the benchmark does - len(tokenizer.decode(targets of one window
+row)), window by window, so separators count as the tokenizer decodes them (<D> is 3);
+loss_per_byte and bpb over the true UTF-8 bytes of the targets (exact per-token byte
+lengths, data.tokenizers.token_byte_lengths); top-1/top-10 accuracy; eval_tokens,
+eval_chars and eval_bytes. The counts depend on the data and the plan only, so a plan
+computes them once and every evaluation reuses them.
 
-Reported: loss (nats/token), perplexity, loss per UTF-8 byte, bits per byte,
-normalised perplexity exp(total nll / total bytes) - a tokenizer-independent figure -,
-top-1 / top-10 accuracy, token and byte counts.
+Unlike the benchmark, padding is -1, so a real target with id 0 is scored (the benchmark
+masks id 0, its <pad>, which its data never holds).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gptlab.data.samplers import DocRows
 from gptlab.errors import UserError
 from gptlab.loss import logits_and_loss
 
+# The benchmark's in-training eval: 16 document streams, the first 500 batches.
+LANGUINI_EVAL_STREAMS = 16
+LANGUINI_MAX_EVAL_STEPS = 500
 
-def window_plan(n_tokens: int, seq_len: int, last_n: int) -> np.ndarray:
-    """Start offsets of the evaluation windows (see module docstring)."""
-    if last_n <= 0:
-        last_n = seq_len
-    if seq_len % last_n:
-        raise UserError(f"--last_n {last_n} must divide seq_len {seq_len}")
+
+@dataclasses.dataclass
+class EvalPlan:
+    """The windows an evaluation scores, fixed before any model runs.
+
+    items[i] = (row, start): window of rows row at row position start; its scored targets
+    are row positions start + seq_len - last_n + 1 .. start + seq_len (those inside the row).
+    """
+
+    rows: DocRows
+    items: np.ndarray  # (n_windows, 2) int64: row, start
+    seq_len: int
+    last_n: int
+    batches: int  # benchmark batches covered (windows of all rows at one k)
+    counts: dict | None = None  # eval_tokens / eval_chars / eval_bytes once counted
+
+    def target_indices(self, i: int) -> np.ndarray:
+        """Data indices of the scored targets of window i (-1 past the row's end)."""
+        row, start = (int(v) for v in self.items[i])
+        return self.rows.indices(row, start + self.seq_len - self.last_n + 1, self.last_n, wrap=False)
+
+    def input_indices(self, i: int) -> np.ndarray:
+        row, start = (int(v) for v in self.items[i])
+        return self.rows.indices(row, start, self.seq_len, wrap=False)
+
+
+def check_window(seq_len: int, last_n: int) -> int:
+    """last_n in 1..seq_len dividing seq_len (0 or None = seq_len); UserError otherwise."""
+    if seq_len < 1:
+        raise UserError(f"--seq_len {seq_len} must be at least 1")
+    last_n = last_n or seq_len
+    if last_n < 1 or last_n > seq_len or seq_len % last_n:
+        raise UserError(f"--last_n {last_n} must be between 1 and seq_len {seq_len} and divide it (e.g. {seq_len // 4 or 1})")
+    return last_n
+
+
+def eval_plan(n_tokens: int, seq_len: int, last_n: int = 0, doc_offsets=None, streams: int = 1,
+              max_batches: int | None = None, data=None, eot_id: int | None = None) -> EvalPlan:
+    """The benchmark's windows over `streams` document rows (see the module docstring)."""
+    last_n = check_window(seq_len, last_n)
     if n_tokens < 2:
         raise UserError(f"the evaluation split has {n_tokens} tokens; it needs at least 2")
-    last_target = n_tokens - 1
-    starts = [0]
-    s = last_n
-    # window at s scores targets s+seq_len-last_n+1 .. s+seq_len; keep it while any exist.
-    while last_target > seq_len and s + seq_len - last_n + 1 <= last_target:
-        starts.append(s)
-        s += last_n
-    return np.asarray(starts, dtype=np.int64)
+    if streams < 1 or (max_batches is not None and max_batches < 1):
+        raise UserError(f"eval streams ({streams}) and max_eval_steps ({max_batches}) must be positive")
+    rows = DocRows(doc_offsets, n_tokens, streams, data, eot_id)
+    items = []
+    for r, length in enumerate(rows.lengths.tolist()):
+        # The loader emits window k while 2+ tokens remain (start <= length - 2); it scores
+        # something while its first scored target lies in the row.
+        # something while its first scored target lies in the row (a subset of those).
+        n_score = max(0, (length - 1 - (seq_len - last_n + 1)) // last_n + 1)
+        k = np.arange(n_score, dtype=np.int64)
+        if max_batches is not None:
+            k = k[k < max_batches]
+        items.append(np.stack([np.full_like(k, r), k * last_n], axis=1))
+    n_batches = max(max(0, (int(L) - 2) // last_n + 1) for L in rows.lengths)
+    if max_batches is not None:
+        n_batches = min(n_batches, max_batches)
+    # Batch order (all rows' window k, then k + 1), as the benchmark steps through them.
+    allitems = np.concatenate(items) if items else np.zeros((0, 2), np.int64)
+    order = np.lexsort((allitems[:, 0], allitems[:, 1]))
+    return EvalPlan(rows, allitems[order], seq_len, last_n, n_batches)
 
 
-def build_batch(tokens: np.ndarray, starts: np.ndarray, seq_len: int, last_n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and targets for windows at `starts`; unscored and padded targets are -1."""
-    n = len(tokens)
-    B = len(starts)
-    x = np.zeros((B, seq_len), dtype=np.int64)
-    y = np.full((B, seq_len), -1, dtype=np.int64)
-    for i, s in enumerate(starts):
-        s = int(s)
-        inp = tokens[s: min(n, s + seq_len)]
-        tgt = tokens[s + 1: min(n, s + seq_len + 1)]
-        x[i, : len(inp)] = inp
-        y[i, : len(tgt)] = tgt
-        if s > 0:  # only the last last_n targets are new
-            y[i, : seq_len - last_n] = -1
+def count_targets(plan: EvalPlan, tokens: np.ndarray, tokenizer=None, byte_lengths=None) -> dict:
+    """Tokens, decoded characters (per window, the benchmark's way) and UTF-8 bytes scored by `plan`."""
+    n_tok = n_char = n_byte = 0
+    lengths = np.asarray(byte_lengths) if byte_lengths is not None else None
+    for i in range(len(plan.items)):
+        idx = plan.target_indices(i)
+        tgt = np.asarray(tokens[idx[idx >= 0]], dtype=np.int64)
+        n_tok += tgt.size
+        if tokenizer is not None:
+            n_char += len(tokenizer.decode(tgt))
+        if lengths is not None:
+            n_byte += int(lengths[tgt].sum())
+    plan.counts = {"eval_tokens": n_tok, "eval_chars": n_char if tokenizer is not None else None,
+                   "eval_bytes": n_byte if lengths is not None else None}
+    return plan.counts
+
+
+def languini_eval_plan(tokens: np.ndarray, doc_offsets, seq_len: int, *, streams: int = LANGUINI_EVAL_STREAMS,
+                       max_steps: int | None = LANGUINI_MAX_EVAL_STEPS, last_n: int = 0, tokenizer=None,
+                       byte_lengths=None, eot_id: int | None = None) -> EvalPlan:
+    """The in-training eval of the benchmark: the first `max_steps` batches of `streams`
+    document streams (eval_batch_size, max_eval_steps). Build it once per run and pass
+    it to every evaluate(..., plan=plan) call; its counts are computed here."""
+    plan = eval_plan(len(tokens), seq_len, last_n, doc_offsets, streams, max_steps, tokens, eot_id)
+    count_targets(plan, tokens, tokenizer, byte_lengths)
+    return plan
+
+
+def _batch(plan: EvalPlan, tokens: np.ndarray, sel: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs (B, seq_len) and scored targets (B, last_n) of windows `sel`; padding 0 / -1."""
+    x = np.zeros((len(sel), plan.seq_len), dtype=np.int64)
+    y = np.full((len(sel), plan.last_n), -1, dtype=np.int64)
+    for j, i in enumerate(sel.tolist()):
+        xi, yi = plan.input_indices(i), plan.target_indices(i)
+        x[j, xi >= 0] = tokens[xi[xi >= 0]]
+        y[j, yi >= 0] = tokens[yi[yi >= 0]]
     return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _score(model, x, y, last_n: int, ctx, eot_id) -> torch.Tensor:
+    """[nll, tokens, top1, top10, nll and count of targets that are not eot] of one batch."""
+    with ctx:
+        logits, _ = logits_and_loss(model, x)
+    keep = y >= 0
+    sel = logits[:, -last_n:][keep].float()  # (n_scored, vocab)
+    tgt = y[keep]
+    per_token = F.cross_entropy(sel, tgt, reduction="none").double()
+    top = sel.topk(min(10, sel.size(-1)), dim=-1).indices
+    words = tgt != eot_id if eot_id is not None else torch.ones_like(tgt, dtype=torch.bool)
+    return torch.stack([per_token.sum(), keep.sum().float(), (top[:, 0] == tgt).sum().float(),
+                        (top == tgt[:, None]).any(-1).sum().float(), per_token[words].sum(), words.sum().float()]).double()
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_size: int, device: torch.device,
              last_n: int = 0, max_batches: int | None = None, byte_lengths: np.ndarray | None = None,
-             autocast=None, rank: int = 0, world_size: int = 1, reduce=None, eot_id: int | None = None) -> dict:
-    """Score a token stream with `model` (logits from gptlab.loss.logits_and_loss).
+             autocast=None, rank: int = 0, world_size: int = 1, reduce=None, eot_id: int | None = None, *,
+             plan: EvalPlan | None = None, tokenizer=None, doc_offsets=None, streams: int = 1,
+             progress=None) -> dict:
+    """Score `tokens` with `model` over `plan` (default: eval_plan(len(tokens), seq_len,
+    last_n, doc_offsets, streams, max_batches) counted with tokenizer/byte_lengths).
 
-    max_batches caps the work (in-training eval): the windows are then spread evenly over
-    the whole split, the same ones every time. With several ranks, batches are dealt
-    round-robin and the sums reduced with `reduce` (a callable on a tensor).
+    batch_size windows run per forward (results do not depend on it). With several ranks
+    the forwards are dealt round-robin and the sums reduced with `reduce` (a callable on a
+    tensor); every rank runs the same number of forwards (sharded models need every rank
+    in every collective). progress(done, total) is called after each forward of this rank.
     """
-    last_n = last_n or seq_len
-    starts = window_plan(len(tokens), seq_len, last_n)
-    if max_batches is not None and len(starts) > max_batches * batch_size:
-        pick = np.unique(np.linspace(0, len(starts) - 1, max_batches * batch_size).round().astype(np.int64))
-        starts = starts[pick]
-    batches = [starts[i: i + batch_size] for i in range(0, len(starts), batch_size)]
-    n_rounds = math.ceil(len(batches) / world_size)
+    if plan is None:
+        plan = eval_plan(len(tokens), seq_len, last_n, doc_offsets, streams, max_batches, tokens, eot_id)
+    if plan.counts is None:
+        count_targets(plan, tokens, tokenizer, byte_lengths)
+    chunks = [np.arange(i, min(i + batch_size, len(plan.items))) for i in range(0, len(plan.items), batch_size)]
+    n_rounds = math.ceil(len(chunks) / world_size)
     was_training = model.training
     model.eval()
-    # nll, tokens, bytes, top1, top10, and nll/tokens over targets that are not end-of-document
-    sums = torch.zeros(7, dtype=torch.float64, device=device)
-    lengths = torch.as_tensor(byte_lengths, device=device) if byte_lengths is not None else None
+    sums = torch.zeros(6, dtype=torch.float64, device=device)
     ctx = autocast if autocast is not None else contextlib.nullcontext()
     for r in range(n_rounds):
         i = r * world_size + rank
-        # A rank without a batch of its own still runs a forward (all targets padded):
-        # sharded models need every rank in every collective.
-        b = batches[i] if i < len(batches) else batches[0]
-        x, y = build_batch(tokens, b, seq_len, last_n)
-        if i >= len(batches):
-            y.fill_(-1)
-        x, y = x.to(device), y.to(device)
-        with ctx:
-            logits, _ = logits_and_loss(model, x)
-        keep = y >= 0
-        if not keep.any():
-            continue
-        sel = logits[keep].float()
-        tgt = y[keep]
-        per_token = F.cross_entropy(sel, tgt, reduction="none")
-        nll = per_token.sum()
-        words = tgt != eot_id if eot_id is not None else torch.ones_like(tgt, dtype=torch.bool)
-        top = sel.topk(min(10, sel.size(-1)), dim=-1).indices
-        hit10 = (top == tgt[:, None]).any(-1)
-        hit1 = top[:, 0] == tgt
-        nbytes = lengths[tgt].sum() if lengths is not None else torch.tensor(0.0, device=device)
-        sums += torch.stack([nll.double(), torch.tensor(float(tgt.numel()), device=device, dtype=torch.float64),
-                             nbytes.double(), hit1.sum().double(), hit10.sum().double(),
-                             per_token[words].sum().double(), words.sum().double()])
+        x, y = _batch(plan, tokens, chunks[i] if i < len(chunks) else chunks[0][:1])
+        if i >= len(chunks):
+            y.fill_(-1)  # a spare forward: scores nothing
+        sums += _score(model, x.to(device), y.to(device), plan.last_n, ctx, eot_id)
+        if progress is not None:
+            progress(r + 1, n_rounds)
     if reduce is not None:
         sums = reduce(sums)
     model.train(was_training)
-    nll, ntok, nbytes, top1, top10, nll_words, nwords = sums.tolist()
+    return summarize(sums.tolist(), plan, check=world_size == 1)
+
+
+def summarize(sums: list[float], plan: EvalPlan, check: bool = True) -> dict:
+    """The reported metrics from the summed [nll, tokens, top1, top10, nll_words, words] and the plan's counts."""
+    nll, ntok, top1, top10, nll_words, nwords = sums
     loss = nll / max(ntok, 1)
-    out = {"loss": loss, "ppl": math.exp(min(loss, 700)), "tokens": int(ntok), "acc1": top1 / max(ntok, 1),
-           "acc10": top10 / max(ntok, 1), "windows": int(len(starts)), "seq_len": seq_len, "last_n": last_n}
-    if eot_id is not None and nwords > 0:  # e.g. zero_one's bound is per word token, not per <eot>
+    c = plan.counts or {}
+    out = {"loss": loss, "ppl": math.exp(min(loss, 700)), "acc1": top1 / max(ntok, 1), "acc10": top10 / max(ntok, 1),
+           "total_loss": nll, "eval_tokens": int(ntok), "eval_windows": int(len(plan.items)),
+           "eval_batches": plan.batches, "seq_len": plan.seq_len, "last_n": plan.last_n}
+    if check and c.get("eval_tokens") is not None and c["eval_tokens"] != int(ntok):
+        raise RuntimeError(f"scored {int(ntok)} tokens but the plan counts {c['eval_tokens']}")
+    if c.get("eval_chars"):
+        out.update(eval_chars=c["eval_chars"], normalised_loss=nll / c["eval_chars"],
+                   normalised_ppl=math.exp(min(nll / c["eval_chars"], 700)))
+    if c.get("eval_bytes"):
+        lpb = nll / c["eval_bytes"]
+        out.update(eval_bytes=c["eval_bytes"], loss_per_byte=lpb, bpb=lpb / math.log(2))
+    if nwords and nwords != ntok:  # e.g. zero_one's bound is per word token, not per <eot>
         out.update(loss_excl_eot=nll_words / nwords, tokens_excl_eot=int(nwords))
-    if byte_lengths is not None and nbytes > 0:
-        lpb = nll / nbytes
-        out.update(bytes=int(nbytes), loss_per_byte=lpb, bpb=lpb / math.log(2), normalised_ppl=math.exp(min(lpb, 700)))
     return out
 
 
 def format_metrics(m: dict) -> str:
     parts = [f"loss {m['loss']:.4f}", f"ppl {m['ppl']:.3f}"]
+    if "normalised_ppl" in m:
+        parts.append(f"norm_ppl {m['normalised_ppl']:.4f}")
     if "bpb" in m:
-        parts += [f"bpb {m['bpb']:.4f}", f"norm_ppl {m['normalised_ppl']:.4f}"]
-    parts += [f"acc1 {m['acc1']:.3f}", f"acc10 {m['acc10']:.3f}", f"tokens {m['tokens']:,}"]
-    if "bytes" in m:
-        parts.append(f"bytes {m['bytes']:,}")
+        parts.append(f"bpb {m['bpb']:.4f}")
+    parts += [f"acc1 {m['acc1']:.3f}", f"acc10 {m['acc10']:.3f}", f"tokens {m['eval_tokens']:,}"]
+    for k in ("eval_chars", "eval_bytes"):
+        if k in m:
+            parts.append(f"{k[5:]} {m[k]:,}")
     return " | ".join(parts)
+
+
+def _progress(total_hint: str):
+    """progress(done, total): a tqdm bar on a terminal, else a line every 5%."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = {}
+
+        def tick(done, total):
+            if "b" not in bar:
+                bar["b"] = tqdm(total=total, desc=total_hint, unit="batch")
+            bar["b"].update(1)
+            if done == total:
+                bar["b"].close()
+        return tick
+    state = {"next": 0.0, "t0": time.time()}
+
+    def line(done, total):
+        if done / total >= state["next"] or done == total:
+            print(f"{total_hint}: {done:,}/{total:,} batches ({100 * done / total:.0f}%, "
+                  f"{time.time() - state['t0']:.0f}s)", file=sys.stderr, flush=True)
+            state["next"] = done / total + 0.05
+    return line
+
+
+def _check_args(a) -> None:
+    """Argument ranges, before anything is loaded (a run and a split can take minutes)."""
+    for name in ("seq_len", "last_n", "eval_batch_size", "max_eval_steps", "streams"):
+        v = getattr(a, name)
+        if v is not None and v < 1:
+            raise UserError(f"--{name} {v} must be a positive integer")
+    if a.json_out:
+        out = Path(a.json_out)
+        if out.is_dir() or not out.parent.is_dir():
+            raise UserError(f"--json {a.json_out}: {'is a folder' if out.is_dir() else 'its folder does not exist'}: "
+                            "give a file path in an existing folder")
+
+
+def check_same_tokenizer(run_meta: dict | None, meta: dict, data_dir) -> None:
+    """UserError unless the data was tokenized like the run's training data."""
+    if run_meta is None:
+        return
+    a, b = run_meta.get("tokenizer") or {}, meta.get("tokenizer") or {}
+    fa, fb = a.get("fingerprint"), b.get("fingerprint")
+    if fa and fb:
+        same = fa == fb
+    else:  # data prepared before fingerprints: kind, vocabulary size and (char) vocabulary
+        same = (a.get("kind"), run_meta.get("vocab_size"), a.get("chars")) == (b.get("kind"), meta.get("vocab_size"), b.get("chars"))
+    if not same:
+        raise UserError(f"{data_dir} was tokenized with a different tokenizer ({b.get('kind')}, vocab {meta.get('vocab_size')}) "
+                        f"than the run ({a.get('kind')}, vocab {run_meta.get('vocab_size')}): evaluate on data prepared "
+                        "with the run's tokenizer")
 
 
 def main(argv: list[str]) -> int:
     """gptlab eval --checkpoint_file F [--config_file C] --eval_data_split test --last_n 128"""
     from gptlab.cli import ArgParser
+    from gptlab.data import tokens as tk
+    from gptlab.data.tokenizers import token_byte_lengths, tokenizer_from_meta
     from gptlab.distributed import pick_device
     from gptlab.runs import load_run
-    from gptlab.runtime import autocast_ctx, resolve_data_dir, resolve_dtype, token_byte_lengths
-    from gptlab.data import tokens as tk
+    from gptlab.runtime import autocast_ctx, resolve_data_dir, resolve_dtype
 
-    p = ArgParser(prog="gptlab eval", description="Evaluate a checkpoint on a prepared split.")
+    p = ArgParser(prog="gptlab eval", description="Evaluate a checkpoint on a prepared split, the Languini way.")
     p.add_argument("--run", help="run folder (instead of --checkpoint_file/--config_file)")
     p.add_argument("--checkpoint_file", help="checkpoint .pt")
     p.add_argument("--config_file", help="config.json of the run (default: beside checkpoints/)")
@@ -156,43 +308,48 @@ def main(argv: list[str]) -> int:
     p.add_argument("--data_root", help="folder of prepared datasets; default: the run's")
     p.add_argument("--last_n", type=int, default=None, help="score the last N targets of each window (default: seq_len)")
     p.add_argument("--seq_len", type=int, default=None, help="window length (default: the model's block size)")
-    p.add_argument("--eval_batch_size", type=int, default=8)
-    p.add_argument("--max_eval_steps", type=int, default=None, help="cap the number of batches")
+    p.add_argument("--eval_batch_size", type=int, default=8, help="windows per forward (speed only)")
+    p.add_argument("--streams", type=int, default=1, help="document streams (1 = the benchmark's eval.py; "
+                   f"{LANGUINI_EVAL_STREAMS} = its in-training eval)")
+    p.add_argument("--max_eval_steps", type=int, default=None, help="only the first N batches of the streams")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
     a = p.parse_args(argv)
     if not a.run and not a.checkpoint_file:
         raise UserError("pass --run RUN_DIR or --checkpoint_file FILE")
+    _check_args(a)
     run = load_run(a.checkpoint_file or a.run, config_file=a.config_file)  # paths resolved against the run folder
     cfg, ckpt_path = run.config, run.checkpoint("best")
-    # A --last_n typo is reported before the checkpoint and the split are loaded (minutes for big ones).
-    if a.last_n and (a.last_n < 0 or (a.seq_len or cfg.model.block_size) % a.last_n):
-        raise UserError(f"--last_n {a.last_n} must divide seq_len {a.seq_len or cfg.model.block_size}")
-    device = pick_device(a.device)
-    model = run.build_model(device).eval()
-    autocast = autocast_ctx(device, resolve_dtype(a.dtype, device))
+    seq_len = a.seq_len or cfg.model.block_size
+    if seq_len > cfg.model.block_size:
+        raise UserError(f"--seq_len {seq_len} exceeds the model's block size {cfg.model.block_size}: use at most that")
+    last_n = check_window(seq_len, a.last_n or 0)
     data_dir = resolve_data_dir(a.dataset or cfg.data.dataset, a.data_root or cfg.data.data_root) \
         if a.dataset or a.data_root else run.data_dir()
     meta = tk.read_meta(data_dir)
-    tokens = tk.load_split(data_dir, a.eval_data_split)
-    seq_len = a.seq_len or cfg.model.block_size
-    if seq_len > model.shape.block_size:
-        raise UserError(f"--seq_len {seq_len} exceeds the model's block size {model.shape.block_size}")
-    last_n = a.last_n or seq_len
-    if seq_len % last_n:
-        raise UserError(f"--last_n {last_n} must divide seq_len {seq_len}")
-    if int(meta["vocab_size"]) > model.shape.vocab_size:
-        raise UserError(f"dataset vocab {meta['vocab_size']} is larger than the model's {model.shape.vocab_size}: "
+    check_same_tokenizer(run.data_meta, meta, data_dir)
+    tokens = tk.load_split(data_dir, a.eval_data_split, meta)
+    if int(meta["vocab_size"]) > cfg.model.vocab_size:
+        raise UserError(f"dataset vocab {meta['vocab_size']} is larger than the model's {cfg.model.vocab_size}: "
                         "evaluate on data prepared with the run's tokenizer")
-    tk.check_token_range(tokens, model.shape.vocab_size)
-    lengths = token_byte_lengths(meta, data_dir)
-    m = evaluate(model, tokens, seq_len, a.eval_batch_size, device, last_n=last_n, max_batches=a.max_eval_steps,
-                 byte_lengths=lengths, autocast=autocast)
-    m.update(split=a.eval_data_split, checkpoint=str(ckpt_path), dataset=str(data_dir))
+    tk.check_token_range(tokens, cfg.model.vocab_size)
+    device = pick_device(a.device)
+    model = run.build_model(device).eval()
+    autocast = autocast_ctx(device, resolve_dtype(a.dtype, device))
+    tok = tokenizer_from_meta(meta, data_dir)
+    plan = eval_plan(len(tokens), seq_len, last_n, tk.doc_offsets(data_dir, a.eval_data_split, meta), a.streams,
+                     a.max_eval_steps, tokens, meta.get("eot_id"))
+    print(f"counting the characters and bytes of {len(plan.items):,} windows ...", file=sys.stderr, flush=True)
+    count_targets(plan, tokens, tok, token_byte_lengths(tok))
+    m = evaluate(model, tokens, seq_len, a.eval_batch_size, device, autocast=autocast, eot_id=meta.get("eot_id"),
+                 plan=plan, progress=_progress(f"eval {a.eval_data_split}"))
+    m.update(split=a.eval_data_split, checkpoint=str(ckpt_path), dataset=str(data_dir), streams=a.streams)
     print(f"{a.eval_data_split}: {format_metrics(m)}")
     print(json.dumps(m))
     if a.json_out:
-        Path(a.json_out).write_text(json.dumps(m, indent=2) + "\n")
+        from gptlab.files import atomic_write_json
+
+        atomic_write_json(a.json_out, m)
     sys.stdout.flush()
     return 0

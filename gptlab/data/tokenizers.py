@@ -522,3 +522,42 @@ def build_tokenizer(kind: str, text: str | None = None, model_file: Path | None 
             raise UserError("the sentencepiece tokenizer needs a model file (--sp_model PATH) or training text")
         return SentencePieceTokenizer(Path(model_file))
     raise UserError(f"unknown tokenizer {kind!r}: use one of {', '.join(TOKENIZER_KINDS)}")
+
+
+# --------------------------------------------------------------------------
+# Per-token lengths (for per-byte metrics)
+# --------------------------------------------------------------------------
+
+
+def _sentencepiece_byte_length(sp, i: int) -> int:
+    """UTF-8 bytes that piece i adds to decoded text."""
+    if sp.is_byte(i):
+        return 1
+    if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+        return 0
+    # Normal and user-defined pieces (<D> decodes to its 3 characters); '▁' is a space.
+    return len(sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
+
+
+def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
+    """int64 array: the UTF-8 bytes each token id stands for in decoded text.
+
+    Exact and additive (a token that is half of a multi-byte character counts its
+    own bytes, never a replacement character): GPT-2 through its byte table with
+    <|endoftext|> 0; SentencePiece byte pieces 1, control/unknown/unused 0; a
+    character its UTF-8 length.
+    """
+    if isinstance(tok, CharTokenizer):
+        return np.array([len(c.encode("utf-8")) for c in tok.chars], dtype=np.int64)
+    if isinstance(tok, GPT2Tokenizer):
+        n_special = tok.vocab_size - 1  # ids below are byte sequences; the last is <|endoftext|>
+        out = [len(tok.enc.decode_single_token_bytes(i)) for i in range(n_special)]
+        return np.array(out + [0], dtype=np.int64)
+    if isinstance(tok, SentencePieceTokenizer):
+        return np.array([_sentencepiece_byte_length(tok.sp, i) for i in range(tok.vocab_size)], dtype=np.int64)
+    raise UserError(f"no byte lengths for tokenizer {getattr(tok, 'name', type(tok).__name__)!r}")
+
+
+def decoded_length(tok: Tokenizer, ids) -> int:
+    """Unicode characters of tok.decode(ids): the benchmark's per-window character count."""
+    return len(tok.decode(ids))

@@ -48,22 +48,26 @@ def _tokens(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, VOCAB, size=n).astype(np.uint16)
 
 
-def reference_context_start(t: int, seq_len: int, last_n: int) -> int:
-    """Start of the context the protocol assigns to target position t (1-based targets)."""
-    if t <= seq_len:
-        return 0  # the first window scores all of its targets
-    # Windows k>=1 start at k*last_n and score targets k*last_n+seq_len-last_n+1 .. k*last_n+seq_len.
-    k = math.ceil((t - seq_len) / last_n)
-    return k * last_n
+def reference_context_start(t: int, seq_len: int, last_n: int) -> int | None:
+    """Start of the window the benchmark scores target position t in (None: never scored).
+
+    Windows start at k*last_n and score their last last_n targets, k*last_n+seq_len-last_n+1
+    .. k*last_n+seq_len - window 0 included, so targets 1..seq_len-last_n are never scored.
+    """
+    if t < seq_len - last_n + 1:
+        return None
+    return max(0, math.ceil((t - seq_len) / last_n)) * last_n
 
 
 @torch.no_grad()
 def brute_force(model, tokens: np.ndarray, seq_len: int, last_n: int, byte_lengths=None) -> dict:
     toks = torch.as_tensor(tokens.astype(np.int64))
-    nll = hit1 = hit10 = nbytes = 0.0
+    nll = hit1 = hit10 = nbytes = n = 0.0
     contexts = []
     for t in range(1, len(tokens)):
         s = reference_context_start(t, seq_len, last_n)
+        if s is None:
+            continue
         assert 0 < t - s <= seq_len
         contexts.append(t - s)
         logits, _ = logits_and_loss(model, toks[s:t][None])
@@ -72,47 +76,46 @@ def brute_force(model, tokens: np.ndarray, seq_len: int, last_n: int, byte_lengt
         top = last.topk(10).indices
         hit1 += float(top[0] == toks[t])
         hit10 += float((top == toks[t]).any())
+        n += 1
         if byte_lengths is not None:
             nbytes += byte_lengths[int(toks[t])]
-    return {"nll": nll, "tokens": len(tokens) - 1, "acc1": hit1 / (len(tokens) - 1),
-            "acc10": hit10 / (len(tokens) - 1), "bytes": nbytes, "contexts": contexts}
+    return {"nll": nll, "tokens": int(n), "acc1": hit1 / n, "acc10": hit10 / n, "bytes": nbytes, "contexts": contexts}
 
 
-def scored_positions(n: int, seq_len: int, last_n: int) -> list[tuple[int, int]]:
+def scored_positions(n: int, seq_len: int, last_n: int, streams: int = 1, doc_offsets=None) -> list[tuple[int, int]]:
     """(target position, context length) for every target the plan scores."""
     out = []
-    tokens = np.arange(n) % 60000  # token value = its position, so targets reveal where they came from
-    starts = E.window_plan(n, seq_len, last_n)
-    _, y = E.build_batch(tokens.astype(np.int64), starts, seq_len, last_n)
-    for row, s in zip(y.numpy(), starts):
-        for j, v in enumerate(row):
+    tokens = np.arange(n, dtype=np.int64)  # token value = its position, so targets reveal where they came from
+    plan = E.eval_plan(n, seq_len, last_n, doc_offsets, streams)
+    x, y = E._batch(plan, tokens, np.arange(len(plan.items)))
+    for (row, s), xr, yr in zip(plan.items.tolist(), x.numpy(), y.numpy()):
+        for j, v in enumerate(yr):
             if v >= 0:
-                assert v == s + j + 1  # target j of the window at s is the token at s+j+1
-                out.append((int(v), j + 1))
+                if streams == 1:
+                    assert v == s + seq_len - last_n + j + 1  # scored target j of the window at s
+                out.append((int(v), seq_len - last_n + j + 1))
     return out
 
 
 @pytest.mark.parametrize("n", [2, 5, 16, 17, 18, 33, 48, 49, 50, 100, 203, 1000])
 @pytest.mark.parametrize("last_n", [1, 4, 8, 16])
-def test_every_target_scored_once_with_enough_context(n, last_n):
+def test_scored_targets_are_the_benchmarks(n, last_n):
     got = scored_positions(n, SEQ, last_n)
     positions = [t for t, _ in got]
-    assert sorted(positions) == list(range(1, n)), "every target exactly once, no padding"
+    # Every target from seq_len - last_n + 1 on, once; window 0 scores only its last last_n too.
+    assert sorted(positions) == list(range(SEQ - last_n + 1, n))
     for t, ctx in got:
-        if t <= SEQ:
-            assert ctx == t  # first window: all it has
-        else:
-            assert ctx >= SEQ - last_n  # the protocol's promise
-            assert ctx == t - reference_context_start(t, SEQ, last_n)
+        assert ctx >= SEQ - last_n + 1  # the protocol's promise
+        assert ctx == t - reference_context_start(t, SEQ, last_n)
 
 
-def test_first_window_scores_all_targets():
-    tokens = _tokens(200)
-    starts = E.window_plan(len(tokens), SEQ, 4)
-    assert starts[0] == 0
-    _, y = E.build_batch(tokens, starts[:2], SEQ, 4)
-    assert (y[0] >= 0).all()
-    assert (y[1, : SEQ - 4] == -1).all() and (y[1, SEQ - 4:] >= 0).all()
+def test_window_zero_scores_only_its_last_n_targets():
+    # The issue's openbooks figure: 434,734 tokens scored before, 434,350 = 434,734 - (512 - 128) now.
+    plan = E.eval_plan(434_735, 512, 128)
+    x, y = E._batch(plan, np.arange(434_735), np.arange(2))
+    assert y[0].tolist() == list(range(512 - 128 + 1, 513))
+    assert y[1].tolist() == list(range(513, 513 + 128))
+    assert E.count_targets(plan, np.zeros(434_735, np.int64))["eval_tokens"] == 434_350
 
 
 @pytest.mark.parametrize("n,last_n", [(203, 4), (203, 8), (203, 16), (120, 1), (12, 8), (17, 4)])
@@ -122,15 +125,16 @@ def test_evaluate_matches_brute_force(model, n, last_n):
     ref = brute_force(model, tokens, SEQ, last_n, lengths)
     for batch_size in (1, 3, 64):  # batching (and the padded last batch) must not change anything
         m = E.evaluate(model, tokens, SEQ, batch_size, torch.device("cpu"), last_n=last_n, byte_lengths=lengths)
-        assert m["tokens"] == ref["tokens"] == n - 1
-        assert m["loss"] * m["tokens"] == pytest.approx(ref["nll"], rel=1e-5)
+        assert m["eval_tokens"] == ref["tokens"] == n - 1 - (SEQ - last_n)
+        assert m["total_loss"] == pytest.approx(ref["nll"], rel=1e-5)
+        assert m["loss"] * m["eval_tokens"] == pytest.approx(ref["nll"], rel=1e-5)
         assert m["ppl"] == pytest.approx(math.exp(ref["nll"] / ref["tokens"]), rel=1e-5)
         assert m["acc1"] == pytest.approx(ref["acc1"]) and m["acc10"] == pytest.approx(ref["acc10"])
-        assert m["bytes"] == ref["bytes"]
+        assert m["eval_bytes"] == ref["bytes"]
         assert m["loss_per_byte"] == pytest.approx(ref["nll"] / ref["bytes"], rel=1e-5)
         assert m["bpb"] == pytest.approx(ref["nll"] / ref["bytes"] / math.log(2), rel=1e-5)
-        assert m["normalised_ppl"] == pytest.approx(math.exp(ref["nll"] / ref["bytes"]), rel=1e-5)
-    assert all(c >= SEQ - last_n for c in ref["contexts"][SEQ:])
+        assert "normalised_ppl" not in m  # no tokenizer, no characters
+    assert all(c >= SEQ - last_n + 1 for c in ref["contexts"])
 
 
 def test_brute_force_can_tell_contexts_apart(model):
@@ -138,10 +142,10 @@ def test_brute_force_can_tell_contexts_apart(model):
     tokens = _tokens(203, seed=3)
     good = E.evaluate(model, tokens, SEQ, 8, torch.device("cpu"), last_n=4)
     ref = brute_force(model, tokens, SEQ, 4)
-    assert good["loss"] * good["tokens"] == pytest.approx(ref["nll"], rel=1e-5)
-    # last_n=8 scores the same tokens from shorter contexts: a different total.
-    other = E.evaluate(model, tokens, SEQ, 8, torch.device("cpu"), last_n=8)
-    assert abs(other["loss"] - good["loss"]) > 1e-3
+    assert good["total_loss"] == pytest.approx(ref["nll"], rel=1e-5)
+    # The same targets from other contexts (starts shifted by one): a different total.
+    shifted = brute_force(model, tokens[1:], SEQ, 4)
+    assert abs(shifted["nll"] - ref["nll"]) > 1e-3
 
 
 def test_overlap_helps_a_model_that_uses_context(model):
@@ -149,18 +153,15 @@ def test_overlap_helps_a_model_that_uses_context(model):
     tokens = _tokens(400, seed=5)
     full = brute_force(model, tokens, SEQ, SEQ)
     m = E.evaluate(model, tokens, SEQ, 8, torch.device("cpu"), last_n=SEQ)
-    assert m["loss"] * m["tokens"] == pytest.approx(full["nll"], rel=1e-5)
-    assert m["windows"] == math.ceil((400 - 1) / SEQ)
+    assert m["total_loss"] == pytest.approx(full["nll"], rel=1e-5)
+    assert m["eval_windows"] == math.ceil((400 - 1) / SEQ) == m["eval_batches"]
 
 
 @pytest.mark.parametrize("last_n", [3, 5, 7, 17, -1])
 def test_last_n_must_divide_seq_len(model, last_n):
     tokens = _tokens(100)
-    if last_n == -1:  # negative means "all" in window_plan; evaluate treats 0 the same way
-        assert list(E.window_plan(100, SEQ, last_n)) == list(E.window_plan(100, SEQ, SEQ))
-        return
     with pytest.raises(UserError, match="last_n"):
-        E.window_plan(100, SEQ, last_n)
+        E.eval_plan(100, SEQ, last_n)
     with pytest.raises(UserError, match="last_n"):
         E.evaluate(model, tokens, SEQ, 4, torch.device("cpu"), last_n=last_n)
 
@@ -177,56 +178,30 @@ def test_too_short_split_is_user_error(model):
 
 
 def test_short_split_pads_and_excludes_padding(model):
-    tokens = _tokens(9)  # shorter than one window: 8 targets, 8 padded slots
-    m = E.evaluate(model, tokens, SEQ, 4, torch.device("cpu"), last_n=4)
-    ref = brute_force(model, tokens, SEQ, 4)
-    assert m["tokens"] == 8 and m["windows"] == 1
-    assert m["loss"] * 8 == pytest.approx(ref["nll"], rel=1e-5)
+    tokens = _tokens(9)  # shorter than one window: 8 targets, all inside the scored last 16
+    m = E.evaluate(model, tokens, SEQ, 4, torch.device("cpu"), last_n=SEQ)
+    ref = brute_force(model, tokens, SEQ, SEQ)
+    assert m["eval_tokens"] == 8 and m["eval_windows"] == 1
+    assert m["total_loss"] == pytest.approx(ref["nll"], rel=1e-5)
+    # With last_n = 4 the 8 targets lie before the scored tail of window 0: nothing is scored.
+    assert E.evaluate(model, tokens, SEQ, 4, torch.device("cpu"), last_n=4)["eval_tokens"] == 0
 
 
-class _Spy:
-    """Wraps build_batch to record the window starts each evaluate() call uses."""
-
-    def __init__(self, monkeypatch):
-        self.calls: list[list[int]] = []
-        self.current: list[int] = []
-        real = E.build_batch
-
-        def spy(tokens, starts, seq_len, last_n):
-            self.current.extend(int(s) for s in starts)
-            return real(tokens, starts, seq_len, last_n)
-
-        monkeypatch.setattr(E, "build_batch", spy)
-
-    def run(self, *args, **kwargs):
-        self.current = []
-        out = E.evaluate(*args, **kwargs)
-        self.calls.append(self.current)
-        return out
-
-
-def test_capped_eval_uses_the_same_windows_every_call(model, monkeypatch):
-    tokens = _tokens(2000, seed=7)
-    spy = _Spy(monkeypatch)
+def test_streams_take_the_first_batches_the_same_every_call(model):
+    data = _tokens(3000, seed=7)
+    offsets = np.array([0, 400, 450, 1300, 1310, 2000, 2900])
     dev = torch.device("cpu")
+    plan = E.eval_plan(len(data), SEQ, 0, offsets, streams=4, max_batches=5)
     model.train()  # the in-training eval is called on a training model
-    a = spy.run(model, tokens, SEQ, 4, dev, last_n=8, max_batches=3)
-    b = spy.run(model, tokens, SEQ, 4, dev, last_n=8, max_batches=3)
+    a = E.evaluate(model, data, SEQ, 3, dev, plan=plan)
+    b = E.evaluate(model, data, SEQ, 7, dev, plan=plan)
     assert model.training, "evaluate restores the training mode"
     model.eval()
-    assert a == b
-    assert spy.calls[0] == spy.calls[1]
-    starts = spy.calls[0]
-    plan = E.window_plan(len(tokens), SEQ, 8)
-    assert len(starts) == len(set(starts)) == 12 == a["windows"]
-    assert set(starts) <= set(plan.tolist())
-    # Spread over the whole split, not just its beginning.
-    assert starts[0] == plan[0] and starts[-1] == plan[-1]
-    # A capped eval scores exactly the targets of those windows (the last one may end
-    # past the stream's end: its padding is not counted).
-    last_target = len(tokens) - 1
-    expected = sum(SEQ if s == 0 else min(8, last_target - (s + SEQ - 8)) for s in starts)
-    assert a["tokens"] == expected
+    assert a["total_loss"] == pytest.approx(b["total_loss"], rel=1e-6) and a["eval_tokens"] == b["eval_tokens"]
+    # Batch k = window k of every row; only the first 5 batches; rows in the benchmark's order.
+    assert plan.items[:, 1].max() == 4 * SEQ and len(plan.items) == 4 * 5 == a["eval_windows"]
+    assert plan.items[:4].tolist() == [[r, 0] for r in range(4)]
+    assert a["eval_tokens"] == 4 * 5 * SEQ  # rows are long enough: no padding
 
 
 def test_ranks_split_the_work_and_sum_to_one_rank(model):
@@ -245,13 +220,15 @@ def test_ranks_split_the_work_and_sum_to_one_rank(model):
     total = sum(captured)
     # (plain allclose: torch.testing's first import costs seconds on a busy machine)
     assert torch.allclose(total, total_one, rtol=1e-9, atol=1e-9)
-    assert int(total[1]) == one["tokens"] == 149
+    assert int(total[1]) == one["eval_tokens"] == 149 - (SEQ - 4)
 
 
 def test_format_metrics_mentions_every_number(model):
+    from gptlab.data.tokenizers import CharTokenizer
+
+    tok = CharTokenizer([chr(ord("a") + i) for i in range(VOCAB)])
     tokens = _tokens(100)
-    lengths = np.ones(VOCAB)
-    m = E.evaluate(model, tokens, SEQ, 4, torch.device("cpu"), last_n=8, byte_lengths=lengths)
+    m = E.evaluate(model, tokens, SEQ, 4, torch.device("cpu"), last_n=8, byte_lengths=np.ones(VOCAB), tokenizer=tok)
     text = E.format_metrics(m)
-    for word in ("loss", "ppl", "bpb", "norm_ppl", "acc1", "acc10", "tokens", "bytes"):
+    for word in ("loss", "ppl", "bpb", "norm_ppl", "acc1", "acc10", "tokens", "chars", "bytes"):
         assert word in text
