@@ -142,11 +142,16 @@ class DocRows:
     row's end are -1.
     """
 
-    def __init__(self, doc_offsets, n_tokens: int, n_rows: int):
+    def __init__(self, doc_offsets, n_tokens: int, n_rows: int, data=None, eot_id: int | None = None):
         starts = np.asarray(doc_offsets if doc_offsets is not None else [0], dtype=np.int64)
         lengths = np.append(starts[1:], n_tokens) - starts
         self.n_docs = len(starts)
-        self.rows = assign_rows(lengths, n_rows)
+        # The benchmark deals by document length without the separator it appends itself.
+        deal = lengths
+        if data is not None and eot_id is not None and n_tokens:
+            ends = np.asarray(data[np.maximum(starts + lengths - 1, 0)], dtype=np.int64)
+            deal = lengths - ((ends == eot_id) & (lengths > 0))
+        self.rows = assign_rows(deal, n_rows)
         self.lengths = np.array([int(lengths[r].sum()) for r in self.rows], dtype=np.int64)
         # Per row: data start of each of its docs, and the row position where each doc begins.
         self._maps = []
@@ -207,7 +212,7 @@ class StreamBatcher:
         self._data = None if self._reopen else data
         self.batch_size, self.seq_len, self.eot_id = batch_size, seq_len, eot_id
         self.rank, self.world_size, self.micro_batches, self.wrap = rank, world_size, micro_batches, wrap
-        self.doc_rows = DocRows(doc_offsets, n, batch_size)
+        self.doc_rows = DocRows(doc_offsets, n, batch_size, data, eot_id)
         self.rows, self.row_lengths = self.doc_rows.rows, self.doc_rows.lengths
         shortest = int(self.row_lengths.min())
         if shortest < 2 or (not wrap and shortest < seq_len + 1):
