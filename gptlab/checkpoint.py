@@ -157,9 +157,11 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def save_checkpoint(run_dir: Path, state: dict, step: int, keep_last: int = 2, is_best: bool = False) -> Path:
+def save_checkpoint(run_dir: Path, state: dict, step: int, keep_last: int = 2, is_best: bool = False,
+                    protect_before: int | None = None, sharded: bool = False) -> Path:
     """Write ckpt_<step>.pt atomically, then its checksum, then the pointers; prune old ones
-    only after the new one is complete."""
+    only after the new one is complete. Pruning keeps the newest `keep_last`, and the newest
+    checkpoint older than step `protect_before` (the first non-finite step: a way back)."""
     d = checkpoint_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"ckpt_{step:08d}.pt"
@@ -186,20 +188,94 @@ def save_checkpoint(run_dir: Path, state: dict, step: int, keep_last: int = 2, i
             raise _disk_full_error(d / "model.pt") from None
         raise
     for old in list_checkpoints(run_dir):
-        n = int(CKPT_RE.match(old.name).group(1))
-        if n > step:
+        if ckpt_step(old) > step:
             # Newer than what we just wrote: resume skipped it as damaged, so it belongs to an
             # abandoned timeline. Set it aside (not deleted) so fallback and pruning ignore it.
             old.rename(old.with_name(old.name + ".stale"))
             old.with_name(old.name + ".sha256").unlink(missing_ok=True)
-    for old in list_checkpoints(run_dir)[max(1, keep_last):]:
-        old.unlink(missing_ok=True)
-        old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+    kept = list_checkpoints(run_dir)
+    way_back = [p for p in kept if protect_before is not None and ckpt_step(p) < protect_before][:1]
+    for old in kept[max(1, keep_last):]:
+        if old not in way_back:
+            old.unlink(missing_ok=True)
+            old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+    if sharded:  # DCP folders that no kept checkpoint refers to
+        from gptlab.distributed import prune_sharded, sharded_name
+
+        prune_sharded(run_dir, {sharded_name(ckpt_step(p)) for p in list_checkpoints(run_dir)})
     return path
 
 
-def mark_best(run_dir: Path, path: Path) -> None:
-    _link_or_copy(Path(path), checkpoint_dir(run_dir) / "best.pt")
+def ckpt_step(path: Path) -> int:
+    return int(CKPT_RE.match(Path(path).name).group(1))
+
+
+def set_aside_from(run_dir: Path, first_bad_step: int) -> Path | None:
+    """After a divergence: rename the checkpoints saved from `first_bad_step` on to
+    *.diverged (kept, not deleted) and point model.pt/latest at the newest one before it,
+    which --resume then continues from. Returns that checkpoint, or None."""
+    d = checkpoint_dir(run_dir)
+    good = None
+    for p in list_checkpoints(run_dir):
+        if ckpt_step(p) >= first_bad_step:
+            p.rename(p.with_name(p.name + ".diverged"))
+            p.with_name(p.name + ".sha256").unlink(missing_ok=True)
+        elif good is None:
+            good = p
+    if good is not None:
+        _link_or_copy(good, d / "model.pt")
+        atomic_write_text(d / "latest", good.name + "\n")
+    return good
+
+
+def cpu_copy(tree):
+    """A copy of a state dict (nested dicts/lists of tensors) on the CPU, detached from the
+    live tensors: training may go on while a background thread writes it."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {k: cpu_copy(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(cpu_copy(v) for v in tree)
+    return tree
+
+
+class BackgroundWriter:
+    """save_checkpoint in a worker thread, one save at a time: submit() waits for the previous
+    save (so at most one copy of the state is pending) and re-raises its error, if any."""
+
+    def __init__(self):
+        self.thread = None
+        self.error: BaseException | None = None
+
+    def submit(self, run_dir: Path, state: dict, step: int, **kwargs) -> None:
+        import threading
+
+        self.drain()
+        self.thread = threading.Thread(target=self._write, args=(run_dir, state, step), kwargs=kwargs,
+                                       name="gptlab-checkpoint", daemon=False)
+        self.thread.start()
+
+    def _write(self, *args, **kwargs) -> None:
+        try:
+            save_checkpoint(*args, **kwargs)
+        except BaseException as e:  # handed to the training thread at its next submit()/drain()
+            self.error = e
+
+    def drain(self) -> None:
+        """Wait for the pending save; raise its error in this thread."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+    def close(self) -> None:
+        """Wait for the pending save; an error was already reported (or the run is failing anyway)."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -436,35 +436,49 @@ def build_config(preset: str | None = None, toml_path: str | None = None,
     return cfg
 
 
+# Ranges of the integer keys: at least 1, or at least 0 (0 has a documented meaning).
+_AT_LEAST_1 = ("n_layer", "n_head", "n_embd", "block_size", "max_iters", "gradient_accumulation_steps",
+               "pad_vocab_multiple", "log_interval", "log_metrics_every", "eval_iters", "max_nonfinite")
+_AT_LEAST_0 = ("head_dim", "mlp_dim", "vocab_size", "batch_size", "train_batch_size", "eval_interval",
+               "eval_batch_size", "last_n", "checkpoint_interval", "keep_last", "warmup_iters", "lr_decay_iters",
+               "seed", "num_threads", "log_grads_every")
+_MAX_VOCAB = 2**31 - 1  # token ids are stored as at most 32-bit integers
+_MAX_SEED = 2**63 - 1  # torch.manual_seed's range
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N (N = GPU index) or mps"
+
+
 def validate(cfg: Config) -> None:
     """Impossible values are user errors, found before anything is built or written."""
     m, o, t = cfg.model, cfg.optim, cfg.train
-    positive = {"n_layer": m.n_layer, "n_head": m.n_head, "n_embd": m.n_embd, "block_size": m.block_size,
-                "max_iters": t.max_iters, "gradient_accumulation_steps": t.gradient_accumulation_steps,
-                "pad_vocab_multiple": m.pad_vocab_multiple}
-    for k, v in positive.items():
-        if v <= 0:
-            raise UserError(f"--{k} must be positive, got {v}")
+    for k in _AT_LEAST_1 + _AT_LEAST_0:
+        v, low = cfg.get(k), 1 if k in _AT_LEAST_1 else 0
+        if v < low:
+            raise UserError(f"--{k} must be {'positive' if low else '>= 0'}, got {v}")
+    for section, cls in SECTIONS.items():  # every float key: NaN is refused when parsed, infinities here
+        for f in fields(cls):
+            v = getattr(getattr(cfg, section), f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UserError(f"--{f.name} must be a finite number, got {v}")
     if t.batch_size <= 0 and t.train_batch_size <= 0:
         raise UserError("set --batch_size (per-rank micro batch) or --train_batch_size (global batch) to a positive number")
-    if t.batch_size < 0 or t.train_batch_size < 0:
-        raise UserError("batch sizes must not be negative")
     if o.learning_rate <= 0:
         raise UserError(f"--learning_rate must be > 0, got {o.learning_rate}")
-    if o.min_lr < 0 or o.min_lr > o.learning_rate:
+    if o.min_lr < 0 or (o.min_lr > o.learning_rate and o.decay_lr and o.schedule != "constant"):
         raise UserError(f"--min_lr must be in [0, learning_rate={o.learning_rate}], got {o.min_lr}")
     if not 0 <= m.dropout < 1:
         raise UserError(f"--dropout must be in [0, 1), got {m.dropout}")
     if not (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1):
         raise UserError("--beta1 and --beta2 must be in [0, 1)")
+    if o.eps <= 0:
+        raise UserError(f"--eps must be > 0, got {o.eps}")
     if o.grad_clip < 0 or o.weight_decay < 0:
         raise UserError("--grad_clip and --weight_decay must not be negative")
     if m.head_dim == 0 and m.n_embd % m.n_head:
         raise UserError(f"--n_embd {m.n_embd} is not divisible by --n_head {m.n_head}: change one, or set --head_dim")
-    if t.last_n < 0 or (t.last_n and m.block_size % t.last_n):
+    if t.last_n and m.block_size % t.last_n:
         raise UserError(f"--last_n {t.last_n} must divide --block_size/--seq_len {m.block_size}")
-    if t.eval_interval < 0 or t.eval_iters < 0:
-        raise UserError("--eval_interval and --eval_iters must not be negative")
+    if m.vocab_size > _MAX_VOCAB or t.seed > _MAX_SEED:
+        raise UserError(f"--vocab_size must be below {_MAX_VOCAB + 1} and --seed below {_MAX_SEED + 1}")
     if cfg.system.ddp_bucket_mb < 1:
         raise UserError(f"--ddp_bucket_mb must be at least 1, got {cfg.system.ddp_bucket_mb}")
     if cfg.system.ce_chunk < -1:
@@ -475,6 +489,81 @@ def validate(cfg: Config) -> None:
         raise UserError("--compute_class needs --tokens_per_second (the config's reference throughput)")
     if t.compute_class:
         parse_hours(t.compute_class)
+    check_device_name(cfg.system.device)
+
+
+def check_device_name(name: str) -> None:
+    """A device string torch understands, among those gptlab runs on (no torch import)."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise UserError(f"--device {name!r} is not a device: use {DEVICE_NAMES}")
+
+
+def check_device(name: str) -> None:
+    """The device exists on this machine, checked before anything is loaded or written."""
+    check_device_name(name)
+    if name in ("auto", "cpu"):
+        return
+    import torch
+
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise UserError(f"--device {name}: no CUDA GPU is usable here (torch {torch.__version__} is {build}): "
+                            "use --device cpu, or install a CUDA build of torch "
+                            "(pip install torch --index-url https://download.pytorch.org/whl/cu124)")
+        n = torch.cuda.device_count()
+        if ":" in name and int(name.split(":")[1]) >= n:
+            raise UserError(f"--device {name}: this machine has {n} GPU(s), numbered 0..{n - 1}: use one of those")
+    elif not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps: Apple's Metal backend is not available here: use --device cpu")
+
+
+def _host_memory() -> int:
+    """Bytes of physical memory (0 if unknown: no check)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_memory(cfg: Config) -> None:
+    """Refuse shapes that cannot fit anywhere here (called on the resolved config of a run):
+    lower bounds of the training state (fp32 weights, gradients and two Adam moments: 16 bytes
+    a parameter, shared by FSDP ranks; weights only for eval_only) and of one micro-batch's
+    activations (>= 16 bytes per token, layer and width unit), against the host's memory plus
+    every GPU's."""
+    import os
+
+    m, t = cfg.model, cfg.train
+    avail = _host_memory()
+    if not avail:
+        return
+    width, heads = m.n_embd, m.n_head * (m.head_dim or max(1, m.n_embd // m.n_head))
+    vocab = max(m.vocab_size, 1)
+    per_layer = width * (3 * heads + heads) + 2 * width * (m.mlp_dim or 4 * width)
+    params = m.n_layer * per_layer + vocab * width * (1 if m.tie_embeddings else 2) + m.block_size * width
+    shards = int(os.environ.get("WORLD_SIZE", "1")) if cfg.system.parallel == "fsdp" else 1
+    micro = t.batch_size or max(1, t.train_batch_size // max(1, t.gradient_accumulation_steps))
+    need = (4 if t.eval_only else 16) * params // max(1, shards) + 16 * micro * m.block_size * m.n_layer * width
+    if need <= avail:
+        return
+    avail += _gpu_memory()
+    if need > avail:
+        raise UserError(f"this model needs at least {need / 2**30:,.0f} GiB to train (n_layer {m.n_layer}, n_embd "
+                        f"{width}, vocab_size {m.vocab_size}, block_size {m.block_size}, batch {micro}) but this machine "
+                        f"has {avail / 2**30:,.0f} GiB: reduce --vocab_size, --block_size, --batch_size or the model size")
+
+
+def _gpu_memory() -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0
+    return sum(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
 
 
 def parse_hours(compute_class: str) -> float:
@@ -633,6 +722,7 @@ def _resolved(cfg: Config, world_size: int, device, data_meta: dict | None, init
     if data_meta is not None:
         out.data.dataset = str(resolve_data_dir(out.data.dataset, out.data.data_root).resolve())
     validate(out)
+    check_memory(out)
     return out
 
 

@@ -8,6 +8,10 @@ device's dense bf16 peak from the table below; "n/a" when the device is not in i
 
 from __future__ import annotations
 
+import contextlib
+import math
+import time
+
 import torch
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, FLOP/s.
@@ -59,3 +63,174 @@ def peak_memory_gb(device: torch.device) -> float | None:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     except (ImportError, OSError):
         return None
+
+
+# ------------------------------------------------------------------------------ training metrics
+
+class TrainClock:
+    """Seconds of training: wall time minus the time spent paused (evaluation, checkpoints)."""
+
+    def __init__(self, device: torch.device, offset: float = 0.0):
+        self.device, self.offset, self.t0, self.paused_s = device, offset, time.time(), 0.0
+
+    def now(self) -> float:
+        return self.offset + time.time() - self.t0 - self.paused_s
+
+    @contextlib.contextmanager
+    def paused(self):
+        if self.device.type == "cuda":  # the device runs behind the host: its queued steps count as training
+            torch.cuda.synchronize(self.device)
+        t = time.time()
+        try:
+            yield
+        finally:
+            self.paused_s += time.time() - t
+
+
+class Window:
+    """One sink's sums since its previous record: loss over the steps that updated the
+    weights (device tensors, so adding costs no host sync), steps, training time, data wait."""
+
+    def __init__(self, device: torch.device, clock: TrainClock, loop: dict | None = None):
+        self.clock = clock
+        self.loss_sum = torch.zeros((), device=device)
+        self.loss_count = torch.zeros((), device=device)
+        self.reset()
+        if loop:  # a resume continues the record in progress
+            self.loss_sum.copy_(loop["loss_sum"])
+            self.loss_count.fill_(float(loop["loss_count"]))
+
+    def reset(self) -> None:
+        self.loss_sum.zero_(), self.loss_count.zero_()
+        self.steps, self.wait, self.start = 0, 0.0, self.clock.now()
+
+    def add(self, loss: torch.Tensor, bad: torch.Tensor, waited: float) -> None:
+        self.loss_sum += torch.where(bad, torch.zeros_like(loss), loss)
+        self.loss_count += (~bad).float()
+        self.steps += 1
+        self.wait += waited
+
+    def take(self, d) -> dict:
+        """Mean loss (nan when every step was skipped), seconds per step, data-wait share; then empty."""
+        from gptlab import distributed as dist_
+
+        # every rank calls this at the same steps; .item(): a CPU-GPU sync
+        loss = dist_.all_reduce_mean(self.loss_sum / self.loss_count, d).item()
+        dt = max(self.clock.now() - self.start, 1e-9) / max(self.steps, 1)
+        out = {"loss": loss, "dt": dt, "data_wait_share": self.wait / (dt * max(self.steps, 1))}
+        self.reset()
+        return out
+
+
+class TrainMetrics:
+    """Train records for metrics.jsonl/TensorBoard (every log_metrics_every steps) and the
+    terminal (every log_interval steps), each over exactly the steps since its own previous
+    record; grads records every log_grads_every steps."""
+
+    def __init__(self, cfg, raw_model, d, logger, clock: TrainClock, loop: dict | None = None):
+        from gptlab.model import flops_per_token
+
+        self.cfg, self.raw, self.d, self.logger, self.clock = cfg, raw_model, d, logger, clock
+        self.jsonl, self.term = Window(d.device, clock, loop), Window(d.device, clock)
+        self.fpt = flops_per_token(raw_model.shape, cfg.model.block_size)
+        self.peak, self.device_name = device_peak_flops(d.device)
+        self.tokens_per_step = cfg.train.train_batch_size * cfg.model.block_size
+        self.last_loss = math.nan
+
+    def header(self, cfg, run_dir) -> str:
+        t = cfg.train
+        return (f"run: {run_dir}\nmodel: {self.raw.num_params():,} parameters, {self.fpt / 1e9:.3f} GFLOPs/token | "
+                f"device {self.device_name} | dtype {cfg.system.dtype} | compile {cfg.system.compile} | world "
+                f"{self.d.world_size} | batch {t.train_batch_size} = {self.d.world_size} ranks x {t.batch_size} x "
+                f"{t.gradient_accumulation_steps} accum | seq {cfg.model.block_size} | {self.tokens_per_step:,} tokens/step")
+
+    def record(self, state, out, lr: float, waited: float) -> None:
+        end = state.step == self.cfg.train.max_iters
+        log = self.cfg.log
+        for w in (self.jsonl, self.term):
+            w.add(out.loss, out.bad, waited)
+        if state.step % log.log_metrics_every == 0 or end:
+            self.logger.log("train", state.step, state.tokens, self._values(self.jsonl.take(self.d), state, out, lr))
+        if state.step % log.log_interval == 0 or end:
+            v = self._values(self.term.take(self.d), state, out, lr)
+            self.last_loss = v["loss"]
+            self.logger.print(self._line(state.step, v))
+            self.logger.advance(0, loss=f"{v['loss']:.4f}")
+        self.logger.advance(1)
+
+    def _values(self, w: dict, state, out, lr: float) -> dict:
+        tps = self.tokens_per_step / w["dt"]
+        v = {"loss": w["loss"], "lr": lr, "ms_per_step": w["dt"] * 1000, "tokens_per_sec": tps,
+             "mfu": mfu(self.fpt, tps / self.d.world_size, self.peak), "grad_norm": float(out.grad_norm),
+             "data_wait_share": w["data_wait_share"], "nonfinite_skipped": int(state.bad_total),
+             "train_time_s": self.clock.now()}  # float()/int(): CPU-GPU syncs, at this record's cadence
+        mem = peak_memory_gb(self.d.device)
+        if mem is not None:
+            v["peak_mem_gb"] = mem
+        return v
+
+    def _line(self, step: int, v: dict) -> str:
+        total = self.cfg.train.max_iters
+        mem = f" | {'peak mem' if self.d.device.type == 'cuda' else 'peak RSS'} {v['peak_mem_gb']:.2f} GiB" \
+            if "peak_mem_gb" in v else ""
+        eta = f" | elapsed {_hms(self.clock.now())} | ETA {_hms((total - step) * v['ms_per_step'] / 1000)}" \
+            if step < total else ""
+        return (f"step {step}/{total} | loss {v['loss']:.4f} | lr {v['lr']:.2e} | {v['ms_per_step']:.1f} ms/step | "
+                f"{v['tokens_per_sec']:,.0f} tok/s | MFU {fmt_mfu(v['mfu'])}{mem}{eta}")
+
+    def grads_due(self, step: int) -> bool:
+        every = self.cfg.log.log_grads_every
+        return bool(every) and step % every == 0 and self.d.is_main and not hasattr(
+            next(self.raw.parameters()), "full_tensor")  # FSDP2 shards: no full weights on one rank
+
+    def weights_before(self) -> dict:
+        return {n: p.detach().float().clone() for n, p in self.raw.named_parameters()}
+
+    def log_grads(self, state, before: dict, x: torch.Tensor) -> None:
+        """Weights, gradients, the update, and the logits on the step's last inputs (eval mode: no RNG drawn)."""
+        from gptlab.loss import logits_and_loss
+
+        stats = grad_stats(self.raw, before)
+        was = self.raw.training
+        self.raw.eval()
+        with torch.no_grad():
+            lf = logits_and_loss(self.raw, x)[0].float()
+        self.raw.train(was)
+        stats.update({"logits/mean": lf.mean().item(), "logits/std": lf.std().item(),
+                      "logits/max": lf.max().item(), "logits/min": lf.min().item()})
+        self.logger.log("grads", state.step, state.tokens, stats)
+
+    def state_dict(self) -> dict:
+        """The jsonl window's partial sums: a resume continues the record in progress."""
+        return {"loss_sum": self.jsonl.loss_sum.detach().cpu().clone(), "loss_count": float(self.jsonl.loss_count)}
+
+
+def _hms(seconds: float) -> str:
+    s = int(max(seconds, 0))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def grad_stats(model: torch.nn.Module, before: dict[str, torch.Tensor] | None, scale: float = 1.0) -> dict:
+    """Mean / max / min / L2 of weights, gradients and the last update, per parameter and global.
+
+    Call it after the optimiser step and before zero_grad, and after any GradScaler.unscale_
+    (scale 1: the true gradients). Global entries pool every element of every parameter.
+    """
+    out: dict[str, float] = {}
+    acc = {k: [0.0, 0, -math.inf, math.inf, 0.0] for k in ("w", "g", "u")}  # sum, count, max, min, sum of squares
+    for name, p in model.named_parameters():
+        w = p.detach().float()
+        parts = [("w", w)] + ([("g", p.grad.detach().float() / scale)] if p.grad is not None else []) + \
+            ([("u", w - before[name])] if before is not None and name in before else [])
+        for kind, t in parts:
+            mean, mx, mn, l2 = t.mean().item(), t.max().item(), t.min().item(), t.norm().item()  # host syncs
+            out.update({f"{kind}/{name}/mean": mean, f"{kind}/{name}/max": mx, f"{kind}/{name}/min": mn,
+                        f"{kind}/{name}/l2": l2})
+            a = acc[kind]
+            a[0], a[1], a[2], a[3], a[4] = a[0] + mean * t.numel(), a[1] + t.numel(), max(a[2], mx), min(a[3], mn), \
+                a[4] + l2 * l2
+    for kind, (total, count, mx, mn, sq) in acc.items():
+        if count:
+            out.update({f"{kind}/global/mean": total / count, f"{kind}/global/max": mx,
+                        f"{kind}/global/min": mn, f"{kind}/global/l2": math.sqrt(sq)})
+    return out

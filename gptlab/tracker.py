@@ -2,8 +2,9 @@
 
 Only rank 0 logs; other ranks get a logger with enabled=False that does nothing.
 metrics.jsonl holds one JSON object per line: {"kind": "train"|"eval"|"grads", "step",
-"tokens", "accel_hours", "time_s", ...metric fields}; it is flushed line by line so a
-killed run keeps everything it logged.
+"tokens", "accel_hours", "time_s", ...metric fields}; "tokens" is always the training tokens
+seen (an eval record puts the count it scored under "tokens_scored"). Flushed line by line,
+so a killed run keeps everything it logged.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import math
 import sys
 import time
 from pathlib import Path
+
+from gptlab.runs import METRICS_FILE
 
 
 class RunLogger:
@@ -27,15 +30,19 @@ class RunLogger:
         if not self.enabled:
             return
         run_dir = Path(run_dir)
-        self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
-        if cfg.log.tensorboard:
+        self.jsonl = open(run_dir / METRICS_FILE, "a", encoding="utf-8")
+        # --logger_type (Languini) picks the sinks when given; else --tensorboard / --wandb_log
+        kind = getattr(cfg.log, "logger_type", "") or ""
+        use_tb = kind in ("tb", "all") or (not kind and cfg.log.tensorboard)
+        use_wandb = kind in ("wandb", "all") or (not kind and cfg.log.wandb_log)
+        if use_tb:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
             except Exception:  # tensorboard not installed: the jsonl still has everything
                 self.tb = None
-        if cfg.log.wandb_log:
+        if use_wandb:
             try:
                 import wandb
             except ImportError:
@@ -67,7 +74,8 @@ class RunLogger:
 
     def advance(self, n: int = 1, **postfix) -> None:
         if self.bar is not None:
-            self.bar.update(n)
+            if n:
+                self.bar.update(n)
             if postfix:
                 self.bar.set_postfix(postfix, refresh=False)
 
@@ -79,7 +87,8 @@ class RunLogger:
         rec.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()})
         self.jsonl.write(json.dumps(rec) + "\n")
         self.jsonl.flush()
-        prefix = values.get("split", kind)
+        # eval records by split (eval/val, eval/train): never the training loss's train/ tags
+        prefix = f"eval/{values['split']}" if kind == "eval" and "split" in values else kind
         for k, v in values.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None and math.isfinite(v):
                 if self.tb is not None:

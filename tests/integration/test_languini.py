@@ -120,7 +120,7 @@ def test_grad_stats_are_unscaled_and_pooled():
     """grad_stats on a hand-made step: per-parameter and global figures agree with torch's."""
     from gptlab.loss import lm_loss
     from gptlab.model import GPT, GPTShape
-    from gptlab.train import grad_stats
+    from gptlab.metrics import grad_stats
 
     cfg = build_config("mini", overrides=dict(n_layer=1, n_embd=16, mlp_dim=32, n_head=2, head_dim=8,
                                               block_size=8, vocab_size=32, last_n=0))
