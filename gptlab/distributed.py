@@ -36,6 +36,9 @@ class Dist:
 
 
 def pick_device(name: str) -> torch.device:
+    from gptlab.config import check_device
+
+    check_device(name)  # a missing GPU or a bad name is a one-line error before anything runs
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
