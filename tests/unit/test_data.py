@@ -196,6 +196,7 @@ def test_id_out_of_vocab(tmp_path):
     _write_small(tmp_path, vocab=100)
     meta = json.loads((tmp_path / "meta.json").read_text())
     meta["vocab_size"] = 50  # ids go up to 99
+    meta["tokenizer"]["chars"] = meta["tokenizer"]["chars"][:50]
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match="outside the vocabulary"):
         T.verify_split(tmp_path, "train")
@@ -388,10 +389,12 @@ def _books_dir(tmp_path):
 
 def test_books_recipe_sentencepiece(tmp_path):
     root = _books_dir(tmp_path)
-    out = prepare("books", input=root, out=tmp_path / "d", vocab_size=400, num_threads=1)
+    out = prepare("books", input=root, out=tmp_path / "d", vocab_size=300, num_threads=1)  # hard vocab limit, as Languini
     meta = T.read_meta(out)
     assert set(meta["splits"]) == {"train", "test"}
-    assert meta["eot_id"] == 2 and meta["tokenizer"] == {"kind": "sentencepiece", "model_file": "tokenizer.model"}
+    fp = __import__("hashlib").sha256((out / "tokenizer.model").read_bytes()).hexdigest()
+    assert meta["eot_id"] == 2 and meta["tokenizer"] == {"kind": "sentencepiece", "model_file": "tokenizer.model",
+                                                         "fingerprint": fp}
     tok = tokenizer_from_meta(meta, out)
     for split, n in (("train", 6), ("test", 2)):
         arr = np.asarray(T.load_split(out, split))
