@@ -11,6 +11,7 @@ same collectives at the same steps (metric reductions, the stop flag, evaluation
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -388,18 +389,24 @@ def _is_run(src: str) -> bool:
     return (p / runs.CHECKPOINT_DIR).is_dir() or p.is_file()
 
 
-def resolve_run(cfg: Config, d: dist_.Dist, meta: dict) -> tuple[Config, Path, dict | None]:
+def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitStack | None = None
+                ) -> tuple[Config, Path, dict | None]:
     """(final config, run folder, the newest valid checkpoint on --resume). The folder's name
-    is computed once, from the config resolved as for a fresh start."""
+    is computed once, from the config resolved as for a fresh start. Rank 0 takes the run
+    folder's lock into `hold` (held until train() returns)."""
     arch = source_arch(cfg.train.init_from, cfg.model.pad_vocab_multiple)
     fresh = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta, init_source=arch)
     run_dir = runs.run_dir(fresh, d.world_size)
     if not (cfg.train.resume or cfg.train.init_from == "resume"):
         if d.is_main:
             runs.prepare_run_dir(run_dir, resume=False, overwrite=cfg.train.overwrite)
+            if hold is not None:
+                hold.enter_context(runs.run_lock(run_dir))
         return fresh, run_dir, None
     if d.is_main:
         runs.prepare_run_dir(run_dir, resume=True, overwrite=cfg.train.overwrite)
+        if hold is not None:
+            hold.enter_context(runs.run_lock(run_dir))
     dist_.barrier(d)
     saved = run_dir / runs.CONFIG_FILE
     final = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta, init_source=arch,
@@ -513,7 +520,7 @@ def write_run_files(cfg: Config, run_dir: Path, meta: dict, data_dir: Path) -> N
         shutil.copyfile(data_dir / model_file, run_dir / Path(model_file).name)
 
 
-def setup(cfg: Config, d: dist_.Dist) -> Session:
+def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack | None = None) -> Session:
     """Resolve the config, open the data, build (or restore) model and optimiser, wrap, compile."""
     if cfg.system.num_threads:
         torch.set_num_threads(cfg.system.num_threads)
@@ -524,7 +531,7 @@ def setup(cfg: Config, d: dist_.Dist) -> Session:
     log = print if d.is_main else (lambda *a, **k: None)
     data_dir = resolve_data_dir(cfg.data.dataset, cfg.data.data_root)
     meta = tk.read_meta(data_dir)
-    cfg, run_dir, resumed = resolve_run(cfg, d, meta)
+    cfg, run_dir, resumed = resolve_run(cfg, d, meta, hold)
     splits = load_splits(cfg, data_dir, meta, cfg.model.vocab_size)
     model = build_model(cfg, resumed, log).to(d.device)
     sampler = build_sampler(cfg, data_dir, meta, splits["train"], d)
@@ -555,15 +562,19 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
     """Train as the config says; returns a summary (final losses, steps, run folder)."""
     d = dist_.init(cfg.system.device)
     session = None
+    hold = contextlib.ExitStack()  # the run folder's lock, released last
     try:
-        session = setup(cfg, d)
+        session = setup(cfg, d, hold)
         summary = run_loop(session, argv or [])
         dist_.barrier(d)  # every rank is past its last collective before the group goes
         return summary
     finally:
-        if session is not None:
-            session.close()
-        dist_.shutdown()
+        try:
+            if session is not None:
+                session.close()
+        finally:
+            hold.close()
+            dist_.shutdown()
 
 
 def run_loop(s: Session, argv: list[str]) -> dict:
