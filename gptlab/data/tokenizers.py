@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from typing import Iterable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from gptlab.errors import UserError
+from gptlab.files import atomic_write_bytes, sha256_file
 
 
 @runtime_checkable
@@ -51,14 +53,6 @@ def cache_dir() -> Path:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _ids_to_list(ids) -> list[int]:
@@ -122,7 +116,8 @@ class CharTokenizer:
         return "".join(chars[i] for i in _ids_to_list(ids))
 
     def to_meta(self) -> dict:
-        return {"kind": "char", "chars": self.chars}
+        # Each entry is one code point, so the joined table identifies the vocabulary.
+        return {"kind": "char", "chars": self.chars, "fingerprint": sha256_bytes("".join(self.chars).encode("utf-8"))}
 
 
 # --------------------------------------------------------------------------
@@ -265,7 +260,7 @@ def fetch_gpt2_vocab_from_registry(dest: Path | None = None, verbose: bool = Tru
                             data = tf.extractfile(m).read()
                             if sha256_bytes(data) == R50K_TIKTOKEN_SHA256:
                                 dest.mkdir(parents=True, exist_ok=True)
-                                _atomic_write_bytes(dest / "gpt2.tiktoken", data)
+                                atomic_write_bytes(dest / "gpt2.tiktoken", data)
                                 if verbose:
                                     print(f"GPT-2 vocabulary: fetched from PyPI package {WHISPER_PYPI} into {dest}")
                                 return dest
@@ -287,19 +282,13 @@ def fetch_gpt2_vocab_from_registry(dest: Path | None = None, verbose: bool = Tru
                             and sha256_bytes(files["encoder.json"]) == GPT2_ENCODER_JSON_SHA256):
                         dest.mkdir(parents=True, exist_ok=True)
                         for k, v in files.items():
-                            _atomic_write_bytes(dest / k, v)
+                            atomic_write_bytes(dest / k, v)
                         if verbose:
                             print(f"GPT-2 vocabulary: fetched from npm package {GPT3_ENCODER_NPM} into {dest}")
                         return dest
             except (subprocess.SubprocessError, OSError, tarfile.TarError):
                 pass
     return None
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def find_gpt2_ranks(allow_fetch: bool = True) -> tuple[dict[bytes, int], str]:
@@ -339,13 +328,19 @@ def find_gpt2_ranks(allow_fetch: bool = True) -> tuple[dict[bytes, int], str]:
     raise UserError(GPT2_INSTALL_HINT)
 
 
+def ensure_gpt2_vocab() -> None:
+    """For `gptlab prepare` only: find the GPT-2 vocabulary, fetching it through a registry if need be; say where."""
+    _, where = find_gpt2_ranks(allow_fetch=True)
+    print(f"GPT-2 vocabulary: {where}")
+
+
 @lru_cache(maxsize=1)
 def gpt2_encoding():
     """The tiktoken Encoding for GPT-2, built from verified local files (cached per process)."""
     import tiktoken
     from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
 
-    ranks, _ = find_gpt2_ranks()
+    ranks, _ = find_gpt2_ranks(allow_fetch=False)  # never fetch here: `gptlab prepare` does, saying so
     return tiktoken.Encoding(
         name="gpt2",
         pat_str=r50k_pat_str,
@@ -377,7 +372,8 @@ class GPT2Tokenizer:
         return self.enc.decode(_ids_to_list(ids))
 
     def to_meta(self) -> dict:
-        return {"kind": "gpt2"}
+        # The ranks are only accepted with these bytes (r50k_base.tiktoken), so this is their sha256.
+        return {"kind": "gpt2", "fingerprint": R50K_TIKTOKEN_SHA256}
 
 
 # --------------------------------------------------------------------------
@@ -417,23 +413,33 @@ class SentencePieceTokenizer:
         return self.sp.decode(_ids_to_list(ids))
 
     def to_meta(self) -> dict:
-        return {"kind": "sentencepiece", "model_file": self.meta_name}
+        return {"kind": "sentencepiece", "model_file": self.meta_name, "fingerprint": sha256_file(self.model_file)}
+
+
+# The Languini benchmark's SentencePiece settings (its vocabulary notebook, books_*.model); the
+# rest of SentencePiece's options keep their defaults there too (character_coverage 0.9995).
+LANGUINI_SP = dict(
+    model_type="bpe", hard_vocab_limit=True, input_sentence_size=2_000_000, max_sentencepiece_length=99,
+    pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, user_defined_symbols=[DOC_PIECE],
+    split_by_unicode_script=True, split_by_number=True, split_by_whitespace=True, split_digits=True,
+    add_dummy_prefix=False, byte_fallback=True, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+    normalization_rule_name="identity", vocabulary_output_piece_score=False,
+)
 
 
 def train_sentencepiece(
     texts: Iterable[str],
     model_prefix: Path,
     vocab_size: int = 16384,
-    input_sentence_size: int = 400_000,
+    input_sentence_size: int = LANGUINI_SP["input_sentence_size"],
     num_threads: int | None = None,
     seed: int = 0,
 ) -> SentencePieceTokenizer:
-    """Train a byte-fallback BPE whose decode(encode(t)) == t exactly.
+    """Train a byte-fallback BPE with the benchmark's settings; decode(encode(t)) == t exactly.
 
-    Ids: pad 0, unk 1, end-of-document <D> 2; no bos/eos (documents are
-    separated by <D> explicitly). Identity normalisation and kept whitespace
-    are what make the round trip exact; byte fallback covers anything unseen,
-    including newlines, which SentencePiece never sees inside a training line.
+    Ids: pad 0, unk 1, end-of-document <D> 2 (user-defined, as Languini's); no bos/eos.
+    Identity normalisation and kept whitespace make the round trip exact; byte fallback
+    covers anything unseen, including newlines, which SentencePiece never sees inside a line.
     """
     import sentencepiece as spm
 
@@ -449,30 +455,9 @@ def train_sentencepiece(
         spm.set_random_generator_seed(seed)
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=lines(),
-            model_prefix=str(model_prefix),
-            model_type="bpe",
-            vocab_size=vocab_size,
-            byte_fallback=True,
-            split_digits=True,
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            add_dummy_prefix=False,
-            allow_whitespace_only_pieces=True,
-            split_by_whitespace=True,
-            pad_id=0,
-            unk_id=1,
-            bos_id=-1,
-            eos_id=-1,
-            control_symbols=[DOC_PIECE],
-            character_coverage=0.9999,
-            input_sentence_size=input_sentence_size,
-            shuffle_input_sentence=True,
-            num_threads=num_threads or os.cpu_count() or 1,
-            seed_sentencepiece_size=min(1_000_000, max(10_000, vocab_size * 20)),
-            max_sentence_length=16384,
-            hard_vocab_limit=False,
-            minloglevel=2,
+            sentence_iterator=lines(), model_prefix=str(model_prefix), vocab_size=vocab_size,
+            **{**LANGUINI_SP, "input_sentence_size": input_sentence_size},
+            num_threads=num_threads or os.cpu_count() or 1, max_sentence_length=16384, minloglevel=2,
         )
     except RuntimeError as e:
         raise UserError(f"SentencePiece training failed ({str(e).splitlines()[0]}): use more text or a smaller --vocab_size") from None
@@ -487,41 +472,51 @@ def train_sentencepiece(
 # --------------------------------------------------------------------------
 
 TOKENIZER_KINDS = ("char", "gpt2", "sentencepiece")
+# A tokenizer model a dataset or run folder names: a plain file name beside meta.json, never a path
+# and never one of gptlab's own files (config.json, meta.json, ...), which all end otherwise.
+MODEL_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.model")
+
+
+def check_tokenizer_meta(t: dict, vocab_size: int | None, where) -> None:
+    """UserError naming `where` unless t is a tokenizer description gptlab can rebuild safely."""
+    kind = t.get("kind") if isinstance(t, dict) else None
+    fix = "re-create the data with `gptlab prepare ... --overwrite`"
+    if kind not in TOKENIZER_KINDS:
+        raise UserError(f"{where}: unknown tokenizer {kind!r} (expected one of {', '.join(TOKENIZER_KINDS)}): {fix}")
+    if kind == "char":
+        chars = t.get("chars")
+        if not isinstance(chars, list) or not chars or any(not isinstance(c, str) or len(c) != 1 for c in chars):
+            raise UserError(f"{where}: the character table is missing or damaged: {fix}")
+        if vocab_size is not None and len(chars) != vocab_size:
+            raise UserError(f"{where}: the character table has {len(chars)} entries but vocab_size is {vocab_size} "
+                            f"(truncated?): {fix}")
+    if kind == "sentencepiece":
+        name = t.get("model_file")
+        if not isinstance(name, str) or not MODEL_FILE.fullmatch(name):
+            raise UserError(f"{where}: tokenizer model_file {str(name)[:60]!r} is not a plain NAME.model file name "
+                            f"beside it: {fix}")
 
 
 def tokenizer_from_meta(meta: dict, data_dir: Path) -> Tokenizer:
-    """Rebuild the tokenizer described by meta["tokenizer"] (or by the dict itself)."""
+    """The one tokenizer factory: rebuild the tokenizer described by meta["tokenizer"] (or by the dict itself).
+
+    A SentencePiece model is read from data_dir (a dataset or run folder) under its checked file name.
+    """
     t = meta.get("tokenizer", meta) if isinstance(meta, dict) else None
-    kind = t.get("kind") if isinstance(t, dict) else None
-    if kind == "char":
-        chars = t.get("chars")
-        if not isinstance(chars, list):
-            raise UserError(f"{data_dir}/meta.json: char tokenizer has no 'chars' list: re-run `gptlab prepare`")
-        return CharTokenizer(chars)
-    if kind == "gpt2":
+    vocab = meta.get("vocab_size") if isinstance(meta, dict) and "tokenizer" in meta else None
+    check_tokenizer_meta(t, vocab, Path(data_dir) / "meta.json")
+    if t["kind"] == "char":
+        return CharTokenizer(t["chars"])
+    if t["kind"] == "gpt2":
         return GPT2Tokenizer()
-    if kind == "sentencepiece":
-        name = t.get("model_file")
-        if not isinstance(name, str):
-            raise UserError(f"{data_dir}/meta.json: sentencepiece tokenizer has no 'model_file': re-run `gptlab prepare`")
-        return SentencePieceTokenizer(Path(data_dir) / name, meta_name=name)
-    raise UserError(f"{data_dir}/meta.json: unknown tokenizer {kind!r} (expected one of {', '.join(TOKENIZER_KINDS)}): re-run `gptlab prepare`")
+    return SentencePieceTokenizer(Path(data_dir) / t["model_file"], meta_name=t["model_file"])
 
 
-def build_tokenizer(kind: str, text: str | None = None, model_file: Path | None = None, **kw) -> Tokenizer:
-    """Make a tokenizer by kind: 'char' needs text (its vocabulary),
-    'sentencepiece' needs an existing model_file (use train_sentencepiece to make one)."""
-    if kind == "char":
-        if text is None:
-            raise UserError("the char tokenizer needs the text to build its vocabulary from")
-        return CharTokenizer.from_text(text)
-    if kind == "gpt2":
-        return GPT2Tokenizer()
-    if kind == "sentencepiece":
-        if model_file is None:
-            raise UserError("the sentencepiece tokenizer needs a model file (--sp_model PATH) or training text")
-        return SentencePieceTokenizer(Path(model_file))
-    raise UserError(f"unknown tokenizer {kind!r}: use one of {', '.join(TOKENIZER_KINDS)}")
+def tokenizer_files(meta: dict) -> list[str]:
+    """File names (checked) a run folder must copy from the dataset folder to rebuild its tokenizer."""
+    t = meta.get("tokenizer", {})
+    check_tokenizer_meta(t, meta.get("vocab_size"), "meta.json")
+    return [t["model_file"]] if t["kind"] == "sentencepiece" else []
 
 
 # --------------------------------------------------------------------------
