@@ -44,8 +44,8 @@ USAGE = """usage: gptlab COMMAND [ARGS]
 
 commands:
   prepare NAME [--input PATH] [--tokenizer char|gpt2|sentencepiece] [--out DIR]   text -> token files
-  train [PRESET | CONFIG.toml] [--key=value ...]     train (see `gptlab train --help` for every key)
-  sample --run DIR [--prompt TEXT] [...]             print samples from a run
+  train [PRESET | CONFIG.toml | config.py] [--key=value ...]   train (`gptlab train PRESET --help`: every key)
+  sample --run DIR | --init_from gpt2 [--start TEXT|FILE:f] [...]   print samples
   eval --checkpoint_file F [--config_file C] --eval_data_split test --last_n 128
   model [PRESET] [--key=value ...]                   build the model, run a dummy batch, print its size
   budget --hours H --tokens_per_second T --train_batch_size B --seq_len S
@@ -57,39 +57,62 @@ commands:
 """
 
 
+CONFIG_SUFFIXES = (".toml", ".py", ".json")
+
+
+def split_source(argv: list[str]) -> tuple[str | None, str | None, list[str]]:
+    """(preset, config file, the --key value rest) from `[PRESET | FILE.toml|.py|.json] [--key value ...]`."""
+    if not argv or argv[0].startswith("-"):
+        return None, None, argv
+    first, rest = argv[0], argv[1:]
+    if first.endswith(CONFIG_SUFFIXES) or "/" in first or "\\" in first:
+        return None, first, rest
+    return first, None, rest
+
+
 def _train(argv: list[str]) -> int:
     from gptlab.config import build_config, help_text, parse_overrides
 
+    preset, config_file, rest = split_source(argv)
     if any(a in ("-h", "--help") for a in argv):
-        print("usage: gptlab train [PRESET | CONFIG.toml] [--key=value | --key value ...]\n")
-        print(help_text())
+        shown = build_config(preset, config_file, parse_overrides([a for a in rest if a not in ("-h", "--help")]),
+                             check=False) if preset or config_file else None
+        print("usage: gptlab train [PRESET | CONFIG.toml | nanoGPT_config.py | RUN/config.json] [--key=value ...]\n")
+        print(help_text(shown))
         return 0
-    preset = toml = None
-    rest = argv
-    if argv and not argv[0].startswith("--"):
-        first, rest = argv[0], argv[1:]
-        if first.endswith(".toml"):
-            toml = first
-        else:
-            preset = first
-    cfg = build_config(preset, toml, parse_overrides(rest))
+    cfg = build_config(preset, config_file, parse_overrides(rest))
     from gptlab.train import train
 
     train(cfg, argv)
     return 0
 
 
+def model_vocab(cfg) -> tuple[int, str]:
+    """(vocab, where it came from): the config's, else the prepared dataset's, else GPT-2's (assumed)."""
+    from gptlab.data.tokens import read_meta
+    from gptlab.runtime import resolve_data_dir
+
+    if cfg.model.vocab_size:
+        return cfg.model.vocab_size, "set in the config"
+    try:
+        data_dir = resolve_data_dir(cfg.data.dataset, cfg.data.data_root)
+    except UserError:
+        return 50257, (f"assumed GPT-2 BPE: dataset {cfg.data.dataset!r} is not prepared here; "
+                       f"run `gptlab prepare {cfg.data.dataset}` for the exact figure")
+    return int(read_meta(data_dir)["vocab_size"]), f"from {data_dir}/meta.json"
+
+
 def _model(argv: list[str]) -> int:
+    """What `gptlab train` would build for the same arguments: shape, size, one dummy batch."""
     import torch
 
     from gptlab.config import build_config, parse_overrides
     from gptlab.loss import logits_and_loss
     from gptlab.model import GPT, GPTShape, flops_per_token
 
-    preset = argv[0] if argv and not argv[0].startswith("--") else "gpt2"
-    overrides = parse_overrides(argv[1:] if argv and not argv[0].startswith("--") else argv)
-    cfg = build_config(preset, None, overrides)
-    vocab = cfg.model.vocab_size or 50257
+    preset, config_file, rest = split_source(argv)
+    cfg = build_config(preset, config_file, parse_overrides(rest))
+    vocab, source = model_vocab(cfg)
     shape = GPTShape.from_config(cfg.model, vocab)
     model = GPT(shape).init_weights()
     T = min(shape.block_size, 64)
@@ -97,11 +120,11 @@ def _model(argv: list[str]) -> int:
     with torch.no_grad():
         logits, loss = logits_and_loss(model, x, x)
     print(f"preset {cfg.preset}: {shape.n_layer} layers, {shape.n_head} heads x {shape.head_dim}, width {shape.n_embd}, "
-          f"mlp {shape.mlp_dim}, block {shape.block_size}, vocab {vocab} (padded {shape.padded_vocab})")
+          f"mlp {shape.mlp_dim}, block {shape.block_size}, vocab {vocab} (padded {shape.padded_vocab}; {source})")
     print(f"parameters: {model.num_params():,}")
     print(f"FLOPs per token (6N + 12*L*H*Q*T, T={shape.block_size}): {flops_per_token(shape):,.0f}")
     print(f"dummy batch {tuple(x.shape)} -> logits {tuple(logits.shape)}, loss {loss.item():.4f} "
-          f"(ln vocab = {torch.log(torch.tensor(float(vocab))).item():.4f})")
+          f"(ln vocab = {torch.log(torch.tensor(float(vocab))).item():.4f})")  # .item(): host values to print
     return 0
 
 
@@ -114,17 +137,16 @@ def _demo(argv: list[str]) -> int:
     from gptlab.train import train
     from gptlab import sample
 
-    overrides = {"out_dir": "out/demo", "overwrite": "true"}
-    overrides.update(parse_overrides(argv))
+    # The run's own arguments, as `gptlab train` would take them: its printed resume command works.
+    train_argv = ["baby", "--out_dir", "out/demo", "--overwrite", "true", *argv]
     data_dir = Path("data") / "shakespeare_char"
     if not (data_dir / "meta.json").is_file():
         prepare("shakespeare_char", out=data_dir)
-    cfg = build_config("baby", None, overrides)
-    summary = train(cfg, ["baby"] + argv)
+    summary = train(build_config("baby", None, parse_overrides(train_argv[1:])), train_argv)
     val = (summary.get("eval") or {}).get("val", {})
     if val:
         print(f"final val loss {val['loss']:.4f}")
-    return sample.main(["--run", summary["run_dir"], "--num_samples", "1", "--max_new_tokens", "500", "--prompt", "\n"])
+    return sample.main(["--run", summary["run_dir"], "--num_samples", "1", "--max_new_tokens", "500"])
 
 
 def _lazy(module: str, fn: str = "main"):

@@ -12,10 +12,13 @@ that JSON alone.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import json
 import math
+import operator
+import sys
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -84,7 +87,7 @@ class TrainConfig:
     tokens_per_second: float = _f(0.0, "reference throughput of this config (Languini); turns tokens into accelerator-hours")
     eval_interval: int = _f(250, "evaluate every N steps (and at the end); 0 = only at the end", ("eval_every",))
     eval_iters: int = _f(20, "held-out batches per in-training evaluation", ("max_eval_steps",))
-    eval_batch_size: int = _f(0, "sequences per eval batch; 0 = batch_size")
+    eval_batch_size: int = _f(0, "sequences per eval batch; 0 = batch_size", ("test_batch_size",))
     eval_only: bool = _f(False, "evaluate once and exit (baselines)")
     last_n: int = _f(0, "score only the last N targets of each eval window (0 = all); must divide block_size")
     checkpoint_interval: int = _f(0, "write a checkpoint every N steps (and at the end); 0 = at evaluations", ("log_ckpt_every",))
@@ -109,7 +112,11 @@ class LogConfig:
     log_grads_every: int = _f(0, "weight/grad/update/logit statistics every N steps; 0 = off")
     tensorboard: bool = _f(True, "write TensorBoard events (if tensorboard is installed)")
     wandb_log: bool = _f(False, "log to Weights & Biases (optional dependency)")
-    wandb_project: str = _f("gptlab", "W&B project")
+    wandb_project: str = _f("gptlab", "W&B project", ("wandb_project_name",))
+    wandb_run: str = _f("", "W&B run name; empty = the run folder's name", ("wandb_run_name",))
+    logger_type: str = _f("", "sinks besides metrics.jsonl: tb | wandb | all (Languini); empty = --tensorboard/--wandb_log",
+                          choices=("", "tb", "wandb", "all"))
+    relative_log_path: str = _f("", "folder under log_root for auto-named runs; empty = <class or free>/<preset>")
     progress: str = _f("auto", "progress bar: auto (on a terminal), on, off", choices=("auto", "on", "off"))
 
 
@@ -337,7 +344,7 @@ for _hf in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
         PRESETS[_hf], init_from=_hf, eval_only=True, batch_size=8, eval_iters=500, gradient_accumulation_steps=1)
 PRESETS["finetune_shakespeare"] = dict(
     PRESETS["gpt2-xl"], init_from="gpt2-xl", dataset="shakespeare", batch_size=1, gradient_accumulation_steps=32,
-    max_iters=20, learning_rate=3e-5, decay_lr=False, eval_interval=5, eval_iters=40,
+    max_iters=20, learning_rate=3e-5, min_lr=3e-6, decay_lr=False, eval_interval=5, eval_iters=40,
     always_save_checkpoint=False, dropout=0.0)
 
 
@@ -357,8 +364,6 @@ def resolve_preset_name(name: str) -> str:
 def load_toml(path: str | Path) -> dict[str, Any]:
     """A TOML config: flat keys and/or [section] tables, plus an optional `preset = "..."`."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file {str(p)!r} not found")
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -373,6 +378,121 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         else:
             flat[k] = v
     return flat
+
+
+# Flags of the two reference trainers that have no meaning in gptlab: accepted, with this note.
+NO_MEANING: dict[str, str] = {
+    "log_activations_every": "activation statistics are not logged; --log_grads_every N logs weight, gradient, "
+                             "update and logit statistics",
+    "debug": "there is no debug mode; --log_interval 1 --deterministic true gives step-by-step, reproducible runs",
+    "use_flash": "attention always uses torch's scaled_dot_product_attention, which picks flash kernels itself",
+    "backend": "the process-group backend is picked per device (nccl on CUDA, gloo on CPU)",
+}
+
+# nanoGPT's train.py defaults: the base a nanoGPT config file (config/*.py) overrides, so
+# `gptlab train config/train_gpt2.py` trains what `python train.py config/train_gpt2.py` does.
+# bias=False and the exact GELU are nanoGPT's from-scratch model (gptlab's presets follow GPT-2).
+NANOGPT_BASE: dict[str, Any] = dict(
+    out_dir="out", eval_interval=2000, log_interval=1, eval_iters=200, eval_only=False, always_save_checkpoint=True,
+    init_from="scratch", wandb_log=False, wandb_project="owt", wandb_run="gpt2", dataset="openwebtext",
+    gradient_accumulation_steps=40, batch_size=12, block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0,
+    bias=False, gelu="exact", learning_rate=6e-4, max_iters=600000, weight_decay=0.1, beta1=0.9, beta2=0.95,
+    grad_clip=1.0, decay_lr=True, warmup_iters=2000, lr_decay_iters=600000, min_lr=6e-5)
+
+# Keys whose value only names things: a computed value (nanoGPT's 'ft-' + str(time.time()))
+# is dropped with a note instead of refusing the whole file.
+_NAME_ONLY = ("wandb_run",)
+
+
+def layer_key(key: str, where: str = "") -> str | None:
+    """The canonical key, or None (after a one-line note) for a flag with no meaning here."""
+    bare = key.replace("-", "_")
+    if bare in NO_MEANING:
+        print(f"note: {where}--{bare} is accepted but has no effect: {NO_MEANING[bare]}", file=sys.stderr)
+        return None
+    return canonical_key(bare)
+
+
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+
+
+def _literal(node: ast.AST, known: dict[str, Any]) -> Any:
+    """The value of a literal expression (numbers, strings, booleans, arithmetic on them,
+    names assigned earlier in the file); ValueError for anything else. Nothing is executed."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool)):
+        return node.value
+    if isinstance(node, ast.Name) and node.id in known:
+        return known[node.id]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        v = _literal(node.operand, known)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return -v if isinstance(node.op, ast.USub) else v
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        a, b = _literal(node.left, known), _literal(node.right, known)
+        numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))
+        if numbers and not (isinstance(node.op, ast.Pow) and abs(b) > 64):  # 10**9 yes, 10**10**10 no
+            try:
+                return _BINOPS[type(node.op)](a, b)
+            except ArithmeticError:
+                pass
+        elif isinstance(node.op, ast.Add) and isinstance(a, str) and isinstance(b, str):
+            return a + b
+    raise ValueError
+
+
+def load_py_config(path: str | Path) -> dict[str, Any]:
+    """A nanoGPT-style config file (`key = value` lines), read with ast and never executed."""
+    p = Path(path)
+    try:
+        tree = ast.parse(p.read_text(encoding="utf-8"), filename=str(p))
+    except (SyntaxError, UnicodeDecodeError) as e:
+        line = getattr(e, "lineno", None)
+        raise UserError(f"{p}{f':{line}' if line else ''}: not a readable Python config file ({e.__class__.__name__}): "
+                        "fix that line") from None
+    known: dict[str, Any] = {}
+    out: dict[str, Any] = {}
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)) or \
+                (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)):
+            continue  # imports and docstrings do nothing without code that uses them
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if \
+            isinstance(stmt, ast.AnnAssign) and stmt.value is not None else []
+        if not targets or not all(isinstance(t, ast.Name) for t in targets):
+            raise UserError(f"{p}:{stmt.lineno}: only `key = value` lines are read, got `{ast.unparse(stmt)[:60]}`: "
+                            "gptlab reads config files without running them")
+        for name in (t.id for t in targets):
+            try:
+                key = layer_key(name, f"{p}:{stmt.lineno}: ")
+            except UserError as e:
+                raise UserError(f"{p}:{stmt.lineno}: {e}") from None
+            try:
+                known[name] = _literal(stmt.value, known)
+            except ValueError:
+                if key in _NAME_ONLY:
+                    print(f"note: {p}:{stmt.lineno}: {name} is computed, not a literal; ignored (the run folder's "
+                          "name is used)", file=sys.stderr)
+                    continue
+                raise UserError(f"{p}:{stmt.lineno}: `{ast.unparse(stmt.value)[:60]}` is not a literal value: gptlab "
+                                f"reads config files without running them; write the value itself, e.g. {name} = 5 * 8"
+                                ) from None
+            if key is not None:
+                out[key] = known[name]
+    return out
+
+
+def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """(values, base layer, preset label) of a config file by its suffix: .toml, nanoGPT's
+    .py (over nanoGPT's own defaults), or a run's config.json (`gptlab train RUN/config.json`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {str(p)!r} not found")
+    if p.suffix == ".py":  # train_shakespeare_char.py -> runs under .../train_shakespeare_char/
+        return load_py_config(p), NANOGPT_BASE, "".join(c if c.isalnum() or c in "._-" else "-" for c in p.stem)
+    if p.suffix == ".json":
+        saved = load_run_config(p)
+        return {k: saved.get(k) for k in KEY_INDEX}, {}, saved.preset
+    return load_toml(p), {}, None
 
 
 def parse_overrides(argv: list[str]) -> dict[str, str]:
@@ -394,7 +514,9 @@ def parse_overrides(argv: list[str]) -> dict[str, str]:
         else:
             key, value = body, "true"
             i += 1
-        out[canonical_key(key)] = value
+        key = layer_key(key)
+        if key is not None:
+            out[key] = value
     return out
 
 
@@ -406,23 +528,22 @@ def _is_number(s: str) -> bool:
         return False
 
 
-def build_config(preset: str | None = None, toml_path: str | None = None,
-                 overrides: dict[str, Any] | None = None) -> Config:
-    """defaults -> preset -> TOML -> overrides; then validate."""
+def build_config(preset: str | None = None, config_file: str | None = None,
+                 overrides: dict[str, Any] | None = None, check: bool = True) -> Config:
+    """defaults -> preset (or nanoGPT's defaults under a .py file) -> config file -> overrides;
+    then validate (check=False only for showing values, as `--help` does)."""
     cfg = Config()
-    layers: list[dict[str, Any]] = []
-    if toml_path:
-        file_values = load_toml(toml_path)
-        preset = preset or file_values.pop("preset", None)
-        file_values.pop("preset", None)
-    else:
-        file_values = {}
+    file_values, base, label = load_config_file(config_file) if config_file else ({}, {}, None)
+    preset = preset or file_values.pop("preset", None)
+    file_values.pop("preset", None)
+    layers: list[dict[str, Any]] = [base]
     if preset:
         preset = resolve_preset_name(preset)
         cfg.preset = preset
         layers.append(PRESETS[preset])
-    layers.append(file_values)
-    layers.append(overrides or {})
+    elif label:
+        cfg.preset = label
+    layers += [file_values, overrides or {}]
     for layer in layers:
         keys = {canonical_key(k) for k in layer}
         # Two ways to say the batch size: the one a layer names wins over the other.
@@ -432,7 +553,8 @@ def build_config(preset: str | None = None, toml_path: str | None = None,
             cfg.train.batch_size = 0
         for k, v in layer.items():
             cfg.set(k, v)
-    validate(cfg)
+    if check:
+        validate(cfg)
     return cfg
 
 
@@ -619,9 +741,11 @@ def resolve_batch(cfg: Config, world_size: int) -> BatchSplit:
     return BatchSplit(t.batch_size, accum // world_size, t.batch_size * accum)
 
 
-def help_text() -> str:
-    """Every key with its default, aliases and meaning, grouped by section."""
-    lines = ["config keys (--key=value or --key value; aliases in brackets):"]
+def help_text(cfg: Config | None = None) -> str:
+    """Every key with its value, aliases and meaning, grouped by section: the defaults, or
+    a preset's / config file's values (marked * where they differ from the defaults)."""
+    title = f"values of {cfg.preset} (* = differs from the default)" if cfg else "defaults"
+    lines = [f"config keys, {title} (--key=value or --key value; aliases in brackets):"]
     for section, cls in SECTIONS.items():
         lines.append(f"\n[{section}]")
         for fld in fields(cls):
@@ -629,8 +753,11 @@ def help_text() -> str:
             alias = f" [{', '.join(al)}]" if al else ""
             ch = fld.metadata["choices"]
             choice = f" {{{'|'.join(ch)}}}" if ch else ""
-            lines.append(f"  --{fld.name}{alias} = {fld.default!r}{choice}\n      {fld.metadata['help']}")
-    lines.append("\npresets: " + ", ".join(PRESETS))
+            value = getattr(getattr(cfg, section), fld.name) if cfg else fld.default
+            mark = "*" if value != fld.default else ""
+            lines.append(f"  --{fld.name}{alias} = {value!r}{mark}{choice}\n      {fld.metadata['help']}")
+    lines.append("\naccepted with a note (no meaning here): " + ", ".join("--" + k for k in NO_MEANING))
+    lines.append("presets: " + ", ".join(PRESETS))
     return "\n".join(lines)
 
 

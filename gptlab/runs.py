@@ -95,7 +95,18 @@ def run_dir(cfg: Config, world_size: int = 1) -> Path:
     name = _safe(cfg.log.name) if cfg.log.name else run_name(cfg, world_size)
     if not name:
         raise UserError(f"--name {cfg.log.name!r} has no usable characters: use letters, digits, '.', '-' or '_'")
-    return Path(cfg.log.log_root) / class_dir_name(cfg) / _safe(cfg.preset or "custom") / name
+    return Path(cfg.log.log_root) / _parent_dir(cfg) / name
+
+
+def _parent_dir(cfg: Config) -> Path:
+    """<class>/<preset>, or Languini's --relative_log_path (a relative path that stays under log_root)."""
+    rel = Path(cfg.log.relative_log_path)
+    if not cfg.log.relative_log_path:
+        return Path(class_dir_name(cfg)) / _safe(cfg.preset or "custom")
+    if rel.is_absolute() or ".." in rel.parts:
+        raise UserError(f"--relative_log_path {cfg.log.relative_log_path!r} must stay under --log_root: "
+                        "give a relative path without '..', or use --out_dir for a folder elsewhere")
+    return rel
 
 
 def _has_contents(path: Path) -> bool:
