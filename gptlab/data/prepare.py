@@ -70,8 +70,9 @@ HF_RECIPES = ("hf", "openwebtext", "tinystories")
 # Reading text
 # --------------------------------------------------------------------------
 
-_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xef\xbb\xbf", "utf-8-sig"),
-         (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+# Byte-order marks and the codecs that read (and drop) them; UTF-32's first, as it starts like UTF-16's.
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xef\xbb\xbf", "utf-8-sig"),
+         (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
 
 
 def decode_text(data: bytes, where) -> str:
