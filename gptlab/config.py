@@ -299,9 +299,40 @@ def _languini(n_layer, n_embd, mlp_dim, n_head, head_dim):
         learning_rate=6e-4, min_lr=6e-6, schedule="languini", warmup_iters=200,
         lr_decay_iters=18265, max_iters=18265, grad_clip=0.0, dtype="float16",
         train_batch_size=128, batch_size=0, gradient_accumulation_steps=4,
-        eval_interval=500, eval_iters=100, eval_batch_size=16, log_interval=100,
-        compile="auto", seed=0, last_n=0,
+        # The benchmark's eval (16 document streams, 500 batches) and its README's logging cadence.
+        eval_interval=500, eval_iters=500, eval_batch_size=16, log_interval=100,
+        checkpoint_interval=1000, log_grads_every=1000,
+        compute_class="", compile="auto", seed=0, last_n=0,
     )
+
+
+# The benchmark's published GPT recipes per compute class (its GPT README): the model size,
+# global batch, accumulation steps and reference throughput; the steps follow from
+# budget.steps_for_budget (18265, 36529, 36529, 21908, 43817, as published).
+LANGUINI_RECIPES: dict[str, dict[str, Any]] = {
+    "6h": dict(size="small", train_batch_size=128, gradient_accumulation_steps=4, tokens_per_second=55416),
+    "12h": dict(size="small", train_batch_size=128, gradient_accumulation_steps=4, tokens_per_second=55416),
+    "24h": dict(size="small", train_batch_size=256, gradient_accumulation_steps=8, tokens_per_second=55416),
+    "48h": dict(size="medium", train_batch_size=256, gradient_accumulation_steps=32, tokens_per_second=16618),
+    "96h": dict(size="medium", train_batch_size=256, gradient_accumulation_steps=32, tokens_per_second=16618),
+}
+# Reference throughputs (tokens/s, the best of the benchmark's sweep on its RTX 3090) of the
+# sizes the recipes do not name; large and XL did not fit there.
+LANGUINI_TOKENS_PER_SECOND = {"mini": 238719, "tiny": 141864, "small": 55416, "medium": 16618}
+LANGUINI_SIZES = ("mini", "tiny", "small", "medium", "large", "XL")
+
+
+def languini_recipe(preset: str | None, compute_class: str) -> dict[str, Any]:
+    """Overrides a Languini preset takes under a compute class: the published batch,
+    accumulation and throughput when the class's recipe is for this size, else the size's
+    reference throughput (the steps then follow from the budget with the preset's batch)."""
+    if preset not in LANGUINI_SIZES or not compute_class:
+        return {}
+    r = LANGUINI_RECIPES.get(f"{parse_hours(compute_class):g}h")
+    if r is not None and r["size"] == preset:
+        return {k: v for k, v in r.items() if k != "size"}
+    tps = LANGUINI_TOKENS_PER_SECOND.get(preset)
+    return {"tokens_per_second": tps} if tps else {}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -544,6 +575,11 @@ def build_config(preset: str | None = None, config_file: str | None = None,
     elif label:
         cfg.preset = label
     layers += [file_values, overrides or {}]
+    # A Languini preset under --compute_class takes that class's published recipe, below what
+    # the config file and the command line set.
+    chosen = dict(file_values, **(overrides or {}))
+    cc = next((str(v) for k, v in chosen.items() if canonical_key(k) == "compute_class"), "")
+    layers.insert(-2, languini_recipe(preset, cc))
     for layer in layers:
         keys = {canonical_key(k) for k in layer}
         # Two ways to say the batch size: the one a layer names wins over the other.
@@ -848,6 +884,11 @@ def _resolved(cfg: Config, world_size: int, device, data_meta: dict | None, init
             parse_hours(t.compute_class), t.tokens_per_second, global_batch, m.block_size)
     if data_meta is not None:
         out.data.dataset = str(resolve_data_dir(out.data.dataset, out.data.data_root).resolve())
+    # The run folder, named once from this config; --resume/--overwrite are this command's, not the run's.
+    from gptlab.runs import run_dir
+
+    out.log.out_dir = str(run_dir(out, world_size).absolute())
+    t.resume = t.overwrite = False
     validate(out)
     check_memory(out)
     return out

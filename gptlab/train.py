@@ -271,7 +271,6 @@ class Evaluator:
                              d.device, last_n=t.last_n or self.cfg.model.block_size, max_batches=t.eval_iters,
                              byte_lengths=self.byte_lengths, autocast=self.ctx, rank=d.rank, world_size=d.world_size,
                              reduce=reduce, eot_id=self.meta.get("eot_id"))
-                m["tokens_scored"] = m.pop("tokens")
                 out[split] = dict(m, split=split, train_time_s=self.clock.now())
                 self.logger.log("eval", state.step, state.tokens, out[split])
         self.last = out
@@ -279,7 +278,7 @@ class Evaluator:
         if val is None:
             return False
         self.logger.print(f"eval step {state.step}: " + " | ".join(
-            f"{k} {format_metrics(dict(v, tokens=v['tokens_scored']))}" if k == self.val_name
+            f"{k} {format_metrics(v)}" if k == self.val_name
             else f"{k} loss {v['loss']:.4f}" for k, v in out.items()))
         improved = val["loss"] < state.best_val
         state.best_val = min(state.best_val, val["loss"])

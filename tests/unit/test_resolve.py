@@ -45,6 +45,9 @@ def test_vocab_batch_split_and_absolute_dataset(dataset, monkeypatch):
     assert out.data.dataset == str(dataset.resolve())
     t = out.train
     assert t.train_batch_size == t.batch_size * t.gradient_accumulation_steps * 2
+    # the run folder is named once, recorded absolute; the command's --resume is not the run's
+    assert out.log.out_dir.startswith(str(dataset.parent.parent.resolve())) and "bsz" in out.log.out_dir
+    assert not _resolve(build_config("baby", overrides={"dataset": str(dataset), "resume": "true"})).train.resume
 
 
 def test_compute_class_sets_steps_and_decay(dataset):
