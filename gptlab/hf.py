@@ -12,6 +12,7 @@ Pickled .bin files are read only through torch.load(weights_only=True).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from gptlab.config import Config, ModelConfig
+from gptlab.config import ModelConfig
 from gptlab.errors import UserError
 from gptlab.model import GPT, GPTShape, padded_vocab
 
@@ -184,6 +185,13 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _check_shard_name(index: Path, shard: Any) -> None:
+    """A shard is a plain file name beside its index: never a path that leads elsewhere."""
+    if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
+        raise UserError(f"{index} names shard {str(shard)[:80]!r} outside its folder: refusing to read it; "
+                        "re-download the model from a source you trust")
+
+
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     """All tensors of a HF folder: model.safetensors preferred, sharded indexes followed."""
     folder = Path(folder)
@@ -198,6 +206,7 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
                 raise UserError(f"{folder / index} is not a valid shard index: re-download the model") from None
             sd: dict[str, torch.Tensor] = {}
             for s in shards:
+                _check_shard_name(folder / index, s)
                 if not (folder / s).is_file():
                     raise UserError(f"{folder} lacks shard {s} listed in {index}: re-download the model")
                 sd.update(loader(folder / s))
@@ -239,11 +248,7 @@ def overrides_from_hf_config(hf: dict, pad_vocab_multiple: int = 64) -> dict[str
 
 
 def _shape_from_overrides(ov: dict[str, Any], dropout: float = 0.0) -> GPTShape:
-    m = ModelConfig()
-    for k, v in ov.items():
-        setattr(m, k, v)
-    m.dropout = dropout
-    return GPTShape.from_config(m)
+    return GPTShape.from_config(dataclasses.replace(ModelConfig(), **ov, dropout=dropout))
 
 
 def convert_hf_state(hf_sd: dict[str, torch.Tensor], shape: GPTShape) -> dict[str, torch.Tensor]:
@@ -322,27 +327,23 @@ def gpt_from_pretrained(name_or_path: str, dropout: float = 0.0, block_size: int
     return model
 
 
-def init_from_pretrained(cfg: Config, name_or_path: str | None = None) -> tuple[GPT, list[str]]:
-    """For `--init_from gpt2*|HF_FOLDER`: the model, with cfg.model made to describe it.
+def init_from_pretrained(model_cfg: ModelConfig, name_or_path: str) -> tuple[GPT, ModelConfig, list[str]]:
+    """For `--init_from gpt2*|HF_FOLDER`: (the model, a new ModelConfig that describes it,
+    one line per value that differs from model_cfg, for the run log). model_cfg is not changed.
 
     The architecture comes from the checkpoint (the user's n_layer etc. cannot apply to
-    fixed weights); dropout and a shorter block_size are the user's. Returns the model
-    and one line per config value that changed, for the run log.
+    fixed weights); dropout and a shorter block_size are the user's.
     """
-    name = name_or_path or cfg.train.init_from
-    m = cfg.model
-    ov, state = load_gpt2_state(name, pad_vocab_multiple=m.pad_vocab_multiple)
-    block = min(m.block_size, ov["block_size"])
-    model = GPT(_shape_from_overrides(ov, m.dropout))
+    ov, state = load_gpt2_state(name_or_path, pad_vocab_multiple=model_cfg.pad_vocab_multiple)
+    block = min(model_cfg.block_size, ov["block_size"])
+    model = GPT(_shape_from_overrides(ov, model_cfg.dropout))
     model.load_state_dict(state)
     if block < ov["block_size"]:
         model.crop_block_size(block)
-    notes = []
-    for k, v in dict(ov, block_size=block).items():
-        if getattr(m, k) != v:
-            notes.append(f"{k}: {getattr(m, k)!r} -> {v!r} (from {name})")
-            setattr(m, k, v)
-    return model, notes
+    described = dataclasses.replace(model_cfg, **dict(ov, block_size=block))
+    notes = [f"{k}: {getattr(model_cfg, k)!r} -> {v!r} (from {name_or_path})"
+             for k, v in dict(ov, block_size=block).items() if getattr(model_cfg, k) != v]
+    return model, described, notes
 
 
 # --------------------------------------------------------------------------------------
