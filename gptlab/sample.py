@@ -7,6 +7,7 @@ resume|gpt2*|HF folder|RUN and --out_dir (the run folder for init_from=resume).
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -93,8 +94,10 @@ def open_model(a, device: torch.device):
 def check_args(a) -> None:
     if a.num_samples <= 0 or a.max_new_tokens <= 0:
         raise UserError("--num_samples and --max_new_tokens must be positive")
-    if a.temperature < 0:
-        raise UserError("--temperature must be >= 0 (0 = greedy)")
+    if not (math.isfinite(a.temperature) and a.temperature >= 0):
+        raise UserError(f"--temperature {a.temperature} must be a finite number >= 0 (0 = greedy; 0.8 is usual)")
+    if a.top_k < 0 or (a.top_p is not None and not 0 < a.top_p <= 1) or a.seed < 0:
+        raise UserError("--top_k must be >= 0 (0 = off), --top_p in (0, 1] and --seed >= 0")
     if a.compile:
         print("note: --compile has no effect on sampling (the KV-cache loop runs eagerly)")
 
