@@ -5,8 +5,13 @@ config.json, metrics.jsonl, checkpoints/ and TensorBoard events. The name encode
 hyperparameters that distinguish Languini runs, so two runs of one recipe land in the
 same folder and a changed recipe lands in a new one:
 
-    GPT_books16384_bsz128_micro32_sl512_coslr0.0006to6e-06_h768_ff3072_nH12_dH64_nl12_
-    clip0.0_decay18k_gpus1_defaultCompile_fp16_seed0[_<comment>]
+    GPT_books16384_bsz128_micro4_sl512_coslr0.0006to6e-06_h768_ff3072_nH12_dH64_nl12_
+    clip0.0_decay18k_workers1_defaultCompile_fp16_seed0[_<comment>]
+
+field by field the benchmark's (its configs.add_exp_name): the dataset without '_', the
+global batch, `_micro<N>` only for N > 1 gradient accumulation steps, decay steps in whole
+thousands, `workers<N>`, `_<mode>Compile` unless compile is off, then the precision
+(the benchmark always writes fp16; gptlab writes the one the run uses).
 
 A folder with contents is never deleted or written over silently: continuing it needs
 --resume, starting afresh needs --overwrite, which moves the old folder aside.
@@ -28,7 +33,7 @@ CHECKPOINT_DIR = "checkpoints"
 DATA_META_FILE = "data_meta.json"
 
 _PRECISION = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "auto": "autoPrec"}
-_COMPILE = {"none": "noCompile", "default": "defaultCompile",
+_COMPILE = {"none": "", "default": "defaultCompile",
             "reduce-overhead": "reduceOverheadCompile", "max-autotune": "maxAutotuneCompile",
             "max-autotune-no-cudagraphs": "maxAutotuneNoGraphsCompile"}
 # Anything outside this set could split a path or upset a shell; it becomes '-'.
@@ -39,28 +44,21 @@ def _safe(text: str) -> str:
     return _UNSAFE.sub("-", text.strip()).strip("-.")
 
 
-def _steps_short(steps: int) -> str:
-    # Languini writes decay steps in whole thousands (18265 -> 18k); small counts stay exact
-    # so tiny test runs do not all read "decay0k".
-    return f"{steps // 1000}k" if steps >= 1000 else str(steps)
-
-
 def _dataset_label(dataset: str) -> str:
-    # A dataset may be given as a path; only its last component names it.
-    return _safe(Path(dataset.rstrip("/\\")).name or dataset) or "data"
+    # A dataset may be given as a path; only its last component names it, without '_' (books_16384 -> books16384).
+    return _safe(Path(dataset.rstrip("/\\")).name or dataset).replace("_", "") or "data"
 
 
 def run_name(cfg: Config, world_size: int = 1) -> str:
     """The encoded folder name of a run (without the class/preset parents)."""
     m, o, t = cfg.model, cfg.optim, cfg.train
-    micro, _, global_batch = resolve_batch(cfg, world_size)
+    _, accum, global_batch = resolve_batch(cfg, world_size)  # accum: accumulation steps per rank
     constant = o.schedule == "constant" or not o.decay_lr
     lr = f"constlr{o.learning_rate}" if constant else f"coslr{o.learning_rate}to{o.min_lr}"
     parts = [
         "GPT",
         _dataset_label(cfg.data.dataset),
-        f"bsz{global_batch}",
-        f"micro{micro}",
+        f"bsz{global_batch}" + (f"_micro{accum}" if accum > 1 else ""),
         f"sl{m.block_size}",
         lr,
         f"h{m.n_embd}",
@@ -69,12 +67,13 @@ def run_name(cfg: Config, world_size: int = 1) -> str:
         f"dH{cfg.head_dim}",
         f"nl{m.n_layer}",
         f"clip{float(o.grad_clip)}",
-        f"decay{_steps_short(o.lr_decay_iters)}",
-        f"gpus{world_size}",
+        f"decay{o.lr_decay_iters // 1000}k",
+        f"workers{world_size}",
         _COMPILE.get(cfg.system.compile, _safe(cfg.system.compile) + "Compile"),
         _PRECISION.get(cfg.system.dtype, _safe(cfg.system.dtype)),
         f"seed{t.seed}",
     ]
+    parts = [p for p in parts if p]
     comment = _safe(cfg.log.comment)
     if comment:
         parts.append(comment)

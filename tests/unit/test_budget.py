@@ -76,3 +76,31 @@ def test_cli_json(capsys):
 def test_cli_bad_hours():
     with pytest.raises(UserError, match="compute_class"):
         main(["--hours", "six", "--tokens_per_second", "1", "--train_batch_size", "1"])
+
+
+# The benchmark's README recipes: --compute_class alone selects batch, accumulation, throughput, steps.
+@pytest.mark.parametrize("size,cc,bsz,accum,tps,steps", [
+    ("small", "6h", 128, 4, 55416, 18265),
+    ("small", "12h", 128, 4, 55416, 36529),
+    ("small", "24h", 256, 8, 55416, 36529),
+    ("medium", "48h", 256, 32, 16618, 21908),
+    ("medium", "96h", 256, 32, 16618, 43817),
+])
+def test_compute_class_selects_the_published_recipe(size, cc, bsz, accum, tps, steps):
+    cfg = build_config(size, overrides={"compute_class": cc})
+    t = cfg.train
+    assert (t.train_batch_size, t.gradient_accumulation_steps, t.tokens_per_second) == (bsz, accum, tps)
+    apply_compute_class(cfg)
+    assert t.max_iters == cfg.optim.lr_decay_iters == steps
+    # The benchmark's eval size, periodic checkpoints and gradient logging come with every Languini preset.
+    assert (t.eval_batch_size, t.eval_iters, t.eval_interval, t.checkpoint_interval, cfg.log.log_grads_every) == \
+        (16, 500, 500, 1000, 1000)
+
+
+def test_compute_class_recipe_yields_to_the_command_line():
+    cfg = build_config("small", overrides={"compute_class": "24h", "train_batch_size": 64, "tokens_per_second": 50000})
+    assert (cfg.train.train_batch_size, cfg.train.gradient_accumulation_steps, cfg.train.tokens_per_second) == (64, 8, 50000)
+    # A class whose recipe is for another size: the size's reference throughput, the preset's batch.
+    cfg = build_config("mini", overrides={"compute_class": "6h"})
+    assert (cfg.train.train_batch_size, cfg.train.tokens_per_second) == (128, 238719)
+    assert build_config("small").train.tokens_per_second == 0  # no class: no recipe

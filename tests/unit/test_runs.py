@@ -4,36 +4,44 @@ from gptlab.config import build_config
 from gptlab.errors import UserError
 from gptlab.runs import prepare_run_dir, run_dir, run_name
 
-SMALL_6H = ("GPT_books16384_bsz128_micro32_sl512_coslr0.0006to6e-06_h768_ff3072_nH12_dH64_nl12_"
-            "clip0.0_decay18k_gpus1_defaultCompile_fp16_seed0")
+# The benchmark's own folder name for its 6h small run (configs.add_exp_name): micro = accumulation steps.
+SMALL_6H = ("GPT_books16384_bsz128_micro4_sl512_coslr0.0006to6e-06_h768_ff3072_nH12_dH64_nl12_"
+            "clip0.0_decay18k_workers1_defaultCompile_fp16_seed0")
 
 
 def test_name_of_the_languini_small_recipe():
-    cfg = build_config("small")
+    cfg = build_config("small", overrides={"compile": "default"})
     assert run_name(cfg, 1) == SMALL_6H
 
 
-def test_name_tracks_world_size_micro_batch_comment_and_decay():
+def test_name_of_the_benchmarks_medium_48h_run():
+    cfg = build_config("medium", overrides={"compute_class": "48h", "compile": "default", "decay_steps": 21908})
+    assert run_name(cfg, 1) == ("GPT_books16384_bsz256_micro32_sl512_coslr0.0006to6e-06_h1024_ff4096_nH16_dH64_"
+                                "nl24_clip0.0_decay21k_workers1_defaultCompile_fp16_seed0")
+
+
+def test_name_tracks_workers_accumulation_comment_and_decay():
     cfg = build_config("medium", overrides={"train_batch_size": 256, "gradient_accumulation_steps": 8,
                                             "decay_steps": 43817, "comment": "my idea/v2", "compile": "None",
                                             "precision": "bfloat16", "seed": 3})
     name = run_name(cfg, 4)
-    assert "_bsz256_micro8_" in name  # 256 global / 4 ranks / 8 accumulation
+    assert "_bsz256_micro8_" in name  # 8 accumulation steps (each of 4 workers: 256 / 4 / 8 = 8 rows)
     assert "_h1024_ff4096_nH16_dH64_nl24_" in name
-    assert "_decay43k_gpus4_noCompile_bf16_seed3_my-idea-v2" in name
+    assert "_decay43k_workers4_bf16_seed3_my-idea-v2" in name  # compile off: no compile field, as the benchmark
     assert name.endswith("_my-idea-v2") and "/" not in name
+    one = build_config("medium", overrides={"train_batch_size": 256, "gradient_accumulation_steps": 1})
+    assert "_bsz256_sl512_" in run_name(one, 1)  # no accumulation: no micro field
 
 
-def test_small_decay_counts_stay_exact_and_constant_lr():
-    cfg = build_config("mini", overrides={"decay_steps": 40, "decay_lr": False, "dataset": "/tmp/x/openbooks/"})
+def test_small_decay_counts_in_thousands_and_constant_lr():
+    cfg = build_config("mini", overrides={"decay_steps": 40, "decay_lr": False, "dataset": "/tmp/x/open_books/"})
     name = run_name(cfg, 1)
     assert name.startswith("GPT_openbooks_")
-    assert "_constlr0.0006_" in name and "_decay40_" in name
+    assert "_constlr0.0006_" in name and "_decay0k_" in name
 
 
 def test_run_dir_layout(tmp_path):
-    cfg = build_config("small", overrides={"compute_class": "6h", "tokens_per_second": 55416,
-                                           "log_root": str(tmp_path)})
+    cfg = build_config("small", overrides={"compute_class": "6h", "log_root": str(tmp_path), "compile": "default"})
     assert run_dir(cfg, 1) == tmp_path / "6h" / "small" / SMALL_6H
     cfg.train.compute_class = ""
     assert run_dir(cfg, 1) == tmp_path / "free" / "small" / SMALL_6H
