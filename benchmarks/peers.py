@@ -379,7 +379,11 @@ def case_small_best(a, work):
 
 
 def case_shakespeare(a, work):
-    ours = gptlab_run("shakespeare_char", [], work, a.run_timeout_s, _val_at_most(1.47))
+    data = work / "data" / "shakespeare_char"  # prepared first, untimed (the device has no network: bundled text)
+    env = dict(os.environ, GPTLAB_OFFLINE="1", PYTHONPATH=str(REPO))
+    subprocess.run([sys.executable, "-m", "gptlab", "prepare", "shakespeare_char", "--out", str(data)], cwd=work,
+                   env=env, check=True, capture_output=True, timeout=120)
+    ours = gptlab_run("shakespeare_char", ["--dataset", str(data)], work, a.run_timeout_s, _val_at_most(1.47))
     theirs = nanogpt_train_run(a.nanogpt, work, a.run_timeout_s, 1.47, [])
     tok = 64 * 256  # the recipe's batch x block, both sides
     theirs["tokens_per_s"] = tok / (theirs["ms_per_step"] / 1000) if theirs.get("ms_per_step") else None
@@ -426,6 +430,19 @@ def case_gpt2_loop(a, work):
                  note="nanoGPT timed in-process on random tokens (no data loader); target >= 1.20")]
 
 
+def case_levers(a, work):
+    """gptlab against itself, same call: attention backend (gpt2 b16) and CUDA graphs (the shakespeare_char shape)."""
+    flash = gptlab_bench("gpt2", ["--batch_size", "16", *B16, "--sdpa", "flash"], a)
+    cudnn = gptlab_bench("gpt2", ["--batch_size", "16", *B16, "--sdpa", "cudnn"], a)
+    char = ["--vocab_size", "65", "--dtype", "bfloat16"]
+    graphs = gptlab_bench("shakespeare_char", [*char, "--compile", "reduce-overhead"], a)
+    plain = gptlab_bench("shakespeare_char", [*char, "--compile", "default"], a)
+    return [_row("lever_sdpa_flash", flash, "gptlab --sdpa cudnn", cudnn, note="gpt2 b16 bf16 compiled"),
+            _row("lever_cuda_graphs_shakespeare_char", graphs, "gptlab --compile default", plain,
+                 gptlab_ms_per_step=graphs["ms_per_step"], peer_ms_per_step=plain["ms_per_step"],
+                 note="compile reduce-overhead (CUDA graphs) on the recipe's shape: b64 x 256, 6x384, dropout 0.2")]
+
+
 CASES = {
     "gpt2_b16": case_gpt2(16, with_hf=True),
     "languini_small_b32": case_small_b32,
@@ -435,6 +452,7 @@ CASES = {
     "gpt2_loop": case_gpt2_loop,
     "gpt2_b32": case_gpt2(32, with_hf=False),
     "languini_small_best": case_small_best,
+    "levers": case_levers,
 }
 
 

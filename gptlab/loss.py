@@ -61,6 +61,39 @@ def _chunk_nll(x, tc, vc):
     return torch.where(vc, lse - picked, 0.0).sum(), lse
 
 
+def _chunk_loss(hc, w, tc, vc, cols, vocab: int):
+    """One chunk's summed loss (no gradient)."""
+    return _chunk_nll(_chunk_logits(hc, w, vocab, cols), tc, vc)[0]
+
+
+def _chunk_loss_and_grads(hc, w, tc, vc, cols, vocab: int):
+    """One chunk's summed loss, d/d hc (in hc's dtype) and d/d w (fp32), of the summed loss.
+
+    Pointwise expressions of the logits (no in-place fill, no scatter), so that
+    torch.compile fuses them into one kernel that reads the logits for the log-sum-exp
+    and writes the low-precision gradient: fp32 logits/gradients are never stored.
+    """
+    x = _chunk_logits(hc, w, vocab, cols)
+    part, lse = _chunk_nll(x, tc, vc)
+    # d(sum of losses)/d logits = softmax - onehot on counted rows, 0 elsewhere.
+    onehot = cols.unsqueeze(0) == tc.unsqueeze(1)
+    g = ((torch.exp(x - lse.unsqueeze(1)) - onehot.to(x.dtype)) * vc.unsqueeze(1)).to(hc.dtype)
+    return part, g @ w, (g.t() @ hc).float()
+
+
+_COMPILED: dict = {}
+
+
+def _fused(fn, device: torch.device):
+    """fn compiled on CUDA (its pointwise work fused), whether or not the caller is compiled;
+    inside a compiled caller it is simply traced along. Eager elsewhere."""
+    if device.type != "cuda":
+        return fn
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=False)
+    return _COMPILED[fn]
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of (h @ w.T) over targets != -1, computed chunk by chunk.
 
@@ -82,19 +115,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
         grad_h = torch.empty_like(h)
         grad_w = None
+        step = _fused(_chunk_loss_and_grads, h.device)
         for s in range(0, h.size(0), chunk):
-            hc, tc, vc = h[s:s + chunk], safe_t[s:s + chunk], valid[s:s + chunk]
-            # Pointwise expressions of the logits (no in-place fill, no scatter) so that
-            # torch.compile fuses them into one kernel that reads the logits for the
-            # log-sum-exp and writes the bf16 gradient: fp32 logits/gradient never stored.
-            x = _chunk_logits(hc, w, vocab, cols)
-            part, lse = _chunk_nll(x, tc, vc)
+            part, gh, gw = step(h[s:s + chunk], w, safe_t[s:s + chunk], valid[s:s + chunk], cols, vocab)
             loss = loss + part
-            # d(sum of losses)/d logits = softmax - onehot on counted rows, 0 elsewhere.
-            onehot = cols.unsqueeze(0) == tc.unsqueeze(1)
-            g = ((torch.exp(x - lse.unsqueeze(1)) - onehot.to(x.dtype)) * vc.unsqueeze(1)).to(h.dtype)
-            grad_h[s:s + chunk] = g @ w
-            gw = (g.t() @ hc).float()
+            grad_h[s:s + chunk] = gh
             grad_w = gw if grad_w is None else grad_w + gw
         ctx.save_for_backward(grad_h, grad_w, n_valid)
         ctx.w_dtype = w.dtype
@@ -121,9 +146,9 @@ def _chunked_loss_only(h, w, targets, vocab: int, chunk: int) -> torch.Tensor:
     """The same mean loss with no gradient work at all (evaluation, no_grad)."""
     valid, safe_t, n_valid, cols = _prepare(h, w, targets)
     loss = torch.zeros((), dtype=torch.float32, device=h.device)
+    part = _fused(_chunk_loss, h.device)
     for s in range(0, h.size(0), chunk):
-        x = _chunk_logits(h[s:s + chunk], w, vocab, cols)
-        loss = loss + _chunk_nll(x, safe_t[s:s + chunk], valid[s:s + chunk])[0]
+        loss = loss + part(h[s:s + chunk], w, safe_t[s:s + chunk], valid[s:s + chunk], cols, vocab)
     return loss / n_valid
 
 
