@@ -4,6 +4,7 @@
 # prepared zero_one data):
 #   OUT=/some/dir bash benchmarks/gpu_session.sh [CASES]
 # CASES: comma list for peers.py (default: all, in priority order, until BUDGET_S seconds are spent).
+# Knobs (env): T_TESTS, T_PEERS (timeouts, s), BUDGET_S, RUN_TIMEOUT_S (one training run), PEERS_ARGS (e.g. "--steps 10").
 # Writes to $OUT: env.txt, gpu_tests.txt, peers_log.txt, <device>_peers.json (at most 8 files come back).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD" GPTLAB_OFFLINE=1
@@ -20,5 +21,5 @@ timeout -k 10 "${T_TESTS:-150}" python3 -m pytest tests/gpu -q -p no:cacheprovid
 echo "=== $(date -u +%T) peers: $CASES"
 timeout -k 10 "${T_PEERS:-420}" python3 benchmarks/peers.py --nanogpt $P/nanoGPT --languini $P/languini-kitchen \
     --zero_one_data $P/data/zero_one --out "$OUT" --cases "$CASES" --budget_s "${BUDGET_S:-300}" \
-    --run_timeout_s "${RUN_TIMEOUT_S:-120}" 2>&1 | tee "$OUT/peers_log.txt" | grep -v "^iter\|^step\|it/s\]" | tail -60
+    --run_timeout_s "${RUN_TIMEOUT_S:-120}" ${PEERS_ARGS:-} 2>&1 | tee "$OUT/peers_log.txt" | grep -v "^iter\|^step\|it/s\]" | tail -60
 echo "=== $(date -u +%T) done"
