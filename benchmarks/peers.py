@@ -286,7 +286,7 @@ def gptlab_run(preset: str, extra: list[str], work: Path, timeout_s: float, done
     r = watch_run(cmd, work, work / f"log_{preset}.txt", timeout_s, done, out)
     evals = [r2 for r2 in r["records"] if r2.get("kind") == "eval"]
     return dict(loop_rates(r["records"]), reached=r["reached"], wall_s=r["wall_s"], rc=r["rc"],
-                last_eval=evals[-1] if evals else None, log_tail=r["lines"][-5:])
+                last_eval=evals[-1] if evals else None, log_tail=r["lines"][-12:])
 
 
 def nanogpt_shakespeare_data(root: Path) -> None:
@@ -333,7 +333,7 @@ def nanogpt_train_run(path: Path, work: Path, timeout_s: float, limit: float, ex
             ms.append(float(m.group(2)))
     vals = [(int(m.group(1)), float(m.group(3))) for l in r["lines"] if (m := pat.search(l))]
     return {"reached": r["reached"], "wall_s": r["wall_s"], "rc": r["rc"], "ms_per_step": _median(ms),
-            "last_eval": vals[-1] if vals else None, "log_tail": r["lines"][-5:]}
+            "last_eval": vals[-1] if vals else None, "log_tail": r["lines"][-12:]}
 
 
 # ------------------------------------------------------------------ the cases
