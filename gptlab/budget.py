@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 
+from gptlab.cli import ArgParser
 from gptlab.config import Config, parse_hours, resolve_batch
 from gptlab.errors import UserError
 
@@ -93,7 +94,7 @@ def budget_report(hours: float, tokens_per_second: float, train_batch_size: int,
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgParser(
         prog="gptlab budget",
         description="Turn a compute class (accelerator-hours on the reference GPU) into a token budget "
                     "and a step count: steps = round(hours*3600*tokens_per_second / (train_batch_size*seq_len)).",

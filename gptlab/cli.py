@@ -18,6 +18,21 @@ class ArgParser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)  # --temp must not silently mean --temperature
         super().__init__(*args, **kwargs)
 
+    def parse_args(self, args=None, namespace=None):
+        return super().parse_args(self._known_flags_first(args), namespace)
+
+    def parse_intermixed_args(self, args=None, namespace=None):
+        return super().parse_intermixed_args(self._known_flags_first(args), namespace)
+
+    def _known_flags_first(self, args):
+        # A mistyped flag is the real problem: name it before "the following arguments are required".
+        args = sys.argv[1:] if args is None else list(args)
+        flags = {s for a in self._actions for s in a.option_strings}
+        for tok in args:
+            if tok.startswith("--") and tok != "--" and tok.split("=", 1)[0] not in flags:
+                self.error(f"unrecognized arguments: {tok}")
+        return args
+
     def error(self, message: str):
         raise UserError(f"{self.prog}: {message}{self._hint(message)}")
 

@@ -870,7 +870,7 @@ def _resolved(cfg: Config, world_size: int, device, data_meta: dict | None, init
             if k in SECTION_KEYS["model"]:
                 setattr(m, k, v)
     m.vocab_size = _vocab(m.vocab_size, data_meta, fixed=bool(init_source))
-    s.dtype = _dtype(s.dtype, dev)
+    s.dtype = dtype_for(s.dtype, dev)
     if s.compile == "auto":
         s.compile = "default" if dev.type == "cuda" else "none"
     # The chunked loss returns no logits, so logit statistics (log_grads_every) keep the plain loss.
@@ -904,7 +904,7 @@ def _vocab(vocab: int, data_meta: dict | None, fixed: bool) -> int:
     return vocab or data_vocab
 
 
-def _dtype(name: str, device) -> str:
+def dtype_for(name: str, device) -> str:
     """auto = bf16 on a GPU that has it, fp16 (with a loss scaler) on one that has not, fp32
     elsewhere; fp16 on a CPU or MPS runs as fp32 (autocast there is slow, and presets ask for it)."""
     import torch

@@ -140,17 +140,6 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain GPT inside DDP / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module"):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
     if d.enabled:
         t = t.clone()

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gptlab.cli import ArgParser
 from gptlab.errors import UserError
 
 METRICS_FILE = "metrics.jsonl"
@@ -227,7 +228,7 @@ def make_figure(runs: list[str | Path], x: str = "steps", metric: str = "loss", 
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgParser(
         prog="gptlab plot",
         description="Plot runs' metrics.jsonl: several runs on one chart (eval metric vs steps, tokens or "
                     "accelerator-hours), or --kind train for train loss and ms/step over iterations.",

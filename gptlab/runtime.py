@@ -1,4 +1,4 @@
-"""Small shared helpers: device, precision, data folders, loading a trained run."""
+"""Small shared helpers: precision, compile, data folders."""
 
 from __future__ import annotations
 
@@ -10,19 +10,11 @@ import torch
 
 from gptlab.errors import UserError
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-
-
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """'auto' = bf16 on a GPU that has it, else fp32 (CPU autocast is rarely faster)."""
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if name not in DTYPES:
-        raise UserError(f"--dtype {name!r}: use auto, bfloat16, float16 or float32")
-    return DTYPES[name]
+    """The dtype training runs `name` with on `device` (config.dtype_for): sample and eval agree with it."""
+    from gptlab.config import dtype_for
+
+    return getattr(torch, dtype_for(name, device))
 
 
 def resolve_ce_chunk(ce_chunk: int, compile_mode: str) -> int:
@@ -91,22 +83,3 @@ def build_model_from_config(cfg, vocab_size: int | None = None):
     from gptlab.model import GPT, GPTShape
 
     return GPT(GPTShape.from_config(cfg.model, vocab_size))
-
-
-def load_run_model(cfg, ckpt_path: Path, device_name: str = "auto", dtype_name: str = "auto"):
-    """(model in eval mode on device, device, autocast context, checkpoint's other entries)."""
-    from gptlab import checkpoint as ck
-    from gptlab.distributed import pick_device
-
-    device = pick_device(device_name)
-    state = ck.load_checkpoint(ckpt_path)
-    model = build_model_from_config(cfg)
-    sd = state.pop("model")
-    try:
-        model.load_state_dict(sd)
-    except RuntimeError as e:
-        raise UserError(f"checkpoint {ckpt_path} does not fit the config ({str(e).splitlines()[0][:150]}): "
-                        "pass the config.json of the run that wrote it") from None
-    model.to(device).eval()
-    dtype = resolve_dtype(dtype_name, device)
-    return model, device, autocast_ctx(device, dtype), state
