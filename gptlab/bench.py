@@ -24,18 +24,24 @@ from pathlib import Path
 
 import torch
 
-from gptlab.config import COMPILE_MODES, build_config, parse_overrides, resolve
+from gptlab.config import COMPILE_MODES, build_config, parse_overrides
 from gptlab.errors import UserError
 from gptlab.loss import lm_loss
 from gptlab.metrics import device_peak_flops, fmt_mfu, mfu
 from gptlab.model import GPT, GPTShape, flops_per_token
 from gptlab.optim import build_optimizer
-from gptlab.runtime import autocast_ctx, compile_model, resolve_ce_chunk
+from gptlab.runtime import autocast_ctx, compile_model, resolve_ce_chunk, resolve_dtype
 
 DEFAULT_VOCAB = 50257  # GPT-2 BPE, for presets that read their vocab from a dataset
 
 
-from gptlab.cli import ArgParser as _Parser  # noqa: E402 - one line naming the closest flag; no prefix matching
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *a, **k):
+        # No prefix matching: --compile (a config override) must not be read as --compile_scope.
+        super().__init__(*a, allow_abbrev=False, **k)
+
+    def error(self, message):  # one line through the CLI's UserError path
+        raise UserError(f"{self.prog}: {message}")
 
 
 def _now() -> str:
@@ -153,12 +159,25 @@ def _random_batches(n: int, batch: int, seq: int, vocab: int, accum: int, device
 
 
 def make_train_step(model, optimizer, ctx, scaler, clip: float, loss_of=None):
-    """The training loop's own step (gptlab.train.train_step: accumulation, clip, on-device
-    non-finite skip, optimiser step) as a function of one step's micro-batches."""
-    from gptlab.train import train_step
+    """forward + loss + backward per micro-batch, clip, optimiser step; no host sync."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss_of = loss_of or (lambda m, x, y: lm_loss(m, x, y))
 
-    return lambda micro_batches: train_step(model, optimizer, scaler, micro_batches, ctx=ctx, clip=clip,
-                                            loss_fn=loss_of)
+    def step(micro_batches):
+        n = len(micro_batches)
+        for x, y in micro_batches:
+            with ctx:
+                loss = loss_of(model, x, y) / n
+            scaler.scale(loss).backward()
+        if scaler.is_enabled():
+            scaler.unscale_(optimizer)
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
 
 
 def _rates(fpt: float, tokens_per_step: int, ms: float, peak: float | None, mm_tflops: float | None) -> dict:
@@ -281,9 +300,13 @@ def _config(preset: str | None, rest: list[str]):
 def bench(args, rest: list[str]) -> dict:
     cfg = _config(args.preset, rest)
     device = _device(args.device)
-    # dtype and compile as training resolves them on this device (auto: compiled on CUDA only)
-    resolved = resolve(cfg, world_size=1, device=device, data_meta=None)
-    compile_mode, dtype = resolved.system.compile, getattr(torch, resolved.system.dtype)
+    explicit_compile = any(a.startswith("--compile") for a in rest)
+    compile_mode = cfg.system.compile
+    if device.type == "cpu" and not explicit_compile:
+        compile_mode = "none"  # a preset's compile default would take minutes on a CPU
+    dtype = resolve_dtype(cfg.system.dtype, device)
+    if device.type == "cpu" and cfg.system.dtype == "float16":
+        dtype = torch.float32  # fp16 autocast on CPU is slow and not what anyone runs
     vocab = cfg.model.vocab_size or DEFAULT_VOCAB
     shape = GPTShape.from_config(cfg.model, vocab)
     seq = shape.block_size
@@ -393,7 +416,69 @@ def main(argv: list[str]) -> int:
 
 # ---------------------------------------------------------------- throughput (Languini way)
 
+COMPUTE_CLASS_HOURS = (6, 12, 24, 48, 96)
+
+
+def languini_batch_sweep(measure, step: int = 8, max_batch: int = 0) -> dict[int, dict]:
+    """Batch sizes in the benchmark's order: 1, then step, 2*step, ... until one does not fit;
+    from then on the step halves whenever the next try would reach the smallest batch that
+    failed, so the sweep ends at the largest batch that fits (when the step reaches 0).
+
+    measure(b) -> result, or None when b does not fit; max_batch > 0 counts as a batch that
+    does not fit (not measured). Returns {batch: result} of the batches that fit.
+    """
+    rows: dict[int, dict] = {}
+    lo, hi, b, first = 1, float("inf"), 1, True
+    while step:
+        r = None if max_batch and b > max_batch else measure(b)
+        if r is None:
+            hi = b
+            if b == 1:
+                break  # not even one sequence fits
+        else:
+            lo, rows[b] = b, r
+        if first:
+            b, first = step, False
+            continue
+        if lo + step >= hi:
+            step //= 2
+        b = lo + step
+    return rows
+
+
+def class_steps(tokens_per_second: float, train_batch_size: int, seq_len: int) -> list[dict]:
+    """The hours -> steps table of the five compute classes at this throughput and batch."""
+    from gptlab.budget import steps_for_budget, token_budget
+
+    return [{"hours": h, "tokens": token_budget(h, tokens_per_second),
+             "steps": steps_for_budget(h, tokens_per_second, train_batch_size, seq_len)} for h in COMPUTE_CLASS_HOURS]
+
+
+def _measure_batch(step, b, seq, vocab, device, compile_mode, ce_chunk, args, fpt, peak):
+    """Timing row of one batch size, or None when it runs out of memory."""
+    try:
+        _free(device)
+        batches = _random_batches(2, b, seq, vocab, 1, device)
+        if compile_mode != "none" and not ce_chunk:
+            # Batch dimension symbolic from the first size: one compile serves the sweep.
+            for micro in batches:
+                for x, y in micro:
+                    torch._dynamo.mark_dynamic(x, 0)
+                    torch._dynamo.mark_dynamic(y, 0)
+        t = time_steps(step, batches, device, args.warmup, args.rounds)
+    except torch.OutOfMemoryError:
+        _free(device)
+        print(f"batch {b:>5}: out of memory", flush=True)
+        return None
+    r = _rates(fpt, b * seq, t["ms_per_step"], peak, None)
+    print(f"batch {b:>5}: {r['tokens_per_sec']:>12,.0f} tok/s  {t['ms_per_step']:8.2f} ms/step  "
+          f"MFU {fmt_mfu(r['mfu_table'])}", flush=True)
+    return {"batch": b, "tokens_per_sec": r["tokens_per_sec"], "ms_per_step": t["ms_per_step"],
+            "peak_mem_gb": _peak_mem_gb(device), "mfu_table": r["mfu_table"], "first_step_s": t["first_step_s"]}
+
+
 def throughput(args, rest: list[str]) -> dict:
+    """The reference throughput of a config, swept as the benchmark does (languini_batch_sweep)."""
     cfg = _config(args.preset, rest)
     device = _device(args.device)
     on_gpu = device.type == "cuda"
@@ -405,70 +490,49 @@ def throughput(args, rest: list[str]) -> dict:
     seq = shape.block_size
     fpt = flops_per_token(shape, seq)
     peak, dev_name = device_peak_flops(device)
-    lo = args.min_batch or (8 if on_gpu else 1)
-    hi = args.max_batch or (1024 if on_gpu else 4)
-    if lo < 1 or hi < lo:
-        raise UserError(f"--min_batch {lo} / --max_batch {hi}: need 1 <= min <= max")
     # Plain loss unless --ce_chunk N is given: the chunk loop needs a static batch, so the
     # chunked loss recompiles at every batch size, while the plain one compiles once.
     ce_chunk = max(cfg.system.ce_chunk, 0)
     model, opt, scaler, loss_of = _build_for_timing(shape, cfg, device, dtype, ce_chunk)
     cm = compile_model(model, compile_mode, dynamic=None)
     step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip, loss_of)
-    rows = []
-    b = lo
-    while b <= hi:
-        try:
-            _free(device)
-            batches = _random_batches(2, b, seq, vocab, 1, device)
-            if compile_mode != "none" and not ce_chunk:
-                # Batch dimension symbolic from the first size: one compile serves the sweep.
-                for micro in batches:
-                    for x, y in micro:
-                        torch._dynamo.mark_dynamic(x, 0)
-                        torch._dynamo.mark_dynamic(y, 0)
-            t = time_steps(step, batches, device, args.warmup, args.rounds)
-            r = _rates(fpt, b * seq, t["ms_per_step"], peak, None)
-            rows.append({"batch": b, "tokens_per_sec": r["tokens_per_sec"], "ms_per_step": t["ms_per_step"],
-                         "peak_mem_gb": _peak_mem_gb(device), "mfu_table": r["mfu_table"],
-                         "first_step_s": t["first_step_s"]})
-            print(f"batch {b:>5}: {r['tokens_per_sec']:>12,.0f} tok/s  {t['ms_per_step']:8.2f} ms/step  "
-                  f"MFU {fmt_mfu(r['mfu_table'])}", flush=True)
-            del batches
-        except torch.OutOfMemoryError:
-            # Largest size found: drop what the failed step held and stop the sweep.
-            batches = None
-            opt.zero_grad(set_to_none=True)
-            _free(device)
-            print(f"batch {b:>5}: out of memory, sweep stops", flush=True)
-            break
-        b *= 2
-    if not rows:
-        raise UserError(f"batch {lo} does not fit on {dev_name}: lower --min_batch")
-    best = max(rows, key=lambda r: r["tokens_per_sec"])
+
+    def measure(b):
+        r = _measure_batch(step, b, seq, vocab, device, compile_mode, ce_chunk, args, fpt, peak)
+        opt.zero_grad(set_to_none=True)
+        return r
+
+    found = languini_batch_sweep(measure, args.batch_size_step, args.max_batch or (0 if on_gpu else 4))
+    if not found:
+        raise UserError(f"batch 1 does not fit on {dev_name}: use a smaller preset or --seq_len")
+    rows = [found[b] for b in sorted(found)]
+    best = max(rows, key=lambda r: r["tokens_per_sec"])  # the benchmark's reference: the best of the sweep
+    global_batch = cfg.train.train_batch_size or cfg.train.batch_size * cfg.train.gradient_accumulation_steps
     return {"kind": "throughput", "date": _now(), "command": "gptlab throughput " + " ".join(args.argv),
             "device": dev_name, "torch": torch.__version__, "preset": cfg.preset, "seq_len": seq,
             "dtype": str(dtype).replace("torch.", ""), "compile": compile_mode, "ce_chunk": ce_chunk,
             "flops_per_token": fpt, "peak_table_tflops": peak / 1e12 if peak else None,
-            "rows": rows, "best": best}
+            "rows": rows, "best": best, "largest_batch": rows[-1]["batch"], "train_batch_size": global_batch,
+            "classes": class_steps(best["tokens_per_sec"], global_batch, seq)}
 
 
 def throughput_main(argv: list[str]) -> int:
-    p = _Parser(prog="gptlab throughput", description="reference tokens/s of a preset: sweep batch sizes "
-                "(powers of 2) up to the largest that fits; fp16 + GradScaler, compiled (GPU)")
+    p = _Parser(prog="gptlab throughput", description="reference tokens/s of a preset, swept as the Languini "
+                "benchmark does (batch 1, 8, 16, ... then bisection to the largest that fits); fp16 + GradScaler, "
+                "compiled (GPU); prints the steps of the five compute classes")
     p.add_argument("preset")
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", default="default", choices=COMPILE_MODES)
-    p.add_argument("--min_batch", type=int, default=0)
-    p.add_argument("--max_batch", type=int, default=0)
+    p.add_argument("--batch_size_step", type=int, default=8, help="first step of the batch grid (the benchmark's 8)")
+    p.add_argument("--max_batch", type=int, default=0, help="treat larger batches as not fitting (CPU default 4)")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=20, help="timed steps per batch size")
+    p.add_argument("--rounds", type=int, default=15, help="timed steps per batch size (the benchmark's 15)")
     p.add_argument("--csv", default="", help="write the rows here (else to stdout)")
     p.add_argument("--json", default="")
     args, rest = p.parse_known_args(argv)
     args.argv = list(argv)
-    if args.rounds < 1 or args.warmup < 1:
-        raise UserError("--rounds and --warmup must be at least 1")
+    if args.rounds < 1 or args.warmup < 1 or args.batch_size_step < 1 or args.max_batch < 0:
+        raise UserError("--rounds, --warmup and --batch_size_step must be at least 1, --max_batch at least 0")
     res = throughput(args, rest)
     fields = ["batch", "tokens_per_sec", "ms_per_step", "peak_mem_gb"]
     fh = open(args.csv, "w", newline="") if args.csv else sys.stdout
@@ -481,8 +545,11 @@ def throughput_main(argv: list[str]) -> int:
         fh.close()
     b = res["best"]
     print(f"best: batch {b['batch']} -> {b['tokens_per_sec']:,.0f} tokens/s on {res['device']} "
-          f"({res['dtype']}, compile {res['compile']}; MFU {fmt_mfu(b['mfu_table'])}); "
-          f"use --tokens_per_second {b['tokens_per_sec']:.0f}", flush=True)
+          f"({res['dtype']}, compile {res['compile']}; MFU {fmt_mfu(b['mfu_table'])}); largest batch that fits "
+          f"{res['largest_batch']}; use --tokens_per_second {b['tokens_per_sec']:.0f}", flush=True)
+    print(f"compute classes at train_batch_size {res['train_batch_size']} x seq_len {res['seq_len']}:")
+    for c in res["classes"]:
+        print(f"{c['hours']:3d}h: {c['tokens']:>16,} tokens  {c['steps']:>9,} steps")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")

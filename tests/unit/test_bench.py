@@ -63,7 +63,11 @@ def test_throughput_cpu_sweep(tmp_path):
                                   "--device", "cpu", "--max_batch", "4", "--warmup", "1", "--rounds", "2",
                                   "--csv", str(csv_path), "--json", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert [r["batch"] for r in res["rows"]] == [1, 2, 4]
+    assert [r["batch"] for r in res["rows"]] == [1, 3, 4]  # 1, (8 too big), (5 too big), 3, 4: the benchmark's bisection
+    assert res["largest_batch"] == 4 and res["train_batch_size"] == 128
+    assert [c["hours"] for c in res["classes"]] == [6, 12, 24, 48, 96]
+    tps = res["best"]["tokens_per_sec"]
+    assert res["classes"][0]["steps"] == round(6 * 3600 * tps / (128 * 16))
     assert res["compile"] == "none" and res["dtype"] == "float32"
     assert all(r["tokens_per_sec"] > 0 and r["ms_per_step"] > 0 for r in res["rows"])
     assert res["best"]["tokens_per_sec"] == max(r["tokens_per_sec"] for r in res["rows"])
@@ -77,4 +81,24 @@ def test_bad_arguments_are_user_errors():
     with pytest.raises(UserError):
         bench.main(["gpt2", "--peer", "nobody"])
     with pytest.raises(UserError):
-        bench.throughput_main(["mini", "--device", "cpu", "--min_batch", "8", "--max_batch", "2"])
+        bench.throughput_main(["mini", "--device", "cpu", "--batch_size_step", "0"])
+
+
+# The batch sizes the benchmark's own sweep tried on its RTX 3090 (its throughput_results.csv),
+# given the largest batch that fitted there.
+@pytest.mark.parametrize("largest,tried", [
+    (34, [1, 8, 16, 24, 32, 40, 36, 34, 35]),  # small
+    (11, [1, 8, 16, 12, 10, 11]),  # medium
+    (97, [1, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 100, 98, 97]),  # mini
+    (77, [1, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 76, 78, 77]),  # tiny
+])
+def test_languini_batch_sweep_order(largest, tried):
+    seen = []
+
+    def measure(b):
+        seen.append(b)
+        return None if b > largest else {"batch": b}
+
+    rows = bench.languini_batch_sweep(measure)
+    assert seen == tried and max(rows) == largest and all(b <= largest for b in rows)
+    assert bench.languini_batch_sweep(lambda b: None) == {}  # not even batch 1 fits
