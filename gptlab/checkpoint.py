@@ -425,12 +425,17 @@ def check_resumable(state: dict, path: Path) -> None:
 
 
 def load_latest_valid(run_dir: Path, map_location="cpu", warn=print) -> tuple[dict, Path] | None:
-    """Newest checkpoint that passes its checksum and loads; damaged ones are reported and skipped."""
+    """Newest checkpoint that passes its checksum, loads and has the structure a resume reads;
+    damaged ones are reported and skipped."""
     for path in list_checkpoints(run_dir):
         problem = verify(path)
         if problem is None:
             try:
-                return load_checkpoint(path, map_location, check=False), path
+                state = load_checkpoint(path, map_location, check=False)
+                problem = _structure_problem(state)
+                if problem is None:
+                    return state, path
+                problem = f"damaged or not written by gptlab train ({problem})"
             except UserError as e:
                 problem = str(e)
         warn(f"warning: skipping checkpoint {path.name}: {problem}")

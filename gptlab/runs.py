@@ -19,6 +19,7 @@ A folder with contents is never deleted or written over silently: continuing it 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import time
@@ -178,7 +179,8 @@ def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = Fa
       `<path>.old-<timestamp>` (printed) and starts an empty one;
     - a folder of other files, the current folder, a file, a path under a file: refused;
     - a folder another live process is training into (its lock): refused, naming the holder.
-    Nothing is ever deleted. Call it on rank 0 only, then hold run_lock(path) while training.
+    Nothing is ever deleted and nothing created: run_lock(path), held by rank 0 while training,
+    creates the folder.
     """
     from gptlab.files import LOCK_FILE, folder_lock
 
@@ -194,22 +196,32 @@ def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = Fa
         aside = _aside_path(path)
         path.rename(aside)
         print(f"moved the old run {path} aside to {aside} (nothing was deleted)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create run folder {str(path)!r}: {e.strerror}: choose a writable --out_dir") from None
     return path
 
 
+@contextlib.contextmanager
 def run_lock(path: str | Path, enabled: bool = True):
-    """Context manager: hold the run folder's lock (files.folder_lock) for the whole run, so a
-    second trainer or a --resume started meanwhile is refused naming this process. enabled=False
-    (ranks other than 0) holds nothing."""
-    import contextlib
-
+    """Hold the run folder's lock (files.folder_lock, which creates the folder) for the whole
+    run, so a second trainer or a --resume started meanwhile is refused naming this process.
+    Folders it had to create are removed again if the run leaves them empty (a refused run
+    leaves no trace). enabled=False (ranks other than 0) holds nothing."""
     from gptlab.files import folder_lock
 
-    return folder_lock(Path(path), "run folder") if enabled else contextlib.nullcontext(Path(path))
+    path = Path(path)
+    if not enabled:
+        yield path
+        return
+    made = [p for p in (path, *path.absolute().parents) if not p.exists()]  # innermost first
+    try:
+        with folder_lock(path, "run folder"):
+            yield path
+    finally:
+        for p in made:
+            if p.exists():
+                try:
+                    p.rmdir()
+                except OSError:  # not empty: the run wrote something
+                    break
 
 
 # --------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from gptlab.config import Config, load_run_config, resolve
 from gptlab.data import tokens as tk
 from gptlab.data.prefetch import Prefetcher
 from gptlab.data.samplers import RandomWindowSampler, StreamBatcher
+from gptlab.data.tokenizers import tokenizer_files
 from gptlab.errors import UserError
 from gptlab.evaluate import evaluate, format_metrics
 from gptlab.files import atomic_write_text
@@ -514,9 +515,8 @@ def write_run_files(cfg: Config, run_dir: Path, meta: dict, data_dir: Path) -> N
     """config.json, and the data's meta and tokenizer model: the run folder alone must be enough to sample."""
     atomic_write_text(run_dir / runs.CONFIG_FILE, cfg.to_json() + "\n")
     atomic_write_text(run_dir / runs.DATA_META_FILE, json.dumps(meta, indent=2) + "\n")
-    model_file = meta.get("tokenizer", {}).get("model_file")
-    if model_file and (data_dir / model_file).is_file():
-        shutil.copyfile(data_dir / model_file, run_dir / Path(model_file).name)
+    for name in tokenizer_files(meta):  # checked plain NAME.model names, never a path meta.json chose
+        shutil.copyfile(data_dir / name, run_dir / name)
 
 
 def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack | None = None) -> Session:

@@ -75,7 +75,7 @@ def test_overwrite_moves_aside_and_says_where(tmp_path, capsys):
     out = capsys.readouterr().out
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("r.old-")]
     assert len(aside) == 1 and str(aside[0]) in out
-    assert snapshot(aside[0]) == before and list(run.iterdir()) == []
+    assert snapshot(aside[0]) == before and not run.exists()
 
 
 def test_resume_fix_in_message_works(tmp_path, capsys):
@@ -87,6 +87,18 @@ def test_resume_fix_in_message_works(tmp_path, capsys):
     with pytest.raises(UserError, match="drop --resume"):
         runs.prepare_run_dir(tmp_path / "new", resume=True)
     assert runs.prepare_run_dir(tmp_path / "new") == tmp_path / "new"
+
+
+def test_run_lock_creates_the_folder_and_a_refused_run_leaves_none(tmp_path):
+    run = tmp_path / "a" / "b" / "run"
+    with pytest.raises(RuntimeError):
+        with runs.run_lock(run):
+            assert (run / LOCK_FILE).is_file()
+            raise RuntimeError("refused after the lock")
+    assert list(tmp_path.iterdir()) == []
+    with runs.run_lock(run):
+        (run / "config.json").write_text("{}")
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]
 
 
 def _holder(run: Path) -> subprocess.Popen:
