@@ -6,7 +6,8 @@ metrics.jsonl is written by the trainer, one JSON object per line:
      "accel_hours": float|null,      # tokens / tokens_per_second / 3600; null without tokens_per_second
      "time_s": float, ...}
     train lines add: loss, lr, ms_per_step, tokens_per_sec, mfu
-    eval lines add:  split, loss, ppl, normalised_ppl, bpb, acc1, acc10
+    eval lines add:  split, loss, ppl, normalised_ppl, bpb, acc1, acc10, eval_tokens, eval_chars, ...
+                     ('tokens' is the training tokens of the step, as on train lines)
 
 Two pictures:
 - several runs on one chart: an eval metric against steps, tokens or accelerator-hours
@@ -139,6 +140,31 @@ def _x_value(rec: dict, x: str, tokens_per_second: float | None, run: str | Path
     return v
 
 
+def training_tokens(records: list[dict]) -> list[dict]:
+    """Records whose 'tokens' are the training tokens of their step, eval records included.
+
+    Eval records hold the training tokens, steps and accelerator-hours of the step they
+    evaluate, and the eval's own counts as eval_tokens (or tokens_scored). Files written
+    before that held the count of tokens scored under 'tokens' (with 'windows' beside it);
+    those records get the training tokens of their step back from the train records
+    (tokens per step), and their accelerator-hours with them.
+    """
+    per_step = next((r["tokens"] / r["step"] for r in records
+                     if r.get("kind") == "train" and r.get("step") and r.get("tokens")), None)
+    hours_per_token = next((r["accel_hours"] / r["tokens"] for r in records
+                            if r.get("kind") == "train" and r.get("accel_hours") and r.get("tokens")), None)
+    out = []
+    for r in records:
+        old = r.get("kind") == "eval" and "windows" in r and not ({"eval_tokens", "tokens_scored"} & set(r))
+        if old and per_step is not None:
+            tokens = round(r["step"] * per_step)
+            r = dict(r, tokens=tokens, tokens_scored=r.get("tokens"))
+            if hours_per_token is not None:
+                r["accel_hours"] = tokens * hours_per_token
+        out.append(r)
+    return out
+
+
 def series(records: list[dict], kind: str, metric: str, x: str = "steps", split: str | None = None,
            tokens_per_second: float | None = None, run: str | Path = "") -> dict[str | None, tuple[list, list]]:
     """{split (None for train): (xs, ys)} for one run, sorted by step.
@@ -146,7 +172,7 @@ def series(records: list[dict], kind: str, metric: str, x: str = "steps", split:
     A step logged twice (a resumed run re-logs the steps after its last checkpoint)
     keeps its last record, the one from the run that continued.
     """
-    chosen = [r for r in records if r.get("kind") == kind]
+    chosen = [r for r in training_tokens(records) if r.get("kind") == kind]
     if split is not None:
         chosen = [r for r in chosen if r.get("split") == split]
     if not chosen:
