@@ -51,10 +51,14 @@ def test_run_dir_layout(tmp_path):
     assert run_dir(cfg, 1) == tmp_path / "elsewhere"
 
 
-def test_new_folder_is_created(tmp_path):
+def test_new_folder_is_created_by_the_lock(tmp_path):
+    from gptlab.runs import run_lock
+
     p = prepare_run_dir(tmp_path / "a" / "b")
-    assert p.is_dir()
-    assert prepare_run_dir(p) == p  # empty folder: nothing to lose
+    assert not p.exists()  # prepare_run_dir only checks; run_lock creates
+    with run_lock(p):
+        assert p.is_dir()
+        assert prepare_run_dir(p) == p  # empty folder (but for the lock): nothing to lose
 
 
 def _filled(tmp_path):
@@ -73,6 +77,7 @@ def test_existing_folder_refused_without_flags(tmp_path):
 
 def test_resume_keeps_contents(tmp_path):
     p = _filled(tmp_path)
+    (p / "checkpoints" / "ckpt_00000001.pt").write_bytes(b"x")
     assert prepare_run_dir(p, resume=True) == p
     assert (p / "metrics.jsonl").exists()
 
@@ -85,12 +90,13 @@ def test_resume_of_nothing_is_an_error(tmp_path):
 def test_overwrite_moves_aside_never_deletes(tmp_path):
     p = _filled(tmp_path)
     prepare_run_dir(p, overwrite=True)
-    assert p.is_dir() and not any(p.iterdir())
+    assert not p.exists()
     aside = [q for q in tmp_path.iterdir() if q.name.startswith("run.old-")]
     assert len(aside) == 1
     assert (aside[0] / "metrics.jsonl").read_text() == '{"kind": "train", "step": 1}\n'
     # a second overwrite in the same second must not clash with the first
-    (p / "x").write_text("second")
+    p.mkdir()
+    (p / "metrics.jsonl").write_text("second")
     prepare_run_dir(p, overwrite=True)
     aside = sorted(q.name for q in tmp_path.iterdir() if q.name.startswith("run.old-"))
     assert len(aside) == 2
