@@ -58,7 +58,9 @@ def test_new_folder_is_created_by_the_lock(tmp_path):
     assert not p.exists()  # prepare_run_dir only checks; run_lock creates
     with run_lock(p):
         assert p.is_dir()
-        assert prepare_run_dir(p) == p  # empty folder (but for the lock): nothing to lose
+    assert not p.exists()  # left empty: removed again
+    p.mkdir(parents=True)
+    assert prepare_run_dir(p) == p  # empty folder: nothing to lose
 
 
 def _filled(tmp_path):
