@@ -143,6 +143,11 @@ def _model(argv: list[str]) -> int:
     return 0
 
 
+def demo_argv(argv: list[str]) -> list[str]:
+    """The demo run's own `gptlab train` arguments, so the resume command it prints works."""
+    return ["baby", "--out_dir", "out/demo", "--overwrite", "true", *argv]
+
+
 def _demo(argv: list[str]) -> int:
     """The README's main job: tiny Shakespeare, character model on CPU, a sample."""
     from pathlib import Path
@@ -152,8 +157,7 @@ def _demo(argv: list[str]) -> int:
     from gptlab.train import train
     from gptlab import sample
 
-    # The run's own arguments, as `gptlab train` would take them: its printed resume command works.
-    train_argv = ["baby", "--out_dir", "out/demo", "--overwrite", "true", *argv]
+    train_argv = demo_argv(argv)
     data_dir = Path("data") / "shakespeare_char"
     if not (data_dir / "meta.json").is_file():
         prepare("shakespeare_char", out=data_dir)
