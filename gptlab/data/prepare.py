@@ -27,6 +27,7 @@ import contextlib
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import sys
 import time
@@ -556,8 +557,9 @@ def _check_out(out: Path, overwrite: bool) -> str:
 def _clear(folder: Path) -> None:
     """Empty a partial folder of the files a prepare writes there (nothing else is touched)."""
     for p in folder.iterdir():
-        if p.name != files.LOCK_FILE and (p.name == PROGRESS or p.name.endswith(".partial") or T.is_dataset_file(p.name)
-                                          or p.name.startswith(".")):
+        if p.is_file() and p.name != files.LOCK_FILE and (p.name in (PROGRESS, "tokenizer.model", "tokenizer.vocab")
+                                                          or p.name.endswith(".partial") or T.is_dataset_file(p.name)
+                                                          or re.fullmatch(r"\..+\.tmp-\d+", p.name)):
             p.unlink()
 
 
@@ -567,6 +569,8 @@ def _swap_in(work: Path, out: Path, replace: bool) -> None:
     if state == "other" or (state == "dataset" and not replace):
         raise UserError(f"--out {out} changed while preparing and is no longer ours to replace: move it away, "
                         "then rerun with --resume")
+    for p in work.glob(".*.tmp-*"):  # left by a write a kill interrupted
+        p.unlink()
     (work / PROGRESS).unlink()
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     if state != "absent":
