@@ -742,10 +742,6 @@ class BatchSplit(NamedTuple):
     accum: int  # micro-batches per optimiser step on one rank
     global_batch: int  # sequences per optimiser step over all ranks
 
-    def describe(self, world_size: int, block_size: int) -> str:
-        return (f"global batch {self.global_batch} x {block_size} = {self.global_batch * block_size:,} tokens/step "
-                f"= {self.micro} micro x {self.accum} accum x {world_size} ranks")
-
 
 def resolve_batch(cfg: Config, world_size: int) -> BatchSplit:
     """The batch split for world_size ranks, keeping both users' meaning of the flags.

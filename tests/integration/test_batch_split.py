@@ -37,8 +37,8 @@ def test_two_ranks_keep_the_global_batch_of_one(char_dataset, tmp_path):
     one = _train([*data, *NANOGPT_FLAGS, "--out_dir", str(tmp_path / "one")], 1, tmp_path)
     two = _train([*data, *NANOGPT_FLAGS, "--out_dir", str(tmp_path / "two")], 2, tmp_path)
     # 2 micro x 4 global accumulation = 8 sequences of 16 tokens on 1 rank and on 2.
-    assert "global batch 8 x 16 = 128 tokens/step = 2 micro x 4 accum x 1 ranks" in one.stdout
-    assert "global batch 8 x 16 = 128 tokens/step = 2 micro x 2 accum x 2 ranks" in two.stdout
+    assert "batch 8 = 1 ranks x 2 x 4 accum | seq 16 | 128 tokens/step" in one.stdout
+    assert "batch 8 = 2 ranks x 2 x 2 accum | seq 16 | 128 tokens/step" in two.stdout
     saved = [json.loads((tmp_path / r / "config.json").read_text())["train"] for r in ("one", "two")]
     assert [t["train_batch_size"] for t in saved] == [8, 8]
     assert [t["gradient_accumulation_steps"] for t in saved] == [4, 2]  # per rank, as the run ran
