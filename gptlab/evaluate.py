@@ -210,7 +210,8 @@ def summarize(sums: list[float], plan: EvalPlan, check: bool = True) -> dict:
     c = plan.counts or {}
     out = {"loss": loss, "ppl": math.exp(min(loss, 700)), "acc1": top1 / max(ntok, 1), "acc10": top10 / max(ntok, 1),
            "total_loss": nll, "eval_tokens": int(ntok), "eval_windows": int(len(plan.items)),
-           "eval_batches": plan.batches, "seq_len": plan.seq_len, "last_n": plan.last_n}
+           "eval_batches": plan.batches, "eval_streams": len(plan.rows.rows), "seq_len": plan.seq_len,
+           "last_n": plan.last_n}
     if check and c.get("eval_tokens") is not None and c["eval_tokens"] != int(ntok):
         raise RuntimeError(f"scored {int(ntok)} tokens but the plan counts {c['eval_tokens']}")
     if c.get("eval_chars"):

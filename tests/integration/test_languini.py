@@ -248,10 +248,10 @@ def test_tiny_run_prepared_a_sentencepiece_books_dataset(tiny_run):
 
 def test_tiny_run_folder_and_config(tiny_run):
     run = tiny_run["run"]
-    # The encoded name: model, data, batch / micro-batch, seq len, lr range, dims, clip, decay,
-    # workers, compile mode, precision, seed, comment.
-    assert run.name == ("GPT_books_bsz8_micro4_sl64_coslr0.003to6e-06_h64_ff256_nH2_dH32_nl2_clip0.0_"
-                        "decay20_gpus1_noCompile_fp32_seed0_ci")
+    # The benchmark's encoded name: model, data, batch, accumulation steps (micro), seq len, lr range,
+    # dims, clip, decay in thousands, workers, compile mode (none: no field), precision, seed, comment.
+    assert run.name == ("GPT_books_bsz8_micro2_sl64_coslr0.003to6e-06_h64_ff256_nH2_dH32_nl2_clip0.0_"
+                        "decay0k_workers1_fp32_seed0_ci")
     for f in ("config.json", "metrics.jsonl", "checkpoints/model.pt"):
         assert (run / f).is_file(), f
     cfg = json.loads((run / "config.json").read_text())
@@ -273,8 +273,11 @@ def test_tiny_run_trained_and_logged_accelerator_hours(tiny_run):
     assert {(r["step"], r["split"]) for r in evals} == {(10, "train"), (10, "test"), (20, "train"), (20, "test")}
     for r in evals:
         assert r["accel_hours"] == pytest.approx(r["step"] * tokens_per_step / TPS / 3600)
-        assert r["last_n"] == 32 and r["seq_len"] == 64
-        assert r["windows"] == 4 * 4  # capped: max_eval_steps x eval_batch_size
+        assert r["tokens"] == r["step"] * tokens_per_step  # the training tokens, not the eval's count
+        assert r["seq_len"] == 64 and r["eval_tokens"] > 0
+        # The first max_eval_steps batches of the document streams (one window of each non-empty row).
+        n_docs = 2 if r["split"] == "test" else (len(TRAIN_DOCS) if tiny_run["source"] == "openbooks" else 10)
+        assert r["eval_batches"] == 4 and r["eval_windows"] == min(r["eval_streams"], n_docs) * 4
     assert "step 20/20" in tiny_run["train_stdout"]
 
 
@@ -306,38 +309,82 @@ def test_tiny_run_logged_grad_statistics(tiny_run):
         assert r["logits/max"] > r["logits/mean"] > r["logits/min"]
 
 
+@torch.no_grad()
+def _benchmark_eval(model, tokens, sp, seq_len: int, last_n: int) -> tuple[float, int, int]:
+    """The benchmark's eval.py on one stream, step by step: windows of seq_len + 1 tokens every
+    last_n, zero-padded, the last last_n targets of each scored; characters = len(sp.decode(row))."""
+    nll, n_tok, n_char, s = 0.0, 0, 0, 0
+    while len(tokens) - s >= 2:
+        seq = tokens[s: s + seq_len + 1].tolist()
+        x = torch.tensor([(seq + [0] * seq_len)[:seq_len]])
+        logits = model(x)[0, :, :VOCAB].float()
+        tail = [(j, t) for j, t in enumerate(seq[1:]) if j >= seq_len - last_n]
+        for j, t in tail:
+            nll += torch.nn.functional.cross_entropy(logits[j][None], torch.tensor([t])).item()
+        n_tok += len(tail)
+        n_char += len(sp.decode([t for _, t in tail]))
+        s += last_n
+    return nll, n_tok, n_char
+
+
 def test_tiny_run_eval_with_last_n(tiny_run, monkeypatch, capsys):
+    import numpy as np
+    import sentencepiece as spm
+
+    from gptlab.runs import load_run
+
     work, run = tiny_run["work"], tiny_run["run"]
     out = _gptlab(["eval", "--checkpoint_file", str(run / "checkpoints" / "model.pt"),
                    "--config_file", str(run / "config.json"), "--eval_data_split", "test", "--last_n", "32",
-                   "--device", "cpu", "--json", "eval.json"], cwd=work).stdout
-    m = json.loads(out.strip().splitlines()[-1])
+                   "--device", "cpu", "--json", "eval.json"], cwd=work)
+    m = json.loads(out.stdout.strip().splitlines()[-1])
     assert m == json.loads((work / "eval.json").read_text())
-    assert out.startswith("test: loss ")
-    for k in ("loss", "ppl", "loss_per_byte", "normalised_ppl", "bpb", "acc1", "acc10", "tokens", "bytes"):
+    assert out.stdout.startswith("test: loss ")
+    assert "eval test: " in out.stderr and "(100%" in out.stderr  # progress lines off a terminal
+    for k in ("loss", "ppl", "normalised_loss", "normalised_ppl", "loss_per_byte", "bpb", "acc1", "acc10",
+              "eval_tokens", "eval_chars", "eval_bytes"):
         assert k in m, k
     meta = json.loads((work / "data" / "books" / "meta.json").read_text())
-    assert m["tokens"] == meta["splits"]["test"]["tokens"] - 1  # every target once, no padding
+    tokens = np.fromfile(work / "data" / "books" / "test.bin", dtype=np.uint16 if meta["dtype"] == "uint16" else np.uint32)
+    sp = spm.SentencePieceProcessor(model_file=str(work / "data" / "books" / meta["tokenizer"]["model_file"]))
+    model = load_run(run).build_model("cpu").eval()
+    nll, n_tok, n_char = _benchmark_eval(model, tokens.astype(np.int64), sp, 64, 32)
+    # Window 0 scores only its last 32 targets too: 32 fewer than every target once.
+    assert m["eval_tokens"] == n_tok == meta["splits"]["test"]["tokens"] - 1 - 32
+    assert m["eval_chars"] == n_char
+    assert m["total_loss"] == pytest.approx(nll, rel=1e-6)
+    assert m["normalised_ppl"] == pytest.approx(math.exp(nll / n_char), rel=1e-6)
+    assert m["eval_bytes"] == len(sp.decode(tokens[33:].tolist()).encode("utf-8"))  # the targets' true bytes
     assert m["last_n"] == 32 and m["seq_len"] == 64
-    text_bytes = sum(len(p.read_bytes()) for p in (work / "books" / "test").iterdir())
-    # Targets are tokens 1..N-1: all the text's bytes but those of the first token (<D> is 0 bytes).
-    assert text_bytes - 16 <= m["bytes"] <= text_bytes
     assert m["ppl"] == pytest.approx(math.exp(m["loss"]), rel=1e-9)
-    assert m["loss_per_byte"] == pytest.approx(m["loss"] * m["tokens"] / m["bytes"], rel=1e-9)
     assert m["bpb"] == pytest.approx(m["loss_per_byte"] / math.log(2), rel=1e-9)
-    assert m["normalised_ppl"] == pytest.approx(math.exp(m["loss_per_byte"]), rel=1e-9)
     assert 0 <= m["acc1"] <= m["acc10"] <= 1
     assert m["loss"] < math.log(VOCAB)  # better than uniform after training
-    # The in-training eval is the same routine, capped: with its cap it gives its numbers.
+    # The in-training eval's sampling: the first max_eval_steps batches of eval_batch_size streams.
     # (In-process: a second interpreter start costs more than the eval itself.)
     monkeypatch.chdir(work)
-    assert cli.main(["eval", "--checkpoint_file", str(run / "checkpoints" / "model.pt"), "--eval_data_split",
-                     "test", "--last_n", "32", "--device", "cpu", "--max_eval_steps", "4",
-                     "--eval_batch_size", "4"]) == 0
+    ckpt = str(run / "checkpoints" / "model.pt")
+    assert cli.main(["eval", "--checkpoint_file", ckpt, "--eval_data_split", "test", "--device", "cpu",
+                     "--max_eval_steps", "4", "--streams", "4"]) == 0
     c = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    logged = [r for r in _records(run, "eval") if r["step"] == STEPS and r["split"] == "test"][0]
-    assert c["tokens"] == logged["tokens"]
+    assert c["eval_batches"] == 4 and c["eval_windows"] == 2 * 4  # two test documents: two non-empty streams
+    assert c["eval_tokens"] == 8 * 64
+    # The trainer's logged eval is the same routine: `gptlab eval` with its plan gives its numbers.
+    logged = [r for r in _records(run, "eval") if r["step"] == STEPS and r.get("split") == "test"][0]
+    assert cli.main(["eval", "--checkpoint_file", ckpt, "--eval_data_split", "test", "--device", "cpu",
+                     "--max_eval_steps", str(logged["eval_batches"]), "--streams", str(logged["eval_streams"]),
+                     "--last_n", str(logged["last_n"])]) == 0
+    c = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert c["eval_tokens"] == logged["eval_tokens"] and c["eval_windows"] == logged["eval_windows"]
     assert c["loss"] == pytest.approx(logged["loss"], rel=1e-5)
+
+
+def test_tiny_run_eval_refuses_another_tokenizer(tiny_run, char_dataset, capsys):
+    run = tiny_run["run"]
+    code = cli.main(["eval", "--run", str(run), "--dataset", str(char_dataset), "--eval_data_split", "val",
+                     "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "different tokenizer" in err[0]
 
 
 def test_tiny_run_eval_rejects_last_n_not_dividing_seq_len(tiny_run, capsys):

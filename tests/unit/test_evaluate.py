@@ -232,3 +232,46 @@ def test_format_metrics_mentions_every_number(model):
     text = E.format_metrics(m)
     for word in ("loss", "ppl", "bpb", "norm_ppl", "acc1", "acc10", "tokens", "chars", "bytes"):
         assert word in text
+
+
+@pytest.mark.parametrize("args,word", [
+    (["--seq_len", "-4"], "--seq_len -4"),
+    (["--last_n", "0"], "--last_n 0"),
+    (["--max_eval_steps", "0"], "--max_eval_steps 0"),
+    (["--eval_batch_size", "-1"], "--eval_batch_size -1"),
+    (["--streams", "0"], "--streams 0"),
+    (["--json", "no/such/folder/m.json"], "its folder does not exist"),
+])
+def test_eval_cli_rejects_bad_arguments_before_loading(tmp_path, capsys, args, word):
+    from gptlab import cli
+
+    # The run does not exist: the argument is reported first, in one line, exit 2.
+    code = cli.main(["eval", "--run", str(tmp_path / "no_run"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and word in err[0], err
+
+
+def test_eval_refuses_data_of_another_tokenizer():
+    run_meta = {"vocab_size": 300, "tokenizer": {"kind": "sentencepiece", "model_file": "t.model", "fingerprint": "a" * 64}}
+    E.check_same_tokenizer(run_meta, run_meta, "data")  # the same: fine
+    E.check_same_tokenizer(None, run_meta, "data")  # a run without data_meta.json: nothing to compare
+    other = {"vocab_size": 300, "tokenizer": {"kind": "sentencepiece", "model_file": "t.model", "fingerprint": "b" * 64}}
+    with pytest.raises(UserError, match="different tokenizer"):
+        E.check_same_tokenizer(run_meta, other, "data")
+    # Without fingerprints (data prepared earlier): kind, vocabulary size and characters.
+    a = {"vocab_size": 3, "tokenizer": {"kind": "char", "chars": ["a", "b", "c"]}}
+    b = {"vocab_size": 3, "tokenizer": {"kind": "char", "chars": ["a", "b", "d"]}}
+    E.check_same_tokenizer(a, a, "data")
+    with pytest.raises(UserError, match="different tokenizer"):
+        E.check_same_tokenizer(a, b, "data")
+    with pytest.raises(UserError, match="different tokenizer"):
+        E.check_same_tokenizer({"vocab_size": 50257, "tokenizer": {"kind": "gpt2"}}, a, "data")
+
+
+def test_progress_prints_a_line_every_few_percent(capsys, monkeypatch):
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    tick = E._progress("eval test")
+    for i in range(1, 201):
+        tick(i, 200)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert 15 <= len(lines) <= 22 and lines[-1].startswith("eval test: 200/200 batches (100%")
