@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from gptlab.errors import UserError
-from gptlab.data.prepare import (PROGRESS, Plan, Stream, build, capped_batches, row_uniform,  # noqa: F401
-                                 text_files_stream, work_dir)
+from gptlab.data.prepare import (PROGRESS, Plan, Stream, build, capped_batches, check_options,  # noqa: F401
+                                 row_uniform, text_files_stream, work_dir)
 
 SPLIT_ALIASES = {"validation": "val", "valid": "val", "dev": "val"}
 KNOWN_SPLITS = ("train", "validation", "valid", "val", "dev", "test")
@@ -308,10 +308,7 @@ def prepare_hf(dataset: str | None = None, name: str | None = None, split: str |
     val_fraction = r.get("val_fraction", 0.0005) if val_fraction is None else val_fraction
     seed = r.get("seed", 2357) if seed is None else seed
     tokenizer = tokenizer or r.get("tokenizer", "gpt2")
-    if not 0.0 <= val_fraction < 1.0:
-        raise UserError(f"--val_fraction {val_fraction} must be in [0, 1) (e.g. 0.0005)")
-    if num_proc is not None and num_proc < 1:
-        raise UserError(f"--num_proc {num_proc} must be at least 1")
+    check_options("hf", tokenizer, val_fraction, vocab_size, num_proc)
     tok_opts = {**(tok_opts or {}), "seed": seed, "sp_docs": sp_docs}
     tok_opts["vocab_size"] = tok_opts.get("vocab_size") or vocab_size
     config = {"dataset": dataset, "name": name, "split": split, "text_field": text_field, "val_fraction": val_fraction,

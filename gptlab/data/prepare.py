@@ -4,19 +4,14 @@
       -> encode (inline, or in a pool of worker processes with num_proc > 1)
       -> SplitWriter per split (tokens.py) -> meta.json -> swapped into --out
 
-Sources: the small recipes below (shakespeare_char, shakespeare, zero_one, text, books,
-openbooks) and Hugging Face style corpora (hf, openwebtext, tinystories; hf_prepare.py).
-Every document is followed by the tokenizer's end-of-document id when it has one (GPT-2's
-<|endoftext|>, SentencePiece's <D>), except the one-text recipes, whose text is one
-document cut into train/val; `{split}.docs.npy` holds document starts. Empty documents
-are skipped.
+Sources: the small recipes below and Hugging Face style corpora (hf_prepare.py). Every document
+is followed by the tokenizer's end-of-document id when it has one, except in the one-text
+recipes (one text cut into train/val); `{split}.docs.npy` holds document starts.
 
-Safety: the new dataset is built in a sibling folder `.NAME.partial` that holds a folder
-lock, and replaces --out only when complete. --out must be absent, empty, or a gptlab
-dataset (replaced with --overwrite); anything else is refused before anything is written.
-`progress.json` in the partial folder records rows consumed and tokens written after the
-bins were fsynced, so `--resume` after any interruption (SIGKILL included) truncates to it
-and continues; the result is byte for byte that of an uninterrupted run.
+Safety: the dataset is built in a sibling folder `.NAME.partial` under a folder lock and replaces
+--out (absent, empty, or a gptlab dataset with --overwrite) only when complete. Its
+`progress.json` records rows consumed and tokens written after an fsync, so `--resume` after any
+interruption (SIGKILL included) continues to the bytes an uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -31,7 +26,6 @@ import re
 import shutil
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -41,14 +35,13 @@ import numpy as np
 from gptlab import files
 from gptlab.errors import UserError
 from gptlab.data import tokens as T
-from gptlab.data.tokenizers import (CharTokenizer, GPT2Tokenizer, cache_dir, ensure_gpt2_vocab, sha256_bytes,
-                                    tokenizer_from_meta, train_sentencepiece)
+from gptlab.data.tokenizers import (CharTokenizer, GPT2Tokenizer, ensure_gpt2_vocab, sha256_bytes, tokenizer_from_meta,
+                                    train_sentencepiece)
 
 PROGRESS = "progress.json"
 PROGRESS_VERSION = 2
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 TINYSHAKESPEARE_BYTES = 1_115_394
-TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 OPENBOOKS_DEFAULT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "openbooks"
 TOKENIZERS = ("char", "gpt2", "sentencepiece")
 
@@ -130,17 +123,10 @@ def _verified_shakespeare(data: bytes) -> str | None:
 
 
 def get_tinyshakespeare(input: str | Path | None = None, verbose: bool = True) -> tuple[str, dict]:
-    """Tiny Shakespeare text and where it came from, always sha256-verified.
-
-    Order: --input, the gptlab cache, the public URL, the gzipped copy bundled in the package.
-    """
-    def done(text, source):
-        if verbose:
-            print(f"tiny Shakespeare: from {source.get('path') or source.get('url')}")
-        return text, dict(source, sha256=TINYSHAKESPEARE_SHA256)
-
+    """Tiny Shakespeare text and where it came from, always sha256-verified: --input, or the gzipped
+    copy bundled in the package (no network needed)."""
     if input is not None:
-        p = Path(input)
+        p, kind = Path(input), "file"
         if not p.is_file():
             raise UserError(f"--input {p} is not a file: give the path of tinyshakespeare.txt")
         text = _verified_shakespeare(p.read_bytes())
@@ -148,25 +134,15 @@ def get_tinyshakespeare(input: str | Path | None = None, verbose: bool = True) -
             raise UserError(
                 f"{p} is not the canonical tiny Shakespeare ({TINYSHAKESPEARE_BYTES} bytes, sha256 {TINYSHAKESPEARE_SHA256[:12]}...): "
                 "use `gptlab prepare text --input FILE` for other text")
-        return done(text, {"kind": "file", "path": str(p.resolve())})
-    cached = cache_dir() / "tinyshakespeare.txt"
-    if cached.is_file() and (text := _verified_shakespeare(cached.read_bytes())) is not None:
-        return done(text, {"kind": "cache", "path": str(cached)})
-    if os.environ.get("GPTLAB_OFFLINE") != "1":
-        with contextlib.suppress(OSError, ValueError):
-            with urllib.request.urlopen(TINYSHAKESPEARE_URL, timeout=5) as r:
-                data = r.read(TINYSHAKESPEARE_BYTES + 1)
-            if (text := _verified_shakespeare(data)) is not None:
-                with contextlib.suppress(OSError, UserError):  # a cache we cannot write is only a missed speed-up
-                    cached.parent.mkdir(parents=True, exist_ok=True)
-                    files.atomic_write_bytes(cached, data)
-                return done(text, {"kind": "url", "url": TINYSHAKESPEARE_URL})
-    # The route on a machine without the internet: the gzipped copy inside gptlab itself.
-    bundled = Path(__file__).resolve().parent / "assets" / "tinyshakespeare.txt.gz"
-    if bundled.is_file() and (text := _verified_shakespeare(gzip.decompress(bundled.read_bytes()))) is not None:
-        return done(text, {"kind": "bundled", "path": str(bundled)})
-    raise UserError("could not get tiny Shakespeare (no cache, URL unreachable): "
-                    "download input.txt of char-rnn's tinyshakespeare and pass --input PATH")
+    else:
+        p, kind = Path(__file__).resolve().parent / "assets" / "tinyshakespeare.txt.gz", "bundled"
+        text = _verified_shakespeare(gzip.decompress(p.read_bytes())) if p.is_file() else None
+        if text is None:
+            raise UserError(f"the tiny Shakespeare copy bundled with gptlab ({p}) is missing or damaged: reinstall "
+                            "gptlab, or download input.txt of char-rnn's tinyshakespeare and pass --input PATH")
+    if verbose:
+        print(f"tiny Shakespeare: from {p.resolve()}")
+    return text, {"kind": kind, "path": str(p.resolve()), "sha256": TINYSHAKESPEARE_SHA256}
 
 
 # --------------------------------------------------------------------------
@@ -744,7 +720,7 @@ def _run(plan: Plan, work: Path, state: dict | None, config: dict, overwrite: bo
 # --------------------------------------------------------------------------
 
 
-def _check_options(name: str, tokenizer, val_fraction, vocab_size, num_proc) -> None:
+def check_options(name: str, tokenizer, val_fraction, vocab_size, num_proc) -> None:
     if name not in RECIPES:
         import difflib
 
@@ -790,7 +766,7 @@ def prepare(recipe: str, input=None, tokenizer: str | None = None, out=None, ove
     """Run a recipe; returns the data dir. Default out dir: data/<name> under the cwd.
     The hf recipes take prepare_hf's options (dataset=..., text_field=..., ...)."""
     name = recipe
-    _check_options(name, tokenizer, val_fraction, vocab_size, num_proc)
+    check_options(name, tokenizer, val_fraction, vocab_size, num_proc)
     if tokenizer_model is not None and tokenizer not in (None, "sentencepiece"):
         raise UserError("--tokenizer_model is a SentencePiece model: drop --tokenizer or use --tokenizer sentencepiece")
     tok_opts = {"vocab_size": vocab_size, "num_threads": num_threads, "input_sentence_size": input_sentence_size,

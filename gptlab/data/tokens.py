@@ -330,17 +330,13 @@ def doc_spans(starts: np.ndarray, n_tokens: int) -> np.ndarray:
     return np.stack([s, e], axis=1)
 
 
-# Names a prepared dataset folder may hold besides its splits' files and its tokenizer model.
-DATASET_FILES = (META, VERIFIED, files.LOCK_FILE, "tokenizer.model", "tokenizer.vocab")
+# What a prepared dataset folder may hold: its splits' files, meta, verification cache, lock, tokenizer.
+_DATASET_FILE = re.compile(r"meta\.json|\.verified\.json|\.gptlab\.lock|tokenizer\.(model|vocab)"
+                           r"|[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.(bin|docs\.npy)")
 
 
 def is_dataset_file(name: str) -> bool:
-    if name in DATASET_FILES:
-        return True
-    for suffix in (".bin", ".docs.npy"):
-        if name.endswith(suffix) and SPLIT_NAME.fullmatch(name[: -len(suffix)]):
-            return True
-    return False
+    return bool(_DATASET_FILE.fullmatch(name))
 
 
 def dataset_state(folder: Path) -> str:

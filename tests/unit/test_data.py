@@ -358,21 +358,16 @@ def test_shakespeare_rejects_other_text(tmp_path):
         prepare("shakespeare_char", input=f, out=tmp_path / "s")
 
 
-def test_shakespeare_uses_verified_cache(tmp_path, monkeypatch, capsys):
-    if not SHAKESPEARE.is_file():
-        pytest.skip("../shared/data/tinyshakespeare.txt not present")
-    monkeypatch.setenv("GPTLAB_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("GPTLAB_OFFLINE", "1")
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "tinyshakespeare.txt").write_bytes(SHAKESPEARE.read_bytes())
+def test_shakespeare_bundled_copy_is_verified(tmp_path, monkeypatch):
     from gptlab.data.prepare import get_tinyshakespeare
-
-    text, source = get_tinyshakespeare()
-    assert source["kind"] in ("cache", "bundled") and len(text) == 1115394
-    (tmp_path / "cache" / "tinyshakespeare.txt").write_text("tampered")
     import gptlab.data.prepare as P
 
-    monkeypatch.setattr(P, "__file__", str(tmp_path / "nowhere" / "prepare.py"))  # hide any bundled copy
+    text, source = get_tinyshakespeare()
+    assert source["kind"] == "bundled" and len(text) == 1115394 and source["sha256"] == TINYSHAKESPEARE_SHA256
+    fake = tmp_path / "pkg"
+    (fake / "assets").mkdir(parents=True)
+    (fake / "assets" / "tinyshakespeare.txt.gz").write_bytes(__import__("gzip").compress(b"tampered"))
+    monkeypatch.setattr(P, "__file__", str(fake / "prepare.py"))  # a damaged bundled copy
     with pytest.raises(UserError, match="--input"):
         get_tinyshakespeare()
 
