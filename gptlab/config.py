@@ -19,12 +19,12 @@ import json
 import math
 import operator
 import sys
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from gptlab.errors import UserError
+from gptlab.files import read_json, read_toml
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -395,10 +395,7 @@ def resolve_preset_name(name: str) -> str:
 def load_toml(path: str | Path) -> dict[str, Any]:
     """A TOML config: flat keys and/or [section] tables, plus an optional `preset = "..."`."""
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"config file {str(p)!r} is not valid TOML ({str(e).splitlines()[0]}): fix its syntax") from None
+    raw = read_toml(p, "config file")
     flat: dict[str, Any] = {}
     for k, v in raw.items():
         if isinstance(v, dict):
@@ -800,10 +797,7 @@ def load_run_config(path: str | Path) -> Config:
         p = p / "config.json"
     if not p.is_file():
         raise UserError(f"no config.json at {str(p)!r}: pass a run folder written by `gptlab train`")
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{p} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}): the run's config is damaged") from None
+    d = read_json(p, "run config")
     if not isinstance(d, dict):
         raise UserError(f"{p} does not hold a config object")
     return Config.from_dict(d)

@@ -24,6 +24,7 @@ import torch
 
 from gptlab.config import ModelConfig
 from gptlab.errors import UserError
+from gptlab.files import atomic_write_bytes as _atomic_write, read_json
 from gptlab.model import GPT, GPTShape, padded_vocab
 
 # Short names users type, and the hub repositories that hold them today. The hub moved
@@ -201,8 +202,8 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
             return loader(folder / single)
         if (folder / index).is_file():
             try:
-                shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
-            except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
+                shards = sorted(set(read_json(folder / index, "shard index")["weight_map"].values()))
+            except (KeyError, AttributeError, TypeError):
                 raise UserError(f"{folder / index} is not a valid shard index: re-download the model") from None
             sd: dict[str, torch.Tensor] = {}
             for s in shards:
@@ -302,10 +303,7 @@ def load_gpt2_state(name_or_path: str, cache_dir: str | Path | None = None,
     pad_vocab_multiple (pass the config's value).
     """
     folder = resolve_pretrained(name_or_path, cache_dir)
-    try:
-        hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{folder / 'config.json'} is not valid JSON: re-download or re-export the model") from None
+    hf = read_json(folder / "config.json", "model config")
     if not isinstance(hf, dict):
         raise UserError(f"{folder / 'config.json'} does not hold a config object")
     ov = overrides_from_hf_config(hf, pad_vocab_multiple)
@@ -447,12 +445,6 @@ def _write_gpt2_tokenizer(out: Path, vocab_size: int, block_size: int) -> list[s
                "bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT}
     _atomic_write(out / "tokenizer_config.json", (json.dumps(tok_cfg, indent=2) + "\n").encode())
     return [f"tokenizer: GPT-2 BPE from {where}"]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def hf_config_dict(s: GPTShape, eot_id: int | None = None, dtype: torch.dtype = torch.float32) -> dict[str, Any]:

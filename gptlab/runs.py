@@ -329,15 +329,11 @@ def load_run(path: str | Path, config_file: str | Path | None = None) -> Run:
 
 
 def _read_meta(path: Path) -> dict | None:
-    import json
+    from gptlab.files import read_json
 
     if not path.is_file():
         return None
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{path} is not valid JSON: the run folder is damaged; copy data_meta.json from the dataset's "
-                        "meta.json") from None
+    meta = read_json(path, "the run's data meta")
     if not isinstance(meta, dict):
         raise UserError(f"{path} does not hold a JSON object: the run folder is damaged")
     return meta
