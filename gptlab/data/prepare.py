@@ -518,6 +518,8 @@ def _check_out(out: Path, overwrite: bool) -> str:
     """Refuse an --out that is not ours to replace; returns its state (tokens.dataset_state)."""
     if not out.name or out.resolve() == Path.cwd().resolve() or out.resolve() == Path.home().resolve():
         raise UserError(f"--out {out} is the working or home folder: give a new folder such as data/NAME")
+    if out.is_symlink():
+        raise UserError(f"--out {out} is a symbolic link: give the folder it points to, or a new folder")
     if out.parent.exists() and not out.parent.is_dir():
         raise UserError(f"--out {out} lies under {out.parent}, which is a file: choose another --out")
     state = T.dataset_state(out)
@@ -752,7 +754,7 @@ def _small_plan(name, input, tokenizer, seed, val_fraction, file_lists, splits) 
         kind = tokenizer or "sentencepiece"
     extra = {} if name in ("books", "openbooks") else {"val_fraction": val_fraction}
     config = {"recipe": name, "input": str(input), "tokenizer": kind, "seed": seed, "val_fraction": val_fraction,
-              "file_lists": str(file_lists), "splits": splits}
+              "file_lists": str(file_lists), "splits": splits, "source_sha256": source.get("sha256")}
     plan = Plan(name, streams, source, kind, config, extra=extra, seed=seed)
     plan.lengths = lengths if name in ("books", "openbooks") else {}
     return plan

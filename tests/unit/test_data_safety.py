@@ -61,9 +61,11 @@ def test_out_cwd_run_folder_file_and_under_file_are_refused(tmp_path, src, capsy
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.json").write_text("{}")
     (tmp_path / "afile").write_text("x")
+    assert char_prepare(src, tmp_path / "ds") == 0
+    (tmp_path / "link").symlink_to(tmp_path / "ds")
     monkeypatch.chdir(tmp_path)
     before = tree(tmp_path)
-    for out in (".", str(tmp_path), "run", "afile", "afile/sub"):
+    for out in (".", str(tmp_path), "run", "afile", "afile/sub", "link"):
         refused(["text", "--input", str(src), "--tokenizer", "char", "--out", out, "--overwrite"], capsys)
     assert tree(tmp_path) == before
 
