@@ -23,14 +23,17 @@ import hashlib
 import io
 import math
 import os
+import random
 import re
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
+from gptlab import distributed as dist_
 from gptlab.errors import UserError
 
 CKPT_RE = re.compile(r"^ckpt_(\d{8})\.pt$")
@@ -276,6 +279,82 @@ class BackgroundWriter:
         if self.thread is not None:
             self.thread.join()
             self.thread = None
+
+
+class Checkpointer:
+    """Saves at its cadence: every checkpoint_interval steps (or at evaluations when that is
+    0), at the end and on a stop. State is copied off the device, then written by a
+    background thread in the single-file format (atomic, checksummed)."""
+
+    def __init__(self, cfg, run_dir: Path, d, raw_model, optimizer, scaler, data):
+        self.cfg, self.run_dir, self.d, self.raw, self.opt, self.scaler, self.data = \
+            cfg, run_dir, d, raw_model, optimizer, scaler, data
+        self.fsdp = cfg.system.parallel == "fsdp" and d.enabled
+        self.writer = BackgroundWriter() if d.is_main else None
+
+    def due(self, step: int, evaluated: bool, improved: bool, stop: str | None) -> bool:
+        t = self.cfg.train
+        if stop == "signal" or step == t.max_iters:
+            return True
+        if t.checkpoint_interval:
+            return step % t.checkpoint_interval == 0
+        return evaluated and (improved or t.always_save_checkpoint)
+
+    def save(self, state, metrics, is_best: bool) -> None:
+        """Collective: every rank joins the gathers (and under FSDP2 writes its shards)."""
+        d = self.d
+        samplers = dist_.gather_objects(self.data.position(), d)
+        rngs = dist_.gather_objects(rng_state(d.device), d)
+        sharded = dist_.save_sharded(self.run_dir, state.step, self.raw, self.opt, d) if self.fsdp else None
+        model_sd = dist_.full_state_dict(self.raw, d) if self.fsdp else None
+        loop = dict(metrics.state_dict(), consec_bad=state.consec_bad.detach().cpu().clone())
+        if not d.is_main:
+            return
+        st = {"model": model_sd or cpu_copy(self.raw.state_dict()),
+              "optimizer": {} if self.fsdp else cpu_copy(self.opt.state_dict()), "sharded": sharded,
+              "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None, "rng": rngs,
+              "sampler": samplers, "config": self.cfg.to_dict(), "world_size": d.world_size,
+              "parallel": self.cfg.system.parallel, "loop": loop, **state.state_dict()}
+        self.writer.submit(self.run_dir, st, state.step, keep_last=self.cfg.train.keep_last, is_best=is_best,
+                           protect_before=state.first_bad_step, sharded=self.fsdp)
+
+    def way_back(self, state) -> Path | None:
+        """After a divergence: set aside what was saved from the first bad step on; the
+        newest checkpoint before it is what --resume will use."""
+        self.drain()
+        if not self.d.is_main or state.first_bad_step is None:
+            return None
+        return set_aside_from(self.run_dir, state.first_bad_step)
+
+    def drain(self) -> None:
+        if self.writer is not None:
+            self.writer.drain()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def rng_state(device: torch.device) -> dict:
+    """Every generator the loop draws from, as tensors / ints / lists (weights_only-safe)."""
+    py_version, py_internal, py_gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": [int(py_version), list(py_internal), py_gauss],
+             "numpy": [np_kind, [int(k) for k in np_keys], int(np_pos), int(np_has_gauss), float(np_gauss)]}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    py, npy = state.get("python"), state.get("numpy")
+    if isinstance(py, list) and len(py) == 3:
+        random.setstate((py[0], tuple(py[1]), py[2]))
+    if isinstance(npy, list) and len(npy) == 5:
+        np.random.set_state((npy[0], np.asarray(npy[1], dtype=np.uint32), npy[2], npy[3], npy[4]))
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -331,3 +333,49 @@ def prune_sharded(run_dir, keep: set[str]) -> None:
     for p in ckdir.glob(DCP_PREFIX + "*"):
         if p.is_dir() and p.name not in keep:
             shutil.rmtree(p, ignore_errors=True)
+
+
+class StopAgreement:
+    """SIGTERM/SIGINT and divergence. Every rank all-reduces [signal, non-finite streak] at the
+    same steps, unconditionally, and acts only on the reduced value. A second signal exits at once."""
+
+    def __init__(self, cfg, d: Dist):
+        self.d, self.max_bad, self.max_steps = d, cfg.train.max_nonfinite, cfg.train.max_iters
+        self.every = max(1, min(cfg.train.max_nonfinite, cfg.log.log_interval))
+        self.signum = 0
+        self.previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (a test thread)
+                pass
+
+    def _handle(self, signum, frame):
+        if self.signum:
+            import os
+
+            os._exit(128 + signum)
+        self.signum = signum
+        print(f"\nsignal {signal.Signals(signum).name}: finishing the current step and writing a checkpoint "
+              "(send it again to exit at once)", file=sys.stderr, flush=True)
+
+    def poll(self, state) -> str | None:
+        """None, "signal" or "diverged"; a single process looks at a signal every step."""
+        due = state.step % self.every == 0 or state.step == self.max_steps or (self.signum and not self.d.enabled)
+        if not due:
+            return None
+        flags = torch.stack([torch.full((), float(self.signum), device=state.consec_bad.device), state.consec_bad])
+        signum, streak = all_reduce_max(flags, self.d).tolist()  # .tolist(): a CPU-GPU sync
+        if streak > 0 and state.first_bad_step is None:
+            state.first_bad_step = state.step - int(streak) + 1
+        self.signum = self.signum or int(signum)
+        if streak >= self.max_bad:
+            return "diverged"
+        return "signal" if signum else None
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            try:
+                signal.signal(sig, handler)
+            except (ValueError, TypeError):
+                pass

@@ -19,7 +19,6 @@ import random
 import shlex
 import shutil
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,28 +140,6 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state(device: torch.device) -> dict:
-    """Every generator the loop draws from, as tensors / ints / lists (weights_only-safe)."""
-    py_version, py_internal, py_gauss = random.getstate()
-    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": [int(py_version), list(py_internal), py_gauss],
-             "numpy": [np_kind, [int(k) for k in np_keys], int(np_pos), int(np_has_gauss), float(np_gauss)]}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    py, npy = state.get("python"), state.get("numpy")
-    if isinstance(py, list) and len(py) == 3:
-        random.setstate((py[0], tuple(py[1]), py[2]))
-    if isinstance(npy, list) and len(npy) == 5:
-        np.random.set_state((npy[0], np.asarray(npy[1], dtype=np.uint32), npy[2], npy[3], npy[4]))
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 # ------------------------------------------------------------------------------ components
 
 class Batches:
@@ -197,52 +174,6 @@ class Batches:
 
     def close(self) -> None:
         self.prefetch.close()
-
-
-class StopAgreement:
-    """SIGTERM/SIGINT and divergence. Every rank all-reduces [signal, non-finite streak] at the
-    same steps, unconditionally, and acts only on the reduced value. A second signal exits at once."""
-
-    def __init__(self, cfg: Config, d: dist_.Dist):
-        self.d, self.max_bad, self.max_steps = d, cfg.train.max_nonfinite, cfg.train.max_iters
-        self.every = max(1, min(cfg.train.max_nonfinite, cfg.log.log_interval))
-        self.signum = 0
-        self.previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self.previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (a test thread)
-                pass
-
-    def _handle(self, signum, frame):
-        if self.signum:
-            import os
-
-            os._exit(128 + signum)
-        self.signum = signum
-        print(f"\nsignal {signal.Signals(signum).name}: finishing the current step and writing a checkpoint "
-              "(send it again to exit at once)", file=sys.stderr, flush=True)
-
-    def poll(self, state: TrainState) -> str | None:
-        """None, "signal" or "diverged"; a single process looks at a signal every step."""
-        due = state.step % self.every == 0 or state.step == self.max_steps or (self.signum and not self.d.enabled)
-        if not due:
-            return None
-        flags = torch.stack([torch.full((), float(self.signum), device=state.consec_bad.device), state.consec_bad])
-        signum, streak = dist_.all_reduce_max(flags, self.d).tolist()  # .tolist(): a CPU-GPU sync
-        if streak > 0 and state.first_bad_step is None:
-            state.first_bad_step = state.step - int(streak) + 1
-        self.signum = self.signum or int(signum)
-        if streak >= self.max_bad:
-            return "diverged"
-        return "signal" if signum else None
-
-    def restore(self) -> None:
-        for sig, handler in self.previous.items():
-            try:
-                signal.signal(sig, handler)
-            except (ValueError, TypeError):
-                pass
 
 
 class Evaluator:
@@ -286,60 +217,6 @@ class Evaluator:
         return improved
 
 
-class Checkpointer:
-    """Saves at its cadence: every checkpoint_interval steps (or at evaluations when that is
-    0), at the end and on a stop. State is copied off the device, then written by a
-    background thread in the single-file format (atomic, checksummed)."""
-
-    def __init__(self, cfg: Config, run_dir: Path, d, raw_model, optimizer, scaler, data: Batches):
-        self.cfg, self.run_dir, self.d, self.raw, self.opt, self.scaler, self.data = \
-            cfg, run_dir, d, raw_model, optimizer, scaler, data
-        self.fsdp = cfg.system.parallel == "fsdp" and d.enabled
-        self.writer = ck.BackgroundWriter() if d.is_main else None
-
-    def due(self, step: int, evaluated: bool, improved: bool, stop: str | None) -> bool:
-        t = self.cfg.train
-        if stop == "signal" or step == t.max_iters:
-            return True
-        if t.checkpoint_interval:
-            return step % t.checkpoint_interval == 0
-        return evaluated and (improved or t.always_save_checkpoint)
-
-    def save(self, state: TrainState, metrics: TrainMetrics, is_best: bool) -> None:
-        """Collective: every rank joins the gathers (and under FSDP2 writes its shards)."""
-        d = self.d
-        samplers = dist_.gather_objects(self.data.position(), d)
-        rngs = dist_.gather_objects(rng_state(d.device), d)
-        sharded = dist_.save_sharded(self.run_dir, state.step, self.raw, self.opt, d) if self.fsdp else None
-        model_sd = dist_.full_state_dict(self.raw, d) if self.fsdp else None
-        loop = dict(metrics.state_dict(), consec_bad=state.consec_bad.detach().cpu().clone())
-        if not d.is_main:
-            return
-        st = {"model": model_sd or ck.cpu_copy(self.raw.state_dict()),
-              "optimizer": {} if self.fsdp else ck.cpu_copy(self.opt.state_dict()), "sharded": sharded,
-              "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None, "rng": rngs,
-              "sampler": samplers, "config": self.cfg.to_dict(), "world_size": d.world_size,
-              "parallel": self.cfg.system.parallel, "loop": loop, **state.state_dict()}
-        self.writer.submit(self.run_dir, st, state.step, keep_last=self.cfg.train.keep_last, is_best=is_best,
-                           protect_before=state.first_bad_step, sharded=self.fsdp)
-
-    def way_back(self, state: TrainState) -> Path | None:
-        """After a divergence: set aside what was saved from the first bad step on; the
-        newest checkpoint before it is what --resume will use."""
-        self.drain()
-        if not self.d.is_main or state.first_bad_step is None:
-            return None
-        return ck.set_aside_from(self.run_dir, state.first_bad_step)
-
-    def drain(self) -> None:
-        if self.writer is not None:
-            self.writer.drain()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 # ------------------------------------------------------------------------------ setup
 
 @dataclass
@@ -359,9 +236,9 @@ class Session:
     logger: RunLogger
     clock: TrainClock
     metrics: TrainMetrics
-    stop: StopAgreement
+    stop: dist_.StopAgreement
     evaluator: Evaluator
-    checkpointer: Checkpointer
+    checkpointer: ck.Checkpointer
 
     def close(self) -> None:
         """Ordered shutdown: prefetch thread joined, checkpoint writer drained, sinks closed."""
@@ -505,7 +382,7 @@ def restore(resumed: dict, run_dir: Path, cfg: Config, d, raw, optimizer, scaler
     else:
         log("warning: world size changed; random windows restart from a fresh per-rank stream")
     if state.get("rng") and state.get("world_size", 1) == d.world_size:
-        set_rng_state(state["rng"][d.rank] if isinstance(state["rng"], list) else state["rng"], d.device)
+        ck.set_rng_state(state["rng"][d.rank] if isinstance(state["rng"], list) else state["rng"], d.device)
     ts = TrainState()
     ts.load_state_dict(state)
     return ts
@@ -551,8 +428,8 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack | None = None) 
     clock = TrainClock(d.device, state.train_time)
     metrics = TrainMetrics(cfg, model, d, logger, clock, loop)
     return Session(cfg, d, run_dir, wrapped, model, optimizer, scaler, ctx, data, state.to(d.device), logger, clock,
-                   metrics, StopAgreement(cfg, d), Evaluator(cfg, wrapped, splits, meta, data_dir, ctx, d, logger, clock),
-                   Checkpointer(cfg, run_dir, d, model, optimizer, scaler, data))
+                   metrics, dist_.StopAgreement(cfg, d), Evaluator(cfg, wrapped, splits, meta, data_dir, ctx, d, logger, clock),
+                   ck.Checkpointer(cfg, run_dir, d, model, optimizer, scaler, data))
 
 
 # ------------------------------------------------------------------------------ the loop
