@@ -82,12 +82,16 @@ def open_model(a, device: torch.device):
         run = load_run(src)
         return run.build_model(device, a.checkpoint), run.tokenizer(), f"{run.checkpoint(a.checkpoint)}"
     from gptlab import hf
-    from gptlab.data.tokenizers import GPT2Tokenizer
+    from gptlab.data.tokenizers import GPT2Tokenizer, tokenizer_from_meta
+    from gptlab.files import read_json
 
     model = hf.gpt_from_pretrained(src).to(device)
+    meta = Path(src) / "data_meta.json"  # a gptlab export carries its run's own tokenizer
+    if meta.is_file():
+        return model, tokenizer_from_meta(read_json(meta, "the export's tokenizer meta"), Path(src)), src
     if model.shape.vocab_size != GPT2Tokenizer.vocab_size:
-        raise UserError(f"{src} has a vocabulary of {model.shape.vocab_size}, not GPT-2's {GPT2Tokenizer.vocab_size}: "
-                        "sample it with the tokenizer it was trained with (export it from a gptlab run)")
+        raise UserError(f"{src} has a vocabulary of {model.shape.vocab_size}, not GPT-2's {GPT2Tokenizer.vocab_size}, "
+                        "and no data_meta.json naming its tokenizer: export it again with `gptlab export`")
     return model, GPT2Tokenizer(), src
 
 

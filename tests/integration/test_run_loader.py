@@ -65,6 +65,10 @@ def test_sample_eval_export_from_another_directory(relative_run, capsys):
     assert cli.main(["export", str(relative_run), "--to", "hf", "exported"]) == 0
     meta = json.loads(Path("exported/data_meta.json").read_text())  # the run's tokenizer travels with it
     assert meta["tokenizer"]["kind"] == "char" and Path("exported/model.safetensors").is_file()
+    # The export samples on its own, with the run's character tokenizer.
+    assert cli.main(["sample", "--init_from", "exported", "--num_samples", "1", "--max_new_tokens", "4",
+                     "--start", "All:"]) == 0
+    assert "All:" in capsys.readouterr().out
 
 
 def test_init_from_run_in_another_directory(relative_run, capsys):
