@@ -95,9 +95,8 @@ def eval_plan(n_tokens: int, seq_len: int, last_n: int = 0, doc_offsets=None, st
     rows = DocRows(doc_offsets, n_tokens, streams, data, eot_id)
     items = []
     for r, length in enumerate(rows.lengths.tolist()):
-        # The loader emits window k while 2+ tokens remain (start <= length - 2); it scores
-        # something while its first scored target lies in the row.
-        # something while its first scored target lies in the row (a subset of those).
+        # The loader emits window k while 2+ tokens remain (start <= length - 2); only those
+        # whose first scored target lies in the row score anything (a subset of those).
         n_score = max(0, (length - 1 - (seq_len - last_n + 1)) // last_n + 1)
         k = np.arange(n_score, dtype=np.int64)
         if max_batches is not None:
@@ -161,8 +160,9 @@ def _score(model, x, y, last_n: int, ctx, eot_id) -> torch.Tensor:
     per_token = F.cross_entropy(sel, tgt, reduction="none").double()
     top = sel.topk(min(10, sel.size(-1)), dim=-1).indices
     words = tgt != eot_id if eot_id is not None else torch.ones_like(tgt, dtype=torch.bool)
-    return torch.stack([per_token.sum(), keep.sum().float(), (top[:, 0] == tgt).sum().float(),
-                        (top == tgt[:, None]).any(-1).sum().float(), per_token[words].sum(), words.sum().float()]).double()
+    parts = [per_token.sum(), keep.sum(), (top[:, 0] == tgt).sum(), (top == tgt[:, None]).any(-1).sum(),
+             per_token[words].sum(), words.sum()]
+    return torch.stack([p.double() for p in parts])
 
 
 @torch.no_grad()
@@ -200,7 +200,7 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_siz
     if reduce is not None:
         sums = reduce(sums)
     model.train(was_training)
-    return summarize(sums.tolist(), plan, check=world_size == 1)
+    return summarize(sums.tolist(), plan, check=world_size == 1)  # .tolist(): a CPU-GPU sync
 
 
 def summarize(sums: list[float], plan: EvalPlan, check: bool = True) -> dict:

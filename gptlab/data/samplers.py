@@ -99,28 +99,6 @@ class RandomWindowSampler:
             raise UserError(f"sampler state was saved with seed {state['seed']} but this run has seed {self.seed}: resume with the same seed")
 
 
-class FixedBatches:
-    """The same held-out batches on every pass (for in-training eval)."""
-
-    def __init__(self, data, batch_size: int, seq_len: int, n_batches: int, seed: int = 1337):
-        self.sampler = RandomWindowSampler(data, batch_size, seq_len, seed=seed)
-        self.n_batches = n_batches
-
-    def __len__(self):
-        return self.n_batches
-
-    def __iter__(self):
-        s = self.sampler
-        for k in range(self.n_batches):
-            data = _open(s._reopen, s._data)
-            yield _to_xy(_gather(data, s.offsets(k), s.seq_len + 1))
-
-
-def eval_batches(data, batch_size: int, seq_len: int, n_batches: int, seed: int = 1337) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """n_batches fixed random-window batches; identical on every call with the same arguments."""
-    return list(FixedBatches(data, batch_size, seq_len, n_batches, seed))
-
-
 def assign_rows(doc_lengths: np.ndarray, n_rows: int) -> list[list[int]]:
     """Deal documents in order, each to the row with the smallest total so far
     (ties to the lowest row index). Returns the doc indices of each row."""

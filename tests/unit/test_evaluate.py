@@ -1,9 +1,8 @@
 """The one eval routine: which targets it scores, from which context, and the numbers it reports.
 
-The reference here does not use window_plan or build_batch: for every target position t
-it derives the context the protocol promises (window 0 for t <= seq_len, else the window
-of seq_len tokens that ends at the end of t's last_n-block) and runs the model on exactly
-that context. A plan that scores a token twice, skips one, or predicts it from a
+The reference here does not use eval_plan: for every target position t it derives the
+window the benchmark scores it in (the one whose last last_n targets hold t; targets
+before seq_len - last_n + 1 are never scored) and runs the model on exactly that context. A plan that scores a token twice, skips one, or predicts it from a
 different (even one token shorter) context gives a different total NLL.
 """
 

@@ -8,7 +8,7 @@ import torch
 
 from gptlab.errors import UserError
 from gptlab.data import tokens as T
-from gptlab.data.samplers import RandomWindowSampler, StreamBatcher, assign_rows, eval_batches
+from gptlab.data.samplers import RandomWindowSampler, StreamBatcher, assign_rows
 
 
 def _data(n=5000, vocab=1000):
@@ -71,15 +71,6 @@ def test_random_window_on_memmap(tmp_path):
 def test_too_little_data():
     with pytest.raises(UserError, match="too few"):
         RandomWindowSampler(np.arange(10), 2, 16, seed=0)
-
-
-def test_eval_batches_fixed():
-    data = _data()
-    a = eval_batches(data, 4, 8, n_batches=3, seed=9)
-    b = eval_batches(data, 4, 8, n_batches=3, seed=9)
-    assert len(a) == 3
-    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b))
-    assert not torch.equal(a[0][0], a[1][0])
 
 
 # ---------------------------------------------------------------- streams
