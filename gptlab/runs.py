@@ -322,6 +322,9 @@ def load_run(path: str | Path, config_file: str | Path | None = None) -> Run:
     elif not p.is_dir():
         raise UserError(f"run {str(path)!r} not found: pass a run folder written by `gptlab train` or a checkpoint file")
     cfg_path = Path(config_file) if config_file else p / CONFIG_FILE
+    if cfg_path.suffix in (".pickle", ".pkl"):  # Languini's eval habit: --config_file P/config.pickle
+        raise UserError(f"--config_file {cfg_path}: gptlab never unpickles a config; drop --config_file "
+                        f"(the run's {CONFIG_FILE} beside {CHECKPOINT_DIR}/ is found) or pass that {CONFIG_FILE}")
     if not cfg_path.is_file():
         raise UserError(f"{p} has no {CONFIG_FILE}: pass a run folder written by `gptlab train`")
     return Run(dir=p, config=load_run_config(cfg_path), data_meta=_read_meta(p / DATA_META_FILE),

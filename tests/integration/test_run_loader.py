@@ -89,6 +89,8 @@ def test_load_run_errors_are_one_line(tmp_path):
     for bad, match in ((tmp_path / "missing", "not found"), (tmp_path, "no config.json")):
         with pytest.raises(UserError, match=match):
             load_run(bad)
+    with pytest.raises(UserError, match="never unpickles"):
+        load_run(tmp_path, config_file=tmp_path / "config.pickle")
     stray = tmp_path / "stray.pt"
     stray.write_bytes(b"x")
     with pytest.raises(UserError, match="not inside a run"):
