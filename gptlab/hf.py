@@ -17,6 +17,7 @@ import json
 import os
 import pickle
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -562,9 +563,14 @@ def main_export(argv: list[str]) -> int:
         raise UserError(f"{a.run}/config.json has no model.vocab_size: the run was never started; train it first")
     check_gpt2_expressible(GPTShape.from_config(run.config.model))  # before reading a possibly large checkpoint
     _clear_previous_export(out, a.overwrite)  # before the checkpoint is read, too
-    res = export_hf(run.build_model("cpu", a.checkpoint), out, run.data_meta, overwrite=a.overwrite)
+    t0 = time.time()
+    ckpt = run.checkpoint(a.checkpoint)
+    print(f"export: reading {ckpt} ({ckpt.stat().st_size / 2**20:,.0f} MiB)", flush=True)
+    model = run.build_model("cpu", a.checkpoint)
+    print(f"export: writing {model.num_params():,} parameters to {out} ({time.time() - t0:.1f}s so far)", flush=True)
+    res = export_hf(model, out, run.data_meta, overwrite=a.overwrite)
     res["notes"] += _copy_run_tokenizer(run, out)
-    print(f"exported {a.run} ({a.checkpoint}) to {res['dir']}: {', '.join(res['files'])}")
+    print(f"exported {a.run} ({a.checkpoint}) to {res['dir']} in {time.time() - t0:.1f}s: {', '.join(res['files'])}")
     for n in res["notes"]:
         print("  " + n)
     return 0
