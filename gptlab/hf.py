@@ -26,7 +26,7 @@ import torch
 from gptlab.config import ModelConfig
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_bytes as _atomic_write, read_json
-from gptlab.model import GPT, GPTShape, padded_vocab
+from gptlab.model import GPT, GPTShape
 
 # Short names users type, and the hub repositories that hold them today. The hub moved
 # the OpenAI models under openai-community/; caches filled before the move use the old id.
