@@ -178,19 +178,21 @@ class TrainMetrics:
         return (f"step {step}/{total} | loss {v['loss']:.4f} | lr {v['lr']:.2e} | {v['ms_per_step']:.1f} ms/step | "
                 f"{v['tokens_per_sec']:,.0f} tok/s | MFU {fmt_mfu(v['mfu'])}{mem}{eta}")
 
-    def grads_due(self, step: int) -> bool:
+    def weights_before(self, step: int) -> dict | None:
+        """A copy of the weights before `step` when it logs grads statistics (rank 0; not under FSDP2,
+        whose ranks hold shards), else None."""
         every = self.cfg.log.log_grads_every
-        return bool(every) and step % every == 0 and self.d.is_main and not hasattr(
-            next(self.raw.parameters()), "full_tensor")  # FSDP2 shards: no full weights on one rank
-
-    def weights_before(self) -> dict:
+        if not every or step % every or not self.d.is_main or hasattr(next(self.raw.parameters()), "full_tensor"):
+            return None
         return {n: p.detach().float().clone() for n, p in self.raw.named_parameters()}
 
-    def log_grads(self, state, before: dict, x: torch.Tensor) -> None:
-        """Weights, gradients, the update, and the logits on the step's last inputs (eval mode: no RNG drawn)."""
+    def log_grads(self, state, before: dict, x: torch.Tensor, optimizer) -> None:
+        """Weights, gradients, the update, and the logits on the step's last inputs (eval mode: no
+        RNG drawn); then the gradients kept for it are dropped."""
         from gptlab.loss import logits_and_loss
 
         stats = grad_stats(self.raw, before)
+        optimizer.zero_grad(set_to_none=True)
         was = self.raw.training
         self.raw.eval()
         with torch.no_grad():

@@ -52,3 +52,9 @@ def lr_at(step: int, cfg: Config) -> float:
         return o.min_lr
     ratio = (step - warm) / max(1, decay - warm)
     return o.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (o.learning_rate - o.min_lr)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr

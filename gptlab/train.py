@@ -40,7 +40,7 @@ from gptlab.files import atomic_write_text
 from gptlab.loss import lm_loss
 from gptlab.metrics import TrainClock, TrainMetrics
 from gptlab.model import GPT, GPTShape
-from gptlab.optim import build_optimizer, lr_at
+from gptlab.optim import build_optimizer, lr_at, set_lr
 from gptlab.runtime import autocast_ctx, compile_model, resolve_data_dir, token_byte_lengths
 from gptlab.tracker import RunLogger
 
@@ -464,19 +464,15 @@ def run_loop(s: Session, argv: list[str]) -> dict:
     s.model.train()
     stop = None
     while st.step < cfg.train.max_iters and stop is None:
-        lr = lr_at(st.step, cfg)
-        for group in s.optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_lr(s.optimizer, lr_at(st.step, cfg))
         batches, waited = s.data.next()
-        inspect = s.metrics.grads_due(st.step + 1)
-        before = s.metrics.weights_before() if inspect else None
+        before = s.metrics.weights_before(st.step + 1)  # None except on log_grads_every steps
         out = train_step(s.model, s.optimizer, s.scaler, batches, ctx=s.ctx, clip=cfg.optim.grad_clip,
-                         ce_chunk=cfg.system.ce_chunk, keep_grads=inspect)
+                         ce_chunk=cfg.system.ce_chunk, keep_grads=before is not None)
         st.advance(out, cfg.train.train_batch_size * cfg.model.block_size)
         s.metrics.record(st, out, lr, waited)
-        if inspect:
-            s.metrics.log_grads(st, before, batches[-1][0])
-            s.optimizer.zero_grad(set_to_none=True)
+        if before is not None:  # weight/gradient/update/logit statistics; then the gradients go
+            s.metrics.log_grads(st, before, batches[-1][0], s.optimizer)
         stop = s.stop.poll(st)
         if stop == "diverged":
             break
@@ -504,14 +500,14 @@ def divergence_message(s: Session, good: Path | None) -> str:
 
 def finish(s: Session, stop: str | None, argv: list[str]) -> dict:
     """The closing lines: how to continue a stopped run, or how to use a finished one."""
-    st, log = s.state, (print if s.d.is_main else (lambda *a: None))
+    st = s.state
     if stop == "signal":
-        log(f"stopped by {signal.Signals(s.stop.signum).name} at step {st.step}; checkpoint written. "
-            f"Resume with: {resume_command(argv)}")
+        s.logger.print(f"stopped by {signal.Signals(s.stop.signum).name} at step {st.step}; checkpoint written. "
+                       f"Resume with: {resume_command(argv)}")
     else:
         run = shlex.quote(str(s.run_dir))
         s.logger.print(f"done: {st.step} steps in {st.train_time:.1f}s of training. Next:\n"
-                       f"  gptlab sample --run {run}\n  gptlab eval --run {run}\n"
+                       f"  gptlab sample --run {run}\n  gptlab eval --run {run} --eval_data_split {s.evaluator.val_name or 'train'}\n"
                        f"  gptlab plot {run} --out {shlex.quote(str(s.run_dir / 'loss.png'))}")
     return {"run_dir": str(s.run_dir), "step": st.step, "best_val_loss": st.best_val, "eval": s.evaluator.last,
             "tokens": st.tokens, "train_time_s": st.train_time, "nonfinite_skipped": int(st.bad_total),

@@ -160,3 +160,17 @@ def test_a_short_two_rank_run_exits_0_every_time(tmp_path):
         procs = _ranks(args, tmp_path, _free_port())
         outs = [p.communicate(timeout=120) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], (i, outs)
+
+
+def test_a_finished_run_prints_commands_that_work(tmp_path, monkeypatch, capsys):
+    data = make_dataset(tmp_path)
+    run = tmp_path / "run"
+    assert cli.main(["train", *train_args(data, run, "random", 2)]) == 0
+    out = capsys.readouterr().out
+    cmds = [shlex.split(l) for l in out.splitlines() if l.startswith("  gptlab ")]
+    assert [c[1] for c in cmds] == ["sample", "eval", "plot"]
+    monkeypatch.chdir(tmp_path / "data")  # they name the run by its path: they work from anywhere
+    for c in cmds:
+        extra = ["--num_samples", "1", "--max_new_tokens", "20"] if c[1] == "sample" else []
+        assert cli.main(c[1:] + extra) == 0, c
+    assert (run / "loss.png").is_file()
