@@ -606,7 +606,11 @@ def build(plan: Plan, out, *, overwrite: bool = False, resume: bool = False, num
                 raise
             _swap_in(work, out, replace=overwrite or bool((state or {}).get("replace")))
     except OSError as e:
-        raise files.write_error(work, e) or e
+        err = files.write_error(work, e)
+        if err is None:
+            raise
+        hint = " (add --resume to continue where it stopped)" if (work / PROGRESS).exists() else ""
+        raise UserError(f"{err}{hint}") from None
     finally:
         with contextlib.suppress(OSError):
             work.rmdir()  # only if nothing is left in it

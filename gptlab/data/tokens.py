@@ -1,8 +1,10 @@
 """Token files: `{split}.bin` (raw little-endian uint16/uint32) + one meta.json.
 
 meta.json is the single source of truth for reading a bin. Readers go through
-`load_split`, which checks the bin against meta before anything trains on it.
-Document boundaries (start offsets) live beside a bin in `{split}.docs.npy`.
+`load_split`, which checks the bin's size against meta; `verify_bins` checks its
+sha256 (cached by size, mtime and inode) before anything trains on it. Document
+boundaries (start offsets) live beside a bin in `{split}.docs.npy`. `SplitWriter`
+is the one writer of both.
 
 Layout of meta.json ("gptlab-tokens-1"):
     {"format", "tokenizer": {...}, "vocab_size", "dtype", "eot_id",

@@ -124,8 +124,16 @@ def test_disk_full_keeps_old_dataset(tmp_path, src, capsys, monkeypatch):
     def full(self, ids, lens=None):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(T.SplitWriter, "append", full)
-    assert "disk full" in refused(["text", "--input", str(src), "--tokenizer", "char", "--out", str(out), "--overwrite"], capsys)
+    msg = refused(["text", "--input", str(src), "--tokenizer", "char", "--out", str(out), "--overwrite"], capsys)
+    assert "disk full" in msg and "--resume" in msg
     assert tree(out) == before
+    monkeypatch.undo()  # space freed: the hint's command finishes the replacement
+    src.write_text("xyz" * 50)
+    assert "different options" in refused(["text", "--input", str(src), "--tokenizer", "char", "--out", str(out),
+                                           "--resume"], capsys)  # the input changed since
+    src.write_text(TEXT)
+    assert char_prepare(src, out, "--resume") == 0 and not P.work_dir(out).exists()
+    T.verify_bins(out, T.read_meta(out))
 
 
 def test_verify_bins_catches_same_size_replacement_and_caches(tmp_path, src, monkeypatch):
