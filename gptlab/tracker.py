@@ -49,7 +49,7 @@ class RunLogger:
                 from gptlab.errors import UserError
 
                 raise UserError("--wandb_log needs Weights & Biases: pip install wandb (or drop --wandb_log)") from None
-            self.wandb = wandb.init(project=cfg.log.wandb_project, name=run_dir.name, config=cfg.to_dict(),
+            self.wandb = wandb.init(project=cfg.log.wandb_project, name=cfg.log.wandb_run or run_dir.name, config=cfg.to_dict(),
                                     dir=str(run_dir))
         show_bar = cfg.log.progress == "on" or (cfg.log.progress == "auto" and sys.stderr.isatty())
         if show_bar:
