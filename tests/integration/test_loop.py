@@ -34,12 +34,16 @@ def _restore_torch_globals():
 
 def test_metrics_records_do_not_depend_on_the_terminal_interval(tmp_path):
     data = make_dataset(tmp_path)
-    for every in (1, 4):
-        args = train_args(data, tmp_path / f"log{every}", "random", 8, checkpoint_interval=0, log_interval=every)
+    for every in (1, 4):  # the second run also evaluates before step 1 (nanoGPT's habit)
+        args = train_args(data, tmp_path / f"log{every}", "random", 8, checkpoint_interval=0, log_interval=every,
+                          eval_at_start=every == 4)
         assert cli.main(["train", *args]) == 0
     a, b = train_records(tmp_path / "log1"), train_records(tmp_path / "log4")
     assert sorted(a) == sorted(b) == list(range(1, 9))
     assert [a[s]["loss"] for s in a] == [b[s]["loss"] for s in a]
+    evals = [json.loads(l) for l in (tmp_path / "log4" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if r["kind"] == "eval"]
+    assert [(r["step"], r["tokens"]) for r in evals if r["split"] == "val"] == [(0, 0), (8, 8 * 8 * 32)]
 
 
 def _interrupt_at(run_glob, step: int) -> None:
