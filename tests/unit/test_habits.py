@@ -190,3 +190,18 @@ def test_model_command_says_where_its_vocab_came_from(tmp_path, monkeypatch, cap
     assert cli.main(["model", "baby", "--dataset", str(char_dataset)]) == 0
     out = capsys.readouterr().out
     assert f"vocab 34 (padded 64; from {char_dataset}/meta.json)" in out  # the 34 characters of the data
+
+
+def test_languini_logger_flags_reach_the_sinks(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from gptlab.tracker import RunLogger
+
+    seen = {}
+    run = types.SimpleNamespace(log=lambda *a, **k: None, finish=lambda *a, **k: None)
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: seen.update(kw) or run))
+    cfg = build_config("mini", overrides=parse_overrides(["--logger_type", "wandb", "--wandb_project_name", "p",
+                                                          "--wandb_run", "r1", "--progress", "off"]))
+    logger = RunLogger(tmp_path, cfg)
+    assert (seen["project"], seen["name"]) == ("p", "r1") and logger.tb is None  # wandb only: no TensorBoard

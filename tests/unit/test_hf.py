@@ -429,3 +429,19 @@ def test_main_export_refuses_languini_run_before_loading(tmp_path):
     (run / "config.json").write_text(cfg.to_json())  # no checkpoints at all: refusal comes first
     with pytest.raises(UserError, match="--tie_embeddings false"):
         hf.main_export([str(run), "--to", "hf", str(tmp_path / "out")])
+
+
+def test_export_copies_the_runs_own_tokenizer_files(tmp_path):
+    import types
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "tok.model").write_bytes(b"sentencepiece model bytes")
+    meta = {"tokenizer": {"kind": "sentencepiece", "model_file": "tok.model"}, "vocab_size": 100}
+    out = tmp_path / "out"
+    out.mkdir()
+    notes = hf._copy_run_tokenizer(types.SimpleNamespace(dir=run_dir, data_meta=meta), out)
+    assert (out / "tok.model").read_bytes() == b"sentencepiece model bytes"
+    assert json.loads((out / "data_meta.json").read_text()) == meta and "tok.model" in notes[0]
+    gpt2 = types.SimpleNamespace(dir=run_dir, data_meta={"tokenizer": {"kind": "gpt2"}})
+    assert hf._copy_run_tokenizer(gpt2, tmp_path / "none") == []  # GPT-2 BPE travels as vocab.json/merges.txt
