@@ -57,11 +57,6 @@ def _out_split(name: str) -> str:
     return SPLIT_ALIASES.get(name, name)
 
 
-# --------------------------------------------------------------------------
-# Sources: each yields lists of documents, can skip rows, knows its row count.
-# --------------------------------------------------------------------------
-
-
 def _split_of_file(path: Path, root: Path) -> str | None:
     """HF hub layout: `train-00000-of-00002.parquet`, `data/test.jsonl`, `validation/part-0.parquet`."""
     parts = [p.lower() for p in path.relative_to(root).parts] if path != root else [path.name.lower()]
@@ -197,9 +192,10 @@ def open_source(dataset: str, name: str | None, split: str | None, text_field: s
         try:
             d = datasets.load_dataset(dataset, name, split=split)
         except Exception as e:  # noqa: BLE001 - datasets raises many kinds; all mean "could not load"
-            msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-            off = " (offline: HF_DATASETS_OFFLINE/HF_HUB_OFFLINE set, and no cached copy)" if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1" else ""
-            raise UserError(f"could not load dataset {dataset!r}{off}: {msg[:200]}; give a local path (save_to_disk folder, parquet, jsonl, txt) instead") from None
+            off = "1" in (os.environ.get("HF_DATASETS_OFFLINE"), os.environ.get("HF_HUB_OFFLINE"))
+            raise UserError(f"could not load dataset {dataset!r}{' (offline, and no cached copy)' if off else ''}: "
+                            f"{(str(e).splitlines() or [type(e).__name__])[0][:200]}; give a local path "
+                            "(save_to_disk folder, parquet, jsonl, txt) instead") from None
         by_split = dict(d) if isinstance(d, datasets.DatasetDict) else {split or "train": d}
         source["kind"] = "hub"
     if split is not None:

@@ -117,9 +117,7 @@ def files_digest(paths: list[Path], root: Path) -> str:
 
 
 def _verified_shakespeare(data: bytes) -> str | None:
-    if len(data) == TINYSHAKESPEARE_BYTES and sha256_bytes(data) == TINYSHAKESPEARE_SHA256:
-        return data.decode("utf-8")
-    return None
+    return data.decode("utf-8") if sha256_bytes(data) == TINYSHAKESPEARE_SHA256 else None
 
 
 def get_tinyshakespeare(input: str | Path | None = None, verbose: bool = True) -> tuple[str, dict]:
@@ -178,11 +176,11 @@ def capped_batches(docs, max_docs: int, max_bytes: int):
         yield batch
 
 
-def list_stream(split: str, items: list, kind: str = "texts", eot: bool = True) -> Stream:
+def list_stream(split: str, texts: list[str], eot: bool = True) -> Stream:
     def it(skip, max_docs, max_bytes):
-        for b in capped_batches(items[skip:], max_docs, max_bytes):
-            yield kind, b
-    return Stream(split, len(items), it, eot=eot)
+        for b in capped_batches(texts[skip:], max_docs, max_bytes):
+            yield "texts", b
+    return Stream(split, len(texts), it, eot=eot)
 
 
 def text_files_stream(split: str, paths: list[Path], opener=open, newlines: bool = False) -> Stream:
@@ -295,9 +293,6 @@ def _source_books(name: str, input, file_lists, splits: list[str] | None) -> tup
         if "train" not in by_split:
             raise UserError(f"{root} has no train/ subfolder: a books-style folder needs train/ (plus e.g. test/) "
                             "with one file per document")
-    for s in by_split:
-        if not T.SPLIT_NAME.fullmatch(s):
-            raise UserError(f"split name {s!r} is not a plain name (letters, digits, _ and -): rename it")
     digests = {s: files_digest(fs, root) for s, fs in by_split.items()}
     # The benchmark reads its documents in text mode: universal newlines.
     streams = [text_files_stream(s, fs, newlines=file_lists is not None) for s, fs in by_split.items()]
@@ -308,17 +303,14 @@ def _source_books(name: str, input, file_lists, splits: list[str] | None) -> tup
 
 
 def _check_lengths(out: Path, lengths: dict) -> None:
-    """Compare documents' token counts (separator excluded) with a file list's; say how many differ."""
+    """Say how many documents' token counts (separator excluded) differ from a file list's."""
     meta = T.read_meta(out)
-    for split, want in lengths.items():
-        if want is None:
-            continue
+    for split, want in ((s, w) for s, w in lengths.items() if w is not None):
         starts = T.doc_offsets(out, split, meta).astype(np.int64)
         got = np.diff(np.append(starts, meta["splits"][split]["tokens"])) - (meta["eot_id"] is not None)
         bad = int(np.sum(got != want)) if len(got) == len(want) else len(want)
-        print(f"{split}: {'all' if not bad else bad} of {len(want):,} documents "
-              f"{'match' if not bad else 'differ from'} the file list's token counts"
-              + ("" if not bad else " (another tokenizer, or other document files)"))
+        print(f"{split}: {bad or 'all'} of {len(want):,} documents {'differ from' if bad else 'match'} the file list's "
+              "token counts" + (" (another tokenizer, or other document files)" if bad else ""))
 
 
 # --------------------------------------------------------------------------
@@ -394,8 +386,8 @@ def _worker_init(tok_meta: dict, work: str, text_field: str, threads: int) -> No
 
 
 def encode_texts(tok, texts: list[str], threads: int = 1, eot: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens of the documents, each followed by the end-of-document id (if eot and the tokenizer has one),
-    as one array of the dataset dtype; and per-document lengths."""
+    """Tokens of the documents, each followed by the end-of-document id (if eot and the tokenizer has one)
+    as one array of the dataset dtype, and per-document lengths."""
     if isinstance(tok, CharTokenizer):
         docs = [tok.encode_array(t) for t in texts]
     elif threads > 1:
@@ -586,6 +578,9 @@ def build(plan: Plan, out, *, overwrite: bool = False, resume: bool = False, num
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other: pass one")
     out, work = Path(out), work_dir(out)
+    bad = [s for s in _split_names(plan.streams) if not T.SPLIT_NAME.fullmatch(s)]
+    if bad:
+        raise UserError(f"split name {bad[0][:40]!r} is not a plain name (letters, digits, _ and -): pick or rename splits")
     config = {"version": PROGRESS_VERSION, **plan.config, "batch_docs": batch_docs, "batch_bytes": batch_bytes}
     if resume and T.dataset_state(out) == "dataset" and not (work / PROGRESS).exists():
         print(f"{out} is already fully prepared; nothing to resume")

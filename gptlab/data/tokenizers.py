@@ -330,7 +330,7 @@ class GPT2Tokenizer:
         return self.enc.decode(_ids_to_list(ids))
 
     def to_meta(self) -> dict:
-        # The ranks are only accepted with these bytes (r50k_base.tiktoken), so this is their sha256.
+        # Every accepted source holds the same ranks; the sha256 of their canonical file names them.
         return {"kind": "gpt2", "fingerprint": R50K_TIKTOKEN_SHA256}
 
 
