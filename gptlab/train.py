@@ -423,13 +423,15 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack | None = None) 
         write_run_files(cfg, run_dir, meta, data_dir)
     wrapped = compile_model(wrapped, cfg.system.compile)
     ctx = autocast_ctx(d.device, dtype)
-    data = Batches(sampler, cfg.train.gradient_accumulation_steps, d.device)
     logger = RunLogger(run_dir, cfg, enabled=d.is_main, total_steps=cfg.train.max_iters, start_step=state.step)
     clock = TrainClock(d.device, state.train_time)
-    metrics = TrainMetrics(cfg, model, d, logger, clock, loop)
-    return Session(cfg, d, run_dir, wrapped, model, optimizer, scaler, ctx, data, state.to(d.device), logger, clock,
-                   metrics, dist_.StopAgreement(cfg, d), Evaluator(cfg, wrapped, splits, meta, data_dir, ctx, d, logger, clock),
-                   ck.Checkpointer(cfg, run_dir, d, model, optimizer, scaler, data))
+    evaluator = Evaluator(cfg, wrapped, splits, meta, data_dir, ctx, d, logger, clock)
+    data = Batches(sampler, cfg.train.gradient_accumulation_steps, d.device)  # last: starts a thread on a GPU
+    return Session(cfg=cfg, d=d, run_dir=run_dir, model=wrapped, raw=model, optimizer=optimizer, scaler=scaler,
+                   ctx=ctx, data=data, state=state.to(d.device), logger=logger, clock=clock,
+                   metrics=TrainMetrics(cfg, model, d, logger, clock, loop), evaluator=evaluator,
+                   checkpointer=ck.Checkpointer(cfg, run_dir, d, model, optimizer, scaler, data),
+                   stop=dist_.StopAgreement(cfg, d))  # installs the signal handlers: nothing may fail after it
 
 
 # ------------------------------------------------------------------------------ the loop
