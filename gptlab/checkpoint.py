@@ -157,7 +157,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
+    from gptlab.runs import CHECKPOINT_DIR
+
+    return Path(run_dir) / CHECKPOINT_DIR
 
 
 def save_checkpoint(run_dir: Path, state: dict, step: int, keep_last: int = 2, is_best: bool = False,

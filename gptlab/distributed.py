@@ -329,8 +329,9 @@ def prune_sharded(run_dir, keep: set[str]) -> None:
     """Remove DCP folders that no kept numbered checkpoint refers to (rank 0, after a save)."""
     import shutil
 
-    ckdir = Path(run_dir) / "checkpoints"
-    for p in ckdir.glob(DCP_PREFIX + "*"):
+    from gptlab.runs import CHECKPOINT_DIR
+
+    for p in (Path(run_dir) / CHECKPOINT_DIR).glob(DCP_PREFIX + "*"):
         if p.is_dir() and p.name not in keep:
             shutil.rmtree(p, ignore_errors=True)
 
