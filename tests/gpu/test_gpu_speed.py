@@ -45,6 +45,15 @@ def _grads(model, loss) -> list[torch.Tensor]:
     return [g.float() for g in torch.autograd.grad(loss, list(model.parameters()))]
 
 
+def _worst(model, ga, gb) -> float:
+    """Largest per-parameter relative gradient error. The key bias is left out: softmax is
+    shift-invariant, so its gradient is zero in exact arithmetic and only rounding noise here."""
+    names = [n for n, _ in model.named_parameters()]
+    worst, name = max((_rel(a, b), n) for n, a, b in zip(names, ga, gb) if not n.endswith("k_proj.bias"))
+    print(f"worst relative gradient error {worst:.2e} ({name})")
+    return worst
+
+
 def _bf16():
     return torch.autocast("cuda", dtype=torch.bfloat16)
 
@@ -61,7 +70,7 @@ def test_chunked_loss_equals_plain_loss_in_bf16(preset):
         chunked = lm_loss(model, x, y, ce_chunk=300)
     g_chunk = _grads(model, chunked)
     assert abs(plain.item() - chunked.item()) < 1e-2 * plain.item()
-    worst = max(_rel(a, b) for a, b in zip(g_chunk, g_plain))
+    worst = _worst(model, g_chunk, g_plain)
     assert worst < BF16_REL, worst
 
 
@@ -77,7 +86,7 @@ def test_chunked_loss_under_compile_matches_eager_plain_loss():
         got = fn(model, x, y)
     g_got = _grads(model, got)
     assert abs(got.item() - ref.item()) < 1e-2 * ref.item()
-    assert max(_rel(a, b) for a, b in zip(g_got, g_ref)) < BF16_REL
+    assert _worst(model, g_got, g_ref) < BF16_REL
 
 
 def test_chunked_loss_under_no_grad_keeps_no_graph_on_gpu():
@@ -154,7 +163,7 @@ def test_separate_qkv_fused_compute_matches_three_projections_on_gpu(monkeypatch
         ref = model(x).float()
     g_ref = _grads(model, ref.square().mean())
     assert _rel(fused, ref) < BF16_REL
-    assert max(_rel(a, b) for a, b in zip(g_fused, g_ref)) < BF16_REL
+    assert _worst(model, g_fused, g_ref) < BF16_REL
 
 
 @pytest.mark.parametrize("backend", ["CUDNN_ATTENTION", "FLASH_ATTENTION"])
@@ -170,7 +179,7 @@ def test_attention_backends_agree_with_the_math_backend(backend):
         got = lm_loss(model, x, y)
     g_got = _grads(model, got)
     assert abs(got.item() - ref.item()) < 1e-2 * ref.item()
-    assert max(_rel(a, b) for a, b in zip(g_got, g_ref)) < BF16_REL
+    assert _worst(model, g_got, g_ref) < BF16_REL
 
 
 def test_prefetch_thread_delivers_device_batches_in_order():
