@@ -188,10 +188,10 @@ def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = Fa
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other: pass one of them")
     _check_place(path)
-    _check_contents(path, resume, overwrite)
     if (path / LOCK_FILE).exists():
         with folder_lock(path, "run folder"):  # a live holder refuses here, before anything moves
             pass
+    _check_contents(path, resume, overwrite)
     if overwrite and _has_contents(path):
         aside = _aside_path(path)
         path.rename(aside)

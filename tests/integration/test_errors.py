@@ -53,13 +53,16 @@ def world(tmp_path_factory):
     def variant(name, meta_changes=None, bins=None):
         d = root / "bad" / name
         shutil.copytree(data, d)
-        if bins:
-            for split, arr in bins.items():
-                tk.bin_path(d, split).write_bytes(np.asarray(arr, dtype="<u2").tobytes())
+        m = json.loads((d / "meta.json").read_text())
+        for split, arr in (bins or {}).items():
+            # a consistent edit: the recorded hash follows the bytes, so the later checks are what refuse
+            tk.bin_path(d, split).write_bytes(np.asarray(arr, dtype="<u2").tobytes())
+            m["splits"][split]["sha256"] = ck.sha256_file(tk.bin_path(d, split))
         if meta_changes is not None:
-            m = json.loads((d / "meta.json").read_text())
             meta_changes(m)
-            (d / "meta.json").write_text(json.dumps(m))
+        (d / "meta.json").write_text(json.dumps(m))
+        if bins:  # the hash cache is gptlab's own derived file: current before the cases run
+            tk.verify_bins(d, m)
         return d
 
     def set_tokens(split, n):
@@ -126,10 +129,10 @@ CASES = {
     "resume with nothing to resume": (lambda w: _train(w, "--resume", run=w["root"] / "missing_run"), ("--resume",)),
     "resume with another n_layer": (lambda w: _train(w, "--resume", run=w["run"], n_layer=2), ("n_layer", "config.json")),
     "resume with another sampler": (lambda w: _train(w, "--resume", run=w["run"], sampler="stream"), ("sampler",)),
-    "resume with another seed": (lambda w: _train(w, "--resume", run=w["run"], seed=8), ("seed",)),
+    "resume with another seed": (lambda w: _train(w, "--resume", run=w["run"], seed=8, lr_decay_iters=2), ("seed",)),
     "eval with a mismatched config": (lambda w: ["eval", "--checkpoint_file", str(w["run"] / "checkpoints" / "model.pt"),
                                                  "--config_file", str(w["other_cfg"]), "--eval_data_split", "val"],
-                                      ("does not fit the config",)),
+                                      ("does not fit",)),
     "eval of a missing split": (lambda w: ["eval", "--run", str(w["run"]), "--eval_data_split", "test"], ("test",)),
     "unknown prepare recipe": (lambda w: ["prepare", "txt", "--out", str(w["root"] / "p")], ("'text'",)),
 }
@@ -147,7 +150,7 @@ def test_token_ids_beyond_vocab_are_refused_at_prepare(tmp_path):
     assert list(tmp_path.iterdir()) == []  # not even the temporary file is left
 
 
-@pytest.mark.parametrize("content", [b"\xff\xfe bad \x80 bytes", b""], ids=["non-utf8", "empty"])
+@pytest.mark.parametrize("content", [b"bad \x80\x81 bytes \xc3", b""], ids=["non-utf8", "empty"])
 def test_prepare_refuses_unreadable_text(tmp_path, capsys, content):
     src = tmp_path / "in.txt"
     src.write_bytes(content)
@@ -183,8 +186,8 @@ def test_real_command_exits_2_with_one_line(world):
     before = snapshot(root)
     runs = [
         _cli(_train(world, data=world["bad"]["big_id"]), root),
-        _cli(["eval", "--checkpoint_file", str(root / "evil.pt"), "--config_file", str(world["run"] / "config.json")],
-             root),
+        _cli(["eval", "--checkpoint_file", str(root / "evil.pt"), "--config_file", str(world["run"] / "config.json"),
+              "--eval_data_split", "val"], root),
     ]
     for r in runs:
         lines = r.stderr.strip().splitlines()
@@ -297,3 +300,84 @@ def test_fuzz_every_user_file(world, tmp_path, capsys, monkeypatch):
         _clean(["eval", "--checkpoint_file", str(run / "checkpoints" / "model.pt"), "--config_file", str(f),
                 "--eval_data_split", "val", "--max_eval_steps", "1"], capsys, allowed=(0, 2))
     assert seed_note is not None
+
+
+# --------------------------------------------------------------------------------------
+# Concurrency and signals: a live trainer's lock keeps every second writer out; a killed
+# trainer's lock is stale and the next --resume takes it over.
+# --------------------------------------------------------------------------------------
+
+def _start_trainer(data: Path, run: Path, cwd: Path) -> subprocess.Popen:
+    """A real `gptlab train` that runs until stopped, checkpointing every step."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    args = train_args(data, run, "random", 100000, checkpoint_interval=1, eval_iters=1)
+    return subprocess.Popen([sys.executable, "-m", "gptlab", "train", *args], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, what: str) -> None:
+    import time
+
+    for _ in range(1200):  # polls, not a timing assertion: up to 2 minutes on a loaded machine
+        if path.exists():
+            return
+        assert proc.poll() is None, f"trainer exited early: {proc.stderr.read()}"
+        time.sleep(0.1)
+    pytest.fail(f"{what} never appeared")
+
+
+def test_second_trainer_into_a_running_out_dir_is_refused(world, tmp_path, capsys):
+    from gptlab.files import LOCK_FILE
+
+    run = tmp_path / "run"
+    proc = _start_trainer(world["data"], run, tmp_path)
+    try:
+        _wait_for(run / "checkpoints" / "latest", proc, "the first checkpoint")
+        for extra in ([], ["--resume"], ["--overwrite"]):
+            args = ["train", *train_args(world["data"], run, "random", 3, eval_iters=1), *extra]
+            rc = cli.main([str(a) for a in args])
+            err = capsys.readouterr().err.strip().splitlines()
+            assert rc == 2 and len(err) == 1, (extra, err)
+            assert f"pid {proc.pid}" in err[0] and LOCK_FILE in err[0], err[0]
+        assert not [p for p in tmp_path.iterdir() if ".old-" in p.name]  # --overwrite moved nothing aside
+        assert proc.poll() is None  # the first trainer is untouched and still running
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+    assert not (run / LOCK_FILE).exists()  # released on a clean stop
+
+
+def test_killed_trainer_leaves_a_stale_lock_that_resume_takes_over(world, tmp_path, capsys):
+    import signal
+
+    from gptlab.files import LOCK_FILE
+
+    run = tmp_path / "run"
+    proc = _start_trainer(world["data"], run, tmp_path)
+    try:
+        _wait_for(run / "checkpoints" / "latest", proc, "the first checkpoint")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert json.loads((run / LOCK_FILE).read_text())["pid"] == proc.pid  # left behind by the kill
+    step = int(ck.CKPT_RE.match(ck.list_checkpoints(run)[0].name).group(1))
+    args = ["train", *train_args(world["data"], run, "random", step + 1, eval_iters=1, lr_decay_iters=100000),
+            "--resume"]
+    assert cli.main([str(a) for a in args]) == 0, capsys.readouterr().err
+    assert "stale lock" in capsys.readouterr().out
+    assert not (run / LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "eval"])
+def test_device_cuda_without_cuda_real_command(world, tmp_path, command):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    argv = {"train": ["train", *train_args(world["data"], tmp_path / "r", "random", 2), "--device", "cuda"],
+            "sample": ["sample", "--run", str(world["run"]), "--device", "cuda"],
+            "eval": ["eval", "--run", str(world["run"]), "--eval_data_split", "val", "--device", "cuda"]}[command]
+    before = snapshot(world["root"])
+    r = _cli(argv, tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "--device cpu" in lines[0] and "CUDA build of torch" in lines[0]
+    assert snapshot(world["root"]) == before and list(tmp_path.iterdir()) == []
