@@ -29,8 +29,6 @@ META = "meta.json"
 _DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 # Bounded working set when scanning or hashing large bins.
 CHUNK_TOKENS = 1 << 24
-# verify_bins' record of bins already hashed, keyed by (size, mtime, inode).
-VERIFIED = ".verified.json"
 SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
@@ -272,12 +270,13 @@ def _file_key(path: Path) -> list[int]:
 def verify_bins(data_dir: Path, meta: dict, splits: list[str] | None = None) -> None:
     """Check every bin (or those of `splits`) against the sha256 in meta.json before anything trains on it.
 
-    A bin whose (size, mtime, inode) and recorded hash match the cache file `.verified.json`
-    is not hashed again, so a large corpus costs one pass the first time only. The cache is
-    best effort: a read-only dataset folder is verified every run.
+    A bin whose (size, mtime, inode) and recorded hash match its entry in verified_cache(data_dir)
+    is not hashed again, so a large corpus costs one pass the first time only. The cache lives in
+    gptlab's cache folder, not the dataset's: a read-only dataset is cached too, and no command
+    writes into a dataset folder it did not prepare.
     """
     data_dir = Path(data_dir)
-    cache_p = data_dir / VERIFIED
+    cache_p = verified_cache(data_dir)
     try:
         cache = files.read_json(cache_p, "verification cache") if cache_p.is_file() else {}
     except UserError:
@@ -298,9 +297,18 @@ def verify_bins(data_dir: Path, meta: dict, splits: list[str] | None = None) -> 
         cache[split], changed = {"key": key, "sha256": want}, True
     if changed:
         try:
+            cache_p.parent.mkdir(parents=True, exist_ok=True)
             files.atomic_write_json(cache_p, cache)
         except (OSError, UserError):
-            pass  # read-only data: verify again next time
+            pass  # no writable cache: verify again next time
+
+
+def verified_cache(data_dir: Path) -> Path:
+    """verify_bins' record of a dataset's bins already hashed: one small file per dataset folder."""
+    from gptlab.data.tokenizers import cache_dir
+
+    key = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:24]
+    return cache_dir() / "verified" / f"{key}.json"
 
 
 def doc_offsets(data_dir: Path, split: str, meta: dict | None = None) -> np.ndarray | None:
@@ -332,8 +340,8 @@ def doc_spans(starts: np.ndarray, n_tokens: int) -> np.ndarray:
     return np.stack([s, e], axis=1)
 
 
-# What a prepared dataset folder may hold: its splits' files, meta, verification cache, lock, tokenizer.
-_DATASET_FILE = re.compile(r"meta\.json|\.verified\.json|\.gptlab\.lock|tokenizer\.(model|vocab)"
+# What a prepared dataset folder may hold: its splits' files, meta, lock, tokenizer.
+_DATASET_FILE = re.compile(r"meta\.json|\.gptlab\.lock|tokenizer\.(model|vocab)"
                            r"|[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.(bin|docs\.npy)")
 
 

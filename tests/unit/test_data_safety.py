@@ -14,6 +14,7 @@ from gptlab.data import tokens as T
 from gptlab.data import tokenizers as TK
 from gptlab.errors import UserError
 
+_real_sha = files.sha256_file
 TEXT = "To be, or not to be, that is the question.\n" * 40
 
 
@@ -137,14 +138,16 @@ def test_disk_full_keeps_old_dataset(tmp_path, src, capsys, monkeypatch):
 
 
 def test_verify_bins_catches_same_size_replacement_and_caches(tmp_path, src, monkeypatch):
+    monkeypatch.setenv("GPTLAB_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "d"
     assert char_prepare(src, out) == 0
     meta = T.read_meta(out)
+    before = tree(out)
     T.verify_bins(out, meta)
-    assert (out / T.VERIFIED).is_file()
+    assert T.verified_cache(out).is_file() and tree(out) == before  # nothing written into the dataset
     monkeypatch.setattr(files, "sha256_file", lambda p: pytest.fail("re-hashed an unchanged bin"))
     T.verify_bins(out, meta)  # cached by (size, mtime, inode)
-    monkeypatch.undo()
+    monkeypatch.setattr(files, "sha256_file", _real_sha)
     size = (out / "train.bin").stat().st_size
     (out / "train.bin").write_bytes(b"\0" * size)
     with pytest.raises(UserError) as e:
