@@ -430,17 +430,21 @@ def case_gpt2_loop(a, work):
                  note="nanoGPT timed in-process on random tokens (no data loader); target >= 1.20")]
 
 
-def case_levers(a, work):
-    """gptlab against itself, same call: attention backend (gpt2 b16) and CUDA graphs (the shakespeare_char shape)."""
+def case_lever_sdpa(a, work):
+    """gptlab against itself, same call: SDPA pinned to flash vs cuDNN (gpt2 b16)."""
     flash = gptlab_bench("gpt2", ["--batch_size", "16", *B16, "--sdpa", "flash"], a)
     cudnn = gptlab_bench("gpt2", ["--batch_size", "16", *B16, "--sdpa", "cudnn"], a)
+    return [_row("lever_sdpa_flash", flash, "gptlab --sdpa cudnn", cudnn, note="gpt2 b16 bf16 compiled")]
+
+
+def case_lever_cuda_graphs(a, work):
+    """gptlab against itself, same call: compile reduce-overhead (CUDA graphs) on the shakespeare_char shape."""
     char = ["--vocab_size", "65", "--dtype", "bfloat16"]
     graphs = gptlab_bench("shakespeare_char", [*char, "--compile", "reduce-overhead"], a)
     plain = gptlab_bench("shakespeare_char", [*char, "--compile", "default"], a)
-    return [_row("lever_sdpa_flash", flash, "gptlab --sdpa cudnn", cudnn, note="gpt2 b16 bf16 compiled"),
-            _row("lever_cuda_graphs_shakespeare_char", graphs, "gptlab --compile default", plain,
+    return [_row("lever_cuda_graphs_shakespeare_char", graphs, "gptlab --compile default", plain,
                  gptlab_ms_per_step=graphs["ms_per_step"], peer_ms_per_step=plain["ms_per_step"],
-                 note="compile reduce-overhead (CUDA graphs) on the recipe's shape: b64 x 256, 6x384, dropout 0.2")]
+                 note="b64 x 256, 6x384, dropout 0.2, bf16")]
 
 
 CASES = {
@@ -452,7 +456,8 @@ CASES = {
     "gpt2_loop": case_gpt2_loop,
     "gpt2_b32": case_gpt2(32, with_hf=False),
     "languini_small_best": case_small_best,
-    "levers": case_levers,
+    "lever_cuda_graphs": case_lever_cuda_graphs,
+    "lever_sdpa": case_lever_sdpa,
 }
 
 
