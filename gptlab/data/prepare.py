@@ -60,9 +60,7 @@ RECIPES = {
 HF_RECIPES = ("hf", "openwebtext", "tinystories")
 
 
-# --------------------------------------------------------------------------
-# Reading text
-# --------------------------------------------------------------------------
+# --- Reading text ---
 
 # Byte-order marks and the codecs that read (and drop) them; UTF-32's first, as it starts like UTF-16's.
 _BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xef\xbb\xbf", "utf-8-sig"),
@@ -111,9 +109,7 @@ def files_digest(paths: list[Path], root: Path) -> str:
     return h.hexdigest()
 
 
-# --------------------------------------------------------------------------
-# Tiny Shakespeare
-# --------------------------------------------------------------------------
+# --- Tiny Shakespeare ---
 
 
 def _verified_shakespeare(data: bytes) -> str | None:
@@ -143,9 +139,7 @@ def get_tinyshakespeare(input: str | Path | None = None, verbose: bool = True) -
     return text, {"kind": kind, "path": str(p.resolve()), "sha256": TINYSHAKESPEARE_SHA256}
 
 
-# --------------------------------------------------------------------------
-# Streams: the documents of one split, in batches, resumable by row
-# --------------------------------------------------------------------------
+# --- Streams: the documents of one split, in batches, resumable by row ---
 
 
 @dataclass
@@ -196,9 +190,7 @@ def text_files_stream(split: str, paths: list[Path], opener=open, newlines: bool
     return Stream(split, len(paths), it)
 
 
-# --------------------------------------------------------------------------
-# Small recipes as sources
-# --------------------------------------------------------------------------
+# --- Small recipes as sources ---
 
 
 def _split_point(n: int, val_fraction: float) -> int:
@@ -313,9 +305,7 @@ def _check_lengths(out: Path, lengths: dict) -> None:
               "token counts" + (" (another tokenizer, or other document files)" if bad else ""))
 
 
-# --------------------------------------------------------------------------
-# Tokenizer: made once per prepare, described in meta.json
-# --------------------------------------------------------------------------
+# --- Tokenizer: made once per prepare, described in meta.json ---
 
 
 def _texts_of(kind: str, items: list, field_name: str = "text") -> list[str]:
@@ -373,9 +363,7 @@ def make_tokenizer(kind: str, work: Path, streams: list[Stream], opts: dict, tex
     return tok
 
 
-# --------------------------------------------------------------------------
-# Encoding: the same function inline (num_proc=1) and in worker processes
-# --------------------------------------------------------------------------
+# --- Encoding: the same function inline (num_proc=1) and in worker processes ---
 
 _W: dict = {}
 
@@ -479,9 +467,7 @@ class Progress:
             self.bar.close()
 
 
-# --------------------------------------------------------------------------
-# The pipeline
-# --------------------------------------------------------------------------
+# --- The pipeline ---
 
 
 @dataclass
@@ -716,9 +702,7 @@ def _run(plan: Plan, work: Path, state: dict | None, config: dict, overwrite: bo
     return meta
 
 
-# --------------------------------------------------------------------------
-# Entry points
-# --------------------------------------------------------------------------
+# --- Entry points ---
 
 
 def check_options(name: str, tokenizer, val_fraction, vocab_size, num_proc) -> None:

@@ -230,11 +230,6 @@ def load_split(data_dir: Path, split: str, meta: dict | None = None) -> np.memma
     return np.memmap(path, dtype=dt, mode="r", shape=(n,))
 
 
-def read_stream(data_dir: Path, split: str) -> np.ndarray:
-    """A split as one stream of token ids (read-only memmap), validated. For eval routines."""
-    return load_split(data_dir, split)
-
-
 def check_token_range(arr: np.ndarray, vocab_size: int, what: str = "tokens") -> None:
     """UserError if any id >= vocab_size (or negative). Scans in chunks so a
     multi-GB memmap never gets pulled into memory at once."""
