@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import operator
 import sys
 from dataclasses import dataclass, field, fields
@@ -634,6 +635,10 @@ def validate(cfg: Config) -> None:
         raise UserError(f"--last_n {t.last_n} must divide --block_size/--seq_len {m.block_size}")
     if m.vocab_size > _MAX_VOCAB or t.seed > _MAX_SEED:
         raise UserError(f"--vocab_size must be below {_MAX_VOCAB + 1} and --seed below {_MAX_SEED + 1}")
+    cores = os.cpu_count() or 1
+    if cfg.system.num_threads > 4 * cores:  # far past the cores torch's thread pool crashes rather than slows
+        raise UserError(f"--num_threads {cfg.system.num_threads} is far more than this machine's {cores} cores: "
+                        f"use at most {cores}, or 0 for torch's default")
     if cfg.system.ddp_bucket_mb < 1:
         raise UserError(f"--ddp_bucket_mb must be at least 1, got {cfg.system.ddp_bucket_mb}")
     if cfg.system.ce_chunk < -1:
