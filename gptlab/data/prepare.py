@@ -754,6 +754,7 @@ def prepare(recipe: str, input=None, tokenizer: str | None = None, out=None, ove
     check_options(name, tokenizer, val_fraction, vocab_size, num_proc)
     if tokenizer_model is not None and tokenizer not in (None, "sentencepiece"):
         raise UserError("--tokenizer_model is a SentencePiece model: drop --tokenizer or use --tokenizer sentencepiece")
+    tokenizer = "sentencepiece" if tokenizer_model is not None else tokenizer
     tok_opts = {"vocab_size": vocab_size, "num_threads": num_threads, "input_sentence_size": input_sentence_size,
                 "tokenizer_model": tokenizer_model}
     if name in HF_RECIPES:
