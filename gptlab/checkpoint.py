@@ -305,6 +305,9 @@ class Checkpointer:
     def save(self, state, metrics, is_best: bool) -> None:
         """Collective: every rank joins the gathers (and under FSDP2 writes its shards)."""
         d = self.d
+        streak = int(state.consec_bad)  # int(): a CPU-GPU sync, at saves only
+        if streak and state.first_bad_step is None:  # a streak the stop check has not read yet
+            state.first_bad_step = state.step - streak + 1
         samplers = dist_.gather_objects(self.data.position(), d)
         rngs = dist_.gather_objects(rng_state(d.device), d)
         sharded = dist_.save_sharded(self.run_dir, state.step, self.raw, self.opt, d) if self.fsdp else None

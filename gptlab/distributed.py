@@ -344,6 +344,7 @@ class StopAgreement:
         self.d, self.max_bad, self.max_steps = d, cfg.train.max_nonfinite, cfg.train.max_iters
         self.every = max(1, min(cfg.train.max_nonfinite, cfg.log.log_interval))
         self.signum = 0
+        self.pending = None  # (step, host copy, event) of the last check, on a GPU
         self.previous = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -361,14 +362,32 @@ class StopAgreement:
               "(send it again to exit at once)", file=sys.stderr, flush=True)
 
     def poll(self, state) -> str | None:
-        """None, "signal" or "diverged"; a single process looks at a signal every step."""
-        due = state.step % self.every == 0 or state.step == self.max_steps or (self.signum and not self.d.enabled)
-        if not due:
+        """None, "signal" or "diverged". On a GPU the reduced flags reach the host in the
+        background and are read at the next check, so checking never stalls the device queue."""
+        end = state.step == self.max_steps
+        if self.signum and not self.d.enabled:  # a single process acts on its own signal at once
+            return "signal"
+        if state.step % self.every and not end:
             return None
         flags = torch.stack([torch.full((), float(self.signum), device=state.consec_bad.device), state.consec_bad])
-        signum, streak = all_reduce_max(flags, self.d).tolist()  # .tolist(): a CPU-GPU sync
+        flags = all_reduce_max(flags, self.d)  # every rank, at these steps
+        if flags.is_cuda and not end:
+            host = torch.empty(2, pin_memory=True).copy_(flags, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+            previous, self.pending = self.pending, (state.step, host, ready)
+            if previous is None:
+                return None
+            step, host, ready = previous
+            ready.synchronize()  # recorded one check ago: long complete, no stall
+            values = host.tolist()
+        else:
+            step, values = state.step, flags.tolist()  # .tolist(): a CPU-GPU sync
+        return self._decide(state, step, *values)
+
+    def _decide(self, state, step: int, signum: float, streak: float) -> str | None:
         if streak > 0 and state.first_bad_step is None:
-            state.first_bad_step = state.step - int(streak) + 1
+            state.first_bad_step = step - int(streak) + 1
         self.signum = self.signum or int(signum)
         if streak >= self.max_bad:
             return "diverged"
