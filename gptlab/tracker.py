@@ -32,7 +32,7 @@ class RunLogger:
         run_dir = Path(run_dir)
         self.jsonl = open(run_dir / METRICS_FILE, "a", encoding="utf-8")
         # --logger_type (Languini) picks the sinks when given; else --tensorboard / --wandb_log
-        kind = getattr(cfg.log, "logger_type", "") or ""
+        kind = cfg.log.logger_type
         use_tb = kind in ("tb", "all") or (not kind and cfg.log.tensorboard)
         use_wandb = kind in ("wandb", "all") or (not kind and cfg.log.wandb_log)
         if use_tb:
