@@ -341,8 +341,7 @@ def load_splits(cfg: Config, data_dir: Path, meta: dict, vocab: int) -> dict:
         raise UserError(f"dataset {data_dir} has no split {cfg.data.train_split!r} (has: {', '.join(names)})")
     val = cfg.data.val_split if cfg.data.val_split in names else ("test" if "test" in names else None)
     wanted = [cfg.data.train_split] + ([val] if val else [])
-    if hasattr(tk, "verify_bins"):  # meta.json's sha256, cached by size and mtime
-        tk.verify_bins(data_dir, meta, wanted)
+    tk.verify_bins(data_dir, meta, wanted)  # meta.json's sha256, cached by size and mtime
     out = {}
     for name in wanted:
         out["train" if name == cfg.data.train_split else name] = toks = tk.load_split(data_dir, name, meta)
