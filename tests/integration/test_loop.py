@@ -178,3 +178,17 @@ def test_a_finished_run_prints_commands_that_work(tmp_path, monkeypatch, capsys)
         extra = ["--num_samples", "1", "--max_new_tokens", "20"] if c[1] == "sample" else []
         assert cli.main(c[1:] + extra) == 0, c
     assert (run / "loss.png").is_file()
+
+
+def test_init_from_a_hugging_face_folder_takes_its_architecture(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    data = make_dataset(tmp_path)
+    conf = transformers.GPT2Config(vocab_size=40, n_positions=64, n_embd=16, n_layer=1, n_head=2)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(conf).save_pretrained(tmp_path / "hf")
+    run = tmp_path / "run"
+    assert cli.main(["train", *train_args(data, run, "random", 2, n_layer=4, n_embd=32), "--init_from",
+                     str(tmp_path / "hf")]) == 0
+    assert f"initialised from {tmp_path / 'hf'}" in capsys.readouterr().out
+    saved = json.loads((run / "config.json").read_text())["model"]
+    assert (saved["n_layer"], saved["n_embd"], saved["vocab_size"], saved["block_size"]) == (1, 16, 40, 32)
