@@ -121,13 +121,16 @@ def _model(argv: list[str]) -> int:
     """What `gptlab train` would build for the same arguments: shape, size, one dummy batch."""
     import torch
 
-    from gptlab.config import build_config, parse_overrides
+    import dataclasses
+
+    from gptlab.config import build_config, check_memory, parse_overrides
     from gptlab.loss import logits_and_loss
     from gptlab.model import GPT, GPTShape, flops_per_token
 
     preset, config_file, rest = split_source(argv)
     cfg = build_config(preset, config_file, parse_overrides(rest))
     vocab, source = model_vocab(cfg)
+    check_memory(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab)), weights_only=True)
     shape = GPTShape.from_config(cfg.model, vocab)
     model = GPT(shape).init_weights()
     T = min(shape.block_size, 64)

@@ -690,10 +690,10 @@ def _host_memory() -> int:
         return 0
 
 
-def check_memory(cfg: Config) -> None:
+def check_memory(cfg: Config, weights_only: bool = False) -> None:
     """Refuse shapes that cannot fit anywhere here (called on the resolved config of a run):
     lower bounds of the training state (fp32 weights, gradients and two Adam moments: 16 bytes
-    a parameter, shared by FSDP ranks; weights only for eval_only) and of one micro-batch's
+    a parameter, shared by FSDP ranks; weights only for eval_only or weights_only) and of one micro-batch's
     activations (>= 16 bytes per token, layer and width unit), against the host's memory plus
     every GPU's."""
     import os
@@ -708,12 +708,15 @@ def check_memory(cfg: Config) -> None:
     params = m.n_layer * per_layer + vocab * width * (1 if m.tie_embeddings else 2) + m.block_size * width
     shards = int(os.environ.get("WORLD_SIZE", "1")) if cfg.system.parallel == "fsdp" else 1
     micro = t.batch_size or max(1, t.train_batch_size // max(1, t.gradient_accumulation_steps))
-    need = (4 if t.eval_only else 16) * params // max(1, shards) + 16 * micro * m.block_size * m.n_layer * width
+    if t.eval_only or weights_only:  # weights alone: no gradients, optimiser state or stored activations
+        need = 4 * params // max(1, shards)
+    else:
+        need = 16 * params // max(1, shards) + 16 * micro * m.block_size * m.n_layer * width
     if need <= avail:
         return
     avail += _gpu_memory()
     if need > avail:
-        raise UserError(f"this model needs at least {need / 2**30:,.0f} GiB to train (n_layer {m.n_layer}, n_embd "
+        raise UserError(f"this model needs at least {need / 2**30:,.0f} GiB (n_layer {m.n_layer}, n_embd "
                         f"{width}, vocab_size {m.vocab_size}, block_size {m.block_size}, batch {micro}) but this machine "
                         f"has {avail / 2**30:,.0f} GiB: reduce --vocab_size, --block_size, --batch_size or the model size")
 

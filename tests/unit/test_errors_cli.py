@@ -206,6 +206,7 @@ CASES = {
     "weight_decay -0.1": lambda w, t: _train(w, t, weight_decay=-0.1),
     "tokens_per_second inf": lambda w, t: _train(w, t, tokens_per_second="inf", compute_class="1h"),
     "n_embd 0": lambda w, t: _train(w, t, n_embd=0),
+    "model --vocab_size 2000000000": lambda w, t: ["model", "baby", "--vocab_size", "2000000000"],
     # devices
     "train --device cuda (no CUDA)": lambda w, t: _train(w, t, device="cuda"),
     "train --device cuda:7": lambda w, t: _train(w, t, device="cuda:7"),
