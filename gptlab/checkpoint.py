@@ -498,6 +498,24 @@ def _structure_problem(state: dict) -> str | None:
     return None
 
 
+def check_optimizer_fits(saved: dict, optimizer, path: Path) -> None:
+    """A saved optimizer.state_dict() matches `optimizer` parameter by parameter (torch maps
+    them by position and checks only the group sizes; a moment of another shape would fail
+    mid-step, or with a fused kernel go unnoticed). Call before optimizer.load_state_dict."""
+    mine = [[tuple(p.shape) for p in g["params"]] for g in optimizer.param_groups]
+    groups = [g["params"] for g in saved["param_groups"]]
+    fix = "resume with the run's own config, or move this checkpoint aside to resume from an older one"
+    if [len(g) for g in groups] != [len(g) for g in mine]:
+        raise UserError(f"checkpoint {path} holds optimiser state for parameter groups of sizes "
+                        f"{[len(g) for g in groups]}, this model has {[len(g) for g in mine]}: {fix}")
+    for ids, shapes in zip(groups, mine):
+        for i, shape in zip(ids, shapes):
+            for k, v in saved["state"].get(i, {}).items():
+                if isinstance(v, torch.Tensor) and v.dim() and tuple(v.shape) != shape:
+                    raise UserError(f"checkpoint {path} is damaged: optimiser {k!r} of parameter {i} has shape "
+                                    f"{tuple(v.shape)}, the parameter {shape}: {fix}")
+
+
 def check_resumable(state: dict, path: Path) -> None:
     """Every entry a resume reads, with the types and ranges it expects; UserError otherwise,
     before anything is restored (a foreign or hand-edited checkpoint must not half-load)."""

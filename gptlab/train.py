@@ -367,6 +367,7 @@ def restore(resumed: dict, run_dir: Path, cfg: Config, d, raw, optimizer, scaler
     state, fsdp = resumed["state"], cfg.system.parallel == "fsdp" and d.enabled
     if state.get("sharded"):  # written under FSDP2 by any number of ranks: DCP reshards it
         dist_.load_sharded(run_dir, state["sharded"], raw, optimizer)
+        ck.check_optimizer_fits(state["optimizer"], optimizer, resumed["path"])
     elif fsdp:  # a 1-rank or DDP checkpoint continued under FSDP2
         dist_.load_plain_optimizer(raw, optimizer, state["optimizer"])
     else:

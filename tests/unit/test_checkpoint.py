@@ -19,7 +19,8 @@ from gptlab.errors import UserError
 
 
 def _state(value: float) -> dict:
-    return {"model": {"w": torch.full((64, 64), value)}, "optimizer": {}, "config": {"model": {}}}
+    return {"model": {"w": torch.full((64, 64), value)}, "optimizer": {"state": {}, "param_groups": []},
+            "config": {"model": {}}}
 
 
 def _files(d: Path) -> dict[str, bytes]:

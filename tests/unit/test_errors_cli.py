@@ -128,7 +128,7 @@ _DROP = object()
 
 
 def _resume_edited(**changes):
-    return lambda w, tmp: _train(w, tmp, run=_edited(w, tmp, **changes), resume="true")
+    return lambda w, tmp: _train(w, tmp, run=_edited(w, tmp, **changes), resume="true", max_iters=3)
 
 
 def _with_rng(fn):
@@ -245,6 +245,18 @@ CASES = {
     "sampler negative step": _resume_edited(sampler=lambda s: [dict(x, step=-1) for x in s["sampler"]]),
     "config not a dict": _resume_edited(config=[1]),
     "tokens negative": _resume_edited(tokens=-10),
+    "best_val_loss a string": _resume_edited(best_val_loss="low"),
+    "world_size 0": _resume_edited(world_size=0),
+    "loop garbage": _resume_edited(loop={"loss_sum": "x"}),
+    "scaler a list": _resume_edited(scaler=[1]),
+    "sampler of another kind": _resume_edited(sampler=lambda s: [dict(x, kind="stream") for x in s["sampler"]]),
+    "model tensor of another shape": _resume_edited(
+        model=lambda s: {k: (v[:1] if i == 0 else v) for i, (k, v) in enumerate(s["model"].items())}),
+    "optimizer moments of another shape": _resume_edited(optimizer=lambda s: dict(s["optimizer"], state={
+        k: {n: (t[:1] if isinstance(t, torch.Tensor) and t.dim() else t) for n, t in v.items()}
+        for k, v in s["optimizer"]["state"].items()})),
+    "optimizer with one group missing": _resume_edited(
+        optimizer=lambda s: dict(s["optimizer"], param_groups=s["optimizer"]["param_groups"][:1])),
     "eval of a step -5 checkpoint": lambda w, t: _eval(w, t, run=_edited(w, t, step=-5)),
     "sample of a step -5 checkpoint": lambda w, t: _sample(w, t, run=_edited(w, t, step=-5)),
     # sample / eval / export
