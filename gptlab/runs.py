@@ -155,8 +155,8 @@ def _check_contents(path: Path, resume: bool, overwrite: bool) -> None:
                             "continue: drop --resume to start a new run")
         return
     if not _is_run(path):
-        raise UserError(f"{str(path)!r} holds files that gptlab did not write (no {CONFIG_FILE}, {CHECKPOINT_DIR}/ "
-                        f"or {METRICS_FILE}): it is not a run folder; choose a new or empty --out_dir")
+        raise UserError(f"{str(path)!r} is not empty and is not a run folder (no {CONFIG_FILE}, {CHECKPOINT_DIR}/ "
+                        f"or {METRICS_FILE}): gptlab leaves it alone; choose a new or empty --out_dir")
     if resume:
         from gptlab.checkpoint import list_checkpoints
 

@@ -36,9 +36,9 @@ REFUSALS = {
     "under a file, deeper": (lambda t: ((t / "f").write_text("x") and t / "f" / "a" / "b", dict(overwrite=True)),
                              "is a file"),
     "folder of documents, overwrite": (lambda t: ((t / "docs").mkdir() or (t / "docs" / "a.txt").write_text("x")
-                                                  and t / "docs", dict(overwrite=True)), "did not write"),
+                                                  and t / "docs", dict(overwrite=True)), "not a run folder"),
     "folder of documents, resume": (lambda t: ((t / "docs").mkdir() or (t / "docs" / "a.txt").write_text("x")
-                                               and t / "docs", dict(resume=True)), "did not write"),
+                                               and t / "docs", dict(resume=True)), "not a run folder"),
     "current folder": (lambda t: (Path("."), {}), "current folder"),
     "current folder, overwrite": (lambda t: (Path("."), dict(overwrite=True)), "current folder"),
     "parent of current folder": (lambda t: (Path(".."), dict(overwrite=True)), "current folder"),
