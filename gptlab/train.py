@@ -266,8 +266,7 @@ def _is_run(src: str) -> bool:
     return (p / runs.CHECKPOINT_DIR).is_dir() or p.is_file()
 
 
-def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitStack | None = None
-                ) -> tuple[Config, Path, dict | None]:
+def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitStack) -> tuple[Config, Path, dict | None]:
     """(final config, run folder, the newest valid checkpoint on --resume). The folder's name
     is computed once, from the config resolved as for a fresh start. Rank 0 takes the run
     folder's lock into `hold` (held until train() returns)."""
@@ -277,13 +276,11 @@ def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitSta
     if not (cfg.train.resume or cfg.train.init_from == "resume"):
         if d.is_main:
             runs.prepare_run_dir(run_dir, resume=False, overwrite=cfg.train.overwrite)
-            if hold is not None:
-                hold.enter_context(runs.run_lock(run_dir))
+            hold.enter_context(runs.run_lock(run_dir))
         return fresh, run_dir, None
     if d.is_main:
         runs.prepare_run_dir(run_dir, resume=True, overwrite=cfg.train.overwrite)
-        if hold is not None:
-            hold.enter_context(runs.run_lock(run_dir))
+        hold.enter_context(runs.run_lock(run_dir))
     dist_.barrier(d)
     saved = run_dir / runs.CONFIG_FILE
     final = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta, init_source=arch,
@@ -367,10 +364,10 @@ def restore(resumed: dict, run_dir: Path, cfg: Config, d, raw, optimizer, scaler
     state, fsdp = resumed["state"], cfg.system.parallel == "fsdp" and d.enabled
     if state.get("sharded"):  # written under FSDP2 by any number of ranks: DCP reshards it
         dist_.load_sharded(run_dir, state["sharded"], raw, optimizer)
-        ck.check_optimizer_fits(state["optimizer"], optimizer, resumed["path"])
     elif fsdp:  # a 1-rank or DDP checkpoint continued under FSDP2
         dist_.load_plain_optimizer(raw, optimizer, state["optimizer"])
     else:
+        ck.check_optimizer_fits(state["optimizer"], optimizer, resumed["path"])
         optimizer.load_state_dict(state["optimizer"])
     if scaler.is_enabled() and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
@@ -396,7 +393,7 @@ def write_run_files(cfg: Config, run_dir: Path, meta: dict, data_dir: Path) -> N
         shutil.copyfile(data_dir / name, run_dir / name)
 
 
-def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack | None = None) -> Session:
+def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
     """Resolve the config, open the data, build (or restore) model and optimiser, wrap, compile."""
     if cfg.system.num_threads:
         torch.set_num_threads(cfg.system.num_threads)
