@@ -294,6 +294,7 @@ def check_same_tokenizer(run_meta: dict | None, meta: dict, data_dir) -> None:
 def main(argv: list[str]) -> int:
     """gptlab eval --checkpoint_file F [--config_file C] --eval_data_split test --last_n 128"""
     from gptlab.cli import ArgParser
+    from gptlab.config import check_device
     from gptlab.data import tokens as tk
     from gptlab.data.tokenizers import token_byte_lengths, tokenizer_from_meta
     from gptlab.distributed import pick_device
@@ -320,6 +321,7 @@ def main(argv: list[str]) -> int:
     if not a.run and not a.checkpoint_file:
         raise UserError("pass --run RUN_DIR or --checkpoint_file FILE")
     _check_args(a)
+    check_device(a.device)  # a missing GPU is reported before any data is read
     run = load_run(a.checkpoint_file or a.run, config_file=a.config_file)  # paths resolved against the run folder
     cfg, ckpt_path = run.config, run.checkpoint("best")
     seq_len = a.seq_len or cfg.model.block_size
