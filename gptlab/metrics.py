@@ -236,3 +236,14 @@ def grad_stats(model: torch.nn.Module, before: dict[str, torch.Tensor] | None, s
             out.update({f"{kind}/global/mean": total / count, f"{kind}/global/max": mx,
                         f"{kind}/global/min": mn, f"{kind}/global/l2": math.sqrt(sq)})
     return out
+
+
+def entropy_gap(meta: dict, m: dict) -> str:
+    """' | gap to the entropy bound' for generated data whose meta.json states its word
+    probability (zero_one: source.p_zero); the bound is per word token, so <eot> is left out."""
+    p = (meta.get("source") or {}).get("p_zero")
+    if not isinstance(p, (int, float)) or not 0 < p < 1:
+        return ""
+    bound = -p * math.log(p) - (1 - p) * math.log(1 - p)
+    loss = m.get("loss_excl_eot", m["loss"])
+    return f" | word-token loss {loss:.4f}, gap to entropy bound {bound:.4f}: {(loss / bound - 1) * 100:+.2f}%"

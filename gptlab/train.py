@@ -38,7 +38,7 @@ from gptlab.errors import UserError
 from gptlab.evaluate import evaluate, format_metrics
 from gptlab.files import atomic_write_text
 from gptlab.loss import lm_loss
-from gptlab.metrics import TrainClock, TrainMetrics
+from gptlab.metrics import TrainClock, TrainMetrics, entropy_gap
 from gptlab.model import GPT, GPTShape
 from gptlab.optim import build_optimizer, lr_at, set_lr
 from gptlab.runtime import autocast_ctx, compile_model, resolve_data_dir, token_byte_lengths
@@ -210,7 +210,7 @@ class Evaluator:
         if val is None:
             return False
         self.logger.print(f"eval step {state.step}: " + " | ".join(
-            f"{k} {format_metrics(v)}" if k == self.val_name
+            f"{k} {format_metrics(v)}{entropy_gap(self.meta, v)}" if k == self.val_name
             else f"{k} loss {v['loss']:.4f}" for k, v in out.items()))
         improved = val["loss"] < state.best_val
         state.best_val = min(state.best_val, val["loss"])
