@@ -302,7 +302,7 @@ def build_model(cfg: Config, resumed: dict | None, log) -> GPT:
         state = resumed["state"]["model"] if resumed else None
         if state is None:
             return model.init_weights()
-        _load_weights(model, state, resumed["path"], cfg)
+        _load_weights(model, state, resumed["path"])
         log(f"resuming from {resumed['path']} at step {resumed['state']['step']}")
         return model
     arch = source_arch(src, cfg.model.pad_vocab_multiple)  # built at the source's context, then cropped
@@ -316,14 +316,14 @@ def build_model(cfg: Config, resumed: dict | None, log) -> GPT:
 
         _, state = hf.load_gpt2_state(src, pad_vocab_multiple=cfg.model.pad_vocab_multiple)
         where = src
-    _load_weights(model, state, src, cfg)
+    _load_weights(model, state, src)
     if cfg.model.block_size < model.shape.block_size:
         model.crop_block_size(cfg.model.block_size)
     log(f"initialised from {where} ({model.num_params():,} parameters)")
     return model
 
 
-def _load_weights(model: GPT, state: dict, where, cfg: Config) -> None:
+def _load_weights(model: GPT, state: dict, where) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
