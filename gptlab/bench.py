@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
-from gptlab.config import COMPILE_MODES, build_config, parse_overrides
+from gptlab.config import COMPILE_MODES, build_config, parse_overrides, resolve
 from gptlab.errors import UserError
 from gptlab.loss import lm_loss
 from gptlab.metrics import device_peak_flops, fmt_mfu, mfu
 from gptlab.model import GPT, GPTShape, flops_per_token
 from gptlab.optim import build_optimizer
-from gptlab.runtime import autocast_ctx, compile_model, resolve_ce_chunk, resolve_dtype
+from gptlab.runtime import autocast_ctx, compile_model, resolve_ce_chunk
 
 DEFAULT_VOCAB = 50257  # GPT-2 BPE, for presets that read their vocab from a dataset
 
@@ -159,25 +159,12 @@ def _random_batches(n: int, batch: int, seq: int, vocab: int, accum: int, device
 
 
 def make_train_step(model, optimizer, ctx, scaler, clip: float, loss_of=None):
-    """forward + loss + backward per micro-batch, clip, optimiser step; no host sync."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    loss_of = loss_of or (lambda m, x, y: lm_loss(m, x, y))
+    """The training loop's own step (gptlab.train.train_step: accumulation, clip, on-device
+    non-finite skip, optimiser step) as a function of one step's micro-batches."""
+    from gptlab.train import train_step
 
-    def step(micro_batches):
-        n = len(micro_batches)
-        for x, y in micro_batches:
-            with ctx:
-                loss = loss_of(model, x, y) / n
-            scaler.scale(loss).backward()
-        if scaler.is_enabled():
-            scaler.unscale_(optimizer)
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
+    return lambda micro_batches: train_step(model, optimizer, scaler, micro_batches, ctx=ctx, clip=clip,
+                                            loss_fn=loss_of)
 
 
 def _rates(fpt: float, tokens_per_step: int, ms: float, peak: float | None, mm_tflops: float | None) -> dict:
@@ -300,13 +287,9 @@ def _config(preset: str | None, rest: list[str]):
 def bench(args, rest: list[str]) -> dict:
     cfg = _config(args.preset, rest)
     device = _device(args.device)
-    explicit_compile = any(a.startswith("--compile") for a in rest)
-    compile_mode = cfg.system.compile
-    if device.type == "cpu" and not explicit_compile:
-        compile_mode = "none"  # a preset's compile default would take minutes on a CPU
-    dtype = resolve_dtype(cfg.system.dtype, device)
-    if device.type == "cpu" and cfg.system.dtype == "float16":
-        dtype = torch.float32  # fp16 autocast on CPU is slow and not what anyone runs
+    # dtype and compile as training resolves them on this device (auto: compiled on CUDA only)
+    resolved = resolve(cfg, world_size=1, device=device, data_meta=None)
+    compile_mode, dtype = resolved.system.compile, getattr(torch, resolved.system.dtype)
     vocab = cfg.model.vocab_size or DEFAULT_VOCAB
     shape = GPTShape.from_config(cfg.model, vocab)
     seq = shape.block_size
