@@ -280,3 +280,29 @@ def test_too_many_nonfinite_steps_stop_the_run_with_exit_1(tmp_path, monkeypatch
     assert all(torch.isfinite(t).all() for t in good["model"].values())
     state, path = ck.load_latest_valid(run, warn=pytest.fail)
     assert_same_tensors(state["model"], good["model"])  # whatever is newest holds the last good weights
+
+
+def test_full_disk_mid_training_is_a_clean_error(tmp_path, monkeypatch, capsys):
+    """Through the real loop and CLI: the second save hits a full disk -> exit 2, one line,
+    the first checkpoint untouched and still loadable."""
+    from faults import _FullDisk  # tests/ is on sys.path under pytest
+
+    data = make_dataset(tmp_path)
+    run = tmp_path / "run"
+    real_open, calls = ck._open_for_write, []
+
+    def opener(path):
+        if Path(path).name.startswith(".ckpt_"):
+            calls.append(path)
+            if len(calls) >= 2:
+                return _FullDisk(path, budget=1000)
+        return real_open(path)
+
+    monkeypatch.setattr(ck, "_open_for_write", opener)
+    rc = cli.main(["train", *train_args(data, run, "random", max_iters=4, checkpoint_interval=2)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2, err
+    assert len(err) == 1 and err[0].startswith("error: disk full") and "--resume" in err[0]
+    assert [p.name for p in ck.list_checkpoints(run)] == ["ckpt_00000002.pt"]
+    assert ck.verify(ck.list_checkpoints(run)[0]) is None
+    assert not [p for p in ck.checkpoint_dir(run).iterdir() if ".tmp" in p.name]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from faults import _FullDisk  # tests/ is on sys.path under pytest
 from gptlab import checkpoint as ck
 from gptlab.errors import UserError
 
@@ -111,31 +112,6 @@ def test_resaving_a_step_after_fallback_sets_the_abandoned_newer_one_aside(tmp_p
     assert (ck.checkpoint_dir(tmp_path) / "ckpt_00000020.pt.stale").is_file()
 
 
-class _FullDisk:
-    """A writer over a real file that fails with ENOSPC once `budget` bytes were written."""
-
-    def __init__(self, path, budget):
-        self.f, self.budget = open(path, "wb"), budget
-
-    def write(self, b):
-        if len(b) > self.budget:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.budget -= len(b)
-        return self.f.write(b)
-
-    def flush(self):
-        self.f.flush()
-
-    def fileno(self):
-        return self.f.fileno()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-
 @pytest.mark.parametrize("fail_on", ["checkpoint", "checksum"])
 def test_full_disk_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch, fail_on):
     ck.save_checkpoint(tmp_path, _state(1.0), 1, is_best=True)
@@ -156,33 +132,6 @@ def test_full_disk_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch, 
     monkeypatch.setattr(ck, "_open_for_write", real_open)
     state, path = ck.load_latest_valid(tmp_path, warn=pytest.fail)
     assert state["step"] == 1 and torch.equal(state["model"]["w"], _state(1.0)["model"]["w"])
-
-
-def test_full_disk_mid_training_is_a_clean_error(tmp_path, monkeypatch, capsys):
-    """Through the real loop and CLI: the second save hits a full disk -> exit 2, one line,
-    the first checkpoint untouched and still loadable."""
-    from gptlab import cli
-    from test_resume import make_dataset, train_args  # tests/ is on sys.path under pytest
-
-    data = make_dataset(tmp_path)
-    run = tmp_path / "run"
-    real_open, calls = ck._open_for_write, []
-
-    def opener(path):
-        if Path(path).name.startswith(".ckpt_"):
-            calls.append(path)
-            if len(calls) >= 2:
-                return _FullDisk(path, budget=1000)
-        return real_open(path)
-
-    monkeypatch.setattr(ck, "_open_for_write", opener)
-    rc = cli.main(["train", *train_args(data, run, "random", max_iters=4, checkpoint_interval=2)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2, err
-    assert len(err) == 1 and err[0].startswith("error: disk full") and "--resume" in err[0]
-    assert [p.name for p in ck.list_checkpoints(run)] == ["ckpt_00000002.pt"]
-    assert ck.verify(ck.list_checkpoints(run)[0]) is None
-    assert not [p for p in ck.checkpoint_dir(run).iterdir() if ".tmp" in p.name]
 
 
 class _Payload:
