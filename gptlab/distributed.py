@@ -287,6 +287,7 @@ def load_sharded(run_dir, ref, model: torch.nn.Module, optimizer) -> None:
     rank calls it (without a process group, a single process reads all shards). Nothing is
     unpickled unless the folder and its .metadata hash are the ones the checkpoint recorded."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
     from torch.distributed.checkpoint.filesystem import FileSystemReader
     from torch.distributed.checkpoint.metadata import StorageMeta
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -302,7 +303,12 @@ def load_sharded(run_dir, ref, model: torch.nn.Module, optimizer) -> None:
 
     msd, osd = get_state_dict(model, optimizer)
     state = {"model": msd, "optimizer": osd}
-    dcp.load(state, storage_reader=VerifiedReader(str(folder)))
+    try:
+        dcp.load(state, storage_reader=VerifiedReader(str(folder)))
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - shards of another model, or short files
+        last = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()[:160]  # DCP: the rank's error last
+        raise UserError(f"sharded checkpoint {folder} cannot be loaded into this model ({last}): resume with the "
+                        "run's own config, or from an older checkpoint (delete the newer ckpt_*.pt)") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 

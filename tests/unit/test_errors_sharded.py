@@ -168,3 +168,15 @@ def test_no_unsafe_loads_in_the_package():
              for f in root.rglob("*.py")}
     assert {f: b for f, b in found.items() if b} == {}
     assert _unsafe_calls(ast.parse("import torch\ntorch.load(p)\nnp.load(p, allow_pickle=True)")) != []
+
+
+def test_sharded_checkpoint_of_another_model_is_one_line(tmp_path):
+    """Verified metadata, but shards that do not fit: a UserError, not DCP's multi-line traceback."""
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    ref = dist_.save_sharded(tmp_path, 1, model, opt, dist_.Dist())
+    (tmp_path / "checkpoints" / ref["name"] / "__0_0.distcp").write_bytes(b"short")
+    other = torch.nn.Linear(3, 2)
+    with pytest.raises(UserError, match="cannot be loaded") as e:
+        dist_.load_sharded(tmp_path, ref, other, torch.optim.AdamW(other.parameters()))
+    assert "\n" not in str(e.value)
