@@ -1,15 +1,9 @@
-"""Compute classes: a fixed number of accelerator-hours turned into a step count.
-
-Under the Languini protocol a method is compared at a fixed compute budget, not at a
-fixed number of steps. The budget is N hours on the reference accelerator; the
-config's *reference* throughput (tokens per second, measured once with
-`gptlab throughput`) turns those hours into tokens, and the global batch turns tokens
-into optimiser steps:
+"""Compute classes: a fixed number of reference-accelerator hours turned into a step count.
 
     steps = round(hours * 3600 * tokens_per_second / (train_batch_size * seq_len))
 
-The throughput is a property of the config on the reference hardware, not of the
-machine the run happens to use, so a run on other or more GPUs gets the same steps.
+tokens_per_second is the config's reference throughput (`gptlab throughput`), not the
+current machine's, so a run on other or more GPUs gets the same steps.
 """
 
 from __future__ import annotations
@@ -19,7 +13,7 @@ import json
 import sys
 
 from gptlab.cli import ArgParser
-from gptlab.config import Config, parse_hours, resolve_batch
+from gptlab.config import parse_hours
 from gptlab.errors import UserError
 
 SECONDS_PER_HOUR = 3600
@@ -44,9 +38,8 @@ def steps_for_budget(hours: float, tokens_per_second: float, train_batch_size: i
     # Divide the exact product, not the rounded token budget, so only one rounding happens.
     steps = round(hours * SECONDS_PER_HOUR * tokens_per_second / (train_batch_size * seq_len))
     if steps < 1:
-        raise UserError(
-            f"a {hours:g}h budget at {tokens_per_second:g} tokens/s is less than one step of "
-            f"{train_batch_size} x {seq_len} tokens: raise --hours or lower the batch")
+        raise UserError(f"a {hours:g}h budget at {tokens_per_second:g} tokens/s is less than one step of "
+                        f"{train_batch_size} x {seq_len} tokens: raise --hours or lower the batch")
     return steps
 
 
@@ -56,41 +49,14 @@ def accel_seconds_per_step(tokens_per_second: float, train_batch_size: int, seq_
     return train_batch_size * seq_len / tokens_per_second
 
 
-def apply_compute_class(cfg: Config, world_size: int = 1) -> None:
-    """If cfg.train.compute_class is set, set max_iters and lr_decay_iters from it.
-
-    The compute class wins over any step count the config carries: the class *is* the
-    statement of how long to train. With train_batch_size set the global batch does not
-    depend on world_size; it only matters when the batch is given per rank (batch_size).
-    """
-    t = cfg.train
-    if not t.compute_class:
-        return
-    if not t.tokens_per_second > 0:
-        raise UserError("--compute_class needs --tokens_per_second (the config's reference throughput, "
-                        "see `gptlab throughput`)")
-    hours = parse_hours(t.compute_class)
-    global_batch = resolve_batch(cfg, world_size).global_batch
-    steps = steps_for_budget(hours, t.tokens_per_second, global_batch, cfg.model.block_size)
-    t.max_iters = steps
-    cfg.optim.lr_decay_iters = steps
-
-
 def budget_report(hours: float, tokens_per_second: float, train_batch_size: int, seq_len: int) -> dict:
     steps = steps_for_budget(hours, tokens_per_second, train_batch_size, seq_len)
-    return {
-        "hours": hours,
-        "accel_seconds": hours * SECONDS_PER_HOUR,
-        "tokens_per_second": tokens_per_second,
-        "train_batch_size": train_batch_size,
-        "seq_len": seq_len,
-        "tokens_per_step": train_batch_size * seq_len,
-        "token_budget": token_budget(hours, tokens_per_second),
-        "steps": steps,
-        # What the steps actually consume; differs from the budget by under half a step.
-        "tokens_trained": steps * train_batch_size * seq_len,
-        "accel_seconds_per_step": accel_seconds_per_step(tokens_per_second, train_batch_size, seq_len),
-    }
+    per_step = train_batch_size * seq_len
+    # tokens_trained is what the steps consume: it differs from the budget by under half a step.
+    return dict(hours=hours, accel_seconds=hours * SECONDS_PER_HOUR, tokens_per_second=tokens_per_second,
+                train_batch_size=train_batch_size, seq_len=seq_len, tokens_per_step=per_step,
+                token_budget=token_budget(hours, tokens_per_second), steps=steps, tokens_trained=steps * per_step,
+                accel_seconds_per_step=accel_seconds_per_step(tokens_per_second, train_batch_size, seq_len))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    hours = parse_hours(str(args.hours))
+    hours = parse_hours(str(args.hours), "--hours")
     r = budget_report(hours, args.tokens_per_second, args.train_batch_size, args.seq_len)
     if args.json:
         print(json.dumps(r))

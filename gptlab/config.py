@@ -729,14 +729,14 @@ def _gpu_memory() -> int:
     return sum(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
 
 
-def parse_hours(compute_class: str) -> float:
-    s = compute_class.strip().lower().removesuffix("h")
+def parse_hours(text: str, flag: str = "--compute_class") -> float:
+    """Hours from '6', '6h' or '6.0h'; a UserError naming `flag` otherwise."""
     try:
-        h = float(s)
+        h = float(text.strip().lower().removesuffix("h"))
     except ValueError:
-        raise UserError(f"--compute_class {compute_class!r}: expected hours like '6h' or '12h'") from None
-    if h <= 0:
-        raise UserError(f"--compute_class {compute_class!r} must be positive")
+        raise UserError(f"{flag} {text!r}: expected hours like '6h' or '12h'") from None
+    if not 0 < h < math.inf:
+        raise UserError(f"{flag} {text!r} must be a positive number of hours, like 6h")
     return h
 
 

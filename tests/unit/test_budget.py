@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from gptlab.budget import (accel_seconds_per_step, apply_compute_class, main, steps_for_budget,
-                           token_budget)
+from gptlab import config
+from gptlab.budget import accel_seconds_per_step, main, steps_for_budget, token_budget
 from gptlab.config import build_config
 from gptlab.errors import UserError
 
@@ -32,31 +32,34 @@ def test_bad_inputs_are_user_errors(args):
         steps_for_budget(*args)
 
 
-def test_apply_compute_class_small_6h():
-    cfg = build_config("small", overrides={"compute_class": "6h", "tokens_per_second": 55416})
-    apply_compute_class(cfg)
+def _resolved(cfg, world_size=1):
+    return config.resolve(cfg, world_size=world_size, device="cpu", data_meta=None)
+
+
+def test_compute_class_sets_steps_small_6h():
+    cfg = _resolved(build_config("small", overrides={"compute_class": "6h", "tokens_per_second": 55416}))
     assert cfg.train.max_iters == 18265
     assert cfg.optim.lr_decay_iters == 18265
 
 
-def test_apply_compute_class_medium_48h_with_languini_flags():
+def test_compute_class_medium_48h_with_languini_flags(monkeypatch):
+    monkeypatch.setattr(config, "check_memory", lambda cfg: None)  # the memory check is not the point
     cfg = build_config("medium", overrides={"compute_class": "48", "tokens_per_second": 16618,
                                             "train_batch_size": 256, "gradient_accumulation_steps": 32})
-    apply_compute_class(cfg, world_size=4)  # global batch, so the world size changes nothing
-    assert (cfg.train.max_iters, cfg.optim.lr_decay_iters) == (21908, 21908)
+    final = _resolved(cfg, world_size=4)  # global batch, so the world size changes nothing
+    assert (final.train.max_iters, final.optim.lr_decay_iters) == (21908, 21908)
 
 
-def test_apply_compute_class_without_class_changes_nothing():
-    cfg = build_config("small", overrides={"max_train_steps": 123, "decay_steps": 77})
-    apply_compute_class(cfg)
+def test_without_compute_class_steps_are_kept():
+    cfg = _resolved(build_config("small", overrides={"max_train_steps": 123, "decay_steps": 77}))
     assert (cfg.train.max_iters, cfg.optim.lr_decay_iters) == (123, 77)
 
 
-def test_apply_compute_class_needs_throughput():
+def test_compute_class_needs_throughput():
     cfg = build_config("small")
     cfg.train.compute_class = "6h"  # set after validation, as a caller might
     with pytest.raises(UserError, match="tokens_per_second"):
-        apply_compute_class(cfg)
+        _resolved(cfg)
 
 
 def test_cli_prints_budget(capsys):
@@ -73,9 +76,11 @@ def test_cli_json(capsys):
     assert r["accel_seconds_per_step"] == pytest.approx(256 * 512 / 16618)
 
 
-def test_cli_bad_hours():
-    with pytest.raises(UserError, match="compute_class"):
-        main(["--hours", "six", "--tokens_per_second", "1", "--train_batch_size", "1"])
+@pytest.mark.parametrize("hours", ["six", "-1", "0h", "nan", "inf"])
+def test_cli_bad_hours_names_the_flag(hours):
+    with pytest.raises(UserError, match=r"^--hours ") as e:
+        main(["--hours", hours, "--tokens_per_second", "1", "--train_batch_size", "1"])
+    assert "compute_class" not in str(e.value)
 
 
 # The benchmark's README recipes: --compute_class alone selects batch, accumulation, throughput, steps.
@@ -86,12 +91,13 @@ def test_cli_bad_hours():
     ("medium", "48h", 256, 32, 16618, 21908),
     ("medium", "96h", 256, 32, 16618, 43817),
 ])
-def test_compute_class_selects_the_published_recipe(size, cc, bsz, accum, tps, steps):
+def test_compute_class_selects_the_published_recipe(size, cc, bsz, accum, tps, steps, monkeypatch):
     cfg = build_config(size, overrides={"compute_class": cc})
     t = cfg.train
     assert (t.train_batch_size, t.gradient_accumulation_steps, t.tokens_per_second) == (bsz, accum, tps)
-    apply_compute_class(cfg)
-    assert t.max_iters == cfg.optim.lr_decay_iters == steps
+    monkeypatch.setattr(config, "check_memory", lambda cfg: None)
+    final = _resolved(cfg)
+    assert final.train.max_iters == final.optim.lr_decay_iters == steps
     # The benchmark's eval size, periodic checkpoints and gradient logging come with every Languini preset.
     assert (t.eval_batch_size, t.eval_iters, t.eval_interval, t.checkpoint_interval, cfg.log.log_grads_every) == \
         (16, 500, 500, 1000, 1000)
