@@ -1,13 +1,8 @@
 """GPT-2 weights in and out: Hugging Face folders, the HF cache, and `gptlab export --to hf`.
 
-Import: OpenAI's GPT-2 (or any GPT2LMHeadModel folder) becomes a gptlab GPT whose logits
-match transformers' within float error. Export: a gptlab GPT that GPT-2's architecture can
-express becomes a folder that `GPT2LMHeadModel.from_pretrained` loads with the same logits.
-
-Our parameter names already follow HF's GPT-2, so conversion is: strip or add the
-`transformer.` prefix, transpose the Conv1D weights (HF stores them (in, out), our Linear
-is (out, in)), drop the causal-mask buffers, and pad or trim the vocabulary rows.
-Pickled .bin files are read only through torch.load(weights_only=True).
+Parameter names already follow HF's GPT-2, so conversion is: strip or add `transformer.`,
+transpose the Conv1D weights (HF stores (in, out)), drop the causal-mask buffers, and pad
+or trim the vocabulary rows. Logits match transformers' both ways within float error.
 """
 
 from __future__ import annotations
@@ -25,17 +20,12 @@ import torch
 
 from gptlab.config import ModelConfig
 from gptlab.errors import UserError
-from gptlab.files import atomic_write_bytes as _atomic_write, read_json
+from gptlab.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from gptlab.model import GPT, GPTShape
 
 # Short names users type, and the hub repositories that hold them today. The hub moved
 # the OpenAI models under openai-community/; caches filled before the move use the old id.
-PRETRAINED = {
-    "gpt2": "openai-community/gpt2",
-    "gpt2-medium": "openai-community/gpt2-medium",
-    "gpt2-large": "openai-community/gpt2-large",
-    "gpt2-xl": "openai-community/gpt2-xl",
-}
+PRETRAINED = {n: "openai-community/" + n for n in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
 # HF's Conv1D stores weights (in, out); these are the ones to transpose.
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # The causal mask (and the -1e4 fill value) that older transformers saved as buffers.
@@ -44,11 +34,9 @@ _MASK_BUFFER = re.compile(r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$")
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 _LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which gptlab's blocks use
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-# Files an export writes; with overwrite=True these are removed first so a stale file
-# from an earlier export (say a tokenizer of another vocabulary) cannot survive.
-_EXPORT_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json", "generation_config.json", "vocab.json", "merges.txt",
-                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "data_meta.json")
+# Files an export may hold; --overwrite removes them first so no stale one survives.
+_EXPORT_FILES = WEIGHT_FILES + ("config.json", "generation_config.json", "vocab.json", "merges.txt", "tokenizer.json",
+                                "tokenizer_config.json", "special_tokens_map.json", "data_meta.json")
 ENDOFTEXT = "<|endoftext|>"
 # Written last by every export: the mark that lets a later --overwrite replace the folder.
 EXPORT_MARKER = "gptlab_export.json"
@@ -56,9 +44,7 @@ EXPORT_FORMAT = "gptlab-hf-export-1"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-# --------------------------------------------------------------------------------------
-# Finding a GPT-2 folder: local path -> HF cache (offline) -> download
-# --------------------------------------------------------------------------------------
+# ---- Finding a GPT-2 folder: local path -> HF cache (offline) -> download
 
 def _has_weights(d: Path) -> bool:
     return (d / "config.json").is_file() and any((d / f).is_file() for f in WEIGHT_FILES)
@@ -72,30 +58,20 @@ def hf_cache_dir(cache_dir: str | Path | None = None) -> Path:
         from huggingface_hub import constants
 
         return Path(constants.HF_HUB_CACHE)
-    except Exception:  # not installed: the same environment variables by hand
-        for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-            if os.environ.get(var):
-                return Path(os.environ[var]).expanduser()
-        if os.environ.get("HF_HOME"):
-            return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        return (Path(xdg) if xdg else Path.home() / ".cache") / "huggingface" / "hub"
+    except ImportError:  # not installed: its defaults by hand
+        home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+        return Path(os.environ.get("HF_HUB_CACHE") or Path(home) / "hub").expanduser()
 
 
 def _repo_ids(name: str) -> list[str]:
-    if name in PRETRAINED:
-        return [PRETRAINED[name], name]
-    if name.startswith("openai-community/") and name.split("/", 1)[1] in PRETRAINED:
-        return [name, name.split("/", 1)[1]]
-    return [name]
+    """The hub ids to look for: today's (openai-community/...) first, then the pre-move one."""
+    short = name.removeprefix("openai-community/")
+    return [PRETRAINED[short], short] if short in PRETRAINED else [name]
 
 
 def find_in_cache(name: str, cache_dir: str | Path | None = None) -> Path | None:
-    """A complete snapshot of `name` in the HF hub cache, found without any network.
-
-    The cache layout is models--{owner}--{name}/snapshots/{commit}/ with refs/main naming
-    the commit last fetched; that one wins, else the newest complete snapshot.
-    """
+    """A complete snapshot of `name` in the HF hub cache (models--{owner}--{name}/snapshots/),
+    found without any network: the one refs/main names, else the newest complete one."""
     root = hf_cache_dir(cache_dir)
     for repo in _repo_ids(name):
         base = root / ("models--" + repo.replace("/", "--"))
@@ -103,10 +79,8 @@ def find_in_cache(name: str, cache_dir: str | Path | None = None) -> Path | None
         if not snaps.is_dir():
             continue
         ref = base / "refs" / "main"
-        if ref.is_file():
-            d = snaps / ref.read_text().strip()
-            if _has_weights(d):
-                return d
+        if ref.is_file() and _has_weights(snaps / ref.read_text().strip()):
+            return snaps / ref.read_text().strip()
         done = [d for d in snaps.iterdir() if d.is_dir() and _has_weights(d)]
         if done:
             return max(done, key=lambda d: d.stat().st_mtime)
@@ -158,17 +132,20 @@ def resolve_pretrained(name_or_path: str, cache_dir: str | Path | None = None) -
     return d
 
 
-# --------------------------------------------------------------------------------------
-# Reading weights
-# --------------------------------------------------------------------------------------
+# ---- Reading weights
+
+def _safetensors():
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise UserError("GPT-2 import and export need the safetensors package: pip install safetensors") from None
+    return safetensors.torch
+
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    st = _safetensors()
     try:
-        from safetensors.torch import load_file
-    except ImportError:
-        raise UserError(f"reading {path.name} needs the safetensors package: pip install safetensors") from None
-    try:
-        return load_file(str(path))
+        return st.load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for damaged headers
         raise UserError(f"{path} is not a readable safetensors file ({e}): re-download or re-export it") from None
 
@@ -219,24 +196,18 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 def overrides_from_hf_config(hf: dict, pad_vocab_multiple: int = 64) -> dict[str, Any]:
     """ModelConfig values for a GPT-2 config.json; UserError for what gptlab cannot express."""
     src = "config.json"
-    mt = hf.get("model_type", "gpt2")
-    if mt != "gpt2":
-        raise UserError(f"{src}: model_type {mt!r} is not GPT-2: only GPT2LMHeadModel checkpoints can be imported")
+    # What gptlab's blocks compute exactly; any other value is another architecture.
+    for key, ok in (("model_type", ("gpt2",)), ("activation_function", TANH_GELUS), ("layer_norm_epsilon", (_LN_EPS,)),
+                    ("scale_attn_weights", (True,)), ("scale_attn_by_inverse_layer_idx", (False,)),
+                    ("add_cross_attention", (False,))):
+        if key in hf and hf[key] not in ok:
+            raise UserError(f"{src}: {key} {hf[key]!r} is not supported: gptlab imports GPT2LMHeadModel with {key} "
+                            f"{' or '.join(map(repr, ok))} only")
     try:
         n_layer, n_head, n_embd = int(hf["n_layer"]), int(hf["n_head"]), int(hf["n_embd"])
         n_pos, vocab = int(hf.get("n_positions", hf.get("n_ctx"))), int(hf["vocab_size"])
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{src}: missing or bad GPT-2 field {e}: it must give n_layer, n_head, n_embd, n_positions, vocab_size") from None
-    act = hf.get("activation_function", "gelu_new")
-    if act not in TANH_GELUS:
-        raise UserError(f"{src}: activation_function {act!r} is not supported: gptlab imports GPT-2 with the tanh GELU "
-                        f"({' or '.join(TANH_GELUS)}); this checkpoint needs another architecture")
-    eps = float(hf.get("layer_norm_epsilon", _LN_EPS))
-    if abs(eps - _LN_EPS) > 1e-12:
-        raise UserError(f"{src}: layer_norm_epsilon {eps} differs from the 1e-05 gptlab's LayerNorm uses: cannot import exactly")
-    for key, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False), ("add_cross_attention", False)):
-        if bool(hf.get(key, ok)) != ok:
-            raise UserError(f"{src}: {key}={hf[key]} is a GPT-2 variant gptlab's attention does not implement")
     if n_embd % n_head:
         raise UserError(f"{src}: n_embd {n_embd} is not divisible by n_head {n_head}: not a valid GPT-2 config")
     n_inner = hf.get("n_inner")
@@ -265,7 +236,7 @@ def convert_hf_state(hf_sd: dict[str, torch.Tensor], shape: GPTShape) -> dict[st
     with torch.device("meta"):  # shapes and names only: no memory for gpt2-xl twice over
         expected = GPT(shape).state_dict()
     out: dict[str, torch.Tensor] = {}
-    V, P = shape.vocab_size, shape.padded_vocab
+    V, P = shape.vocab_size, shape.padded_vocab  # real and padded vocabulary rows
     for name, ref in expected.items():
         if name == "lm_head.weight" and shape.tie_embeddings:
             continue  # filled below with the very same tensor as wte
@@ -275,13 +246,10 @@ def convert_hf_state(hf_sd: dict[str, torch.Tensor], shape: GPTShape) -> dict[st
         t = src.pop(name).to(torch.float32)
         if name.endswith(CONV1D_SUFFIXES) and t.dim() == 2:
             t = t.t()
-        if name in ("transformer.wte.weight", "lm_head.weight"):
-            if t.shape != (V, shape.n_embd):
-                raise UserError(f"{name} has shape {tuple(t.shape)}, config.json implies {(V, shape.n_embd)}: "
-                                "weights and config.json do not belong together")
+        if name in ("transformer.wte.weight", "lm_head.weight") and len(t) == V:
             # Padded rows are zero: never produced as logits (forward trims them) and zero
             # keeps them inert for weight decay and tied gradients.
-            t = torch.cat([t, t.new_zeros(P - V, shape.n_embd)]) if P > V else t
+            t = torch.cat([t, t.new_zeros(P - V, *t.shape[1:])])
         if tuple(t.shape) != tuple(ref.shape):
             raise UserError(f"{name} has shape {tuple(t.shape)} but config.json implies {tuple(ref.shape)}: "
                             "weights and config.json do not belong together")
@@ -297,12 +265,8 @@ def convert_hf_state(hf_sd: dict[str, torch.Tensor], shape: GPTShape) -> dict[st
 
 def load_gpt2_state(name_or_path: str, cache_dir: str | Path | None = None,
                     pad_vocab_multiple: int = 64) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(ModelConfig overrides, state dict) for a GPT-2 name or HF folder.
-
-    Apply the overrides to cfg.model, build GPT(GPTShape.from_config(cfg.model)) and
-    load_state_dict(state) strictly; the vocabulary rows are already padded to
-    pad_vocab_multiple (pass the config's value).
-    """
+    """(ModelConfig overrides, state dict) for a GPT-2 name or HF folder: GPT of the overridden
+    config loads the state strictly (vocabulary rows padded to pad_vocab_multiple)."""
     folder = resolve_pretrained(name_or_path, cache_dir)
     hf = read_json(folder / "config.json", "model config")
     if not isinstance(hf, dict):
@@ -326,44 +290,18 @@ def gpt_from_pretrained(name_or_path: str, dropout: float = 0.0, block_size: int
     return model
 
 
-def init_from_pretrained(model_cfg: ModelConfig, name_or_path: str) -> tuple[GPT, ModelConfig, list[str]]:
-    """For `--init_from gpt2*|HF_FOLDER`: (the model, a new ModelConfig that describes it,
-    one line per value that differs from model_cfg, for the run log). model_cfg is not changed.
-
-    The architecture comes from the checkpoint (the user's n_layer etc. cannot apply to
-    fixed weights); dropout and a shorter block_size are the user's.
-    """
-    ov, state = load_gpt2_state(name_or_path, pad_vocab_multiple=model_cfg.pad_vocab_multiple)
-    block = min(model_cfg.block_size, ov["block_size"])
-    model = GPT(_shape_from_overrides(ov, model_cfg.dropout))
-    model.load_state_dict(state)
-    if block < ov["block_size"]:
-        model.crop_block_size(block)
-    described = dataclasses.replace(model_cfg, **dict(ov, block_size=block))
-    notes = [f"{k}: {getattr(model_cfg, k)!r} -> {v!r} (from {name_or_path})"
-             for k, v in dict(ov, block_size=block).items() if getattr(model_cfg, k) != v]
-    return model, described, notes
-
-
-# --------------------------------------------------------------------------------------
-# Export
-# --------------------------------------------------------------------------------------
+# ---- Export
 
 def check_gpt2_expressible(s: GPTShape) -> None:
     """UserError naming the first option GPT2LMHeadModel cannot represent."""
-    problems = []
-    if not s.tie_embeddings:
-        problems.append("--tie_embeddings false (GPT-2 shares wte with lm_head)")
-    if s.embed_scale:
-        problems.append("--embed_scale true (GPT-2 does not scale token embeddings)")
-    if s.qkv != "fused":
-        problems.append(f"--qkv {s.qkv} (GPT-2 has one fused c_attn)")
-    if s.gelu != "tanh":
-        problems.append(f"--gelu {s.gelu} (GPT-2 uses the tanh GELU)")
-    if not s.bias:
-        problems.append("--bias false (GPT-2 has biases in every Linear and LayerNorm)")
-    if s.n_head * s.head_dim != s.n_embd:
-        problems.append(f"--head_dim {s.head_dim} (GPT-2 needs n_head x head_dim = n_embd = {s.n_embd})")
+    problems = [msg for bad, msg in (
+        (not s.tie_embeddings, "--tie_embeddings false (GPT-2 shares wte with lm_head)"),
+        (s.embed_scale, "--embed_scale true (GPT-2 does not scale token embeddings)"),
+        (s.qkv != "fused", f"--qkv {s.qkv} (GPT-2 has one fused c_attn)"),
+        (s.gelu != "tanh", f"--gelu {s.gelu} (GPT-2 uses the tanh GELU)"),
+        (not s.bias, "--bias false (GPT-2 has biases in every Linear and LayerNorm)"),
+        (s.n_head * s.head_dim != s.n_embd, f"--head_dim {s.head_dim} (GPT-2 needs n_head x head_dim = n_embd = {s.n_embd})"),
+    ) if bad]
     if problems:
         raise UserError("cannot export as GPT-2: the model uses " + "; ".join(problems) + ". Train with the GPT-2 options to export")
 
@@ -378,30 +316,16 @@ def _tokenizer_kind(tokenizer_meta: dict | None) -> tuple[str | None, int | None
 
 
 def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map used in vocab.json / merges.txt.
-
-    Printable Latin-1 bytes stand for themselves; the other 68 bytes (controls, space,
-    soft hyphen...) are shifted to code points 256.. in byte order, so no token string
-    contains whitespace and the merges file can be split on spaces.
-    """
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
-    out, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            out[b] = chr(b)
-        else:
-            out[b] = chr(256 + extra)
-            extra += 1
-    return out
+    """GPT-2's byte -> printable character map of vocab.json / merges.txt: printable Latin-1
+    bytes stand for themselves, the other 68 move to code points 256.. in byte order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    moved = [b for b in range(256) if b not in keep]
+    return {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(moved)}}
 
 
 def gpt2_tokenizer_files(ranks: dict[bytes, int]) -> tuple[dict[str, int], str]:
-    """(vocab.json mapping, merges.txt text) rebuilt from tiktoken-style merge ranks.
-
-    Each multi-byte token was created by one merge; which one is recovered by running
-    BPE on the token's bytes with only the merges ranked before it: what remains is the
-    two halves that the token's own merge joins.
-    """
+    """(vocab.json mapping, merges.txt text) from tiktoken-style merge ranks: BPE on a token's
+    bytes with only the merges ranked before it leaves the two halves its own merge joins."""
     b2u = _bytes_to_unicode()
 
     def uni(b: bytes) -> str:
@@ -414,12 +338,9 @@ def gpt2_tokenizer_files(ranks: dict[bytes, int]) -> tuple[dict[str, int], str]:
             continue
         parts = [bytes([x]) for x in tok]
         while len(parts) > 2:
-            best, at = None, -1
-            for i in range(len(parts) - 1):
-                pr = ranks.get(parts[i] + parts[i + 1])
-                if pr is not None and pr < r and (best is None or pr < best):
-                    best, at = pr, i
-            if best is None:
+            # the earliest-ranked merge made before this token's own (first position on ties)
+            best, at = min((ranks.get(a + b, r), i) for i, (a, b) in enumerate(zip(parts, parts[1:])))
+            if best >= r:
                 break
             parts[at:at + 2] = [parts[at] + parts[at + 1]]
         if len(parts) != 2:
@@ -440,11 +361,11 @@ def _write_gpt2_tokenizer(out: Path, vocab_size: int, block_size: int) -> list[s
         return [f"tokenizer files skipped: {GPT2_INSTALL_HINT}, then export again"]
     vocab, merges = gpt2_tokenizer_files(ranks)
     vocab[ENDOFTEXT] = 50256
-    _atomic_write(out / "vocab.json", json.dumps(vocab, ensure_ascii=False).encode("utf-8"))
-    _atomic_write(out / "merges.txt", merges.encode("utf-8"))
-    tok_cfg = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": block_size, "add_prefix_space": False,
-               "bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT}
-    _atomic_write(out / "tokenizer_config.json", (json.dumps(tok_cfg, indent=2) + "\n").encode())
+    atomic_write_text(out / "vocab.json", json.dumps(vocab, ensure_ascii=False))
+    atomic_write_text(out / "merges.txt", merges)
+    atomic_write_json(out / "tokenizer_config.json", {
+        "tokenizer_class": "GPT2Tokenizer", "model_max_length": block_size, "add_prefix_space": False,
+        "bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT})
     return [f"tokenizer: GPT-2 BPE from {where}"]
 
 
@@ -452,12 +373,10 @@ def hf_config_dict(s: GPTShape, eot_id: int | None = None, dtype: torch.dtype = 
     """GPT2Config fields for a shape (n_positions = block_size, vocab_size = real vocab)."""
     dt = str(dtype).removeprefix("torch.")
     return {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-        "activation_function": "gelu_new",
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
         "n_layer": s.n_layer, "n_head": s.n_head, "n_embd": s.n_embd,
-        "n_inner": None if s.mlp_dim == 4 * s.n_embd else s.mlp_dim,
+        "n_inner": None if s.mlp_dim == 4 * s.n_embd else s.mlp_dim, "vocab_size": s.vocab_size,
         "n_positions": s.block_size, "n_ctx": s.block_size,  # n_ctx: what old readers look for
-        "vocab_size": s.vocab_size,
         "layer_norm_epsilon": _LN_EPS, "initializer_range": 0.02,
         "attn_pdrop": s.dropout, "embd_pdrop": s.dropout, "resid_pdrop": s.dropout,
         "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
@@ -469,21 +388,14 @@ def hf_config_dict(s: GPTShape, eot_id: int | None = None, dtype: torch.dtype = 
 
 def export_hf(model: GPT, out_dir: str | Path, tokenizer_meta: dict | None = None,
               overwrite: bool = False) -> dict[str, Any]:
-    """Write config.json + model.safetensors (+ GPT-2 tokenizer files) for transformers.
-
-    Returns {"dir", "files", "notes"}. Tied lm_head is omitted, as save_pretrained does
-    (safetensors cannot store one tensor under two names; transformers re-ties it).
-    """
+    """Write config.json + model.safetensors (+ GPT-2 tokenizer files) for transformers;
+    returns {"dir", "files", "notes"}. The tied lm_head is left out, as save_pretrained does."""
     s = model.shape
     check_gpt2_expressible(s)
     out = Path(out_dir)
     _clear_previous_export(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        from safetensors.torch import save_file
-    except ImportError:
-        raise UserError("export needs the safetensors package: pip install safetensors") from None
-
+    st = _safetensors()
     kind, eot = _tokenizer_kind(tokenizer_meta)
     if kind == "gpt2" and eot is None:
         eot = 50256
@@ -499,19 +411,17 @@ def export_hf(model: GPT, out_dir: str | Path, tokenizer_meta: dict | None = Non
             t = t[:V]  # vocab padding is gptlab's speed trick, not part of the model
         if name.endswith(CONV1D_SUFFIXES):
             t = t.t()
-        tensors[name] = t.contiguous().clone()  # clone: no views sharing storage in the file
-    _atomic_write_tensors(save_file, tensors, out / "model.safetensors")
-    cfg = hf_config_dict(s, eot if eot is not None and eot < V else None, dtype)
-    _atomic_write(out / "config.json", (json.dumps(cfg, indent=2) + "\n").encode())
-    notes = []
+        tensors[name] = t.contiguous()
+    # format=pt: transformers checks this metadata to know the tensors are PyTorch-laid-out.
+    atomic_write_bytes(out / "model.safetensors", st.save(tensors, metadata={"format": "pt"}))
+    atomic_write_json(out / "config.json", hf_config_dict(s, eot if eot is not None and eot < V else None, dtype))
     if kind == "gpt2":
-        notes += _write_gpt2_tokenizer(out, V, s.block_size)
-    elif kind:
-        notes.append(f"tokenizer files skipped: a {kind!r} tokenizer has no GPT-2 equivalent; "
-                     "keep the data dir's meta.json beside the export to encode text")
+        notes = _write_gpt2_tokenizer(out, V, s.block_size)
     else:
-        notes.append("tokenizer files skipped: the tokenizer is unknown (no meta.json found)")
-    _atomic_write(out / EXPORT_MARKER, (json.dumps({"format": EXPORT_FORMAT}) + "\n").encode())
+        notes = [f"tokenizer files skipped: a {kind!r} tokenizer has no GPT-2 equivalent; keep the data dir's "
+                 "meta.json beside the export to encode text" if kind else
+                 "tokenizer files skipped: the tokenizer is unknown (no meta.json found)"]
+    atomic_write_json(out / EXPORT_MARKER, {"format": EXPORT_FORMAT})
     files = sorted(p.name for p in out.iterdir() if p.is_file())
     return {"dir": str(out), "files": files, "notes": notes}
 
@@ -531,16 +441,7 @@ def _clear_previous_export(out: Path, overwrite: bool) -> None:
         (out / f).unlink(missing_ok=True)
 
 
-def _atomic_write_tensors(save_file, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    # format=pt: transformers checks this metadata to know the tensors are PyTorch-laid-out.
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path)
-
-
-# --------------------------------------------------------------------------------------
-# `gptlab export RUN --to hf OUT/`
-# --------------------------------------------------------------------------------------
+# ---- `gptlab export RUN --to hf OUT/`
 
 def main_export(argv: list[str]) -> int:
     from gptlab.cli import ArgParser
@@ -564,11 +465,8 @@ def main_export(argv: list[str]) -> int:
     check_gpt2_expressible(GPTShape.from_config(run.config.model))  # before reading a possibly large checkpoint
     _clear_previous_export(out, a.overwrite)  # before the checkpoint is read, too
     t0 = time.time()
-    ckpt = run.checkpoint(a.checkpoint)
-    print(f"export: reading {ckpt} ({ckpt.stat().st_size / 2**20:,.0f} MiB)", flush=True)
-    model = run.build_model("cpu", a.checkpoint)
-    print(f"export: writing {model.num_params():,} parameters to {out} ({time.time() - t0:.1f}s so far)", flush=True)
-    res = export_hf(model, out, run.data_meta, overwrite=a.overwrite)
+    print(f"export: reading {run.checkpoint(a.checkpoint)}", flush=True)
+    res = export_hf(run.build_model("cpu", a.checkpoint), out, run.data_meta, overwrite=a.overwrite)
     res["notes"] += _copy_run_tokenizer(run, out)
     print(f"exported {a.run} ({a.checkpoint}) to {res['dir']} in {time.time() - t0:.1f}s: {', '.join(res['files'])}")
     for n in res["notes"]:
@@ -584,10 +482,11 @@ def _copy_run_tokenizer(run, out: Path) -> list[str]:
     kind, _ = _tokenizer_kind(run.data_meta)
     if run.data_meta is None or kind == "gpt2":
         return []
-    _atomic_write(out / "data_meta.json", (json.dumps(run.data_meta, indent=2) + "\n").encode())
+    atomic_write_json(out / "data_meta.json", run.data_meta)
     model_file = (run.data_meta.get("tokenizer") or {}).get("model_file")
+    model_file = Path(model_file).name if isinstance(model_file, str) else ""
     copied = ["data_meta.json"]
-    if isinstance(model_file, str) and (run.dir / Path(model_file).name).is_file():
-        shutil.copyfile(run.dir / Path(model_file).name, out / Path(model_file).name)
-        copied.append(Path(model_file).name)
+    if model_file and (run.dir / model_file).is_file():
+        shutil.copyfile(run.dir / model_file, out / model_file)
+        copied.append(model_file)
     return [f"gptlab tokenizer files copied: {', '.join(copied)}"]
