@@ -1,12 +1,6 @@
-"""Files gptlab writes and reads: atomic writes, JSON/TOML with one-line errors, hashes, folder locks.
-
-Every write goes to a temporary file beside the target that is flushed, fsynced and renamed
-into place, so a reader sees the old file or the complete new one, never a mix. A full or
-read-only disk becomes a one-line UserError and the target is left as it was.
-
-A folder being written (a run, a dataset) holds `.gptlab.lock`: a JSON line with the
-holder's pid, host and start time. A lock whose pid is dead on this host is stale and is
-taken over; any other lock refuses the second writer with a UserError naming the holder.
+"""Files gptlab writes and reads: atomic writes (temporary file, fsync, rename; a full or read-only
+disk is a one-line UserError), JSON/TOML with one-line errors, hashes, and folder locks
+(`.gptlab.lock` with pid, host and time; taken over only when its pid is dead on this host).
 """
 
 from __future__ import annotations
@@ -51,16 +45,12 @@ def write_error(path: Path, e: BaseException | None) -> UserError | None:
 
 def fsync_dir(d: Path) -> None:
     """Make a rename in d durable (best effort: some filesystems refuse fsync on a folder)."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_stream(path: Path, write: Callable[[Any], None]) -> None:
@@ -127,11 +117,8 @@ def read_toml(path: Path, what: str) -> dict:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # --- folder locks -------------------------------------------------------------------------------
@@ -144,10 +131,9 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie still answers kill(0) but holds nothing
+    with contextlib.suppress(OSError, IndexError):  # a zombie still answers kill(0) but holds nothing
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    return True
 
 
 def _read_holder(lock: Path) -> dict | None:
@@ -157,18 +143,17 @@ def _read_holder(lock: Path) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
-        return {}
+        h = {}
     return h if isinstance(h, dict) else {}
 
 
 def _is_stale(holder: dict, lock: Path) -> bool:
     """Dead pid on this host; a garbled lock counts as stale once it is a minute old."""
     pid = holder.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool):
-        try:
+    if type(pid) is not int:
+        with contextlib.suppress(OSError):
             return time.time() - lock.stat().st_mtime > 60
-        except OSError:
-            return True
+        return True
     return holder.get("host") == socket.gethostname() and not _pid_alive(pid)
 
 
@@ -205,9 +190,9 @@ def _take_over(lock: Path, holder: dict, what: str) -> None:
     if moved != holder:
         with contextlib.suppress(OSError):
             os.link(aside, lock)
-        aside.unlink(missing_ok=True)
-        raise _held_error(lock, what, moved)
     aside.unlink(missing_ok=True)
+    if moved != holder:
+        raise _held_error(lock, what, moved)
     print(f"taking over the stale lock {lock} (pid {holder.get('pid', '?')} is gone)")
 
 
