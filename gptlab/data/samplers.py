@@ -15,13 +15,7 @@ from gptlab.errors import UserError
 
 
 def _as_reopenable(data):
-    """Remember how to re-open a memmap instead of holding one open.
-
-    Pages read through a long-lived np.memmap stay mapped (and counted in the
-    process's RSS) for as long as the map lives, so over a long run the whole
-    corpus would appear resident. Re-opening the map per batch drops those
-    pages each time; opening a map is microseconds.
-    """
+    """How to re-open a memmap per batch: pages read through a long-lived map stay counted in RSS."""
     if isinstance(data, np.memmap) and getattr(data, "filename", None):
         return (str(data.filename), data.dtype, int(data.offset), data.shape)
     return None
@@ -44,7 +38,15 @@ def _to_xy(block: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
 
-class RandomWindowSampler:
+class _Iterates:
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.next()
+
+
+class RandomWindowSampler(_Iterates):
     """Random windows of seq_len + 1 tokens anywhere in one stream.
 
     Batch k of rank r draws its offsets from a generator seeded by
@@ -64,13 +66,8 @@ class RandomWindowSampler:
             )
         self._reopen = _as_reopenable(data)
         self._data = None if self._reopen else data
-        self.n = n
-        self.batch_size = batch_size
-        self.seq_len = seq_len
-        self.seed = int(seed)
-        self.rank = rank
-        self.world_size = world_size
-        self.step = 0
+        self.n, self.batch_size, self.seq_len, self.seed = n, batch_size, seq_len, int(seed)
+        self.rank, self.world_size, self.step = rank, world_size, 0
 
     def offsets(self, step: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, self.rank, step])
@@ -81,12 +78,6 @@ class RandomWindowSampler:
         block = _gather(data, self.offsets(self.step), self.seq_len + 1)
         self.step += 1
         return _to_xy(block)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return self.next()
 
     def state_dict(self) -> dict:
         return {"kind": "random_window", "step": self.step, "seed": self.seed, "rank": self.rank}
@@ -113,12 +104,8 @@ def assign_rows(doc_lengths: np.ndarray, n_rows: int) -> list[list[int]]:
 
 class DocRows:
     """Documents dealt to rows (assign_rows); each row is the stream of its documents.
-
-    `indices(row, p0, length)` maps row positions p0.. to indices into the data: with
-    wrap=True the row repeats on its own (after its last document comes its first
-    again), as the benchmark's training loader does; with wrap=False positions past the
-    row's end are -1.
-    """
+    `indices(row, p0, length, wrap)` maps row positions p0.. to data indices; past the row's end
+    it starts over with the row's first document (wrap) or gives -1."""
 
     def __init__(self, doc_offsets, n_tokens: int, n_rows: int, data=None, eot_id: int | None = None):
         starts = np.asarray(doc_offsets if doc_offsets is not None else [0], dtype=np.int64)
@@ -153,26 +140,12 @@ class DocRows:
         return idx
 
 
-class StreamBatcher:
-    """Document streams, the Languini way.
-
-    Documents are dealt in order to `batch_size` rows (global, across ranks),
-    each to the row with the smallest total so far. Each row is one continuous
-    stream of its documents; the bins already hold the end-of-document token
-    after every document, so `<D>` sits between documents. Batch k takes
-    positions [k*seq_len, k*seq_len + seq_len + 1) of every row: consecutive
-    batches continue each row and overlap by the one target token. No shuffling.
-
-    Rank r owns rows i with i % world_size == r; those rows are cut into
-    `micro_batches` consecutive micro-batches, so N ranks together compute the
-    same rows as one rank with N-fold accumulation.
-
-    Every row wraps on its own: when it runs out it continues with its first
-    document again, whatever the other rows do (the benchmark's loader with
-    repeat=True), so no row tail is ever dropped. `epoch` is a nominal unit,
-    `steps_per_epoch` steps (until the shortest row first wraps). With wrap=False
-    `next()` raises StopIteration once the shortest row cannot fill a window.
-    `next()` returns the list of micro-batches (x, y) of one optimiser step.
+class StreamBatcher(_Iterates):
+    """Document streams, the Languini way: documents dealt to `batch_size` global rows (DocRows);
+    batch k is positions [k*seq_len, k*seq_len + seq_len + 1) of every row, no shuffling. Rank r owns
+    rows i % world_size == r, cut into `micro_batches`; `next()` returns one optimiser step's (x, y) list.
+    Each row wraps on its own (the benchmark's repeat=True); an `epoch` is `steps_per_epoch` steps
+    (until the shortest row first wraps). With wrap=False, StopIteration once that row cannot fill a window.
     """
 
     def __init__(self, data, doc_offsets, batch_size: int, seq_len: int, eot_id: int | None = None,
@@ -221,12 +194,6 @@ class StreamBatcher:
         self.batches += 1
         mb = len(self.my_rows) // self.micro_batches
         return [_to_xy(block[m * mb : (m + 1) * mb]) for m in range(self.micro_batches)]
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return self.next()
 
     def state_dict(self) -> dict:
         return {"kind": "stream", "epoch": self.epoch, "step": self.step, "batches": self.batches,
