@@ -1,21 +1,17 @@
 """`gptlab bench` (time the real training step) and `gptlab throughput` (Languini sweep).
 
-Both time on random token batches that already sit on the device, so data loading and
-the host copy stay out of the number; CUDA events after warm-up (compile happens in the
-first warm-up step and is reported apart). FLOPs and MFU come from the one formula in
-gptlab.model.flops_per_token / gptlab.metrics.mfu; MFU is given twice: against the
-datasheet peak in metrics.PEAK_BF16 and against a bf16 8192^3 matmul measured in the
-same process (what the card really does today).
+Both time random token batches already on the device (no data loading), with CUDA events
+after warm-up (the first step compiles and is reported apart). MFU comes from
+model.flops_per_token against the datasheet peak and against a measured bf16 8192^3 matmul.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import csv
 import datetime as _dt
 import gc
 import gzip
-import json
 import shutil
 import statistics
 import sys
@@ -24,9 +20,11 @@ from pathlib import Path
 
 import torch
 
+from gptlab.cli import ArgParser
 from gptlab.config import COMPILE_MODES, build_config, parse_overrides, resolve
+from gptlab.distributed import pick_device
 from gptlab.errors import UserError
-from gptlab.loss import lm_loss
+from gptlab.files import atomic_write_json
 from gptlab.metrics import device_peak_flops, fmt_mfu, mfu
 from gptlab.model import GPT, GPTShape, flops_per_token
 from gptlab.optim import build_optimizer
@@ -35,26 +33,8 @@ from gptlab.runtime import autocast_ctx, compile_model, resolve_ce_chunk
 DEFAULT_VOCAB = 50257  # GPT-2 BPE, for presets that read their vocab from a dataset
 
 
-class _Parser(argparse.ArgumentParser):
-    def __init__(self, *a, **k):
-        # No prefix matching: --compile (a config override) must not be read as --compile_scope.
-        super().__init__(*a, allow_abbrev=False, **k)
-
-    def error(self, message):  # one line through the CLI's UserError path
-        raise UserError(f"{self.prog}: {message}")
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device here; use --device cpu")
-    return dev
 
 
 def _sync(device: torch.device) -> None:
@@ -79,24 +59,14 @@ def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float 
         return None
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        a @ b
-    end.record()
-    torch.cuda.synchronize(device)
-    sec = start.elapsed_time(end) / 1000 / reps
+    ms = time_steps(lambda _: a @ b, [None], device, 3, reps)["ms_per_step"]
     del a, b
     _free(device)
-    return 2 * n**3 / sec / 1e12
+    return 2 * n**3 / (ms / 1000) / 1e12
 
 
 def _sdpa_ctx(name: str):
     """Pin the attention backend (the default lets PyTorch pick)."""
-    import contextlib
-
     if name == "auto":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -106,18 +76,16 @@ def _sdpa_ctx(name: str):
     return sdpa_kernel([backends[name]])
 
 
-def _build_for_timing(shape, cfg, device, dtype, ce_chunk: int):
-    """Model, optimiser and (fp16 only) GradScaler, seeded, as the training loop builds them."""
+def _build_for_timing(make_model, cfg, device, dtype):
+    """Model (seeded, train mode), optimiser and (fp16 only) GradScaler, as training builds them."""
     torch.manual_seed(0)
-    model = GPT(shape).init_weights().to(device)
-    model.train()
-    opt = build_optimizer(model, cfg, device.type)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    return model, opt, scaler, (lambda m, x, y: lm_loss(m, x, y, ce_chunk))
+    model = make_model().to(device).train()
+    return model, build_optimizer(model, cfg, device.type), torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
 def time_steps(step_fn, batches, device: torch.device, warmup: int, steps: int) -> dict:
-    """Warm-up (the first call compiles), then `steps` timed calls; per-step CUDA events."""
+    """Warm-up (the first call compiles), then `steps` timed calls: CUDA events between
+    steps (no host sync inside the loop) on a GPU, the host clock elsewhere."""
     t0 = time.perf_counter()
     step_fn(batches[0])
     _sync(device)
@@ -125,46 +93,38 @@ def time_steps(step_fn, batches, device: torch.device, warmup: int, steps: int) 
     for i in range(1, max(1, warmup)):
         step_fn(batches[i % len(batches)])
     _sync(device)
-    times_ms = []
-    if device.type == "cuda":
-        ev = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
-        ev[0].record()
-        for i in range(steps):
-            step_fn(batches[i % len(batches)])
-            ev[i + 1].record()
-        torch.cuda.synchronize(device)
-        times_ms = [ev[i].elapsed_time(ev[i + 1]) for i in range(steps)]
-        total_ms = ev[0].elapsed_time(ev[-1])
-    else:
-        t_all = time.perf_counter()
-        for i in range(steps):
-            t = time.perf_counter()
-            step_fn(batches[i % len(batches)])
-            times_ms.append((time.perf_counter() - t) * 1000)
-        total_ms = (time.perf_counter() - t_all) * 1000
-    return {"first_step_s": first_s, "ms_per_step": total_ms / steps,
+    cuda = device.type == "cuda"
+
+    def mark():
+        if not cuda:
+            return time.perf_counter() * 1000
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record()
+        return ev
+
+    marks = [mark()]
+    for i in range(steps):
+        step_fn(batches[i % len(batches)])
+        marks.append(mark())
+    _sync(device)
+    times_ms = [a.elapsed_time(b) if cuda else b - a for a, b in zip(marks, marks[1:])]
+    return {"first_step_s": first_s, "ms_per_step": sum(times_ms) / steps,
             "ms_per_step_median": statistics.median(times_ms), "ms_per_step_min": min(times_ms)}
 
 
 def _random_batches(n: int, batch: int, seq: int, vocab: int, accum: int, device: torch.device, gen_seed=0):
-    g = torch.Generator().manual_seed(gen_seed)
-    out = []
-    for _ in range(n):
-        micro = []
-        for _ in range(accum):
-            t = torch.randint(0, vocab, (batch, seq + 1), generator=g)
-            micro.append((t[:, :-1].contiguous().to(device), t[:, 1:].contiguous().to(device)))
-        out.append(micro)
-    return out
+    """n steps of accum micro-batches (x, y), each (batch, seq), of random tokens on the device."""
+    t = torch.randint(0, vocab, (n, accum, batch, seq + 1), generator=torch.Generator().manual_seed(gen_seed))
+    return [[(m[:, :-1].contiguous().to(device), m[:, 1:].contiguous().to(device)) for m in step] for step in t]
 
 
-def make_train_step(model, optimizer, ctx, scaler, clip: float, loss_of=None):
+def make_train_step(model, optimizer, ctx, scaler, clip: float, ce_chunk: int = 0, loss_of=None):
     """The training loop's own step (gptlab.train.train_step: accumulation, clip, on-device
     non-finite skip, optimiser step) as a function of one step's micro-batches."""
     from gptlab.train import train_step
 
     return lambda micro_batches: train_step(model, optimizer, scaler, micro_batches, ctx=ctx, clip=clip,
-                                            loss_fn=loss_of)
+                                            ce_chunk=ce_chunk, loss_fn=loss_of)
 
 
 def _rates(fpt: float, tokens_per_step: int, ms: float, peak: float | None, mm_tflops: float | None) -> dict:
@@ -193,21 +153,15 @@ def run_hf_peer(cfg, shape, batch, seq, accum, device, dtype, compile_mode, step
         if mode != "none" and device.type == "cpu" and compile_mode == "none":
             continue  # CPU tests: skip the (slow) compiled peer unless asked for
         _free(device)
-        torch.manual_seed(0)
-        model = _hf_model(shape, seq).to(device)
-        model.train()
-        opt = build_optimizer(model, cfg, device.type)
-        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        model, opt, scaler = _build_for_timing(lambda: _hf_model(shape, seq), cfg, device, dtype)
         # HF shifts labels itself: give it the inputs as labels (same loss work).
-        loss_of = lambda m, x, y: m(input_ids=x, labels=x).loss  # noqa: E731
-        cm = compile_model(model, mode, dynamic=False)
-        step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip, loss_of)
+        step = make_train_step(compile_model(model, mode, dynamic=False), opt, autocast_ctx(device, dtype), scaler,
+                               cfg.optim.grad_clip, loss_of=lambda m, x, y: m(input_ids=x, labels=x).loss)
         batches = _random_batches(4, batch, seq, shape.vocab_size, accum, device, gen_seed=1)
         t = time_steps(step, batches, device, warmup, steps)
-        r = dict(t, **_rates(fpt, batch * seq * accum, t["ms_per_step"], peak, mm), compile=mode,
-                 peak_mem_gb=_peak_mem_gb(device), params=sum(p.numel() for p in model.parameters()))
-        out[label] = r
-        del model, cm, opt, step, batches
+        out[label] = dict(t, **_rates(fpt, batch * seq * accum, t["ms_per_step"], peak, mm), compile=mode,
+                          peak_mem_gb=_peak_mem_gb(device), params=sum(p.numel() for p in model.parameters()))
+        del model, opt, step, batches
     _free(device)
     return out
 
@@ -229,76 +183,55 @@ def profile_step(step_fn, batches, device: torch.device, out_prefix: Path, steps
         shutil.copyfileobj(f, g)
     raw.unlink()
 
-    rows = []
-    for e in prof.key_averages():
-        if device.type == "cuda":
-            is_kernel = str(getattr(e, "device_type", "")).endswith("CUDA")
-            t_us = getattr(e, "self_device_time_total", None)
-            if t_us is None:
-                t_us = getattr(e, "self_cuda_time_total", 0)
-            if not is_kernel or t_us <= 0:
-                continue
-        else:  # no kernels on CPU: the ops' own CPU time stands in
-            t_us = e.self_cpu_time_total
-            if t_us <= 0:
-                continue
-        rows.append((e.key, e.count, t_us))
-    rows.sort(key=lambda r: -r[2])
+    # Kernels by their own device time; on CPU (no kernels) the ops' own CPU time stands in.
+    if device.type == "cuda":
+        rows = [(e.key, e.count, e.self_device_time_total) for e in prof.key_averages()
+                if str(e.device_type).endswith("CUDA")]
+    else:
+        rows = [(e.key, e.count, e.self_cpu_time_total) for e in prof.key_averages()]
+    rows = sorted((r for r in rows if r[2] > 0), key=lambda r: -r[2])
     total = sum(r[2] for r in rows) or 1.0
     top = rows[:32]
     csv_path = out_prefix.with_name(out_prefix.name + "_kernels.csv")
     with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["rank", "kernel", "calls", "total_ms", "share", "avg_us"])
-        for i, (name, n, t) in enumerate(top, 1):
-            w.writerow([i, name, n, f"{t / 1000:.3f}", f"{t / total:.4f}", f"{t / max(n, 1):.1f}"])
+        csv.writer(f).writerows([["rank", "kernel", "calls", "total_ms", "share", "avg_us"]] + [
+            [i, name, n, f"{t / 1000:.3f}", f"{t / total:.4f}", f"{t / max(n, 1):.1f}"] for i, (name, n, t) in enumerate(top, 1)])
     lines = [f"{'#':>2} {'share':>6} {'ms':>8} {'calls':>6}  kernel"]
     lines += [f"{i:>2} {100 * t / total:5.1f}% {t / 1000:8.2f} {n:>6}  {name[:90]}" for i, (name, n, t) in enumerate(top, 1)]
     png = out_prefix.with_name(out_prefix.name + "_kernels.png")
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(12, 0.3 * len(top) + 1.5))
-        names = [n[:60] + ("..." if len(n) > 60 else "") for n, _, _ in top][::-1]
-        ax.barh(range(len(top)), [t / 1000 / steps for _, _, t in top][::-1])
-        ax.set_yticks(range(len(top)), names, fontsize=7)
-        ax.set_xlabel(f"{'device' if device.type == 'cuda' else 'CPU'} time per step (ms)")
-        ax.set_title(f"top {len(top)} kernels by {'device' if device.type == 'cuda' else 'CPU'} time")
-        fig.tight_layout()
-        fig.savefig(png, dpi=100)
-        plt.close(fig)
+        from matplotlib.figure import Figure
     except ImportError:
         png = None
+    else:  # the object API: no pyplot state, no display
+        fig = Figure(figsize=(12, 0.3 * len(top) + 1.5), layout="tight")
+        ax = fig.add_subplot()
+        ax.barh(range(len(top)), [t / 1000 / steps for _, _, t in top][::-1])
+        ax.set_yticks(range(len(top)), [n[:60] for n, _, _ in top][::-1], fontsize=7)
+        ax.set_xlabel(f"{'device' if device.type == 'cuda' else 'CPU'} time per step (ms)")
+        fig.savefig(png, dpi=100)
     return {"trace": str(trace), "kernels_csv": str(csv_path), "kernels_png": str(png) if png else None,
             "table": "\n".join(lines), "profiled_steps": steps, "kernel_time_ms_per_step": total / 1000 / steps}
 
 
-def _config(preset: str | None, rest: list[str]):
-    try:
-        cfg = build_config(preset or "gpt2", None, parse_overrides(rest))
-    except UserError:
-        raise
-    return cfg
+def _setup(args, rest: list[str]):
+    """(config, device, shape, FLOPs per token, datasheet peak, device name) of a bench/throughput call."""
+    cfg = build_config(args.preset or "gpt2", None, parse_overrides(rest))
+    device = pick_device(args.device)
+    shape = GPTShape.from_config(cfg.model, cfg.model.vocab_size or DEFAULT_VOCAB)
+    return cfg, device, shape, flops_per_token(shape, shape.block_size), *device_peak_flops(device)
 
 
 def bench(args, rest: list[str]) -> dict:
-    cfg = _config(args.preset, rest)
-    device = _device(args.device)
+    cfg, device, shape, fpt, peak, dev_name = _setup(args, rest)
     # dtype and compile as training resolves them on this device (auto: compiled on CUDA only)
     resolved = resolve(cfg, world_size=1, device=device, data_meta=None)
     compile_mode, dtype = resolved.system.compile, getattr(torch, resolved.system.dtype)
-    vocab = cfg.model.vocab_size or DEFAULT_VOCAB
-    shape = GPTShape.from_config(cfg.model, vocab)
-    seq = shape.block_size
+    vocab, seq = shape.vocab_size, shape.block_size
     accum = cfg.train.gradient_accumulation_steps
     batch = cfg.train.batch_size or max(1, cfg.train.train_batch_size // max(1, accum))
     if args.steps < 1 or args.warmup < 1:
         raise UserError("--steps and --warmup must be at least 1")
-    fpt = flops_per_token(shape, seq)
-    peak, dev_name = device_peak_flops(device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -307,10 +240,10 @@ def bench(args, rest: list[str]) -> dict:
     # The config's ce_chunk (--ce_chunk), resolved as training resolves it; per-block
     # compile leaves the loss eager, where the plain loss is the fast one.
     ce_chunk = resolve_ce_chunk(cfg.system.ce_chunk, compile_mode if args.compile_scope == "model" else "none")
-    model, opt, scaler, loss_of = _build_for_timing(shape, cfg, device, dtype, ce_chunk)
+    model, opt, scaler = _build_for_timing(lambda: GPT(shape).init_weights(), cfg, device, dtype)
     _free(device)
     cm = compile_model(model, compile_mode, args.compile_scope, dynamic=False)
-    step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip, loss_of)
+    step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip, ce_chunk)
     batches = _random_batches(4, batch, seq, vocab, accum, device)
     with _sdpa_ctx(args.sdpa):
         t = time_steps(step, batches, device, args.warmup, args.steps)
@@ -370,8 +303,8 @@ def format_bench(res: dict) -> str:
     return "\n".join(out)
 
 
-def _bench_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="gptlab bench", description="time the training step on random batches; any other "
+def _bench_parser() -> ArgParser:
+    p = ArgParser(prog="gptlab bench", description="time the training step on random batches; any other "
                 "--key value is a config override (batch_size, seq_len, dtype, compile, gradient_accumulation_steps...)")
     p.add_argument("preset", nargs="?", default="gpt2")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
@@ -391,10 +324,14 @@ def main(argv: list[str]) -> int:
     args.argv = list(argv)
     res = bench(args, rest)
     print(format_bench(res), flush=True)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    _write_json(args.json, res)
     return 0
+
+
+def _write_json(path: str, res: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(path), res)
 
 
 # ---------------------------------------------------------------- throughput (Languini way)
@@ -403,13 +340,9 @@ COMPUTE_CLASS_HOURS = (6, 12, 24, 48, 96)
 
 
 def languini_batch_sweep(measure, step: int = 8, max_batch: int = 0) -> dict[int, dict]:
-    """Batch sizes in the benchmark's order: 1, then step, 2*step, ... until one does not fit;
-    from then on the step halves whenever the next try would reach the smallest batch that
-    failed, so the sweep ends at the largest batch that fits (when the step reaches 0).
-
-    measure(b) -> result, or None when b does not fit; max_batch > 0 counts as a batch that
-    does not fit (not measured). Returns {batch: result} of the batches that fit.
-    """
+    """{batch: measure(batch)} of the batches that fit (measure returns None for one that does
+    not; above max_batch > 0 counts as not fitting), tried in the benchmark's order: 1, step,
+    2*step, ... then the step halves whenever the next try would reach the smallest failure."""
     rows: dict[int, dict] = {}
     lo, hi, b, first = 1, float("inf"), 1, True
     while step:
@@ -444,10 +377,8 @@ def _measure_batch(step, b, seq, vocab, device, compile_mode, ce_chunk, args, fp
         batches = _random_batches(2, b, seq, vocab, 1, device)
         if compile_mode != "none" and not ce_chunk:
             # Batch dimension symbolic from the first size: one compile serves the sweep.
-            for micro in batches:
-                for x, y in micro:
-                    torch._dynamo.mark_dynamic(x, 0)
-                    torch._dynamo.mark_dynamic(y, 0)
+            for t in (t for micro in batches for xy in micro for t in xy):
+                torch._dynamo.mark_dynamic(t, 0)
         t = time_steps(step, batches, device, args.warmup, args.rounds)
     except torch.OutOfMemoryError:
         _free(device)
@@ -462,23 +393,18 @@ def _measure_batch(step, b, seq, vocab, device, compile_mode, ce_chunk, args, fp
 
 def throughput(args, rest: list[str]) -> dict:
     """The reference throughput of a config, swept as the benchmark does (languini_batch_sweep)."""
-    cfg = _config(args.preset, rest)
-    device = _device(args.device)
+    cfg, device, shape, fpt, peak, dev_name = _setup(args, rest)
     on_gpu = device.type == "cuda"
     # The benchmark's way: fp16 + GradScaler, compiled. CPU: fp32 and eager (tests only).
     dtype = torch.float16 if on_gpu else torch.float32
     compile_mode = args.compile if on_gpu else "none"
-    vocab = cfg.model.vocab_size or DEFAULT_VOCAB
-    shape = GPTShape.from_config(cfg.model, vocab)
-    seq = shape.block_size
-    fpt = flops_per_token(shape, seq)
-    peak, dev_name = device_peak_flops(device)
+    vocab, seq = shape.vocab_size, shape.block_size
     # Plain loss unless --ce_chunk N is given: the chunk loop needs a static batch, so the
     # chunked loss recompiles at every batch size, while the plain one compiles once.
     ce_chunk = max(cfg.system.ce_chunk, 0)
-    model, opt, scaler, loss_of = _build_for_timing(shape, cfg, device, dtype, ce_chunk)
+    model, opt, scaler = _build_for_timing(lambda: GPT(shape).init_weights(), cfg, device, dtype)
     cm = compile_model(model, compile_mode, dynamic=None)
-    step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip, loss_of)
+    step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip, ce_chunk)
 
     def measure(b):
         r = _measure_batch(step, b, seq, vocab, device, compile_mode, ce_chunk, args, fpt, peak)
@@ -500,7 +426,7 @@ def throughput(args, rest: list[str]) -> dict:
 
 
 def throughput_main(argv: list[str]) -> int:
-    p = _Parser(prog="gptlab throughput", description="reference tokens/s of a preset, swept as the Languini "
+    p = ArgParser(prog="gptlab throughput", description="reference tokens/s of a preset, swept as the Languini "
                 "benchmark does (batch 1, 8, 16, ... then bisection to the largest that fits); fp16 + GradScaler, "
                 "compiled (GPU); prints the steps of the five compute classes")
     p.add_argument("preset")
@@ -517,15 +443,10 @@ def throughput_main(argv: list[str]) -> int:
     if args.rounds < 1 or args.warmup < 1 or args.batch_size_step < 1 or args.max_batch < 0:
         raise UserError("--rounds, --warmup and --batch_size_step must be at least 1, --max_batch at least 0")
     res = throughput(args, rest)
-    fields = ["batch", "tokens_per_sec", "ms_per_step", "peak_mem_gb"]
-    fh = open(args.csv, "w", newline="") if args.csv else sys.stdout
-    w = csv.writer(fh)
-    w.writerow(fields)
-    for r in res["rows"]:
-        w.writerow([r["batch"], f"{r['tokens_per_sec']:.0f}", f"{r['ms_per_step']:.3f}",
-                    "" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.3f}"])
-    if args.csv:
-        fh.close()
+    with open(args.csv, "w", newline="") if args.csv else contextlib.nullcontext(sys.stdout) as fh:
+        csv.writer(fh).writerows([["batch", "tokens_per_sec", "ms_per_step", "peak_mem_gb"]] + [
+            [r["batch"], f"{r['tokens_per_sec']:.0f}", f"{r['ms_per_step']:.3f}",
+             "" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.3f}"] for r in res["rows"]])
     b = res["best"]
     print(f"best: batch {b['batch']} -> {b['tokens_per_sec']:,.0f} tokens/s on {res['device']} "
           f"({res['dtype']}, compile {res['compile']}; MFU {fmt_mfu(b['mfu_table'])}); largest batch that fits "
@@ -533,7 +454,5 @@ def throughput_main(argv: list[str]) -> int:
     print(f"compute classes at train_batch_size {res['train_batch_size']} x seq_len {res['seq_len']}:")
     for c in res["classes"]:
         print(f"{c['hours']:3d}h: {c['tokens']:>16,} tokens  {c['steps']:>9,} steps")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    _write_json(args.json, res)
     return 0
