@@ -1,18 +1,12 @@
-"""Token files: `{split}.bin` (raw little-endian uint16/uint32) + one meta.json.
-
-meta.json is the single source of truth for reading a bin. Readers go through
-`load_split`, which checks the bin's size against meta; `verify_bins` checks its
-sha256 (cached by size, mtime and inode) before anything trains on it. Document
-boundaries (start offsets) live beside a bin in `{split}.docs.npy`. `SplitWriter`
-is the one writer of both.
-
-Layout of meta.json ("gptlab-tokens-1"):
-    {"format", "tokenizer": {...}, "vocab_size", "dtype", "eot_id",
-     "splits": {name: {"tokens", "sha256", "documents"}}, "source": {...}}
+"""Token files: `{split}.bin` (raw little-endian uint16/uint32), `{split}.docs.npy` (document starts)
+and one meta.json ("gptlab-tokens-1": format, tokenizer, vocab_size, dtype, eot_id, splits {name: tokens,
+sha256, documents}, source), the single source of truth for reading a bin: `load_split` checks sizes,
+`verify_bins` the sha256. `SplitWriter` is the one writer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -38,9 +32,8 @@ def dtype_for_vocab(vocab_size: int) -> np.dtype:
 
 
 def dtype_name(dtype) -> str:
-    dt = np.dtype(dtype)
     for name, d in _DTYPES.items():
-        if dt == d or dt == d.newbyteorder("="):
+        if np.dtype(dtype) == d:
             return name
     raise ValueError(f"unsupported token dtype {dt}")
 
@@ -55,17 +48,14 @@ def docs_path(data_dir: Path, split: str) -> Path:
 
 class SplitWriter:
     """Appends tokens to `{split}.bin.partial` and uint64 document starts to `{split}.docs.partial`.
-
-    The one writer of token files. It can reopen a split at recorded counts (a resumed
-    prepare): whatever was written after them is cut off and the kept bytes re-hashed.
-    `finish` checks sizes, then renames the bin and writes `{split}.docs.npy`.
-    """
+    Reopened at recorded counts (a resumed prepare), it cuts off what came after them and re-hashes
+    the rest. `finish` checks sizes, then renames the bin and writes `{split}.docs.npy`."""
 
     def __init__(self, out: Path, split: str, dtype, tokens: int = 0, documents: int = 0,
                  vocab_size: int | None = None, with_docs: bool = True):
-        self.out, self.split, self.vocab_size, self.with_docs = Path(out), split, vocab_size, with_docs
-        self.dt = np.dtype(dtype).newbyteorder("<")
-        dtype_name(self.dt)
+        self.dt = _DTYPES[dtype_name(dtype)]
+        self.out, self.split, self.with_docs = Path(out), split, with_docs
+        self.vocab_size = vocab_size or int(np.iinfo(self.dt).max) + 1
         self.bin_p, self.docs_p = self.out / f"{split}.bin.partial", self.out / f"{split}.docs.partial"
         self.tokens, self.documents = tokens, documents
         for p, size in ((self.bin_p, tokens * self.dt.itemsize), (self.docs_p, documents * 8)):
@@ -83,7 +73,7 @@ class SplitWriter:
     def append(self, ids: np.ndarray, lens: np.ndarray | None = None) -> None:
         """ids: token ids; lens: the length of each document they hold (None: no new documents)."""
         ids = np.asarray(ids)
-        if self.vocab_size is not None and ids.size:
+        if ids.size:
             check_token_range(ids, self.vocab_size, what=f"{self.split} tokens")
         data = ids.astype(self.dt, copy=False).tobytes()
         if lens is not None and len(lens):
@@ -125,45 +115,30 @@ class SplitWriter:
         return {"tokens": int(self.tokens), "sha256": self.h.hexdigest(),
                 "documents": int(self.documents) if self.with_docs else None}
 
-    def abort(self) -> None:
-        self.close()
-        for p in (self.bin_p, self.docs_p):
-            p.unlink(missing_ok=True)
-
 
 def write_split(out_dir: Path, split: str, tokens: np.ndarray | Iterable[np.ndarray | list[int]], dtype,
-                doc_starts: np.ndarray | None = None, vocab_size: int | None = None) -> dict:
-    """Write `{split}.bin` (and `{split}.docs.npy` if doc_starts is given) in one go; the split's meta entry.
-
-    `tokens` is one array or an iterable of chunks. A failed write leaves nothing behind.
-    """
+                doc_starts=None, vocab_size: int | None = None) -> dict:
+    """Write `{split}.bin` (and `{split}.docs.npy` for doc_starts) from one array or an iterable of chunks;
+    the split's meta entry. A failed write leaves nothing behind."""
     w = SplitWriter(out_dir, split, dtype, vocab_size=vocab_size, with_docs=doc_starts is not None)
     try:
         for chunk in [tokens] if isinstance(tokens, np.ndarray) else tokens:
-            a = np.asarray(chunk)
-            if vocab_size is None and a.size and (a.min() < 0 or int(a.max()) > np.iinfo(w.dt).max):
-                raise ValueError(f"token ids out of range for {w.dt}")
-            w.append(a)
+            w.append(chunk)
         if doc_starts is not None:
-            starts = np.asarray(doc_starts, dtype=np.int64)
-            if starts.ndim != 1 or (starts.size and (starts[0] != 0 or np.any(np.diff(starts) < 0)
-                                                       or int(starts[-1]) > w.tokens)):
-                raise ValueError("document starts must begin at 0, be non-decreasing and lie inside the split")
-            w.fd.write(starts.astype("<u8").tobytes())
-            w.documents = int(starts.size)
+            w.fd.write(np.asarray(doc_starts, dtype="<u8").tobytes())
+            w.documents = len(doc_starts)
         return w.finish()
     except BaseException:
-        w.abort()  # a rejected split leaves nothing behind, not even a partial file
+        w.close()
+        w.bin_p.unlink(missing_ok=True)
+        w.docs_p.unlink(missing_ok=True)
         raise
 
 
 def write_meta(out_dir: Path, meta: dict) -> Path:
     """Write meta.json atomically. Written last by prepare: its presence marks a complete dir."""
-    meta = dict(meta)
-    meta.setdefault("format", FORMAT)
-    path = Path(out_dir) / META
-    files.atomic_write_json(path, meta)
-    return path
+    files.atomic_write_json(Path(out_dir) / META, {"format": FORMAT, **meta})
+    return Path(out_dir) / META
 
 
 def _bad(data_dir, msg: str) -> UserError:
@@ -231,20 +206,14 @@ def load_split(data_dir: Path, split: str, meta: dict | None = None) -> np.memma
 
 
 def check_token_range(arr: np.ndarray, vocab_size: int, what: str = "tokens") -> None:
-    """UserError if any id >= vocab_size (or negative). Scans in chunks so a
-    multi-GB memmap never gets pulled into memory at once."""
+    """UserError if any id is negative or >= vocab_size; scans in chunks (a memmap never loads at once)."""
     arr = np.asarray(arr).reshape(-1)
     for start in range(0, arr.size, CHUNK_TOKENS):
         c = arr[start : start + CHUNK_TOKENS]
-        hi = int(c.max())
-        lo = int(c.min())
-        if hi >= vocab_size or lo < 0:
-            bad = hi if hi >= vocab_size else lo
-            pos = start + int(np.argmax((c >= vocab_size) | (c < 0)))
-            raise UserError(
-                f"{what}: id {bad} at position {pos} is outside the vocabulary (size {vocab_size}): "
-                "the bin does not match meta.json; re-run `gptlab prepare ...`"
-            )
+        if int(c.max()) >= vocab_size or int(c.min()) < 0:
+            pos = int(np.argmax((c >= vocab_size) | (c < 0)))
+            raise UserError(f"{what}: id {c[pos]} at position {start + pos} is outside the vocabulary (size "
+                            f"{vocab_size}): the bin does not match meta.json; re-run `gptlab prepare ...`")
 
 
 def verify_split(data_dir: Path, split: str, check_hash: bool = False, meta: dict | None = None) -> np.memmap:
@@ -257,25 +226,13 @@ def verify_split(data_dir: Path, split: str, check_hash: bool = False, meta: dic
     return arr
 
 
-def _file_key(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
-
-
 def verify_bins(data_dir: Path, meta: dict, splits: list[str] | None = None) -> None:
     """Check every bin (or those of `splits`) against the sha256 in meta.json before anything trains on it.
-
-    A bin whose (size, mtime, inode) and recorded hash match its entry in verified_cache(data_dir)
-    is not hashed again, so a large corpus costs one pass the first time only. The cache lives in
-    gptlab's cache folder, not the dataset's: a read-only dataset is cached too, and no command
-    writes into a dataset folder it did not prepare.
-    """
-    data_dir = Path(data_dir)
-    cache_p = verified_cache(data_dir)
-    try:
-        cache = files.read_json(cache_p, "verification cache") if cache_p.is_file() else {}
-    except UserError:
-        cache = {}
+    A bin whose (size, mtime, inode) and hash match its entry in verified_cache(data_dir), in gptlab's
+    cache folder (never the dataset's), is not hashed again."""
+    data_dir, cache_p, cache = Path(data_dir), verified_cache(data_dir), {}
+    with contextlib.suppress(UserError):
+        cache = files.read_json(cache_p, "verification cache")
     cache = cache if isinstance(cache, dict) else {}
     changed = False
     for split in splits or list(meta["splits"]):
@@ -283,7 +240,8 @@ def verify_bins(data_dir: Path, meta: dict, splits: list[str] | None = None) -> 
         want, path = meta["splits"][split].get("sha256"), bin_path(data_dir, split)
         if not want:
             continue
-        key = _file_key(path)
+        st = path.stat()
+        key = [st.st_size, st.st_mtime_ns, st.st_ino]
         if cache.get(split) == {"key": key, "sha256": want}:
             continue
         if files.sha256_file(path) != want:
@@ -307,12 +265,8 @@ def verified_cache(data_dir: Path) -> Path:
 
 
 def doc_offsets(data_dir: Path, split: str, meta: dict | None = None) -> np.ndarray | None:
-    """Start offset of every document of a split (uint64, first 0), or None if not recorded.
-
-    Document i spans [starts[i], starts[i+1]) (the last ends at the split's
-    end) and includes its trailing end-of-document token when the recipe
-    writes one.
-    """
+    """Start offset of every document of a split (uint64, first 0), or None if not recorded. Document i
+    spans [starts[i], starts[i+1]) (the last ends at the split's end), its end-of-document token included."""
     data_dir = Path(data_dir)
     meta = meta or read_meta(data_dir)
     p = docs_path(data_dir, split)
@@ -326,13 +280,6 @@ def doc_offsets(data_dir: Path, split: str, meta: dict | None = None) -> np.ndar
     if starts.ndim != 1 or starts.dtype.kind not in "iu" or (starts.size and (starts[0] != 0 or (n is not None and int(starts[-1]) > n))):
         raise _bad(data_dir, f"{p.name} does not hold valid document starts")
     return starts.astype(np.uint64, copy=False)
-
-
-def doc_spans(starts: np.ndarray, n_tokens: int) -> np.ndarray:
-    """(D, 2) int64 array of [start, end) per document."""
-    s = np.asarray(starts, dtype=np.int64)
-    e = np.append(s[1:], n_tokens)
-    return np.stack([s, e], axis=1)
 
 
 # What a prepared dataset folder may hold: its splits' files, meta, lock, tokenizer.
