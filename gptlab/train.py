@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import json
 import math
 import random
@@ -33,15 +34,15 @@ from gptlab.config import Config, load_run_config, resolve
 from gptlab.data import tokens as tk
 from gptlab.data.prefetch import Prefetcher
 from gptlab.data.samplers import RandomWindowSampler, StreamBatcher
-from gptlab.data.tokenizers import tokenizer_files
+from gptlab.data.tokenizers import token_byte_lengths, tokenizer_files, tokenizer_from_meta
 from gptlab.errors import UserError
-from gptlab.evaluate import evaluate, format_metrics
+from gptlab.evaluate import evaluate, format_metrics, languini_eval_plan
 from gptlab.files import atomic_write_text
 from gptlab.loss import lm_loss
 from gptlab.metrics import TrainClock, TrainMetrics, entropy_gap
 from gptlab.model import GPT, GPTShape
 from gptlab.optim import build_optimizer, lr_at, set_lr
-from gptlab.runtime import autocast_ctx, compile_model, resolve_data_dir, token_byte_lengths
+from gptlab.runtime import autocast_ctx, compile_model, resolve_data_dir
 from gptlab.tracker import RunLogger
 
 
@@ -177,14 +178,25 @@ class Batches:
 
 
 class Evaluator:
-    """In-training evaluation of the train and held-out splits at its own cadence."""
+    """In-training evaluation of the train and held-out splits at its own cadence, the benchmark's
+    way: the first eval_iters batches of eval_batch_size document streams, planned once per split."""
 
     def __init__(self, cfg: Config, model, splits: dict, meta: dict, data_dir: Path, ctx, d, logger, clock):
         self.cfg, self.model, self.splits, self.meta, self.ctx, self.d = cfg, model, splits, meta, ctx, d
         self.logger, self.clock = logger, clock
-        self.byte_lengths = token_byte_lengths(meta, data_dir)
         self.val_name = next((k for k in splits if k != "train"), None)
         self.last: dict = {}
+        self.plans = {}
+        t = cfg.train
+        if t.eval_iters == 0:
+            return
+        tok = tokenizer_from_meta(meta, data_dir)
+        lengths = token_byte_lengths(tok)
+        for split, toks in splits.items():
+            name = cfg.data.train_split if split == "train" else split
+            self.plans[split] = languini_eval_plan(
+                toks, tk.doc_offsets(data_dir, name, meta), cfg.model.block_size, streams=t.eval_batch_size or 16,
+                max_steps=t.eval_iters, last_n=t.last_n, tokenizer=tok, byte_lengths=lengths, eot_id=meta.get("eot_id"))
 
     def due(self, step: int) -> bool:
         every, t = self.cfg.train.eval_interval, self.cfg.train
@@ -196,13 +208,10 @@ class Evaluator:
         reduce = (lambda x: dist_.all_reduce_sum(x, d)) if d.enabled else None
         out = {}
         with self.clock.paused():
-            for split, toks in self.splits.items():
-                if toks is None or t.eval_iters == 0:
-                    continue
-                m = evaluate(self.model, toks, self.cfg.model.block_size, t.eval_batch_size or t.batch_size,
-                             d.device, last_n=t.last_n or self.cfg.model.block_size, max_batches=t.eval_iters,
-                             byte_lengths=self.byte_lengths, autocast=self.ctx, rank=d.rank, world_size=d.world_size,
-                             reduce=reduce, eot_id=self.meta.get("eot_id"))
+            for split, plan in self.plans.items():
+                m = evaluate(self.model, self.splits[split], self.cfg.model.block_size, t.eval_batch_size or t.batch_size,
+                             d.device, autocast=self.ctx, rank=d.rank, world_size=d.world_size, reduce=reduce,
+                             eot_id=self.meta.get("eot_id"), plan=plan)
                 out[split] = dict(m, split=split, train_time_s=self.clock.now())
                 self.logger.log("eval", state.step, state.tokens, out[split])
         self.last = out
@@ -331,13 +340,21 @@ def _load_weights(model: GPT, state: dict, where) -> None:
                         f"resume with the run's own config ({runs.CONFIG_FILE})") from None
 
 
+def pick_splits(cfg: Config, data_dir: Path, meta: dict) -> list[str]:
+    """[train split, held-out split (the default "val" falls back to "test", or none)]; a mistyped name is refused."""
+    names = list(meta["splits"])
+    for flag, name in (("train_split", cfg.data.train_split), ("val_split", cfg.data.val_split)):
+        if name not in names and not (flag == "val_split" and name == "val"):
+            hint = "".join(f"did you mean {c!r}? " for c in difflib.get_close_matches(name, names, n=1))
+            raise UserError(f"--{flag} {name!r}: dataset {data_dir} has no such split (has: {', '.join(names)}): "
+                            f"{hint}pass one of those")
+    val = cfg.data.val_split if cfg.data.val_split in names else ("test" if "test" in names else None)
+    return [cfg.data.train_split] + ([val] if val else [])
+
+
 def load_splits(cfg: Config, data_dir: Path, meta: dict, vocab: int) -> dict:
     """{"train": tokens, <held-out split name>: tokens} after checking sizes, hashes and token range."""
-    names = list(meta["splits"])
-    if cfg.data.train_split not in names:
-        raise UserError(f"dataset {data_dir} has no split {cfg.data.train_split!r} (has: {', '.join(names)})")
-    val = cfg.data.val_split if cfg.data.val_split in names else ("test" if "test" in names else None)
-    wanted = [cfg.data.train_split] + ([val] if val else [])
+    wanted = pick_splits(cfg, data_dir, meta)
     tk.verify_bins(data_dir, meta, wanted)  # meta.json's sha256, cached by size and mtime
     out = {}
     for name in wanted:
@@ -404,6 +421,7 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
     log = print if d.is_main else (lambda *a, **k: None)
     data_dir = resolve_data_dir(cfg.data.dataset, cfg.data.data_root)
     meta = tk.read_meta(data_dir)
+    pick_splits(cfg, data_dir, meta)  # a mistyped split name is refused before the run folder is touched
     cfg, run_dir, resumed = resolve_run(cfg, d, meta, hold)
     splits = load_splits(cfg, data_dir, meta, cfg.model.vocab_size)
     model = build_model(cfg, resumed, log).to(d.device)

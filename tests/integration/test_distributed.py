@@ -143,8 +143,9 @@ def test_ddp_accumulation_syncs_once_and_matches(work, reference):
 def test_fsdp_matches_and_resumes_on_another_rank_count(work, reference):
     """FSDP2 on 2 ranks for half the run (DCP checkpoint), then the rest on 1 rank from it."""
     from gptlab import checkpoint as ck
+    from gptlab import files
     from gptlab.config import load_run_config
-    from gptlab.runtime import build_model_from_config
+    from gptlab.model import GPT, GPTShape
 
     run = work / "fsdp"
     data = ["--dataset", str(work / "data"), *TINY, "--parallel", "fsdp"]
@@ -153,9 +154,9 @@ def test_fsdp_matches_and_resumes_on_another_rank_count(work, reference):
     assert (ckdir / "dcp_00000003" / ".metadata").is_file()
     state = ck.load_checkpoint(ckdir / "ckpt_00000003.pt")
     assert state["sharded"]["name"] == "dcp_00000003" and state["world_size"] == 2
-    assert state["sharded"]["metadata_sha256"] == ck.sha256_file(ckdir / "dcp_00000003" / ".metadata")
+    assert state["sharded"]["metadata_sha256"] == files.sha256_file(ckdir / "dcp_00000003" / ".metadata")
     # The single file holds full, unsharded weights: sample / eval / export load it as usual.
-    model = build_model_from_config(load_run_config(run / "config.json"))
+    model = GPT(GPTShape.from_config(load_run_config(run / "config.json").model)).init_weights()
     model.load_state_dict(state["model"])
     ref = _metrics(reference, "train")
     _assert_close(_metrics(run, "train"), ref, [1, 2, 3])

@@ -240,15 +240,15 @@ def test_wikitext_style_parquet_zero_shot_eval(tmp_path):
     torch = pytest.importorskip("torch")
     from gptlab import checkpoint as ck
     from gptlab.config import build_config
-    from gptlab.runtime import build_model_from_config
+    from gptlab.model import GPT, GPTShape
 
     cfg = build_config("baby", overrides=dict(n_layer=1, n_embd=32, n_head=2, block_size=32, vocab_size=50304))
     cfg.data.dataset = str(data / "wt")
     torch.manual_seed(0)
-    model = build_model_from_config(cfg)
+    model = GPT(GPTShape.from_config(cfg.model)).init_weights()
     run = tmp_path / "run"
     run.mkdir()
-    ck.atomic_write_text(run / "config.json", cfg.to_json() + "\n")
+    (run / "config.json").write_text(cfg.to_json() + "\n")
     ckpt = ck.save_checkpoint(run, {"model": model.state_dict()}, step=0)
     r = subprocess.run([sys.executable, "-m", "gptlab", "eval", "--checkpoint_file", str(ckpt),
                         "--config_file", str(run / "config.json"), "--eval_data_split", "test", "--last_n", "16",

@@ -51,3 +51,37 @@ def test_entropy_gap_comes_from_the_data_meta():
     line = entropy_gap({"source": {"p_zero": 1 / 3}}, {"loss": 9.0, "loss_excl_eot": bound * 1.01})
     assert f"gap to entropy bound {bound:.4f}: +1.00%" in line
     assert entropy_gap({"source": {"kind": "text"}}, {"loss": 1.0}) == ""
+
+
+def test_a_mistyped_split_name_is_one_line_with_the_closest_name(tmp_path):
+    from gptlab.config import build_config
+    from gptlab.errors import UserError
+    from gptlab.train import pick_splits
+
+    meta = {"splits": {"train": {}, "validation": {}, "test": {}}}
+    cfg = build_config("baby")
+    assert pick_splits(cfg, tmp_path, meta) == ["train", "test"]  # the default "val" falls back to test
+    cfg.data.val_split = "validaton"
+    with pytest.raises(UserError, match=r"--val_split 'validaton'.*has: train, validation, test.*did you mean "
+                                        r"'validation'\?") as e:
+        pick_splits(cfg, tmp_path, meta)
+    assert "\n" not in str(e.value)
+    cfg.data.val_split, cfg.data.train_split = "test", "trian"
+    with pytest.raises(UserError, match=r"--train_split 'trian'.*did you mean 'train'\?"):
+        pick_splits(cfg, tmp_path, meta)
+
+
+def test_a_mistyped_dataset_name_suggests_the_closest_prepared_one(tmp_path):
+    from gptlab.errors import UserError
+    from gptlab.runtime import resolve_data_dir
+
+    for name in ("shakespeare_char", "books16384"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "meta.json").write_text("{}")
+    (tmp_path / "shakespeare").mkdir()  # no meta.json: not a prepared dataset
+    assert resolve_data_dir("books16384", str(tmp_path)) == tmp_path / "books16384"
+    with pytest.raises(UserError, match=r"did you mean 'shakespeare_char'\?"):
+        resolve_data_dir("shakespear_char", str(tmp_path))
+    with pytest.raises(UserError) as e:
+        resolve_data_dir("zzz", str(tmp_path))
+    assert "did you mean" not in str(e.value)
