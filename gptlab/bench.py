@@ -11,8 +11,6 @@ import contextlib
 import csv
 import datetime as _dt
 import gc
-import gzip
-import shutil
 import statistics
 import sys
 import time
@@ -25,10 +23,11 @@ from gptlab.config import COMPILE_MODES, build_config, parse_overrides, resolve
 from gptlab.distributed import pick_device
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_json
+from gptlab.loss import resolve_ce_chunk
 from gptlab.metrics import device_peak_flops, fmt_mfu, mfu
 from gptlab.model import GPT, GPTShape, flops_per_token
 from gptlab.optim import build_optimizer
-from gptlab.runtime import autocast_ctx, compile_model, resolve_ce_chunk
+from gptlab.runtime import autocast_ctx, compile_model
 
 DEFAULT_VOCAB = 50257  # GPT-2 BPE, for presets that read their vocab from a dataset
 
@@ -66,14 +65,11 @@ def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float 
 
 
 def _sdpa_ctx(name: str):
-    """Pin the attention backend (the default lets PyTorch pick)."""
-    if name == "auto":
-        return contextlib.nullcontext()
+    """Pin the attention backend ("auto" lets PyTorch pick)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    backends = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-                "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
-    return sdpa_kernel([backends[name]])
+    backend = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
+    return sdpa_kernel([getattr(SDPBackend, backend[name])]) if name in backend else contextlib.nullcontext()
 
 
 def _build_for_timing(make_model, cfg, device, dtype):
@@ -176,12 +172,8 @@ def profile_step(step_fn, batches, device: torch.device, out_prefix: Path, steps
             step_fn(batches[i % len(batches)])
         _sync(device)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    raw = out_prefix.with_name(out_prefix.name + "_trace.json")
-    prof.export_chrome_trace(str(raw))
-    trace = raw.with_name(raw.name + ".gz")  # Perfetto/Chrome open .json.gz directly; 10x smaller
-    with open(raw, "rb") as f, gzip.open(trace, "wb") as g:
-        shutil.copyfileobj(f, g)
-    raw.unlink()
+    trace = out_prefix.with_name(out_prefix.name + "_trace.json.gz")  # Perfetto/Chrome open it; 10x smaller
+    prof.export_chrome_trace(str(trace))
 
     # Kernels by their own device time; on CPU (no kernels) the ops' own CPU time stands in.
     if device.type == "cuda":
@@ -239,7 +231,8 @@ def bench(args, rest: list[str]) -> dict:
 
     # The config's ce_chunk (--ce_chunk), resolved as training resolves it; per-block
     # compile leaves the loss eager, where the plain loss is the fast one.
-    ce_chunk = resolve_ce_chunk(cfg.system.ce_chunk, compile_mode if args.compile_scope == "model" else "none")
+    ce_chunk = resolve_ce_chunk(cfg.system.ce_chunk, compile_mode if args.compile_scope == "model" else "none",
+                                shape.padded_vocab)
     model, opt, scaler = _build_for_timing(lambda: GPT(shape).init_weights(), cfg, device, dtype)
     _free(device)
     cm = compile_model(model, compile_mode, args.compile_scope, dynamic=False)
@@ -293,17 +286,15 @@ def format_bench(res: dict) -> str:
            f"FLOPs/token {res['flops_per_token'] / 1e9:.3f} G ({res['flops_formula']}); peak {pk} (table), "
            f"bf16 8192^3 matmul measured {mm}",
            _line("gptlab", res)]
-    for k, v in res.get("peer", {}).items():
-        out.append(_line(k, v))
-    for k, v in res.get("ratio", {}).items():
-        out.append(f"ratio gptlab/{k[3:]}: {v:.2f}x")
+    out += [_line(k, v) for k, v in res.get("peer", {}).items()]
+    out += [f"ratio gptlab/{k[3:]}: {v:.2f}x" for k, v in res.get("ratio", {}).items()]
     if "profile" in res:
         p = res["profile"]
         out += [f"profile: {p['trace']} | {p['kernels_csv']} | {p['kernels_png']}", p["table"]]
     return "\n".join(out)
 
 
-def _bench_parser() -> ArgParser:
+def main(argv: list[str]) -> int:
     p = ArgParser(prog="gptlab bench", description="time the training step on random batches; any other "
                 "--key value is a config override (batch_size, seq_len, dtype, compile, gradient_accumulation_steps...)")
     p.add_argument("preset", nargs="?", default="gpt2")
@@ -316,11 +307,7 @@ def _bench_parser() -> ArgParser:
     p.add_argument("--sdpa", choices=("auto", "cudnn", "flash", "efficient", "math"), default="auto")
     p.add_argument("--compile_scope", choices=("model", "blocks"), default="model")
     p.add_argument("--no_matmul", action="store_true", help="skip the 8192^3 matmul reference")
-    return p
-
-
-def main(argv: list[str]) -> int:
-    args, rest = _bench_parser().parse_known_args(argv)
+    args, rest = p.parse_known_args(argv)
     args.argv = list(argv)
     res = bench(args, rest)
     print(format_bench(res), flush=True)

@@ -1,9 +1,5 @@
-"""The language-model loss beside the model: plain, or chunked linear+cross-entropy.
-
-GPT.forward returns logits over the padded vocabulary or the final hidden states; the
-functions here turn those into the mean cross-entropy over targets != -1. Padded vocab
-columns never take part. Both paths give the same value (tests/unit/test_loss.py).
-"""
+"""The language-model loss: mean cross-entropy over targets != -1 from GPT.forward's logits
+(plain) or hidden states (chunked linear+cross-entropy); padded vocab columns never take part."""
 
 from __future__ import annotations
 
@@ -31,13 +27,23 @@ def logits_and_loss(model, idx: torch.Tensor, targets: torch.Tensor | None = Non
     return logits, loss
 
 
-def lm_loss(model, idx: torch.Tensor, targets: torch.Tensor, ce_chunk: int = 0) -> torch.Tensor:
-    """Mean cross-entropy of model(idx) against targets (-1 = not counted).
+# Below this padded vocabulary the full logits are small: the plain loss is as light, and faster.
+CHUNKED_MIN_VOCAB = 8192
 
-    ce_chunk > 0: the loss from the hidden states, ce_chunk tokens of logits at a time
-    (chunked_cross_entropy): full (B*T, vocab) logits are never stored. Sharded (DTensor)
-    output weights live only inside the wrapped forward, so FSDP keeps the plain loss.
-    """
+
+def resolve_ce_chunk(ce_chunk: int, compile_mode: str, padded_vocab: int) -> int:
+    """Tokens per chunk of the linear+cross-entropy; 0 = the plain loss. -1 (auto): chunked under
+    torch.compile (fused, lighter: BENCHMARKS.md) when the logits are large (padded_vocab >=
+    CHUNKED_MIN_VOCAB); plain in eager mode (F.cross_entropy is the fast path) or for a small vocab."""
+    if ce_chunk >= 0:
+        return ce_chunk
+    return 8192 if compile_mode != "none" and padded_vocab >= CHUNKED_MIN_VOCAB else 0
+
+
+def lm_loss(model, idx: torch.Tensor, targets: torch.Tensor, ce_chunk: int = 0) -> torch.Tensor:
+    """Mean cross-entropy of model(idx) against targets (-1 = not counted); ce_chunk > 0: from the
+    hidden states, ce_chunk tokens of logits at a time (full logits never stored). Sharded (DTensor)
+    output weights live only inside the wrapped forward, so FSDP keeps the plain loss."""
     gpt = raw_model(model)
     head = gpt.lm_head.weight
     if ce_chunk <= 0 or type(head).__name__ == "DTensor":
@@ -67,12 +73,8 @@ def _chunk_loss(hc, w, tc, vc, cols, vocab: int):
 
 
 def _chunk_loss_and_grads(hc, w, tc, vc, cols, vocab: int):
-    """One chunk's summed loss, d/d hc (in hc's dtype) and d/d w (fp32), of the summed loss.
-
-    Pointwise expressions of the logits (no in-place fill, no scatter), so that
-    torch.compile fuses them into one kernel that reads the logits for the log-sum-exp
-    and writes the low-precision gradient: fp32 logits/gradients are never stored.
-    """
+    """One chunk's summed loss, d/d hc (in hc's dtype) and d/d w (fp32). Pointwise expressions
+    only (no in-place fill, no scatter): torch.compile fuses them, fp32 logits are never stored."""
     x = _chunk_logits(hc, w, vocab, cols)
     part, lse = _chunk_nll(x, tc, vc)
     # d(sum of losses)/d logits = softmax - onehot on counted rows, 0 elsewhere.
@@ -95,32 +97,17 @@ def _fused(fn, device: torch.device):
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of (h @ w.T) over targets != -1, computed chunk by chunk.
+    """Mean cross-entropy of (h @ w.T) over targets != -1, chunk by chunk: each chunk's
+    gradients for h and w are computed in the forward (softmax - one-hot needs nothing else),
+    so the full (N, vocab) logits are never stored for backward; same matmul FLOPs.
 
-    Each chunk's logits live only inside the loop: the gradients for h and w are
-    computed right there (softmax - one-hot needs nothing else), so the full
-    (N, vocab) logits - 1.6 GB in bf16, 3.2 GB in fp32 for GPT-2 at 16x1024 - are never
-    stored for backward. Same matmul FLOPs as the plain path (one forward, two
-    gradient products). Used only when a gradient is wanted (see chunked_cross_entropy).
-
-    The 1/n_valid of the mean and the upstream gradient (which carries fp16's loss
-    scale) are applied in backward, in fp32: (softmax - onehot) is at most 1 in
-    magnitude, so the fp16/bf16 products below never underflow, whereas dividing by
-    16K tokens first would push fp16 gradients under its smallest normal number.
+    1/n_valid and the upstream gradient (fp16's loss scale) are applied in backward, in fp32:
+    dividing by 16K tokens first would push fp16 gradients under its smallest normal number.
     """
 
     @staticmethod
     def forward(ctx, h, w, targets, vocab: int, chunk: int):
-        valid, safe_t, n_valid, cols = _prepare(h, w, targets)
-        loss = torch.zeros((), dtype=torch.float32, device=h.device)
-        grad_h = torch.empty_like(h)
-        grad_w = None
-        step = _fused(_chunk_loss_and_grads, h.device)
-        for s in range(0, h.size(0), chunk):
-            part, gh, gw = step(h[s:s + chunk], w, safe_t[s:s + chunk], valid[s:s + chunk], cols, vocab)
-            loss = loss + part
-            grad_h[s:s + chunk] = gh
-            grad_w = gw if grad_w is None else grad_w + gw
+        loss, n_valid, grad_h, grad_w = _chunk_loop(h, w, targets, vocab, chunk, grads=True)
         ctx.save_for_backward(grad_h, grad_w, n_valid)
         ctx.w_dtype = w.dtype
         return loss / n_valid
@@ -132,34 +119,30 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return (grad_h.float() * factor).to(grad_h.dtype), (grad_w * factor).to(ctx.w_dtype), None, None, None
 
 
-def _prepare(h, w, targets):
-    """Counted-row mask, targets safe to gather, the count (on device: no host sync), column ids."""
+def _chunk_loop(h, w, targets, vocab: int, chunk: int, grads: bool):
+    """(summed loss, count of targets != -1, and with grads the summed d/d h and d/d w)."""
     valid = targets != -1
-    # 0 valid targets gives nan, as F.cross_entropy does.
-    n_valid = valid.sum().to(torch.float32)
+    n_valid = valid.sum().to(torch.float32)  # on the device: no host sync; 0 gives nan, as F.cross_entropy
     safe_t = torch.where(valid, targets, torch.zeros_like(targets))
     cols = torch.arange(w.size(0), device=h.device)
-    return valid, safe_t, n_valid, cols
-
-
-def _chunked_loss_only(h, w, targets, vocab: int, chunk: int) -> torch.Tensor:
-    """The same mean loss with no gradient work at all (evaluation, no_grad)."""
-    valid, safe_t, n_valid, cols = _prepare(h, w, targets)
     loss = torch.zeros((), dtype=torch.float32, device=h.device)
-    part = _fused(_chunk_loss, h.device)
+    grad_h, grad_w = (torch.empty_like(h) if grads else None), None
+    fn = _fused(_chunk_loss_and_grads if grads else _chunk_loss, h.device)
     for s in range(0, h.size(0), chunk):
-        loss = loss + part(h[s:s + chunk], w, safe_t[s:s + chunk], valid[s:s + chunk], cols, vocab)
-    return loss / n_valid
+        out = fn(h[s:s + chunk], w, safe_t[s:s + chunk], valid[s:s + chunk], cols, vocab)
+        if not grads:
+            loss = loss + out
+            continue
+        loss = loss + out[0]
+        grad_h[s:s + chunk] = out[1]
+        grad_w = out[2] if grad_w is None else grad_w + out[2]
+    return loss, n_valid, grad_h, grad_w
 
 
 def chunked_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab: int,
                           chunk_tokens: int = 4096) -> torch.Tensor:
-    """F.cross_entropy(x @ weight.T[:, :vocab], targets, ignore_index=-1) without full logits.
-
-    Matmuls run in the autocast dtype when autocast is on (as nn.Linear would), the
-    softmax in fp32 (as the plain path's .float() does). Gradients are computed in the
-    forward only when autograd will ask for them.
-    """
+    """F.cross_entropy(x @ weight.T[:, :vocab], targets, ignore_index=-1) without full logits:
+    matmuls in the autocast dtype (as nn.Linear), softmax in fp32; gradient work only when wanted."""
     dev = x.device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
     # (B, T, C) -> (B*T, C)
@@ -168,6 +151,7 @@ def chunked_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.
     chunk = max(1, int(chunk_tokens))
     wants_grad = torch.is_grad_enabled() and (h.requires_grad or w.requires_grad)
     with torch.autocast(dev, enabled=False):
-        if not wants_grad:
-            return _chunked_loss_only(h, w, targets.reshape(-1), vocab, chunk)
+        if not wants_grad:  # evaluation, no_grad: no gradient work at all
+            loss, n_valid, _, _ = _chunk_loop(h, w, targets.reshape(-1), vocab, chunk, grads=False)
+            return loss / n_valid
         return _LinearCrossEntropy.apply(h, w, targets.reshape(-1), vocab, chunk)

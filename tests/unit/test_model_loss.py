@@ -131,3 +131,18 @@ def test_init_weights_replaces_torchs_default_init():
     assert all(torch.all(m.bias == 0) for m in model.modules() if isinstance(m, torch.nn.Linear) and m.bias is not None)
     w = model.transformer.h[0].mlp.c_fc.weight
     assert abs(w.std().item() - 0.02) < 0.002  # N(0, 0.02), not torch's uniform(+-1/sqrt(fan_in))
+
+
+def test_auto_ce_chunk_is_chunked_only_for_large_logits():
+    from gptlab.loss import CHUNKED_MIN_VOCAB, resolve_ce_chunk
+    from gptlab.model import padded_vocab
+
+    # shakespeare_char's 65 characters (64 padded to 128): the plain loss, compiled or not.
+    assert resolve_ce_chunk(-1, "default", padded_vocab(65, 64)) == 0
+    assert resolve_ce_chunk(-1, "default", CHUNKED_MIN_VOCAB - 64) == 0
+    # GPT-2's 50257 tokens (50304 padded) under torch.compile: the chunked loss; eager: plain.
+    assert resolve_ce_chunk(-1, "default", padded_vocab(50257, 64)) == 8192
+    assert resolve_ce_chunk(-1, "max-autotune", CHUNKED_MIN_VOCAB) == 8192
+    assert resolve_ce_chunk(-1, "none", 50304) == 0
+    # An explicit --ce_chunk is kept whatever the vocabulary.
+    assert resolve_ce_chunk(7, "default", 128) == 7 and resolve_ce_chunk(0, "default", 50304) == 0
