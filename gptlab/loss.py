@@ -35,9 +35,7 @@ def resolve_ce_chunk(ce_chunk: int, compile_mode: str, padded_vocab: int) -> int
     """Tokens per chunk of the linear+cross-entropy; 0 = the plain loss. -1 (auto): chunked under
     torch.compile (fused, lighter: BENCHMARKS.md) when the logits are large (padded_vocab >=
     CHUNKED_MIN_VOCAB); plain in eager mode (F.cross_entropy is the fast path) or for a small vocab."""
-    if ce_chunk >= 0:
-        return ce_chunk
-    return 8192 if compile_mode != "none" and padded_vocab >= CHUNKED_MIN_VOCAB else 0
+    return ce_chunk if ce_chunk >= 0 else (8192 if compile_mode != "none" and padded_vocab >= CHUNKED_MIN_VOCAB else 0)
 
 
 def lm_loss(model, idx: torch.Tensor, targets: torch.Tensor, ce_chunk: int = 0) -> torch.Tensor:
@@ -45,11 +43,9 @@ def lm_loss(model, idx: torch.Tensor, targets: torch.Tensor, ce_chunk: int = 0) 
     hidden states, ce_chunk tokens of logits at a time (full logits never stored). Sharded (DTensor)
     output weights live only inside the wrapped forward, so FSDP keeps the plain loss."""
     gpt = raw_model(model)
-    head = gpt.lm_head.weight
-    if ce_chunk <= 0 or type(head).__name__ == "DTensor":
+    if ce_chunk <= 0 or type(gpt.lm_head.weight).__name__ == "DTensor":
         return logits_and_loss(model, idx, targets)[1]
-    hidden = model(idx, return_hidden=True)
-    return chunked_cross_entropy(hidden, head, targets, gpt.shape.vocab_size, ce_chunk)
+    return chunked_cross_entropy(model(idx, return_hidden=True), gpt.lm_head.weight, targets, gpt.shape.vocab_size, ce_chunk)
 
 
 def _chunk_logits(hc, w, vocab: int, cols):

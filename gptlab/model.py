@@ -1,11 +1,7 @@
-"""The GPT model: GPT-2 architecture and its Languini variant as options of one class.
-
-No I/O, no distributed code, no logging here: the model takes token ids and returns
-logits over the padded vocabulary, or the final hidden states (the loss lives in
-gptlab/loss.py). Construction allocates; init_weights() draws the initial weights, so a
-model can be built on the meta device and initialised after. Parameter names follow Hugging Face's GPT-2 (transformer.wte,
-transformer.h.N.attn.c_attn, ...) so weights convert by transposition alone.
-"""
+"""The GPT model: GPT-2 and its Languini variant as options of one class. Token ids in,
+logits over the padded vocabulary (or final hidden states) out; the loss is gptlab/loss.py.
+init_weights() is separate from construction (meta-device builds). Parameter names follow
+Hugging Face's GPT-2, so weights convert by transposition alone."""
 
 from __future__ import annotations
 
@@ -61,13 +57,11 @@ class GPTShape:
 class KVCache:
     """Keys and values of every layer for generation, preallocated to max_len."""
 
-    def __init__(self, n_layer: int, batch: int, n_head: int, head_dim: int, max_len: int,
-                 device, dtype):
+    def __init__(self, n_layer: int, batch: int, n_head: int, head_dim: int, max_len: int, device, dtype):
         shape = (batch, n_head, max_len, head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.pos = 0  # tokens already stored
-        self.max_len = max_len
 
 
 class CausalSelfAttention(nn.Module):
@@ -87,11 +81,8 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(s.dropout)
 
     def qkv(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, C) -> (B, T, 3*H*D) in one matmul, also for separate Q/K/V weights.
-
-        Separate weights (the Languini layout, kept in state_dicts) are concatenated per
-        call: a (3*H*D, C) copy, tiny next to the matmul that replaces three.
-        """
+        """(B, T, C) -> (B, T, 3*H*D) in one matmul; separate Q/K/V weights (the Languini layout,
+        kept in state_dicts) are concatenated per call, a copy tiny next to the matmul."""
         if self.fused:
             return self.c_attn(x)
         w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
@@ -165,13 +156,9 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> "GPT":
-        """Draw the initial weights (a fresh model; construction leaves torch's defaults).
-
-        Linear and embedding weights ~ N(0, 0.02), biases 0, LayerNorm 1/0. GPT-2's
-        residual output projections get std 0.02/sqrt(2L) so the residual stream's variance
-        does not grow with depth; Languini scales the MLP output only. Draw order is fixed,
-        so a seed gives the same weights on any device.
-        """
+        """Draw the initial weights: Linear/embedding ~ N(0, 0.02), biases 0, LayerNorm 1/0, and
+        std 0.02/sqrt(2L) on the residual output projections (GPT-2: attention and MLP; Languini:
+        MLP only). Draw order is fixed, so a seed gives the same weights on any device."""
         s = self.shape
         if s.tie_embeddings:  # again: moving a meta-device model (to_empty) unties them
             self.lm_head.weight = self.transformer.wte.weight
@@ -189,14 +176,11 @@ class GPT(nn.Module):
         return self
 
     def num_params(self) -> int:
-        """All distinct parameters (a tied matrix counts once)."""
-        return sum(p.numel() for p in self.parameters())
+        return sum(p.numel() for p in self.parameters())  # parameters() yields a tied matrix once
 
-    def forward(self, idx: torch.Tensor, return_hidden: bool = False,
-                cache: KVCache | None = None) -> torch.Tensor:
-        """idx (B, T) token ids -> logits (B, T, padded_vocab), or with return_hidden the
-        hidden states (B, T, n_embd) after the final LayerNorm. Columns >= vocab_size are
-        embedding padding: gptlab.loss slices them off (logits_and_loss, lm_loss)."""
+    def forward(self, idx: torch.Tensor, return_hidden: bool = False, cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) -> logits (B, T, padded_vocab), or with return_hidden the hidden states
+        (B, T, n_embd) after the final LayerNorm; columns >= vocab_size are sliced off by gptlab.loss."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.shape.block_size:
@@ -227,13 +211,8 @@ class GPT(nn.Module):
 
 
 def matmul_params(shape: GPTShape) -> int:
-    """N in the 6N FLOPs rule: weights that take part in a matrix multiply.
-
-    Counted from the shape (not the module) so bench/budget can use it without a model:
-    every Linear weight + the output layer; position embeddings and (when untied) input
-    embeddings are table lookups and cost no matmul FLOPs. Biases and norms are ignored
-    as the PaLM-style estimate does.
-    """
+    """N in the 6N FLOPs rule, from the shape: every Linear weight and the output layer.
+    Embeddings are lookups; biases and norms are ignored, as the PaLM-style estimate does."""
     s = shape
     inner = s.n_head * s.head_dim
     per_block = s.n_embd * 3 * inner + inner * s.n_embd + 2 * s.n_embd * s.mlp_dim
