@@ -53,13 +53,13 @@ def fsync_dir(d: Path) -> None:
             os.close(fd)
 
 
-def atomic_write_stream(path: Path, write: Callable[[Any], None]) -> None:
-    """write(binary file object) into path atomically (temporary file, fsync, rename)."""
+def atomic_write_stream(path: Path, write: Callable[[Any], Any]) -> Any:
+    """write(binary file object) into path atomically (temporary file, fsync, rename); returns what write returned."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with _open_for_write(tmp) as f:
-            write(f)
+            result = write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -71,6 +71,7 @@ def atomic_write_stream(path: Path, write: Callable[[Any], None]) -> None:
             raise err from None
         raise
     fsync_dir(path.parent)
+    return result
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
