@@ -1,13 +1,8 @@
-"""`gptlab sample`: print samples from a run or from GPT-2 weights (KV-cache generation).
-
-nanoGPT's options and defaults carry over: --start (or FILE:prompt.txt), --num_samples 10,
---max_new_tokens 500, --temperature 0.8, --top_k 200, --seed 1337, --init_from
-resume|gpt2*|HF folder|RUN and --out_dir (the run folder for init_from=resume).
-"""
+"""`gptlab sample`: print samples from a run or from GPT-2 weights (KV-cache generation),
+with nanoGPT's options and defaults (--start or FILE:prompt.txt, --num_samples 10, --top_k 200...)."""
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -27,12 +22,10 @@ def build_parser() -> ArgParser:
     p.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint of a run")
     p.add_argument("--start", "--prompt", dest="start", default="\n",
                    help="text to continue, or FILE:path to read it from a file; <|endoftext|> is the special token")
-    p.add_argument("--num_samples", type=int, default=10)
-    p.add_argument("--max_new_tokens", type=int, default=500)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top_k", type=int, default=200)
+    for name, default in (("num_samples", 10), ("max_new_tokens", 500), ("top_k", 200), ("seed", 1337)):
+        p.add_argument("--" + name, type=int, default=default)
     p.add_argument("--top_p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--compile", type=flag_bool, default=False, help="accepted for nanoGPT habits; sampling runs eagerly")
@@ -53,14 +46,12 @@ def read_start(start: str) -> str:
 
 def encode_prompt(tok, text: str) -> list[int]:
     """Token ids of the prompt; each literal <|endoftext|> becomes the end-of-text token."""
-    pieces = text.split(ENDOFTEXT)
-    if len(pieces) > 1 and tok.eot_id is None:
+    first, *rest = text.split(ENDOFTEXT)
+    if rest and tok.eot_id is None:
         raise UserError(f"the prompt holds {ENDOFTEXT} but this tokenizer has no end-of-text token: remove it")
-    ids: list[int] = []
-    for i, piece in enumerate(pieces):
-        if i:
-            ids.append(tok.eot_id)
-        ids.extend(tok.encode(piece) if piece else [])
+    ids = tok.encode(first) if first else []
+    for piece in rest:
+        ids += [tok.eot_id] + (tok.encode(piece) if piece else [])
     if not ids and tok.eot_id is not None:  # e.g. "\n" in a tokenizer without a newline piece
         ids = [tok.eot_id]
     if not ids:
@@ -98,7 +89,7 @@ def open_model(a, device: torch.device):
 def check_args(a) -> None:
     if a.num_samples <= 0 or a.max_new_tokens <= 0:
         raise UserError("--num_samples and --max_new_tokens must be positive")
-    if not (math.isfinite(a.temperature) and a.temperature >= 0):
+    if not 0 <= a.temperature < float("inf"):  # also refuses nan
         raise UserError(f"--temperature {a.temperature} must be a finite number >= 0 (0 = greedy; 0.8 is usual)")
     if a.top_k < 0 or (a.top_p is not None and not 0 < a.top_p <= 1) or a.seed < 0:
         raise UserError("--top_k must be >= 0 (0 = off), --top_p in (0, 1] and --seed >= 0")
@@ -116,8 +107,6 @@ def main(argv: list[str]) -> int:
     prompt = read_start(a.start)
     device = pick_device(a.device)
     model, tok, what = open_model(a, device)
-    model.eval()
-    autocast = autocast_ctx(device, resolve_dtype(a.dtype, device))
     ids = encode_prompt(tok, prompt)
     if max(ids) >= model.shape.vocab_size:
         raise UserError("the prompt holds tokens outside the model's vocabulary: use the run's tokenizer")
@@ -125,13 +114,11 @@ def main(argv: list[str]) -> int:
     gen = torch.Generator(device=device).manual_seed(a.seed)
     print(f"sampling {what}: {a.num_samples} x {a.max_new_tokens} tokens, temperature {a.temperature}, top_k {a.top_k}")
     t0 = time.time()
-    for _ in range(a.num_samples):
-        with autocast:
+    with autocast_ctx(device, resolve_dtype(a.dtype, device)):
+        for _ in range(a.num_samples):
             out = generate(model, idx, a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
                            use_cache=not a.no_cache, generator=gen)
-        print(tok.decode(out[0].tolist()))  # .tolist(): the one CPU-GPU sync per sample
-        print("---------------")
-    dt = time.time() - t0
-    n_new = a.num_samples * a.max_new_tokens
+            print(tok.decode(out[0].tolist()), "---------------", sep="\n")  # .tolist(): the one CPU-GPU sync per sample
+    dt, n_new = time.time() - t0, a.num_samples * a.max_new_tokens
     print(f"[{n_new} tokens in {dt:.2f}s: {n_new / max(dt, 1e-9):.1f} tokens/s, cache {'off' if a.no_cache else 'on'}]")
     return 0

@@ -7,7 +7,7 @@ import torch
 from gptlab import cli, hf, sample
 from gptlab.data.tokenizers import CharTokenizer
 from gptlab.errors import UserError
-from gptlab.generate import logits_to_probs
+from gptlab.generate import filter_logits
 from gptlab.generate import sample as draw
 
 
@@ -65,10 +65,10 @@ def test_two_models_named_is_an_error(capsys):
     assert "--init_from gpt2" in capsys.readouterr().err
 
 
-def test_logits_to_probs_filters():
+def test_filtered_probabilities():
     logits = torch.tensor([[1.0, 5.0, 3.0, 4.0]])
-    assert torch.equal(logits_to_probs(logits, top_k=1), torch.tensor([[0.0, 1.0, 0.0, 0.0]]))
-    p = logits_to_probs(logits, temperature=2.0)
+    assert torch.equal(filter_logits(logits, top_k=1).softmax(-1), torch.tensor([[0.0, 1.0, 0.0, 0.0]]))
+    p = filter_logits(logits, temperature=2.0).softmax(-1)
     torch.testing.assert_close(p, torch.softmax(logits / 2, -1))
 
 
