@@ -1,18 +1,9 @@
 """Sources from outside gptlab for `gptlab prepare`: Hugging Face style corpora and Languini file lists.
 
-`prepare hf|openwebtext|tinystories` reads (`--dataset`):
-  * a local folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk` (needs `datasets`);
-  * local parquet, jsonl / json-lines or .txt files (a file or a folder of them): read with pyarrow
-    (parquet) or plain Python (jsonl, txt), so the common offline case needs no `datasets` at all and
-    streams without an Arrow cache;
-  * anything else is a hub name handed to `datasets.load_dataset` (which honours
-    HF_DATASETS_OFFLINE / HF_HUB_OFFLINE and its local cache).
-Each becomes streams of documents for prepare.py's one pipeline (bounded memory, worker pool,
-resumable); a source without a validation split gets one carved out of train by a seeded hash of
-the row index.
-
-`prepare books --file_lists DIR` reads Languini's `file_list_SPLIT.npy` files: document names (and
-token counts) in the benchmark's order, one split per list.
+`prepare hf|openwebtext|tinystories --dataset X`: a `save_to_disk` folder (needs `datasets`), local parquet
+(pyarrow), jsonl or .txt files (plain Python, streamed), or else a hub name for `datasets.load_dataset`.
+Each becomes streams for prepare.py's pipeline; without a validation split, val is carved out of train.
+`prepare books --file_lists DIR` reads Languini's `file_list_SPLIT.npy` (document order and token counts).
 """
 
 from __future__ import annotations
@@ -26,23 +17,17 @@ import numpy as np
 
 from gptlab.errors import UserError
 from gptlab.data.prepare import (PROGRESS, Plan, Stream, build, capped_batches, check_options,  # noqa: F401
-                                 row_uniform, text_files_stream, work_dir)
+                                 list_documents, row_uniform, text_files_stream, work_dir)
 
 SPLIT_ALIASES = {"validation": "val", "valid": "val", "dev": "val"}
 KNOWN_SPLITS = ("train", "validation", "valid", "val", "dev", "test")
-TEXT_SUFFIXES = (".txt", ".text", ".txt.gz")
-JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz")
-PARQUET_SUFFIXES = (".parquet",)
+FILE_KINDS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".jsonl.gz": "jsonl",
+              ".json.gz": "jsonl", ".txt": "text", ".text": "text", ".txt.gz": "text"}
 
-RECIPES = {
-    # The well-known GPT-2 recipe: train_test_split(test_size=0.0005, seed=2357,
-    # shuffle=True), test renamed val, GPT-2 BPE with <|endoftext|> after each document.
-    "openwebtext": dict(dataset="Skylion007/openwebtext", split="train", val_fraction=0.0005, seed=2357,
-                        tokenizer="gpt2", text_field="text"),
-    # TinyStories ships its own validation split, so nothing is carved out of train.
-    "tinystories": dict(dataset="roneneldan/TinyStories", split=None, val_fraction=0.0, seed=2357,
-                        tokenizer="gpt2", text_field="text"),
-}
+# Both GPT-2 BPE, seed 2357 (prepare_hf's defaults). OpenWebText: GPT-2's train_test_split(test_size=0.0005,
+# seed=2357, shuffle=True), test renamed val; TinyStories ships its own validation split.
+RECIPES = {"openwebtext": dict(dataset="Skylion007/openwebtext", split="train", val_fraction=0.0005),
+           "tinystories": dict(dataset="roneneldan/TinyStories", split=None, val_fraction=0.0)}
 
 
 def _need_datasets(why: str):
@@ -69,14 +54,7 @@ def _split_of_file(path: Path, root: Path) -> str | None:
 
 
 def _kind_of(path: Path) -> str | None:
-    n = path.name.lower()
-    if n.endswith(PARQUET_SUFFIXES):
-        return "parquet"
-    if n.endswith(JSONL_SUFFIXES):
-        return "jsonl"
-    if n.endswith(TEXT_SUFFIXES):
-        return "text"
-    return None
+    return next((k for suffix, k in FILE_KINDS.items() if path.name.lower().endswith(suffix)), None)
 
 
 def _open_maybe_gz(path: Path):
@@ -149,15 +127,18 @@ def _dataset_stream(split: str, ds, text_field: str) -> Stream:
     return Stream(split, len(ds), it)
 
 
-def _local_files(root: Path) -> list[Path]:
-    if root.is_file():
-        return [root]
-    return [p for p in sorted(root.rglob("*")) if p.is_file() and _kind_of(p)
-            and not any(x.startswith(".") for x in p.relative_to(root).parts)]
-
-
-def _is_save_to_disk(root: Path) -> bool:
-    return root.is_dir() and ((root / "dataset_dict.json").is_file() or (root / "state.json").is_file())
+def _local_files(p: Path) -> dict[str, list[Path]]:
+    """Local parquet, jsonl or txt files (one kind) by split, named as the hub lays them out."""
+    files = [p] if p.is_file() else [f for f in list_documents(p) if _kind_of(f)]
+    if not files:
+        raise UserError(f"{p} holds no parquet, jsonl or .txt files and is not a save_to_disk folder: give one of those")
+    kinds = {_kind_of(f) for f in files}
+    if len(kinds) > 1:
+        raise UserError(f"{p} mixes file formats ({', '.join(sorted(kinds))}): point --dataset at one kind of file")
+    groups: dict[str, list[Path]] = {}
+    for f in files:
+        groups.setdefault(_split_of_file(f, p) or "train", []).append(f)
+    return groups
 
 
 def open_source(dataset: str, name: str | None, split: str | None, text_field: str, val_fraction: float,
@@ -168,25 +149,15 @@ def open_source(dataset: str, name: str | None, split: str | None, text_field: s
     by_split: dict[str, object] = {}
     if p.exists():
         source["path"] = str(p.resolve())
-        if _is_save_to_disk(p):
+        if p.is_dir() and ((p / "dataset_dict.json").is_file() or (p / "state.json").is_file()):
             datasets = _need_datasets(f"{p} (a save_to_disk folder)")
             d = datasets.load_from_disk(str(p))
             by_split = dict(d) if isinstance(d, datasets.DatasetDict) else {"train": d}
             source["kind"] = "save_to_disk"
         else:
-            files = _local_files(p)
-            if not files:
-                raise UserError(f"{p} holds no parquet, jsonl or .txt files and is not a save_to_disk folder: give one of those")
-            kinds = {_kind_of(f) for f in files}
-            if len(kinds) > 1:
-                raise UserError(f"{p} mixes file formats ({', '.join(sorted(kinds))}): point --dataset at one kind of file")
-            kind = kinds.pop()
-            groups: dict[str, list[Path]] = {}
-            for f in files:
-                groups.setdefault(_split_of_file(f, p) or "train", []).append(f)
-            by_split = {s: ("files", fs, kind) for s, fs in groups.items()}
-            source["kind"] = kind
-            source["files"] = len(files)
+            by_split = _local_files(p)
+            files = [f for fs in by_split.values() for f in fs]
+            source.update(kind=_kind_of(files[0]), files=len(files))
     else:
         datasets = _need_datasets(f"--dataset {dataset} (not a local path, so a hub dataset)")
         try:
@@ -213,11 +184,10 @@ def open_source(dataset: str, name: str | None, split: str | None, text_field: s
         val_fraction = 0.0  # a real validation split exists (or no train): use it, carve nothing
     streams = []
     # train first, then the held-out splits, whatever order the source lists them in
-    order = sorted(by_split, key=lambda s: (s != "train", _out_split(s)))
-    for s in order:
+    for s in sorted(by_split, key=lambda s: (s != "train", _out_split(s))):
         v = by_split[s]
-        if isinstance(v, tuple):
-            st = _file_stream(_out_split(s), v[1], v[2], text_field)
+        if isinstance(v, list):
+            st = _file_stream(_out_split(s), v, _kind_of(v[0]), text_field)
             if carve and s == "train":
                 st.carve = val_fraction  # streamed files: a seeded hash of the row index picks val rows
             streams.append(st)
@@ -228,10 +198,8 @@ def open_source(dataset: str, name: str | None, split: str | None, text_field: s
             streams.append(_dataset_stream("val", tt["test"], text_field))
         else:
             streams.append(_dataset_stream(_out_split(s), v, text_field))
-    source["val_fraction"] = val_fraction
-    source["val_method"] = (("train_test_split" if not isinstance(by_split.get("train"), tuple) else "row_hash")
-                            if carve else None)
-    source["seed"] = seed
+    method = "row_hash" if isinstance(by_split.get("train"), list) else "train_test_split"
+    source.update(val_fraction=val_fraction, val_method=method if carve else None, seed=seed)
     return streams, source
 
 
@@ -255,11 +223,8 @@ def jsonl_texts(lines: list, field_name: str) -> list[str]:
 
 
 def languini_file_lists(folder: Path, root: Path, splits: list[str] | None) -> tuple[dict, dict]:
-    """{split: document paths in list order} and {split: listed token counts} from file_list_SPLIT.npy.
-
-    Each list holds rows (name, length); a name is matched to a file under root by its stem, as the
-    benchmark does. Lists are read without pickle: an object array is refused.
-    """
+    """{split: document paths in list order} and {split: listed token counts} from file_list_SPLIT.npy rows
+    (name, length); a name matches a file under root by its stem. An object array (pickle) is refused."""
     lists = sorted(Path(folder).glob("file_list_*.npy")) if Path(folder).is_dir() else []
     if not lists:
         raise UserError(f"--file_lists {folder} holds no file_list_SPLIT.npy files: give the folder with Languini's lists")
@@ -290,20 +255,18 @@ def languini_file_lists(folder: Path, root: Path, splits: list[str] | None) -> t
 
 
 def prepare_hf(dataset: str | None = None, name: str | None = None, split: str | None = None, text_field: str = "text",
-               val_fraction: float | None = None, num_proc: int | None = None, tokenizer: str | None = None,
-               out=None, overwrite: bool = False, resume: bool = False, seed: int | None = None,
-               vocab_size: int | None = None, batch_docs: int = 1024, batch_bytes: int = 8 << 20,
-               sync_every_s: float = 10.0, recipe: str = "hf", progress: bool | None = None,
-               sp_docs: int = 100_000, tok_opts: dict | None = None, _after_batch=None) -> Path:
-    """Prepare a (hub or local) dataset into `out` through prepare.build; returns the data dir."""
+               val_fraction: float | None = None, num_proc: int | None = None, tokenizer: str | None = None, out=None,
+               overwrite: bool = False, resume: bool = False, seed: int | None = None, vocab_size: int | None = None,
+               recipe: str = "hf", sp_docs: int = 100_000, tok_opts: dict | None = None, **build_kw) -> Path:
+    """Prepare a (hub or local) dataset into `out` through prepare.build (which takes build_kw: batch_docs,
+    progress, ...); returns the data dir."""
     r = RECIPES.get(recipe, {})
     dataset = dataset or r.get("dataset")
     if dataset is None:
         raise UserError(f"prepare {recipe} needs --dataset (a hub name or a local path)")
     split = split if split is not None else r.get("split")
     val_fraction = r.get("val_fraction", 0.0005) if val_fraction is None else val_fraction
-    seed = r.get("seed", 2357) if seed is None else seed
-    tokenizer = tokenizer or r.get("tokenizer", "gpt2")
+    seed, tokenizer = 2357 if seed is None else seed, tokenizer or "gpt2"
     check_options("hf", tokenizer, val_fraction, vocab_size, num_proc)
     tok_opts = {**(tok_opts or {}), "seed": seed, "sp_docs": sp_docs}
     tok_opts["vocab_size"] = tok_opts.get("vocab_size") or vocab_size
@@ -313,6 +276,4 @@ def prepare_hf(dataset: str | None = None, name: str | None = None, split: str |
     streams, source = open_source(dataset, name, split, text_field, val_fraction, seed)
     plan = Plan(recipe, streams, source, tokenizer, config, tok_opts, {"val_fraction": source["val_fraction"]},
                 text_field, seed)
-    return build(plan, out, overwrite=overwrite, resume=resume, num_proc=num_proc or os.cpu_count() or 1,
-                 batch_docs=batch_docs, batch_bytes=batch_bytes, sync_every_s=sync_every_s, progress=progress,
-                 _after_batch=_after_batch)
+    return build(plan, out, overwrite=overwrite, resume=resume, num_proc=num_proc or os.cpu_count() or 1, **build_kw)
