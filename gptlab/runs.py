@@ -1,32 +1,23 @@
-"""Run folders: where a run lives, what its folder is called, and how it is (not) reused.
+"""Run folders: where a run lives, what its folder is called, how it is (not) reused, how it is opened.
 
-A run lives in `<log_root>/<compute class or "free">/<preset>/<name>/` and holds
-config.json, metrics.jsonl, checkpoints/ and TensorBoard events. The name encodes the
-hyperparameters that distinguish Languini runs, so two runs of one recipe land in the
-same folder and a changed recipe lands in a new one:
-
-    GPT_books16384_bsz128_micro4_sl512_coslr0.0006to6e-06_h768_ff3072_nH12_dH64_nl12_
-    clip0.0_decay18k_workers1_defaultCompile_fp16_seed0[_<comment>]
-
-field by field the benchmark's (its configs.add_exp_name): the dataset without '_', the
-global batch, `_micro<N>` only for N > 1 gradient accumulation steps, decay steps in whole
-thousands, `workers<N>`, `_<mode>Compile` unless compile is off, then the precision
-(the benchmark always writes fp16; gptlab writes the one the run uses).
-
-A folder with contents is never deleted or written over silently: continuing it needs
---resume, starting afresh needs --overwrite, which moves the old folder aside.
+A run lives in `<log_root>/<compute class or "free">/<preset>/<name>/`. The name encodes the hyperparameters
+field by field as Languini's configs.add_exp_name does (with the precision the run uses, not always fp16):
+GPT_books16384_bsz128_micro4_sl512_coslr0.0006to6e-06_h768_ff3072_nH12_dH64_nl12_clip0.0_decay18k_workers1_defaultCompile_fp16_seed0
+A folder with contents is never deleted or written over: --resume continues it, --overwrite moves it aside.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import re
 import time
 from pathlib import Path
 
-from gptlab.config import Config, parse_hours, resolve_batch
+from gptlab.config import Config, load_run_config, parse_hours, resolve_batch
 from gptlab.errors import UserError
+from gptlab.files import LOCK_FILE, folder_lock, read_json
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -34,20 +25,13 @@ CHECKPOINT_DIR = "checkpoints"
 DATA_META_FILE = "data_meta.json"
 
 _PRECISION = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "auto": "autoPrec"}
-_COMPILE = {"none": "", "default": "defaultCompile",
-            "reduce-overhead": "reduceOverheadCompile", "max-autotune": "maxAutotuneCompile",
-            "max-autotune-no-cudagraphs": "maxAutotuneNoGraphsCompile"}
-# Anything outside this set could split a path or upset a shell; it becomes '-'.
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]+")
+_COMPILE = {"none": "", "default": "defaultCompile", "reduce-overhead": "reduceOverheadCompile",
+            "max-autotune": "maxAutotuneCompile", "max-autotune-no-cudagraphs": "maxAutotuneNoGraphsCompile"}
 
 
 def _safe(text: str) -> str:
-    return _UNSAFE.sub("-", text.strip()).strip("-.")
-
-
-def _dataset_label(dataset: str) -> str:
-    # A dataset may be given as a path; only its last component names it, without '_' (books_16384 -> books16384).
-    return _safe(Path(dataset.rstrip("/\\")).name or dataset).replace("_", "") or "data"
+    # Anything outside this set could split a path or upset a shell; it becomes '-'.
+    return re.sub(r"[^A-Za-z0-9._+=-]+", "-", text.strip()).strip("-.")
 
 
 def run_name(cfg: Config, world_size: int = 1) -> str:
@@ -56,63 +40,35 @@ def run_name(cfg: Config, world_size: int = 1) -> str:
     _, accum, global_batch = resolve_batch(cfg, world_size)  # accum: accumulation steps per rank
     constant = o.schedule == "constant" or not o.decay_lr
     lr = f"constlr{o.learning_rate}" if constant else f"coslr{o.learning_rate}to{o.min_lr}"
-    parts = [
-        "GPT",
-        _dataset_label(cfg.data.dataset),
-        f"bsz{global_batch}" + (f"_micro{accum}" if accum > 1 else ""),
-        f"sl{m.block_size}",
-        lr,
-        f"h{m.n_embd}",
-        f"ff{cfg.mlp_dim}",
-        f"nH{m.n_head}",
-        f"dH{cfg.head_dim}",
-        f"nl{m.n_layer}",
-        f"clip{float(o.grad_clip)}",
-        f"decay{o.lr_decay_iters // 1000}k",
-        f"workers{world_size}",
-        _COMPILE.get(cfg.system.compile, _safe(cfg.system.compile) + "Compile"),
-        _PRECISION.get(cfg.system.dtype, _safe(cfg.system.dtype)),
-        f"seed{t.seed}",
-    ]
-    parts = [p for p in parts if p]
-    comment = _safe(cfg.log.comment)
-    if comment:
-        parts.append(comment)
-    return "_".join(parts)
-
-
-def class_dir_name(cfg: Config) -> str:
-    """'6h' style folder for a compute class ('6', '6h' and '6.0h' all give '6h'), else 'free'."""
-    if not cfg.train.compute_class:
-        return "free"
-    return f"{parse_hours(cfg.train.compute_class):g}h"
+    # A dataset given as a path is named by its last component, without '_' (books_16384 -> books16384).
+    data = _safe(Path(cfg.data.dataset.rstrip("/\\")).name or cfg.data.dataset).replace("_", "") or "data"
+    parts = ["GPT", data, f"bsz{global_batch}" + (f"_micro{accum}" if accum > 1 else ""),
+             f"sl{m.block_size}", lr, f"h{m.n_embd}", f"ff{cfg.mlp_dim}", f"nH{m.n_head}", f"dH{cfg.head_dim}",
+             f"nl{m.n_layer}", f"clip{float(o.grad_clip)}", f"decay{o.lr_decay_iters // 1000}k", f"workers{world_size}",
+             _COMPILE.get(cfg.system.compile, _safe(cfg.system.compile) + "Compile"),
+             _PRECISION.get(cfg.system.dtype, _safe(cfg.system.dtype)), f"seed{t.seed}", _safe(cfg.log.comment)]
+    return "_".join(p for p in parts if p)
 
 
 def run_dir(cfg: Config, world_size: int = 1) -> Path:
-    """Where this run's files go: log.out_dir if set, else log_root/<class>/<preset>/<name>."""
+    """Where this run's files go: log.out_dir if set, else log_root/<class>/<preset>/<name>, where
+    Languini's --relative_log_path (a relative path that stays under log_root) replaces <class>/<preset>."""
     if cfg.log.out_dir:
         return Path(cfg.log.out_dir)
     name = _safe(cfg.log.name) if cfg.log.name else run_name(cfg, world_size)
     if not name:
         raise UserError(f"--name {cfg.log.name!r} has no usable characters: use letters, digits, '.', '-' or '_'")
-    return Path(cfg.log.log_root) / _parent_dir(cfg) / name
-
-
-def _parent_dir(cfg: Config) -> Path:
-    """<class>/<preset>, or Languini's --relative_log_path (a relative path that stays under log_root)."""
-    rel = Path(cfg.log.relative_log_path)
-    if not cfg.log.relative_log_path:
-        return Path(class_dir_name(cfg)) / _safe(cfg.preset or "custom")
+    rel, cc = Path(cfg.log.relative_log_path), cfg.train.compute_class
     if rel.is_absolute() or ".." in rel.parts:
         raise UserError(f"--relative_log_path {cfg.log.relative_log_path!r} must stay under --log_root: "
                         "give a relative path without '..', or use --out_dir for a folder elsewhere")
-    return rel
+    if not cfg.log.relative_log_path:  # '6', '6h' and '6.0h' all give the folder 6h
+        rel = Path(f"{parse_hours(cc):g}h" if cc else "free") / _safe(cfg.preset or "custom")
+    return Path(cfg.log.log_root) / rel / name
 
 
 def _has_contents(path: Path) -> bool:
     """Anything in path besides a lock file (a stale lock alone leaves a folder empty)."""
-    from gptlab.files import LOCK_FILE
-
     return path.is_dir() and any(not p.name.startswith(LOCK_FILE) for p in path.iterdir())
 
 
@@ -122,17 +78,14 @@ def _is_run(path: Path) -> bool:
 
 
 def _aside_path(path: Path) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    candidate = path.with_name(f"{path.name}.old-{stamp}")
-    n = 1
-    # Two overwrites within one second must not collide with each other.
-    while candidate.exists():
-        candidate = path.with_name(f"{path.name}.old-{stamp}-{n}")
-        n += 1
-    return candidate
+    candidate = stem = path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    for n in itertools.count(1):  # two overwrites within one second must not collide
+        if not candidate.exists():
+            return candidate
+        candidate = stem.with_name(f"{stem.name}-{n}")
 
 
-def _check_place(path: Path) -> None:
+def _check_place(path: Path, overwrite: bool) -> None:
     """Refusals that need no look inside the folder: a file, a file on the way, the cwd or above."""
     if path.exists() and not path.is_dir():
         raise UserError(f"run folder {str(path)!r} is a file: choose another --out_dir")
@@ -145,6 +98,9 @@ def _check_place(path: Path) -> None:
         if not _is_run(path):
             raise UserError(f"--out_dir {str(path)!r} is the current folder (or holds it), not a run folder: "
                             "choose a new folder such as --out_dir out/myrun")
+        if overwrite:
+            raise UserError(f"--overwrite would move {str(path)!r} aside while you are in it: run from another "
+                            "folder or choose another --out_dir")
 
 
 def _check_contents(path: Path, resume: bool, overwrite: bool) -> None:
@@ -166,28 +122,16 @@ def _check_contents(path: Path, resume: bool, overwrite: bool) -> None:
     elif not overwrite:
         raise UserError(f"run folder {str(path)!r} exists: pass --resume to continue it or --overwrite to move it "
                         "aside")
-    elif path.resolve() == Path.cwd().resolve() or path.resolve() in Path.cwd().resolve().parents:
-        raise UserError(f"--overwrite would move {str(path)!r} aside while you are in it: run from another folder "
-                        "or choose another --out_dir")
 
 
 def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
-    """Make `path` ready for a run and return it; every refusal comes before any write.
-
-    - missing or empty folder: created; resume then has nothing to continue (error);
-    - a run folder: resume continues it (it must hold a checkpoint); overwrite renames it to
-      `<path>.old-<timestamp>` (printed) and starts an empty one;
-    - a folder of other files, the current folder, a file, a path under a file: refused;
-    - a folder another live process is training into (its lock): refused, naming the holder.
-    Nothing is ever deleted and nothing created: run_lock(path), held by rank 0 while training,
-    creates the folder.
-    """
-    from gptlab.files import LOCK_FILE, folder_lock
-
+    """Check `path` for a run, every refusal before any write: a run folder is continued (--resume, it needs
+    a checkpoint) or renamed to `<path>.old-<timestamp>` (--overwrite); a folder of other files, the cwd, a
+    file, a folder a live process holds: refused. Nothing is deleted or created (run_lock creates it)."""
     path = Path(path)
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other: pass one of them")
-    _check_place(path)
+    _check_place(path, overwrite)
     if (path / LOCK_FILE).exists():
         with folder_lock(path, "run folder"):  # a live holder refuses here, before anything moves
             pass
@@ -201,12 +145,8 @@ def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = Fa
 
 @contextlib.contextmanager
 def run_lock(path: str | Path, enabled: bool = True):
-    """Hold the run folder's lock (files.folder_lock, which creates the folder) for the whole
-    run, so a second trainer or a --resume started meanwhile is refused naming this process.
-    Folders it had to create are removed again if the run leaves them empty (a refused run
-    leaves no trace). enabled=False (ranks other than 0) holds nothing."""
-    from gptlab.files import folder_lock
-
+    """Hold the run folder's lock (files.folder_lock creates the folder) for the whole run; folders it
+    created are removed again if the run leaves them empty. enabled=False (ranks but 0) holds nothing."""
     path = Path(path)
     if not enabled:
         yield path
@@ -217,21 +157,14 @@ def run_lock(path: str | Path, enabled: bool = True):
             yield path
     finally:
         for p in made:
-            if p.exists():
-                try:
-                    p.rmdir()
-                except OSError:  # not empty: the run wrote something
-                    break
+            with contextlib.suppress(OSError):  # not empty: the run wrote something
+                p.rmdir()
 
-
-# --------------------------------------------------------------------------------------
-# Opening a finished (or running) run: the one loader sample, eval, export and init_from use
-# --------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class Run:
-    """A run folder opened for reading. Every path is resolved against `dir`, never the
-    working directory, so a run opens the same from anywhere."""
+    """A run folder opened for reading (the one loader sample, eval, export and init_from use); every
+    path is resolved against `dir`, never the working directory."""
 
     dir: Path
     config: Config
@@ -259,15 +192,12 @@ class Run:
         """(model state_dict with wrapper prefixes removed, the step it was saved at)."""
         from gptlab.checkpoint import load_checkpoint
 
-        path = self.checkpoint(which)
-        state = load_checkpoint(path)
+        state = load_checkpoint(self.checkpoint(which))
         step = state.get("step")
         return _strip_wrappers(state["model"]), int(step) if isinstance(step, int) else 0
 
     def build_model(self, device="cpu", which: str = "best"):
         """The run's GPT with the checkpoint's weights, on `device` (train mode; call .eval() to sample)."""
-        import torch
-
         from gptlab.model import GPT, GPTShape
 
         if not self.config.model.vocab_size:
@@ -279,7 +209,7 @@ class Run:
         except RuntimeError as e:
             raise UserError(f"checkpoint {self.checkpoint(which)} does not fit {self.dir}/{CONFIG_FILE} "
                             f"({str(e).splitlines()[0][:150]}): the run folder is inconsistent") from None
-        return model.to(torch.device(device))
+        return model.to(device)
 
     def data_dir(self) -> Path:
         """The prepared dataset the run trained on: its recorded path, else the same relative
@@ -296,20 +226,12 @@ class Run:
 
 def _strip_wrappers(sd: dict) -> dict:
     # torch.compile and DDP prefix every key; the weights are the same.
-    out = {}
-    for k, v in sd.items():
-        for prefix in ("_orig_mod.", "module."):
-            while k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out
+    return {re.sub(r"^((_orig_mod|module)\.)+", "", k): v for k, v in sd.items()}
 
 
 def load_run(path: str | Path, config_file: str | Path | None = None) -> Run:
     """Open a run from its folder, a checkpoint file in its checkpoints/ folder, or its
     config.json. `config_file` names the config explicitly (a checkpoint kept elsewhere)."""
-    from gptlab.config import load_run_config
-
     p = Path(path).expanduser()
     ckpt_file = None
     if p.is_file() and p.name == CONFIG_FILE:
@@ -332,11 +254,7 @@ def load_run(path: str | Path, config_file: str | Path | None = None) -> Run:
 
 
 def _read_meta(path: Path) -> dict | None:
-    from gptlab.files import read_json
-
-    if not path.is_file():
-        return None
-    meta = read_json(path, "the run's data meta")
-    if not isinstance(meta, dict):
+    meta = read_json(path, "the run's data meta") if path.is_file() else None
+    if meta is not None and not isinstance(meta, dict):
         raise UserError(f"{path} does not hold a JSON object: the run folder is damaged")
     return meta
