@@ -1,17 +1,9 @@
-"""`gptlab prepare NAME ...`: turn text into token files + meta.json, through one pipeline.
-
-    source (streams of documents per split) -> tokenizer (made once, described in meta)
-      -> encode (inline, or in a pool of worker processes with num_proc > 1)
-      -> SplitWriter per split (tokens.py) -> meta.json -> swapped into --out
-
-Sources: the small recipes below and Hugging Face style corpora (hf_prepare.py). Every document
-is followed by the tokenizer's end-of-document id when it has one, except in the one-text
-recipes (one text cut into train/val); `{split}.docs.npy` holds document starts.
-
-Safety: the dataset is built in a sibling folder `.NAME.partial` under a folder lock and replaces
---out (absent, empty, or a gptlab dataset with --overwrite) only when complete. Its
-`progress.json` records rows consumed and tokens written after an fsync, so `--resume` after any
-interruption (SIGKILL included) continues to the bytes an uninterrupted run writes.
+"""`gptlab prepare NAME ...`: sources (document streams per split; hf_prepare.py for corpora) -> tokenizer
+(made once, described in meta) -> encode (inline or num_proc workers) -> SplitWriter per split -> meta.json.
+Each document ends with the tokenizer's end-of-document id, if any (not the one-text recipes). The dataset is
+built in a locked sibling `.NAME.partial` and replaces --out (absent, empty, or a gptlab dataset with
+--overwrite) only when complete; its fsynced `progress.json` lets `--resume` finish any interrupted run
+(SIGKILL too) with the bytes of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -144,11 +136,8 @@ def get_tinyshakespeare(input: str | Path | None = None, verbose: bool = True) -
 
 @dataclass
 class Stream:
-    """One input stream of rows going to `split` (or carved into train/val when carve > 0).
-
-    iter_batches(skip, max_docs, max_bytes) yields (kind, items): "texts" (str), "raw"
-    ((name, bytes) of a file), "jsonl" (raw lines) or "ids" (token arrays, already encoded).
-    """
+    """Rows going to `split` (a `carve` fraction to val). iter_batches(skip, max_docs, max_bytes) yields
+    (kind, items): "texts" (str), "raw"/"raw_nl" ((name, bytes) of a file), "jsonl" (lines) or "ids" (tokens)."""
 
     split: str
     rows: int
@@ -232,17 +221,9 @@ def zero_one_bits(n_docs: int = 10_000, n_words: int = 1_000, seed: int = 1337) 
     return rng.random((n_docs, n_words)) < (1.0 / 3.0)
 
 
-def zero_one_text(bits_row: np.ndarray) -> str:
-    return " ".join("0" if b else "1" for b in bits_row)
-
-
 def zero_one_tokens(bits: np.ndarray, tok: GPT2Tokenizer) -> np.ndarray:
-    """GPT-2 ids of each document "w w w ..." followed by end-of-text, shape (docs, words + 1).
-
-    GPT-2 BPE never merges across its pre-tokens, and the pre-tokens of such a text are only
-    "0", "1" (first word) and " 0", " 1". Encoding those four strings once and mapping is
-    therefore exactly the real encoding, without ten million BPE lookups.
-    """
+    """GPT-2 ids of each document "w w w ..." followed by end-of-text, shape (docs, words + 1). BPE never
+    merges across pre-tokens, here only "0", "1", " 0", " 1": mapping those four is the exact encoding."""
     pieces = {p: tok.encode(p) for p in ("0", "1", " 0", " 1")}  # one token each in GPT-2
     out = np.empty((bits.shape[0], bits.shape[1] + 1), dtype=np.uint16)  # (docs, words + eot)
     out[:, :-1] = np.where(bits, pieces[" 0"][0], pieces[" 1"][0])
@@ -373,19 +354,8 @@ def _worker_init(tok_meta: dict, work: str, text_field: str, threads: int) -> No
     _W.update(tok=tokenizer_from_meta(tok_meta, Path(work)), field=text_field, threads=threads)
 
 
-def encode_texts(tok, texts: list[str], threads: int = 1, eot: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens of the documents, each followed by the end-of-document id (if eot and the tokenizer has one)
-    as one array of the dataset dtype, and per-document lengths."""
-    if isinstance(tok, CharTokenizer):
-        docs = [tok.encode_array(t) for t in texts]
-    elif threads > 1:
-        docs = tok.encode_batch(texts, num_threads=threads)
-    else:
-        docs = [tok.encode(t) for t in texts]
-    return _pack(docs, tok.eot_id if eot else None, T.dtype_for_vocab(tok.vocab_size))
-
-
 def _pack(docs: list, eot_id: int | None, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The documents, each followed by eot_id (if any), as one array; and per-document lengths."""
     lens = np.fromiter((len(d) + (eot_id is not None) for d in docs), dtype=np.int64, count=len(docs))
     out = np.empty(int(lens.sum()), dtype=dtype)
     pos = 0
@@ -397,26 +367,28 @@ def _pack(docs: list, eot_id: int | None, dtype) -> tuple[np.ndarray, np.ndarray
     return out, lens
 
 
-def _work(task) -> tuple[dict, int]:
-    """(kind, items, val_mask or None, eot) -> {output group: (ids, lengths)}, characters read."""
-    kind, items, mask, eot = task
+def _encode(tok, texts: list[str], threads: int) -> list:
+    if isinstance(tok, CharTokenizer):
+        return [tok.encode_array(t) for t in texts]
+    if threads > 1:
+        return tok.encode_batch(texts, num_threads=threads)
+    return [tok.encode(t) for t in texts]
+
+
+def _work(task) -> tuple[dict, int, tuple]:
+    """(kind, items, val_mask or None, eot, header) -> {output group: (ids, lengths)}, characters read, header."""
+    kind, items, mask, eot, header = task
     tok = _W["tok"]
-    if kind == "ids":
-        docs, nchars = [np.asarray(d) for d in items], 0
-    else:
-        docs = _texts_of(kind, items, _W["field"])
-        nchars = sum(len(t) for t in docs)  # a cheap stand-in for MB/s
+    docs = [np.asarray(d) for d in items] if kind == "ids" else _texts_of(kind, items, _W["field"])
+    nchars = 0 if kind == "ids" else sum(len(t) for t in docs)  # a cheap stand-in for MB/s
     keep = [i for i, d in enumerate(docs) if len(d)]
     groups = [(0, keep)] if mask is None else [(0, [i for i in keep if not mask[i]]), (1, [i for i in keep if mask[i]])]
     out = {}
-    for g, idx in groups:
-        if not idx:
-            continue
-        if kind == "ids":
-            out[g] = _pack([docs[i] for i in idx], tok.eot_id if eot else None, T.dtype_for_vocab(tok.vocab_size))
-        else:
-            out[g] = encode_texts(tok, [docs[i] for i in idx], _W["threads"], eot)
-    return out, nchars
+    for g, idx in (x for x in groups if x[1]):
+        group = [docs[i] for i in idx]
+        ids = group if kind == "ids" else _encode(tok, group, _W["threads"])
+        out[g] = _pack(ids, tok.eot_id if eot else None, T.dtype_for_vocab(tok.vocab_size))
+    return out, nchars, header
 
 
 def _bounded_imap(pool, fn, tasks: Iterator, window: int):
@@ -472,8 +444,7 @@ class Progress:
 
 @dataclass
 class Plan:
-    """What to prepare: the recipe's streams and source description, the tokenizer and the options
-    a resume must repeat (config)."""
+    """What to prepare: the recipe's streams and source, the tokenizer, and the options a resume must repeat."""
 
     recipe: str
     streams: list[Stream]
@@ -484,6 +455,7 @@ class Plan:
     extra: dict = field(default_factory=dict)
     text_field: str = "text"
     seed: int = 0
+    lengths: dict = field(default_factory=dict)  # books from file lists: {split: listed token counts}
 
 
 def work_dir(out: Path) -> Path:
@@ -612,17 +584,25 @@ def _split_names(streams: list[Stream]) -> list[str]:
 
 
 def _tasks(plan: Plan, rows_done: int, batch_docs: int, batch_bytes: int):
-    """(stream, first row, rows) headers and worker tasks; rows are numbered across streams and the
-    ones an earlier run already wrote are skipped."""
+    """Worker tasks with (stream index, first row, rows) headers; rows are numbered across streams and
+    the ones an earlier run already wrote are skipped."""
     base = 0
-    for st in plan.streams:
+    for i, st in enumerate(plan.streams):
         skip = max(0, min(st.rows, rows_done - base))
         row = base + skip
         for kind, items in st.iter_batches(skip, batch_docs, batch_bytes):
             mask = row_uniform(plan.seed, row - base, len(items)) < st.carve if st.carve else None
-            yield (st, row, len(items)), (kind, items, mask, st.eot)
+            yield kind, items, mask, st.eot, (i, row, len(items))
             row += len(items)
         base += st.rows
+
+
+def _pool(num_proc: int, initargs: tuple):
+    """num_proc worker processes; fork shares the parent's imported modules (fast start), else spawn."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    return ctx.Pool(num_proc, initializer=_worker_init, initargs=initargs)
 
 
 def _run(plan: Plan, work: Path, state: dict | None, config: dict, overwrite: bool, num_proc: int, threads: int,
@@ -648,31 +628,16 @@ def _run(plan: Plan, work: Path, state: dict | None, config: dict, overwrite: bo
         state["splits"] = {s: {"tokens": w.tokens, "documents": w.documents} for s, w in writers.items()}
         files.atomic_write_json(prog_path, state)
 
-    headers: collections.deque = collections.deque()
-
-    def task_only():
-        for hdr, task in _tasks(plan, rows_done, batch_docs, batch_bytes):
-            headers.append(hdr)
-            yield task
-
-    pool = None
-    if num_proc > 1:
-        import multiprocessing as mp
-
-        # fork shares the parent's imported modules (fast start); elsewhere spawn works the same way.
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        pool = ctx.Pool(num_proc, initializer=_worker_init, initargs=(state["tokenizer"], str(work), plan.text_field, 1))
-        results = _bounded_imap(pool, _work, task_only(), window=2 * num_proc)
-    else:
-        _worker_init(state["tokenizer"], str(work), plan.text_field, threads)
-        results = map(_work, task_only())
+    init = (state["tokenizer"], str(work), plan.text_field)
+    tasks = _tasks(plan, rows_done, batch_docs, batch_bytes)
+    pool = _pool(num_proc, (*init, 1)) if num_proc > 1 else _worker_init(*init, threads)  # inline: None
+    results = _bounded_imap(pool, _work, tasks, window=2 * num_proc) if pool else map(_work, tasks)
     bar = Progress(total, rows_done, f"prepare {plan.recipe}", progress)
     t_start, chars, last_sync, n_batches = time.perf_counter(), 0, time.perf_counter(), 0
     try:
-        for res, nchars in results:
-            st, row, n = headers.popleft()
+        for res, nchars, (i, row, n) in results:
             for g, (ids, lens) in sorted(res.items()):
-                writers["val" if g == 1 else st.split].append(ids, lens)
+                writers["val" if g == 1 else plan.streams[i].split].append(ids, lens)
             rows_done, chars, n_batches = row + n, chars + nchars, n_batches + 1
             rate = chars / max(time.perf_counter() - t_start, 1e-9) / 1e6
             bar.update(n, f"{sum(w.tokens for w in writers.values()):,} tok, {rate:.1f} M chars/s")
@@ -722,7 +687,8 @@ def check_options(name: str, tokenizer, val_fraction, vocab_size, num_proc) -> N
         raise UserError(f"--num_proc {num_proc} must be at least 1")
 
 
-def _small_plan(name, input, tokenizer, seed, val_fraction, file_lists, splits) -> Plan:
+def _small_plan(name, input, tokenizer, seed, val_fraction, file_lists, splits, tok_opts) -> Plan:
+    lengths = {}
     if name in ("shakespeare_char", "shakespeare"):
         text, source = get_tinyshakespeare(input)
         streams, kind = _one_text(text, val_fraction), tokenizer or ("char" if name == "shakespeare_char" else "gpt2")
@@ -737,10 +703,9 @@ def _small_plan(name, input, tokenizer, seed, val_fraction, file_lists, splits) 
         kind = tokenizer or "sentencepiece"
     extra = {} if name in ("books", "openbooks") else {"val_fraction": val_fraction}
     config = {"recipe": name, "input": str(input), "tokenizer": kind, "seed": seed, "val_fraction": val_fraction,
-              "file_lists": str(file_lists), "splits": splits, "source_sha256": source.get("sha256")}
-    plan = Plan(name, streams, source, kind, config, extra=extra, seed=seed)
-    plan.lengths = lengths if name in ("books", "openbooks") else {}
-    return plan
+              "file_lists": str(file_lists), "splits": splits, "source_sha256": source.get("sha256"),
+              "tok_opts": {k: str(v) for k, v in tok_opts.items() if k != "num_threads"}}
+    return Plan(name, streams, source, kind, config, {**tok_opts, "seed": seed}, extra, seed=seed, lengths=lengths)
 
 
 def prepare(recipe: str, input=None, tokenizer: str | None = None, out=None, overwrite: bool = False,
@@ -766,9 +731,7 @@ def prepare(recipe: str, input=None, tokenizer: str | None = None, out=None, ove
         raise UserError(f"unknown prepare option(s) {', '.join(sorted(hf))}: see `gptlab prepare --help`")
     seed = 1337 if seed is None else seed
     val_fraction = 0.1 if val_fraction is None else val_fraction
-    plan = _small_plan(name, input, tokenizer, seed, val_fraction, file_lists, splits)
-    plan.tok_opts = {**tok_opts, "seed": seed}
-    plan.config["tok_opts"] = {k: str(v) for k, v in tok_opts.items() if k != "num_threads"}
+    plan = _small_plan(name, input, tokenizer, seed, val_fraction, file_lists, splits, tok_opts)
     out = build(plan, Path(out) if out is not None else Path("data") / name, overwrite=overwrite, resume=resume,
                 num_proc=num_proc or 1, threads=num_threads or os.cpu_count() or 1, progress=progress)
     _check_lengths(out, plan.lengths)
@@ -799,7 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--num_proc": dict(type=int, help="tokeniser processes (default 1; hf recipes: all cores)"),
         "--input_sentence_size": dict(type=int, help="lines sampled for SentencePiece training (default 2,000,000)"),
         "--dataset": dict(help="hf: hub name or local path (save_to_disk folder, parquet, jsonl, .txt)"),
-        "--name": dict(dest="config_name", help="hf: dataset configuration name"),
+        "--name": dict(help="hf: dataset configuration name"),
         "--split": dict(help="hf: only this split (default: all the source has)"),
         "--text_field": dict(default="text", help="hf: column holding the text"),
         "--batch_docs": dict(type=int, default=1024, help="documents per encode task"),
@@ -810,20 +773,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    a = build_parser().parse_args(argv)
-    splits = [s for s in a.splits.split(",") if s] if a.splits else None
-    hf = ({"dataset": a.dataset, "name": a.config_name, "split": a.split, "text_field": a.text_field,
-           "batch_docs": a.batch_docs} if a.recipe in HF_RECIPES else {})
-    prepare(a.recipe, input=a.input, tokenizer=a.tokenizer, out=a.out, overwrite=a.overwrite, resume=a.resume,
-            seed=a.seed, val_fraction=a.val_fraction, vocab_size=a.vocab_size, num_threads=a.num_threads,
-            num_proc=a.num_proc, input_sentence_size=a.input_sentence_size, tokenizer_model=a.tokenizer_model,
-            file_lists=a.file_lists, splits=splits, progress=False if a.no_progress else None, **hf)
+    a = vars(build_parser().parse_args(argv))
+    a["splits"] = [s for s in a["splits"].split(",") if s] if a["splits"] else None
+    a["progress"] = False if a.pop("no_progress") else None
+    hf = {k: a.pop(k) for k in ("dataset", "name", "split", "text_field", "batch_docs")}
+    prepare(**a, **(hf if a["recipe"] in HF_RECIPES else {}))
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    from gptlab.cli import main as cli_main
+
+    sys.exit(cli_main(["prepare", *sys.argv[1:]]))

@@ -9,7 +9,7 @@ import pytest
 from gptlab.errors import UserError
 from gptlab.data import tokens as T
 from gptlab.data.prepare import main as prepare_main
-from gptlab.data.prepare import prepare, zero_one_bits, zero_one_text, zero_one_tokens, TINYSHAKESPEARE_SHA256
+from gptlab.data.prepare import prepare, zero_one_bits, zero_one_tokens, TINYSHAKESPEARE_SHA256
 from gptlab.data.tokenizers import (
     CharTokenizer,
     GPT2Tokenizer,
@@ -329,6 +329,10 @@ def test_zero_one_recipe(tmp_path):
     vdocs = np.asarray(val).reshape(1000, 1001)
     assert vdocs[-1, :-1].tolist() == tok.encode(zero_one_text(bits[-1]))
     assert tok.decode(docs[0, :-1])[:7] == zero_one_text(bits[0])[:7]
+
+
+def zero_one_text(bits_row) -> str:
+    return " ".join("0" if b else "1" for b in bits_row)
 
 
 @needs_gpt2
