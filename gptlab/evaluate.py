@@ -1,29 +1,11 @@
 """The one evaluation routine, scoring exactly the targets the Languini benchmark scores.
 
-Documents are dealt to `streams` rows the benchmark's way (data.samplers.DocRows: in
-order, each to the row with the fewest tokens so far); each row is the stream of its
-documents with the end-of-document token after each. Row r is cut into windows of
-seq_len + 1 tokens starting at k * last_n (k = 0, 1, ...); batch k holds window k of
-every row. A window scores only its last last_n targets - window 0 included, so the
-first seq_len - last_n targets of a row are never scored - and the row's last window
-is padded past its end (padding is not scored). Windows are kept while at least two
-tokens of the row remain, as the benchmark's loader does.
-
-    `gptlab eval`         one stream (the split in order), every batch: the benchmark's eval.py;
-    in-training eval      eval_batch_size streams, the first max_eval_steps batches, last_n =
-                          seq_len: the benchmark's trainer (languini_eval_plan).
-
-Reported from one pass: loss (nats/token) and ppl; normalised_loss = total NLL / number
-of Unicode characters of the decoded targets, normalised_ppl = exp(normalised_loss), the
-characters counted as the benchmark does - len(tokenizer.decode(targets of one window
-row)), window by window, so separators count as the tokenizer decodes them (<D> is 3);
-loss_per_byte and bpb over the true UTF-8 bytes of the targets (exact per-token byte
-lengths, data.tokenizers.token_byte_lengths); top-1/top-10 accuracy; eval_tokens,
-eval_chars and eval_bytes. The counts depend on the data and the plan only, so a plan
-computes them once and every evaluation reuses them.
-
-Unlike the benchmark, padding is -1, so a real target with id 0 is scored (the benchmark
-masks id 0, its <pad>, which its data never holds).
+Documents are dealt to `streams` rows (data.samplers.DocRows, each document then its end
+token); row r is cut into windows of seq_len + 1 tokens at k * last_n, batch k holding window k
+of every row, kept while 2+ tokens remain. A window scores its last last_n targets only (so a
+row's first seq_len - last_n are never scored); padding is -1 (the benchmark's 0 would drop a
+real target 0). Metrics: loss, ppl, normalised_loss/_ppl per character counted the benchmark's
+way (len(decode(targets)) per window row), loss_per_byte and bpb per UTF-8 byte, top-1/top-10.
 """
 
 from __future__ import annotations
@@ -42,20 +24,17 @@ import torch.nn.functional as F
 
 from gptlab.data.samplers import DocRows
 from gptlab.errors import UserError
+from gptlab.files import atomic_write_json
 from gptlab.loss import logits_and_loss
 
-# The benchmark's in-training eval: 16 document streams, the first 500 batches.
-LANGUINI_EVAL_STREAMS = 16
-LANGUINI_MAX_EVAL_STEPS = 500
+LANGUINI_EVAL_STREAMS = 16  # the benchmark's in-training eval: 16 document streams,
+LANGUINI_MAX_EVAL_STEPS = 500  # the first 500 batches
 
 
 @dataclasses.dataclass
 class EvalPlan:
-    """The windows an evaluation scores, fixed before any model runs.
-
-    items[i] = (row, start): window of rows row at row position start; its scored targets
-    are row positions start + seq_len - last_n + 1 .. start + seq_len (those inside the row).
-    """
+    """The windows an evaluation scores, fixed before any model runs: items[i] = (row, start), whose
+    scored targets are row positions start + seq_len - last_n + 1 .. start + seq_len (inside the row)."""
 
     rows: DocRows
     items: np.ndarray  # (n_windows, 2) int64: row, start
@@ -98,13 +77,10 @@ def eval_plan(n_tokens: int, seq_len: int, last_n: int = 0, doc_offsets=None, st
         # The loader emits window k while 2+ tokens remain (start <= length - 2); only those
         # whose first scored target lies in the row score anything (a subset of those).
         n_score = max(0, (length - 1 - (seq_len - last_n + 1)) // last_n + 1)
-        k = np.arange(n_score, dtype=np.int64)
-        if max_batches is not None:
-            k = k[k < max_batches]
+        k = np.arange(min(n_score, max_batches or n_score), dtype=np.int64)
         items.append(np.stack([np.full_like(k, r), k * last_n], axis=1))
     n_batches = max(max(0, (int(L) - 2) // last_n + 1) for L in rows.lengths)
-    if max_batches is not None:
-        n_batches = min(n_batches, max_batches)
+    n_batches = min(n_batches, max_batches or n_batches)
     # Batch order (all rows' window k, then k + 1), as the benchmark steps through them.
     allitems = np.concatenate(items) if items else np.zeros((0, 2), np.int64)
     order = np.lexsort((allitems[:, 0], allitems[:, 1]))
@@ -119,10 +95,8 @@ def count_targets(plan: EvalPlan, tokens: np.ndarray, tokenizer=None, byte_lengt
         idx = plan.target_indices(i)
         tgt = np.asarray(tokens[idx[idx >= 0]], dtype=np.int64)
         n_tok += tgt.size
-        if tokenizer is not None:
-            n_char += len(tokenizer.decode(tgt))
-        if lengths is not None:
-            n_byte += int(lengths[tgt].sum())
+        n_char += len(tokenizer.decode(tgt)) if tokenizer is not None else 0
+        n_byte += int(lengths[tgt].sum()) if lengths is not None else 0
     plan.counts = {"eval_tokens": n_tok, "eval_chars": n_char if tokenizer is not None else None,
                    "eval_bytes": n_byte if lengths is not None else None}
     return plan.counts
@@ -131,9 +105,8 @@ def count_targets(plan: EvalPlan, tokens: np.ndarray, tokenizer=None, byte_lengt
 def languini_eval_plan(tokens: np.ndarray, doc_offsets, seq_len: int, *, streams: int = LANGUINI_EVAL_STREAMS,
                        max_steps: int | None = LANGUINI_MAX_EVAL_STEPS, last_n: int = 0, tokenizer=None,
                        byte_lengths=None, eot_id: int | None = None) -> EvalPlan:
-    """The in-training eval of the benchmark: the first `max_steps` batches of `streams`
-    document streams (eval_batch_size, max_eval_steps). Build it once per run and pass
-    it to every evaluate(..., plan=plan) call; its counts are computed here."""
+    """The benchmark's in-training eval: the first `max_steps` batches of `streams` document
+    streams, counted; build it once per run and pass it to every evaluate(..., plan=plan)."""
     plan = eval_plan(len(tokens), seq_len, last_n, doc_offsets, streams, max_steps, tokens, eot_id)
     count_targets(plan, tokens, tokenizer, byte_lengths)
     return plan
@@ -141,12 +114,11 @@ def languini_eval_plan(tokens: np.ndarray, doc_offsets, seq_len: int, *, streams
 
 def _batch(plan: EvalPlan, tokens: np.ndarray, sel: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs (B, seq_len) and scored targets (B, last_n) of windows `sel`; padding 0 / -1."""
-    x = np.zeros((len(sel), plan.seq_len), dtype=np.int64)
-    y = np.full((len(sel), plan.last_n), -1, dtype=np.int64)
-    for j, i in enumerate(sel.tolist()):
-        xi, yi = plan.input_indices(i), plan.target_indices(i)
-        x[j, xi >= 0] = tokens[xi[xi >= 0]]
-        y[j, yi >= 0] = tokens[yi[yi >= 0]]
+    def take(idx, fill):  # the tokens at idx, `fill` where idx is -1 (past the row's end)
+        return np.where(idx >= 0, tokens[np.maximum(idx, 0)].astype(np.int64), fill)
+
+    x = np.array([take(plan.input_indices(i), 0) for i in sel.tolist()], np.int64).reshape(len(sel), plan.seq_len)
+    y = np.array([take(plan.target_indices(i), -1) for i in sel.tolist()], np.int64).reshape(len(sel), plan.last_n)
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
@@ -171,14 +143,9 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_siz
              autocast=None, rank: int = 0, world_size: int = 1, reduce=None, eot_id: int | None = None, *,
              plan: EvalPlan | None = None, tokenizer=None, doc_offsets=None, streams: int = 1,
              progress=None) -> dict:
-    """Score `tokens` with `model` over `plan` (default: eval_plan(len(tokens), seq_len,
-    last_n, doc_offsets, streams, max_batches) counted with tokenizer/byte_lengths).
-
-    batch_size windows run per forward (results do not depend on it). With several ranks
-    the forwards are dealt round-robin and the sums reduced with `reduce` (a callable on a
-    tensor); every rank runs the same number of forwards (sharded models need every rank
-    in every collective). progress(done, total) is called after each forward of this rank.
-    """
+    """Score `tokens` over `plan` (default: eval_plan of these arguments), batch_size windows per forward.
+    Ranks deal the forwards round-robin, each running as many (sharded models need every rank in every
+    collective), and sum with `reduce`; progress(done, total) follows each forward of this rank."""
     if plan is None:
         plan = eval_plan(len(tokens), seq_len, last_n, doc_offsets, streams, max_batches, tokens, eot_id)
     if plan.counts is None:
@@ -188,7 +155,7 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_siz
     was_training = model.training
     model.eval()
     sums = torch.zeros(6, dtype=torch.float64, device=device)
-    ctx = autocast if autocast is not None else contextlib.nullcontext()
+    ctx = autocast or contextlib.nullcontext()
     for r in range(n_rounds):
         i = r * world_size + rank
         x, y = _batch(plan, tokens, chunks[i] if i < len(chunks) else chunks[0][:1])
@@ -218,8 +185,7 @@ def summarize(sums: list[float], plan: EvalPlan, check: bool = True) -> dict:
         out.update(eval_chars=c["eval_chars"], normalised_loss=nll / c["eval_chars"],
                    normalised_ppl=math.exp(min(nll / c["eval_chars"], 700)))
     if c.get("eval_bytes"):
-        lpb = nll / c["eval_bytes"]
-        out.update(eval_bytes=c["eval_bytes"], loss_per_byte=lpb, bpb=lpb / math.log(2))
+        out.update(eval_bytes=c["eval_bytes"], loss_per_byte=nll / c["eval_bytes"], bpb=nll / c["eval_bytes"] / math.log(2))
     if nwords and nwords != ntok:  # e.g. zero_one's bound is per word token, not per <eot>
         out.update(loss_excl_eot=nll_words / nwords, tokens_excl_eot=int(nwords))
     return out
@@ -227,31 +193,13 @@ def summarize(sums: list[float], plan: EvalPlan, check: bool = True) -> dict:
 
 def format_metrics(m: dict) -> str:
     parts = [f"loss {m['loss']:.4f}", f"ppl {m['ppl']:.3f}"]
-    if "normalised_ppl" in m:
-        parts.append(f"norm_ppl {m['normalised_ppl']:.4f}")
-    if "bpb" in m:
-        parts.append(f"bpb {m['bpb']:.4f}")
+    parts += [f"{name} {m[k]:.4f}" for k, name in (("normalised_ppl", "norm_ppl"), ("bpb", "bpb")) if k in m]
     parts += [f"acc1 {m['acc1']:.3f}", f"acc10 {m['acc10']:.3f}", f"tokens {m['eval_tokens']:,}"]
-    for k in ("eval_chars", "eval_bytes"):
-        if k in m:
-            parts.append(f"{k[5:]} {m[k]:,}")
-    return " | ".join(parts)
+    return " | ".join(parts + [f"{k[5:]} {m[k]:,}" for k in ("eval_chars", "eval_bytes") if k in m])
 
 
 def _progress(total_hint: str):
-    """progress(done, total): a tqdm bar on a terminal, else a line every 5%."""
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = {}
-
-        def tick(done, total):
-            if "b" not in bar:
-                bar["b"] = tqdm(total=total, desc=total_hint, unit="batch")
-            bar["b"].update(1)
-            if done == total:
-                bar["b"].close()
-        return tick
+    """progress(done, total): a line on stderr every 5% (terminal or log file alike)."""
     state = {"next": 0.0, "t0": time.time()}
 
     def line(done, total):
@@ -264,6 +212,8 @@ def _progress(total_hint: str):
 
 def _check_args(a) -> None:
     """Argument ranges, before anything is loaded (a run and a split can take minutes)."""
+    if not a.run and not a.checkpoint_file:
+        raise UserError("pass --run RUN_DIR or --checkpoint_file FILE")
     for name in ("seq_len", "last_n", "eval_batch_size", "max_eval_steps", "streams"):
         v = getattr(a, name)
         if v is not None and v < 1:
@@ -280,9 +230,8 @@ def check_same_tokenizer(run_meta: dict | None, meta: dict, data_dir) -> None:
     if run_meta is None:
         return
     a, b = run_meta.get("tokenizer") or {}, meta.get("tokenizer") or {}
-    fa, fb = a.get("fingerprint"), b.get("fingerprint")
-    if fa and fb:
-        same = fa == fb
+    if a.get("fingerprint") and b.get("fingerprint"):
+        same = a["fingerprint"] == b["fingerprint"]
     else:  # data prepared before fingerprints: kind, vocabulary size and (char) vocabulary
         same = (a.get("kind"), run_meta.get("vocab_size"), a.get("chars")) == (b.get("kind"), meta.get("vocab_size"), b.get("chars"))
     if not same:
@@ -311,15 +260,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--last_n", type=int, default=None, help="score the last N targets of each window (default: seq_len)")
     p.add_argument("--seq_len", type=int, default=None, help="window length (default: the model's block size)")
     p.add_argument("--eval_batch_size", type=int, default=8, help="windows per forward (speed only)")
-    p.add_argument("--streams", type=int, default=1, help="document streams (1 = the benchmark's eval.py; "
-                   f"{LANGUINI_EVAL_STREAMS} = its in-training eval)")
+    p.add_argument("--streams", type=int, default=1, help=f"document streams (1: the benchmark's eval.py, {LANGUINI_EVAL_STREAMS}: its trainer's)")
     p.add_argument("--max_eval_steps", type=int, default=None, help="only the first N batches of the streams")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
     a = p.parse_args(argv)
-    if not a.run and not a.checkpoint_file:
-        raise UserError("pass --run RUN_DIR or --checkpoint_file FILE")
     _check_args(a)
     check_device(a.device)  # a missing GPU is reported before any data is read
     run = load_run(a.checkpoint_file or a.run, config_file=a.config_file)  # paths resolved against the run folder
@@ -338,21 +284,17 @@ def main(argv: list[str]) -> int:
                         "evaluate on data prepared with the run's tokenizer")
     tk.check_token_range(tokens, cfg.model.vocab_size)
     device = pick_device(a.device)
-    model = run.build_model(device).eval()
-    autocast = autocast_ctx(device, resolve_dtype(a.dtype, device))
     tok = tokenizer_from_meta(meta, data_dir)
     plan = eval_plan(len(tokens), seq_len, last_n, tk.doc_offsets(data_dir, a.eval_data_split, meta), a.streams,
                      a.max_eval_steps, tokens, meta.get("eot_id"))
     print(f"counting the characters and bytes of {len(plan.items):,} windows ...", file=sys.stderr, flush=True)
     count_targets(plan, tokens, tok, token_byte_lengths(tok))
-    m = evaluate(model, tokens, seq_len, a.eval_batch_size, device, autocast=autocast, eot_id=meta.get("eot_id"),
-                 plan=plan, progress=_progress(f"eval {a.eval_data_split}"))
+    m = evaluate(run.build_model(device), tokens, seq_len, a.eval_batch_size, device, eot_id=meta.get("eot_id"),
+                 autocast=autocast_ctx(device, resolve_dtype(a.dtype, device)), plan=plan,
+                 progress=_progress(f"eval {a.eval_data_split}"))
     m.update(split=a.eval_data_split, checkpoint=str(ckpt_path), dataset=str(data_dir), streams=a.streams)
     print(f"{a.eval_data_split}: {format_metrics(m)}")
-    print(json.dumps(m))
+    print(json.dumps(m), flush=True)
     if a.json_out:
-        from gptlab.files import atomic_write_json
-
         atomic_write_json(a.json_out, m)
-    sys.stdout.flush()
     return 0
