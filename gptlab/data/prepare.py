@@ -13,6 +13,7 @@ import collections
 import contextlib
 import gzip
 import hashlib
+import itertools
 import os
 import re
 import shutil
@@ -77,12 +78,9 @@ def decode_text(data: bytes, where) -> str:
         raise UserError(f"{where} is not UTF-8 text (bad byte at offset {e.start}): convert it to UTF-8 first") from None
 
 
-def read_text_file(path: Path, allow_empty: bool = False) -> str:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"input {path} does not exist or is not a file: give a path to a UTF-8 text file")
+def read_text_file(path: Path) -> str:
     text = decode_text(path.read_bytes(), path)
-    if not text and not allow_empty:
+    if not text:
         raise UserError(f"{path} is empty: give a file with some text in it")
     return text
 
@@ -102,12 +100,6 @@ def files_digest(paths: list[Path], root: Path) -> str:
 
 
 # --- Tiny Shakespeare ---
-
-
-def _verified_shakespeare(data: bytes) -> str | None:
-    return data.decode("utf-8") if sha256_bytes(data) == TINYSHAKESPEARE_SHA256 else None
-
-
 def get_tinyshakespeare(input: str | Path | None = None, verbose: bool = True) -> tuple[str, dict]:
     """Tiny Shakespeare text and where it came from, always sha256-verified: --input, or the gzipped
     copy bundled in the package (no network needed)."""
@@ -115,25 +107,21 @@ def get_tinyshakespeare(input: str | Path | None = None, verbose: bool = True) -
         p, kind = Path(input), "file"
         if not p.is_file():
             raise UserError(f"--input {p} is not a file: give the path of tinyshakespeare.txt")
-        text = _verified_shakespeare(p.read_bytes())
-        if text is None:
-            raise UserError(
-                f"{p} is not the canonical tiny Shakespeare ({TINYSHAKESPEARE_BYTES} bytes, sha256 {TINYSHAKESPEARE_SHA256[:12]}...): "
-                "use `gptlab prepare text --input FILE` for other text")
+        data, bad = p.read_bytes(), (f"{p} is not the canonical tiny Shakespeare ({TINYSHAKESPEARE_BYTES} bytes, sha256 "
+                                     f"{TINYSHAKESPEARE_SHA256[:12]}...): use `gptlab prepare text --input FILE` for other text")
     else:
         p, kind = Path(__file__).resolve().parent / "assets" / "tinyshakespeare.txt.gz", "bundled"
-        text = _verified_shakespeare(gzip.decompress(p.read_bytes())) if p.is_file() else None
-        if text is None:
-            raise UserError(f"the tiny Shakespeare copy bundled with gptlab ({p}) is missing or damaged: reinstall "
-                            "gptlab, or download input.txt of char-rnn's tinyshakespeare and pass --input PATH")
+        data, bad = gzip.decompress(p.read_bytes()) if p.is_file() else b"", (
+            f"the tiny Shakespeare copy bundled with gptlab ({p}) is missing or damaged: reinstall gptlab, "
+            "or download input.txt of char-rnn's tinyshakespeare and pass --input PATH")
+    if sha256_bytes(data) != TINYSHAKESPEARE_SHA256:
+        raise UserError(bad)
     if verbose:
         print(f"tiny Shakespeare: from {p.resolve()}")
-    return text, {"kind": kind, "path": str(p.resolve()), "sha256": TINYSHAKESPEARE_SHA256}
+    return data.decode("utf-8"), {"kind": kind, "path": str(p.resolve()), "sha256": TINYSHAKESPEARE_SHA256}
 
 
 # --- Streams: the documents of one split, in batches, resumable by row ---
-
-
 @dataclass
 class Stream:
     """Rows going to `split` (a `carve` fraction to val). iter_batches(skip, max_docs, max_bytes) yields
@@ -159,13 +147,6 @@ def capped_batches(docs, max_docs: int, max_bytes: int):
         yield batch
 
 
-def list_stream(split: str, texts: list[str], eot: bool = True) -> Stream:
-    def it(skip, max_docs, max_bytes):
-        for b in capped_batches(texts[skip:], max_docs, max_bytes):
-            yield "texts", b
-    return Stream(split, len(texts), it, eot=eot)
-
-
 def text_files_stream(split: str, paths: list[Path], opener=open, newlines: bool = False) -> Stream:
     """One document per file, read lazily by the main process and decoded by the workers
     (newlines: "\r\n" and "\r" read as "\n", as Python's text mode does)."""
@@ -180,8 +161,6 @@ def text_files_stream(split: str, paths: list[Path], opener=open, newlines: bool
 
 
 # --- Small recipes as sources ---
-
-
 def _split_point(n: int, val_fraction: float) -> int:
     return int(round(n * (1.0 - val_fraction)))
 
@@ -192,7 +171,9 @@ def _one_text(text: str, val_fraction: float) -> list[Stream]:
     if not text[:n] or not text[n:]:
         raise UserError(f"the text ({len(text)} characters) is too short to split {1 - val_fraction:.0%}/"
                         f"{val_fraction:.0%}: give more text")
-    return [list_stream("train", [text[:n]], eot=False), list_stream("val", [text[n:]], eot=False)]
+    # one row each, no end-of-document id
+    return [Stream(s, 1, lambda skip, *_, t=t: iter([] if skip else [("texts", [t])]), eot=False)
+            for s, t in (("train", text[:n]), ("val", text[n:]))]
 
 
 def _source_text(input, val_fraction: float) -> tuple[list[Stream], dict]:
@@ -287,8 +268,6 @@ def _check_lengths(out: Path, lengths: dict) -> None:
 
 
 # --- Tokenizer: made once per prepare, described in meta.json ---
-
-
 def _texts_of(kind: str, items: list, field_name: str = "text") -> list[str]:
     if kind == "texts":
         return [t if t is not None else "" for t in items]
@@ -303,15 +282,9 @@ def _texts_of(kind: str, items: list, field_name: str = "text") -> list[str]:
 
 def _documents(streams: list[Stream], text_field: str, limit: int | None = None):
     """Non-empty texts of the given streams, in order (at most `limit`)."""
-    n = 0
-    for st in streams:
-        for kind, items in st.iter_batches(0, 256, 1 << 24):
-            for t in _texts_of(kind, items, text_field):
-                if t:
-                    yield t
-                    n += 1
-                    if limit is not None and n >= limit:
-                        return
+    texts = (t for st in streams for kind, items in st.iter_batches(0, 256, 1 << 24)
+             for t in _texts_of(kind, items, text_field) if t)
+    return itertools.islice(texts, limit)
 
 
 def make_tokenizer(kind: str, work: Path, streams: list[Stream], opts: dict, text_field: str = "text"):
@@ -321,10 +294,7 @@ def make_tokenizer(kind: str, work: Path, streams: list[Stream], opts: dict, tex
         ensure_gpt2_vocab()
         return GPT2Tokenizer()
     if kind == "char":
-        chars: set[str] = set()
-        for t in _documents(streams, text_field):
-            chars.update(t)
-        return CharTokenizer(chars)
+        return CharTokenizer(c for t in _documents(streams, text_field) for c in set(t))
     if opts.get("tokenizer_model"):
         src = Path(opts["tokenizer_model"])
         if not src.is_file():
@@ -337,9 +307,8 @@ def make_tokenizer(kind: str, work: Path, streams: list[Stream], opts: dict, tex
     train = [s for s in streams if s.split == "train"] or streams[:1]
     t0 = time.perf_counter()
     tok = train_sentencepiece(_documents(train, text_field, opts.get("sp_docs", 100_000)), work / "tokenizer",
-                              vocab_size=opts.get("vocab_size") or 16384, seed=opts.get("seed", 0),
-                              num_threads=opts.get("num_threads"),
-                              input_sentence_size=opts.get("input_sentence_size") or 2_000_000)
+                              opts.get("vocab_size") or 16384, opts.get("input_sentence_size") or 2_000_000,
+                              opts.get("num_threads"), opts.get("seed", 0))
     print(f"trained a SentencePiece BPE (vocab {tok.vocab_size:,}) in {time.perf_counter() - t0:.1f}s")
     return tok
 
@@ -440,8 +409,6 @@ class Progress:
 
 
 # --- The pipeline ---
-
-
 @dataclass
 class Plan:
     """What to prepare: the recipe's streams and source, the tokenizer, and the options a resume must repeat."""
@@ -575,12 +542,7 @@ def build(plan: Plan, out, *, overwrite: bool = False, resume: bool = False, num
 
 
 def _split_names(streams: list[Stream]) -> list[str]:
-    names = []
-    for st in streams:
-        for s in ([st.split, "val"] if st.carve else [st.split]):
-            if s not in names:
-                names.append(s)
-    return names
+    return list(dict.fromkeys(s for st in streams for s in ([st.split, "val"] if st.carve else [st.split])))
 
 
 def _tasks(plan: Plan, rows_done: int, batch_docs: int, batch_bytes: int):
@@ -630,34 +592,32 @@ def _run(plan: Plan, work: Path, state: dict | None, config: dict, overwrite: bo
 
     init = (state["tokenizer"], str(work), plan.text_field)
     tasks = _tasks(plan, rows_done, batch_docs, batch_bytes)
-    pool = _pool(num_proc, (*init, 1)) if num_proc > 1 else _worker_init(*init, threads)  # inline: None
-    results = _bounded_imap(pool, _work, tasks, window=2 * num_proc) if pool else map(_work, tasks)
     bar = Progress(total, rows_done, f"prepare {plan.recipe}", progress)
     t_start, chars, last_sync, n_batches = time.perf_counter(), 0, time.perf_counter(), 0
-    try:
-        for res, nchars, (i, row, n) in results:
-            for g, (ids, lens) in sorted(res.items()):
-                writers["val" if g == 1 else plan.streams[i].split].append(ids, lens)
-            rows_done, chars, n_batches = row + n, chars + nchars, n_batches + 1
-            rate = chars / max(time.perf_counter() - t_start, 1e-9) / 1e6
-            bar.update(n, f"{sum(w.tokens for w in writers.values()):,} tok, {rate:.1f} M chars/s")
-            if time.perf_counter() - last_sync >= sync_every_s:
-                checkpoint()
-                last_sync = time.perf_counter()
-            if _after_batch is not None:
-                _after_batch(n_batches)  # test hook: simulate an interruption after N batches
-        checkpoint()
-    except BaseException:
-        for w in writers.values():  # the last checkpoint stays as it is: --resume truncates to it
-            w.close()
-        if pool is not None:
-            pool.terminate()
-        raise
-    finally:
-        bar.close()
-    if pool is not None:
-        pool.close()
-        pool.join()
+    # Encode inline, or in num_proc workers (terminated on leaving the block: every result is in by then)
+    with _pool(num_proc, (*init, 1)) if num_proc > 1 else contextlib.nullcontext() as pool:
+        if pool is None:
+            _worker_init(*init, threads)
+        results = _bounded_imap(pool, _work, tasks, window=2 * num_proc) if pool else map(_work, tasks)
+        try:
+            for res, nchars, (i, row, n) in results:
+                for g, (ids, lens) in sorted(res.items()):
+                    writers["val" if g == 1 else plan.streams[i].split].append(ids, lens)
+                rows_done, chars, n_batches = row + n, chars + nchars, n_batches + 1
+                rate = chars / max(time.perf_counter() - t_start, 1e-9) / 1e6
+                bar.update(n, f"{sum(w.tokens for w in writers.values()):,} tok, {rate:.1f} M chars/s")
+                if time.perf_counter() - last_sync >= sync_every_s:
+                    checkpoint()
+                    last_sync = time.perf_counter()
+                if _after_batch is not None:
+                    _after_batch(n_batches)  # test hook: simulate an interruption after N batches
+            checkpoint()
+        except BaseException:
+            for w in writers.values():  # the last checkpoint stays as it is: --resume truncates to it
+                w.close()
+            raise
+        finally:
+            bar.close()
     if rows_done != total:
         raise RuntimeError(f"read {rows_done} rows but the source has {total}")
     meta = {"format": T.FORMAT, "recipe": plan.recipe, "tokenizer": state["tokenizer"], "vocab_size": int(tok.vocab_size),
@@ -668,8 +628,6 @@ def _run(plan: Plan, work: Path, state: dict | None, config: dict, overwrite: bo
 
 
 # --- Entry points ---
-
-
 def check_options(name: str, tokenizer, val_fraction, vocab_size, num_proc) -> None:
     if name not in RECIPES:
         import difflib
