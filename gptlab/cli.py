@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib
+import math
 import re
 import sys
+from pathlib import Path
 
 from gptlab.errors import UserError
 
 
 class ArgParser(argparse.ArgumentParser):
-    """argparse in gptlab's one error style: a bad flag is one line naming the closest
-    valid flag (UserError, so the CLI exits 2), never the multi-line usage."""
+    """argparse whose bad flag is one UserError line naming the closest valid flag, never the usage."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)  # --temp must not silently mean --temperature
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})  # --temp must not silently mean --temperature
 
     def parse_args(self, args=None, namespace=None):
         return super().parse_args(self._known_flags_first(args), namespace)
@@ -34,26 +35,22 @@ class ArgParser(argparse.ArgumentParser):
         return args
 
     def error(self, message: str):
-        raise UserError(f"{self.prog}: {message}{self._hint(message)}")
-
-    def _hint(self, message: str) -> str:
         # Only an unknown flag has a "closest valid flag"; other messages already name the fix.
         m = re.search(r"unrecognized arguments: (\S+)", message)
-        if not m:
-            return f" (see `{self.prog} --help`)"
         flags = [s for a in self._actions for s in a.option_strings]
-        close = difflib.get_close_matches(m.group(1).split("=")[0], flags, n=1, cutoff=0.5)
-        return f": did you mean {close[0]}?" if close else f" (see `{self.prog} --help`)"
+        close = difflib.get_close_matches(m.group(1).split("=")[0], flags, n=1, cutoff=0.5) if m else []
+        hint = f": did you mean {close[0]}?" if close else f" (see `{self.prog} --help`)"
+        raise UserError(f"{self.prog}: {message}{hint}")
 
 
 def flag_bool(text: str) -> bool:
     """A true/false flag value as nanoGPT (True/False) and shell users (1/0, yes/no) write it."""
-    v = str(text).strip().lower()
-    if v in ("1", "true", "yes", "on", "y", "t"):
-        return True
-    if v in ("0", "false", "no", "off", "n", "f"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    from gptlab.config import BOOL_WORDS
+
+    if str(text).strip().lower() not in BOOL_WORDS:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return BOOL_WORDS[str(text).strip().lower()]
+
 
 USAGE = """usage: gptlab COMMAND [ARGS]
 
@@ -72,77 +69,63 @@ commands:
 """
 
 
-CONFIG_SUFFIXES = (".toml", ".py", ".json")
+def _config(argv: list[str], check: bool = True):
+    """The Config of `gptlab train [PRESET | FILE.toml|.py|.json] [--key value ...]`; check=False: unvalidated."""
+    from gptlab.config import build_config, parse_overrides
 
-
-def split_source(argv: list[str]) -> tuple[str | None, str | None, list[str]]:
-    """(preset, config file, the --key value rest) from `[PRESET | FILE.toml|.py|.json] [--key value ...]`."""
-    if not argv or argv[0].startswith("-"):
-        return None, None, argv
-    first, rest = argv[0], argv[1:]
-    if first.endswith(CONFIG_SUFFIXES) or "/" in first or "\\" in first:
-        return None, first, rest
-    return first, None, rest
+    first = argv[0] if argv and not argv[0].startswith("-") else ""
+    is_file = first.endswith((".toml", ".py", ".json")) or "/" in first or "\\" in first
+    preset, config_file = (None, first) if is_file else (first or None, None)
+    return build_config(preset, config_file, parse_overrides(argv[1:] if first else argv), check=check)
 
 
 def _train(argv: list[str]) -> int:
-    from gptlab.config import build_config, help_text, parse_overrides
+    from gptlab.config import help_text
 
-    preset, config_file, rest = split_source(argv)
     if any(a in ("-h", "--help") for a in argv):
-        shown = build_config(preset, config_file, parse_overrides([a for a in rest if a not in ("-h", "--help")]),
-                             check=False) if preset or config_file else None
+        argv = [a for a in argv if a not in ("-h", "--help")]
+        shown = _config(argv, check=False) if argv and not argv[0].startswith("-") else None
         print("usage: gptlab train [PRESET | CONFIG.toml | nanoGPT_config.py | RUN/config.json] [--key=value ...]\n")
         print(help_text(shown))
         return 0
-    cfg = build_config(preset, config_file, parse_overrides(rest))
     from gptlab.train import train
 
-    train(cfg, argv)
+    train(_config(argv), argv)
     return 0
 
 
-def model_vocab(cfg) -> tuple[int, str]:
-    """(vocab, where it came from): the config's, else the prepared dataset's, else GPT-2's (assumed)."""
-    from gptlab.data.tokens import read_meta
-    from gptlab.runtime import resolve_data_dir
-
-    if cfg.model.vocab_size:
-        return cfg.model.vocab_size, "set in the config"
-    try:
-        data_dir = resolve_data_dir(cfg.data.dataset, cfg.data.data_root)
-    except UserError:
-        return 50257, (f"assumed GPT-2 BPE: dataset {cfg.data.dataset!r} is not prepared here; "
-                       f"run `gptlab prepare {cfg.data.dataset}` for the exact figure")
-    return int(read_meta(data_dir)["vocab_size"]), f"from {data_dir}/meta.json"
-
-
 def _model(argv: list[str]) -> int:
-    """What `gptlab train` would build for the same arguments: shape, size, one dummy batch."""
+    """What `gptlab train` would build for the same arguments: shape, size, one dummy batch. The vocab
+    is the config's, else the prepared dataset's, else GPT-2's (assumed)."""
     import torch
 
-    import dataclasses
-
-    from gptlab.config import build_config, check_memory, parse_overrides
+    from gptlab.config import check_memory
+    from gptlab.data.tokens import read_meta
     from gptlab.loss import logits_and_loss
     from gptlab.model import GPT, GPTShape, flops_per_token
+    from gptlab.runtime import resolve_data_dir
 
-    preset, config_file, rest = split_source(argv)
-    cfg = build_config(preset, config_file, parse_overrides(rest))
-    vocab, source = model_vocab(cfg)
-    check_memory(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab)), weights_only=True)
-    shape = GPTShape.from_config(cfg.model, vocab)
+    cfg, source = _config(argv), "set in the config"
+    if not cfg.model.vocab_size:
+        try:
+            data_dir = resolve_data_dir(cfg.data.dataset, cfg.data.data_root)
+        except UserError:
+            cfg.model.vocab_size, source = 50257, (f"assumed GPT-2 BPE: dataset {cfg.data.dataset!r} is not prepared "
+                                                   f"here; run `gptlab prepare {cfg.data.dataset}` for the exact figure")
+        else:
+            cfg.model.vocab_size, source = int(read_meta(data_dir)["vocab_size"]), f"from {data_dir}/meta.json"
+    check_memory(cfg, weights_only=True)
+    shape = GPTShape.from_config(cfg.model)
     model = GPT(shape).init_weights()
-    T = min(shape.block_size, 64)
-    x = torch.randint(0, vocab, (2, T))
+    x = torch.randint(0, shape.vocab_size, (2, min(shape.block_size, 64)))
     with torch.no_grad():
         logits, loss = logits_and_loss(model, x, x)
     print(f"preset {cfg.preset}: {shape.n_layer} layers, {shape.n_head} heads x {shape.head_dim}, width {shape.n_embd}, "
-          f"mlp {shape.mlp_dim}, block {shape.block_size}, vocab {vocab} (padded {shape.padded_vocab}; {source})")
+          f"mlp {shape.mlp_dim}, block {shape.block_size}, vocab {shape.vocab_size} (padded {shape.padded_vocab}; {source})")
     print(f"parameters: {model.num_params():,}")
     print(f"FLOPs per token (6N + 12*L*H*Q*T, T={shape.block_size}): {flops_per_token(shape):,.0f}")
-    print(f"dummy batch {tuple(x.shape)} -> logits {tuple(logits.shape)}, loss {loss.item():.4f} "
-          f"(ln vocab = {torch.log(torch.tensor(float(vocab))).item():.4f})")  # .item(): host values to print
+    print(f"dummy batch {tuple(x.shape)} -> logits {tuple(logits.shape)}, loss {loss.item():.4f} "  # .item(): a sync
+          f"(ln vocab = {math.log(shape.vocab_size):.4f})")
     return 0
 
 
@@ -153,45 +136,27 @@ def demo_argv(argv: list[str]) -> list[str]:
 
 def _demo(argv: list[str]) -> int:
     """The README's main job: tiny Shakespeare, character model on CPU, a sample."""
-    from pathlib import Path
-
-    from gptlab.config import build_config, parse_overrides
     from gptlab.data.prepare import prepare
     from gptlab.train import train
-    from gptlab import sample
 
     train_argv = demo_argv(argv)
-    data_dir = Path("data") / "shakespeare_char"
+    data_dir = Path("data/shakespeare_char")
     if not (data_dir / "meta.json").is_file():
         prepare("shakespeare_char", out=data_dir)
-    summary = train(build_config("baby", None, parse_overrides(train_argv[1:])), train_argv)
-    val = (summary.get("eval") or {}).get("val", {})
-    if val:
+    summary = train(_config(train_argv), train_argv)
+    if val := (summary.get("eval") or {}).get("val"):
         print(f"final val loss {val['loss']:.4f}")
-    return sample.main(["--run", summary["run_dir"], "--num_samples", "1", "--max_new_tokens", "500"])
+    return _lazy("gptlab.sample")(["--run", summary["run_dir"], "--num_samples", "1", "--max_new_tokens", "500"])
 
 
 def _lazy(module: str, fn: str = "main"):
-    def run(argv):
-        import importlib
-
-        return getattr(importlib.import_module(module), fn)(argv)
-    return run
+    return lambda argv: getattr(importlib.import_module(module), fn)(argv)
 
 
-COMMANDS = {
-    "prepare": _lazy("gptlab.data.prepare"),
-    "train": _train,
-    "sample": _lazy("gptlab.sample"),
-    "eval": _lazy("gptlab.evaluate"),
-    "model": _model,
-    "budget": _lazy("gptlab.budget"),
-    "throughput": _lazy("gptlab.bench", "throughput_main"),
-    "bench": _lazy("gptlab.bench"),
-    "plot": _lazy("gptlab.plot"),
-    "export": _lazy("gptlab.hf", "main_export"),
-    "demo": _demo,
-}
+COMMANDS = {"prepare": _lazy("gptlab.data.prepare"), "train": _train, "sample": _lazy("gptlab.sample"),
+            "eval": _lazy("gptlab.evaluate"), "model": _model, "budget": _lazy("gptlab.budget"),
+            "throughput": _lazy("gptlab.bench", "throughput_main"), "bench": _lazy("gptlab.bench"),
+            "plot": _lazy("gptlab.plot"), "export": _lazy("gptlab.hf", "main_export"), "demo": _demo}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,25 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
-    cmd, rest = argv[0], argv[1:]
-    if cmd not in COMMANDS:
-        import difflib
-
-        close = difflib.get_close_matches(cmd, list(COMMANDS), n=1)
-        hint = f"did you mean `gptlab {close[0]}`?" if close else "run `gptlab --help`"
-        print(f"error: unknown command {cmd!r}: {hint}", file=sys.stderr)
-        return 2
     try:
-        return COMMANDS[cmd](rest) or 0
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        if argv[0] not in COMMANDS:
+            close = difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
+            hint = f"did you mean `gptlab {close[0]}`?" if close else "run `gptlab --help`"
+            raise UserError(f"unknown command {argv[0]!r}: {hint}")
+        return COMMANDS[argv[0]](argv[1:]) or 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # a deliberate stop (divergence) prints its message without a traceback
-        code = getattr(e, "exit_code", None)
-        if code is None:
+    except Exception as e:  # UserError and deliberate stops (divergence) carry an exit_code: one line, no traceback
+        if getattr(e, "exit_code", None) is None:
             raise
         print(f"error: {e}", file=sys.stderr)
-        return code
+        return e.exit_code
