@@ -1,9 +1,5 @@
-"""One kind of error for things the user can fix.
-
-Anything raised as UserError is printed by the CLI as a single line
-("error: ...") and the process exits with code 2. Every other exception is a
-bug in gptlab and keeps its traceback.
-"""
+"""UserError: a mistake the user can fix. The CLI prints it as one line ("error: ...") and exits 2;
+every other exception is a bug in gptlab and keeps its traceback."""
 
 
 class UserError(Exception):
