@@ -242,7 +242,7 @@ def _source_books(name: str, input, file_lists, splits: list[str] | None) -> tup
 
         by_split, lengths = languini_file_lists(Path(file_lists), root, splits)
     else:
-        by_split = {d.name: [f for f in list_documents(d)] for d in sorted(root.iterdir())
+        by_split = {d.name: list_documents(d) for d in sorted(root.iterdir())
                     if d.is_dir() and not d.name.startswith(".") and (not splits or d.name in splits)}
         if "train" not in by_split:
             raise UserError(f"{root} has no train/ subfolder: a books-style folder needs train/ (plus e.g. test/) "
@@ -671,8 +671,7 @@ def prepare(recipe: str, input=None, tokenizer: str | None = None, out=None, ove
             vocab_size: int | None = None, num_threads: int | None = None, num_proc: int | None = None,
             input_sentence_size: int | None = None, tokenizer_model=None, file_lists=None,
             splits: list[str] | None = None, progress: bool | None = None, **hf) -> Path:
-    """Run a recipe; returns the data dir. Default out dir: data/<name> under the cwd.
-    The hf recipes take prepare_hf's options (dataset=..., text_field=..., ...)."""
+    """Run a recipe; returns the data dir (default data/NAME). hf recipes take prepare_hf's options in **hf."""
     name = recipe
     check_options(name, tokenizer, val_fraction, vocab_size, num_proc)
     if tokenizer_model is not None and tokenizer not in (None, "sentencepiece"):
