@@ -23,8 +23,7 @@ from gptlab.errors import UserError
 from gptlab.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from gptlab.model import GPT, GPTShape
 
-# Short names users type, and the hub repositories that hold them today. The hub moved
-# the OpenAI models under openai-community/; caches filled before the move use the old id.
+# Short names users type -> today's hub ids (caches filled before the move use the short id).
 PRETRAINED = {n: "openai-community/" + n for n in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
 # HF's Conv1D stores weights (in, out); these are the ones to transpose.
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -43,8 +42,6 @@ EXPORT_MARKER = "gptlab_export.json"
 EXPORT_FORMAT = "gptlab-hf-export-1"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
-
-# ---- Finding a GPT-2 folder: local path -> HF cache (offline) -> download
 
 def _has_weights(d: Path) -> bool:
     return (d / "config.json").is_file() and any((d / f).is_file() for f in WEIGHT_FILES)
@@ -89,17 +86,16 @@ def find_in_cache(name: str, cache_dir: str | Path | None = None) -> Path | None
 
 def _download(name: str, cache_dir: str | Path | None) -> Path | None:
     """Fetch config + weights through huggingface_hub; None when that is impossible."""
-    if os.environ.get("GPTLAB_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+    if os.environ.get("GPTLAB_OFFLINE") == "1":  # (huggingface_hub honours HF_HUB_OFFLINE itself)
         return None
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         return None
-    # safetensors first: it is smaller to parse and needs no unpickling at all.
-    for patterns in (["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"],
-                     ["config.json", "pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin"]):
+    # safetensors first (single file, index, shards): smaller to parse, and no unpickling at all.
+    for weights in ("model*.safetensors*", "pytorch_model*.bin*"):
         try:
-            d = Path(snapshot_download(repo_id=_repo_ids(name)[0], allow_patterns=patterns,
+            d = Path(snapshot_download(repo_id=_repo_ids(name)[0], allow_patterns=["config.json", weights],
                                        cache_dir=str(cache_dir) if cache_dir else None))
         except Exception:  # no network, unknown repo, proxy: all mean "not obtainable here"
             return None
@@ -124,15 +120,12 @@ def resolve_pretrained(name_or_path: str, cache_dir: str | Path | None = None) -
                         "give a Hugging Face model folder (config.json + model.safetensors) or a GPT-2 name")
     d = find_in_cache(name_or_path, cache_dir) or _download(name_or_path, cache_dir)
     if d is None:
-        repo = _repo_ids(name_or_path)[0]
-        raise UserError(
-            f"{name_or_path} is not in the Hugging Face cache ({hf_cache_dir(cache_dir)}) and could not be downloaded: "
-            f"on a machine with network run `hf download {repo} config.json model.safetensors` "
-            f"(pip install huggingface_hub) and copy the cache here, or pass a local folder holding config.json + model.safetensors")
+        raise UserError(f"{name_or_path} is not in the Hugging Face cache ({hf_cache_dir(cache_dir)}) and could not be "
+                        f"downloaded: on a machine with network run `hf download {_repo_ids(name_or_path)[0]} config.json "
+                        "model.safetensors` (pip install huggingface_hub) and copy the cache here, or pass a local folder "
+                        "holding config.json + model.safetensors")
     return d
 
-
-# ---- Reading weights
 
 def _safetensors():
     try:
@@ -164,13 +157,6 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _check_shard_name(index: Path, shard: Any) -> None:
-    """A shard is a plain file name beside its index: never a path that leads elsewhere."""
-    if not isinstance(shard, str) or Path(shard).name != shard or shard in ("", ".", ".."):
-        raise UserError(f"{index} names shard {str(shard)[:80]!r} outside its folder: refusing to read it; "
-                        "re-download the model from a source you trust")
-
-
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     """All tensors of a HF folder: model.safetensors preferred, sharded indexes followed."""
     folder = Path(folder)
@@ -185,7 +171,10 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
                 raise UserError(f"{folder / index} is not a valid shard index: re-download the model") from None
             sd: dict[str, torch.Tensor] = {}
             for s in shards:
-                _check_shard_name(folder / index, s)
+                # A shard is a plain file name beside its index: never a path that leads elsewhere.
+                if not isinstance(s, str) or Path(s).name != s or s in ("", ".", ".."):
+                    raise UserError(f"{folder / index} names shard {str(s)[:80]!r} outside its folder: refusing to "
+                                    "read it; re-download the model from a source you trust")
                 if not (folder / s).is_file():
                     raise UserError(f"{folder} lacks shard {s} listed in {index}: re-download the model")
                 sd.update(loader(folder / s))
@@ -195,29 +184,25 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def overrides_from_hf_config(hf: dict, pad_vocab_multiple: int = 64) -> dict[str, Any]:
     """ModelConfig values for a GPT-2 config.json; UserError for what gptlab cannot express."""
-    src = "config.json"
     # What gptlab's blocks compute exactly; any other value is another architecture.
     for key, ok in (("model_type", ("gpt2",)), ("activation_function", TANH_GELUS), ("layer_norm_epsilon", (_LN_EPS,)),
                     ("scale_attn_weights", (True,)), ("scale_attn_by_inverse_layer_idx", (False,)),
                     ("add_cross_attention", (False,))):
         if key in hf and hf[key] not in ok:
-            raise UserError(f"{src}: {key} {hf[key]!r} is not supported: gptlab imports GPT2LMHeadModel with {key} "
+            raise UserError(f"config.json: {key} {hf[key]!r} is not supported: gptlab imports GPT2LMHeadModel with {key} "
                             f"{' or '.join(map(repr, ok))} only")
     try:
         n_layer, n_head, n_embd = int(hf["n_layer"]), int(hf["n_head"]), int(hf["n_embd"])
         n_pos, vocab = int(hf.get("n_positions", hf.get("n_ctx"))), int(hf["vocab_size"])
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{src}: missing or bad GPT-2 field {e}: it must give n_layer, n_head, n_embd, n_positions, vocab_size") from None
+        raise UserError(f"config.json: missing or bad GPT-2 field {e}: it must give n_layer, n_head, n_embd, n_positions, vocab_size") from None
     if n_embd % n_head:
-        raise UserError(f"{src}: n_embd {n_embd} is not divisible by n_head {n_head}: not a valid GPT-2 config")
+        raise UserError(f"config.json: n_embd {n_embd} is not divisible by n_head {n_head}: not a valid GPT-2 config")
     n_inner = hf.get("n_inner")
-    return dict(
-        n_layer=n_layer, n_head=n_head, n_embd=n_embd, head_dim=0,
-        mlp_dim=0 if n_inner in (None, 4 * n_embd) else int(n_inner),
-        block_size=n_pos, vocab_size=vocab, pad_vocab_multiple=pad_vocab_multiple,
-        bias=True, tie_embeddings=bool(hf.get("tie_word_embeddings", True)), embed_scale=False,
-        qkv="fused", gelu="tanh",
-    )
+    return dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, head_dim=0,
+                mlp_dim=0 if n_inner in (None, 4 * n_embd) else int(n_inner), block_size=n_pos, vocab_size=vocab,
+                pad_vocab_multiple=pad_vocab_multiple, bias=True, tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+                embed_scale=False, qkv="fused", gelu="tanh")
 
 
 def _shape_from_overrides(ov: dict[str, Any], dropout: float = 0.0) -> GPTShape:
@@ -272,8 +257,7 @@ def load_gpt2_state(name_or_path: str, cache_dir: str | Path | None = None,
     if not isinstance(hf, dict):
         raise UserError(f"{folder / 'config.json'} does not hold a config object")
     ov = overrides_from_hf_config(hf, pad_vocab_multiple)
-    state = convert_hf_state(read_weights(folder), _shape_from_overrides(ov))
-    return ov, state
+    return ov, convert_hf_state(read_weights(folder), _shape_from_overrides(ov))
 
 
 def gpt_from_pretrained(name_or_path: str, dropout: float = 0.0, block_size: int | None = None,
@@ -289,8 +273,6 @@ def gpt_from_pretrained(name_or_path: str, dropout: float = 0.0, block_size: int
         model.crop_block_size(block_size)
     return model
 
-
-# ---- Export
 
 def check_gpt2_expressible(s: GPTShape) -> None:
     """UserError naming the first option GPT2LMHeadModel cannot represent."""
@@ -312,21 +294,16 @@ def _tokenizer_kind(tokenizer_meta: dict | None) -> tuple[str | None, int | None
         return None, None
     tok = tokenizer_meta.get("tokenizer") if isinstance(tokenizer_meta.get("tokenizer"), dict) else tokenizer_meta
     eot = tokenizer_meta.get("eot_id", tok.get("eot_id"))
-    return tok.get("kind"), eot if isinstance(eot, int) else None
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character map of vocab.json / merges.txt: printable Latin-1
-    bytes stand for themselves, the other 68 move to code points 256.. in byte order."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    moved = [b for b in range(256) if b not in keep]
-    return {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(moved)}}
+    return tok.get("kind"), eot if isinstance(eot, int) else (50256 if tok.get("kind") == "gpt2" else None)
 
 
 def gpt2_tokenizer_files(ranks: dict[bytes, int]) -> tuple[dict[str, int], str]:
     """(vocab.json mapping, merges.txt text) from tiktoken-style merge ranks: BPE on a token's
     bytes with only the merges ranked before it leaves the two halves its own merge joins."""
-    b2u = _bytes_to_unicode()
+    # GPT-2's byte -> printable character map: printable Latin-1 bytes stand for themselves,
+    # the other 68 move to code points 256.. in byte order.
+    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    b2u = {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(b for b in range(256) if b not in keep)}}
 
     def uni(b: bytes) -> str:
         return "".join(b2u[x] for x in b)
@@ -369,23 +346,6 @@ def _write_gpt2_tokenizer(out: Path, vocab_size: int, block_size: int) -> list[s
     return [f"tokenizer: GPT-2 BPE from {where}"]
 
 
-def hf_config_dict(s: GPTShape, eot_id: int | None = None, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """GPT2Config fields for a shape (n_positions = block_size, vocab_size = real vocab)."""
-    dt = str(dtype).removeprefix("torch.")
-    return {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
-        "n_layer": s.n_layer, "n_head": s.n_head, "n_embd": s.n_embd,
-        "n_inner": None if s.mlp_dim == 4 * s.n_embd else s.mlp_dim, "vocab_size": s.vocab_size,
-        "n_positions": s.block_size, "n_ctx": s.block_size,  # n_ctx: what old readers look for
-        "layer_norm_epsilon": _LN_EPS, "initializer_range": 0.02,
-        "attn_pdrop": s.dropout, "embd_pdrop": s.dropout, "resid_pdrop": s.dropout,
-        "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": True, "use_cache": True,
-        "bos_token_id": eot_id, "eos_token_id": eot_id,
-        "torch_dtype": dt, "dtype": dt,  # transformers 4.x reads the first, 5.x the second
-    }
-
-
 def export_hf(model: GPT, out_dir: str | Path, tokenizer_meta: dict | None = None,
               overwrite: bool = False) -> dict[str, Any]:
     """Write config.json + model.safetensors (+ GPT-2 tokenizer files) for transformers;
@@ -397,24 +357,26 @@ def export_hf(model: GPT, out_dir: str | Path, tokenizer_meta: dict | None = Non
     out.mkdir(parents=True, exist_ok=True)
     st = _safetensors()
     kind, eot = _tokenizer_kind(tokenizer_meta)
-    if kind == "gpt2" and eot is None:
-        eot = 50256
     V = s.vocab_size
-    tensors: dict[str, torch.Tensor] = {}
-    dtype = torch.float32
-    for name, t in model.state_dict().items():
-        if name == "lm_head.weight":
-            continue  # tied (check_gpt2_expressible): the same data as wte
-        t = t.detach().to("cpu")
-        dtype = t.dtype if t.is_floating_point() else dtype
-        if name == "transformer.wte.weight":
-            t = t[:V]  # vocab padding is gptlab's speed trick, not part of the model
-        if name.endswith(CONV1D_SUFFIXES):
-            t = t.t()
-        tensors[name] = t.contiguous()
+    # The tied lm_head is the same data as wte; vocab padding is gptlab's speed trick, not the model's.
+    tensors = {n: t.detach().cpu() for n, t in model.state_dict().items() if n != "lm_head.weight"}
+    tensors["transformer.wte.weight"] = tensors["transformer.wte.weight"][:V]
+    tensors = {n: (t.t() if n.endswith(CONV1D_SUFFIXES) else t).contiguous() for n, t in tensors.items()}
     # format=pt: transformers checks this metadata to know the tensors are PyTorch-laid-out.
     atomic_write_bytes(out / "model.safetensors", st.save(tensors, metadata={"format": "pt"}))
-    atomic_write_json(out / "config.json", hf_config_dict(s, eot if eot is not None and eot < V else None, dtype))
+    eot = eot if eot is not None and eot < V else None
+    dt = str(model.transformer.wte.weight.dtype).removeprefix("torch.")
+    atomic_write_json(out / "config.json", {  # GPT2Config's fields (n_positions = block_size, vocab_size = real vocab)
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
+        "n_layer": s.n_layer, "n_head": s.n_head, "n_embd": s.n_embd,
+        "n_inner": None if s.mlp_dim == 4 * s.n_embd else s.mlp_dim, "vocab_size": V,
+        "n_positions": s.block_size, "n_ctx": s.block_size,  # n_ctx: what old readers look for
+        "layer_norm_epsilon": _LN_EPS, "initializer_range": 0.02,
+        "attn_pdrop": s.dropout, "embd_pdrop": s.dropout, "resid_pdrop": s.dropout,
+        "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": True, "use_cache": True, "bos_token_id": eot, "eos_token_id": eot,
+        "torch_dtype": dt, "dtype": dt,  # transformers 4.x reads the first, 5.x the second
+    })
     if kind == "gpt2":
         notes = _write_gpt2_tokenizer(out, V, s.block_size)
     else:
@@ -422,8 +384,7 @@ def export_hf(model: GPT, out_dir: str | Path, tokenizer_meta: dict | None = Non
                  "meta.json beside the export to encode text" if kind else
                  "tokenizer files skipped: the tokenizer is unknown (no meta.json found)"]
     atomic_write_json(out / EXPORT_MARKER, {"format": EXPORT_FORMAT})
-    files = sorted(p.name for p in out.iterdir() if p.is_file())
-    return {"dir": str(out), "files": files, "notes": notes}
+    return {"dir": str(out), "files": sorted(p.name for p in out.iterdir() if p.is_file()), "notes": notes}
 
 
 def _clear_previous_export(out: Path, overwrite: bool) -> None:
@@ -440,8 +401,6 @@ def _clear_previous_export(out: Path, overwrite: bool) -> None:
     for f in _EXPORT_FILES + (EXPORT_MARKER,):
         (out / f).unlink(missing_ok=True)
 
-
-# ---- `gptlab export RUN --to hf OUT/`
 
 def main_export(argv: list[str]) -> int:
     from gptlab.cli import ArgParser
@@ -479,8 +438,7 @@ def _copy_run_tokenizer(run, out: Path) -> list[str]:
     its tokenizer model, so `tokenizer_from_meta` rebuilds it from the export folder."""
     import shutil
 
-    kind, _ = _tokenizer_kind(run.data_meta)
-    if run.data_meta is None or kind == "gpt2":
+    if run.data_meta is None or _tokenizer_kind(run.data_meta)[0] == "gpt2":
         return []
     atomic_write_json(out / "data_meta.json", run.data_meta)
     model_file = (run.data_meta.get("tokenizer") or {}).get("model_file")
