@@ -207,16 +207,11 @@ def _to_bool(v: Any) -> bool:
 
 
 def _to_int(v: Any) -> int:
-    if isinstance(v, bool):
-        raise ValueError
     s = str(v).strip().replace("_", "")
-    try:
-        return int(s)
-    except ValueError:
-        f = float(s)  # accept 1e4 (and 5.0) for a step count
-    if not f.is_integer():
+    digits = s.lstrip("+-").isdigit()
+    if isinstance(v, bool) or not (digits or float(s).is_integer()):  # 1e4 and 5.0 are step counts too
         raise ValueError
-    return int(f)
+    return int(s) if digits else int(float(s))
 
 
 def _to_float(v: Any) -> float:
@@ -366,8 +361,9 @@ def layer_key(key: str, where: str = "") -> str | None:
     return canonical_key(bare)
 
 
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+        ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow, ast.USub: operator.neg,
+        ast.UAdd: operator.pos}
 
 
 def _number(v: Any) -> bool:
@@ -381,15 +377,13 @@ def _literal(node: ast.AST, known: dict[str, Any]) -> Any:
         return node.value
     if isinstance(node, ast.Name) and node.id in known:
         return known[node.id]
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        v = _literal(node.operand, known)
-        if _number(v):
-            return -v if isinstance(node.op, ast.USub) else v
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS and _number(v := _literal(node.operand, known)):
+        return _OPS[type(node.op)](v)
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
         a, b = _literal(node.left, known), _literal(node.right, known)
         if _number(a) and _number(b) and not (isinstance(node.op, ast.Pow) and abs(b) > 64):  # 10**9 yes, 10**10**10 no
             try:
-                return _BINOPS[type(node.op)](a, b)
+                return _OPS[type(node.op)](a, b)
             except ArithmeticError:
                 pass
         elif isinstance(node.op, ast.Add) and isinstance(a, str) and isinstance(b, str):
@@ -619,12 +613,9 @@ def parse_hours(text: str, flag: str = "--compute_class") -> float:
     return h
 
 
-class BatchSplit(NamedTuple):
-    """How one optimiser step's global batch is cut: micro x accum x world = global (sequences)."""
-
-    micro: int  # sequences per forward/backward on one rank
-    accum: int  # micro-batches per optimiser step on one rank
-    global_batch: int  # sequences per optimiser step over all ranks
+# How one optimiser step's batch is cut (sequences): micro per forward/backward on one rank x accum
+# micro-batches per step on each rank x world ranks = global_batch.
+BatchSplit = NamedTuple("BatchSplit", [("micro", int), ("accum", int), ("global_batch", int)])
 
 
 def resolve_batch(cfg: Config, world_size: int) -> BatchSplit:
@@ -672,9 +663,7 @@ def help_text(cfg: Config | None = None) -> str:
 
 def load_run_config(path: str | Path) -> Config:
     """Rebuild a Config from a run's config.json (or the run folder)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "config.json"
+    p = Path(path) / "config.json" if Path(path).is_dir() else Path(path)
     if not p.is_file():
         raise UserError(f"no config.json at {str(p)!r}: pass a run folder written by `gptlab train`")
     d = read_json(p, "run config")
