@@ -107,13 +107,14 @@ def get_tinyshakespeare(input: str | Path | None = None, verbose: bool = True) -
         p, kind = Path(input), "file"
         if not p.is_file():
             raise UserError(f"--input {p} is not a file: give the path of tinyshakespeare.txt")
-        data, bad = p.read_bytes(), (f"{p} is not the canonical tiny Shakespeare ({TINYSHAKESPEARE_BYTES} bytes, sha256 "
-                                     f"{TINYSHAKESPEARE_SHA256[:12]}...): use `gptlab prepare text --input FILE` for other text")
+        data = p.read_bytes()
+        bad = (f"{p} is not the canonical tiny Shakespeare ({TINYSHAKESPEARE_BYTES} bytes, sha256 "
+               f"{TINYSHAKESPEARE_SHA256[:12]}...): use `gptlab prepare text --input FILE` for other text")
     else:
         p, kind = Path(__file__).resolve().parent / "assets" / "tinyshakespeare.txt.gz", "bundled"
-        data, bad = gzip.decompress(p.read_bytes()) if p.is_file() else b"", (
-            f"the tiny Shakespeare copy bundled with gptlab ({p}) is missing or damaged: reinstall gptlab, "
-            "or download input.txt of char-rnn's tinyshakespeare and pass --input PATH")
+        data = gzip.decompress(p.read_bytes()) if p.is_file() else b""
+        bad = (f"the tiny Shakespeare copy bundled with gptlab ({p}) is missing or damaged: reinstall gptlab, "
+               "or download input.txt of char-rnn's tinyshakespeare and pass --input PATH")
     if sha256_bytes(data) != TINYSHAKESPEARE_SHA256:
         raise UserError(bad)
     if verbose:
@@ -387,25 +388,22 @@ class Progress:
     """A tqdm bar on a terminal; elsewhere a line every 5% (nothing when disabled)."""
 
     def __init__(self, total: int, done: int, desc: str, enabled: bool | None):
-        self.total, self.done, self.desc, self.enabled = max(total, 1), done, desc, enabled is not False
-        self.bar = None
-        if self.enabled and sys.stderr.isatty():
-            from tqdm import tqdm
+        from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=done, unit="doc", unit_scale=True, desc=desc, dynamic_ncols=True)
+        self.total, self.done, self.desc = max(total, 1), done, desc
+        self.lines = enabled is not False and not sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=done, unit="doc", unit_scale=True, desc=desc, dynamic_ncols=True,
+                        disable=enabled is False or self.lines)
 
     def update(self, n: int, note: str) -> None:
-        step = lambda d: int(20 * d / self.total)  # noqa: E731 - 5% steps
-        self.done, before = self.done + n, step(self.done)
-        if self.bar is not None:
-            self.bar.update(n)
-            self.bar.set_postfix_str(note, refresh=False)
-        elif self.enabled and step(self.done) > before:
+        before, self.done = self.done, self.done + n
+        self.bar.update(n)
+        self.bar.set_postfix_str(note, refresh=False)
+        if self.lines and int(20 * self.done / self.total) > int(20 * before / self.total):  # 5% steps
             print(f"{self.desc}: {100 * self.done / self.total:.0f}% ({self.done:,}/{self.total:,} docs, {note})", flush=True)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
 # --- The pipeline ---
@@ -632,8 +630,7 @@ def check_options(name: str, tokenizer, val_fraction, vocab_size, num_proc) -> N
     if name not in RECIPES:
         import difflib
 
-        close = difflib.get_close_matches(name, list(RECIPES), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = "".join(f"did you mean {c!r}? " for c in difflib.get_close_matches(name, list(RECIPES), n=1))
         raise UserError(f"unknown prepare recipe {name!r}: {hint}choose one of {', '.join(RECIPES)}")
     if val_fraction is not None and not (0.0 <= val_fraction < 1.0 if name in HF_RECIPES else 0.0 < val_fraction < 1.0):
         raise UserError(f"--val_fraction {val_fraction} must be between 0 and 1 (e.g. 0.1)")
