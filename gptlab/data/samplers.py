@@ -6,7 +6,6 @@ state_dict() holds plain ints that torch.load(weights_only=True) accepts.
 from __future__ import annotations
 
 import heapq
-from pathlib import Path
 
 import numpy as np
 import torch

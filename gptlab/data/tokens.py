@@ -35,7 +35,7 @@ def dtype_name(dtype) -> str:
     for name, d in _DTYPES.items():
         if np.dtype(dtype) == d:
             return name
-    raise ValueError(f"unsupported token dtype {dt}")
+    raise ValueError(f"unsupported token dtype {np.dtype(dtype)}")
 
 
 def bin_path(data_dir: Path, split: str) -> Path:
@@ -249,11 +249,9 @@ def verify_bins(data_dir: Path, meta: dict, splits: list[str] | None = None) -> 
                             f"since it was prepared): re-create it with `gptlab prepare ... --out {data_dir} --overwrite`")
         cache[split], changed = {"key": key, "sha256": want}, True
     if changed:
-        try:
+        with contextlib.suppress(OSError, UserError):  # no writable cache: verify again next time
             cache_p.parent.mkdir(parents=True, exist_ok=True)
             files.atomic_write_json(cache_p, cache)
-        except (OSError, UserError):
-            pass  # no writable cache: verify again next time
 
 
 def verified_cache(data_dir: Path) -> Path:
