@@ -1,13 +1,6 @@
-"""Background batch production, so the training step never waits for the sampler.
-
-A worker thread draws the next optimiser step's micro-batches, pins them and starts
-their host-to-device copies while the GPU works on the current step. Each item
-carries the sampler state from *before* it was drawn: a checkpoint records the
-state of the next unconsumed batch, so a resumed run draws exactly that batch again,
-however far ahead the worker has run.
-
-Threads (not processes) suffice: the work is numpy gathers and copies that release
-the GIL, and the sampler state stays in one place.
+"""Background batch production: a worker thread draws (and starts copying) the next step's micro-batches
+while the GPU works. Each item carries the sampler state from *before* it was drawn, so a checkpoint records
+the next unconsumed batch however far ahead the worker is. Threads suffice: numpy gathers release the GIL.
 """
 
 from __future__ import annotations
