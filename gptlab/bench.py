@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import datetime as _dt
 import gc
 import statistics
 import sys
@@ -30,10 +29,6 @@ from gptlab.optim import build_optimizer
 from gptlab.runtime import autocast_ctx, compile_model
 
 DEFAULT_VOCAB = 50257  # GPT-2 BPE, for presets that read their vocab from a dataset
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _sync(device: torch.device) -> None:
@@ -130,7 +125,8 @@ def _rates(fpt: float, tokens_per_step: int, ms: float, peak: float | None, mm_t
             "mfu_matmul": achieved / (mm_tflops * 1e12) if mm_tflops else None}
 
 
-def _hf_model(shape: GPTShape, seq: int):
+def run_hf_peer(cfg, shape, batch, seq, accum, device, dtype, compile_mode, steps, warmup, fpt, peak, mm) -> dict:
+    """transformers' GPT2LMHeadModel on the same shapes, optimiser and step; eager and compiled."""
     try:
         from transformers import GPT2Config, GPT2LMHeadModel
     except ImportError:
@@ -139,17 +135,12 @@ def _hf_model(shape: GPTShape, seq: int):
                       n_head=shape.n_head, n_inner=shape.mlp_dim, activation_function="gelu_new",
                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=shape.tie_embeddings)
     conf._attn_implementation = "sdpa"
-    return GPT2LMHeadModel(conf)
-
-
-def run_hf_peer(cfg, shape, batch, seq, accum, device, dtype, compile_mode, steps, warmup, fpt, peak, mm) -> dict:
-    """transformers' GPT2LMHeadModel on the same shapes, optimiser and step; eager and compiled."""
     out = {}
     for label, mode in (("hf_eager", "none"), ("hf_compiled", compile_mode if compile_mode != "none" else "default")):
         if mode != "none" and device.type == "cpu" and compile_mode == "none":
             continue  # CPU tests: skip the (slow) compiled peer unless asked for
         _free(device)
-        model, opt, scaler = _build_for_timing(lambda: _hf_model(shape, seq), cfg, device, dtype)
+        model, opt, scaler = _build_for_timing(lambda: GPT2LMHeadModel(conf), cfg, device, dtype)
         # HF shifts labels itself: give it the inputs as labels (same loss work).
         step = make_train_step(compile_model(model, mode, dynamic=False), opt, autocast_ctx(device, dtype), scaler,
                                cfg.optim.grad_clip, loss_of=lambda m, x, y: m(input_ids=x, labels=x).loss)
@@ -176,11 +167,9 @@ def profile_step(step_fn, batches, device: torch.device, out_prefix: Path, steps
     prof.export_chrome_trace(str(trace))
 
     # Kernels by their own device time; on CPU (no kernels) the ops' own CPU time stands in.
-    if device.type == "cuda":
-        rows = [(e.key, e.count, e.self_device_time_total) for e in prof.key_averages()
-                if str(e.device_type).endswith("CUDA")]
-    else:
-        rows = [(e.key, e.count, e.self_cpu_time_total) for e in prof.key_averages()]
+    cuda = device.type == "cuda"
+    rows = [(e.key, e.count, e.self_device_time_total if cuda else e.self_cpu_time_total) for e in prof.key_averages()
+            if not cuda or str(e.device_type).endswith("CUDA")]
     rows = sorted((r for r in rows if r[2] > 0), key=lambda r: -r[2])
     total = sum(r[2] for r in rows) or 1.0
     top = rows[:32]
@@ -225,8 +214,7 @@ def bench(args, rest: list[str]) -> dict:
     if args.steps < 1 or args.warmup < 1:
         raise UserError("--steps and --warmup must be at least 1")
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     mm = matmul_tflops(device) if not args.no_matmul else None
 
     # The config's ce_chunk (--ce_chunk), resolved as training resolves it; per-block
@@ -240,10 +228,12 @@ def bench(args, rest: list[str]) -> dict:
     batches = _random_batches(4, batch, seq, vocab, accum, device)
     with _sdpa_ctx(args.sdpa):
         t = time_steps(step, batches, device, args.warmup, args.steps)
+        mem = _peak_mem_gb(device)  # before profiling
+        prof = profile_step(step, batches, device, Path(args.profile)) if args.profile else None
     tokens_per_step = batch * seq * accum
     res = {
-        "kind": "bench", "date": _now(), "command": "gptlab bench " + " ".join(args.argv),
-        "device": dev_name, "torch": torch.__version__, "preset": cfg.preset,
+        "kind": "bench", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": "gptlab bench " + " ".join(args.argv), "device": dev_name, "torch": torch.__version__, "preset": cfg.preset,
         "shape": {k: getattr(shape, k) for k in ("n_layer", "n_head", "n_embd", "head_dim", "mlp_dim",
                                                   "vocab_size", "padded_vocab", "tie_embeddings", "qkv")},
         "params": model.num_params(), "batch_size": batch, "seq_len": seq, "accum": accum,
@@ -254,11 +244,8 @@ def bench(args, rest: list[str]) -> dict:
         "peak_table_tflops": peak / 1e12 if peak else None, "matmul_tflops": mm,
         **t, **_rates(fpt, tokens_per_step, t["ms_per_step"], peak, mm),
         "compile_s": t["first_step_s"] if compile_mode != "none" else 0.0,
-        "peak_mem_gb": _peak_mem_gb(device),
+        "peak_mem_gb": mem, **({"profile": prof} if prof else {}),
     }
-    if args.profile:
-        with _sdpa_ctx(args.sdpa):
-            res["profile"] = profile_step(step, batches, device, Path(args.profile))
     del model, cm, opt, step, batches
     _free(device)
     if args.peer == "hf":
@@ -349,37 +336,10 @@ def languini_batch_sweep(measure, step: int = 8, max_batch: int = 0) -> dict[int
     return rows
 
 
-def class_steps(tokens_per_second: float, train_batch_size: int, seq_len: int) -> list[dict]:
-    """The hours -> steps table of the five compute classes at this throughput and batch."""
-    from gptlab.budget import steps_for_budget, token_budget
-
-    return [{"hours": h, "tokens": token_budget(h, tokens_per_second),
-             "steps": steps_for_budget(h, tokens_per_second, train_batch_size, seq_len)} for h in COMPUTE_CLASS_HOURS]
-
-
-def _measure_batch(step, b, seq, vocab, device, compile_mode, ce_chunk, args, fpt, peak):
-    """Timing row of one batch size, or None when it runs out of memory."""
-    try:
-        _free(device)
-        batches = _random_batches(2, b, seq, vocab, 1, device)
-        if compile_mode != "none" and not ce_chunk:
-            # Batch dimension symbolic from the first size: one compile serves the sweep.
-            for t in (t for micro in batches for xy in micro for t in xy):
-                torch._dynamo.mark_dynamic(t, 0)
-        t = time_steps(step, batches, device, args.warmup, args.rounds)
-    except torch.OutOfMemoryError:
-        _free(device)
-        print(f"batch {b:>5}: out of memory", flush=True)
-        return None
-    r = _rates(fpt, b * seq, t["ms_per_step"], peak, None)
-    print(f"batch {b:>5}: {r['tokens_per_sec']:>12,.0f} tok/s  {t['ms_per_step']:8.2f} ms/step  "
-          f"MFU {fmt_mfu(r['mfu_table'])}", flush=True)
-    return {"batch": b, "tokens_per_sec": r["tokens_per_sec"], "ms_per_step": t["ms_per_step"],
-            "peak_mem_gb": _peak_mem_gb(device), "mfu_table": r["mfu_table"], "first_step_s": t["first_step_s"]}
-
-
 def throughput(args, rest: list[str]) -> dict:
     """The reference throughput of a config, swept as the benchmark does (languini_batch_sweep)."""
+    from gptlab.budget import steps_for_budget, token_budget
+
     cfg, device, shape, fpt, peak, dev_name = _setup(args, rest)
     on_gpu = device.type == "cuda"
     # The benchmark's way: fp16 + GradScaler, compiled. CPU: fp32 and eager (tests only).
@@ -393,10 +353,27 @@ def throughput(args, rest: list[str]) -> dict:
     cm = compile_model(model, compile_mode, dynamic=None)
     step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip, ce_chunk)
 
-    def measure(b):
-        r = _measure_batch(step, b, seq, vocab, device, compile_mode, ce_chunk, args, fpt, peak)
+    def measure(b):  # the timing row of one batch size, or None when it runs out of memory
+        _free(device)
+        try:
+            batches = _random_batches(2, b, seq, vocab, 1, device)
+            if compile_mode != "none" and not ce_chunk:
+                # Batch dimension symbolic from the first size: one compile serves the sweep.
+                for tensor in (tensor for micro in batches for xy in micro for tensor in xy):
+                    torch._dynamo.mark_dynamic(tensor, 0)
+            t = time_steps(step, batches, device, args.warmup, args.rounds)
+        except torch.OutOfMemoryError:
+            t = None
         opt.zero_grad(set_to_none=True)
-        return r
+        if t is None:
+            _free(device)
+            print(f"batch {b:>5}: out of memory", flush=True)
+            return None
+        r = _rates(fpt, b * seq, t["ms_per_step"], peak, None)
+        print(f"batch {b:>5}: {r['tokens_per_sec']:>12,.0f} tok/s  {t['ms_per_step']:8.2f} ms/step  "
+              f"MFU {fmt_mfu(r['mfu_table'])}", flush=True)
+        return {"batch": b, "tokens_per_sec": r["tokens_per_sec"], "ms_per_step": t["ms_per_step"],
+                "peak_mem_gb": _peak_mem_gb(device), "mfu_table": r["mfu_table"], "first_step_s": t["first_step_s"]}
 
     found = languini_batch_sweep(measure, args.batch_size_step, args.max_batch or (0 if on_gpu else 4))
     if not found:
@@ -404,12 +381,15 @@ def throughput(args, rest: list[str]) -> dict:
     rows = [found[b] for b in sorted(found)]
     best = max(rows, key=lambda r: r["tokens_per_sec"])  # the benchmark's reference: the best of the sweep
     global_batch = cfg.train.train_batch_size or cfg.train.batch_size * cfg.train.gradient_accumulation_steps
-    return {"kind": "throughput", "date": _now(), "command": "gptlab throughput " + " ".join(args.argv),
-            "device": dev_name, "torch": torch.__version__, "preset": cfg.preset, "seq_len": seq,
+    tps = best["tokens_per_sec"]
+    return {"kind": "throughput", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": "gptlab throughput " + " ".join(args.argv), "device": dev_name, "torch": torch.__version__, "preset": cfg.preset, "seq_len": seq,
             "dtype": str(dtype).replace("torch.", ""), "compile": compile_mode, "ce_chunk": ce_chunk,
             "flops_per_token": fpt, "peak_table_tflops": peak / 1e12 if peak else None,
             "rows": rows, "best": best, "largest_batch": rows[-1]["batch"], "train_batch_size": global_batch,
-            "classes": class_steps(best["tokens_per_sec"], global_batch, seq)}
+            # the hours -> steps table of the five compute classes at this throughput and batch
+            "classes": [{"hours": h, "tokens": token_budget(h, tps), "steps": steps_for_budget(h, tps, global_batch, seq)}
+                        for h in COMPUTE_CLASS_HOURS]}
 
 
 def throughput_main(argv: list[str]) -> int:
