@@ -31,15 +31,13 @@ def _open_for_write(path: Path):
 
 def write_error(path: Path, e: BaseException | None) -> UserError | None:
     """The one-line UserError for a full / read-only disk behind e (or what it wraps), else None."""
-    for _ in range(8):
-        if e is None:
-            return None
+    for _ in range(8):  # e, then what it wraps
         if isinstance(e, OSError) and e.errno in _NO_SPACE:
             return UserError(f"disk full while writing {path} (nothing was replaced): free space and run the command again")
         if isinstance(e, OSError) and e.errno in _READ_ONLY:
             return UserError(f"cannot write {path}: {e.strerror or 'read-only'}: choose a writable folder "
                              "or fix its permissions")
-        e = e.__cause__ or e.__context__
+        e = e and (e.__cause__ or e.__context__)
     return None
 
 
