@@ -334,8 +334,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 # Flags of the two reference trainers that have no meaning in gptlab: accepted, with this note.
 NO_MEANING: dict[str, str] = {
-    "log_activations_every": "activation statistics are not logged; --log_grads_every N logs weight, gradient, "
-                             "update and logit statistics",
+    "log_activations_every": "activations are not logged; --log_grads_every N logs weight/grad/update/logit statistics",
     "debug": "there is no debug mode; --log_interval 1 --deterministic true gives step-by-step, reproducible runs",
     "use_flash": "attention always uses torch's scaled_dot_product_attention, which picks flash kernels itself",
     "backend": "the process-group backend is picked per device (nccl on CUDA, gloo on CPU)",
@@ -508,7 +507,6 @@ _AT_LEAST = dict.fromkeys(("n_layer", "n_head", "n_embd", "block_size", "max_ite
     "checkpoint_interval", "keep_last", "warmup_iters", "lr_decay_iters", "seed", "num_threads", "log_grads_every",
     "min_lr", "grad_clip", "weight_decay", "tokens_per_second"), 0) | {"ce_chunk": -1}
 _AT_MOST = {"vocab_size": 2**31 - 1, "seed": 2**63 - 1}  # 32-bit token ids; torch.manual_seed's range
-DEVICE_NAMES = "auto, cpu, cuda, cuda:N (N = GPU index) or mps"
 
 
 def validate(cfg: Config) -> None:
@@ -549,7 +547,7 @@ def validate(cfg: Config) -> None:
 def check_device_name(name: str) -> None:
     """A device string torch understands, among those gptlab runs on (no torch import)."""
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
-        raise UserError(f"--device {name!r} is not a device: use {DEVICE_NAMES}")
+        raise UserError(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:N (N = GPU index) or mps")
 
 
 def check_device(name: str) -> None:
@@ -562,9 +560,8 @@ def check_device(name: str) -> None:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-            raise UserError(f"--device {name}: no CUDA GPU is usable here (torch {torch.__version__} is {build}): "
-                            "use --device cpu, or install a CUDA build of torch "
-                            "(pip install torch --index-url https://download.pytorch.org/whl/cu124)")
+            raise UserError(f"--device {name}: no CUDA GPU is usable here (torch {torch.__version__} is {build}): use --device "
+                            "cpu, or install a CUDA build (pip install torch --index-url https://download.pytorch.org/whl/cu124)")
         n = torch.cuda.device_count()
         if ":" in name and int(name.split(":")[1]) >= n:
             raise UserError(f"--device {name}: this machine has {n} GPU(s), numbered 0..{n - 1}: use one of those")
