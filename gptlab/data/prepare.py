@@ -429,8 +429,8 @@ def work_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.partial"
 
 
-def _check_out(out: Path, overwrite: bool) -> str:
-    """Refuse an --out that is not ours to replace; returns its state (tokens.dataset_state)."""
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that is not ours to replace."""
     if not out.name or out.resolve() == Path.cwd().resolve() or out.resolve() == Path.home().resolve():
         raise UserError(f"--out {out} is the working or home folder: give a new folder such as data/NAME")
     if out.is_symlink():
@@ -444,7 +444,6 @@ def _check_out(out: Path, overwrite: bool) -> str:
                         "gptlab dataset: choose another --out")
     if state == "dataset" and not overwrite:
         raise UserError(f"{out} already holds prepared data: pass --overwrite to replace it, or choose another --out")
-    return state
 
 
 def _clear(folder: Path) -> None:
