@@ -352,12 +352,14 @@ NANOGPT_BASE: dict[str, Any] = dict(
 
 
 def layer_key(key: str, where: str = "") -> str | None:
-    """The canonical key, or None (after a one-line note) for a flag with no meaning here."""
+    """The canonical key, or None (after a note) for a flag with no meaning here; `where` (file:line) opens both."""
     bare = key.replace("-", "_")
     if bare in NO_MEANING:
         print(f"note: {where}--{bare} is accepted but has no effect: {NO_MEANING[bare]}", file=sys.stderr)
         return None
-    return canonical_key(bare)
+    if ALIASES.get(bare, bare) not in FIELD_INFO:
+        raise UserError(where + unknown_key_message(bare))
+    return ALIASES.get(bare, bare)
 
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -426,10 +428,7 @@ def load_py_config(path: str | Path) -> dict[str, Any]:
             raise UserError(f"{p}:{stmt.lineno}: only `key = value` lines are read, got `{ast.unparse(stmt)[:60]}`: "
                             "gptlab reads config files without running them")
         for name in (t.id for t in targets):
-            try:
-                key = layer_key(name, f"{p}:{stmt.lineno}: ")
-            except UserError as e:
-                raise UserError(f"{p}:{stmt.lineno}: {e}") from None
+            key = layer_key(name, f"{p}:{stmt.lineno}: ")
             if _py_value(p, stmt, name, key, known) and key is not None:
                 out[key] = known[name]
     return out
