@@ -1,9 +1,6 @@
-"""`gptlab bench` (time the real training step) and `gptlab throughput` (Languini sweep).
-
-Both time random token batches already on the device (no data loading), with CUDA events
-after warm-up (the first step compiles and is reported apart). MFU comes from
-model.flops_per_token against the datasheet peak and against a measured bf16 8192^3 matmul.
-"""
+"""`gptlab bench` (time the real training step) and `gptlab throughput` (Languini sweep), on random
+batches already on the device, CUDA events after warm-up (the first step compiles: reported apart);
+MFU from model.flops_per_token against the datasheet peak and a measured bf16 8192^3 matmul."""
 
 from __future__ import annotations
 
@@ -54,8 +51,6 @@ def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float 
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     ms = time_steps(lambda _: a @ b, [None], device, 3, reps)["ms_per_step"]
-    del a, b
-    _free(device)
     return 2 * n**3 / (ms / 1000) / 1e12
 
 
@@ -110,8 +105,7 @@ def _random_batches(n: int, batch: int, seq: int, vocab: int, accum: int, device
 
 
 def make_train_step(model, optimizer, ctx, scaler, clip: float, ce_chunk: int = 0, loss_of=None):
-    """The training loop's own step (gptlab.train.train_step: accumulation, clip, on-device
-    non-finite skip, optimiser step) as a function of one step's micro-batches."""
+    """gptlab.train.train_step, the training loop's own step, as a function of one step's micro-batches."""
     from gptlab.train import train_step
 
     return lambda micro_batches: train_step(model, optimizer, scaler, micro_batches, ctx=ctx, clip=clip,
@@ -177,8 +171,8 @@ def profile_step(step_fn, batches, device: torch.device, out_prefix: Path, steps
     with open(csv_path, "w", newline="") as f:
         csv.writer(f).writerows([["rank", "kernel", "calls", "total_ms", "share", "avg_us"]] + [
             [i, name, n, f"{t / 1000:.3f}", f"{t / total:.4f}", f"{t / max(n, 1):.1f}"] for i, (name, n, t) in enumerate(top, 1)])
-    lines = [f"{'#':>2} {'share':>6} {'ms':>8} {'calls':>6}  kernel"]
-    lines += [f"{i:>2} {100 * t / total:5.1f}% {t / 1000:8.2f} {n:>6}  {name[:90]}" for i, (name, n, t) in enumerate(top, 1)]
+    lines = [f"{'#':>2} {'share':>6} {'ms':>8} {'calls':>6}  kernel"] + [
+        f"{i:>2} {100 * t / total:5.1f}% {t / 1000:8.2f} {n:>6}  {name[:90]}" for i, (name, n, t) in enumerate(top, 1)]
     png = out_prefix.with_name(out_prefix.name + "_kernels.png")
     try:
         from matplotlib.figure import Figure
@@ -217,8 +211,7 @@ def bench(args, rest: list[str]) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     mm = matmul_tflops(device) if not args.no_matmul else None
 
-    # The config's ce_chunk (--ce_chunk), resolved as training resolves it; per-block
-    # compile leaves the loss eager, where the plain loss is the fast one.
+    # --ce_chunk resolved as training does; per-block compile leaves the loss eager (plain is faster there).
     ce_chunk = resolve_ce_chunk(cfg.system.ce_chunk, compile_mode if args.compile_scope == "model" else "none",
                                 shape.padded_vocab)
     model, opt, scaler = _build_for_timing(lambda: GPT(shape).init_weights(), cfg, device, dtype)
@@ -258,9 +251,8 @@ def bench(args, rest: list[str]) -> dict:
 
 def _line(label: str, r: dict) -> str:
     mem = f"{r['peak_mem_gb']:.2f} GiB" if r.get("peak_mem_gb") is not None else "n/a"
-    mmm = fmt_mfu(r.get("mfu_matmul"))
-    return (f"{label:<12} {r['tokens_per_sec']:>12,.0f} tok/s  {r['ms_per_step']:8.2f} ms/step  "
-            f"{r['tflops']:7.1f} TFLOP/s  MFU {fmt_mfu(r['mfu_table'])} (table) {mmm} (matmul)  mem {mem}  "
+    return (f"{label:<12} {r['tokens_per_sec']:>12,.0f} tok/s  {r['ms_per_step']:8.2f} ms/step  {r['tflops']:7.1f} "
+            f"TFLOP/s  MFU {fmt_mfu(r['mfu_table'])} (table) {fmt_mfu(r.get('mfu_matmul'))} (matmul)  mem {mem}  "
             f"first step {r['first_step_s']:.1f}s")
 
 
@@ -317,19 +309,16 @@ def languini_batch_sweep(measure, step: int = 8, max_batch: int = 0) -> dict[int
     """{batch: measure(batch)} of the batches that fit (measure returns None for one that does
     not; above max_batch > 0 counts as not fitting), tried in the benchmark's order: 1, step,
     2*step, ... then the step halves whenever the next try would reach the smallest failure."""
-    rows: dict[int, dict] = {}
-    lo, hi, b, first = 1, float("inf"), 1, True
+    first = measure(1)
+    if first is None:
+        return {}  # not even one sequence fits
+    rows, lo, hi, b = {1: first}, 1, float("inf"), step
     while step:
         r = None if max_batch and b > max_batch else measure(b)
         if r is None:
             hi = b
-            if b == 1:
-                break  # not even one sequence fits
         else:
             lo, rows[b] = b, r
-        if first:
-            b, first = step, False
-            continue
         if lo + step >= hi:
             step //= 2
         b = lo + step
@@ -346,8 +335,7 @@ def throughput(args, rest: list[str]) -> dict:
     dtype = torch.float16 if on_gpu else torch.float32
     compile_mode = args.compile if on_gpu else "none"
     vocab, seq = shape.vocab_size, shape.block_size
-    # Plain loss unless --ce_chunk N is given: the chunk loop needs a static batch, so the
-    # chunked loss recompiles at every batch size, while the plain one compiles once.
+    # Plain loss unless --ce_chunk N: the chunked one recompiles at every batch size, the plain one once.
     ce_chunk = max(cfg.system.ce_chunk, 0)
     model, opt, scaler = _build_for_timing(lambda: GPT(shape).init_weights(), cfg, device, dtype)
     cm = compile_model(model, compile_mode, dynamic=None)
@@ -393,9 +381,8 @@ def throughput(args, rest: list[str]) -> dict:
 
 
 def throughput_main(argv: list[str]) -> int:
-    p = ArgParser(prog="gptlab throughput", description="reference tokens/s of a preset, swept as the Languini "
-                "benchmark does (batch 1, 8, 16, ... then bisection to the largest that fits); fp16 + GradScaler, "
-                "compiled (GPU); prints the steps of the five compute classes")
+    p = ArgParser(prog="gptlab throughput", description="reference tokens/s of a preset, swept as Languini does (batch "
+                  "1, 8, 16, ... then bisection); fp16 + GradScaler, compiled (GPU); and the five compute classes' steps")
     p.add_argument("preset")
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", default="default", choices=COMPILE_MODES)
@@ -418,8 +405,7 @@ def throughput_main(argv: list[str]) -> int:
     print(f"best: batch {b['batch']} -> {b['tokens_per_sec']:,.0f} tokens/s on {res['device']} "
           f"({res['dtype']}, compile {res['compile']}; MFU {fmt_mfu(b['mfu_table'])}); largest batch that fits "
           f"{res['largest_batch']}; use --tokens_per_second {b['tokens_per_sec']:.0f}", flush=True)
-    print(f"compute classes at train_batch_size {res['train_batch_size']} x seq_len {res['seq_len']}:")
-    for c in res["classes"]:
-        print(f"{c['hours']:3d}h: {c['tokens']:>16,} tokens  {c['steps']:>9,} steps")
+    print(f"compute classes at train_batch_size {res['train_batch_size']} x seq_len {res['seq_len']}:", *(
+        f"{c['hours']:3d}h: {c['tokens']:>16,} tokens  {c['steps']:>9,} steps" for c in res["classes"]), sep="\n")
     _write_json(args.json, res)
     return 0
