@@ -20,7 +20,6 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
-from unittest import mock
 
 import numpy as np
 
@@ -131,6 +130,8 @@ def _ranks_from_tiktoken_file(path: Path) -> dict[bytes, int] | None:
 def _ranks_from_data_gym(vocab_bpe: Path, encoder_json: Path) -> dict[bytes, int] | None:
     if sha256_file(vocab_bpe) != GPT2_VOCAB_BPE_SHA256 or sha256_file(encoder_json) != GPT2_ENCODER_JSON_SHA256:
         return None
+    from unittest import mock
+
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
     # An empty TIKTOKEN_CACHE_DIR stops tiktoken copying our local files into its cache.
