@@ -28,6 +28,7 @@ import numpy as np
 from gptlab import files
 from gptlab.errors import UserError
 from gptlab.data import tokens as T
+from gptlab.data.tokenizers import TOKENIZER_KINDS as TOKENIZERS
 from gptlab.data.tokenizers import (CharTokenizer, GPT2Tokenizer, ensure_gpt2_vocab, sha256_bytes, tokenizer_from_meta,
                                     train_sentencepiece)
 
@@ -36,7 +37,6 @@ PROGRESS_VERSION = 2
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 TINYSHAKESPEARE_BYTES = 1_115_394
 OPENBOOKS_DEFAULT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "openbooks"
-TOKENIZERS = ("char", "gpt2", "sentencepiece")
 
 RECIPES = {
     "shakespeare_char": "tiny Shakespeare, character level (vocab 65), 90/10 split",
