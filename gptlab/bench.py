@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import gc
 import statistics
 import sys
@@ -24,6 +25,7 @@ from gptlab.metrics import device_peak_flops, fmt_mfu, mfu
 from gptlab.model import GPT, GPTShape, flops_per_token
 from gptlab.optim import build_optimizer
 from gptlab.runtime import autocast_ctx, compile_model
+from gptlab.train import train_step
 
 DEFAULT_VOCAB = 50257  # GPT-2 BPE, for presets that read their vocab from a dataset
 
@@ -48,8 +50,7 @@ def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float 
     """Dense bf16 n^3 matmul rate on random data (zeros run faster and would flatter us)."""
     if device.type != "cuda":
         return None
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
     ms = time_steps(lambda _: a @ b, [None], device, 3, reps)["ms_per_step"]
     return 2 * n**3 / (ms / 1000) / 1e12
 
@@ -80,18 +81,13 @@ def time_steps(step_fn, batches, device: torch.device, warmup: int, steps: int) 
         step_fn(batches[i % len(batches)])
     _sync(device)
     cuda = device.type == "cuda"
-
-    def mark():
-        if not cuda:
-            return time.perf_counter() * 1000
-        ev = torch.cuda.Event(enable_timing=True)
-        ev.record()
-        return ev
-
-    marks = [mark()]
-    for i in range(steps):
-        step_fn(batches[i % len(batches)])
-        marks.append(mark())
+    marks = []  # a mark before the first timed step and after each
+    for i in range(steps + 1):
+        if i:
+            step_fn(batches[(i - 1) % len(batches)])
+        marks.append(torch.cuda.Event(enable_timing=True) if cuda else time.perf_counter() * 1000)
+        if cuda:
+            marks[-1].record()
     _sync(device)
     times_ms = [a.elapsed_time(b) if cuda else b - a for a, b in zip(marks, marks[1:])]
     return {"first_step_s": first_s, "ms_per_step": sum(times_ms) / steps,
@@ -106,8 +102,6 @@ def _random_batches(n: int, batch: int, seq: int, vocab: int, accum: int, device
 
 def make_train_step(model, optimizer, ctx, scaler, clip: float, ce_chunk: int = 0, loss_of=None):
     """gptlab.train.train_step, the training loop's own step, as a function of one step's micro-batches."""
-    from gptlab.train import train_step
-
     return lambda micro_batches: train_step(model, optimizer, scaler, micro_batches, ctx=ctx, clip=clip,
                                             ce_chunk=ce_chunk, loss_fn=loss_of)
 
@@ -126,9 +120,8 @@ def run_hf_peer(cfg, shape, batch, seq, accum, device, dtype, compile_mode, step
     except ImportError:
         raise UserError("--peer hf needs transformers: pip install 'gptlab[hf]'") from None
     conf = GPT2Config(vocab_size=shape.padded_vocab, n_positions=seq, n_embd=shape.n_embd, n_layer=shape.n_layer,
-                      n_head=shape.n_head, n_inner=shape.mlp_dim, activation_function="gelu_new",
-                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=shape.tie_embeddings)
-    conf._attn_implementation = "sdpa"
+                      n_head=shape.n_head, n_inner=shape.mlp_dim, activation_function="gelu_new", resid_pdrop=0.0,
+                      embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=shape.tie_embeddings, attn_implementation="sdpa")
     out = {}
     for label, mode in (("hf_eager", "none"), ("hf_compiled", compile_mode if compile_mode != "none" else "default")):
         if mode != "none" and device.type == "cpu" and compile_mode == "none":
@@ -151,8 +144,8 @@ def profile_step(step_fn, batches, device: torch.device, out_prefix: Path, steps
     """Chrome/Perfetto trace (gzip), top-32 kernels by device time (CSV + text), PNG bar chart."""
     from torch.profiler import ProfilerActivity, profile
 
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=acts) as prof:
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         for i in range(steps):
             step_fn(batches[i % len(batches)])
         _sync(device)
@@ -161,12 +154,10 @@ def profile_step(step_fn, batches, device: torch.device, out_prefix: Path, steps
     prof.export_chrome_trace(str(trace))
 
     # Kernels by their own device time; on CPU (no kernels) the ops' own CPU time stands in.
-    cuda = device.type == "cuda"
     rows = [(e.key, e.count, e.self_device_time_total if cuda else e.self_cpu_time_total) for e in prof.key_averages()
             if not cuda or str(e.device_type).endswith("CUDA")]
-    rows = sorted((r for r in rows if r[2] > 0), key=lambda r: -r[2])
     total = sum(r[2] for r in rows) or 1.0
-    top = rows[:32]
+    top = sorted((r for r in rows if r[2] > 0), key=lambda r: -r[2])[:32]
     csv_path = out_prefix.with_name(out_prefix.name + "_kernels.csv")
     with open(csv_path, "w", newline="") as f:
         csv.writer(f).writerows([["rank", "kernel", "calls", "total_ms", "share", "avg_us"]] + [
@@ -179,12 +170,11 @@ def profile_step(step_fn, batches, device: torch.device, out_prefix: Path, steps
     except ImportError:
         png = None
     else:  # the object API: no pyplot state, no display
-        fig = Figure(figsize=(12, 0.3 * len(top) + 1.5), layout="tight")
-        ax = fig.add_subplot()
+        ax = Figure(figsize=(12, 0.3 * len(top) + 1.5), layout="tight").add_subplot()
         ax.barh(range(len(top)), [t / 1000 / steps for _, _, t in top][::-1])
         ax.set_yticks(range(len(top)), [n[:60] for n, _, _ in top][::-1], fontsize=7)
-        ax.set_xlabel(f"{'device' if device.type == 'cuda' else 'CPU'} time per step (ms)")
-        fig.savefig(png, dpi=100)
+        ax.set_xlabel(f"{'device' if cuda else 'CPU'} time per step (ms)")
+        ax.figure.savefig(png, dpi=100)
     return {"trace": str(trace), "kernels_csv": str(csv_path), "kernels_png": str(png) if png else None,
             "table": "\n".join(lines), "profiled_steps": steps, "kernel_time_ms_per_step": total / 1000 / steps}
 
@@ -205,8 +195,6 @@ def bench(args, rest: list[str]) -> dict:
     vocab, seq = shape.vocab_size, shape.block_size
     accum = cfg.train.gradient_accumulation_steps
     batch = cfg.train.batch_size or max(1, cfg.train.train_batch_size // max(1, accum))
-    if args.steps < 1 or args.warmup < 1:
-        raise UserError("--steps and --warmup must be at least 1")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     mm = matmul_tflops(device) if not args.no_matmul else None
@@ -227,8 +215,7 @@ def bench(args, rest: list[str]) -> dict:
     res = {
         "kind": "bench", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "gptlab bench " + " ".join(args.argv), "device": dev_name, "torch": torch.__version__, "preset": cfg.preset,
-        "shape": {k: getattr(shape, k) for k in ("n_layer", "n_head", "n_embd", "head_dim", "mlp_dim",
-                                                  "vocab_size", "padded_vocab", "tie_embeddings", "qkv")},
+        "shape": dataclasses.asdict(shape),
         "params": model.num_params(), "batch_size": batch, "seq_len": seq, "accum": accum,
         "tokens_per_step": tokens_per_step, "dtype": str(dtype).replace("torch.", ""), "compile": compile_mode,
         "compile_scope": args.compile_scope, "ce_chunk": ce_chunk, "sdpa": args.sdpa,
@@ -288,6 +275,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no_matmul", action="store_true", help="skip the 8192^3 matmul reference")
     args, rest = p.parse_known_args(argv)
     args.argv = list(argv)
+    if args.steps < 1 or args.warmup < 1:
+        raise UserError("--steps and --warmup must be at least 1")
     res = bench(args, rest)
     print(format_bench(res), flush=True)
     _write_json(args.json, res)
