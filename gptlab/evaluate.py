@@ -74,8 +74,7 @@ def eval_plan(n_tokens: int, seq_len: int, last_n: int = 0, doc_offsets=None, st
     rows = DocRows(doc_offsets, n_tokens, streams, data, eot_id)
     items = []
     for r, length in enumerate(rows.lengths.tolist()):
-        # The loader emits window k while 2+ tokens remain (start <= length - 2); only those
-        # whose first scored target lies in the row score anything (a subset of those).
+        # Of the windows the loader emits (start <= length - 2), those whose first scored target is in the row.
         n_score = max(0, (length - 1 - (seq_len - last_n + 1)) // last_n + 1)
         k = np.arange(min(n_score, max_batches or n_score), dtype=np.int64)
         items.append(np.stack([np.full_like(k, r), k * last_n], axis=1))
@@ -284,12 +283,13 @@ def main(argv: list[str]) -> int:
                         "evaluate on data prepared with the run's tokenizer")
     tk.check_token_range(tokens, cfg.model.vocab_size)
     device = pick_device(a.device)
+    model = run.build_model(device)  # a damaged checkpoint is reported before any counting
     tok = tokenizer_from_meta(meta, data_dir)
     plan = eval_plan(len(tokens), seq_len, last_n, tk.doc_offsets(data_dir, a.eval_data_split, meta), a.streams,
                      a.max_eval_steps, tokens, meta.get("eot_id"))
     print(f"counting the characters and bytes of {len(plan.items):,} windows ...", file=sys.stderr, flush=True)
     count_targets(plan, tokens, tok, token_byte_lengths(tok))
-    m = evaluate(run.build_model(device), tokens, seq_len, a.eval_batch_size, device, eot_id=meta.get("eot_id"),
+    m = evaluate(model, tokens, seq_len, a.eval_batch_size, device, eot_id=meta.get("eot_id"),
                  autocast=autocast_ctx(device, resolve_dtype(a.dtype, device)), plan=plan,
                  progress=_progress(f"eval {a.eval_data_split}"))
     m.update(split=a.eval_data_split, checkpoint=str(ckpt_path), dataset=str(data_dir), streams=a.streams)
