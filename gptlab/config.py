@@ -705,7 +705,9 @@ def _resolved(cfg: Config, world_size: int, device, data_meta: dict | None, init
 
     from gptlab.budget import steps_for_budget
     from gptlab.runs import run_dir
-    from gptlab.runtime import resolve_ce_chunk, resolve_data_dir
+    from gptlab.loss import resolve_ce_chunk
+    from gptlab.model import padded_vocab
+    from gptlab.runtime import resolve_data_dir
 
     out = copy.deepcopy(cfg)
     m, s, t = out.model, out.system, out.train
@@ -720,7 +722,8 @@ def _resolved(cfg: Config, world_size: int, device, data_meta: dict | None, init
     if s.compile == "auto":
         s.compile = "default" if dev.type == "cuda" else "none"
     # The chunked loss returns no logits, so logit statistics (log_grads_every) keep the plain loss.
-    s.ce_chunk = 0 if out.log.log_grads_every else resolve_ce_chunk(s.ce_chunk, s.compile)
+    s.ce_chunk = 0 if out.log.log_grads_every else resolve_ce_chunk(
+        s.ce_chunk, s.compile, padded_vocab(m.vocab_size, m.pad_vocab_multiple))
     t.batch_size, t.gradient_accumulation_steps, t.train_batch_size = resolve_batch(out, world_size)
     if t.compute_class:
         t.max_iters = out.optim.lr_decay_iters = steps_for_budget(

@@ -50,12 +50,12 @@ def test_impossible_values():
 
 
 def test_chunked_loss_is_on_by_default_only_under_compile():
-    from gptlab.runtime import resolve_ce_chunk
+    from gptlab.loss import resolve_ce_chunk
 
     assert build_config("gpt2").system.ce_chunk == -1
-    assert resolve_ce_chunk(-1, "default") == 8192 and resolve_ce_chunk(-1, "max-autotune") == 8192
-    assert resolve_ce_chunk(-1, "none") == 0
-    assert resolve_ce_chunk(0, "default") == 0 and resolve_ce_chunk(100, "none") == 100
+    assert resolve_ce_chunk(-1, "default", 50304) == 8192 and resolve_ce_chunk(-1, "max-autotune", 50304) == 8192
+    assert resolve_ce_chunk(-1, "none", 50304) == 0
+    assert resolve_ce_chunk(0, "default", 50304) == 0 and resolve_ce_chunk(100, "none", 50304) == 100
 
 
 def test_global_and_micro_batch():
