@@ -560,7 +560,7 @@ def check_device(name: str) -> None:
         if not torch.cuda.is_available():
             build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
             raise UserError(f"--device {name}: no CUDA GPU is usable here (torch {torch.__version__} is {build}): use --device "
-                            "cpu, or install a CUDA build (pip install torch --index-url https://download.pytorch.org/whl/cu124)")
+                            "cpu, or install a CUDA build of torch (pip install torch --index-url https://download.pytorch.org/whl/cu124)")
         n = torch.cuda.device_count()
         if ":" in name and int(name.split(":")[1]) >= n:
             raise UserError(f"--device {name}: this machine has {n} GPU(s), numbered 0..{n - 1}: use one of those")

@@ -111,7 +111,7 @@ CASES = {
     "folder without meta.json": (lambda w: _train(w, data=w["bad"]["no_meta"]), ("prepare",)),
     "empty train split": (lambda w: _train(w, data=w["bad"]["empty"]), ("0 tokens", "block_size")),
     "fewer tokens than seq_len + 1": (lambda w: _train(w, data=w["bad"]["short"]), ("20 tokens", "33")),
-    "token id >= vocab": (lambda w: _train(w, data=w["bad"]["big_id"]), ("id 99", "vocabulary")),
+    "token id >= vocab": (lambda w: _train(w, data=w["bad"]["big_id"]), ("at position", "outside the vocabulary")),
     "meta dtype not matching the bin": (lambda w: _train(w, data=w["bad"]["dtype"]), ("bytes", "uint32", "prepare")),
     "meta vocab too big for its dtype": (lambda w: _train(w, data=w["bad"]["vocab"]), ("cannot hold vocab_size",)),
     "meta count not matching the bin": (lambda w: _train(w, data=w["bad"]["count"]), ("bytes", "prepare")),
