@@ -198,11 +198,18 @@ def format_metrics(m: dict) -> str:
 
 
 def _progress(total_hint: str):
-    """progress(done, total): a line on stderr every 5% (terminal or log file alike)."""
-    state = {"next": 0.0, "t0": time.time()}
+    """progress(done, total): a tqdm bar on a terminal, otherwise a line on stderr every 5%."""
+    state = {"next": 0.0, "t0": time.time(), "bar": None}
 
     def line(done, total):
-        if done / total >= state["next"] or done == total:
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            state["bar"] = state["bar"] or tqdm(total=total, desc=total_hint, unit="batch", leave=False)
+            state["bar"].update(done - state["bar"].n)
+            if done == total:
+                state["bar"].close()
+        elif done / total >= state["next"] or done == total:
             print(f"{total_hint}: {done:,}/{total:,} batches ({100 * done / total:.0f}%, "
                   f"{time.time() - state['t0']:.0f}s)", file=sys.stderr, flush=True)
             state["next"] = done / total + 0.05
