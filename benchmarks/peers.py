@@ -208,8 +208,12 @@ def gptlab_bench(preset: str, args: list[str], a) -> dict:
 
 
 def gptlab_throughput(preset: str, lo: int, hi: int, a) -> dict:
-    r = _gptlab_json("throughput", [preset, "--min_batch", str(lo), "--max_batch", str(hi),
-                                    "--warmup", str(a.warmup), "--rounds", str(a.steps)])
+    """One batch (lo == hi): `gptlab bench` at that batch in the preset's fp16 recipe; a range: `gptlab throughput`
+    (the benchmark's grid 1, 8, 16, ... then bisection) capped at `hi`."""
+    if lo == hi:
+        r = gptlab_bench(preset, ["--batch_size", str(lo), "--gradient_accumulation_steps", "1", "--dtype", "float16"], a)
+        return dict(r, batch=lo, rows=[])
+    r = _gptlab_json("throughput", [preset, "--max_batch", str(hi), "--warmup", str(a.warmup), "--rounds", str(a.steps)])
     b = r["best"]
     return {"tokens_per_s": b["tokens_per_sec"], "ms_per_step": b["ms_per_step"], "peak_mem_gib": b.get("peak_mem_gb"),
             "mfu": b.get("mfu_table"), "batch": b["batch"], "rows": r["rows"]}
