@@ -21,7 +21,11 @@ import numpy as np
 from gptlab.data import tokens as T
 out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
 rng = np.random.default_rng(0)
-splits = {s: T.write_split(out, s, rng.integers(0, 50257, size=m), np.uint16) for s, m in (("train", 20_000_000), ("val", 100_000))}
+def split(s, m):  # one document per split
+    w = T.SplitWriter(out, s, np.uint16)
+    w.append(rng.integers(0, 50257, size=m), np.array([m]))
+    return w.finish()
+splits = {s: split(s, m) for s, m in (("train", 20_000_000), ("val", 100_000))}
 T.write_meta(out, {"tokenizer": {"kind": "random"}, "vocab_size": 50257, "dtype": "uint16", "eot_id": None,
                    "splits": splits, "source": {"kind": "random", "seed": 0}})
 PY

@@ -51,8 +51,15 @@ from gptlab.data import tokens as T
 out, n = Path(sys.argv[1]), int(sys.argv[2])
 out.mkdir(parents=True, exist_ok=True)
 rng = np.random.default_rng(0)
-splits = {s: T.write_split(out, s, rng.integers(0, 50257, size=m), np.uint16)
-          for s, m in (("train", n), ("val", 200_000))}
+
+
+def split(s, m):  # one document per split
+    w = T.SplitWriter(out, s, np.uint16)
+    w.append(rng.integers(0, 50257, size=m), np.array([m]))
+    return w.finish()
+
+
+splits = {s: split(s, m) for s, m in (("train", n), ("val", 200_000))}
 # Tokenizer kind "random": nothing can decode it, so per-byte metrics are simply left out.
 T.write_meta(out, {"tokenizer": {"kind": "random"}, "vocab_size": 50257, "dtype": "uint16", "eot_id": None,
                    "splits": splits, "source": {"kind": "random", "seed": 0}})

@@ -1,7 +1,6 @@
-"""Token files: `{split}.bin` (raw little-endian uint16/uint32), `{split}.docs.npy` (document starts)
-and one meta.json ("gptlab-tokens-1": format, tokenizer, vocab_size, dtype, eot_id, splits {name: tokens,
-sha256, documents}, source), the single source of truth for reading a bin: `load_split` checks sizes,
-`verify_bins` the sha256. `SplitWriter` is the one writer.
+"""Token files: `{split}.bin` (raw little-endian uint16/uint32), `{split}.docs.npy` (document starts) and
+meta.json ("gptlab-tokens-1": tokenizer, vocab_size, dtype, eot_id, splits {name: tokens, sha256, documents},
+source), the truth for reading a bin: `load_split` checks sizes, `verify_bins` the sha256; `SplitWriter` writes.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -32,10 +30,9 @@ def dtype_for_vocab(vocab_size: int) -> np.dtype:
 
 
 def dtype_name(dtype) -> str:
-    for name, d in _DTYPES.items():
-        if np.dtype(dtype) == d:
-            return name
-    raise ValueError(f"unsupported token dtype {np.dtype(dtype)}")
+    if np.dtype(dtype) not in _DTYPES.values():
+        raise ValueError(f"unsupported token dtype {np.dtype(dtype)}")
+    return np.dtype(dtype).name
 
 
 def bin_path(data_dir: Path, split: str) -> Path:
@@ -52,23 +49,24 @@ class SplitWriter:
     the rest. `finish` checks sizes, then renames the bin and writes `{split}.docs.npy`."""
 
     def __init__(self, out: Path, split: str, dtype, tokens: int = 0, documents: int = 0,
-                 vocab_size: int | None = None, with_docs: bool = True):
+                 vocab_size: int | None = None):
         self.dt = _DTYPES[dtype_name(dtype)]
-        self.out, self.split, self.with_docs = Path(out), split, with_docs
+        self.out, self.split = Path(out), split
         self.vocab_size = vocab_size or int(np.iinfo(self.dt).max) + 1
         self.bin_p, self.docs_p = self.out / f"{split}.bin.partial", self.out / f"{split}.docs.partial"
         self.tokens, self.documents = tokens, documents
-        for p, size in ((self.bin_p, tokens * self.dt.itemsize), (self.docs_p, documents * 8)):
+        for p, size in self._sizes():
             with open(p, "ab") as f:
                 if f.tell() < size:
                     raise UserError(f"{p} is shorter than progress.json records: the partial output is damaged; "
                                     "use --overwrite")
                 f.truncate(size)  # drop whatever was written after the last recorded checkpoint
-        self.h = hashlib.sha256()
         with open(self.bin_p, "rb") as f:  # hashlib state cannot be saved, so re-hash what is kept
-            while block := f.read(1 << 24):
-                self.h.update(block)
+            self.h = hashlib.file_digest(f, "sha256")
         self.fb, self.fd = open(self.bin_p, "ab"), open(self.docs_p, "ab")
+
+    def _sizes(self):
+        return (self.bin_p, self.tokens * self.dt.itemsize), (self.docs_p, self.documents * 8)
 
     def append(self, ids: np.ndarray, lens: np.ndarray | None = None) -> None:
         """ids: token ids; lens: the length of each document they hold (None: no new documents)."""
@@ -97,42 +95,21 @@ class SplitWriter:
         """Verify sizes against the counts, write `{split}.docs.npy` and `{split}.bin`; the meta entry."""
         self.sync()
         self.close()
-        if self.bin_p.stat().st_size != self.tokens * self.dt.itemsize:
-            raise RuntimeError(f"{self.bin_p}: size does not match {self.tokens} tokens")
-        if self.docs_p.stat().st_size != self.documents * 8:
-            raise RuntimeError(f"{self.docs_p}: size does not match {self.documents} documents")
-        if self.with_docs:
-            # chunked copy behind a .npy header: never loads all starts
-            with open(self.docs_p, "rb") as src:
-                def write(f):
-                    np.lib.format.write_array_header_1_0(f, {"descr": "<u8", "fortran_order": False,
-                                                             "shape": (self.documents,)})
-                    while block := src.read(1 << 24):
-                        f.write(block)
-                files.atomic_write_stream(docs_path(self.out, self.split), write)
+        for p, size in self._sizes():
+            if p.stat().st_size != size:
+                raise RuntimeError(f"{p}: {p.stat().st_size} bytes, but {self.tokens} tokens / {self.documents} "
+                                   "documents were written")
+        # chunked copy behind a .npy header: never loads all starts
+        with open(self.docs_p, "rb") as src:
+            def write(f):
+                np.lib.format.write_array_header_1_0(f, {"descr": "<u8", "fortran_order": False,
+                                                         "shape": (self.documents,)})
+                while block := src.read(1 << 24):
+                    f.write(block)
+            files.atomic_write_stream(docs_path(self.out, self.split), write)
         os.replace(self.bin_p, bin_path(self.out, self.split))
         self.docs_p.unlink()
-        return {"tokens": int(self.tokens), "sha256": self.h.hexdigest(),
-                "documents": int(self.documents) if self.with_docs else None}
-
-
-def write_split(out_dir: Path, split: str, tokens: np.ndarray | Iterable[np.ndarray | list[int]], dtype,
-                doc_starts=None, vocab_size: int | None = None) -> dict:
-    """Write `{split}.bin` (and `{split}.docs.npy` for doc_starts) from one array or an iterable of chunks;
-    the split's meta entry. A failed write leaves nothing behind."""
-    w = SplitWriter(out_dir, split, dtype, vocab_size=vocab_size, with_docs=doc_starts is not None)
-    try:
-        for chunk in [tokens] if isinstance(tokens, np.ndarray) else tokens:
-            w.append(chunk)
-        if doc_starts is not None:
-            w.fd.write(np.asarray(doc_starts, dtype="<u8").tobytes())
-            w.documents = len(doc_starts)
-        return w.finish()
-    except BaseException:
-        w.close()
-        w.bin_p.unlink(missing_ok=True)
-        w.docs_p.unlink(missing_ok=True)
-        raise
+        return {"tokens": int(self.tokens), "sha256": self.h.hexdigest(), "documents": int(self.documents)}
 
 
 def write_meta(out_dir: Path, meta: dict) -> Path:
@@ -182,10 +159,6 @@ def read_meta(data_dir: Path) -> dict:
     return meta
 
 
-def split_names(data_dir: Path) -> list[str]:
-    return list(read_meta(data_dir)["splits"])
-
-
 def load_split(data_dir: Path, split: str, meta: dict | None = None) -> np.memmap:
     """Open `{split}.bin` read-only, checked against meta.json (existence, size, dtype)."""
     data_dir = Path(data_dir)
@@ -214,16 +187,6 @@ def check_token_range(arr: np.ndarray, vocab_size: int, what: str = "tokens") ->
             pos = int(np.argmax((c >= vocab_size) | (c < 0)))
             raise UserError(f"{what}: id {c[pos]} at position {start + pos} is outside the vocabulary (size "
                             f"{vocab_size}): the bin does not match meta.json; re-run `gptlab prepare ...`")
-
-
-def verify_split(data_dir: Path, split: str, check_hash: bool = False, meta: dict | None = None) -> np.memmap:
-    """load_split plus an id-range scan (and optionally the sha256 in meta, cached as verify_bins does)."""
-    meta = meta or read_meta(data_dir)
-    arr = load_split(data_dir, split, meta)
-    check_token_range(arr, meta["vocab_size"], what=f"{Path(data_dir) / (split + '.bin')}")
-    if check_hash:
-        verify_bins(data_dir, meta, [split])
-    return arr
 
 
 def verify_bins(data_dir: Path, meta: dict, splits: list[str] | None = None) -> None:

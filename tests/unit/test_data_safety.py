@@ -158,7 +158,7 @@ def test_verify_bins_catches_same_size_replacement_and_caches(tmp_path, src, mon
 
 @pytest.mark.parametrize("model_file", ["config.json", "../x.model", "/etc/passwd", "sub/t.model", "meta.json"])
 def test_meta_cannot_name_files_outside_or_layout_names(tmp_path, model_file):
-    T.write_split(tmp_path, "train", np.arange(10), np.uint16)
+    (tmp_path / "train.bin").write_bytes(np.arange(10, dtype="<u2").tobytes())
     T.write_meta(tmp_path, {"tokenizer": {"kind": "sentencepiece", "model_file": model_file}, "vocab_size": 300,
                             "dtype": "uint16", "eot_id": None, "splits": {"train": {"tokens": 10}}})
     with pytest.raises(UserError, match="model_file"):

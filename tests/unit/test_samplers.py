@@ -59,7 +59,9 @@ def test_random_window_ranks_differ_and_seed_check():
 
 def test_random_window_on_memmap(tmp_path):
     data = _data()
-    info = T.write_split(tmp_path, "train", data, np.uint16)
+    w = T.SplitWriter(tmp_path, "train", np.uint16)
+    w.append(data)
+    info = w.finish()
     T.write_meta(tmp_path, {"tokenizer": {"kind": "gpt2"}, "vocab_size": 1000, "dtype": "uint16", "eot_id": None,
                             "splits": {"train": info}, "source": {}})
     mm = T.load_split(tmp_path, "train")
