@@ -26,20 +26,21 @@ from gptlab.files import read_json, read_toml
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def _f(default, help: str, aliases: tuple[str, ...] = (), choices: tuple | None = None):
-    return field(default=default, metadata={"help": help, "aliases": aliases, "choices": choices})
+def _f(default, help: str, aliases: tuple[str, ...] = (), choices: tuple | None = None, low: int = 0, high: int = 0):
+    # low/high: a number's range (validate); 0 means "off", "derived" or "auto" where the help says so.
+    return field(default=default, metadata={"help": help, "aliases": aliases, "choices": choices, "low": low, "high": high})
 
 
 @dataclass
 class ModelConfig:
-    n_layer: int = _f(12, "transformer blocks", ("n_layers",))
-    n_head: int = _f(12, "attention heads per block", ("n_heads",))
-    n_embd: int = _f(768, "residual stream width", ("h_dim",))
+    n_layer: int = _f(12, "transformer blocks", ("n_layers",), low=1)
+    n_head: int = _f(12, "attention heads per block", ("n_heads",), low=1)
+    n_embd: int = _f(768, "residual stream width", ("h_dim",), low=1)
     head_dim: int = _f(0, "width of one attention head; 0 = n_embd / n_head")
     mlp_dim: int = _f(0, "hidden width of the MLP; 0 = 4 * n_embd", ("ff_dim",))
-    block_size: int = _f(1024, "context length in tokens (training sequence length)", ("seq_len",))
-    vocab_size: int = _f(0, "tokenizer vocabulary; 0 = read from the dataset's meta.json")
-    pad_vocab_multiple: int = _f(64, "pad the embedding/logit rows up to a multiple of this, for speed")
+    block_size: int = _f(1024, "context length in tokens (training sequence length)", ("seq_len",), low=1)
+    vocab_size: int = _f(0, "tokenizer vocabulary; 0 = read from the dataset's meta.json", high=2**31 - 1)
+    pad_vocab_multiple: int = _f(64, "pad the embedding/logit rows up to a multiple of this, for speed", low=1)
     bias: bool = _f(True, "biases in Linear and LayerNorm layers (GPT-2: true)")
     dropout: float = _f(0.0, "dropout on embeddings, attention and residual branches")
     tie_embeddings: bool = _f(True, "share the token embedding with the output layer")
@@ -78,12 +79,12 @@ class OptimConfig:
 class TrainConfig:
     batch_size: int = _f(12, "micro-batch per rank (sequences); 0 = derived from train_batch_size")
     train_batch_size: int = _f(0, "global batch per optimiser step = world * batch_size * accumulation; 0 = derived")
-    gradient_accumulation_steps: int = _f(1, "micro-batches per optimiser step on each rank")
-    max_iters: int = _f(5000, "optimiser steps to train", ("max_train_steps", "max_steps"))
+    gradient_accumulation_steps: int = _f(1, "micro-batches per optimiser step on each rank", low=1)
+    max_iters: int = _f(5000, "optimiser steps to train", ("max_train_steps", "max_steps"), low=1)
     compute_class: str = _f("", "Languini compute class like '6h': sets max_iters and decay from tokens_per_second")
     tokens_per_second: float = _f(0.0, "reference throughput of this config (Languini); turns tokens into accelerator-hours")
     eval_interval: int = _f(250, "evaluate every N steps (and at the end); 0 = only at the end", ("eval_every",))
-    eval_iters: int = _f(20, "held-out batches per in-training evaluation", ("max_eval_steps",))
+    eval_iters: int = _f(20, "held-out batches per in-training evaluation", ("max_eval_steps",), low=1)
     eval_batch_size: int = _f(0, "sequences per eval batch; 0 = batch_size", ("test_batch_size",))
     eval_only: bool = _f(False, "evaluate once and exit (baselines)")
     last_n: int = _f(0, "score only the last N targets of each eval window (0 = all); must divide block_size")
@@ -94,8 +95,8 @@ class TrainConfig:
     init_from: str = _f("scratch", "scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | RUN_DIR | checkpoint file")
     resume: bool = _f(False, "continue the run in out_dir from its newest checkpoint")
     overwrite: bool = _f(False, "allow training into an existing run folder (renames the old one aside)")
-    seed: int = _f(1337, "base random seed (ranks derive theirs from it)")
-    max_nonfinite: int = _f(5, "stop after this many consecutive non-finite steps")
+    seed: int = _f(1337, "base random seed (ranks derive theirs from it)", high=2**63 - 1)
+    max_nonfinite: int = _f(5, "stop after this many consecutive non-finite steps", low=1)
 
 
 @dataclass
@@ -104,8 +105,8 @@ class LogConfig:
     log_root: str = _f("logs", "parent of auto-named run folders")
     name: str = _f("", "run name; empty = encoded from the hyperparameters")
     comment: str = _f("", "free text appended to the run name")
-    log_interval: int = _f(10, "print a training line every N steps", ("log_terminal_every",))
-    log_metrics_every: int = _f(10, "write train metrics to metrics.jsonl/TensorBoard every N steps")
+    log_interval: int = _f(10, "print a training line every N steps", ("log_terminal_every",), low=1)
+    log_metrics_every: int = _f(10, "write train metrics to metrics.jsonl/TensorBoard every N steps", low=1)
     log_grads_every: int = _f(0, "weight/grad/update/logit statistics every N steps; 0 = off")
     tensorboard: bool = _f(True, "write TensorBoard events (if tensorboard is installed)")
     wandb_log: bool = _f(False, "log to Weights & Biases (optional dependency)")
@@ -124,8 +125,8 @@ class SystemConfig:
     parallel: str = _f("ddp", "multi-process strategy under torchrun: ddp or fsdp (FSDP2)", choices=("ddp", "fsdp"))
     deterministic: bool = _f(False, "deterministic algorithms (bit-exact resume on CPU)")
     num_threads: int = _f(0, "CPU threads for torch; 0 = torch's default")
-    ce_chunk: int = _f(-1, "tokens per chunk of a chunked linear+CE (no full fp32 logits); 0 = off, -1 = auto")
-    ddp_bucket_mb: int = _f(100, "DDP gradient bucket size in MB (100 beat torch's 25 on 4 H200s, BENCHMARKS.md)")
+    ce_chunk: int = _f(-1, "tokens per chunk of a chunked linear+CE (no full fp32 logits); 0 = off, -1 = auto", low=-1)
+    ddp_bucket_mb: int = _f(100, "DDP gradient bucket size in MB (100 beat torch's 25 on 4 H200s, BENCHMARKS.md)", low=1)
     ddp_bucket_view: bool = _f(True, "DDP gradients are views into the all-reduce buckets (one copy and its memory saved)")
 
 
@@ -184,11 +185,11 @@ ALL_KEYS = sorted(n for c in SECTIONS.values() for f in fields(c) for n in (f.na
 assert len(ALL_KEYS) == len(set(ALL_KEYS)), "duplicate config key or alias"
 
 
-def canonical_key(key: str) -> str:
+def canonical_key(key: str, where: str = "") -> str:
     key = key.replace("-", "_")
     if key in FIELD_INFO or key in ALIASES:
         return ALIASES.get(key, key)
-    raise UserError(unknown_key_message(key))
+    raise UserError(where + unknown_key_message(key))
 
 
 def unknown_key_message(key: str) -> str:
@@ -340,15 +341,11 @@ NO_MEANING: dict[str, str] = {
     "backend": "the process-group backend is picked per device (nccl on CUDA, gloo on CPU)",
 }
 
-# nanoGPT's train.py defaults: the base a nanoGPT config file (config/*.py) overrides, so
+# nanoGPT's train.py defaults (its GPT-2 124M recipe): the base a nanoGPT config file (config/*.py) overrides, so
 # `gptlab train config/train_gpt2.py` trains what `python train.py config/train_gpt2.py` does.
 # bias=False and the exact GELU are nanoGPT's from-scratch model (gptlab's presets follow GPT-2).
-NANOGPT_BASE: dict[str, Any] = dict(
-    out_dir="out", eval_interval=2000, log_interval=1, eval_iters=200, eval_only=False, always_save_checkpoint=True,
-    init_from="scratch", wandb_log=False, wandb_project="owt", wandb_run="gpt2", dataset="openwebtext",
-    gradient_accumulation_steps=40, batch_size=12, block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0,
-    bias=False, gelu="exact", learning_rate=6e-4, max_iters=600000, weight_decay=0.1, beta1=0.9, beta2=0.95,
-    grad_clip=1.0, decay_lr=True, warmup_iters=2000, lr_decay_iters=600000, min_lr=6e-5)
+NANOGPT_BASE: dict[str, Any] = dict(_GPT2, n_layer=12, n_head=12, n_embd=768, bias=False, gelu="exact", out_dir="out",
+                                    eval_interval=2000, log_interval=1, wandb_project="owt", wandb_run="gpt2")
 
 
 def layer_key(key: str, where: str = "") -> str | None:
@@ -357,9 +354,7 @@ def layer_key(key: str, where: str = "") -> str | None:
     if bare in NO_MEANING:
         print(f"note: {where}--{bare} is accepted but has no effect: {NO_MEANING[bare]}", file=sys.stderr)
         return None
-    if ALIASES.get(bare, bare) not in FIELD_INFO:
-        raise UserError(where + unknown_key_message(bare))
-    return ALIASES.get(bare, bare)
+    return canonical_key(bare, where)
 
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -498,32 +493,23 @@ def build_config(preset: str | None = None, config_file: str | None = None,
     return cfg
 
 
-# Lower bounds of the numeric keys: 1, or 0 where 0 has a documented meaning (-1 = auto for ce_chunk).
-_AT_LEAST = dict.fromkeys(("n_layer", "n_head", "n_embd", "block_size", "max_iters", "gradient_accumulation_steps",
-                           "pad_vocab_multiple", "log_interval", "log_metrics_every", "eval_iters", "max_nonfinite",
-                           "ddp_bucket_mb"), 1) | dict.fromkeys((
-    "head_dim", "mlp_dim", "vocab_size", "batch_size", "train_batch_size", "eval_interval", "eval_batch_size", "last_n",
-    "checkpoint_interval", "keep_last", "warmup_iters", "lr_decay_iters", "seed", "num_threads", "log_grads_every",
-    "min_lr", "grad_clip", "weight_decay", "tokens_per_second"), 0) | {"ce_chunk": -1}
-_AT_MOST = {"vocab_size": 2**31 - 1, "seed": 2**63 - 1}  # 32-bit token ids; torch.manual_seed's range
-
-
 def validate(cfg: Config) -> None:
     """Impossible values are user errors, found before anything is built or written."""
     m, o, t = cfg.model, cfg.optim, cfg.train
-    for k in FIELD_INFO:  # NaN is refused when parsed, infinities here
-        if isinstance(cfg.get(k), float) and not math.isfinite(cfg.get(k)):
-            raise UserError(f"--{k} must be a finite number, got {cfg.get(k)}")
-    for k, low in _AT_LEAST.items():
-        v, high = cfg.get(k), _AT_MOST.get(k)
-        if v < low or (high is not None and v > high):
-            raise UserError(f"--{k} {v} is out of range: use " + (f"{low} to {high}" if high else f"at least {low}"))
     for k in ("learning_rate", "eps"):
         if cfg.get(k) <= 0:
             raise UserError(f"--{k} must be > 0, got {cfg.get(k)}")
     for k in ("dropout", "beta1", "beta2"):
         if not 0 <= cfg.get(k) < 1:
             raise UserError(f"--{k} must be in [0, 1), got {cfg.get(k)}")
+    for k, fld in FIELD_INFO.items():
+        v, low, high = cfg.get(k), fld.metadata["low"], fld.metadata["high"]
+        if fld.type not in ("int", "float"):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):  # NaN is refused when parsed, infinities here
+            raise UserError(f"--{k} must be a finite number, got {v}")
+        if v < low or (high and v > high):
+            raise UserError(f"--{k} {v} is out of range: use " + (f"{low} to {high}" if high else f"at least {low}"))
     if t.batch_size <= 0 and t.train_batch_size <= 0:
         raise UserError("set --batch_size (per-rank micro batch) or --train_batch_size (global batch) to a positive number")
     if o.min_lr > o.learning_rate and o.decay_lr and o.schedule != "constant":
@@ -671,13 +657,11 @@ def load_run_config(path: str | Path) -> Config:
 # The final config of a run: resolved once, before anything reads it; never edited after.
 # What a resumed run may change: cadences, outputs, the machine, and the knobs a diverged
 # run is resumed with. Any other key that differs from the run's config.json is refused.
-RESUME_MAY_CHANGE = frozenset({
+RESUME_MAY_CHANGE = frozenset({f.name for f in fields(SystemConfig)} | {
     "max_iters", "eval_interval", "eval_iters", "eval_batch_size", "eval_at_start", "eval_only", "checkpoint_interval",
-    "keep_last", "always_save_checkpoint", "log_interval", "log_metrics_every", "log_grads_every", "tensorboard",
-    "wandb_log", "wandb_project", "logger_type", "progress", "device", "num_threads", "dtype", "compile", "ce_chunk",
-    "ddp_bucket_mb", "ddp_bucket_view", "parallel", "deterministic", "max_nonfinite", "learning_rate", "min_lr",
-    "grad_clip", "resume", "overwrite", "init_from", "out_dir", "log_root", "name", "comment", "data_root",
-    "batch_size", "gradient_accumulation_steps"})
+    "keep_last", "always_save_checkpoint", "log_interval", "log_metrics_every", "log_grads_every", "tensorboard", "wandb_log",
+    "wandb_project", "logger_type", "progress", "max_nonfinite", "learning_rate", "min_lr", "grad_clip", "resume", "overwrite",
+    "init_from", "out_dir", "log_root", "name", "comment", "data_root", "batch_size", "gradient_accumulation_steps"})
 
 
 def resolve(cfg: Config, *, world_size: int, device, data_meta: dict | None, init_source: dict | None = None,
