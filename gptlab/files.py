@@ -1,7 +1,6 @@
-"""Files gptlab writes and reads: atomic writes (temporary file, fsync, rename; a full or read-only
-disk is a one-line UserError), JSON/TOML with one-line errors, hashes, and folder locks
-(`.gptlab.lock` with pid, host and time; taken over only when its pid is dead on this host).
-"""
+"""Files gptlab writes and reads: atomic writes (a full or read-only disk is a one-line UserError), JSON/TOML
+with one-line errors, hashes, and folder locks (`.gptlab.lock` with pid, host and time; taken over only when its
+pid is dead on this host)."""
 
 from __future__ import annotations
 
@@ -20,25 +19,20 @@ from typing import Any, Callable, Iterator
 from gptlab.errors import UserError
 
 LOCK_FILE = ".gptlab.lock"
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def _open_for_write(path: Path):
-    """Indirection so tests can inject a failing writer (full disk)."""
+def _open_for_write(path: Path):  # an indirection so tests can inject a failing writer (full disk)
     return open(path, "wb")
 
 
 def write_error(path: Path, e: BaseException | None) -> UserError | None:
     """The one-line UserError for a full / read-only disk behind e (or what it wraps), else None."""
     for _ in range(8):  # e, then what it wraps
-        if isinstance(e, OSError) and e.errno in _NO_SPACE:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             return UserError(f"disk full while writing {path} (nothing was replaced): free space and run the command again")
-        if isinstance(e, OSError) and e.errno in _READ_ONLY:
-            return UserError(f"cannot write {path}: {e.strerror or 'read-only'}: choose a writable folder "
-                             "or fix its permissions")
+        if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return UserError(f"cannot write {path}: {e.strerror or 'read-only'}: choose a writable folder or fix its permissions")
         e = e and (e.__cause__ or e.__context__)
-    return None
 
 
 def fsync_dir(d: Path) -> None:
@@ -84,35 +78,28 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def _read_text(path: Path, what: str) -> str:
+def _read(path: Path, what: str, parse: Callable[[str], Any], bad: type, fix: Callable[[Any], str]) -> Any:
+    """parse(text of path); UserError one-liner if it is missing, unreadable or damaged (bad, described by fix)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {path} is missing: check the path")
     try:
-        return path.read_text(encoding="utf-8")
+        return parse(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise UserError(f"{what} {path} is not UTF-8 text: restore or rewrite it") from None
     except OSError as e:
         raise UserError(f"cannot read {what} {path}: {e.strerror}: fix its permissions") from None
+    except bad as e:
+        raise UserError(f"{what} {path} is not valid {fix(e)}") from None
 
 
 def read_json(path: Path, what: str) -> Any:
-    """Parsed JSON of path; UserError one-liner if it is missing or damaged."""
-    text = _read_text(path, what)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{what} {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}): "
-                        "restore or rewrite it") from None
+    return _read(path, what, json.loads, json.JSONDecodeError,
+                 lambda e: f"JSON (line {e.lineno}, column {e.colno}: {e.msg}): restore or rewrite it")
 
 
 def read_toml(path: Path, what: str) -> dict:
-    """Parsed TOML of path; UserError one-liner if it is missing or damaged."""
-    text = _read_text(path, what)
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{what} {path} is not valid TOML ({str(e).splitlines()[0]}): fix it") from None
+    return _read(path, what, tomllib.loads, tomllib.TOMLDecodeError, lambda e: f"TOML ({str(e).splitlines()[0]}): fix it")
 
 
 def sha256_file(path: Path) -> str:
@@ -121,7 +108,6 @@ def sha256_file(path: Path) -> str:
 
 
 # --- folder locks -------------------------------------------------------------------------------
-
 def _pid_alive(pid: int) -> bool:
     """Is pid a running (non-zombie) process on this host?"""
     try:
@@ -156,10 +142,9 @@ def _is_stale(holder: dict, lock: Path) -> bool:
     return holder.get("host") == socket.gethostname() and not _pid_alive(pid)
 
 
-def _held_error(lock: Path, what: str, holder: dict) -> UserError:
-    who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('time', '?')}"
-    return UserError(f"{what} {lock.parent} is in use by {who}: wait for it to finish, "
-                     f"or if that process is gone delete {lock}")
+def _held_error(lock: Path, what: str, h: dict) -> UserError:
+    return UserError(f"{what} {lock.parent} is in use by pid {h.get('pid', '?')} on {h.get('host', '?')} since "
+                     f"{h.get('time', '?')}: wait for it to finish, or if that process is gone delete {lock}")
 
 
 def _try_create(lock: Path, content: str) -> bool:
