@@ -1,10 +1,7 @@
-"""Run folders: where a run lives, what its folder is called, how it is (not) reused, how it is opened.
-
-A run lives in `<log_root>/<compute class or "free">/<preset>/<name>/`. The name encodes the hyperparameters
-field by field as Languini's configs.add_exp_name does (with the precision the run uses, not always fp16):
+"""Run folders `<log_root>/<compute class or "free">/<preset>/<name>/`: naming, (no) reuse, opening. The name
+encodes the hyperparameters as Languini's configs.add_exp_name does (at the run's precision, not always fp16), e.g.
 GPT_books16384_bsz128_micro4_sl512_coslr0.0006to6e-06_h768_ff3072_nH12_dH64_nl12_clip0.0_decay18k_workers1_defaultCompile_fp16_seed0
-A folder with contents is never deleted or written over: --resume continues it, --overwrite moves it aside.
-"""
+A folder with contents is never deleted or written over: --resume continues it, --overwrite moves it aside."""
 
 from __future__ import annotations
 
@@ -120,14 +117,12 @@ def _check_contents(path: Path, resume: bool, overwrite: bool) -> None:
             raise UserError(f"--resume: run folder {str(path)!r} has no checkpoint (it stopped before its first "
                             "save): pass --overwrite instead of --resume to move it aside and start afresh")
     elif not overwrite:
-        raise UserError(f"run folder {str(path)!r} exists: pass --resume to continue it or --overwrite to move it "
-                        "aside")
+        raise UserError(f"run folder {str(path)!r} exists: pass --resume to continue it or --overwrite to move it aside")
 
 
 def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
-    """Check `path` for a run, every refusal before any write: a run folder is continued (--resume, it needs
-    a checkpoint) or renamed to `<path>.old-<timestamp>` (--overwrite); a folder of other files, the cwd, a
-    file, a folder a live process holds: refused. Nothing is deleted or created (run_lock creates it)."""
+    """Check `path`, every refusal before any write: a run is continued (--resume) or renamed to `<path>.old-<timestamp>`
+    (--overwrite); a folder of other files, the cwd, a file, a locked folder: refused. Nothing is deleted or created."""
     path = Path(path)
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other: pass one of them")
@@ -145,8 +140,7 @@ def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = Fa
 
 @contextlib.contextmanager
 def run_lock(path: str | Path, enabled: bool = True):
-    """Hold the run folder's lock (files.folder_lock creates the folder) for the whole run; folders it
-    created are removed again if the run leaves them empty. enabled=False (ranks but 0) holds nothing."""
+    """Hold the run folder's lock for the run; folders it created go if left empty. enabled=False (ranks > 0): no-op."""
     path = Path(path)
     if not enabled:
         yield path
@@ -163,8 +157,7 @@ def run_lock(path: str | Path, enabled: bool = True):
 
 @dataclasses.dataclass
 class Run:
-    """A run folder opened for reading (the one loader sample, eval, export and init_from use); every
-    path is resolved against `dir`, never the working directory."""
+    """A run folder opened for reading (sample, eval, export, init_from); paths resolve against `dir`, not the cwd."""
 
     dir: Path
     config: Config
@@ -194,7 +187,9 @@ class Run:
 
         state = load_checkpoint(self.checkpoint(which))
         step = state.get("step")
-        return _strip_wrappers(state["model"]), int(step) if isinstance(step, int) else 0
+        # torch.compile and DDP prefix every key; the weights are the same.
+        sd = {re.sub(r"^((_orig_mod|module)\.)+", "", k): v for k, v in state["model"].items()}
+        return sd, int(step) if isinstance(step, int) else 0
 
     def build_model(self, device="cpu", which: str = "best"):
         """The run's GPT with the checkpoint's weights, on `device` (train mode; call .eval() to sample)."""
@@ -212,8 +207,7 @@ class Run:
         return model.to(device)
 
     def data_dir(self) -> Path:
-        """The prepared dataset the run trained on: its recorded path, else the same relative
-        path under the run folder's ancestors (a project moved with its data), else the cwd's."""
+        """The run's prepared dataset: its recorded path, else relative to the cwd or the run folder's ancestors."""
         d = self.config.data
         rel = [Path(d.dataset), Path(d.data_root) / d.dataset]
         bases = [Path(".")] + [self.dir.resolve(), *self.dir.resolve().parents]
@@ -224,14 +218,8 @@ class Run:
                         f"prepare it again with `gptlab prepare {Path(d.dataset).name}` or pass --dataset/--data_root")
 
 
-def _strip_wrappers(sd: dict) -> dict:
-    # torch.compile and DDP prefix every key; the weights are the same.
-    return {re.sub(r"^((_orig_mod|module)\.)+", "", k): v for k, v in sd.items()}
-
-
 def load_run(path: str | Path, config_file: str | Path | None = None) -> Run:
-    """Open a run from its folder, a checkpoint file in its checkpoints/ folder, or its
-    config.json. `config_file` names the config explicitly (a checkpoint kept elsewhere)."""
+    """Open a run: its folder, its config.json, or a checkpoint in its checkpoints/ (kept elsewhere: pass config_file)."""
     p = Path(path).expanduser()
     ckpt_file = None
     if p.is_file() and p.name == CONFIG_FILE:
@@ -249,12 +237,8 @@ def load_run(path: str | Path, config_file: str | Path | None = None) -> Run:
                         f"(the run's {CONFIG_FILE} beside {CHECKPOINT_DIR}/ is found) or pass that {CONFIG_FILE}")
     if not cfg_path.is_file():
         raise UserError(f"{p} has no {CONFIG_FILE}: pass a run folder written by `gptlab train`")
-    return Run(dir=p, config=load_run_config(cfg_path), data_meta=_read_meta(p / DATA_META_FILE),
-               checkpoint_file=ckpt_file)
-
-
-def _read_meta(path: Path) -> dict | None:
-    meta = read_json(path, "the run's data meta") if path.is_file() else None
+    meta_path = p / DATA_META_FILE
+    meta = read_json(meta_path, "the run's data meta") if meta_path.is_file() else None
     if meta is not None and not isinstance(meta, dict):
-        raise UserError(f"{path} does not hold a JSON object: the run folder is damaged")
-    return meta
+        raise UserError(f"{meta_path} does not hold a JSON object: the run folder is damaged")
+    return Run(dir=p, config=load_run_config(cfg_path), data_meta=meta, checkpoint_file=ckpt_file)
