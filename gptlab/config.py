@@ -166,14 +166,6 @@ class Config:
                 cfg.set(k, v)
         return cfg
 
-    @property
-    def head_dim(self) -> int:
-        return self.model.head_dim or self.model.n_embd // self.model.n_head
-
-    @property
-    def mlp_dim(self) -> int:
-        return self.model.mlp_dim or 4 * self.model.n_embd
-
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig,
                              "log": LogConfig, "system": SystemConfig}
@@ -267,8 +259,7 @@ LANGUINI_RECIPES = {"6h": ("small", 128, 4), "12h": ("small", 128, 4), "24h": ("
 
 
 def languini_recipe(preset: str | None, compute_class: str) -> dict[str, Any]:
-    """Overrides a Languini preset takes under a compute class: the size's reference throughput, and the
-    published batch and accumulation when the class's recipe is for this size."""
+    """A Languini size's overrides under a compute class: its throughput; the class's batch if its recipe is this size."""
     if preset not in LANGUINI_SIZES or not compute_class:
         return {}
     tps = LANGUINI_SIZES[preset][-1]
@@ -367,8 +358,7 @@ def _number(v: Any) -> bool:
 
 
 def _literal(node: ast.AST, known: dict[str, Any]) -> Any:
-    """The value of a literal expression (numbers, strings, booleans, arithmetic on them,
-    names assigned earlier in the file); ValueError for anything else. Nothing is executed."""
+    """A literal's value (numbers, strings, booleans, arithmetic, earlier names), else ValueError; nothing runs."""
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool)):
         return node.value
     if isinstance(node, ast.Name) and node.id in known:
@@ -430,8 +420,7 @@ def load_py_config(path: str | Path) -> dict[str, Any]:
 
 
 def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], str | None]:
-    """(values, base layer, preset label) of a config file by its suffix: .toml, nanoGPT's
-    .py (over nanoGPT's own defaults), or a run's config.json (`gptlab train RUN/config.json`)."""
+    """(values, base layer, preset label) of a .toml, a nanoGPT .py (over NANOGPT_BASE) or a run's config.json."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file {str(p)!r} not found")
@@ -464,8 +453,7 @@ def parse_overrides(argv: list[str]) -> dict[str, str]:
 
 def build_config(preset: str | None = None, config_file: str | None = None,
                  overrides: dict[str, Any] | None = None, check: bool = True) -> Config:
-    """defaults -> preset (or nanoGPT's defaults under a .py file) -> config file -> overrides;
-    then validate (check=False only for showing values, as `--help` does)."""
+    """defaults -> preset (or NANOGPT_BASE under a .py file) -> config file -> overrides; validated unless check=False."""
     cfg = Config()
     file_values, base, label = load_config_file(config_file) if config_file else ({}, {}, None)
     preset = preset or file_values.get("preset")
@@ -555,9 +543,8 @@ def check_device(name: str) -> None:
 
 
 def check_memory(cfg: Config, weights_only: bool = False) -> None:
-    """Refuse shapes that fit nowhere here: lower bounds of the training state (16 bytes a parameter: fp32
-    weights, gradients, two Adam moments, shared by FSDP ranks; 4 for eval_only/weights_only) and of one
-    micro-batch's activations (>= 16 bytes per token, layer and width unit), against host plus GPU memory."""
+    """Refuse shapes that fit nowhere here: 16 bytes a parameter (fp32 weights, grads, Adam moments; FSDP-shared; 4 for
+    eval_only/weights_only) plus >= 16 bytes per token, layer and width of a micro-batch, against host + GPU memory."""
     import torch
 
     m, t = cfg.model, cfg.train
@@ -601,10 +588,9 @@ BatchSplit = NamedTuple("BatchSplit", [("micro", int), ("accum", int), ("global_
 
 
 def resolve_batch(cfg: Config, world_size: int) -> BatchSplit:
-    """The batch split for world_size ranks. train_batch_size set (Languini): the global batch, with
-    gradient_accumulation_steps per rank. Unset (nanoGPT): batch_size is the micro batch and
-    gradient_accumulation_steps the global count of micro-batches, divided over the ranks (40 = 5 on each
-    of 8 GPUs), so the global batch does not change with the rank count; 1 means no accumulation."""
+    """The split for world_size ranks. train_batch_size set (Languini): the global batch, gradient_accumulation_steps
+    per rank. Unset (nanoGPT): batch_size is the micro batch, gradient_accumulation_steps the global count divided
+    over the ranks (40 = 5 on each of 8 GPUs), so the global batch does not change with the rank count."""
     t = cfg.train
     accum = t.gradient_accumulation_steps
     if t.train_batch_size > 0:
@@ -626,8 +612,7 @@ def resolve_batch(cfg: Config, world_size: int) -> BatchSplit:
 
 
 def help_text(cfg: Config | None = None) -> str:
-    """Every key with its value, aliases and meaning, grouped by section: the defaults, or
-    a preset's / config file's values (marked * where they differ from the defaults)."""
+    """Every key with its value (cfg's, * where not the default), aliases and meaning, by section."""
     title = f"values of {cfg.preset} (* = differs from the default)" if cfg else "defaults"
     lines = [f"config keys, {title} (--key=value or --key value; aliases in brackets):"]
     for section, cls in SECTIONS.items():
@@ -666,20 +651,17 @@ RESUME_MAY_CHANGE = frozenset({f.name for f in fields(SystemConfig)} | {
 
 def resolve(cfg: Config, *, world_size: int, device, data_meta: dict | None, init_source: dict | None = None,
             resume_config: Config | None = None) -> Config:
-    """The config a run trains with, a new Config (`cfg` untouched): dtype and compile per device, vocab
-    from the data, the architecture from init_source (the source model's ModelConfig values), compute-class
-    steps, the batch split, the dataset as an absolute path. With resume_config (the run's config.json)
-    a key outside RESUME_MAY_CHANGE that differs is a UserError."""
+    """The config a run trains with, a new Config: dtype/compile per device, vocab from the data, architecture from
+    init_source (ModelConfig values), compute-class steps, batch split, absolute dataset path. With resume_config
+    (the run's config.json) a differing key outside RESUME_MAY_CHANGE is a UserError."""
     out = _resolved(cfg, world_size, device, data_meta, init_source)
     if resume_config is None:
         return out
-    saved = resume_config.to_dict()
-    for section, values in out.to_dict().items():
-        for k, v in values.items() if section != "preset" else ():
-            old = saved.get(section, {}).get(k, v)
-            if v != old and k not in RESUME_MAY_CHANGE:
-                raise UserError(f"--{k} {v!r} differs from {old!r} in the run's config.json: a resumed run keeps its "
-                                f"config; drop --{k} (only cadences, max_iters, device and output settings may change)")
+    for k in FIELD_INFO:
+        v, old = out.get(k), resume_config.get(k)
+        if v != old and k not in RESUME_MAY_CHANGE:
+            raise UserError(f"--{k} {v!r} differs from {old!r} in the run's config.json: a resumed run keeps its "
+                            f"config; drop --{k} (only cadences, max_iters, device and output settings may change)")
     out.preset = resume_config.preset
     return out
 
