@@ -1,9 +1,6 @@
-"""`gptlab prepare NAME ...`: sources (document streams per split; hf_prepare.py for corpora) -> tokenizer
-(made once, described in meta) -> encode (inline or num_proc workers) -> SplitWriter per split -> meta.json.
-Each document ends with the tokenizer's end-of-document id, if any (not the one-text recipes). The dataset is
-built in a locked sibling `.NAME.partial` and replaces --out (absent, empty, or a gptlab dataset with
---overwrite) only when complete; its fsynced `progress.json` lets `--resume` finish any interrupted run
-(SIGKILL too) with the bytes of an uninterrupted one.
+"""`gptlab prepare NAME`: document streams per split -> tokenizer -> encode (inline or num_proc workers) ->
+SplitWriter per split -> meta.json, built in a locked sibling `.NAME.partial` that replaces --out only when
+complete; its fsynced `progress.json` lets `--resume` finish a killed run with the bytes of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -11,9 +8,11 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import difflib
 import gzip
 import hashlib
 import itertools
+import multiprocessing as mp
 import os
 import re
 import shutil
@@ -204,13 +203,11 @@ def zero_one_bits(n_docs: int = 10_000, n_words: int = 1_000, seed: int = 1337) 
 
 
 def zero_one_tokens(bits: np.ndarray, tok: GPT2Tokenizer) -> np.ndarray:
-    """GPT-2 ids of each document "w w w ..." followed by end-of-text, shape (docs, words + 1). BPE never
-    merges across pre-tokens, here only "0", "1", " 0", " 1": mapping those four is the exact encoding."""
+    """GPT-2 ids of each document "w w w ...", shape (docs, words). BPE never merges across pre-tokens,
+    here only "0", "1", " 0", " 1": mapping those four is the exact encoding."""
     pieces = {p: tok.encode(p) for p in ("0", "1", " 0", " 1")}  # one token each in GPT-2
-    out = np.empty((bits.shape[0], bits.shape[1] + 1), dtype=np.uint16)  # (docs, words + eot)
-    out[:, :-1] = np.where(bits, pieces[" 0"][0], pieces[" 1"][0])
+    out = np.where(bits, pieces[" 0"][0], pieces[" 1"][0]).astype(np.uint16)  # (docs, words)
     out[:, 0] = np.where(bits[:, 0], pieces["0"][0], pieces["1"][0])
-    out[:, -1] = tok.eot_id
     return out
 
 
@@ -220,7 +217,7 @@ def _source_zero_one(seed: int, val_fraction: float, n_docs: int = 10_000, n_wor
 
     def stream(split, lo, hi):
         def it(skip, max_docs, max_bytes):  # encoded on demand, after prepare made the vocabulary available
-            ids = zero_one_tokens(bits[lo + skip:hi], GPT2Tokenizer())[:, :-1]  # the pipeline appends eot
+            ids = zero_one_tokens(bits[lo + skip:hi], GPT2Tokenizer())  # the pipeline appends eot
             for s in range(0, len(ids), max_docs):
                 yield "ids", list(ids[s:s + max_docs])
         return Stream(split, hi - lo, it)
@@ -272,10 +269,9 @@ def _check_lengths(out: Path, lengths: dict) -> None:
 def _texts_of(kind: str, items: list, field_name: str = "text") -> list[str]:
     if kind == "texts":
         return [t if t is not None else "" for t in items]
-    if kind == "raw":
-        return [decode_text(data, name) for name, data in items]
-    if kind == "raw_nl":
-        return [decode_text(data, name).replace("\r\n", "\n").replace("\r", "\n") for name, data in items]
+    if kind in ("raw", "raw_nl"):  # raw_nl: universal newlines, as Python's text mode reads
+        texts = [decode_text(data, name) for name, data in items]
+        return [t.replace("\r\n", "\n").replace("\r", "\n") for t in texts] if kind == "raw_nl" else texts
     from gptlab.data.hf_prepare import jsonl_texts
 
     return jsonl_texts(items, field_name)
@@ -326,23 +322,15 @@ def _worker_init(tok_meta: dict, work: str, text_field: str, threads: int) -> No
 
 def _pack(docs: list, eot_id: int | None, dtype) -> tuple[np.ndarray, np.ndarray]:
     """The documents, each followed by eot_id (if any), as one array; and per-document lengths."""
-    lens = np.fromiter((len(d) + (eot_id is not None) for d in docs), dtype=np.int64, count=len(docs))
-    out = np.empty(int(lens.sum()), dtype=dtype)
-    pos = 0
-    for d, n in zip(docs, lens.tolist()):
-        out[pos:pos + len(d)] = d
-        if eot_id is not None:
-            out[pos + n - 1] = eot_id
-        pos += n
-    return out, lens
+    eot = [np.array([eot_id])] if eot_id is not None else []
+    out = np.concatenate([p for d in docs for p in (np.asarray(d), *eot)], dtype=dtype, casting="unsafe")
+    return out, np.array([len(d) + len(eot) for d in docs], dtype=np.int64)
 
 
 def _encode(tok, texts: list[str], threads: int) -> list:
     if isinstance(tok, CharTokenizer):
         return [tok.encode_array(t) for t in texts]
-    if threads > 1:
-        return tok.encode_batch(texts, num_threads=threads)
-    return [tok.encode(t) for t in texts]
+    return tok.encode_batch(texts, num_threads=threads)
 
 
 def _work(task) -> tuple[dict, int, tuple]:
@@ -556,14 +544,6 @@ def _tasks(plan: Plan, rows_done: int, batch_docs: int, batch_bytes: int):
         base += st.rows
 
 
-def _pool(num_proc: int, initargs: tuple):
-    """num_proc worker processes; fork shares the parent's imported modules (fast start), else spawn."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    return ctx.Pool(num_proc, initializer=_worker_init, initargs=initargs)
-
-
 def _run(plan: Plan, work: Path, state: dict | None, config: dict, overwrite: bool, num_proc: int, threads: int,
          batch_docs: int, batch_bytes: int, sync_every_s: float, progress, _after_batch) -> dict:
     """Tokenizer, encode, write; returns the meta written into `work`."""
@@ -591,8 +571,9 @@ def _run(plan: Plan, work: Path, state: dict | None, config: dict, overwrite: bo
     tasks = _tasks(plan, rows_done, batch_docs, batch_bytes)
     bar = Progress(total, rows_done, f"prepare {plan.recipe}", progress)
     t_start, chars, last_sync, n_batches = time.perf_counter(), 0, time.perf_counter(), 0
-    # Encode inline, or in num_proc workers (terminated on leaving the block: every result is in by then)
-    with _pool(num_proc, (*init, 1)) if num_proc > 1 else contextlib.nullcontext() as pool:
+    # Encode inline, or in num_proc workers (fork shares imported modules; all results are in when the pool ends)
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(num_proc, _worker_init, (*init, 1)) if num_proc > 1 else contextlib.nullcontext() as pool:
         if pool is None:
             _worker_init(*init, threads)
         results = _bounded_imap(pool, _work, tasks, window=2 * num_proc) if pool else map(_work, tasks)
@@ -627,8 +608,6 @@ def _run(plan: Plan, work: Path, state: dict | None, config: dict, overwrite: bo
 # --- Entry points ---
 def check_options(name: str, tokenizer, val_fraction, vocab_size, num_proc) -> None:
     if name not in RECIPES:
-        import difflib
-
         hint = "".join(f"did you mean {c!r}? " for c in difflib.get_close_matches(name, list(RECIPES), n=1))
         raise UserError(f"unknown prepare recipe {name!r}: {hint}choose one of {', '.join(RECIPES)}")
     if val_fraction is not None and not (0.0 <= val_fraction < 1.0 if name in HF_RECIPES else 0.0 < val_fraction < 1.0):
@@ -668,24 +647,23 @@ def prepare(recipe: str, input=None, tokenizer: str | None = None, out=None, ove
             input_sentence_size: int | None = None, tokenizer_model=None, file_lists=None,
             splits: list[str] | None = None, progress: bool | None = None, **hf) -> Path:
     """Run a recipe; returns the data dir (default data/NAME). hf recipes take prepare_hf's options in **hf."""
-    name = recipe
-    check_options(name, tokenizer, val_fraction, vocab_size, num_proc)
+    check_options(recipe, tokenizer, val_fraction, vocab_size, num_proc)
     if tokenizer_model is not None and tokenizer not in (None, "sentencepiece"):
         raise UserError("--tokenizer_model is a SentencePiece model: drop --tokenizer or use --tokenizer sentencepiece")
     tokenizer = "sentencepiece" if tokenizer_model is not None else tokenizer
     tok_opts = {"vocab_size": vocab_size, "num_threads": num_threads, "input_sentence_size": input_sentence_size,
                 "tokenizer_model": tokenizer_model}
-    if name in HF_RECIPES:
+    if recipe in HF_RECIPES:
         from gptlab.data.hf_prepare import prepare_hf
 
-        return prepare_hf(recipe=name, tokenizer=tokenizer, out=out, overwrite=overwrite, resume=resume, seed=seed,
+        return prepare_hf(recipe=recipe, tokenizer=tokenizer, out=out, overwrite=overwrite, resume=resume, seed=seed,
                           val_fraction=val_fraction, num_proc=num_proc, progress=progress, tok_opts=tok_opts, **hf)
     if hf:
         raise UserError(f"unknown prepare option(s) {', '.join(sorted(hf))}: see `gptlab prepare --help`")
     seed = 1337 if seed is None else seed
     val_fraction = 0.1 if val_fraction is None else val_fraction
-    plan = _small_plan(name, input, tokenizer, seed, val_fraction, file_lists, splits, tok_opts)
-    out = build(plan, Path(out) if out is not None else Path("data") / name, overwrite=overwrite, resume=resume,
+    plan = _small_plan(recipe, input, tokenizer, seed, val_fraction, file_lists, splits, tok_opts)
+    out = build(plan, Path(out) if out is not None else Path("data") / recipe, overwrite=overwrite, resume=resume,
                 num_proc=num_proc or 1, threads=num_threads or os.cpu_count() or 1, progress=progress)
     _check_lengths(out, plan.lengths)
     return out
