@@ -1,24 +1,16 @@
 """One checkpoint format, written so that a kill at any moment loses nothing but time.
 
-A checkpoint is a dict of tensors and plain Python containers (model, optimiser,
-scaler, step, RNG states, sampler state, config) that torch.load(weights_only=True)
-accepts - no pickle of arbitrary objects is ever read back.
-
-On disk, in <run>/checkpoints/:
-    ckpt_00001000.pt          numbered checkpoints, the last `keep_last` kept
-    ckpt_00001000.pt.sha256   checksum written after the file is complete
-    model.pt                  the newest checkpoint (hard link; the Languini path)
-    best.pt                   the one with the lowest validation loss
-    latest                    text: file name of the newest complete checkpoint
-
-Writes go to a temporary file that is flushed, fsynced and renamed into place, so a
-reader sees either the old file or the complete new one. A checkpoint whose bytes do
-not match its .sha256 is reported and skipped in favour of the newest valid one.
+A checkpoint is a dict of tensors and plain containers (model, optimiser, scaler, step, RNG,
+sampler, config) that torch.load(weights_only=True) accepts. In <run>/checkpoints/:
+    ckpt_00001000.pt[.sha256]   numbered checkpoints (the last `keep_last` kept) and their checksums
+    model.pt / best.pt          hard links to the newest / lowest validation loss one
+    latest                      text: file name of the newest complete checkpoint
+Every file is written atomically (files.atomic_write_stream); a checkpoint whose bytes do not
+match its .sha256 is reported and skipped in favour of the newest valid one.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import math
@@ -26,28 +18,28 @@ import os
 import random
 import re
 import shutil
+import threading
 import warnings
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from gptlab import distributed as dist_
+from gptlab import files
 from gptlab.errors import UserError
+from gptlab.files import atomic_write_text, sha256_file
 
 CKPT_RE = re.compile(r"^ckpt_(\d{8})\.pt$")
 FORMAT = "gptlab-ckpt-1"
 
 
 class _HashingWriter(io.RawIOBase):
-    """File wrapper that hashes bytes as they are written (no second read of a big file)."""
+    """Hashes bytes as they are written (no second read of a big file). torch.save reports a
+    failed write() as a RuntimeError; `error` keeps the OSError (a full disk) for the caller."""
 
     def __init__(self, f):
-        self.f, self.h, self.n = f, hashlib.sha256(), 0
-        # torch.save calls write() from C++ and reports a failure there as a RuntimeError
-        # ("unexpected pos ..."); keeping the OSError lets the caller see a full disk for what it is.
-        self.error: OSError | None = None
+        self.f, self.h, self.error = f, hashlib.sha256(), None
 
     def writable(self):
         return True
@@ -59,94 +51,32 @@ class _HashingWriter(io.RawIOBase):
             self.error = e
             raise
         self.h.update(memoryview(b)[:n] if n is not None else b)
-        self.n += len(b) if n is None else n
         return n
 
-    def flush(self):
-        self.f.flush()
 
-
-def _open_for_write(path: Path):
-    """Indirection so tests can inject a failing writer (full disk)."""
-    return open(path, "wb")
-
-
-def _fsync_dir(d: Path) -> None:
+def _save_hashed(state: dict, f) -> str:
+    """torch.save(state) into f; the sha256 of the bytes written."""
+    hw = _HashingWriter(f)
     try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-def _no_space(e: BaseException | None) -> bool:
-    """Is e (or what it wraps) a full disk / quota? torch and shutil wrap the OSError."""
-    seen = 0
-    while e is not None and seen < 8:
-        if isinstance(e, OSError) and e.errno in _NO_SPACE:
-            return True
-        e, seen = e.__cause__ or e.__context__, seen + 1
-    return False
-
-
-def _disk_full_error(path: Path) -> UserError:
-    return UserError(f"disk full while writing {path}: the previous checkpoint is intact; "
-                     "free space and rerun with --resume")
-
-
-def atomic_write(path: Path, write: Callable[[Any], None]) -> str:
-    """write(fileobj) into path atomically; returns the sha256 of the bytes written."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    hw = None
-    try:
-        with _open_for_write(tmp) as raw:
-            hw = _HashingWriter(raw)
-            write(hw)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        return hw.h.hexdigest()
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if _no_space(e) or (hw is not None and _no_space(hw.error)):
-            raise _disk_full_error(path) from None
+        torch.save(state, hw)
+    except RuntimeError:
+        if hw.error is not None:
+            raise hw.error from None
         raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return hw.h.hexdigest()
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
-    """Point dst at src's bytes: a hard link costs no space; replace atomically."""
+    """Point dst at src's bytes (a hard link costs no space), replaced atomically, with src's checksum."""
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    dst_sidecar = dst.with_name(dst.name + ".sha256")
     tmp.unlink(missing_ok=True)
     try:
         try:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-        # The old checksum must not outlive the old bytes: without a sidecar a reader loads
-        # unchecked, with a stale one it would call a good file damaged.
-        dst_sidecar = dst.with_name(dst.name + ".sha256")
+        # the old checksum must not outlive the old bytes (a stale one would call a good file damaged)
         dst_sidecar.unlink(missing_ok=True)
         os.replace(tmp, dst)
     finally:
@@ -164,38 +94,20 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 def save_checkpoint(run_dir: Path, state: dict, step: int, keep_last: int = 2, is_best: bool = False,
                     protect_before: int | None = None, sharded: bool = False) -> Path:
-    """Write ckpt_<step>.pt atomically, then its checksum, then the pointers; prune old ones
-    only after the new one is complete. Pruning keeps the newest `keep_last`, and the newest
-    checkpoint older than step `protect_before` (the first non-finite step: a way back)."""
+    """Write ckpt_<step>.pt, then its checksum, then the pointers; prune only after the new one is
+    complete, keeping the newest `keep_last` and the newest before step `protect_before` (a way back)."""
     d = checkpoint_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"ckpt_{step:08d}.pt"
-    sidecar = path.with_name(path.name + ".sha256")
-    state = dict(state, format=FORMAT, step=step)
-    # Re-saving a step (a resumed run reaching it again) must not leave the old checksum
-    # beside the new bytes: drop it first, so a crash in between reads "no checksum" (skipped).
-    sidecar.unlink(missing_ok=True)
-    digest = atomic_write(path, lambda f: torch.save(state, f))
     try:
-        atomic_write_text(sidecar, digest + "\n")
-    except BaseException:
-        # Without its checksum the new file would only be skipped later; remove it so the
-        # folder looks exactly as before this save.
-        path.unlink(missing_ok=True)
-        raise
-    try:
-        _link_or_copy(path, d / "model.pt")
-        if is_best:
-            _link_or_copy(path, d / "best.pt")
-        atomic_write_text(d / "latest", path.name + "\n")
-    except OSError as e:  # the numbered checkpoint is complete; only a convenience pointer failed
-        if _no_space(e):
-            raise _disk_full_error(d / "model.pt") from None
-        raise
+        _write(path, dict(state, format=FORMAT, step=step), is_best)
+    except (OSError, UserError) as e:  # a full disk: the previous checkpoint is what a resume uses
+        if not str(files.write_error(path, e)).startswith("disk full"):
+            raise
+        raise UserError(f"disk full while writing {path}: the previous checkpoint is intact; "
+                        "free space and rerun with --resume") from None
     for old in list_checkpoints(run_dir):
-        if ckpt_step(old) > step:
-            # Newer than what we just wrote: resume skipped it as damaged, so it belongs to an
-            # abandoned timeline. Set it aside (not deleted) so fallback and pruning ignore it.
+        if ckpt_step(old) > step:  # skipped as damaged by the resume: an abandoned timeline, set aside
             old.rename(old.with_name(old.name + ".stale"))
             old.with_name(old.name + ".sha256").unlink(missing_ok=True)
     kept = list_checkpoints(run_dir)
@@ -205,10 +117,24 @@ def save_checkpoint(run_dir: Path, state: dict, step: int, keep_last: int = 2, i
             old.unlink(missing_ok=True)
             old.with_name(old.name + ".sha256").unlink(missing_ok=True)
     if sharded:  # DCP folders that no kept checkpoint refers to
-        from gptlab.distributed import prune_sharded, sharded_name
-
-        prune_sharded(run_dir, {sharded_name(ckpt_step(p)) for p in list_checkpoints(run_dir)})
+        dist_.prune_sharded(run_dir, {dist_.sharded_name(ckpt_step(p)) for p in list_checkpoints(run_dir)})
     return path
+
+
+def _write(path: Path, state: dict, is_best: bool) -> None:
+    sidecar = path.with_name(path.name + ".sha256")
+    # a re-saved step must not keep the old checksum beside new bytes: a crash in between reads "no checksum"
+    sidecar.unlink(missing_ok=True)
+    digest = files.atomic_write_stream(path, lambda f: _save_hashed(state, f))
+    try:
+        atomic_write_text(sidecar, digest + "\n")
+    except BaseException:  # without its checksum the new file is useless: the folder stays as it was
+        path.unlink(missing_ok=True)
+        raise
+    _link_or_copy(path, path.parent / "model.pt")
+    if is_best:
+        _link_or_copy(path, path.parent / "best.pt")
+    atomic_write_text(path.parent / "latest", path.name + "\n")
 
 
 def ckpt_step(path: Path) -> int:
@@ -245,54 +171,17 @@ def cpu_copy(tree):
     return tree
 
 
-class BackgroundWriter:
-    """save_checkpoint in a worker thread, one save at a time: submit() waits for the previous
-    save (so at most one copy of the state is pending) and re-raises its error, if any."""
-
-    def __init__(self):
-        self.thread = None
-        self.error: BaseException | None = None
-
-    def submit(self, run_dir: Path, state: dict, step: int, **kwargs) -> None:
-        import threading
-
-        self.drain()
-        self.thread = threading.Thread(target=self._write, args=(run_dir, state, step), kwargs=kwargs,
-                                       name="gptlab-checkpoint", daemon=False)
-        self.thread.start()
-
-    def _write(self, *args, **kwargs) -> None:
-        try:
-            save_checkpoint(*args, **kwargs)
-        except BaseException as e:  # handed to the training thread at its next submit()/drain()
-            self.error = e
-
-    def drain(self) -> None:
-        """Wait for the pending save; raise its error in this thread."""
-        if self.thread is not None:
-            self.thread.join()
-            self.thread = None
-        if self.error is not None:
-            err, self.error = self.error, None
-            raise err
-
-    def close(self) -> None:
-        """Wait for the pending save; an error was already reported (or the run is failing anyway)."""
-        if self.thread is not None:
-            self.thread.join()
-            self.thread = None
-
-
 class Checkpointer:
-    """Saves at its cadence: every checkpoint_interval steps (or at evaluations when that is
-    0), at the end and on a stop. State is copied off the device, then written by a
-    background thread in the single-file format (atomic, checksummed)."""
+    """Saves at its cadence: every checkpoint_interval steps (or at evaluations when that is 0), at
+    the end and on a stop. State is copied off the device, then written by one background thread
+    (rank 0, non-daemon); the next save, drain() and close() join it, and drain() re-raises its error."""
 
     def __init__(self, cfg, run_dir: Path, d, raw_model, optimizer, scaler, data):
         self.cfg, self.run_dir, self.d, self.raw, self.opt, self.scaler, self.data = \
             cfg, run_dir, d, raw_model, optimizer, scaler, data
         self.fsdp = cfg.system.parallel == "fsdp" and d.enabled
-        self.writer = BackgroundWriter() if d.is_main else None
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
 
     def due(self, step: int, evaluated: bool, improved: bool, stop: str | None) -> bool:
         t = self.cfg.train
@@ -320,8 +209,17 @@ class Checkpointer:
               "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None, "rng": rngs,
               "sampler": samplers, "config": self.cfg.to_dict(), "world_size": d.world_size,
               "parallel": self.cfg.system.parallel, "loop": loop, **state.state_dict()}
-        self.writer.submit(self.run_dir, st, state.step, keep_last=self.cfg.train.keep_last, is_best=is_best,
-                           protect_before=state.first_bad_step, sharded=self.fsdp)
+        self.drain()  # one pending copy of the state at most
+        kw = dict(keep_last=self.cfg.train.keep_last, is_best=is_best, protect_before=state.first_bad_step,
+                  sharded=self.fsdp)
+        self.thread = threading.Thread(target=self._write, args=(st, state.step), kwargs=kw, name="gptlab-checkpoint")
+        self.thread.start()
+
+    def _write(self, st: dict, step: int, **kw) -> None:
+        try:
+            save_checkpoint(self.run_dir, st, step, **kw)
+        except BaseException as e:  # handed to the training thread at its next save/drain
+            self.error = e
 
     def way_back(self, state) -> Path | None:
         """After a divergence: set aside what was saved from the first bad step on; the
@@ -332,12 +230,17 @@ class Checkpointer:
         return set_aside_from(self.run_dir, state.first_bad_step)
 
     def drain(self) -> None:
-        if self.writer is not None:
-            self.writer.drain()
+        """Wait for the pending save; raise its error in this thread."""
+        self.close()
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        """Join the writer (its error, if any, was reported by drain or the run is failing anyway)."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
 
 
 def rng_state(device: torch.device) -> dict:
@@ -560,10 +463,3 @@ def find_checkpoint(run_or_file: str | Path, which: str = "best") -> Path:
     if latest:
         return latest[0]
     raise UserError(f"no checkpoint in {d}: train first, or pass a checkpoint file")
-
-
-def load_model_state(run_dir: str | Path, which: str = "best") -> tuple[dict, dict]:
-    """(model state_dict, the rest of the checkpoint) for sampling / export / eval."""
-    state = load_checkpoint(find_checkpoint(run_dir, which))
-    model = state.pop("model")
-    return model, state

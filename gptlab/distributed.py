@@ -75,8 +75,11 @@ def init(device_name: str = "auto") -> Dist:
     return Dist(rank=rank, local_rank=local_rank, world_size=world, device=device)
 
 
-def shutdown() -> None:
+def shutdown(barrier: bool = False) -> None:
+    """Destroy the process group (after a barrier when every rank finished: none still needs it)."""
     if dist.is_available() and dist.is_initialized():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import gc
 import json
 import math
 import random
@@ -175,6 +176,9 @@ class Batches:
 
     def close(self) -> None:
         self.prefetch.close()
+        thread = getattr(self.prefetch, "thread", None)
+        if thread is not None:  # close() waits 5 s at most; a daemon thread left in a CUDA copy aborts the exit
+            thread.join()
 
 
 class Evaluator:
@@ -248,13 +252,6 @@ class Session:
     stop: dist_.StopAgreement
     evaluator: Evaluator
     checkpointer: ck.Checkpointer
-
-    def close(self) -> None:
-        """Ordered shutdown: prefetch thread joined, checkpoint writer drained, sinks closed."""
-        self.data.close()
-        self.checkpointer.close()
-        self.logger.close()
-        self.stop.restore()
 
 
 def source_arch(src: str, pad_multiple: int) -> dict | None:
@@ -439,35 +436,39 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
     wrapped = compile_model(wrapped, cfg.system.compile)
     ctx = autocast_ctx(d.device, dtype)
     logger = RunLogger(run_dir, cfg, enabled=d.is_main, total_steps=cfg.train.max_iters, start_step=state.step)
+    hold.callback(logger.close)
     clock = TrainClock(d.device, state.train_time)
     evaluator = Evaluator(cfg, wrapped, splits, meta, data_dir, ctx, d, logger, clock)
-    data = Batches(sampler, cfg.train.gradient_accumulation_steps, d.device)  # last: starts a thread on a GPU
+    data = Batches(sampler, cfg.train.gradient_accumulation_steps, d.device)  # starts a thread on a GPU
+    hold.callback(data.close)
+    checkpointer = ck.Checkpointer(cfg, run_dir, d, model, optimizer, scaler, data)
+    hold.callback(checkpointer.close)
+    stop = dist_.StopAgreement(cfg, d)  # installs the signal handlers
+    hold.callback(stop.restore)
     return Session(cfg=cfg, d=d, run_dir=run_dir, model=wrapped, raw=model, optimizer=optimizer, scaler=scaler,
                    ctx=ctx, data=data, state=state.to(d.device), logger=logger, clock=clock,
                    metrics=TrainMetrics(cfg, model, d, logger, clock, loop), evaluator=evaluator,
-                   checkpointer=ck.Checkpointer(cfg, run_dir, d, model, optimizer, scaler, data),
-                   stop=dist_.StopAgreement(cfg, d))  # installs the signal handlers: nothing may fail after it
+                   checkpointer=checkpointer, stop=stop)
 
 
 # ------------------------------------------------------------------------------ the loop
 
 def train(cfg: Config, argv: list[str] | None = None) -> dict:
-    """Train as the config says; returns a summary (final losses, steps, run folder)."""
+    """Train as the config says; returns a summary (final losses, steps, run folder).
+
+    Ordered shutdown: `hold` closes what setup opened in reverse (signal handlers restored, checkpoint
+    writer and prefetch threads joined, sinks closed, run lock released last); the wrapped model and
+    optimiser, which hold the process group, are freed; then every rank meets and the group goes."""
     d = dist_.init(cfg.system.device)
-    session = None
-    hold = contextlib.ExitStack()  # the run folder's lock, released last
+    finished = False
     try:
-        session = setup(cfg, d, hold)
-        summary = run_loop(session, argv or [])
-        dist_.barrier(d)  # every rank is past its last collective before the group goes
+        with contextlib.ExitStack() as hold:
+            summary = run_loop(setup(cfg, d, hold), argv or [])
+        finished = True
         return summary
     finally:
-        try:
-            if session is not None:
-                session.close()
-        finally:
-            hold.close()
-            dist_.shutdown()
+        gc.collect()  # DDP's reducer sits in reference cycles: freed now, not during interpreter exit
+        dist_.shutdown(barrier=finished)
 
 
 def run_loop(s: Session, argv: list[str]) -> dict:

@@ -156,6 +156,16 @@ def test_sigterm_to_one_of_two_ranks_stops_both_with_a_checkpoint(tmp_path):
     assert ck.list_checkpoints(run)[0].name == f"ckpt_{last:08d}.pt"
 
 
+def test_a_run_leaves_no_thread_behind(tmp_path):
+    """Every thread a run starts (checkpoint writer, progress bar monitor, TensorBoard writer) is joined
+    before train() returns: a thread still alive at interpreter exit can abort the process (SIGABRT)."""
+    data = make_dataset(tmp_path)
+    before = set(threading.enumerate())
+    args = train_args(data, tmp_path / "run", "random", 3, progress="on", tensorboard="true")
+    assert cli.main(["train", *args]) == 0
+    assert [t.name for t in threading.enumerate() if t not in before] == []
+
+
 def test_a_short_two_rank_run_exits_0_every_time(tmp_path):
     data = make_dataset(tmp_path)
     for i in range(int(os.environ.get("GPTLAB_REPEAT", "20"))):

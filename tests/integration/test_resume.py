@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from gptlab import checkpoint as ck
+from gptlab import files
 from gptlab import cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -289,7 +290,7 @@ def test_full_disk_mid_training_is_a_clean_error(tmp_path, monkeypatch, capsys):
 
     data = make_dataset(tmp_path)
     run = tmp_path / "run"
-    real_open, calls = ck._open_for_write, []
+    real_open, calls = files._open_for_write, []
 
     def opener(path):
         if Path(path).name.startswith(".ckpt_"):
@@ -298,7 +299,7 @@ def test_full_disk_mid_training_is_a_clean_error(tmp_path, monkeypatch, capsys):
                 return _FullDisk(path, budget=1000)
         return real_open(path)
 
-    monkeypatch.setattr(ck, "_open_for_write", opener)
+    monkeypatch.setattr(files, "_open_for_write", opener)
     rc = cli.main(["train", *train_args(data, run, "random", max_iters=4, checkpoint_interval=2)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2, err

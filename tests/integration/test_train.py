@@ -72,7 +72,7 @@ def test_sample_command_prints_text(char_dataset, tmp_path):
 def test_init_from_another_run_fine_tunes_with_a_cropped_context(char_dataset, tmp_path):
     import torch
 
-    from gptlab import checkpoint as ck
+    from gptlab.runs import load_run
 
     base = tmp_path / "base"
     train(_cfg(char_dataset, base, max_iters=20, eval_interval=20))
@@ -81,8 +81,8 @@ def test_init_from_another_run_fine_tunes_with_a_cropped_context(char_dataset, t
                          n_layer=7, learning_rate=1e-4, min_lr=1e-5, warmup_iters=0))
     saved = json.loads((ft / "config.json").read_text())["model"]
     assert saved["n_layer"] == 2 and saved["block_size"] == 16  # architecture from the source run, context cropped
-    src, _ = ck.load_model_state(base)
-    new, _ = ck.load_model_state(ft, "last")
+    src, _ = load_run(base).model_state()
+    new, _ = load_run(ft).model_state("last")
     assert new["transformer.wpe.weight"].shape[0] == 16
     # fine-tuning started from the source weights: a few small steps keep them close
     diff = (new["transformer.h.0.mlp.c_fc.weight"] - src["transformer.h.0.mlp.c_fc.weight"]).abs().max()

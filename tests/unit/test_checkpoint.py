@@ -16,6 +16,7 @@ import torch
 
 from faults import _FullDisk  # tests/ is on sys.path under pytest
 from gptlab import checkpoint as ck
+from gptlab import files
 from gptlab.errors import UserError
 
 
@@ -116,7 +117,7 @@ def test_resaving_a_step_after_fallback_sets_the_abandoned_newer_one_aside(tmp_p
 def test_full_disk_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch, fail_on):
     ck.save_checkpoint(tmp_path, _state(1.0), 1, is_best=True)
     before = _files(tmp_path)
-    real_open = ck._open_for_write
+    real_open = files._open_for_write
 
     def opener(path):
         is_side = ".sha256" in Path(path).name
@@ -124,12 +125,12 @@ def test_full_disk_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch, 
             return _FullDisk(path, budget=10 if is_side else 200)
         return real_open(path)
 
-    monkeypatch.setattr(ck, "_open_for_write", opener)
+    monkeypatch.setattr(files, "_open_for_write", opener)
     with pytest.raises(UserError, match="disk full .* previous checkpoint is intact") as e:
         ck.save_checkpoint(tmp_path, _state(2.0), 2)
     assert "\n" not in str(e.value)
     assert _files(tmp_path) == before  # not one byte changed, no temporary file left over
-    monkeypatch.setattr(ck, "_open_for_write", real_open)
+    monkeypatch.setattr(files, "_open_for_write", real_open)
     state, path = ck.load_latest_valid(tmp_path, warn=pytest.fail)
     assert state["step"] == 1 and torch.equal(state["model"]["w"], _state(1.0)["model"]["w"])
 
