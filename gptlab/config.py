@@ -167,8 +167,7 @@ class Config:
         return cfg
 
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig,
-                             "log": LogConfig, "system": SystemConfig}
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(Config) if f.name != "preset"}
 # Every key's field and section, and every alias's key; a duplicate name would make a flat --key ambiguous.
 FIELD_INFO: dict[str, dataclasses.Field] = {f.name: f for c in SECTIONS.values() for f in fields(c)}
 SECTION_OF: dict[str, str] = {f.name: s for s, c in SECTIONS.items() for f in fields(c)}
@@ -270,21 +269,19 @@ def languini_recipe(preset: str | None, compute_class: str) -> dict[str, Any]:
     return out
 
 
+# The well-known character-level recipe (a GPU run of a few minutes).
+_CHAR = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=True, dataset="shakespeare_char",
+             batch_size=64, gradient_accumulation_steps=1, learning_rate=1e-3, min_lr=1e-4, max_iters=5000,
+             lr_decay_iters=5000, warmup_iters=100, beta2=0.99, eval_interval=250, eval_iters=200, log_interval=10,
+             always_save_checkpoint=False)
 _GPT2_SIZES = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280), "gpt2-xl": (48, 25, 1600)}
 PRESETS: dict[str, dict[str, Any]] = {
     **{k: dict(_GPT2, n_layer=L, n_head=H, n_embd=C) for k, (L, H, C) in _GPT2_SIZES.items()},
-    # The well-known character-level recipe (a GPU run of a few minutes).
-    "shakespeare_char": dict(
-        n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=True, dataset="shakespeare_char",
-        batch_size=64, gradient_accumulation_steps=1, learning_rate=1e-3, min_lr=1e-4, max_iters=5000,
-        lr_decay_iters=5000, warmup_iters=100, beta2=0.99, eval_interval=250, eval_iters=200, log_interval=10,
-        always_save_checkpoint=False),
+    "shakespeare_char": _CHAR,
     # The CPU recipe: trains to val loss < 2.0 on tiny Shakespeare in a few CPU minutes.
-    "baby": dict(
-        n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=True, dataset="shakespeare_char",
-        batch_size=12, gradient_accumulation_steps=1, learning_rate=1e-3, min_lr=1e-4, max_iters=2000,
-        lr_decay_iters=2000, warmup_iters=100, beta2=0.99, eval_interval=250, eval_iters=20, log_interval=50,
-        device="cpu", dtype="float32"),
+    "baby": dict(_CHAR, n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, batch_size=12, max_iters=2000,
+                 lr_decay_iters=2000, eval_iters=20, log_interval=50, always_save_checkpoint=True, device="cpu",
+                 dtype="float32"),
     # One-layer GPT-2 on the synthetic 0/1 data (entropy bound H(1/3) = 0.6365 nats/word).
     "zero_one": dict(
         n_layer=1, n_head=12, n_embd=768, block_size=512, dropout=0.0, bias=True, dataset="zero_one", batch_size=64,
@@ -563,7 +560,7 @@ def check_memory(cfg: Config, weights_only: bool = False) -> None:
         need = 4 * params // shards
     else:
         need = 16 * params // shards + 16 * micro * m.block_size * m.n_layer * width
-    if need > avail and torch.cuda.is_available():
+    if need > avail:  # no CUDA: device_count() is 0
         avail += sum(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
     if need > avail:
         raise UserError(f"this model needs at least {need / 2**30:,.0f} GiB (n_layer {m.n_layer}, n_embd "
