@@ -311,7 +311,6 @@ def make_tokenizer(kind: str, work: Path, streams: list[Stream], opts: dict, tex
 
 
 # --- Encoding: the same function inline (num_proc=1) and in worker processes ---
-
 _W: dict = {}
 
 
@@ -688,7 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--vocab_size": dict(type=int, help="SentencePiece vocabulary size (default 16384)"),
         "--tokenizer_model": dict(help="books: an existing SentencePiece .model (e.g. Languini's books_16384.model)"),
         "--file_lists": dict(help="books: a folder of Languini file_list_SPLIT.npy (document order and lengths)"),
-        "--splits": dict(help="books: comma-separated splits to prepare (default: all)"),
+        "--splits": dict(type=lambda v: [s for s in v.split(",") if s] or None,
+                         help="books: comma-separated splits to prepare (default: all)"),
         "--num_threads": dict(type=int, help="tokeniser threads inline (default: all cores)"),
         "--num_proc": dict(type=int, help="tokeniser processes (default 1; hf recipes: all cores)"),
         "--input_sentence_size": dict(type=int, help="lines sampled for SentencePiece training (default 2,000,000)"),
@@ -697,7 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--split": dict(help="hf: only this split (default: all the source has)"),
         "--text_field": dict(default="text", help="hf: column holding the text"),
         "--batch_docs": dict(type=int, default=1024, help="documents per encode task"),
-        "--no_progress": dict(action="store_true", help="no progress bar or lines"),
+        "--no_progress": dict(action="store_false", dest="progress", default=None, help="no progress bar or lines"),
     }.items():
         p.add_argument(flag, **kw)
     return p
@@ -705,8 +705,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     a = vars(build_parser().parse_args(argv))
-    a["splits"] = [s for s in a["splits"].split(",") if s] if a["splits"] else None
-    a["progress"] = False if a.pop("no_progress") else None
     hf = {k: a.pop(k) for k in ("dataset", "name", "split", "text_field", "batch_docs")}
     prepare(**a, **(hf if a["recipe"] in HF_RECIPES else {}))
     return 0
