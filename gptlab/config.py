@@ -626,13 +626,10 @@ def help_text(cfg: Config | None = None) -> str:
 
 
 def load_run_config(path: str | Path) -> Config:
-    """Rebuild a Config from a run's config.json (or the run folder)."""
-    p = Path(path) / "config.json" if Path(path).is_dir() else Path(path)
-    if not p.is_file():
-        raise UserError(f"no config.json at {str(p)!r}: pass a run folder written by `gptlab train`")
-    d = read_json(p, "run config")
+    """Rebuild a Config from a run's config.json (every caller has checked that the file exists)."""
+    d = read_json(Path(path), "run config")
     if not isinstance(d, dict):
-        raise UserError(f"{p} does not hold a config object")
+        raise UserError(f"{path} does not hold a config object")
     return Config.from_dict(d)
 
 
