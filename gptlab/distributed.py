@@ -1,17 +1,19 @@
-"""Process-group set-up and model wrapping. Rank and world size are passed around as a
-`Dist` value, never read from globals inside the model or the samplers.
-
-torchrun sets RANK / LOCAL_RANK / WORLD_SIZE (and MASTER_ADDR / MASTER_PORT or a
-rendezvous endpoint); without them we run as a single process.
+"""Process group, model wrapping, sharded checkpoints and the stop agreement. Rank and world size
+travel as a `Dist` value (from torchrun's RANK / LOCAL_RANK / WORLD_SIZE; none: a single process).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import os
+import pickle
 import re
+import shutil
 import signal
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from gptlab.errors import UserError
+from gptlab.runs import CHECKPOINT_DIR
 
 
 @dataclass
@@ -85,13 +88,8 @@ def shutdown(barrier: bool = False) -> None:
 
 def wrap_model(model: torch.nn.Module, d: Dist, strategy: str = "ddp", mp_dtype: torch.dtype | None = None,
                bucket_mb: int = 100, bucket_view: bool = True):
-    """DDP (gradients all-reduced in backward) or FSDP2 (one shard unit per block).
-
-    FSDP2 replaces the parameters by sharded DTensors in place, so the optimiser must be
-    built from the model *after* this call. mp_dtype (bf16) is the dtype of the gathered
-    parameters in forward/backward; gradients are reduced and kept in fp32. bucket_mb and
-    bucket_view are DDP's bucket_cap_mb and gradient_as_bucket_view.
-    """
+    """DDP, or FSDP2 with one shard unit per block (it swaps the parameters in place: build the optimiser
+    after this call). mp_dtype: FSDP2's gathered parameter dtype (gradients reduced in fp32)."""
     if not d.enabled:
         return model
     if strategy == "fsdp":
@@ -100,10 +98,7 @@ def wrap_model(model: torch.nn.Module, d: Dist, strategy: str = "ddp", mp_dtype:
         if mp_dtype == torch.float16:
             # fp16 needs a sharded gradient scaler; bf16 has fp32's range and needs none.
             raise UserError("--parallel fsdp runs in bfloat16 or float32: use --dtype bfloat16")
-        import warnings
-
-        # The model returns (logits, loss); FSDP2 warns that such outputs may be views. The
-        # loop never modifies them in place (loss / accum makes a new tensor), so it is noise.
+        # FSDP2 warns that outputs may be views; the loop never modifies them in place
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
         mp = MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32) if mp_dtype else MixedPrecisionPolicy()
         for block in model.transformer.h:
@@ -131,32 +126,18 @@ def grad_sync(model: torch.nn.Module, last_micro_step: bool):
     return contextlib.nullcontext()
 
 
-def all_reduce_mean(t: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.enabled:
-        t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.AVG if dist.get_backend() == "nccl" else dist.ReduceOp.SUM)
-        if dist.get_backend() != "nccl":
-            t /= d.world_size
-    return t
+def all_reduce(t: torch.Tensor, d: Dist, op: str = "sum") -> torch.Tensor:
+    """A reduced copy of t across ranks: op "sum", "max" or "mean"; t itself on one process."""
+    if not d.enabled:
+        return t
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return t / d.world_size if op == "mean" else t
 
 
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()
-
-
-def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.enabled:
-        t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-def all_reduce_max(t: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.enabled:
-        t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t
 
 
 def gather_objects(obj, d: Dist) -> list:
@@ -173,16 +154,11 @@ def full_state_dict(model: torch.nn.Module, d: Dist) -> dict:
     every rank must call it (only rank 0 receives the tensors)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    if not d.enabled or not is_sharded(model):
+    if not d.enabled or not any(hasattr(p, "full_tensor") for p in model.parameters()):
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def is_sharded(model: torch.nn.Module) -> bool:
-    return any(hasattr(p, "full_tensor") for p in model.parameters())
-
-
-DCP_PREFIX = "dcp_"
 DCP_RE = re.compile(r"^dcp_\d{8}$")
 # The only globals a DCP .metadata written by gptlab names; anything else is refused unread.
 _DCP_GLOBALS = {
@@ -196,22 +172,18 @@ _DCP_GLOBALS = {
 
 
 def sharded_name(step: int) -> str:
-    return f"{DCP_PREFIX}{step:08d}"
+    return f"dcp_{step:08d}"
 
 
 def save_sharded(run_dir, step: int, model: torch.nn.Module, optimizer, d: Dist) -> dict:
-    """FSDP2: every rank writes its own shards with torch.distributed.checkpoint (DCP). DCP
-    stores each tensor with its global shape and offsets, so load() reshards it to any
-    number of ranks (one included). Returns {"name", "metadata_sha256"}: the folder name
-    inside checkpoints/ and the hash of its .metadata, to be stored in the checksummed
-    single-file checkpoint so load_sharded reads only what this run wrote."""
-    import hashlib
-
+    """FSDP2: every rank writes its shards with DCP (global shapes and offsets: loadable on any number of
+    ranks). Returns {"name", "metadata_sha256"} for the checksummed single-file checkpoint, so that
+    load_sharded reads only what this run wrote."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     name = sharded_name(step)
-    folder = Path(run_dir) / "checkpoints" / name
+    folder = Path(run_dir) / CHECKPOINT_DIR / name
     msd, osd = get_state_dict(model, optimizer)
     dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(folder))
     # rank 0 wrote .metadata (DCP's coordinator); every rank returns rank 0's hash
@@ -222,15 +194,14 @@ def save_sharded(run_dir, step: int, model: torch.nn.Module, optimizer, d: Dist)
 
 
 def _sharded_folder(run_dir, ref) -> Path:
-    """The DCP folder a checkpoint's "sharded" entry names, if it is one gptlab could have
-    written: the pattern dcp_<8 digits>, a real folder directly inside run_dir/checkpoints."""
+    """The folder a checkpoint's "sharded" entry names, if gptlab could have written it (dcp_<8 digits>, a real folder in checkpoints/)."""
     bad = ("the checkpoint's 'sharded' entry {what}, so the checkpoint was not written by gptlab or was edited: "
            "resume from another checkpoint (delete the newer ckpt_*.pt) or retrain")
     if not (isinstance(ref, dict) and isinstance(ref.get("name"), str) and isinstance(ref.get("metadata_sha256"), str)):
         raise UserError(bad.format(what="is not {name, metadata_sha256}"))
     if not DCP_RE.match(ref["name"]) or not re.fullmatch(r"[0-9a-f]{64}", ref["metadata_sha256"]):
         raise UserError(bad.format(what=f"names {ref['name'][:80]!r}, not a dcp_<8 digits> folder with a sha256"))
-    ckdir = Path(run_dir) / "checkpoints"
+    ckdir = Path(run_dir) / CHECKPOINT_DIR
     folder = ckdir / ref["name"]
     if folder.is_symlink() or not folder.is_dir() or folder.resolve().parent != ckdir.resolve():
         raise UserError(f"sharded checkpoint {folder} is missing or not a folder inside {ckdir}: "
@@ -240,9 +211,6 @@ def _sharded_folder(run_dir, ref) -> Path:
 
 def _restricted_unpickle(data: bytes, where: Path):
     """Unpickle DCP metadata allowing only the classes in _DCP_GLOBALS and torch dtypes."""
-    import io
-    import pickle
-
     class Restricted(pickle.Unpickler):
         def find_class(self, module, name):
             if (module, name) in _DCP_GLOBALS:
@@ -259,11 +227,8 @@ def _restricted_unpickle(data: bytes, where: Path):
 
 
 def _verified_metadata(run_dir, ref):
-    """Read .metadata once, check its sha256 against the checkpoint's record, then unpickle
-    those same bytes with the restricted unpickler; every shard it names must be a plain
-    file of the folder."""
-    import hashlib
-
+    """Read .metadata once, check its sha256 against the checkpoint's record, unpickle those bytes
+    (restricted); every shard it names must be a plain file of the folder."""
     from torch.distributed.checkpoint.metadata import Metadata
 
     folder = _sharded_folder(run_dir, ref)
@@ -285,10 +250,9 @@ def _verified_metadata(run_dir, ref):
 
 
 def load_sharded(run_dir, ref, model: torch.nn.Module, optimizer) -> None:
-    """Load the DCP checkpoint `ref` (a checkpoint's "sharded" entry) of run_dir into a plain,
-    DDP-unwrapped or FSDP2 model and its optimiser, whatever number of ranks wrote it. Every
-    rank calls it (without a process group, a single process reads all shards). Nothing is
-    unpickled unless the folder and its .metadata hash are the ones the checkpoint recorded."""
+    """Load the DCP checkpoint `ref` (a checkpoint's "sharded" entry) into a plain or FSDP2 model and its
+    optimiser, whatever number of ranks wrote it; every rank calls it. Nothing is unpickled unless the
+    folder and its .metadata hash are the ones the checkpoint recorded."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
     from torch.distributed.checkpoint.filesystem import FileSystemReader
@@ -316,10 +280,8 @@ def load_sharded(run_dir, ref, model: torch.nn.Module, optimizer) -> None:
 
 
 def load_plain_optimizer(model: torch.nn.Module, optimizer, osd: dict) -> None:
-    """Load a plain optimizer.state_dict() (from a 1-rank or DDP checkpoint) into an
-    optimiser over FSDP2-sharded parameters: its integer ids follow the parameter order of
-    the param groups, which is the same before and after sharding, so they map to names,
-    and set_optimizer_state_dict slices each full tensor into this rank's shard."""
+    """A plain optimizer.state_dict() (1-rank or DDP) into an optimiser over FSDP2 shards: its ids follow
+    the param groups' order, the same after sharding, so they map to names; torch slices each tensor."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     names = {id(p): n for n, p in model.named_parameters()}
@@ -336,11 +298,7 @@ def load_plain_optimizer(model: torch.nn.Module, optimizer, osd: dict) -> None:
 
 def prune_sharded(run_dir, keep: set[str]) -> None:
     """Remove DCP folders that no kept numbered checkpoint refers to (rank 0, after a save)."""
-    import shutil
-
-    from gptlab.runs import CHECKPOINT_DIR
-
-    for p in (Path(run_dir) / CHECKPOINT_DIR).glob(DCP_PREFIX + "*"):
+    for p in (Path(run_dir) / CHECKPOINT_DIR).glob("dcp_*"):
         if p.is_dir() and p.name not in keep:
             shutil.rmtree(p, ignore_errors=True)
 
@@ -356,30 +314,26 @@ class StopAgreement:
         self.pending = None  # (step, host copy, event) of the last check, on a GPU
         self.previous = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread (a test thread)
                 self.previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (a test thread)
-                pass
 
     def _handle(self, signum, frame):
         if self.signum:
-            import os
-
             os._exit(128 + signum)
         self.signum = signum
         print(f"\nsignal {signal.Signals(signum).name}: finishing the current step and writing a checkpoint "
               "(send it again to exit at once)", file=sys.stderr, flush=True)
 
     def poll(self, state) -> str | None:
-        """None, "signal" or "diverged". On a GPU the reduced flags reach the host in the
-        background and are read at the next check, so checking never stalls the device queue."""
+        """None, "signal" or "diverged". On a GPU the reduced flags reach the host in the background
+        and are read at the next check: checking never stalls the device queue."""
         end = state.step == self.max_steps
         if self.signum and not self.d.enabled:  # a single process acts on its own signal at once
             return "signal"
         if state.step % self.every and not end:
             return None
         flags = torch.stack([torch.full((), float(self.signum), device=state.consec_bad.device), state.consec_bad])
-        flags = all_reduce_max(flags, self.d)  # every rank, at these steps
+        flags = all_reduce(flags, self.d, "max")  # every rank, at these steps
         if flags.is_cuda and not end:
             host = torch.empty(2, pin_memory=True).copy_(flags, non_blocking=True)
             ready = torch.cuda.Event()
@@ -398,13 +352,9 @@ class StopAgreement:
         if streak > 0 and state.first_bad_step is None:
             state.first_bad_step = step - int(streak) + 1
         self.signum = self.signum or int(signum)
-        if streak >= self.max_bad:
-            return "diverged"
-        return "signal" if signum else None
+        return "diverged" if streak >= self.max_bad else ("signal" if signum else None)
 
     def restore(self) -> None:
         for sig, handler in self.previous.items():
-            try:
+            with contextlib.suppress(ValueError, TypeError):
                 signal.signal(sig, handler)
-            except (ValueError, TypeError):
-                pass

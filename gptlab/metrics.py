@@ -1,18 +1,20 @@
-"""Throughput and MFU, written once.
-
-FLOPs per token (training, forward + backward) = 6N + 12*L*H*Q*T, with N the weights
-that take part in matrix multiplies, L layers, H heads, Q head width, T sequence
-length (see gptlab.model.flops_per_token). MFU = achieved FLOP/s per device / the
-device's dense bf16 peak from the table below; "n/a" when the device is not in it.
-"""
+"""Training metrics: throughput and MFU (achieved FLOP/s per device over the device's dense bf16 peak
+from the table below, "n/a" when unknown; FLOPs per token: model.flops_per_token), the clock, the
+per-sink loss windows, gradient statistics."""
 
 from __future__ import annotations
 
 import contextlib
 import math
+import re
+import resource
 import time
 
 import torch
+
+from gptlab import distributed as dist_
+from gptlab.loss import logits_and_loss
+from gptlab.model import flops_per_token
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, FLOP/s.
 PEAK_BF16 = {
@@ -35,8 +37,6 @@ def device_peak_flops(device: torch.device | str) -> tuple[float | None, str]:
 def peak_for_name(name: str) -> float | None:
     """Table lookup on whole tokens of the device name ("L4" must not match "L40"); the longest
     key first so "H100 PCIe" wins over a shorter one. Unknown -> None."""
-    import re
-
     for key in sorted(PEAK_BF16, key=len, reverse=True):
         if re.search(rf"(?<![A-Za-z0-9]){re.escape(key)}(?![A-Za-z0-9])", name):
             return PEAK_BF16[key]
@@ -57,12 +57,7 @@ def peak_memory_gb(device: torch.device) -> float | None:
     """Peak device memory allocated by torch on a GPU; on the CPU, the process's peak RSS."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    except (ImportError, OSError):
-        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 # ------------------------------------------------------------------------------ training metrics
@@ -112,10 +107,8 @@ class Window:
 
     def take(self, d) -> dict:
         """Mean loss (nan when every step was skipped), seconds per step, data-wait share; then empty."""
-        from gptlab import distributed as dist_
-
         # every rank calls this at the same steps; .item(): a CPU-GPU sync
-        loss = dist_.all_reduce_mean(self.loss_sum / self.loss_count, d).item()
+        loss = dist_.all_reduce(self.loss_sum / self.loss_count, d, "mean").item()
         dt = max(self.clock.now() - self.start, 1e-9) / max(self.steps, 1)
         out = {"loss": loss, "dt": dt, "data_wait_share": self.wait / (dt * max(self.steps, 1))}
         self.reset()
@@ -128,8 +121,6 @@ class TrainMetrics:
     record; grads records every log_grads_every steps."""
 
     def __init__(self, cfg, raw_model, d, logger, clock: TrainClock, loop: dict | None = None):
-        from gptlab.model import flops_per_token
-
         self.cfg, self.raw, self.d, self.logger, self.clock = cfg, raw_model, d, logger, clock
         self.jsonl, self.term = Window(d.device, clock, loop), Window(d.device, clock)
         self.fpt = flops_per_token(raw_model.shape, cfg.model.block_size)
@@ -189,8 +180,6 @@ class TrainMetrics:
     def log_grads(self, state, before: dict, x: torch.Tensor, optimizer) -> None:
         """Weights, gradients, the update, and the logits on the step's last inputs (eval mode: no
         RNG drawn); then the gradients kept for it are dropped."""
-        from gptlab.loss import logits_and_loss
-
         stats = grad_stats(self.raw, before)
         optimizer.zero_grad(set_to_none=True)
         was = self.raw.training
@@ -213,11 +202,8 @@ def _hms(seconds: float) -> str:
 
 
 def grad_stats(model: torch.nn.Module, before: dict[str, torch.Tensor] | None, scale: float = 1.0) -> dict:
-    """Mean / max / min / L2 of weights, gradients and the last update, per parameter and global.
-
-    Call it after the optimiser step and before zero_grad, and after any GradScaler.unscale_
-    (scale 1: the true gradients). Global entries pool every element of every parameter.
-    """
+    """Mean / max / min / L2 of weights, gradients and the last update, per parameter and pooled over all
+    ("global"). Call after the optimiser step, before zero_grad (gradients divided by `scale`)."""
     out: dict[str, float] = {}
     acc = {k: [0.0, 0, -math.inf, math.inf, 0.0] for k in ("w", "g", "u")}  # sum, count, max, min, sum of squares
     for name, p in model.named_parameters():

@@ -1,20 +1,17 @@
-"""One logger that fans out to the terminal, metrics.jsonl, TensorBoard and (optionally) W&B.
-
-Only rank 0 logs; other ranks get a logger with enabled=False that does nothing.
-metrics.jsonl holds one JSON object per line: {"kind": "train"|"eval"|"grads", "step",
-"tokens", "accel_hours", "time_s", ...metric fields}; "tokens" is always the training tokens
-seen (an eval record puts the count it scored under "tokens_scored"). Flushed line by line,
-so a killed run keeps everything it logged.
-"""
+"""One logger (rank 0; others get enabled=False) that fans out to the terminal, metrics.jsonl, TensorBoard
+and W&B. metrics.jsonl: one JSON object a line, {"kind": "train"|"eval"|"grads", "step", "tokens" (training
+tokens seen), "accel_hours", "time_s", ...}, flushed line by line so a killed run keeps what it logged."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
 import time
 from pathlib import Path
 
+from gptlab.errors import UserError
 from gptlab.runs import METRICS_FILE
 
 
@@ -23,10 +20,7 @@ class RunLogger:
         self.enabled = enabled and run_dir is not None
         self.cfg = cfg
         self.t0 = time.time()
-        self.tb = None
-        self.wandb = None
-        self.bar = None
-        self.jsonl = None
+        self.tb = self.wandb = self.bar = self.jsonl = None
         if not self.enabled:
             return
         run_dir = Path(run_dir)
@@ -36,29 +30,22 @@ class RunLogger:
         use_tb = kind in ("tb", "all") or (not kind and cfg.log.tensorboard)
         use_wandb = kind in ("wandb", "all") or (not kind and cfg.log.wandb_log)
         if use_tb:
-            try:
+            with contextlib.suppress(ImportError):  # tensorboard not installed: the jsonl still has everything
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-            except Exception:  # tensorboard not installed: the jsonl still has everything
-                self.tb = None
         if use_wandb:
             try:
                 import wandb
             except ImportError:
-                from gptlab.errors import UserError
-
                 raise UserError("--wandb_log needs Weights & Biases: pip install wandb (or drop --wandb_log)") from None
             self.wandb = wandb.init(project=cfg.log.wandb_project, name=cfg.log.wandb_run or run_dir.name, config=cfg.to_dict(),
                                     dir=str(run_dir))
         show_bar = cfg.log.progress == "on" or (cfg.log.progress == "auto" and sys.stderr.isatty())
-        if show_bar:
-            try:
-                from tqdm import tqdm
+        if show_bar:  # tqdm is a dependency
+            from tqdm import tqdm
 
-                self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, leave=True)
-            except ImportError:
-                self.bar = None
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, leave=True)
 
     def hours(self, tokens: int) -> float | None:
         tps = self.cfg.train.tokens_per_second
@@ -90,7 +77,7 @@ class RunLogger:
         # eval records by split (eval/val, eval/train): never the training loss's train/ tags
         prefix = f"eval/{values['split']}" if kind == "eval" and "split" in values else kind
         for k, v in values.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None and math.isfinite(v):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                 if self.tb is not None:
                     self.tb.add_scalar(f"{prefix}/{k}", v, step)
                     if kind == "eval" and k == "loss":

@@ -209,7 +209,7 @@ class Evaluator:
     def run(self, state: TrainState) -> bool:
         """Evaluate every split and log it; True when the held-out loss improved."""
         t, d = self.cfg.train, self.d
-        reduce = (lambda x: dist_.all_reduce_sum(x, d)) if d.enabled else None
+        reduce = (lambda x: dist_.all_reduce(x, d)) if d.enabled else None
         out = {}
         with self.clock.paused():
             for split, plan in self.plans.items():
