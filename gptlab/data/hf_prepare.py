@@ -1,16 +1,13 @@
-"""Sources from outside gptlab for `gptlab prepare`: Hugging Face style corpora and Languini file lists.
-
-`prepare hf|openwebtext|tinystories --dataset X`: a `save_to_disk` folder (needs `datasets`), local parquet
-(pyarrow), jsonl or .txt files (plain Python, streamed), or else a hub name for `datasets.load_dataset`.
-Each becomes streams for prepare.py's pipeline; without a validation split, val is carved out of train.
-`prepare books --file_lists DIR` reads Languini's `file_list_SPLIT.npy` (document order and token counts).
-"""
+"""Sources for `gptlab prepare` from outside: `prepare hf|openwebtext|tinystories --dataset X` (a save_to_disk
+folder, local parquet, jsonl or .txt files, else a hub name; val carved out of train if there is none) and
+Languini's `file_list_SPLIT.npy` for `prepare books --file_lists DIR`."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,8 @@ from gptlab.data.prepare import (PROGRESS, Plan, Stream, build, capped_batches, 
                                  list_documents, row_uniform, text_files_stream, work_dir)
 
 SPLIT_ALIASES = {"validation": "val", "valid": "val", "dev": "val"}
-KNOWN_SPLITS = ("train", "validation", "valid", "val", "dev", "test")
+# A split named by a path part: `train-00000-of-00002.parquet`, `data/test.jsonl`, `validation/part-0.parquet`.
+_SPLIT_PART = re.compile(r"(train|validation|valid|val|dev|test)(?:$|[-_])")
 FILE_KINDS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".jsonl.gz": "jsonl",
               ".json.gz": "jsonl", ".txt": "text", ".text": "text", ".txt.gz": "text"}
 
@@ -43,13 +41,10 @@ def _out_split(name: str) -> str:
 
 
 def _split_of_file(path: Path, root: Path) -> str | None:
-    """HF hub layout: `train-00000-of-00002.parquet`, `data/test.jsonl`, `validation/part-0.parquet`."""
     parts = [p.lower() for p in path.relative_to(root).parts] if path != root else [path.name.lower()]
     for part in reversed(parts):
-        stem = part.split(".")[0]
-        for s in KNOWN_SPLITS:
-            if stem == s or stem.startswith(s + "-") or stem.startswith(s + "_"):
-                return s
+        if m := _SPLIT_PART.match(part.split(".")[0]):
+            return m.group(1)
     return None
 
 
@@ -62,13 +57,8 @@ def _open_maybe_gz(path: Path):
 
 
 def _count_lines(path: Path) -> int:
-    """Lines as `for line in file` yields them (a last line without newline counts)."""
-    n, last = 0, b"\n"
     with _open_maybe_gz(path) as f:
-        while block := f.read(1 << 24):
-            n += block.count(b"\n")
-            last = block
-    return n + (not last.endswith(b"\n"))
+        return sum(1 for _ in f)  # as the stream reads them
 
 
 def _file_stream(split: str, files: list[Path], kind: str, text_field: str) -> Stream:
@@ -86,16 +76,10 @@ def _file_stream(split: str, files: list[Path], kind: str, text_field: str) -> S
 
         def it(skip, max_docs, max_bytes):
             for f in files:
-                pf = pq.ParquetFile(f)
-                for rb in pf.iter_batches(batch_size=max_docs, columns=[text_field]):
-                    n = rb.num_rows
-                    if skip >= n:  # consumed before an interruption: skip without decoding strings
-                        skip -= n
-                        continue
-                    col = rb.column(0)
-                    if skip:
-                        col, skip = col.slice(skip), 0
-                    yield "texts", col.to_pylist()
+                for rb in pq.ParquetFile(f).iter_batches(batch_size=max_docs, columns=[text_field]):
+                    if skip < rb.num_rows:  # rows an interrupted run wrote are skipped without decoding
+                        yield "texts", rb.column(0).slice(skip).to_pylist()
+                    skip = max(0, skip - rb.num_rows)
         return Stream(split, rows, it)
 
     if kind == "jsonl":
@@ -180,22 +164,18 @@ def open_source(dataset: str, name: str | None, split: str | None, text_field: s
     if len(set(out_names)) != len(out_names):
         raise UserError(f"{dataset} has splits that map to the same name ({', '.join(by_split)}): pick one with --split")
     carve = val_fraction > 0 and "val" not in out_names and "train" in by_split
-    if val_fraction > 0 and not carve:
-        val_fraction = 0.0  # a real validation split exists (or no train): use it, carve nothing
+    val_fraction = val_fraction if carve else 0.0  # a real validation split exists (or no train): carve nothing
     streams = []
     # train first, then the held-out splits, whatever order the source lists them in
     for s in sorted(by_split, key=lambda s: (s != "train", _out_split(s))):
         v = by_split[s]
-        if isinstance(v, list):
-            st = _file_stream(_out_split(s), v, _kind_of(v[0]), text_field)
-            if carve and s == "train":
-                st.carve = val_fraction  # streamed files: a seeded hash of the row index picks val rows
-            streams.append(st)
+        if isinstance(v, list):  # streamed files: a seeded hash of the row index picks train's val rows
+            streams.append(_file_stream(_out_split(s), v, _kind_of(v[0]), text_field))
+            streams[-1].carve = val_fraction if s == "train" else 0.0
         elif carve and s == "train":
             # The recipe's exact split: same documents in val, train in the same shuffled order.
             tt = v.train_test_split(test_size=val_fraction, seed=seed, shuffle=True)
-            streams.append(_dataset_stream("train", tt["train"], text_field))
-            streams.append(_dataset_stream("val", tt["test"], text_field))
+            streams += [_dataset_stream("train", tt["train"], text_field), _dataset_stream("val", tt["test"], text_field)]
         else:
             streams.append(_dataset_stream(_out_split(s), v, text_field))
     method = "row_hash" if isinstance(by_split.get("train"), list) else "train_test_split"
@@ -205,21 +185,19 @@ def open_source(dataset: str, name: str | None, split: str | None, text_field: s
 
 def jsonl_texts(lines: list, field_name: str) -> list[str]:
     """The text field of each raw jsonl line ("" for a blank line); UserError naming the problem."""
-    out = []
-    for line in lines:
-        if not line.strip():
-            out.append("")
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"a jsonl line is not JSON ({e.msg}): fix the file or skip it") from None
-        if not isinstance(row, dict):
-            raise UserError(f"a jsonl line is not an object: give one JSON object with a {field_name!r} field per line")
-        if row.get(field_name) is None:
-            raise UserError(f"a jsonl line has no field {field_name!r} (it has {', '.join(row)}): pass --text_field NAME")
-        out.append(row[field_name])
-    return out
+    return [_jsonl_text(line, field_name) if line.strip() else "" for line in lines]
+
+
+def _jsonl_text(line, field_name: str) -> str:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise UserError(f"a jsonl line is not JSON ({e.msg}): fix the file or skip it") from None
+    if not isinstance(row, dict):
+        raise UserError(f"a jsonl line is not an object: give one JSON object with a {field_name!r} field per line")
+    if row.get(field_name) is None:
+        raise UserError(f"a jsonl line has no field {field_name!r} (it has {', '.join(row)}): pass --text_field NAME")
+    return row[field_name]
 
 
 def languini_file_lists(folder: Path, root: Path, splits: list[str] | None) -> tuple[dict, dict]:
@@ -228,9 +206,8 @@ def languini_file_lists(folder: Path, root: Path, splits: list[str] | None) -> t
     lists = sorted(Path(folder).glob("file_list_*.npy")) if Path(folder).is_dir() else []
     if not lists:
         raise UserError(f"--file_lists {folder} holds no file_list_SPLIT.npy files: give the folder with Languini's lists")
-    by_stem = {}
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        by_stem.setdefault(os.path.splitext(f.name)[0], f)
+    # the first file of each stem, in sorted order
+    by_stem = {os.path.splitext(f.name)[0]: f for f in sorted((p for p in root.rglob("*") if p.is_file()), reverse=True)}
     paths, lengths = {}, {}
     for lst in lists:
         split = lst.name[len("file_list_"):-len(".npy")]
@@ -258,8 +235,7 @@ def prepare_hf(dataset: str | None = None, name: str | None = None, split: str |
                val_fraction: float | None = None, num_proc: int | None = None, tokenizer: str | None = None, out=None,
                overwrite: bool = False, resume: bool = False, seed: int | None = None, vocab_size: int | None = None,
                recipe: str = "hf", sp_docs: int = 100_000, tok_opts: dict | None = None, **build_kw) -> Path:
-    """Prepare a (hub or local) dataset into `out` through prepare.build (which takes build_kw: batch_docs,
-    progress, ...); returns the data dir."""
+    """Prepare a hub or local dataset into `out` through prepare.build (build_kw: batch_docs, progress, ...)."""
     r = RECIPES.get(recipe, {})
     dataset = dataset or r.get("dataset")
     if dataset is None:
