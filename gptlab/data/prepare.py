@@ -34,7 +34,6 @@ from gptlab.data.tokenizers import (CharTokenizer, GPT2Tokenizer, ensure_gpt2_vo
 PROGRESS = "progress.json"
 PROGRESS_VERSION = 2
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-TINYSHAKESPEARE_BYTES = 1_115_394
 OPENBOOKS_DEFAULT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "openbooks"
 
 RECIPES = {
@@ -107,7 +106,7 @@ def get_tinyshakespeare(input: str | Path | None = None, verbose: bool = True) -
         if not p.is_file():
             raise UserError(f"--input {p} is not a file: give the path of tinyshakespeare.txt")
         data = p.read_bytes()
-        bad = (f"{p} is not the canonical tiny Shakespeare ({TINYSHAKESPEARE_BYTES} bytes, sha256 "
+        bad = (f"{p} is not the canonical tiny Shakespeare (1,115,394 bytes, sha256 "
                f"{TINYSHAKESPEARE_SHA256[:12]}...): use `gptlab prepare text --input FILE` for other text")
     else:
         p, kind = Path(__file__).resolve().parent / "assets" / "tinyshakespeare.txt.gz", "bundled"
@@ -148,8 +147,7 @@ def capped_batches(docs, max_docs: int, max_bytes: int):
 
 
 def text_files_stream(split: str, paths: list[Path], opener=open, newlines: bool = False) -> Stream:
-    """One document per file, read lazily by the main process and decoded by the workers
-    (newlines: "\r\n" and "\r" read as "\n", as Python's text mode does)."""
+    """One document per file, read by the main process and decoded by the workers (newlines: universal newlines)."""
     def read(p):
         with opener(p, "rb") as fh:
             return str(p), fh.read()
@@ -349,8 +347,7 @@ def _work(task) -> tuple[dict, int, tuple]:
 
 
 def _bounded_imap(pool, fn, tasks: Iterator, window: int):
-    """pool.imap (results in order) with at most `window` tasks in flight: Pool.imap drains its
-    input eagerly, which would pull the whole corpus into memory."""
+    """pool.imap with at most `window` tasks in flight (Pool.imap would pull the whole corpus into memory)."""
     pending: collections.deque = collections.deque()
     for t in tasks:
         pending.append(pool.apply_async(fn, (t,)))
@@ -530,8 +527,7 @@ def _split_names(streams: list[Stream]) -> list[str]:
 
 
 def _tasks(plan: Plan, rows_done: int, batch_docs: int, batch_bytes: int):
-    """Worker tasks with (stream index, first row, rows) headers; rows are numbered across streams and
-    the ones an earlier run already wrote are skipped."""
+    """Worker tasks with (stream index, first row, rows) headers, skipping the rows an earlier run wrote."""
     base = 0
     for i, st in enumerate(plan.streams):
         skip = max(0, min(st.rows, rows_done - base))
@@ -668,10 +664,9 @@ def prepare(recipe: str, input=None, tokenizer: str | None = None, out=None, ove
     return out
 
 
-from gptlab.cli import ArgParser as _Parser  # noqa: E402 - one line naming the closest flag
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from gptlab.cli import ArgParser as _Parser  # one line naming the closest flag; cli imports this module lazily
+
     recipes = "\n".join(f"  {k:<17} {v}" for k, v in RECIPES.items())
     p = _Parser(prog="gptlab prepare", description="Turn text into token files ({split}.bin + meta.json).",
                 epilog="recipes:\n" + recipes, formatter_class=argparse.RawDescriptionHelpFormatter)
