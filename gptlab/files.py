@@ -58,8 +58,7 @@ def atomic_write_stream(path: Path, write: Callable[[Any], Any]) -> Any:
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        err = write_error(path, e)
-        if err is not None:
+        if (err := write_error(path, e)) is not None:
             raise err from None
         raise
     fsync_dir(path.parent)
