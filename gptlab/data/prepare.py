@@ -484,8 +484,7 @@ def build(plan: Plan, out, *, overwrite: bool = False, resume: bool = False, num
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other: pass one")
     out, work = Path(out), work_dir(out)
-    bad = [s for s in _split_names(plan.streams) if not T.SPLIT_NAME.fullmatch(s)]
-    if bad:
+    if bad := [s for s in _split_names(plan.streams) if not T.SPLIT_NAME.fullmatch(s)]:
         raise UserError(f"split name {bad[0][:40]!r} is not a plain name (letters, digits, _ and -): pick or rename splits")
     config = {"version": PROGRESS_VERSION, **plan.config, "batch_docs": batch_docs, "batch_bytes": batch_bytes}
     if resume and T.dataset_state(out) == "dataset" and not (work / PROGRESS).exists():
@@ -507,8 +506,7 @@ def build(plan: Plan, out, *, overwrite: bool = False, resume: bool = False, num
                 raise
             _swap_in(work, out, replace=overwrite or bool((state or {}).get("replace")))
     except OSError as e:
-        err = files.write_error(work, e)
-        if err is None:
+        if (err := files.write_error(work, e)) is None:
             raise
         hint = " (add --resume to continue where it stopped)" if (work / PROGRESS).exists() else ""
         raise UserError(f"{err}{hint}") from None
