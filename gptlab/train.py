@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import difflib
 import gc
-import json
 import math
 import random
 import shlex
@@ -38,7 +37,7 @@ from gptlab.data.samplers import RandomWindowSampler, StreamBatcher
 from gptlab.data.tokenizers import token_byte_lengths, tokenizer_files, tokenizer_from_meta
 from gptlab.errors import UserError
 from gptlab.evaluate import evaluate, format_metrics, languini_eval_plan
-from gptlab.files import atomic_write_text
+from gptlab.files import atomic_write_json, atomic_write_text, read_json
 from gptlab.loss import lm_loss
 from gptlab.metrics import TrainClock, TrainMetrics, entropy_gap
 from gptlab.model import GPT, GPTShape
@@ -64,12 +63,8 @@ class StepOutput:
 
 def train_step(model, optimizer, scaler, batches, *, ctx, clip: float, ce_chunk: int = 0, loss_fn=None,
                keep_grads: bool = False) -> StepOutput:
-    """One optimiser step over the micro-batches of `batches` [(x, y), ...].
-
-    The only host sync is the non-fused, unscaled optimiser's skip test (named below);
-    the fused optimiser and the fp16 GradScaler skip a non-finite step on the device.
-    `gptlab bench` times exactly this function.
-    """
+    """One optimiser step over the micro-batches `batches` [(x, y), ...]; `gptlab bench` times exactly this.
+    The fused optimiser and the fp16 GradScaler skip a non-finite step on the device (no host sync)."""
     loss_fn = loss_fn or (lambda m, x, y: lm_loss(m, x, y, ce_chunk))
     n = len(batches)
     step_loss = torch.zeros((), device=batches[0][0].device)
@@ -131,9 +126,8 @@ class TrainState:
         self.best_val = float(ckpt.get("best_val_loss", math.inf))
         self.train_time = float(ckpt.get("train_time_s", 0.0))
         self.bad_total.fill_(float(ckpt.get("nonfinite_skipped", 0)))
-        loop = ckpt.get("loop") or {}
-        if "consec_bad" in loop:
-            self.consec_bad.copy_(loop["consec_bad"])
+        if "consec_bad" in (ckpt.get("loop") or {}):
+            self.consec_bad.copy_(ckpt["loop"]["consec_bad"])
 
 
 def set_seed(seed: int) -> None:
@@ -261,7 +255,6 @@ def source_arch(src: str, pad_multiple: int) -> dict | None:
     if _is_run(src):
         return dict(runs.load_run(src).config.to_dict()["model"])
     from gptlab import hf
-    from gptlab.files import read_json
 
     folder = hf.resolve_pretrained(src)
     return hf.overrides_from_hf_config(read_json(folder / runs.CONFIG_FILE, "model config"), pad_multiple)
@@ -273,20 +266,17 @@ def _is_run(src: str) -> bool:
 
 
 def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitStack) -> tuple[Config, Path, dict | None]:
-    """(final config, run folder, the newest valid checkpoint on --resume). The folder's name
-    is computed once, from the config resolved as for a fresh start. Rank 0 takes the run
-    folder's lock into `hold` (held until train() returns)."""
+    """(final config, run folder named once from the config resolved as for a fresh start, the newest
+    valid checkpoint on --resume). Rank 0 takes the folder's lock into `hold`."""
     arch = source_arch(cfg.train.init_from, cfg.model.pad_vocab_multiple)
     fresh = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta, init_source=arch)
     run_dir = runs.run_dir(fresh, d.world_size)
-    if not (cfg.train.resume or cfg.train.init_from == "resume"):
-        if d.is_main:
-            runs.prepare_run_dir(run_dir, resume=False, overwrite=cfg.train.overwrite)
-            hold.enter_context(runs.run_lock(run_dir))
-        return fresh, run_dir, None
+    resume = cfg.train.resume or cfg.train.init_from == "resume"
     if d.is_main:
-        runs.prepare_run_dir(run_dir, resume=True, overwrite=cfg.train.overwrite)
+        runs.prepare_run_dir(run_dir, resume=resume, overwrite=cfg.train.overwrite)
         hold.enter_context(runs.run_lock(run_dir))
+    if not resume:
+        return fresh, run_dir, None
     dist_.barrier(d)
     saved = run_dir / runs.CONFIG_FILE
     final = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta, init_source=arch,
@@ -305,10 +295,9 @@ def build_model(cfg: Config, resumed: dict | None, log) -> GPT:
     set_seed(cfg.train.seed)
     if resumed is not None or src in ("scratch", "resume", ""):
         model = GPT(GPTShape.from_config(cfg.model))
-        state = resumed["state"]["model"] if resumed else None
-        if state is None:
+        if resumed is None:
             return model.init_weights()
-        _load_weights(model, state, resumed["path"])
+        _load_weights(model, resumed["state"]["model"], resumed["path"])
         log(f"resuming from {resumed['path']} at step {resumed['state']['step']}")
         return model
     arch = source_arch(src, cfg.model.pad_vocab_multiple)  # built at the source's context, then cropped
@@ -393,7 +382,7 @@ def restore(resumed: dict, run_dir: Path, cfg: Config, d, raw, optimizer, scaler
     else:
         log("warning: world size changed; random windows restart from a fresh per-rank stream")
     if state.get("rng") and state.get("world_size", 1) == d.world_size:
-        ck.set_rng_state(state["rng"][d.rank] if isinstance(state["rng"], list) else state["rng"], d.device)
+        ck.set_rng_state(state["rng"][d.rank], d.device)
     ts = TrainState()
     ts.load_state_dict(state)
     return ts
@@ -402,7 +391,7 @@ def restore(resumed: dict, run_dir: Path, cfg: Config, d, raw, optimizer, scaler
 def write_run_files(cfg: Config, run_dir: Path, meta: dict, data_dir: Path) -> None:
     """config.json, and the data's meta and tokenizer model: the run folder alone must be enough to sample."""
     atomic_write_text(run_dir / runs.CONFIG_FILE, cfg.to_json() + "\n")
-    atomic_write_text(run_dir / runs.DATA_META_FILE, json.dumps(meta, indent=2) + "\n")
+    atomic_write_json(run_dir / runs.DATA_META_FILE, meta)
     for name in tokenizer_files(meta):  # checked plain NAME.model names, never a path meta.json chose
         shutil.copyfile(data_dir / name, run_dir / name)
 
@@ -533,8 +522,7 @@ def finish(s: Session, stop: str | None, argv: list[str]) -> dict:
 
 
 def resume_command(argv: list[str]) -> str:
-    """The command that continues this run: the same arguments with --resume instead of
-    --resume/--overwrite (and the true/false value that may follow either)."""
+    """The same arguments with --resume instead of --resume/--overwrite (and the value that may follow either)."""
     out, skip_value = [], False
     for a in argv:
         if skip_value:
