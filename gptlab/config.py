@@ -535,7 +535,7 @@ def check_device(name: str) -> None:
         n = torch.cuda.device_count()
         if ":" in name and int(name.split(":")[1]) >= n:
             raise UserError(f"--device {name}: this machine has {n} GPU(s), numbered 0..{n - 1}: use one of those")
-    elif not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    elif not torch.backends.mps.is_available():
         raise UserError("--device mps: Apple's Metal backend is not available here: use --device cpu")
 
 
@@ -592,9 +592,8 @@ def resolve_batch(cfg: Config, world_size: int) -> BatchSplit:
     accum = t.gradient_accumulation_steps
     if t.train_batch_size > 0:
         if t.train_batch_size % (world_size * accum):
-            raise UserError(
-                f"--train_batch_size {t.train_batch_size} is not divisible by world_size {world_size} x "
-                f"gradient_accumulation_steps {accum}: pick a multiple of {world_size * accum}")
+            raise UserError(f"--train_batch_size {t.train_batch_size} is not divisible by world_size {world_size} x "
+                            f"gradient_accumulation_steps {accum}: pick a multiple of {world_size * accum}")
         micro = t.train_batch_size // (world_size * accum)
         if t.batch_size and t.batch_size != micro:
             raise UserError(f"--batch_size {t.batch_size} disagrees with --train_batch_size {t.train_batch_size} "
