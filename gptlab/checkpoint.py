@@ -24,11 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._pytree import tree_map
 
 from gptlab import distributed as dist_
 from gptlab import files
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_text, sha256_file
+from gptlab.runs import CHECKPOINT_DIR
 
 CKPT_RE = re.compile(r"^ckpt_(\d{8})\.pt$")
 FORMAT = "gptlab-ckpt-1"
@@ -87,8 +89,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
-    from gptlab.runs import CHECKPOINT_DIR
-
     return Path(run_dir) / CHECKPOINT_DIR
 
 
@@ -142,9 +142,8 @@ def ckpt_step(path: Path) -> int:
 
 
 def set_aside_from(run_dir: Path, first_bad_step: int) -> Path | None:
-    """After a divergence: rename the checkpoints saved from `first_bad_step` on to
-    *.diverged (kept, not deleted) and point model.pt/latest at the newest one before it,
-    which --resume then continues from. Returns that checkpoint, or None."""
+    """After a divergence: rename the checkpoints from `first_bad_step` on to *.diverged (kept) and point
+    model.pt/latest at the newest one before it, which --resume continues from; returns it (or None)."""
     d = checkpoint_dir(run_dir)
     good = None
     for p in list_checkpoints(run_dir):
@@ -160,15 +159,8 @@ def set_aside_from(run_dir: Path, first_bad_step: int) -> Path | None:
 
 
 def cpu_copy(tree):
-    """A copy of a state dict (nested dicts/lists of tensors) on the CPU, detached from the
-    live tensors: training may go on while a background thread writes it."""
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().to("cpu", copy=True)
-    if isinstance(tree, dict):
-        return {k: cpu_copy(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(cpu_copy(v) for v in tree)
-    return tree
+    """A CPU copy of a state dict's tensors, detached from the live ones: training goes on while it is written."""
+    return tree_map(lambda t: t.detach().to("cpu", copy=True) if isinstance(t, torch.Tensor) else t, tree)
 
 
 class Checkpointer:
@@ -300,9 +292,7 @@ def load_checkpoint(path: Path, map_location="cpu", check: bool = True) -> dict:
         if problem:
             raise UserError(f"checkpoint {path} is damaged: {problem}; use an older one or retrain")
     try:
-        with warnings.catch_warnings():
-            # torch warns about a foreign pickle protocol before refusing it; the refusal
-            # below is the one line the user needs.
+        with warnings.catch_warnings():  # torch warns before refusing a foreign pickle; the refusal is the line
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a damaged or foreign file
@@ -402,9 +392,8 @@ def _structure_problem(state: dict) -> str | None:
 
 
 def check_optimizer_fits(saved: dict, optimizer, path: Path) -> None:
-    """A saved optimizer.state_dict() matches `optimizer` parameter by parameter (torch maps
-    them by position and checks only the group sizes; a moment of another shape would fail
-    mid-step, or with a fused kernel go unnoticed). Call before optimizer.load_state_dict."""
+    """A saved optimizer.state_dict() matches `optimizer` parameter by parameter (torch checks only group
+    sizes; a moment of another shape fails mid-step, or goes unnoticed by a fused kernel)."""
     mine = [[tuple(p.shape) for p in g["params"]] for g in optimizer.param_groups]
     groups = [g["params"] for g in saved["param_groups"]]
     fix = "resume with the run's own config, or move this checkpoint aside to resume from an older one"
@@ -420,8 +409,7 @@ def check_optimizer_fits(saved: dict, optimizer, path: Path) -> None:
 
 
 def check_resumable(state: dict, path: Path) -> None:
-    """Every entry a resume reads, with the types and ranges it expects; UserError otherwise,
-    before anything is restored (a foreign or hand-edited checkpoint must not half-load)."""
+    """Every entry a resume reads has the type and range it expects, else UserError before anything is restored."""
     problem = _structure_problem(state)
     if problem:
         raise UserError(f"checkpoint {path} is damaged or was not written by gptlab train ({problem}), so it "
@@ -430,8 +418,7 @@ def check_resumable(state: dict, path: Path) -> None:
 
 
 def load_latest_valid(run_dir: Path, map_location="cpu", warn=print) -> tuple[dict, Path] | None:
-    """Newest checkpoint that passes its checksum, loads and has the structure a resume reads;
-    damaged ones are reported and skipped."""
+    """Newest checkpoint that passes its checksum, loads and has a resume's structure; damaged ones are skipped."""
     for path in list_checkpoints(run_dir):
         problem = verify(path)
         if problem is None:
