@@ -26,7 +26,7 @@ def split(s, m):  # one document per split
     w.append(rng.integers(0, 50257, size=m), np.array([m]))
     return w.finish()
 splits = {s: split(s, m) for s, m in (("train", 20_000_000), ("val", 100_000))}
-T.write_meta(out, {"tokenizer": {"kind": "random"}, "vocab_size": 50257, "dtype": "uint16", "eot_id": None,
+T.write_meta(out, {"tokenizer": {"kind": "gpt2"}, "vocab_size": 50257, "dtype": "uint16", "eot_id": None,
                    "splits": splits, "source": {"kind": "random", "seed": 0}})
 PY
 COMMON=(gpt2 --dataset "$WORK/data" --vocab_size 50257 --batch_size 16 --warmup_iters 5 --eval_iters 0 --eval_interval 0

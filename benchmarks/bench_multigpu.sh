@@ -60,8 +60,8 @@ def split(s, m):  # one document per split
 
 
 splits = {s: split(s, m) for s, m in (("train", n), ("val", 200_000))}
-# Tokenizer kind "random": nothing can decode it, so per-byte metrics are simply left out.
-T.write_meta(out, {"tokenizer": {"kind": "random"}, "vocab_size": 50257, "dtype": "uint16", "eot_id": None,
+# Random GPT-2 ids: tokenizer kind gpt2 (meta.json accepts only real kinds); the text is noise.
+T.write_meta(out, {"tokenizer": {"kind": "gpt2"}, "vocab_size": 50257, "dtype": "uint16", "eot_id": None,
                    "splits": splits, "source": {"kind": "random", "seed": 0}})
 print(f"random data: {n:,} train tokens in {out}")
 EOF
