@@ -3,7 +3,7 @@
     config.resolve  ->  setup(): data, model (fresh, pretrained or resumed), DDP/FSDP2, optimiser
     loop, each step:    batches -> train_step (accumulate, backward, clip, skip non-finite, step)
                         -> TrainState.advance -> metrics.record -> stop.poll -> evaluator -> checkpointer
-    shutdown:           prefetch thread joined, checkpoint writer drained, process group destroyed
+    shutdown:           threads joined (prefetch, checkpoint writer), model freed, barrier, group destroyed
 
 Each component owns its cadence; the loop only calls them in order. Every rank runs the
 same collectives at the same steps (metric reductions, the stop flag, evaluation, saves).
@@ -456,7 +456,7 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
         finished = True
         return summary
     finally:
-        gc.collect()  # DDP's reducer sits in reference cycles: freed now, not during interpreter exit
+        gc.collect()  # DDP sits in a reference cycle: its reducer (holding the group) goes now, not at interpreter exit
         dist_.shutdown(barrier=finished)
 
 
