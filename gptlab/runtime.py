@@ -15,12 +15,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, dtype_for(name, device))
 
 
-def resolve_ce_chunk(ce_chunk: int, compile_mode: str) -> int:
-    """Tokens per chunk of the linear+cross-entropy; 0 = the plain loss. -1 (auto): chunked under
-    torch.compile (fused, lighter: BENCHMARKS.md), plain in eager mode (F.cross_entropy is the fast path)."""
-    return ce_chunk if ce_chunk >= 0 else (8192 if compile_mode != "none" else 0)
-
-
 def compile_model(model: torch.nn.Module, mode: str, scope: str = "model", dynamic: bool | None = None):
     """torch.compile in one of config.COMPILE_MODES ("none": as it is); scope "blocks" compiles each block in place."""
     if mode == "none":

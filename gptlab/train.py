@@ -130,12 +130,6 @@ class TrainState:
             self.consec_bad.copy_(ckpt["loop"]["consec_bad"])
 
 
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 # ------------------------------------------------------------------------------ components
 
 class Batches:
@@ -291,8 +285,10 @@ def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitSta
 
 def build_model(cfg: Config, resumed: dict | None, log) -> GPT:
     """Fresh (init_weights), or the --init_from source's weights; on resume the checkpoint's."""
-    src = cfg.train.init_from
-    set_seed(cfg.train.seed)
+    src, seed = cfg.train.init_from, cfg.train.seed
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
     if resumed is not None or src in ("scratch", "resume", ""):
         model = GPT(GPTShape.from_config(cfg.model))
         if resumed is None:
