@@ -259,11 +259,8 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Numbered checkpoints, newest first."""
-    d = checkpoint_dir(run_dir)
-    if not d.is_dir():
-        return []
-    found = [p for p in d.iterdir() if CKPT_RE.match(p.name)]
-    return sorted(found, key=lambda p: int(CKPT_RE.match(p.name).group(1)), reverse=True)
+    found = [p for p in checkpoint_dir(run_dir).glob("ckpt_*.pt") if CKPT_RE.match(p.name)]
+    return sorted(found, key=ckpt_step, reverse=True)
 
 
 def verify(path: Path) -> str | None:
