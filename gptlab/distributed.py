@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from gptlab.config import check_device
 from gptlab.errors import UserError
 from gptlab.runs import CHECKPOINT_DIR
 
@@ -41,13 +42,11 @@ class Dist:
 
 
 def pick_device(name: str) -> torch.device:
-    from gptlab.config import check_device
-
     check_device(name)  # a missing GPU or a bad name is a one-line error before anything runs
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(name)
@@ -70,11 +69,9 @@ def init(device_name: str = "auto") -> Dist:
                             "set --nproc_per_node to at most the GPU count")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        backend = "nccl"
-    else:
-        backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
+        nccl = device.type == "cuda"
+        dist.init_process_group(backend="nccl" if nccl else "gloo", device_id=device if nccl else None)
     return Dist(rank=rank, local_rank=local_rank, world_size=world, device=device)
 
 
