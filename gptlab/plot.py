@@ -101,31 +101,11 @@ def _x_value(rec: dict, x: str, tokens_per_second: float | None, run: str | Path
     return v
 
 
-def training_tokens(records: list[dict]) -> list[dict]:
-    """Records whose 'tokens' are the training tokens of their step: eval records of older files
-    (the count scored under 'tokens', 'windows' beside it) get their step's training tokens and
-    accelerator-hours back from the train records' tokens per step."""
-    per_step = next((r["tokens"] / r["step"] for r in records
-                     if r.get("kind") == "train" and r.get("step") and r.get("tokens")), None)
-    hours_per_token = next((r["accel_hours"] / r["tokens"] for r in records
-                            if r.get("kind") == "train" and r.get("accel_hours") and r.get("tokens")), None)
-    out = []
-    for r in records:
-        old = r.get("kind") == "eval" and "windows" in r and not ({"eval_tokens", "tokens_scored"} & set(r))
-        if old and per_step is not None:
-            tokens = round(r["step"] * per_step)
-            r = dict(r, tokens=tokens, tokens_scored=r.get("tokens"))
-            if hours_per_token is not None:
-                r["accel_hours"] = tokens * hours_per_token
-        out.append(r)
-    return out
-
-
 def series(records: list[dict], kind: str, metric: str, x: str = "steps", split: str | None = None,
            tokens_per_second: float | None = None, run: str | Path = "") -> dict[str | None, tuple[list, list]]:
     """{split (None for train): (xs, ys)} for one run, sorted by step; a step logged twice (a
     resumed run re-logs the steps after its checkpoint) keeps its last record."""
-    chosen = [r for r in training_tokens(records) if r.get("kind") == kind]
+    chosen = [r for r in records if r.get("kind") == kind]
     if split is not None:
         chosen = [r for r in chosen if r.get("split") == split]
     if not chosen:

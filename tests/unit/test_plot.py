@@ -145,20 +145,13 @@ def test_short_labels_fall_back_to_folders(tmp_path):
 
 
 def test_eval_records_plot_at_their_training_tokens_and_hours(tmp_path):
-    """Eval points sit at the training tokens (and hours) of their step, new files and old alike."""
+    """Eval points sit at the training tokens (and hours) of their step, not at the count of tokens scored."""
     run, lines = _write_run(tmp_path, 0)
     ev = [r for r in lines if r["kind"] == "eval"]
-    for new_format in (True, False):
-        recs = []
-        for r in lines:
-            if r["kind"] == "eval":
-                # New files keep 'tokens' = training tokens and put the eval's count under eval_tokens;
-                # older ones overwrote 'tokens' with the count of tokens scored (and logged 'windows').
-                r = dict(r, eval_tokens=4096) if new_format else dict(r, tokens=4096, windows=8, accel_hours=4096 / TPS / 3600)
-            recs.append(r)
-        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-        for x, want in (("tokens", [r["tokens"] for r in ev]), ("hours", [r["accel_hours"] for r in ev])):
-            line = make_figure([run], x=x).axes[0].get_lines()[0]
-            assert list(line.get_xdata()) == pytest.approx(want), (x, new_format)
-        line = make_figure([run], x="hours", tokens_per_second=2 * TPS).axes[0].get_lines()[0]
-        assert list(line.get_xdata()) == pytest.approx([r["tokens"] / (2 * TPS) / 3600 for r in ev])
+    recs = [dict(r, eval_tokens=4096) if r["kind"] == "eval" else r for r in lines]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    for x, want in (("tokens", [r["tokens"] for r in ev]), ("hours", [r["accel_hours"] for r in ev])):
+        line = make_figure([run], x=x).axes[0].get_lines()[0]
+        assert list(line.get_xdata()) == pytest.approx(want), x
+    line = make_figure([run], x="hours", tokens_per_second=2 * TPS).axes[0].get_lines()[0]
+    assert list(line.get_xdata()) == pytest.approx([r["tokens"] / (2 * TPS) / 3600 for r in ev])
