@@ -141,7 +141,7 @@ def run_hf_peer(cfg, shape, batch, seq, accum, device, dtype, compile_mode, step
 
 
 def profile_step(step_fn, batches, device: torch.device, out_prefix: Path, steps: int = 3) -> dict:
-    """Chrome/Perfetto trace (gzip), top-32 kernels by device time (CSV + text), PNG bar chart."""
+    """Chrome/Perfetto trace (gzip), top-32 kernels by device time (CSV + text)."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
@@ -164,19 +164,8 @@ def profile_step(step_fn, batches, device: torch.device, out_prefix: Path, steps
             [i, name, n, f"{t / 1000:.3f}", f"{t / total:.4f}", f"{t / max(n, 1):.1f}"] for i, (name, n, t) in enumerate(top, 1)])
     lines = [f"{'#':>2} {'share':>6} {'ms':>8} {'calls':>6}  kernel"] + [
         f"{i:>2} {100 * t / total:5.1f}% {t / 1000:8.2f} {n:>6}  {name[:90]}" for i, (name, n, t) in enumerate(top, 1)]
-    png = out_prefix.with_name(out_prefix.name + "_kernels.png")
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        png = None
-    else:  # the object API: no pyplot state, no display
-        ax = Figure(figsize=(12, 0.3 * len(top) + 1.5), layout="tight").add_subplot()
-        ax.barh(range(len(top)), [t / 1000 / steps for _, _, t in top][::-1])
-        ax.set_yticks(range(len(top)), [n[:60] for n, _, _ in top][::-1], fontsize=7)
-        ax.set_xlabel(f"{'device' if cuda else 'CPU'} time per step (ms)")
-        ax.figure.savefig(png, dpi=100)
-    return {"trace": str(trace), "kernels_csv": str(csv_path), "kernels_png": str(png) if png else None,
-            "table": "\n".join(lines), "profiled_steps": steps, "kernel_time_ms_per_step": total / 1000 / steps}
+    return {"trace": str(trace), "kernels_csv": str(csv_path), "table": "\n".join(lines), "profiled_steps": steps,
+            "kernel_time_ms_per_step": total / 1000 / steps}
 
 
 def _setup(args, rest: list[str]):
@@ -256,7 +245,7 @@ def format_bench(res: dict) -> str:
     out += [f"ratio gptlab/{k[3:]}: {v:.2f}x" for k, v in res.get("ratio", {}).items()]
     if "profile" in res:
         p = res["profile"]
-        out += [f"profile: {p['trace']} | {p['kernels_csv']} | {p['kernels_png']}", p["table"]]
+        out += [f"profile: {p['trace']} | {p['kernels_csv']}", p["table"]]
     return "\n".join(out)
 
 
@@ -267,7 +256,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (the first compiles)")
     p.add_argument("--peer", choices=("none", "hf"), default="none", help="hf: also time transformers' GPT2LMHeadModel")
-    p.add_argument("--profile", default="", help="path prefix: writes PREFIX_trace.json.gz, _kernels.csv, _kernels.png")
+    p.add_argument("--profile", default="", help="path prefix: writes PREFIX_trace.json.gz and PREFIX_kernels.csv")
     p.add_argument("--json", default="", help="write the result as JSON here")
     p.add_argument("--device", default="auto")
     p.add_argument("--sdpa", choices=("auto", "cudnn", "flash", "efficient", "math"), default="auto")
