@@ -82,10 +82,10 @@ class RandomWindowSampler(_Iterates):
         return {"kind": "random_window", "step": self.step, "seed": self.seed, "rank": self.rank}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("kind", "random_window") != "random_window":
+        if state.get("kind") != "random_window":
             raise UserError(f"sampler state is for a {state.get('kind')!r} sampler, not random windows: use the same data.sampler setting as the saved run")
         self.step = int(state["step"])
-        if "seed" in state and int(state["seed"]) != self.seed:
+        if int(state["seed"]) != self.seed:
             raise UserError(f"sampler state was saved with seed {state['seed']} but this run has seed {self.seed}: resume with the same seed")
 
 
@@ -199,10 +199,9 @@ class StreamBatcher(_Iterates):
                 "batch_size": self.batch_size, "seq_len": self.seq_len}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("kind", "stream") != "stream":
+        if state.get("kind") != "stream":
             raise UserError(f"sampler state is for a {state.get('kind')!r} sampler, not document streams: use the same data.sampler setting as the saved run")
         for k in ("batch_size", "seq_len"):
-            if k in state and int(state[k]) != getattr(self, k):
+            if int(state[k]) != getattr(self, k):
                 raise UserError(f"stream state was saved with {k} {state[k]} but this run has {getattr(self, k)}: resume with the same {k}")
-        # States written before per-row wrapping hold only epoch and step.
-        self.batches = int(state["batches"]) if "batches" in state else int(state["epoch"]) * self.steps_per_epoch + int(state["step"])
+        self.batches = int(state["batches"])
