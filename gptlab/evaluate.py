@@ -236,11 +236,8 @@ def check_same_tokenizer(run_meta: dict | None, meta: dict, data_dir) -> None:
     if run_meta is None:
         return
     a, b = run_meta.get("tokenizer") or {}, meta.get("tokenizer") or {}
-    if a.get("fingerprint") and b.get("fingerprint"):
-        same = a["fingerprint"] == b["fingerprint"]
-    else:  # data prepared before fingerprints: kind, vocabulary size and (char) vocabulary
-        same = (a.get("kind"), run_meta.get("vocab_size"), a.get("chars")) == (b.get("kind"), meta.get("vocab_size"), b.get("chars"))
-    if not same:
+    keys = ("fingerprint", "kind", "chars")
+    if [a.get(k) for k in keys] + [run_meta.get("vocab_size")] != [b.get(k) for k in keys] + [meta.get("vocab_size")]:
         raise UserError(f"{data_dir} was tokenized with a different tokenizer ({b.get('kind')}, vocab {meta.get('vocab_size')}) "
                         f"than the run ({a.get('kind')}, vocab {run_meta.get('vocab_size')}): evaluate on data prepared "
                         "with the run's tokenizer")

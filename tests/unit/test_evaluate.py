@@ -257,7 +257,7 @@ def test_eval_refuses_data_of_another_tokenizer():
     other = {"vocab_size": 300, "tokenizer": {"kind": "sentencepiece", "model_file": "t.model", "fingerprint": "b" * 64}}
     with pytest.raises(UserError, match="different tokenizer"):
         E.check_same_tokenizer(run_meta, other, "data")
-    # Without fingerprints (data prepared earlier): kind, vocabulary size and characters.
+    # Kind, vocabulary size and characters count too.
     a = {"vocab_size": 3, "tokenizer": {"kind": "char", "chars": ["a", "b", "c"]}}
     b = {"vocab_size": 3, "tokenizer": {"kind": "char", "chars": ["a", "b", "d"]}}
     E.check_same_tokenizer(a, a, "data")
