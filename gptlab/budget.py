@@ -43,12 +43,6 @@ def steps_for_budget(hours: float, tokens_per_second: float, train_batch_size: i
     return steps
 
 
-def accel_seconds_per_step(tokens_per_second: float, train_batch_size: int, seq_len: int) -> float:
-    """Theoretical reference-accelerator seconds one optimiser step costs."""
-    _check_positive(tokens_per_second=tokens_per_second, train_batch_size=train_batch_size, seq_len=seq_len)
-    return train_batch_size * seq_len / tokens_per_second
-
-
 def budget_report(hours: float, tokens_per_second: float, train_batch_size: int, seq_len: int) -> dict:
     steps = steps_for_budget(hours, tokens_per_second, train_batch_size, seq_len)
     per_step = train_batch_size * seq_len
@@ -56,7 +50,7 @@ def budget_report(hours: float, tokens_per_second: float, train_batch_size: int,
     return dict(hours=hours, accel_seconds=hours * SECONDS_PER_HOUR, tokens_per_second=tokens_per_second,
                 train_batch_size=train_batch_size, seq_len=seq_len, tokens_per_step=per_step,
                 token_budget=token_budget(hours, tokens_per_second), steps=steps, tokens_trained=steps * per_step,
-                accel_seconds_per_step=accel_seconds_per_step(tokens_per_second, train_batch_size, seq_len))
+                accel_seconds_per_step=per_step / tokens_per_second)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from gptlab import config
-from gptlab.budget import accel_seconds_per_step, main, steps_for_budget, token_budget
+from gptlab.budget import budget_report, main, steps_for_budget, token_budget
 from gptlab.config import build_config
 from gptlab.errors import UserError
 
@@ -22,7 +22,7 @@ def test_published_step_counts(hours, tps, bsz, steps):
 
 def test_token_budget_and_seconds_per_step():
     assert token_budget(6, 55416) == 6 * 3600 * 55416
-    assert accel_seconds_per_step(55416, 128, 512) == pytest.approx(128 * 512 / 55416)
+    assert budget_report(6, 55416, 128, 512)["accel_seconds_per_step"] == pytest.approx(128 * 512 / 55416)
 
 
 @pytest.mark.parametrize("args", [(0, 55416, 128, 512), (6, 0, 128, 512), (6, 55416, 0, 512),
