@@ -141,23 +141,6 @@ def ckpt_step(path: Path) -> int:
     return int(CKPT_RE.match(Path(path).name).group(1))
 
 
-def set_aside_from(run_dir: Path, first_bad_step: int) -> Path | None:
-    """After a divergence: rename the checkpoints from `first_bad_step` on to *.diverged (kept) and point
-    model.pt/latest at the newest one before it, which --resume continues from; returns it (or None)."""
-    d = checkpoint_dir(run_dir)
-    good = None
-    for p in list_checkpoints(run_dir):
-        if ckpt_step(p) >= first_bad_step:
-            p.rename(p.with_name(p.name + ".diverged"))
-            p.with_name(p.name + ".sha256").unlink(missing_ok=True)
-        elif good is None:
-            good = p
-    if good is not None:
-        _link_or_copy(good, d / "model.pt")
-        atomic_write_text(d / "latest", good.name + "\n")
-    return good
-
-
 def cpu_copy(tree):
     """A CPU copy of a state dict's tensors, detached from the live ones: training goes on while it is written."""
     return tree_map(lambda t: t.detach().to("cpu", copy=True) if isinstance(t, torch.Tensor) else t, tree)
@@ -214,12 +197,22 @@ class Checkpointer:
             self.error = e
 
     def way_back(self, state) -> Path | None:
-        """After a divergence: set aside what was saved from the first bad step on; the
-        newest checkpoint before it is what --resume will use."""
+        """After a divergence: rename the checkpoints from the first bad step on to *.diverged (kept) and
+        point model.pt/latest at the newest one before it, which --resume continues from; returns it (or None)."""
         self.drain()
         if not self.d.is_main or state.first_bad_step is None:
             return None
-        return set_aside_from(self.run_dir, state.first_bad_step)
+        good = None
+        for p in list_checkpoints(self.run_dir):
+            if ckpt_step(p) >= state.first_bad_step:
+                p.rename(p.with_name(p.name + ".diverged"))
+                p.with_name(p.name + ".sha256").unlink(missing_ok=True)
+            elif good is None:
+                good = p
+        if good is not None:
+            _link_or_copy(good, good.parent / "model.pt")
+            atomic_write_text(good.parent / "latest", good.name + "\n")
+        return good
 
     def drain(self) -> None:
         """Wait for the pending save; raise its error in this thread."""
@@ -248,13 +241,19 @@ def rng_state(device: torch.device) -> dict:
 
 def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    py, npy = state.get("python"), state.get("numpy")
-    if isinstance(py, list) and len(py) == 3:
-        random.setstate((py[0], tuple(py[1]), py[2]))
-    if isinstance(npy, list) and len(npy) == 5:
-        np.random.set_state((npy[0], np.asarray(npy[1], dtype=np.uint32), npy[2], npy[3], npy[4]))
+    _set_host_rng(state, random, np.random)
     if device.type == "cuda" and state.get("cuda") is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _set_host_rng(state: dict, py_gen, np_gen) -> None:
+    """The saved Python and numpy states (when present) into py_gen and np_gen."""
+    if state.get("python") is not None:
+        py = state["python"]
+        py_gen.setstate((py[0], tuple(py[1]), py[2]))
+    if state.get("numpy") is not None:
+        npy = state["numpy"]
+        np_gen.set_state((npy[0], np.asarray(npy[1], dtype=np.uint32), *npy[2:]))
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -310,23 +309,17 @@ def _is_int(v, lo: int = 0) -> bool:
 
 
 def _rng_problem(r) -> str | None:
-    """What is wrong with one rank's saved RNG state (the layout train.rng_state writes), or None."""
+    """What is wrong with one rank's saved RNG state (the layout rng_state writes), or None."""
     if not isinstance(r, dict) or not isinstance(r.get("torch"), torch.Tensor):
         return "no torch generator state"
     if r["torch"].dtype != torch.uint8 or r["torch"].shape != torch.get_rng_state().shape:
         return "the torch generator state has the wrong size or type"
     if r.get("cuda") is not None and (not isinstance(r["cuda"], torch.Tensor) or r["cuda"].dtype != torch.uint8):
         return "the CUDA generator state is not a byte tensor"
-    py, npy = r.get("python"), r.get("numpy")
-    if py is not None and not (isinstance(py, list) and len(py) == 3 and _is_int(py[0]) and isinstance(py[1], list)
-                               and len(py[1]) == 625 and all(_is_int(k) and k < 2**32 for k in py[1])
-                               and py[1][-1] <= 624 and (py[2] is None or isinstance(py[2], float))):
-        return "the Python generator state is malformed"
-    if npy is not None and not (isinstance(npy, list) and len(npy) == 5 and npy[0] == "MT19937"
-                                and isinstance(npy[1], list) and len(npy[1]) == 624
-                                and all(_is_int(k) and k < 2**32 for k in npy[1]) and _is_int(npy[2])
-                                and npy[2] <= 624 and _is_int(npy[3]) and isinstance(npy[4], float)):
-        return "the numpy generator state is malformed"
+    try:  # throwaway generators take the Python and numpy states, or show they are malformed
+        _set_host_rng(r, random.Random(), np.random.RandomState())
+    except Exception:  # noqa: BLE001 - any refusal means a malformed state
+        return "the Python or numpy generator state is malformed"
     return None
 
 
