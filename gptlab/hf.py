@@ -51,13 +51,9 @@ def hf_cache_dir(cache_dir: str | Path | None = None) -> Path:
     """The huggingface_hub cache: the argument, else what huggingface_hub would use."""
     if cache_dir:
         return Path(cache_dir).expanduser()
-    try:  # honours HF_HUB_CACHE / HF_HOME / XDG_CACHE_HOME exactly as the library does
-        from huggingface_hub import constants
-
-        return Path(constants.HF_HUB_CACHE)
-    except ImportError:  # not installed: its defaults by hand
-        home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
-        return Path(os.environ.get("HF_HUB_CACHE") or Path(home) / "hub").expanduser()
+    # huggingface_hub's own rule: HF_HUB_CACHE, else HF_HOME/hub, else XDG_CACHE_HOME (~/.cache)/huggingface/hub
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+    return Path(os.environ.get("HF_HUB_CACHE") or Path(home) / "hub").expanduser()
 
 
 def _repo_ids(name: str) -> list[str]:
@@ -438,13 +434,12 @@ def _copy_run_tokenizer(run, out: Path) -> list[str]:
     its tokenizer model, so `tokenizer_from_meta` rebuilds it from the export folder."""
     import shutil
 
+    from gptlab.data.tokenizers import tokenizer_files
+
     if run.data_meta is None or _tokenizer_kind(run.data_meta)[0] == "gpt2":
         return []
     atomic_write_json(out / "data_meta.json", run.data_meta)
-    model_file = (run.data_meta.get("tokenizer") or {}).get("model_file")
-    model_file = Path(model_file).name if isinstance(model_file, str) else ""
-    copied = ["data_meta.json"]
-    if model_file and (run.dir / model_file).is_file():
-        shutil.copyfile(run.dir / model_file, out / model_file)
-        copied.append(model_file)
+    copied = ["data_meta.json"] + [f for f in tokenizer_files(run.data_meta) if (run.dir / f).is_file()]
+    for f in copied[1:]:
+        shutil.copyfile(run.dir / f, out / f)
     return [f"gptlab tokenizer files copied: {', '.join(copied)}"]
