@@ -12,7 +12,6 @@ same collectives at the same steps (metric reductions, the stop flag, evaluation
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import difflib
 import gc
 import math
@@ -21,7 +20,7 @@ import shlex
 import shutil
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -297,7 +296,7 @@ def build_model(cfg: Config, resumed: dict | None, log) -> GPT:
         log(f"resuming from {resumed['path']} at step {resumed['state']['step']}")
         return model
     arch = source_arch(src, cfg.model.pad_vocab_multiple)  # built at the source's context, then cropped
-    model = GPT(GPTShape.from_config(dataclasses.replace(cfg.model, block_size=int(arch["block_size"]))))
+    model = GPT(GPTShape.from_config(replace(cfg.model, block_size=int(arch["block_size"]))))
     if _is_run(src):
         run = runs.load_run(src)
         state, step = run.model_state("best")
@@ -370,10 +369,10 @@ def restore(resumed: dict, run_dir: Path, cfg: Config, d, raw, optimizer, scaler
         optimizer.load_state_dict(state["optimizer"])
     if scaler.is_enabled() and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    samplers = state.get("sampler")
-    if isinstance(samplers, list) and len(samplers) == d.world_size:
+    samplers = state.get("sampler") or []  # check_resumable: a list of positions, or none
+    if len(samplers) == d.world_size:
         sampler.load_state_dict(samplers[d.rank])
-    elif isinstance(samplers, list) and samplers and isinstance(sampler, StreamBatcher):
+    elif samplers and isinstance(sampler, StreamBatcher):
         sampler.load_state_dict(samplers[0])  # the stream position is global: any rank's will do
     else:
         log("warning: world size changed; random windows restart from a fresh per-rank stream")
@@ -382,14 +381,6 @@ def restore(resumed: dict, run_dir: Path, cfg: Config, d, raw, optimizer, scaler
     ts = TrainState()
     ts.load_state_dict(state)
     return ts
-
-
-def write_run_files(cfg: Config, run_dir: Path, meta: dict, data_dir: Path) -> None:
-    """config.json, and the data's meta and tokenizer model: the run folder alone must be enough to sample."""
-    atomic_write_text(run_dir / runs.CONFIG_FILE, cfg.to_json() + "\n")
-    atomic_write_json(run_dir / runs.DATA_META_FILE, meta)
-    for name in tokenizer_files(meta):  # checked plain NAME.model names, never a path meta.json chose
-        shutil.copyfile(data_dir / name, run_dir / name)
 
 
 def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
@@ -416,8 +407,11 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
     state = restore(resumed, run_dir, cfg, d, model, optimizer, scaler, sampler, log) if resumed else TrainState()
     loop = resumed["state"].get("loop") if resumed else None
     resumed = None  # the checkpoint's tensors are restored; do not hold them for the whole run
-    if d.is_main:  # only now: a resume that fails leaves the run folder as it was
-        write_run_files(cfg, run_dir, meta, data_dir)
+    if d.is_main:  # config, data meta, tokenizer: enough to sample; written now, so a failed resume changes nothing
+        atomic_write_text(run_dir / runs.CONFIG_FILE, cfg.to_json() + "\n")
+        atomic_write_json(run_dir / runs.DATA_META_FILE, meta)
+        for name in tokenizer_files(meta):  # checked plain NAME.model names, never a path meta.json chose
+            shutil.copyfile(data_dir / name, run_dir / name)
     wrapped = compile_model(wrapped, cfg.system.compile)
     ctx = autocast_ctx(d.device, dtype)
     logger = RunLogger(run_dir, cfg, enabled=d.is_main, total_steps=cfg.train.max_iters, start_step=state.step)
@@ -487,18 +481,14 @@ def run_loop(s: Session, argv: list[str]) -> dict:
                 s.checkpointer.save(st, s.metrics, is_best=improved)
     st.train_time = s.clock.now()
     if stop == "diverged":
-        raise RunStopped(divergence_message(s, s.checkpointer.way_back(st)))
+        good = s.checkpointer.way_back(st)
+        back = (f"resume from {good} with --resume" if good else
+                f"no checkpoint predates step {st.first_bad_step}: start afresh with --overwrite")
+        raise RunStopped(f"stopped at step {st.step}: {cfg.train.max_nonfinite} steps in a row had a non-finite loss "
+                         f"or gradient (updates skipped, first at step {st.first_bad_step}); {back}, after lowering "
+                         "--learning_rate or using --dtype bfloat16/float32")
     s.checkpointer.drain()  # a failed background write surfaces here, as its one-line error
     return finish(s, stop, argv)
-
-
-def divergence_message(s: Session, good: Path | None) -> str:
-    st = s.state
-    back = (f"resume from {good} with --resume" if good else
-            f"no checkpoint predates step {st.first_bad_step}: start afresh with --overwrite")
-    return (f"stopped at step {st.step}: {s.cfg.train.max_nonfinite} steps in a row had a non-finite loss or "
-            f"gradient (updates skipped, first at step {st.first_bad_step}); {back}, after lowering "
-            "--learning_rate or using --dtype bfloat16/float32")
 
 
 def finish(s: Session, stop: str | None, argv: list[str]) -> dict:
