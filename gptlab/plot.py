@@ -74,31 +74,18 @@ def short_labels(runs: list[str | Path]) -> list[str]:
     # A legend wider than the chart is unreadable.
     out = [lab if len(lab) <= _LABEL_MAX else lab[: _LABEL_MAX - 1] + "…" for lab in labels]
     # Identical labels (the same run twice, or names cut to one prefix) get numbered.
-    counts = {lab: out.count(lab) for lab in out}
-    seen: dict[str, int] = {}
-    for i, lab in enumerate(out):
-        if counts[lab] > 1:
-            seen[lab] = seen.get(lab, 0) + 1
-            out[i] = f"{lab} #{seen[lab]}"
-    return out
+    return [f"{lab} #{out[:i].count(lab) + 1}" if out.count(lab) > 1 else lab for i, lab in enumerate(out)]
 
 
 def _x_value(rec: dict, x: str, tokens_per_second: float | None, run: str | Path) -> float:
-    if x == "hours":
-        if tokens_per_second:
-            if rec.get("tokens") is None:
-                raise UserError(f"{metrics_path(run)}: records lack 'tokens', so hours cannot be computed: use --x steps")
-            return rec["tokens"] / tokens_per_second / 3600
-        h = rec.get("accel_hours")
-        if h is None:
-            raise UserError(
-                f"run {str(run)!r} has no accelerator-hours (trained without --tokens_per_second): "
-                f"pass --tokens_per_second T to compute them, or plot with --x steps or --x tokens")
-        return h
-    v = rec.get(X_KEYS[x])
+    key = "tokens" if x == "hours" and tokens_per_second else X_KEYS[x]  # hours from a throughput given here
+    v = rec.get(key)
+    if v is None and key == "accel_hours":
+        raise UserError(f"run {str(run)!r} has no accelerator-hours (trained without --tokens_per_second): "
+                        f"pass --tokens_per_second T to compute them, or plot with --x steps or --x tokens")
     if v is None:
-        raise UserError(f"{metrics_path(run)}: records lack {X_KEYS[x]!r}: plot with --x steps")
-    return v
+        raise UserError(f"{metrics_path(run)}: records lack {key!r}: plot with --x steps")
+    return v if key == X_KEYS[x] else v / tokens_per_second / 3600
 
 
 def series(records: list[dict], kind: str, metric: str, x: str = "steps", split: str | None = None,
