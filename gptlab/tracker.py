@@ -27,29 +27,22 @@ class RunLogger:
         self.jsonl = open(run_dir / METRICS_FILE, "a", encoding="utf-8")
         # --logger_type (Languini) picks the sinks when given; else --tensorboard / --wandb_log
         kind = cfg.log.logger_type
-        use_tb = kind in ("tb", "all") or (not kind and cfg.log.tensorboard)
-        use_wandb = kind in ("wandb", "all") or (not kind and cfg.log.wandb_log)
-        if use_tb:
+        if kind in ("tb", "all") or (not kind and cfg.log.tensorboard):
             with contextlib.suppress(ImportError):  # tensorboard not installed: the jsonl still has everything
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-        if use_wandb:
+        if kind in ("wandb", "all") or (not kind and cfg.log.wandb_log):
             try:
                 import wandb
             except ImportError:
                 raise UserError("--wandb_log needs Weights & Biases: pip install wandb (or drop --wandb_log)") from None
             self.wandb = wandb.init(project=cfg.log.wandb_project, name=cfg.log.wandb_run or run_dir.name, config=cfg.to_dict(),
                                     dir=str(run_dir))
-        show_bar = cfg.log.progress == "on" or (cfg.log.progress == "auto" and sys.stderr.isatty())
-        if show_bar:  # tqdm is a dependency
+        if cfg.log.progress == "on" or (cfg.log.progress == "auto" and sys.stderr.isatty()):  # tqdm is a dependency
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, leave=True)
-
-    def hours(self, tokens: int) -> float | None:
-        tps = self.cfg.train.tokens_per_second
-        return tokens / tps / 3600.0 if tps else None
 
     def print(self, line: str) -> None:
         if not self.enabled:
@@ -69,7 +62,8 @@ class RunLogger:
     def log(self, kind: str, step: int, tokens: int, values: dict) -> None:
         if not self.enabled:
             return
-        rec = {"kind": kind, "step": step, "tokens": tokens, "accel_hours": self.hours(tokens),
+        tps = self.cfg.train.tokens_per_second
+        rec = {"kind": kind, "step": step, "tokens": tokens, "accel_hours": tokens / tps / 3600.0 if tps else None,
                "time_s": round(time.time() - self.t0, 3)}
         rec.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()})
         self.jsonl.write(json.dumps(rec) + "\n")
@@ -90,13 +84,8 @@ class RunLogger:
                            {"tokens": tokens}, step=step)
 
     def close(self) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.close()
-        if self.jsonl is not None:
-            self.jsonl.close()
-        if self.tb is not None:
-            self.tb.close()
+        for sink in (self.bar, self.jsonl, self.tb):
+            if sink is not None:
+                sink.close()
         if self.wandb is not None:
             self.wandb.finish()
