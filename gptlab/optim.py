@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
@@ -10,25 +9,17 @@ import torch
 from gptlab.config import Config
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices and embeddings (>= 2-D); never biases or LayerNorm gains."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def build_optimizer(model: torch.nn.Module, cfg: Config, device_type: str) -> torch.optim.Optimizer:
+    """Adam(W) that decays matrices and embeddings (>= 2-D), never biases or LayerNorm gains."""
     o = cfg.optim
+    params = [p for p in model.parameters() if p.requires_grad]
     wd = o.weight_decay if o.optimizer == "adamw" else 0.0
-    groups = param_groups(model, wd)
-    kwargs = dict(lr=o.learning_rate, betas=(o.beta1, o.beta2), eps=o.eps)
-    # The fused kernel does the whole update in a few launches and can skip a step on
-    # device (found_inf) without a host sync. CPU has it since torch 2.4.
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": wd},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    # The fused kernel does the whole update in a few launches and skips a step on the device
+    # (found_inf) without a host sync; torch >= 2.4 has it on CPU too.
     cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
-    if "fused" in inspect.signature(cls).parameters and device_type in ("cuda", "cpu"):
-        kwargs["fused"] = True
-    return cls(groups, **kwargs)
+    return cls(groups, lr=o.learning_rate, betas=(o.beta1, o.beta2), eps=o.eps, fused=device_type in ("cuda", "cpu"))
 
 
 def lr_at(step: int, cfg: Config) -> float:
