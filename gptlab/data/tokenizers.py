@@ -139,19 +139,16 @@ def _ranks_from_data_gym(vocab_bpe: Path, encoder_json: Path) -> dict[bytes, int
         return data_gym_to_mergeable_bpe_ranks(str(vocab_bpe), str(encoder_json))
 
 
-def _ranks_from_files(tiktoken_files: list[Path], data_gym: tuple[Path, Path] | None = None):
-    """The first verified ranks among tiktoken files, then a (vocab.bpe, encoder.json) pair; else None."""
-    for f in tiktoken_files:
-        r = _ranks_from_tiktoken_file(f) if f.is_file() else None
+def _ranks_from_dir(d: Path, tiktoken_names=("gpt2.tiktoken", "r50k_base.tiktoken"),
+                    data_gym=("vocab.bpe", "encoder.json")) -> dict[bytes, int] | None:
+    """The first verified ranks among d's tiktoken files, then its (vocab.bpe, encoder.json) pair; else None."""
+    for name in tiktoken_names:
+        r = _ranks_from_tiktoken_file(d / name) if (d / name).is_file() else None
         if r is not None:
             return r
-    if data_gym and all(f.is_file() for f in data_gym):
-        return _ranks_from_data_gym(*data_gym)
+    if data_gym and all((d / f).is_file() for f in data_gym):
+        return _ranks_from_data_gym(d / data_gym[0], d / data_gym[1])
     return None
-
-
-def _ranks_from_dir(d: Path) -> dict[bytes, int] | None:
-    return _ranks_from_files([d / "gpt2.tiktoken", d / "r50k_base.tiktoken"], (d / "vocab.bpe", d / "encoder.json"))
 
 
 def _ranks_from_tiktoken_cache() -> dict[bytes, int] | None:
@@ -159,7 +156,7 @@ def _ranks_from_tiktoken_cache() -> dict[bytes, int] | None:
     key = {k: hashlib.sha1(u.encode()).hexdigest() for k, u in _GPT2_URLS.items()}
     dirs = [Path(os.environ[v]) for v in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR") if os.environ.get(v)]
     for d in dirs + [Path(tempfile.gettempdir()) / "data-gym-cache"]:
-        r = _ranks_from_files([d / key["r50k"]], (d / key["vocab.bpe"], d / key["encoder.json"]))
+        r = _ranks_from_dir(d, [key["r50k"]], (key["vocab.bpe"], key["encoder.json"]))
         if r is not None:
             return r
     return None
@@ -169,29 +166,28 @@ def _ranks_from_installed_packages() -> dict[bytes, int] | None:
     # find_spec locates whisper without importing it (which would pull in torch and numba).
     with contextlib.suppress(Exception):
         spec = importlib.util.find_spec("whisper")
-        locs = (spec.submodule_search_locations if spec else None) or []
-        return _ranks_from_files([Path(loc) / "assets" / "gpt2.tiktoken" for loc in locs])
+        for loc in (spec.submodule_search_locations if spec else None) or []:
+            if r := _ranks_from_dir(Path(loc) / "assets", ["gpt2.tiktoken"], ()):
+                return r
     return None
 
 
-def fetch_gpt2_vocab_from_registry(dest: Path | None = None, verbose: bool = True) -> Path | None:
+def fetch_gpt2_vocab_from_registry() -> Path | None:
     """Fetch the GPT-2 vocabulary through PyPI into the gptlab cache: the openai-whisper sdist,
     downloaded without dependencies and never installed, holds it. The folder, or None."""
-    dest = dest or cache_dir() / "gpt2"
+    dest = cache_dir() / "gpt2"
     with tempfile.TemporaryDirectory() as tmp, contextlib.suppress(subprocess.SubprocessError, OSError, tarfile.TarError):
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                         "--no-build-isolation", "-q", "-d", tmp, WHISPER_PYPI], check=True, capture_output=True, timeout=300)
         for sdist in Path(tmp).glob("*.tar.gz"):
             with tarfile.open(sdist) as tf:
-                for m in tf.getmembers():
-                    if m.name.endswith("whisper/assets/gpt2.tiktoken") and m.isfile():
-                        data = tf.extractfile(m).read()
-                        if sha256_bytes(data) == R50K_TIKTOKEN_SHA256:
-                            dest.mkdir(parents=True, exist_ok=True)
-                            atomic_write_bytes(dest / "gpt2.tiktoken", data)
-                            if verbose:
-                                print(f"GPT-2 vocabulary: fetched from PyPI package {WHISPER_PYPI} into {dest}")
-                            return dest
+                m = next((m for m in tf.getmembers() if m.isfile() and m.name.endswith("whisper/assets/gpt2.tiktoken")), None)
+                data = tf.extractfile(m).read() if m else b""
+            if sha256_bytes(data) == R50K_TIKTOKEN_SHA256:
+                dest.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(dest / "gpt2.tiktoken", data)
+                print(f"GPT-2 vocabulary: fetched from PyPI package {WHISPER_PYPI} into {dest}")
+                return dest
     return None
 
 
@@ -202,7 +198,7 @@ def find_gpt2_ranks(allow_fetch: bool = True) -> tuple[dict[bytes, int], str]:
     env = os.environ.get(GPT2_ENV)
     if env:
         p = Path(env).expanduser()
-        r = _ranks_from_dir(p) if p.is_dir() else _ranks_from_files([p])
+        r = _ranks_from_dir(p) if p.is_dir() else _ranks_from_dir(p.parent, [p.name], ())
         if r is None:
             raise UserError(f"{GPT2_ENV}={env} holds no GPT-2 vocabulary with the known sha256: point it at a folder "
                             "with vocab.bpe + encoder.json (or gpt2.tiktoken), or unset it")
@@ -219,12 +215,6 @@ def find_gpt2_ranks(allow_fetch: bool = True) -> tuple[dict[bytes, int], str]:
         if r is not None:
             return r, f"gptlab cache ({d})"
     raise UserError(GPT2_INSTALL_HINT)
-
-
-def ensure_gpt2_vocab() -> None:
-    """For `gptlab prepare` only: find the GPT-2 vocabulary, fetching it through a registry if need be; say where."""
-    _, where = find_gpt2_ranks(allow_fetch=True)
-    print(f"GPT-2 vocabulary: {where}")
 
 
 @lru_cache(maxsize=1)
