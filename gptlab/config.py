@@ -311,16 +311,6 @@ def resolve_preset_name(name: str) -> str:
     raise UserError(f"unknown preset {name!r}: {hint}")
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """A TOML config: flat keys and/or [section] tables, plus an optional `preset = "..."`."""
-    flat: dict[str, Any] = {}
-    for k, v in read_toml(Path(path), "config file").items():
-        if isinstance(v, dict) and k not in SECTIONS:
-            raise UserError(f"{path}: unknown section [{k}]; sections are {', '.join(SECTIONS)}")
-        flat.update(v if isinstance(v, dict) else {k: v})
-    return flat
-
-
 # Flags of the two reference trainers that have no meaning in gptlab: accepted, with this note.
 NO_MEANING: dict[str, str] = {
     "log_activations_every": "activations are not logged; --log_grads_every N logs weight/grad/update/logit statistics",
@@ -426,7 +416,13 @@ def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], 
     if p.suffix == ".json":
         saved = load_run_config(p)
         return {k: saved.get(k) for k in FIELD_INFO}, {}, saved.preset
-    return load_toml(p), {}, None
+    # TOML: flat keys and/or [section] tables, plus an optional `preset = "..."`.
+    flat: dict[str, Any] = {}
+    for k, v in read_toml(p, "config file").items():
+        if isinstance(v, dict) and k not in SECTIONS:
+            raise UserError(f"{p}: unknown section [{k}]; sections are {', '.join(SECTIONS)}")
+        flat.update(v if isinstance(v, dict) else {k: v})
+    return flat, {}, None
 
 
 def parse_overrides(argv: list[str]) -> dict[str, str]:
