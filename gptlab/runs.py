@@ -75,14 +75,6 @@ def _is_run(path: Path) -> bool:
     return any((path / name).exists() for name in (CONFIG_FILE, CHECKPOINT_DIR, METRICS_FILE, DATA_META_FILE))
 
 
-def _aside_path(path: Path) -> Path:
-    candidate = stem = path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-    for n in itertools.count(1):  # two overwrites within one second must not collide
-        if not candidate.exists():
-            return candidate
-        candidate = stem.with_name(f"{stem.name}-{n}")
-
-
 def _check_place(path: Path, overwrite: bool) -> None:
     """Refusals that need no look inside the folder: a file, a file on the way, the cwd or above."""
     if path.exists() and not path.is_dir():
@@ -133,7 +125,9 @@ def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = Fa
             pass
     _check_contents(path, resume, overwrite)
     if overwrite and _has_contents(path):
-        aside = _aside_path(path)
+        stem = f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        names = itertools.chain([stem], (f"{stem}-{n}" for n in itertools.count(1)))  # two overwrites in one second
+        aside = next(p for p in map(path.with_name, names) if not p.exists())
         path.rename(aside)
         print(f"moved the old run {path} aside to {aside} (nothing was deleted)")
     return path
