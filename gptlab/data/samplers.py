@@ -37,15 +37,7 @@ def _to_xy(block: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
 
-class _Iterates:
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return self.next()
-
-
-class RandomWindowSampler(_Iterates):
+class RandomWindowSampler:
     """Random windows of seq_len + 1 tokens anywhere in one stream.
 
     Batch k of rank r draws its offsets from a generator seeded by
@@ -139,16 +131,16 @@ class DocRows:
         return idx
 
 
-class StreamBatcher(_Iterates):
+class StreamBatcher:
     """Document streams, the Languini way: documents dealt to `batch_size` global rows (DocRows);
     batch k is positions [k*seq_len, k*seq_len + seq_len + 1) of every row, no shuffling. Rank r owns
     rows i % world_size == r, cut into `micro_batches`; `next()` returns one optimiser step's (x, y) list.
     Each row wraps on its own (the benchmark's repeat=True); an `epoch` is `steps_per_epoch` steps
-    (until the shortest row first wraps). With wrap=False, StopIteration once that row cannot fill a window.
+    (until the shortest row first wraps).
     """
 
     def __init__(self, data, doc_offsets, batch_size: int, seq_len: int, eot_id: int | None = None,
-                 rank: int = 0, world_size: int = 1, micro_batches: int = 1, wrap: bool = True):
+                 rank: int = 0, world_size: int = 1, micro_batches: int = 1):
         if batch_size % world_size:
             raise UserError(f"train_batch_size {batch_size} is not divisible by world size {world_size}: pick a multiple")
         per_rank = batch_size // world_size
@@ -161,11 +153,11 @@ class StreamBatcher(_Iterates):
         self._reopen = _as_reopenable(data)
         self._data = None if self._reopen else data
         self.batch_size, self.seq_len, self.eot_id = batch_size, seq_len, eot_id
-        self.rank, self.world_size, self.micro_batches, self.wrap = rank, world_size, micro_batches, wrap
+        self.rank, self.world_size, self.micro_batches = rank, world_size, micro_batches
         self.doc_rows = DocRows(doc_offsets, n, batch_size, data, eot_id)
         self.rows, self.row_lengths = self.doc_rows.rows, self.doc_rows.lengths
         shortest = int(self.row_lengths.min())
-        if shortest < 2 or (not wrap and shortest < seq_len + 1):
+        if shortest < 2:
             raise UserError(
                 f"{self.doc_rows.n_docs} documents ({n} tokens) spread over {batch_size} rows leave the shortest row "
                 f"{shortest} tokens, too few to stream: use fewer rows, a shorter seq_len or more data"
@@ -183,8 +175,6 @@ class StreamBatcher(_Iterates):
         return self.batches % self.steps_per_epoch
 
     def next(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if not self.wrap and self.batches >= self.steps_per_epoch:
-            raise StopIteration
         data = _open(self._reopen, self._data)
         p0 = self.batches * self.seq_len
         # (rows, seq_len + 1) data indices of this batch

@@ -104,11 +104,10 @@ def test_assign_rows_balanced_in_order():
 def test_stream_rows_are_continuous_with_separators():
     data, starts, docs = _docs()
     B, S = 4, 16
-    sb = StreamBatcher(data, starts, batch_size=B, seq_len=S, eot_id=EOT, wrap=False)
+    sb = StreamBatcher(data, starts, batch_size=B, seq_len=S, eot_id=EOT)
     rows_tokens = [[] for _ in range(B)]
-    n = 0
-    for step in sb:
-        (x, y), = step
+    for n in range(sb.steps_per_epoch):
+        (x, y), = sb.next()
         assert torch.equal(x[:, 1:], y[:, :-1])
         for r in range(B):
             if n == 0:
@@ -117,8 +116,7 @@ def test_stream_rows_are_continuous_with_separators():
                 assert rows_tokens[r][-1] == x[r, 0].item()
                 rows_tokens[r].extend(x[r, 1:].tolist())
             rows_tokens[r].append(y[r, -1].item())
-        n += 1
-    assert n == sb.steps_per_epoch and n > 0
+    assert sb.steps_per_epoch > 0
     for r in range(B):
         expect = [t for d in sb.rows[r] for t in docs[d]]
         assert rows_tokens[r] == expect[: len(rows_tokens[r])]  # the row's docs in order, EOT between them
