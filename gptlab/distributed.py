@@ -44,11 +44,7 @@ class Dist:
 def pick_device(name: str) -> torch.device:
     check_device(name)  # a missing GPU or a bad name is a one-line error before anything runs
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     return torch.device(name)
 
 
@@ -206,23 +202,6 @@ def _sharded_folder(run_dir, ref) -> Path:
     return folder
 
 
-def _restricted_unpickle(data: bytes, where: Path):
-    """Unpickle DCP metadata allowing only the classes in _DCP_GLOBALS and torch dtypes."""
-    class Restricted(pickle.Unpickler):
-        def find_class(self, module, name):
-            if (module, name) in _DCP_GLOBALS:
-                return super().find_class(module, name)
-            if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-                return getattr(torch, name)
-            raise pickle.UnpicklingError(f"refusing {module}.{name}")
-
-    try:
-        return Restricted(io.BytesIO(data)).load()
-    except Exception as e:  # noqa: BLE001 - anything but plain DCP metadata is refused
-        raise UserError(f"sharded checkpoint metadata {where} is not DCP metadata written by gptlab "
-                        f"({str(e)[:120]}): it was not read; resume from another checkpoint") from None
-
-
 def _verified_metadata(run_dir, ref):
     """Read .metadata once, check its sha256 against the checkpoint's record, unpickle those bytes
     (restricted); every shard it names must be a plain file of the folder."""
@@ -237,7 +216,20 @@ def _verified_metadata(run_dir, ref):
     if hashlib.sha256(data).hexdigest() != ref["metadata_sha256"]:
         raise UserError(f"sharded checkpoint {meta_path} does not match the hash its checkpoint recorded "
                         "(changed or damaged): resume from another checkpoint")
-    md = _restricted_unpickle(data, meta_path)
+
+    class Restricted(pickle.Unpickler):  # only the classes in _DCP_GLOBALS and torch dtypes
+        def find_class(self, module, name):
+            if (module, name) in _DCP_GLOBALS:
+                return super().find_class(module, name)
+            if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+                return getattr(torch, name)
+            raise pickle.UnpicklingError(f"refusing {module}.{name}")
+
+    try:
+        md = Restricted(io.BytesIO(data)).load()
+    except Exception as e:  # noqa: BLE001 - anything but plain DCP metadata is refused
+        raise UserError(f"sharded checkpoint metadata {meta_path} is not DCP metadata written by gptlab "
+                        f"({str(e)[:120]}): it was not read; resume from another checkpoint") from None
     storage = getattr(md, "storage_data", None) if isinstance(md, Metadata) else None
     files = {getattr(s, "relative_path", None) for s in storage.values()} if isinstance(storage, dict) else {None}
     if any(not isinstance(f, str) or not re.fullmatch(r"[A-Za-z0-9_.]+", f) or f.startswith(".") for f in files):
@@ -343,9 +335,7 @@ class StopAgreement:
             values = host.tolist()
         else:
             step, values = state.step, flags.tolist()  # .tolist(): a CPU-GPU sync
-        return self._decide(state, step, *values)
-
-    def _decide(self, state, step: int, signum: float, streak: float) -> str | None:
+        signum, streak = values
         if streak > 0 and state.first_bad_step is None:
             state.first_bad_step = step - int(streak) + 1
         self.signum = self.signum or int(signum)
