@@ -300,17 +300,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def resolve_preset_name(name: str) -> str:
-    if not isinstance(name, str):  # e.g. `preset = 5` in a TOML file
-        raise UserError(f"preset must be a name like 'baby' or 'small', got {name!r}")
-    lower = {k.lower(): k for k in PRESETS}
-    if name.lower() in lower:  # "xl" works for "XL"
-        return lower[name.lower()]
-    close = difflib.get_close_matches(name, list(PRESETS), n=1, cutoff=0.4)
-    hint = f"did you mean {close[0]!r}?" if close else f"presets: {', '.join(PRESETS)}"
-    raise UserError(f"unknown preset {name!r}: {hint}")
-
-
 # Flags of the two reference trainers that have no meaning in gptlab: accepted, with this note.
 NO_MEANING: dict[str, str] = {
     "log_activations_every": "activations are not logged; --log_grads_every N logs weight/grad/update/logit statistics",
@@ -452,9 +441,15 @@ def build_config(preset: str | None = None, config_file: str | None = None,
     preset = preset or file_values.get("preset")
     file_values.pop("preset", None)
     overrides = overrides or {}
-    if preset:
-        preset = cfg.preset = resolve_preset_name(preset)
-    elif label:
+    if preset and not isinstance(preset, str):  # e.g. `preset = 5` in a TOML file
+        raise UserError(f"preset must be a name like 'baby' or 'small', got {preset!r}")
+    if preset:  # "xl" works for "XL"
+        preset = cfg.preset = {k.lower(): k for k in PRESETS}.get(preset.lower(), preset)
+    if preset and preset not in PRESETS:
+        close = difflib.get_close_matches(preset, list(PRESETS), n=1, cutoff=0.4)
+        hint = f"did you mean {close[0]!r}?" if close else f"presets: {', '.join(PRESETS)}"
+        raise UserError(f"unknown preset {preset!r}: {hint}")
+    if label and not preset:
         cfg.preset = label
     # A Languini preset under --compute_class takes that class's published recipe, below what
     # the config file and the command line set.
@@ -672,7 +667,13 @@ def _resolved(cfg: Config, world_size: int, device, data_meta: dict | None, init
         for k, v in dict(init_source, **keep).items():
             if SECTION_OF.get(k) == "model":
                 setattr(m, k, v)
-    m.vocab_size = _vocab(m.vocab_size, data_meta, fixed=bool(init_source))
+    # The model's vocab: the data's unless set (or fixed by pretrained weights); never smaller than the data's.
+    data_vocab = int(data_meta["vocab_size"]) if data_meta else 0
+    if m.vocab_size and m.vocab_size < data_vocab:
+        hint = "prepare the data with the source model's tokenizer" if init_source else \
+            "drop --vocab_size (it is read from meta.json) or use matching data"
+        raise UserError(f"vocab_size {m.vocab_size} is smaller than the dataset's {data_vocab}: {hint}")
+    m.vocab_size = m.vocab_size or data_vocab
     s.dtype = dtype_for(s.dtype, dev)
     if s.compile == "auto":
         s.compile = "default" if dev.type == "cuda" else "none"
@@ -691,16 +692,6 @@ def _resolved(cfg: Config, world_size: int, device, data_meta: dict | None, init
     validate(out)
     check_memory(out)
     return out
-
-
-def _vocab(vocab: int, data_meta: dict | None, fixed: bool) -> int:
-    """The model's vocab: the data's unless set (or fixed by pretrained weights); never smaller than the data's."""
-    data_vocab = int(data_meta["vocab_size"]) if data_meta else 0
-    if vocab and vocab < data_vocab:
-        hint = "prepare the data with the source model's tokenizer" if fixed else \
-            "drop --vocab_size (it is read from meta.json) or use matching data"
-        raise UserError(f"vocab_size {vocab} is smaller than the dataset's {data_vocab}: {hint}")
-    return vocab or data_vocab
 
 
 def dtype_for(name: str, device) -> str:
