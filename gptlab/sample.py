@@ -86,7 +86,13 @@ def open_model(a, device: torch.device):
     return model, GPT2Tokenizer(), src
 
 
-def check_args(a) -> None:
+def main(argv: list[str]) -> int:
+    from gptlab.distributed import pick_device
+    from gptlab.generate import generate
+    from gptlab.runtime import autocast_ctx, resolve_dtype
+
+    a = build_parser().parse_args(argv)
+    # Argument ranges, before any model is loaded.
     if a.num_samples <= 0 or a.max_new_tokens <= 0:
         raise UserError("--num_samples and --max_new_tokens must be positive")
     if not 0 <= a.temperature < float("inf"):  # also refuses nan
@@ -95,15 +101,6 @@ def check_args(a) -> None:
         raise UserError("--top_k must be >= 0 (0 = off), --top_p in (0, 1] and --seed >= 0")
     if a.compile:
         print("note: --compile has no effect on sampling (the KV-cache loop runs eagerly)")
-
-
-def main(argv: list[str]) -> int:
-    from gptlab.distributed import pick_device
-    from gptlab.generate import generate
-    from gptlab.runtime import autocast_ctx, resolve_dtype
-
-    a = build_parser().parse_args(argv)
-    check_args(a)
     prompt = read_start(a.start)
     device = pick_device(a.device)
     model, tok, what = open_model(a, device)
