@@ -53,13 +53,6 @@ def fmt_mfu(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-def peak_memory_gb(device: torch.device) -> float | None:
-    """Peak device memory allocated by torch on a GPU; on the CPU, the process's peak RSS."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
 # ------------------------------------------------------------------------------ training metrics
 
 class TrainClock:
@@ -155,15 +148,15 @@ class TrainMetrics:
              "mfu": mfu(self.fpt, tps / self.d.world_size, self.peak), "grad_norm": float(out.grad_norm),
              "data_wait_share": w["data_wait_share"], "nonfinite_skipped": int(state.bad_total),
              "train_time_s": self.clock.now()}  # float()/int(): CPU-GPU syncs, at this record's cadence
-        mem = peak_memory_gb(self.d.device)
-        if mem is not None:
-            v["peak_mem_gb"] = mem
+        if self.d.device.type == "cuda":  # peak memory torch allocated; on the CPU, the process's peak RSS
+            v["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.d.device) / 2**30
+        else:
+            v["peak_mem_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
         return v
 
     def _line(self, step: int, v: dict) -> str:
         total = self.cfg.train.max_iters
-        mem = f" | {'peak mem' if self.d.device.type == 'cuda' else 'peak RSS'} {v['peak_mem_gb']:.2f} GiB" \
-            if "peak_mem_gb" in v else ""
+        mem = f" | {'peak mem' if self.d.device.type == 'cuda' else 'peak RSS'} {v['peak_mem_gb']:.2f} GiB"
         eta = f" | elapsed {_hms(self.clock.now())} | ETA {_hms((total - step) * v['ms_per_step'] / 1000)}" \
             if step < total else ""
         return (f"step {step}/{total} | loss {v['loss']:.4f} | lr {v['lr']:.2e} | {v['ms_per_step']:.1f} ms/step | "
@@ -205,22 +198,21 @@ def grad_stats(model: torch.nn.Module, before: dict[str, torch.Tensor] | None, s
     """Mean / max / min / L2 of weights, gradients and the last update, per parameter and pooled over all
     ("global"). Call after the optimiser step, before zero_grad (gradients divided by `scale`)."""
     out: dict[str, float] = {}
-    acc = {k: [0.0, 0, -math.inf, math.inf, 0.0] for k in ("w", "g", "u")}  # sum, count, max, min, sum of squares
+    pooled = {"w": [], "g": [], "u": []}  # per tensor: (numel, mean, max, min, l2)
     for name, p in model.named_parameters():
         w = p.detach().float()
-        parts = [("w", w)] + ([("g", p.grad.detach().float() / scale)] if p.grad is not None else []) + \
-            ([("u", w - before[name])] if before is not None and name in before else [])
-        for kind, t in parts:
-            mean, mx, mn, l2 = t.mean().item(), t.max().item(), t.min().item(), t.norm().item()  # host syncs
-            out.update({f"{kind}/{name}/mean": mean, f"{kind}/{name}/max": mx, f"{kind}/{name}/min": mn,
-                        f"{kind}/{name}/l2": l2})
-            a = acc[kind]
-            a[0], a[1], a[2], a[3], a[4] = a[0] + mean * t.numel(), a[1] + t.numel(), max(a[2], mx), min(a[3], mn), \
-                a[4] + l2 * l2
-    for kind, (total, count, mx, mn, sq) in acc.items():
-        if count:
-            out.update({f"{kind}/global/mean": total / count, f"{kind}/global/max": mx,
-                        f"{kind}/global/min": mn, f"{kind}/global/l2": math.sqrt(sq)})
+        parts = {"w": w, "g": None if p.grad is None else p.grad.detach().float() / scale,
+                 "u": w - before[name] if before is not None and name in before else None}
+        for kind, t in parts.items():
+            if t is not None:  # .item(): host syncs, on log_grads_every steps only
+                s = {"mean": t.mean().item(), "max": t.max().item(), "min": t.min().item(), "l2": t.norm().item()}
+                out.update({f"{kind}/{name}/{k}": v for k, v in s.items()})
+                pooled[kind].append((t.numel(), *s.values()))
+    for kind, rows in pooled.items():
+        if rows:
+            n, mean, mx, mn, l2 = torch.tensor(rows, dtype=torch.float64).T
+            out.update({f"{kind}/global/mean": float((n * mean).sum() / n.sum()), f"{kind}/global/max": float(mx.max()),
+                        f"{kind}/global/min": float(mn.min()), f"{kind}/global/l2": float(l2.norm())})
     return out
 
 
