@@ -1,7 +1,6 @@
 """Token files: `{split}.bin` (raw little-endian uint16/uint32), `{split}.docs.npy` (document starts) and
 meta.json ("gptlab-tokens-1": tokenizer, vocab_size, dtype, eot_id, splits {name: tokens, sha256, documents},
-source), the truth for reading a bin: `load_split` checks sizes, `verify_bins` the sha256; `SplitWriter` writes.
-"""
+source), the truth for reading a bin: `load_split` checks sizes, `verify_bins` the sha256; `SplitWriter` writes."""
 
 from __future__ import annotations
 
