@@ -1,7 +1,5 @@
-"""Batch samplers. All yield CPU int64 tensors (x, y) of shape (rows, seq_len),
-y being x shifted by one token. They are deterministic and resumable: their
-state_dict() holds plain ints that torch.load(weights_only=True) accepts.
-"""
+"""Batch samplers: CPU int64 (x, y) of shape (rows, seq_len), y = x shifted by one token; deterministic,
+resumable from a state_dict() of plain ints (torch.load(weights_only=True) accepts it)."""
 
 from __future__ import annotations
 
@@ -38,12 +36,8 @@ def _to_xy(block: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class RandomWindowSampler:
-    """Random windows of seq_len + 1 tokens anywhere in one stream.
-
-    Batch k of rank r draws its offsets from a generator seeded by
-    (seed, rank, k): each rank has its own stream, and the whole state is the
-    batch counter, so resuming is exact by construction.
-    """
+    """Random windows of seq_len + 1 tokens anywhere in one stream. Batch k of rank r draws its offsets
+    from a generator seeded by (seed, rank, k): the whole state is the batch counter, so resuming is exact."""
 
     def __init__(self, data, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0, world_size: int = 1):
         if batch_size <= 0 or seq_len <= 0:
@@ -135,9 +129,7 @@ class StreamBatcher:
     """Document streams, the Languini way: documents dealt to `batch_size` global rows (DocRows);
     batch k is positions [k*seq_len, k*seq_len + seq_len + 1) of every row, no shuffling. Rank r owns
     rows i % world_size == r, cut into `micro_batches`; `next()` returns one optimiser step's (x, y) list.
-    Each row wraps on its own (the benchmark's repeat=True); an `epoch` is `steps_per_epoch` steps
-    (until the shortest row first wraps).
-    """
+    Each row wraps on its own (the benchmark's repeat=True); an epoch ends when the shortest row first wraps."""
 
     def __init__(self, data, doc_offsets, batch_size: int, seq_len: int, eot_id: int | None = None,
                  rank: int = 0, world_size: int = 1, micro_batches: int = 1):
