@@ -1,9 +1,5 @@
-"""Tokenizers: character level, GPT-2 BPE (offline), SentencePiece.
-
-Every tokenizer can describe itself as a small JSON dict (`to_meta`) that is
-stored in a data dir's meta.json, and `tokenizer_from_meta` rebuilds the same
-tokenizer from it, so token files never need a side channel to be read back.
-"""
+"""Tokenizers: character level, GPT-2 BPE (offline), SentencePiece. Each describes itself as a JSON dict
+(`to_meta`, stored in meta.json) from which `tokenizer_from_meta` rebuilds it."""
 
 from __future__ import annotations
 
@@ -229,9 +225,8 @@ def gpt2_encoding():
 
 
 class GPT2Tokenizer:
-    """GPT-2 byte-level BPE. Text is encoded as ordinary text: a literal
-    "<|endoftext|>" in a document is not turned into the separator, so
-    decode(encode(t)) == t for every string."""
+    """GPT-2 byte-level BPE on ordinary text: a literal "<|endoftext|>" in a document stays text,
+    so decode(encode(t)) == t for every string."""
 
     name = "gpt2"
     vocab_size = 50257
@@ -361,10 +356,8 @@ def check_tokenizer_meta(t: dict, vocab_size: int | None, where) -> None:
 
 
 def tokenizer_from_meta(meta: dict, data_dir: Path) -> Tokenizer:
-    """The one tokenizer factory: rebuild the tokenizer described by meta["tokenizer"] (or by the dict itself).
-
-    A SentencePiece model is read from data_dir (a dataset or run folder) under its checked file name.
-    """
+    """The one tokenizer factory: the tokenizer meta["tokenizer"] (or the dict itself) describes; a
+    SentencePiece model is read from data_dir (a dataset or run folder) under its checked file name."""
     t = meta.get("tokenizer", meta) if isinstance(meta, dict) else None
     vocab = meta.get("vocab_size") if isinstance(meta, dict) and "tokenizer" in meta else None
     check_tokenizer_meta(t, vocab, Path(data_dir) / "meta.json")
