@@ -1,9 +1,6 @@
-"""GPT-2 weights in and out: Hugging Face folders, the HF cache, and `gptlab export --to hf`.
-
-Parameter names already follow HF's GPT-2, so conversion is: strip or add `transformer.`,
-transpose the Conv1D weights (HF stores (in, out)), drop the causal-mask buffers, and pad
-or trim the vocabulary rows. Logits match transformers' both ways within float error.
-"""
+"""GPT-2 weights in and out: Hugging Face folders, the HF cache, and `gptlab export --to hf`. Names already
+follow HF's GPT-2: conversion strips or adds `transformer.`, transposes the Conv1D weights (HF stores (in, out)),
+drops the causal-mask buffers and pads or trims the vocabulary rows; logits match transformers' within float error."""
 
 from __future__ import annotations
 
