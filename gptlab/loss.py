@@ -93,13 +93,10 @@ def _fused(fn, device: torch.device):
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of (h @ w.T) over targets != -1, chunk by chunk: each chunk's
-    gradients for h and w are computed in the forward (softmax - one-hot needs nothing else),
-    so the full (N, vocab) logits are never stored for backward; same matmul FLOPs.
-
-    1/n_valid and the upstream gradient (fp16's loss scale) are applied in backward, in fp32:
-    dividing by 16K tokens first would push fp16 gradients under its smallest normal number.
-    """
+    """Mean CE of (h @ w.T) over targets != -1, chunk by chunk: each chunk's gradients for h and w are
+    computed in the forward (softmax - one-hot), so (N, vocab) logits are never stored; same matmul FLOPs.
+    1/n_valid and the upstream gradient (fp16's loss scale) are applied in backward, in fp32: dividing
+    by 16K tokens first would push fp16 gradients under its smallest normal number."""
 
     @staticmethod
     def forward(ctx, h, w, targets, vocab: int, chunk: int):
