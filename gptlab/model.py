@@ -1,7 +1,6 @@
-"""The GPT model: GPT-2 and its Languini variant as options of one class. Token ids in,
-logits over the padded vocabulary (or final hidden states) out; the loss is gptlab/loss.py.
-init_weights() is separate from construction (meta-device builds). Parameter names follow
-Hugging Face's GPT-2, so weights convert by transposition alone."""
+"""The GPT model: GPT-2 and its Languini variant as options of one class. Token ids in, logits over the
+padded vocabulary (or final hidden states) out; the loss is gptlab/loss.py. init_weights() is separate from
+construction (meta-device builds). Parameter names follow HF's GPT-2: weights convert by transposition alone."""
 
 from __future__ import annotations
 
