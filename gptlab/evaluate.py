@@ -166,19 +166,15 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_siz
     if reduce is not None:
         sums = reduce(sums)
     model.train(was_training)
-    return summarize(sums.tolist(), plan, check=world_size == 1)  # .tolist(): a CPU-GPU sync
-
-
-def summarize(sums: list[float], plan: EvalPlan, check: bool = True) -> dict:
-    """The reported metrics from the summed [nll, tokens, top1, top10, nll_words, words] and the plan's counts."""
-    nll, ntok, top1, top10, nll_words, nwords = sums
+    # The reported metrics from the summed [nll, tokens, top1, top10, nll_words, words] and the plan's counts.
+    nll, ntok, top1, top10, nll_words, nwords = sums.tolist()  # .tolist(): a CPU-GPU sync
     loss = nll / max(ntok, 1)
     c = plan.counts or {}
     out = {"loss": loss, "ppl": math.exp(min(loss, 700)), "acc1": top1 / max(ntok, 1), "acc10": top10 / max(ntok, 1),
            "total_loss": nll, "eval_tokens": int(ntok), "eval_windows": int(len(plan.items)),
            "eval_batches": plan.batches, "eval_streams": len(plan.rows.rows), "seq_len": plan.seq_len,
            "last_n": plan.last_n}
-    if check and c.get("eval_tokens") is not None and c["eval_tokens"] != int(ntok):
+    if world_size == 1 and c.get("eval_tokens") is not None and c["eval_tokens"] != int(ntok):
         raise RuntimeError(f"scored {int(ntok)} tokens but the plan counts {c['eval_tokens']}")
     if c.get("eval_chars"):
         out.update(eval_chars=c["eval_chars"], normalised_loss=nll / c["eval_chars"],
