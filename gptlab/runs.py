@@ -180,11 +180,10 @@ class Run:
         """(model state_dict with wrapper prefixes removed, the step it was saved at)."""
         from gptlab.checkpoint import load_checkpoint
 
-        state = load_checkpoint(self.checkpoint(which))
-        step = state.get("step")
+        state = load_checkpoint(self.checkpoint(which))  # a 'step' it holds is an int >= 0
         # torch.compile and DDP prefix every key; the weights are the same.
         sd = {re.sub(r"^((_orig_mod|module)\.)+", "", k): v for k, v in state["model"].items()}
-        return sd, int(step) if isinstance(step, int) else 0
+        return sd, state.get("step", 0)
 
     def build_model(self, device="cpu", which: str = "best"):
         """The run's GPT with the checkpoint's weights, on `device` (train mode; call .eval() to sample)."""
