@@ -56,17 +56,10 @@ def read_metrics(run: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def _run_folder(run: str | Path) -> Path:
-    p = Path(run)
-    if p.name == METRICS_FILE or p.is_file():
-        p = p.parent
-    return p.resolve()
-
-
 def short_labels(runs: list[str | Path]) -> list[str]:
     """Legend labels: the `_`-joined parts of the run names (and class/preset folders) that
     differ between the runs; shared hyperparameters say nothing in a legend."""
-    folders = [_run_folder(r) for r in runs]
+    folders = [(p.parent if p.name == METRICS_FILE or p.is_file() else p).resolve() for p in map(Path, runs)]
     tokens = [[t for t in [f.parent.parent.name, f.parent.name, *f.name.split("_")] if t] for f in folders]
     common = set(tokens[0]).intersection(*map(set, tokens[1:])) if len(runs) > 1 else set()
     labels = [("_".join(t for t in toks if t not in common) if len(runs) > 1 else "") or f.name or str(r)
