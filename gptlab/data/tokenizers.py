@@ -15,26 +15,12 @@ import tarfile
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable
 
 import numpy as np
 
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_bytes, sha256_file
-
-
-class Tokenizer(Protocol):
-    name: str
-    vocab_size: int
-    eot_id: int | None
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
-
-    def decode(self, ids: Sequence[int]) -> str: ...
-
-    def to_meta(self) -> dict: ...
 
 
 def cache_dir() -> Path:
@@ -260,14 +246,13 @@ class SentencePieceTokenizer:
 
     name = "sentencepiece"
 
-    def __init__(self, model_file: Path, meta_name: str | None = None):
+    def __init__(self, model_file: Path):
         import sentencepiece as spm
 
         model_file = Path(model_file)
         if not model_file.is_file():
             raise UserError(f"SentencePiece model {model_file} not found: re-run `gptlab prepare` or give the right path")
         self.model_file = model_file
-        self.meta_name = meta_name or model_file.name
         self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
         self.vocab_size = int(self.sp.get_piece_size())
         d = self.sp.piece_to_id(DOC_PIECE)
@@ -284,7 +269,7 @@ class SentencePieceTokenizer:
         return self.sp.decode(_ids_to_list(ids))
 
     def to_meta(self) -> dict:
-        return {"kind": "sentencepiece", "model_file": self.meta_name, "fingerprint": sha256_file(self.model_file)}
+        return {"kind": "sentencepiece", "model_file": self.model_file.name, "fingerprint": sha256_file(self.model_file)}
 
 
 # The Languini benchmark's SentencePiece settings (its vocabulary notebook, books_*.model); the
@@ -329,6 +314,9 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: Path, vocab_size: in
 
 # --- Factories ---
 
+# What every tokenizer offers: name, vocab_size, eot_id, encode, encode_batch, decode, to_meta.
+Tokenizer = CharTokenizer | GPT2Tokenizer | SentencePieceTokenizer
+
 TOKENIZER_KINDS = ("char", "gpt2", "sentencepiece")
 # A tokenizer model a dataset or run folder names: a plain file name beside meta.json, never a path
 # and never one of gptlab's own files (config.json, meta.json, ...), which all end otherwise.
@@ -365,7 +353,7 @@ def tokenizer_from_meta(meta: dict, data_dir: Path) -> Tokenizer:
         return CharTokenizer(t["chars"])
     if t["kind"] == "gpt2":
         return GPT2Tokenizer()
-    return SentencePieceTokenizer(Path(data_dir) / t["model_file"], meta_name=t["model_file"])
+    return SentencePieceTokenizer(Path(data_dir) / t["model_file"])
 
 
 def tokenizer_files(meta: dict) -> list[str]:
