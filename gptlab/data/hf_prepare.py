@@ -56,11 +56,6 @@ def _open_maybe_gz(path: Path):
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
-def _count_lines(path: Path) -> int:
-    with _open_maybe_gz(path) as f:
-        return sum(1 for _ in f)  # as the stream reads them
-
-
 def _file_stream(split: str, files: list[Path], kind: str, text_field: str) -> Stream:
     if kind == "parquet":
         try:
@@ -83,7 +78,10 @@ def _file_stream(split: str, files: list[Path], kind: str, text_field: str) -> S
         return Stream(split, rows, it)
 
     if kind == "jsonl":
-        rows = sum(_count_lines(f) for f in files)
+        rows = 0
+        for f in files:
+            with _open_maybe_gz(f) as fh:
+                rows += sum(1 for _ in fh)  # lines, as the stream reads them
 
         def it(skip, max_docs, max_bytes):
             # Raw lines go to the workers, which parse JSON in parallel.
