@@ -268,23 +268,6 @@ def load_sharded(run_dir, ref, model: torch.nn.Module, optimizer) -> None:
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
-def load_plain_optimizer(model: torch.nn.Module, optimizer, osd: dict) -> None:
-    """A plain optimizer.state_dict() (1-rank or DDP) into an optimiser over FSDP2 shards: its ids follow
-    the param groups' order, the same after sharding, so they map to names; torch slices each tensor."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-    names = {id(p): n for n, p in model.named_parameters()}
-    order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
-    saved_ids = [i for g in osd["param_groups"] for i in g["params"]]
-    if len(saved_ids) != len(order):
-        raise UserError(f"checkpoint optimiser has {len(saved_ids)} parameters, this model {len(order)}: "
-                        "resume with the run's own config")
-    fqn = dict(zip(saved_ids, order))
-    full = {"state": {fqn[i]: st for i, st in osd["state"].items()},
-            "param_groups": [dict(g, params=[fqn[i] for i in g["params"]]) for g in osd["param_groups"]]}
-    set_optimizer_state_dict(model, optimizer, full, options=StateDictOptions(full_state_dict=True))
-
-
 def prune_sharded(run_dir, keep: set[str]) -> None:
     """Remove DCP folders that no kept numbered checkpoint refers to (rank 0, after a save)."""
     for p in (Path(run_dir) / CHECKPOINT_DIR).glob("dcp_*"):

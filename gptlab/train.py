@@ -358,12 +358,13 @@ def build_sampler(cfg: Config, data_dir: Path, meta: dict, train_tokens, d: dist
 
 
 def restore(resumed: dict, run_dir: Path, cfg: Config, d, raw, optimizer, scaler, sampler, log) -> TrainState:
-    """Optimiser (resharded when the rank count or strategy changed), scaler, data position, RNG, loop state."""
+    """Optimiser (a sharded one resharded when the rank count changed), scaler, data position, RNG, loop state."""
     state, fsdp = resumed["state"], cfg.system.parallel == "fsdp" and d.enabled
     if state.get("sharded"):  # written under FSDP2 by any number of ranks: DCP reshards it
         dist_.load_sharded(run_dir, state["sharded"], raw, optimizer)
-    elif fsdp:  # a 1-rank or DDP checkpoint continued under FSDP2
-        dist_.load_plain_optimizer(raw, optimizer, state["optimizer"])
+    elif fsdp:  # a 1-rank or DDP checkpoint: its optimiser state does not map onto FSDP2's shards here
+        raise UserError(f"checkpoint {resumed['path']} holds a single-file optimiser state (one process or DDP), "
+                        "and FSDP2 resumes only its own sharded checkpoints: resume with --parallel ddp")
     else:
         ck.check_optimizer_fits(state["optimizer"], optimizer, resumed["path"])
         optimizer.load_state_dict(state["optimizer"])
