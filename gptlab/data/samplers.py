@@ -25,11 +25,6 @@ def _open(reopen, data):
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
 
 
-def _gather(data: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
-    idx = starts[:, None] + np.arange(length, dtype=np.int64)[None, :]
-    return np.asarray(data[idx], dtype=np.int64)
-
-
 def _to_xy(block: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     t = torch.from_numpy(block)
     return t[:, :-1].contiguous(), t[:, 1:].contiguous()
@@ -60,7 +55,9 @@ class RandomWindowSampler:
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         data = _open(self._reopen, self._data)
-        block = _gather(data, self.offsets(self.step), self.seq_len + 1)
+        # (batch, seq_len + 1) data indices of this batch
+        idx = self.offsets(self.step)[:, None] + np.arange(self.seq_len + 1, dtype=np.int64)
+        block = np.asarray(data[idx], dtype=np.int64)
         self.step += 1
         return _to_xy(block)
 
