@@ -323,12 +323,6 @@ def _pack(docs: list, eot_id: int | None, dtype) -> tuple[np.ndarray, np.ndarray
     return out, np.array([len(d) + len(eot) for d in docs], dtype=np.int64)
 
 
-def _encode(tok, texts: list[str], threads: int) -> list:
-    if isinstance(tok, CharTokenizer):
-        return [tok.encode_array(t) for t in texts]
-    return tok.encode_batch(texts, num_threads=threads)
-
-
 def _work(task) -> tuple[dict, int, tuple]:
     """(kind, items, val_mask or None, eot, header) -> {output group: (ids, lengths)}, characters read, header."""
     kind, items, mask, eot, header = task
@@ -340,7 +334,7 @@ def _work(task) -> tuple[dict, int, tuple]:
     out = {}
     for g, idx in (x for x in groups if x[1]):
         group = [docs[i] for i in idx]
-        ids = group if kind == "ids" else _encode(tok, group, _W["threads"])
+        ids = group if kind == "ids" else tok.encode_batch(group, num_threads=_W["threads"])
         out[g] = _pack(ids, tok.eot_id if eot else None, T.dtype_for_vocab(tok.vocab_size))
     return out, nchars, header
 

@@ -68,8 +68,8 @@ class CharTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.encode_array(text).tolist()
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [self.encode(t) for t in texts]
+    def encode_batch(self, texts: list[str], num_threads: int = 1) -> list[np.ndarray]:
+        return [self.encode_array(t) for t in texts]
 
     def decode(self, ids) -> str:
         return "".join(self.chars[i] for i in _ids_to_list(ids))
@@ -385,7 +385,5 @@ def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
         n_special = tok.vocab_size - 1  # ids below are byte sequences; the last is <|endoftext|>
         out = [len(tok.enc.decode_single_token_bytes(i)) for i in range(n_special)]
         return np.array(out + [0], dtype=np.int64)
-    if isinstance(tok, SentencePieceTokenizer):
-        return np.array([_sentencepiece_byte_length(tok.sp, i) for i in range(tok.vocab_size)], dtype=np.int64)
-    raise UserError(f"no byte lengths for tokenizer {getattr(tok, 'name', type(tok).__name__)!r}")
+    return np.array([_sentencepiece_byte_length(tok.sp, i) for i in range(tok.vocab_size)], dtype=np.int64)
 
