@@ -290,17 +290,12 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: Path, vocab_size: in
     identity normalisation, kept whitespace and byte fallback (newlines too) make decode(encode(t)) == t."""
     import sentencepiece as spm
 
-    def lines():
-        for t in texts:
-            for line in t.split("\n"):
-                if line.strip():
-                    yield line
-
+    lines = (line for t in texts for line in t.split("\n") if line.strip())  # non-blank lines are the sentences
     model_prefix = Path(model_prefix)
     spm.set_random_generator_seed(seed)  # sentence sampling is random: same corpus and seed, same model
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=lines(), model_prefix=str(model_prefix), vocab_size=vocab_size,
+            sentence_iterator=lines, model_prefix=str(model_prefix), vocab_size=vocab_size,
             **{**LANGUINI_SP, "input_sentence_size": input_sentence_size},
             num_threads=num_threads or os.cpu_count() or 1, max_sentence_length=16384, minloglevel=2,
         )
