@@ -1,9 +1,7 @@
-"""`gptlab plot`: charts from runs' metrics.jsonl (one JSON record per line: kind train|eval|grads,
-step, tokens = training tokens of the step, accel_hours, time_s, and the metrics).
-
-Several runs on one chart (an eval metric against steps, tokens or accelerator-hours, how
-methods compare under a compute budget), or `--kind train`: train loss and ms/step panels.
-matplotlib (optional) is driven through its object API: no pyplot state, no display."""
+"""`gptlab plot`: charts from runs' metrics.jsonl (one JSON record per line: kind train|eval|grads, step,
+tokens = training tokens of the step, accel_hours, time_s, the metrics): several runs' eval metric against
+steps, tokens or accelerator-hours, or `--kind train`: train loss and ms/step panels. matplotlib (optional)
+is driven through its object API: no pyplot state, no display."""
 
 from __future__ import annotations
 
