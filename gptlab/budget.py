@@ -1,10 +1,6 @@
-"""Compute classes: a fixed number of reference-accelerator hours turned into a step count.
-
-    steps = round(hours * 3600 * tokens_per_second / (train_batch_size * seq_len))
-
-tokens_per_second is the config's reference throughput (`gptlab throughput`), not the
-current machine's, so a run on other or more GPUs gets the same steps.
-"""
+"""Compute classes: reference-accelerator hours turned into a step count,
+steps = round(hours * 3600 * tokens_per_second / (train_batch_size * seq_len)), where tokens_per_second is the
+config's reference throughput (`gptlab throughput`), not the current machine's: other or more GPUs, same steps."""
 
 from __future__ import annotations
 
