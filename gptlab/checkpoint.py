@@ -1,12 +1,9 @@
 """One checkpoint format, written so that a kill at any moment loses nothing but time.
 
-A checkpoint is a dict of tensors and plain containers (model, optimiser, scaler, step, RNG,
-sampler, config) that torch.load(weights_only=True) accepts. In <run>/checkpoints/:
-    ckpt_00001000.pt[.sha256]   numbered checkpoints (the last `keep_last` kept) and their checksums
-    model.pt / best.pt          hard links to the newest / lowest validation loss one
-    latest                      text: file name of the newest complete checkpoint
-Every file is written atomically (files.atomic_write_stream); a checkpoint whose bytes do not
-match its .sha256 is reported and skipped in favour of the newest valid one.
+In <run>/checkpoints/: ckpt_00001000.pt[.sha256] (the newest `keep_last` and their checksums), model.pt /
+best.pt (hard links to the newest / lowest validation loss one), latest (the newest complete one's name).
+Entries are tensors and plain containers (torch.load(weights_only=True) reads them); every file is written
+atomically; a checkpoint that fails its .sha256 is reported and skipped for the newest valid one.
 """
 
 from __future__ import annotations
