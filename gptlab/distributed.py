@@ -104,12 +104,6 @@ def wrap_model(model: torch.nn.Module, d: Dist, strategy: str = "ddp", mp_dtype:
     return DDP(model, device_ids=ids, bucket_cap_mb=bucket_mb, gradient_as_bucket_view=bucket_view)
 
 
-def local_value(t: torch.Tensor) -> torch.Tensor:
-    """A plain tensor from a result that may be a DTensor (FSDP2's grad norm is one)."""
-    full = getattr(t, "full_tensor", None)
-    return full() if full is not None else t
-
-
 def grad_sync(model: torch.nn.Module, last_micro_step: bool):
     """Gradients are reduced across ranks only on the last micro-step of an accumulation."""
     if hasattr(model, "no_sync") and not last_micro_step:  # DDP
@@ -155,7 +149,7 @@ def full_state_dict(model: torch.nn.Module, d: Dist) -> dict:
 DCP_RE = re.compile(r"^dcp_\d{8}$")
 # The only globals a DCP .metadata written by gptlab names; anything else is refused unread.
 _DCP_GLOBALS = {
-    ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath"),
+    *(("pathlib", n) for n in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath")),
     ("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
     *(("torch.distributed.checkpoint.metadata", n) for n in (

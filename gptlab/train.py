@@ -75,7 +75,8 @@ def train_step(model, optimizer, scaler, batches, *, ctx, clip: float, ce_chunk:
     if scaler.is_enabled():
         scaler.unscale_(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    gnorm = dist_.local_value(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"), foreach=True))
+    gnorm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"), foreach=True)
+    gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # FSDP2's norm is a DTensor
     bad = ~torch.isfinite(step_loss) if scaler.is_enabled() else ~(torch.isfinite(step_loss) & torch.isfinite(gnorm))
     if scaler.is_enabled():
         scaler.step(optimizer)  # skips on overflow, on the device
