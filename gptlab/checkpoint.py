@@ -40,9 +40,6 @@ class _HashingWriter(io.RawIOBase):
     def __init__(self, f):
         self.f, self.h, self.error = f, hashlib.sha256(), None
 
-    def writable(self):
-        return True
-
     def write(self, b):
         try:
             n = self.f.write(b)
@@ -227,10 +224,9 @@ class Checkpointer:
 
 def rng_state(device: torch.device) -> dict:
     """Every generator the loop draws from, as tensors / ints / lists (weights_only-safe)."""
-    py_version, py_internal, py_gauss = random.getstate()
-    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": [int(py_version), list(py_internal), py_gauss],
-             "numpy": [np_kind, [int(k) for k in np_keys], int(np_pos), int(np_has_gauss), float(np_gauss)]}
+    py, npy = random.getstate(), np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": [py[0], list(py[1]), py[2]],
+             "numpy": [npy[0], npy[1].tolist(), int(npy[2]), int(npy[3]), float(npy[4])]}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
