@@ -44,9 +44,7 @@ def peak_for_name(name: str) -> float | None:
 
 
 def mfu(flops_per_token: float, tokens_per_sec_per_device: float, peak: float | None) -> float | None:
-    if not peak:
-        return None
-    return flops_per_token * tokens_per_sec_per_device / peak
+    return flops_per_token * tokens_per_sec_per_device / peak if peak else None
 
 
 def fmt_mfu(value: float | None) -> str:
