@@ -143,10 +143,8 @@ class Batches:
 
     def _produce(self):
         before = self.sampler.state_dict()
-        if isinstance(self.sampler, StreamBatcher):
-            batches = self.sampler.next()
-        else:
-            batches = [self.sampler.next() for _ in range(self.accum)]
+        stream = isinstance(self.sampler, StreamBatcher)  # it hands out a whole step's micro-batches at once
+        batches = self.sampler.next() if stream else [self.sampler.next() for _ in range(self.accum)]
         if self.device.type == "cuda":  # pinned host memory lets the copy overlap with compute
             return before, [(x.pin_memory().to(self.device, non_blocking=True),
                              y.pin_memory().to(self.device, non_blocking=True)) for x, y in batches]
@@ -389,8 +387,7 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
     """Resolve the config, open the data, build (or restore) model and optimiser, wrap, compile."""
     if cfg.system.num_threads:
         torch.set_num_threads(cfg.system.num_threads)
-    if cfg.system.deterministic:
-        torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(cfg.system.deterministic)
     if d.device.type == "cuda":  # TF32 for fp32 matmuls (the autocast ones are bf16/fp16 anyway)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     log = print if d.is_main else (lambda *a, **k: None)
