@@ -111,7 +111,10 @@ def save_checkpoint(run_dir: Path, state: dict, step: int, keep_last: int = 2, i
             old.unlink(missing_ok=True)
             old.with_name(old.name + ".sha256").unlink(missing_ok=True)
     if sharded:  # DCP folders that no kept checkpoint refers to
-        dist_.prune_sharded(run_dir, {dist_.sharded_name(ckpt_step(p)) for p in list_checkpoints(run_dir)})
+        keep = {dist_.sharded_name(ckpt_step(p)) for p in list_checkpoints(run_dir)}
+        for p in d.glob("dcp_*"):
+            if p.is_dir() and p.name not in keep:
+                shutil.rmtree(p, ignore_errors=True)
     return path
 
 

@@ -10,7 +10,6 @@ import io
 import os
 import pickle
 import re
-import shutil
 import signal
 import sys
 import warnings
@@ -260,13 +259,6 @@ def load_sharded(run_dir, ref, model: torch.nn.Module, optimizer) -> None:
         raise UserError(f"sharded checkpoint {folder} cannot be loaded into this model ({last}): resume with the "
                         "run's own config, or from an older checkpoint (delete the newer ckpt_*.pt)") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-
-
-def prune_sharded(run_dir, keep: set[str]) -> None:
-    """Remove DCP folders that no kept numbered checkpoint refers to (rank 0, after a save)."""
-    for p in (Path(run_dir) / CHECKPOINT_DIR).glob("dcp_*"):
-        if p.is_dir() and p.name not in keep:
-            shutil.rmtree(p, ignore_errors=True)
 
 
 class StopAgreement:
