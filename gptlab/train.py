@@ -508,14 +508,8 @@ def finish(s: Session, stop: str | None, argv: list[str]) -> dict:
 
 def resume_command(argv: list[str]) -> str:
     """The same arguments with --resume instead of --resume/--overwrite (and the value that may follow either)."""
-    out, skip_value = [], False
+    flags, out = ("--resume", "--overwrite"), []
     for a in argv:
-        if skip_value:
-            skip_value = False
-            if a.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-                continue
-        if a.split("=", 1)[0] in ("--resume", "--overwrite"):
-            skip_value = "=" not in a
-            continue
-        out.append(a)
-    return shlex.join(["gptlab", "train", *out, "--resume"])
+        if not (out and out[-1] in flags and a.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off")):
+            out.append(a)
+    return shlex.join(["gptlab", "train", *(a for a in out if a.split("=", 1)[0] not in flags), "--resume"])
