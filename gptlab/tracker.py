@@ -54,8 +54,7 @@ class RunLogger:
 
     def advance(self, n: int = 1, **postfix) -> None:
         if self.bar is not None:
-            if n:
-                self.bar.update(n)
+            self.bar.update(n)
             if postfix:
                 self.bar.set_postfix(postfix, refresh=False)
 
