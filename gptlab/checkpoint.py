@@ -429,10 +429,7 @@ def find_checkpoint(run_or_file: str | Path, which: str = "best") -> Path:
     if not d.is_dir():
         raise UserError(f"{str(p)!r} is neither a checkpoint file nor a run folder with checkpoints/")
     order = ["best.pt", "model.pt"] if which == "best" else ["model.pt", "best.pt"]
-    for name in order:
-        if (d / name).is_file():
-            return d / name
-    latest = list_checkpoints(p)
-    if latest:
-        return latest[0]
+    found = [d / name for name in order if (d / name).is_file()] + list_checkpoints(p)
+    if found:
+        return found[0]
     raise UserError(f"no checkpoint in {d}: train first, or pass a checkpoint file")
