@@ -39,6 +39,7 @@ def resolve_data_dir(dataset: str, data_root: str) -> Path:
             return p
     root = Path(data_root)
     names = [p.name for p in root.iterdir() if (p / "meta.json").is_file()] if root.is_dir() else []
-    hint = "".join(f"did you mean {n!r}? " for n in difflib.get_close_matches(Path(dataset).name, names, n=1))
-    raise UserError(f"dataset {dataset!r} not found (looked for {root / dataset}/meta.json): {hint}run `gptlab "
-                    f"prepare {dataset}` first or pass --data_root/--dataset")
+    close = difflib.get_close_matches(Path(dataset).name, names, n=1)
+    fix = (f"did you mean --dataset {close[0]}?" if close else
+           f"run `gptlab prepare {dataset}` first or pass --data_root/--dataset")
+    raise UserError(f"dataset {dataset!r} not found (looked for {root / dataset}/meta.json): {fix}")

@@ -80,8 +80,9 @@ def test_a_mistyped_dataset_name_suggests_the_closest_prepared_one(tmp_path):
         (tmp_path / name / "meta.json").write_text("{}")
     (tmp_path / "shakespeare").mkdir()  # no meta.json: not a prepared dataset
     assert resolve_data_dir("books16384", str(tmp_path)) == tmp_path / "books16384"
-    with pytest.raises(UserError, match=r"did you mean 'shakespeare_char'\?"):
+    with pytest.raises(UserError, match=r"did you mean --dataset shakespeare_char\?$") as e:
         resolve_data_dir("shakespear_char", str(tmp_path))
+    assert "prepare shakespear_char" not in str(e.value)  # never sends the user to prepare the typo
     with pytest.raises(UserError) as e:
         resolve_data_dir("zzz", str(tmp_path))
     assert "did you mean" not in str(e.value)
