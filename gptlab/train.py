@@ -182,11 +182,16 @@ class Evaluator:
             return
         tok = tokenizer_from_meta(meta, data_dir)
         lengths = token_byte_lengths(tok)
+        streams = t.eval_batch_size or 16
         for split, toks in splits.items():
-            name = cfg.data.train_split if split == "train" else split
+            offsets = tk.doc_offsets(data_dir, cfg.data.train_split if split == "train" else split, meta)
+            if (offsets is None or len(offsets) < streams) and len(toks) // streams > cfg.model.block_size:
+                # Fewer documents than streams (one text, e.g. shakespeare): cut it into `streams` equal parts,
+                # else all but one stream would be empty.
+                offsets = np.arange(streams, dtype=np.int64) * (len(toks) // streams)
             self.plans[split] = languini_eval_plan(
-                toks, tk.doc_offsets(data_dir, name, meta), cfg.model.block_size, streams=t.eval_batch_size or 16,
-                max_steps=t.eval_iters, last_n=t.last_n, tokenizer=tok, byte_lengths=lengths, eot_id=meta.get("eot_id"))
+                toks, offsets, cfg.model.block_size, streams=streams, max_steps=t.eval_iters, last_n=t.last_n,
+                tokenizer=tok, byte_lengths=lengths, eot_id=meta.get("eot_id"))
 
     def due(self, step: int) -> bool:
         every, t = self.cfg.train.eval_interval, self.cfg.train

@@ -113,3 +113,14 @@ def test_chunked_cross_entropy_option_trains_like_the_plain_loss(char_dataset, t
     assert calls  # the option reached the model
     a, b = losses(tmp_path / "plain"), losses(tmp_path / "chunked")
     assert len(a) == 6 and all(abs(x - y) < 1e-4 for x, y in zip(a, b))
+
+
+def test_in_training_eval_uses_every_stream_on_a_one_document_split(char_dataset, tmp_path):
+    """A split that is one text (no document boundaries) is cut into the eval's streams, so the eval scores
+    streams x eval_iters windows, not one stream's worth."""
+    run = tmp_path / "run"
+    train(_cfg(char_dataset, run, max_iters=2, lr_decay_iters=2, warmup_iters=0, eval_interval=2, eval_iters=2,
+               eval_batch_size=4, block_size=16))
+    recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in recs if r["kind"] == "eval" and r["split"] == "val"][-1]
+    assert val["eval_streams"] == 4 and val["eval_tokens"] == 2 * 4 * 16, val
