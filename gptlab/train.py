@@ -185,9 +185,9 @@ class Evaluator:
         streams = t.eval_batch_size or 16
         for split, toks in splits.items():
             offsets = tk.doc_offsets(data_dir, cfg.data.train_split if split == "train" else split, meta)
-            if (offsets is None or len(offsets) < streams) and len(toks) // streams > cfg.model.block_size:
-                # Fewer documents than streams (one text, e.g. shakespeare): cut it into `streams` equal parts,
-                # else all but one stream would be empty.
+            if (offsets is None or len(offsets) == 1) and len(toks) // streams > cfg.model.block_size:
+                # One text without document boundaries (e.g. shakespeare): cut it into `streams` equal parts,
+                # else all but one stream would be empty. Documented data keeps Languini's dealing.
                 offsets = np.arange(streams, dtype=np.int64) * (len(toks) // streams)
             self.plans[split] = languini_eval_plan(
                 toks, offsets, cfg.model.block_size, streams=streams, max_steps=t.eval_iters, last_n=t.last_n,
