@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from gptlab.config import check_device
 from gptlab.errors import UserError
+from gptlab.files import sha256_file
 from gptlab.runs import CHECKPOINT_DIR
 
 
@@ -173,7 +174,7 @@ def save_sharded(run_dir, step: int, model: torch.nn.Module, optimizer, d: Dist)
     msd, osd = get_state_dict(model, optimizer)
     dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(folder))
     # rank 0 wrote .metadata (DCP's coordinator); every rank returns rank 0's hash
-    digest = [hashlib.sha256((folder / ".metadata").read_bytes()).hexdigest() if d.is_main else None]
+    digest = [sha256_file(folder / ".metadata") if d.is_main else None]
     if d.enabled:
         dist.broadcast_object_list(digest, src=0)
     return {"name": name, "metadata_sha256": digest[0]}

@@ -89,24 +89,18 @@ def test_import_save_pretrained_matches_logits(tmp_path):
     torch.testing.assert_close(_our_logits(ours, idx), _hf_logits(ref, idx), atol=1e-4, rtol=0)
 
 
-def test_import_without_transformer_prefix_and_mask_buffers(tmp_path):
+@pytest.mark.parametrize("fmt", ["model.safetensors", "pytorch_model.bin"])
+def test_import_without_transformer_prefix_and_mask_buffers(tmp_path, fmt):
+    """Old-style state (no `transformer.` prefix, attention mask buffers), as safetensors or a weights-only .bin."""
     ref = _hf_model(seed=3)
     d = tmp_path / "old"
     d.mkdir()
     ref.config.to_json_file(str(d / "config.json"))
-    save_file(_old_style_state(ref), str(d / "model.safetensors"), metadata={"format": "pt"})
+    if fmt == "model.safetensors":
+        save_file(_old_style_state(ref), str(d / fmt), metadata={"format": "pt"})
+    else:
+        torch.save(_old_style_state(ref), d / fmt)
     idx = _ids(seed=4)
-    ours = hf.gpt_from_pretrained(str(d))
-    torch.testing.assert_close(_our_logits(ours, idx), _hf_logits(ref, idx), atol=1e-4, rtol=0)
-
-
-def test_import_pytorch_model_bin(tmp_path):
-    ref = _hf_model(seed=5)
-    d = tmp_path / "bin"
-    d.mkdir()
-    ref.config.to_json_file(str(d / "config.json"))
-    torch.save(_old_style_state(ref), d / "pytorch_model.bin")
-    idx = _ids(seed=6)
     ours = hf.gpt_from_pretrained(str(d))
     torch.testing.assert_close(_our_logits(ours, idx), _hf_logits(ref, idx), atol=1e-4, rtol=0)
 

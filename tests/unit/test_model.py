@@ -117,24 +117,16 @@ def test_languini_architecture_options():
     assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
 
 
-def test_languini_embedding_scaled_by_sqrt_width():
-    model = _small_model("mini")
+@pytest.mark.parametrize("preset, scale", [("mini", math.sqrt(64)), ("gpt2", 1.0)])
+def test_embedding_scale(preset, scale):
+    """Languini scales token embeddings by sqrt(width) (mini: 64); GPT-2 does not."""
+    model = _small_model(preset)
     seen = {}
     model.transformer.h[0].register_forward_pre_hook(lambda mod, args: seen.setdefault("x", args[0].detach()))
     idx = torch.tensor([[5, 7, 11, 3]])
     model(idx)
     wte, wpe = model.transformer.wte.weight, model.transformer.wpe.weight
-    expected = wte[idx[0]] * math.sqrt(64) + wpe[:4]
-    assert torch.allclose(seen["x"][0], expected, atol=1e-6)
-
-
-def test_gpt2_embedding_is_not_scaled():
-    model = _small_model("gpt2")
-    seen = {}
-    model.transformer.h[0].register_forward_pre_hook(lambda mod, args: seen.setdefault("x", args[0].detach()))
-    idx = torch.tensor([[5, 7, 11, 3]])
-    model(idx)
-    expected = model.transformer.wte.weight[idx[0]] + model.transformer.wpe.weight[:4]
+    expected = wte[idx[0]] * scale + wpe[:4]
     assert torch.allclose(seen["x"][0], expected, atol=1e-6)
 
 
