@@ -8,6 +8,8 @@ import shutil
 import pytest
 import torch
 
+from tolerances import assert_logits_close  # tests/ is on sys.path under pytest
+
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install gptlab[hf])")
 pytest.importorskip("safetensors", reason="safetensors is not installed (pip install gptlab[hf])")
 from safetensors.torch import load_file, save_file  # noqa: E402
@@ -86,7 +88,7 @@ def test_import_save_pretrained_matches_logits(tmp_path):
     assert ours.transformer.wte.weight[100:].abs().max() == 0
     assert ours.lm_head.weight is ours.transformer.wte.weight
     idx = _ids()
-    torch.testing.assert_close(_our_logits(ours, idx), _hf_logits(ref, idx), atol=1e-4, rtol=0)
+    assert_logits_close(_our_logits(ours, idx), _hf_logits(ref, idx))
 
 
 @pytest.mark.parametrize("fmt", ["model.safetensors", "pytorch_model.bin"])
@@ -102,7 +104,7 @@ def test_import_without_transformer_prefix_and_mask_buffers(tmp_path, fmt):
         torch.save(_old_style_state(ref), d / fmt)
     idx = _ids(seed=4)
     ours = hf.gpt_from_pretrained(str(d))
-    torch.testing.assert_close(_our_logits(ours, idx), _hf_logits(ref, idx), atol=1e-4, rtol=0)
+    assert_logits_close(_our_logits(ours, idx), _hf_logits(ref, idx))
 
 
 def test_bin_with_arbitrary_objects_is_refused(tmp_path):
@@ -129,7 +131,7 @@ def test_sharded_safetensors(tmp_path):
     (d / "model.safetensors.index.json").write_text(json.dumps(
         {"weight_map": {k: f for f, ks in halves.items() for k in ks}}))
     idx = _ids()
-    torch.testing.assert_close(_our_logits(hf.gpt_from_pretrained(str(d)), idx), _hf_logits(ref, idx), atol=1e-4, rtol=0)
+    assert_logits_close(_our_logits(hf.gpt_from_pretrained(str(d)), idx), _hf_logits(ref, idx))
 
 
 def test_import_n_inner_and_untied_head(tmp_path):
@@ -141,7 +143,7 @@ def test_import_n_inner_and_untied_head(tmp_path):
     ours = hf.gpt_from_pretrained(str(tmp_path / "m"))
     assert ours.shape.mlp_dim == 96 and not ours.shape.tie_embeddings
     idx = _ids()
-    torch.testing.assert_close(_our_logits(ours, idx), _hf_logits(ref, idx), atol=1e-4, rtol=0)
+    assert_logits_close(_our_logits(ours, idx), _hf_logits(ref, idx))
 
 
 def test_block_size_crop_keeps_logits(tmp_path):
@@ -259,7 +261,7 @@ def test_export_loads_in_transformers_same_logits_and_generation(tmp_path):
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info.get("mismatched_keys")
     assert theirs.lm_head.weight.shape == (100, 64)
     idx = _ids(T=20)
-    torch.testing.assert_close(_hf_logits(theirs, idx), _our_logits(ours, idx), atol=1e-4, rtol=0)
+    assert_logits_close(_hf_logits(theirs, idx), _our_logits(ours, idx))
 
     prompt = idx[:, :8]
     mine = _greedy_ours(ours, prompt, 10)
@@ -381,7 +383,7 @@ def test_main_export_from_run_folder(tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "out" / "data_meta.json").read_text())["tokenizer"]["kind"] == "char"
     theirs = GPT2LMHeadModel.from_pretrained(str(tmp_path / "out")).eval()
     idx = _ids(T=12)
-    torch.testing.assert_close(_hf_logits(theirs, idx), _our_logits(model, idx), atol=1e-4, rtol=0)
+    assert_logits_close(_hf_logits(theirs, idx), _our_logits(model, idx))
     with pytest.raises(UserError, match="--overwrite"):
         hf.main_export([str(run), "--to", "hf", str(tmp_path / "out")])
     assert hf.main_export([str(run), "--to", "hf", str(tmp_path / "out"), "--overwrite", "--checkpoint", "last"]) == 0
