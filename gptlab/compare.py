@@ -1,0 +1,509 @@
+"""`gptlab compare`: ideas against the baseline under the same compute budget, over seeds.
+
+    gptlab compare baseline=small idea=path/idea.py:Name [muon=path/opt.py:fn ...] --dataset D
+                   --compute_class 6h --seeds 3 [--key value ...] [--NAME.key value ...] [--trust_code]
+
+An entry is NAME=PRESET, NAME=FILE.py:Class (a model idea) or NAME=FILE.py:function (an optimiser idea);
+`module:attr` works as well. Ideas take the preset and recipe of the first preset entry, the baseline.
+Every entry trains for the same reference accelerator-hours at its own reference throughput, as
+Languini does: steps = hours * 3600 * tokens_per_second / tokens_per_step (budget.steps_for_budget).
+The baseline's figure is its config's (the published one of a Languini size, or --tokens_per_second);
+any other entry's is measured here with `gptlab throughput` and scaled by the baseline's published /
+measured-here ratio (measured as is on the reference accelerator), unless --NAME.tokens_per_second is
+given. Each run is driven through the command table (`gptlab train`, `gptlab eval`), so compare uses
+what a user types; its folders: OUT/plan.json, OUT/runs/NAME/seedS (run folders), OUT/throughput,
+OUT/evals, OUT/compare.json, OUT/compare.png. Finished runs, measurements and evaluations are reused."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import hashlib
+import importlib.util
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from gptlab.budget import steps_for_budget
+from gptlab.config import build_config, parse_hours, parse_overrides, resolve_batch
+from gptlab.errors import UserError
+from gptlab.files import atomic_write_json, folder_lock, read_json, sha256_file
+
+REFERENCE_ACCELERATOR = "RTX 3090"  # Languini's budgets are hours of this GPU
+PLAN_FILE, RESULT_FILE, PLOT_FILE = "plan.json", "compare.json", "compare.png"
+NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")
+OWN_FLAGS = {"seeds": "3", "out": "", "trust_code": "false", "tokens_per_second": "",
+             "eval_last_n": "128", "test_split": "test", "compute_class": ""}
+RUN_ONLY_KEYS = {"out_dir", "name", "resume", "overwrite", "seed", "max_iters", "lr_decay_iters", "comment",
+                 "log_root", "relative_log_path", "init_from", "eval_only"}
+USAGE = ("usage: gptlab compare baseline=PRESET NAME=FILE.py:Class|FILE.py:function ... --dataset D "
+         "--compute_class 6h [--seeds 3] [--out DIR] [--key value ...] [--NAME.key value ...] [--trust_code]\n"
+         "       gptlab compare RUN [RUN ...] | COMPARE_DIR   (tabulate runs that exist)")
+
+
+@dataclass
+class Entry:
+    """One line of the table: a preset, or the baseline's preset with a model or optimiser idea."""
+
+    name: str
+    spec: str
+    kind: str  # preset | model | optimizer
+    preset: str = ""
+    overrides: dict = field(default_factory=dict)  # this entry's own --NAME.key values
+    files: dict = field(default_factory=dict)  # code the entry runs: path -> sha256
+
+    def config_argv(self, shared: dict) -> list[str]:
+        """The `gptlab train`/`throughput` arguments of this entry, without run-folder or seed keys."""
+        values = {**shared, **self.overrides}
+        if self.kind != "preset":
+            values[self.kind] = self.spec
+        return [self.preset] + [f"--{k}={v}" for k, v in values.items()]
+
+
+# ------------------------------------------------------------------------------ arguments
+
+def split_argv(argv: list[str]) -> tuple[list[str], dict, dict, dict]:
+    """(positionals, compare's own options, shared --key values, {entry name: {key: value}})."""
+    first_flag = next((i for i, a in enumerate(argv) if a.startswith("--")), len(argv))
+    positionals, rest = argv[:first_flag], argv[first_flag:]
+    own, scoped, plain = dict(OWN_FLAGS), {}, []
+    i = 0
+    while i < len(rest):
+        token = rest[i]
+        if not token.startswith("--"):
+            raise UserError(f"unexpected argument {token!r} after the options: entries (NAME=SPEC) come first, "
+                            f"then --key value options")
+        key, eq, value = token[2:].partition("=")
+        bare = key.replace("-", "_")
+        takes_next = not eq and i + 1 < len(rest) and not rest[i + 1].startswith("--")
+        if bare == "trust_code" and takes_next and rest[i + 1].lower() not in ("true", "false", "1", "0"):
+            takes_next = False
+        value = value if eq else (rest[i + 1] if takes_next else "true")
+        i += 1 + takes_next
+        if "." in bare:
+            name, _, sub = bare.partition(".")
+            scoped.setdefault(name, []).extend([f"--{sub}", value])
+        elif bare in OWN_FLAGS:
+            own[bare] = value
+        else:
+            plain.extend([f"--{bare}", value])
+    return positionals, own, parse_overrides(plain), {n: parse_overrides(v) for n, v in scoped.items()}
+
+
+def code_kind(spec: str) -> tuple[str, Path]:
+    """('model' | 'optimizer', the file) of FILE.py:Name or module:Name, read with ast (nothing runs)."""
+    target, _, attr = spec.rpartition(":")
+    path = Path(target)
+    if not target.endswith(".py"):
+        try:
+            found = importlib.util.find_spec(target)
+        except (ImportError, ValueError):
+            found = None
+        if found is None or not found.origin or not found.origin.endswith(".py"):
+            raise UserError(f"{spec!r}: no Python file or importable module {target!r}: give FILE.py:Name "
+                            "or module.path:Name")
+        path = Path(found.origin)
+    if not path.is_file():
+        raise UserError(f"{spec!r}: file {target} not found: check the path")
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (SyntaxError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not readable Python ({e.__class__.__name__}): fix the file") from None
+    for node in tree.body:
+        if getattr(node, "name", None) == attr:
+            if isinstance(node, ast.ClassDef):
+                return "model", path
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                return "optimizer", path
+    raise UserError(f"{path} defines no class or function {attr!r} at its top level: name a model class "
+                    "(an nn.Module) or an optimiser function (model, config) -> optimizer")
+
+
+def parse_entries(positionals: list[str], scoped: dict) -> list[Entry]:
+    entries: list[Entry] = []
+    for token in positionals:
+        name, eq, spec = token.partition("=")
+        if "." in name and eq:  # NAME.key=value: an entry's own override
+            entry_name, _, key = name.partition(".")
+            scoped.setdefault(entry_name, {}).update(parse_overrides([f"--{key}", spec]))
+            continue
+        if not eq or not NAME_RE.fullmatch(name) or not spec:
+            raise UserError(f"entry {token!r}: write NAME=PRESET or NAME=FILE.py:Class (NAME: a letter, then "
+                            "letters, digits, '-' or '_', at most 40)")
+        if any(e.name == name for e in entries):
+            raise UserError(f"entry name {name!r} is given twice: give each entry its own name")
+        if ":" in spec:
+            kind, path = code_kind(spec)
+            entries.append(Entry(name, spec, kind, files={str(path): sha256_file(path)}))
+        else:
+            entries.append(Entry(name, spec, "preset", preset=spec))
+    presets = [e for e in entries if e.kind == "preset"]
+    if not presets:
+        raise UserError("no preset entry: the first one (e.g. baseline=small) is the baseline whose shape and "
+                        "recipe the ideas take")
+    for e in entries:
+        e.preset = e.preset or presets[0].preset
+        e.overrides = scoped.pop(e.name, {})
+    if scoped:
+        raise UserError(f"--{next(iter(scoped))}.KEY names no entry: entries are {', '.join(e.name for e in entries)}")
+    return sorted(entries, key=lambda e: e is not presets[0])  # the baseline first
+
+
+# ------------------------------------------------------------------------------ the plan
+
+@dataclass
+class Plan:
+    entries: list[Entry]
+    shared: dict
+    hours: float
+    seeds: list[int]
+    out: Path
+    data_dir: Path
+    test_split: str
+    last_n: int
+    baseline_tps: float
+    baseline_source: str  # published (the preset's figure) or given (--tokens_per_second)
+    trust_code: bool
+    vocab_size: int
+    configs: dict = field(default_factory=dict)  # entry name -> built (unresolved) Config
+
+    @property
+    def baseline(self) -> Entry:
+        return self.entries[0]
+
+    def run_dir(self, entry: Entry, seed: int) -> Path:
+        return self.out / "runs" / entry.name / f"seed{seed}"
+
+
+def _default_out(entries: list[Entry], hours: float, log_root: str) -> Path:
+    return Path(log_root) / "compare" / f"{hours:g}h" / "_vs_".join(e.name for e in entries)
+
+
+def _checked_data(shared: dict, preset_config, split: str) -> tuple[Path, dict]:
+    from gptlab.data.tokens import read_meta
+    from gptlab.runtime import resolve_data_dir
+
+    data_dir = resolve_data_dir(preset_config.data.dataset, preset_config.data.data_root)
+    meta = read_meta(data_dir)
+    if split not in meta["splits"]:
+        raise UserError(f"dataset {data_dir} has no split {split!r} to test on (it has "
+                        f"{', '.join(meta['splits'])}): pass --test_split with one of those")
+    return data_dir, meta
+
+
+def make_plan(argv: list[str]) -> Plan:
+    """Everything checked before anything is measured, trained or written."""
+    positionals, own, shared, scoped = split_argv(argv)
+    for key in RUN_ONLY_KEYS & set(shared) - {"seed"}:
+        raise UserError(f"--{key} is set by compare for each run: drop it (use --out for compare's folder)")
+    entries = parse_entries(positionals, scoped)
+    if not own["compute_class"]:
+        raise UserError("--compute_class is required: the accelerator-hours every entry trains for, e.g. 6h")
+    hours = parse_hours(own["compute_class"])
+    seeds = _count(own["seeds"], "--seeds")
+    for e in entries:
+        for key in RUN_ONLY_KEYS & set(e.overrides):
+            raise UserError(f"--{e.name}.{key} is set by compare for each run: drop it")
+    cc = own["compute_class"]
+    base_cfg = build_config(entries[0].preset, None, {**shared, **entries[0].overrides, "compute_class": cc},
+                            check=False)
+    tps = float(own["tokens_per_second"] or base_cfg.train.tokens_per_second or 0)
+    if not tps > 0:
+        raise UserError(f"the baseline {entries[0].name}={entries[0].spec} has no published reference throughput: "
+                        "pass --tokens_per_second T (its tokens/s on the reference GPU, from `gptlab throughput`)")
+    # Each entry's config as its runs build it (the throughput here stands in until its own is known).
+    configs = {e.name: build_config(e.preset, None, {**shared, "compute_class": cc, "tokens_per_second": tps,
+                                                     **e.overrides}) for e in entries}
+    base_cfg = configs[entries[0].name]
+    data_dir, meta = _checked_data(shared, base_cfg, own["test_split"])
+    last_n = _count(own["eval_last_n"], "--eval_last_n")
+    for e in entries:
+        block = configs[e.name].model.block_size
+        if block % last_n:
+            raise UserError(f"--eval_last_n {last_n} does not divide {e.name}'s block_size {block}: "
+                            f"pass --eval_last_n {block // 4 or 1}")
+    out = Path(own["out"]) if own["out"] else _default_out(entries, hours, base_cfg.log.log_root)
+    first_seed = base_cfg.train.seed
+    return Plan(entries, shared, hours, list(range(first_seed, first_seed + seeds)), out, data_dir,
+                own["test_split"], last_n, tps, "given" if own["tokens_per_second"] else "published",
+                own["trust_code"].lower() in ("true", "1"),
+                int(meta["vocab_size"]), configs)
+
+
+def _count(text: str, flag: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"{flag} {text!r} must be a positive whole number")
+    return int(text)
+
+
+def plan_record(plan: Plan) -> dict:
+    """What plan.json keeps, to refuse reusing runs of another entry under the same name."""
+    return {e.name: {"spec": e.spec, "kind": e.kind, "argv": e.config_argv(plan.shared), "files": e.files}
+            for e in plan.entries}
+
+
+def check_out_folder(plan: Plan) -> dict:
+    """The folder's earlier plan ({} for a new folder); UserError for a folder compare did not make,
+    a link, or an entry name that now means something else."""
+    out = plan.out
+    if out.is_symlink():
+        raise UserError(f"--out {out} is a symbolic link: compare writes only into a real folder; pass another --out")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: pass a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / PLAN_FILE).is_file():
+        raise UserError(f"--out {out} is not empty and holds no {PLAN_FILE}: compare writes only into its own "
+                        "folders; pass a new --out")
+    old = read_json(out / PLAN_FILE, "compare plan") if (out / PLAN_FILE).is_file() else {}
+    for name, now in plan_record(plan).items():
+        before = (old.get("entries") or {}).get(name)
+        if before is None or before == now:
+            continue
+        changed = [p for p, h in now["files"].items() if before.get("files", {}).get(p) not in (None, h)]
+        what = f"its file {changed[0]} changed since" if changed else "it differs from the entry that"
+        raise UserError(f"entry {name!r}: {what} trained the runs in {out}: pass a new --out (or a new name), "
+                        "or restore the entry")
+    return old
+
+
+# ------------------------------------------------------------------------------ steps
+
+def run_command(command: Callable[[list[str]], int], argv: list[str], what: str, quiet: bool = False) -> None:
+    """One `gptlab` command through the command table; a UserError names the entry and seed it came from."""
+    try:
+        with contextlib.ExitStack() as stack:
+            if quiet:  # its progress lines; a failure still surfaces as its one-line error
+                stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+                stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+            code = command(argv)
+    except UserError as e:
+        raise UserError(f"{what}: {e}") from None
+    if code:
+        raise UserError(f"{what}: `gptlab {' '.join(argv[:2])} ...` exited with {code}")
+
+
+def measure(plan: Plan, entry: Entry, command) -> dict:
+    """`gptlab throughput` of the entry here (cached in OUT/throughput/NAME.json, keyed by its arguments)."""
+    path = plan.out / "throughput" / f"{entry.name}.json"
+    argv = entry.config_argv(plan.shared)
+    key = hashlib.sha256(json.dumps([argv, entry.files]).encode()).hexdigest()[:16]
+    if path.is_file():
+        cached = read_json(path, "throughput record")
+        if isinstance(cached, dict) and cached.get("key") == key:
+            return cached
+    cfg = plan.configs[entry.name]
+    extra = [] if cfg.model.vocab_size else [f"--vocab_size={plan.vocab_size}"]
+    if cfg.system.compile not in ("auto",):
+        extra.append(f"--compile={cfg.system.compile}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = path.with_name(f".{entry.name}.raw.json")
+    print(f"measuring {entry.name}'s throughput here (gptlab throughput) ...", flush=True)
+    run_command(command, ["throughput", *argv, *extra, "--device", cfg.system.device, "--json", str(raw)],
+                f"throughput of {entry.name}", quiet=True)
+    result = read_json(raw, "throughput result")
+    raw.unlink()
+    record = {"key": key, "device": result["device"], "tokens_per_second": result["best"]["tokens_per_sec"],
+              "batch": result["best"]["batch"], "flops_per_token": result.get("flops_per_token"),
+              "params": result.get("params")}
+    atomic_write_json(path, record)
+    return record
+
+
+def reference_throughputs(plan: Plan, command) -> dict:
+    """{name: {tokens_per_second, source, measured_here, ...}} as the module docstring says."""
+    out = {plan.baseline.name: {"tokens_per_second": plan.baseline_tps, "source": plan.baseline_source}}
+    given = {e.name: float(e.overrides["tokens_per_second"]) for e in plan.entries
+             if "tokens_per_second" in e.overrides}
+    base_here = measure(plan, plan.baseline, command)  # also the baseline's parameters and FLOPs
+    out[plan.baseline.name].update(measured_here=base_here)
+    for e in plan.entries[1:]:
+        here = measure(plan, e, command)
+        if e.name in given:
+            out[e.name] = {"tokens_per_second": given[e.name], "source": "given", "measured_here": here}
+        elif REFERENCE_ACCELERATOR in str(here["device"]):
+            out[e.name] = {"tokens_per_second": here["tokens_per_second"], "source": "measured", "measured_here": here}
+        else:
+            ratio = plan.baseline_tps / base_here["tokens_per_second"]
+            out[e.name] = {"tokens_per_second": here["tokens_per_second"] * ratio, "source": "scaled",
+                           "measured_here": here, "scale": ratio}
+    if plan.baseline.name in given:
+        out[plan.baseline.name].update(tokens_per_second=given[plan.baseline.name], source="given")
+    return out
+
+
+def final_checkpoint(run_dir: Path, steps: int) -> Path:
+    return run_dir / "checkpoints" / f"ckpt_{steps:08d}.pt"
+
+
+def train_run(plan: Plan, entry: Entry, seed: int, tps: float, steps: int, command) -> Path:
+    """Train one (entry, seed) to its final step, continuing an interrupted run; the final checkpoint."""
+    run_dir = plan.run_dir(entry, seed)
+    final = final_checkpoint(run_dir, steps)
+    if final.is_file():
+        return final
+    argv = ["train", *entry.config_argv(plan.shared), f"--compute_class={plan.hours:g}h",
+            f"--tokens_per_second={tps!r}", f"--seed={seed}", f"--out_dir={run_dir}"]
+    if any((run_dir / "checkpoints").glob("ckpt_*.pt")):
+        argv.append("--resume")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        argv.append("--overwrite")  # stopped before its first checkpoint: moved aside, nothing deleted
+    print(f"training {entry.name} seed {seed}: {steps:,} steps -> {run_dir}", flush=True)
+    run_command(command, argv, f"entry {entry.name} seed {seed}")
+    if not final.is_file():
+        raise UserError(f"entry {entry.name} seed {seed}: training stopped before step {steps} ({run_dir}): "
+                        "run the same compare again to continue it")
+    return final
+
+
+def evaluate_run(plan: Plan, entry: Entry, seed: int, checkpoint: Path, command) -> dict:
+    """`gptlab eval` of the final checkpoint on the test split (cached in OUT/evals/NAME/seedS.json)."""
+    path = plan.out / "evals" / entry.name / f"seed{seed}.json"
+    if path.is_file():
+        cached = read_json(path, "evaluation")
+        if isinstance(cached, dict) and cached.get("checkpoint") == str(checkpoint):
+            return cached
+    path.parent.mkdir(parents=True, exist_ok=True)
+    argv = ["eval", "--checkpoint_file", str(checkpoint), "--eval_data_split", plan.test_split,
+            "--last_n", str(plan.last_n), "--device", plan.configs[entry.name].system.device, "--json", str(path)]
+    if entry.kind != "preset":  # code the user named in this very command
+        argv.append("--trust_code")
+    run_command(command, argv, f"test evaluation of {entry.name} seed {seed}", quiet=True)
+    return read_json(path, "evaluation")
+
+
+def steps_of(plan: Plan, entry: Entry, tps: float) -> int:
+    cfg = plan.configs[entry.name]
+    return steps_for_budget(plan.hours, tps, resolve_batch(cfg, 1).global_batch, cfg.model.block_size)
+
+
+def run_plan(plan: Plan, command) -> dict:
+    """Measure, train and evaluate every entry and seed; the results compare_report tabulates."""
+    from gptlab.compare_report import collect
+
+    old = check_out_folder(plan)
+    with folder_lock(plan.out, "compare folder"):
+        entries_record = dict(old.get("entries") or {}, **plan_record(plan))
+        atomic_write_json(plan.out / PLAN_FILE, {"entries": entries_record, "order": [e.name for e in plan.entries]})
+        throughput = reference_throughputs(plan, command)
+        steps = {e.name: steps_of(plan, e, throughput[e.name]["tokens_per_second"]) for e in plan.entries}
+        evals: dict = {e.name: {} for e in plan.entries}
+        for seed in plan.seeds:  # seed by seed: an interrupted compare already has whole rows
+            for e in plan.entries:
+                final = train_run(plan, e, seed, throughput[e.name]["tokens_per_second"], steps[e.name], command)
+                evals[e.name][seed] = evaluate_run(plan, e, seed, final, command)
+        return collect(plan, throughput, steps, evals)
+
+
+# ------------------------------------------------------------------------------ runs that exist
+
+def _group_name(run_dir: Path) -> str:
+    """seedS folders take their parent's name; other folders drop their _seedN part."""
+    if re.fullmatch(r"seed\d+", run_dir.name):
+        return run_dir.parent.name
+    return re.sub(r"_seed\d+", "", run_dir.name) or run_dir.name
+
+
+def existing_runs(paths: list[str]) -> dict[str, list[Path]]:
+    """{entry name: run folders} of RUN... arguments: run folders grouped by their config without the seed,
+    and a compare folder expanded to its entries' runs."""
+    from gptlab.runs import load_run
+
+    folders: list[Path] = []
+    for p in map(Path, paths):
+        if (p / PLAN_FILE).is_file():
+            order = read_json(p / PLAN_FILE, "compare plan").get("order") or []
+            folders += [f for name in order for f in sorted((p / "runs" / name).glob("seed*")) if f.is_dir()]
+        else:
+            folders.append(p)
+    groups: dict[str, tuple[str, list[Path]]] = {}
+    for folder in folders:
+        config = load_run(folder).config.to_dict()
+        config["train"] = {k: v for k, v in config["train"].items() if k not in ("seed", "resume", "overwrite")}
+        key = json.dumps({k: v for k, v in config.items() if k != "log"}, sort_keys=True)
+        name, runs = groups.setdefault(key, (_group_name(folder), []))
+        runs.append(folder)
+    named: dict[str, list[Path]] = {}
+    for name, runs in groups.values():
+        label = name if name not in named else f"{name}#{len(named) + 1}"
+        named[label] = runs
+    return named
+
+
+def tabulate(paths: list[str], own: dict, command) -> dict:
+    """Evaluate the final checkpoint of every run on the test split and tabulate them; nothing is trained."""
+    import tempfile
+
+    from gptlab.checkpoint import find_checkpoint
+    from gptlab.compare_report import TEST_KEYS, entry_result
+    from gptlab.runs import load_run
+
+    groups = existing_runs(paths)
+    entries, baseline_runs, seeds = [], None, set()
+    with tempfile.TemporaryDirectory() as scratch:
+        for index, (name, folders) in enumerate(groups.items()):
+            runs = []
+            for folder in folders:
+                cfg = load_run(folder).config
+                final = final_checkpoint(folder, cfg.train.max_iters)
+                checkpoint = final if final.is_file() else find_checkpoint(folder, "last")
+                out = Path(scratch) / f"{index}_{len(runs)}.json"
+                argv = ["eval", "--checkpoint_file", str(checkpoint), "--eval_data_split", own["test_split"],
+                        "--last_n", own["eval_last_n"], "--json", str(out)]
+                argv += ["--trust_code"] if own["trust_code"].lower() in ("true", "1") else []
+                run_command(command, argv, f"test evaluation of {folder}", quiet=True)
+                metrics = read_json(out, "evaluation")
+                runs.append({"seed": cfg.train.seed, "run_dir": str(folder), "checkpoint": str(checkpoint),
+                             "test": {k: metrics[k] for k in TEST_KEYS if k in metrics}})
+                seeds.add(cfg.train.seed)
+            per_step = resolve_batch(cfg, 1).global_batch * cfg.model.block_size
+            source = {"tokens_per_second": cfg.train.tokens_per_second, "source": "config.json"}
+            entries.append(entry_result(name, runs, baseline_runs, spec=str(folders[0]), kind="run",
+                                        tokens_per_second=source, steps=cfg.train.max_iters,
+                                        tokens=cfg.train.max_iters * per_step))
+            baseline_runs = baseline_runs or runs
+    return {"compute_class": cfg.train.compute_class or "free", "hours": None, "dataset": cfg.data.dataset,
+            "test_split": own["test_split"], "last_n": int(own["eval_last_n"]), "seeds": sorted(seeds),
+            "baseline": next(iter(groups)), "entries": entries}
+
+
+# ------------------------------------------------------------------------------ the command
+
+def _command_table(argv: list[str]) -> int:
+    """`gptlab COMMAND ...` in this process, errors raised (the command table of gptlab.cli)."""
+    from gptlab.cli import COMMANDS
+
+    return COMMANDS[argv[0]](argv[1:])
+
+
+def main(argv: list[str], command: Callable[[list[str]], int] | None = None) -> int:
+    from gptlab.compare_report import format_table, write_outputs
+
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE + "\n\n" + __doc__)
+        return 0
+    command = command or _command_table
+    positionals, own, shared, scoped = split_argv(argv)
+    if positionals and not any("=" in p for p in positionals):  # RUN ... : tabulate what exists
+        if shared or scoped:
+            raise UserError(f"tabulating runs takes only --out, --trust_code, --eval_last_n and --test_split, "
+                            f"not --{next(iter(shared or scoped))}")
+        _count(own["eval_last_n"], "--eval_last_n")
+        out = Path(own["out"]) if own["out"] else None
+        if out is not None and (out.is_symlink() or (out.exists() and not out.is_dir())):
+            raise UserError(f"--out {out} must be a folder (not a link or a file)")
+        result = tabulate(positionals, own, command)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            for path in write_outputs(result, out, RESULT_FILE, PLOT_FILE):
+                print(f"wrote {path}")
+        print(format_table(result))
+        return 0
+    plan = make_plan(argv)
+    result = run_plan(plan, command)
+    with folder_lock(plan.out, "compare folder"):
+        written = write_outputs(result, plan.out, RESULT_FILE, PLOT_FILE)
+    print(format_table(result))
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
