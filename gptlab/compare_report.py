@@ -9,6 +9,7 @@ import io
 import math
 from pathlib import Path
 
+from gptlab.config import resolve_batch
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_bytes, atomic_write_json
 from gptlab.plot import read_metrics
@@ -37,8 +38,6 @@ def entry_result(name: str, runs: list[dict], baseline_runs: list[dict] | None, 
 
 def collect(plan, throughput: dict, steps: dict, evals: dict) -> dict:
     """compare.json's content from a finished plan (gptlab.compare.Plan)."""
-    from gptlab.config import resolve_batch
-
     entries, baseline_runs = [], None
     for e in plan.entries:
         cfg = plan.configs[e.name]
