@@ -18,7 +18,7 @@ from gptlab.compare import PLAN_FILE, REFERENCE_ACCELERATOR, Entry, Plan, check_
 from gptlab.compare_report import TEST_KEYS, collect, entry_result
 from gptlab.config import resolve_batch
 from gptlab.errors import UserError
-from gptlab.files import atomic_write_json, folder_lock, read_json
+from gptlab.files import atomic_write_json, folder_lock, read_json, sha256_file
 
 # ------------------------------------------------------------------------------ steps
 
@@ -112,9 +112,10 @@ def train_run(plan: Plan, entry: Entry, seed: int, tps: float, steps: int, comma
 def evaluate_run(plan: Plan, entry: Entry, seed: int, checkpoint: Path, command) -> dict:
     """`gptlab eval` of the final checkpoint on the test split (cached in OUT/evals/NAME/seedS.json)."""
     path = plan.out / "evals" / entry.name / f"seed{seed}.json"
+    identity = checkpoint_identity(checkpoint)
     if path.is_file():
         cached = read_json(path, "evaluation")
-        if isinstance(cached, dict) and cached.get("checkpoint") == str(checkpoint):
+        if isinstance(cached, dict) and cached.get("checkpoint_identity") == identity:
             return cached
     path.parent.mkdir(parents=True, exist_ok=True)
     argv = ["eval", "--checkpoint_file", str(checkpoint), "--eval_data_split", plan.test_split,
@@ -122,7 +123,18 @@ def evaluate_run(plan: Plan, entry: Entry, seed: int, checkpoint: Path, command)
     if entry.kind != "preset":  # code the user named in this very command
         argv.append("--trust_code")
     run_command(command, argv, f"test evaluation of {entry.name} seed {seed}", quiet=True)
-    return read_json(path, "evaluation")
+    metrics = read_json(path, "evaluation")
+    metrics["checkpoint_identity"] = identity
+    atomic_write_json(path, metrics)
+    return metrics
+
+
+def checkpoint_identity(checkpoint: Path) -> str:
+    """The checkpoint's sha256: its checksum sidecar's, else hashed here (a retrained run has another)."""
+    sidecar = checkpoint.with_name(checkpoint.name + ".sha256")
+    if sidecar.is_file():
+        return sidecar.read_text(encoding="ascii", errors="replace").split()[0]
+    return sha256_file(checkpoint)
 
 
 def steps_of(plan: Plan, entry: Entry, tps: float) -> int:
