@@ -209,6 +209,10 @@ def make_plan(argv: list[str]) -> Plan:
     if not tps > 0:
         raise UserError(f"the baseline {entries[0].name}={entries[0].spec} has no published reference throughput: "
                         "pass --tokens_per_second T (its tokens/s on the reference GPU, from `gptlab throughput`)")
+    shape_keys = {"n_layer", "n_head", "n_embd", "head_dim", "mlp_dim", "block_size", "vocab_size"}
+    if not own["tokens_per_second"] and shape_keys & {*shared, *entries[0].overrides}:
+        print(f"note: {tps:,.0f} tokens/s is the published figure of {entries[0].preset}'s own shape; the shape "
+              "given here differs: pass --tokens_per_second for its reference figure")
     # Each entry's config as its runs build it (the throughput here stands in until its own is known).
     configs = {e.name: build_config(e.preset, None, {**shared, "compute_class": cc, "tokens_per_second": tps,
                                                      **e.overrides}) for e in entries}

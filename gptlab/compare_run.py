@@ -186,10 +186,12 @@ def existing_runs(paths: list[str]) -> dict[str, list[Path]]:
         key = json.dumps({k: v for k, v in config.items() if k != "log"}, sort_keys=True)
         name, runs = groups.setdefault(key, (_group_name(folder), []))
         runs.append(folder)
+    tokens = [name.split("_") for name, _ in groups.values()]
+    common = set(tokens[0]).intersection(*map(set, tokens[1:])) if len(tokens) > 1 else set()
     named: dict[str, list[Path]] = {}
-    for name, runs in groups.values():
-        label = name if name not in named else f"{name}#{len(named) + 1}"
-        named[label] = runs
+    for parts, (name, runs) in zip(tokens, groups.values()):  # what tells the entries apart, never cut short
+        label = "_".join(p for p in parts if p not in common) or name
+        named[label if label not in named else f"{label}#{len(named) + 1}"] = runs
     return named
 
 
