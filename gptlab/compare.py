@@ -30,13 +30,35 @@ from gptlab.files import folder_lock, read_json, sha256_file
 REFERENCE_ACCELERATOR = "RTX 3090"  # Languini's budgets are hours of this GPU
 PLAN_FILE, RESULT_FILE, PLOT_FILE = "plan.json", "compare.json", "compare.png"
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")
-OWN_FLAGS = {"seeds": "3", "out": "", "trust_code": "false", "tokens_per_second": "",
-             "eval_last_n": "128", "test_split": "test", "compute_class": ""}
-RUN_ONLY_KEYS = {"out_dir", "name", "resume", "overwrite", "seed", "max_iters", "lr_decay_iters", "comment",
-                 "log_root", "relative_log_path", "init_from", "eval_only"}
-USAGE = ("usage: gptlab compare baseline=PRESET NAME=FILE.py:Class|FILE.py:function ... --dataset D "
-         "--compute_class 6h [--seeds 3] [--out DIR] [--key value ...] [--NAME.key value ...] [--trust_code]\n"
-         "       gptlab compare RUN [RUN ...] | COMPARE_DIR   (tabulate runs that exist)")
+OWN_FLAGS = {
+    "seeds": "3",
+    "out": "",
+    "trust_code": "false",
+    "tokens_per_second": "",
+    "eval_last_n": "128",
+    "test_split": "test",
+    "compute_class": "",
+}
+RUN_ONLY_KEYS = {
+    "out_dir",
+    "name",
+    "resume",
+    "overwrite",
+    "seed",
+    "max_iters",
+    "lr_decay_iters",
+    "comment",
+    "log_root",
+    "relative_log_path",
+    "init_from",
+    "eval_only",
+}
+USAGE = (
+    "usage: gptlab compare baseline=PRESET NAME=FILE.py:Class|FILE.py:function ... --dataset D "
+    "--compute_class 6h [--seeds 3] [--out DIR] [--key value ...] [--NAME.key value ...]\n"
+    "       [--trust_code]\n"
+    "       gptlab compare RUN [RUN ...] | COMPARE_DIR   (tabulate runs that exist)"
+)
 
 
 @dataclass
@@ -60,6 +82,7 @@ class Entry:
 
 # ------------------------------------------------------------------------------ arguments
 
+
 def split_argv(argv: list[str]) -> tuple[list[str], dict, dict, dict]:
     """(positionals, compare's own options, shared --key values, {entry name: {key: value}})."""
     first_flag = next((i for i, a in enumerate(argv) if a.startswith("--")), len(argv))
@@ -69,12 +92,18 @@ def split_argv(argv: list[str]) -> tuple[list[str], dict, dict, dict]:
     while i < len(rest):
         token = rest[i]
         if not token.startswith("--"):
-            raise UserError(f"unexpected argument {token!r} after the options: entries (NAME=SPEC) come first, "
-                            f"then --key value options")
+            raise UserError(
+                f"unexpected argument {token!r} after the options: entries (NAME=SPEC) come first, "
+                f"then --key value options"
+            )
         key, eq, value = token[2:].partition("=")
         bare = key.replace("-", "_")
         takes_next = not eq and i + 1 < len(rest) and not rest[i + 1].startswith("--")
-        if bare == "trust_code" and takes_next and rest[i + 1].lower() not in ("true", "false", "1", "0"):
+        if (
+            bare == "trust_code"
+            and takes_next
+            and rest[i + 1].lower() not in ("true", "false", "1", "0")
+        ):
             takes_next = False
         value = value if eq else (rest[i + 1] if takes_next else "true")
         i += 1 + takes_next
@@ -98,8 +127,10 @@ def code_kind(spec: str) -> tuple[str, Path]:
         except (ImportError, ValueError):
             found = None
         if found is None or not found.origin or not found.origin.endswith(".py"):
-            raise UserError(f"{spec!r}: no Python file or importable module {target!r}: give FILE.py:Name "
-                            "or module.path:Name")
+            raise UserError(
+                f"{spec!r}: no Python file or importable module {target!r}: give FILE.py:Name "
+                "or module.path:Name"
+            )
         path = Path(found.origin)
     if not path.is_file():
         raise UserError(f"{spec!r}: file {target} not found: check the path")
@@ -113,8 +144,10 @@ def code_kind(spec: str) -> tuple[str, Path]:
                 return "model", path
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 return "optimizer", path
-    raise UserError(f"{path} defines no class or function {attr!r} at its top level: name a model class "
-                    "(an nn.Module) or an optimiser function (model, config) -> optimizer")
+    raise UserError(
+        f"{path} defines no class or function {attr!r} at its top level: name a model class "
+        "(an nn.Module) or an optimiser function (model, config) -> optimizer"
+    )
 
 
 def parse_entries(positionals: list[str], scoped: dict) -> list[Entry]:
@@ -126,8 +159,10 @@ def parse_entries(positionals: list[str], scoped: dict) -> list[Entry]:
             scoped.setdefault(entry_name, {}).update(parse_overrides([f"--{key}", spec]))
             continue
         if not eq or not NAME_RE.fullmatch(name) or not spec:
-            raise UserError(f"entry {token!r}: write NAME=PRESET or NAME=FILE.py:Class (NAME: a letter, then "
-                            "letters, digits, '-' or '_', at most 40)")
+            raise UserError(
+                f"entry {token!r}: write NAME=PRESET or NAME=FILE.py:Class (NAME: a letter, then "
+                "letters, digits, '-' or '_', at most 40)"
+            )
         if any(e.name == name for e in entries):
             raise UserError(f"entry name {name!r} is given twice: give each entry its own name")
         if ":" in spec:
@@ -137,17 +172,23 @@ def parse_entries(positionals: list[str], scoped: dict) -> list[Entry]:
             entries.append(Entry(name, spec, "preset", preset=spec))
     presets = [e for e in entries if e.kind == "preset"]
     if not presets:
-        raise UserError("no preset entry: the first one (e.g. baseline=small) is the baseline whose shape and "
-                        "recipe the ideas take")
+        raise UserError(
+            "no preset entry: the first one (e.g. baseline=small) is the baseline whose shape and "
+            "recipe the ideas take"
+        )
     for e in entries:
         e.preset = e.preset or presets[0].preset
         e.overrides = scoped.pop(e.name, {})
     if scoped:
-        raise UserError(f"--{next(iter(scoped))}.KEY names no entry: entries are {', '.join(e.name for e in entries)}")
+        raise UserError(
+            f"--{next(iter(scoped))}.KEY names no entry: the entries are "
+            f"{', '.join(e.name for e in entries)}"
+        )
     return sorted(entries, key=lambda e: e is not presets[0])  # the baseline first
 
 
 # ------------------------------------------------------------------------------ the plan
+
 
 @dataclass
 class Plan:
@@ -184,8 +225,10 @@ def _checked_data(shared: dict, preset_config, split: str) -> tuple[Path, dict]:
     data_dir = resolve_data_dir(preset_config.data.dataset, preset_config.data.data_root)
     meta = read_meta(data_dir)
     if split not in meta["splits"]:
-        raise UserError(f"dataset {data_dir} has no split {split!r} to test on (it has "
-                        f"{', '.join(meta['splits'])}): pass --test_split with one of those")
+        raise UserError(
+            f"dataset {data_dir} has no split {split!r} to test on (it has "
+            f"{', '.join(meta['splits'])}): pass --test_split with one of those"
+        )
     return data_dir, meta
 
 
@@ -193,43 +236,69 @@ def make_plan(argv: list[str]) -> Plan:
     """Everything checked before anything is measured, trained or written."""
     positionals, own, shared, scoped = split_argv(argv)
     for key in RUN_ONLY_KEYS & set(shared) - {"seed"}:
-        raise UserError(f"--{key} is set by compare for each run: drop it (use --out for compare's folder)")
+        raise UserError(
+            f"--{key} is set by compare for each run: drop it (use --out for compare's folder)"
+        )
     entries = parse_entries(positionals, scoped)
     if not own["compute_class"]:
-        raise UserError("--compute_class is required: the accelerator-hours every entry trains for, e.g. 6h")
+        raise UserError(
+            "--compute_class is required: the accelerator-hours every entry trains for, e.g. 6h"
+        )
     hours = parse_hours(own["compute_class"])
     seeds = _count(own["seeds"], "--seeds")
     for e in entries:
         for key in RUN_ONLY_KEYS & set(e.overrides):
             raise UserError(f"--{e.name}.{key} is set by compare for each run: drop it")
     cc = own["compute_class"]
-    base_cfg = build_config(entries[0].preset, None, {**shared, **entries[0].overrides, "compute_class": cc},
-                            check=False)
+    base_cfg = build_config(
+        entries[0].preset, None, {**shared, **entries[0].overrides, "compute_class": cc}, check=False
+    )
     tps = float(own["tokens_per_second"] or base_cfg.train.tokens_per_second or 0)
     if not tps > 0:
-        raise UserError(f"the baseline {entries[0].name}={entries[0].spec} has no published reference throughput: "
-                        "pass --tokens_per_second T (its tokens/s on the reference GPU, from `gptlab throughput`)")
+        raise UserError(
+            f"the baseline {entries[0].name}={entries[0].spec} has no published reference throughput: "
+            "pass --tokens_per_second T (its tokens/s on the reference GPU, from `gptlab throughput`)"
+        )
     shape_keys = {"n_layer", "n_head", "n_embd", "head_dim", "mlp_dim", "block_size", "vocab_size"}
     if not own["tokens_per_second"] and shape_keys & {*shared, *entries[0].overrides}:
-        print(f"note: {tps:,.0f} tokens/s is the published figure of {entries[0].preset}'s own shape; the shape "
-              "given here differs: pass --tokens_per_second for its reference figure")
+        print(
+            f"note: {tps:,.0f} tokens/s is the published figure of {entries[0].preset}'s own shape; "
+            "the shape given here differs: pass --tokens_per_second for its reference figure"
+        )
     # Each entry's config as its runs build it (the throughput here stands in until its own is known).
-    configs = {e.name: build_config(e.preset, None, {**shared, "compute_class": cc, "tokens_per_second": tps,
-                                                     **e.overrides}) for e in entries}
+    configs = {
+        e.name: build_config(
+            e.preset, None, {**shared, "compute_class": cc, "tokens_per_second": tps, **e.overrides}
+        )
+        for e in entries
+    }
     base_cfg = configs[entries[0].name]
     data_dir, meta = _checked_data(shared, base_cfg, own["test_split"])
     last_n = _count(own["eval_last_n"], "--eval_last_n")
     for e in entries:
         block = configs[e.name].model.block_size
         if block % last_n:
-            raise UserError(f"--eval_last_n {last_n} does not divide {e.name}'s block_size {block}: "
-                            f"pass --eval_last_n {block // 4 or 1}")
+            raise UserError(
+                f"--eval_last_n {last_n} does not divide {e.name}'s block_size {block}: "
+                f"pass --eval_last_n {block // 4 or 1}"
+            )
     out = Path(own["out"]) if own["out"] else _default_out(entries, hours, base_cfg.log.log_root)
     first_seed = base_cfg.train.seed
-    return Plan(entries, shared, hours, list(range(first_seed, first_seed + seeds)), out, data_dir,
-                own["test_split"], last_n, tps, "given" if own["tokens_per_second"] else "published",
-                own["trust_code"].lower() in ("true", "1"),
-                int(meta["vocab_size"]), configs)
+    return Plan(
+        entries,
+        shared,
+        hours,
+        list(range(first_seed, first_seed + seeds)),
+        out,
+        data_dir,
+        own["test_split"],
+        last_n,
+        tps,
+        "given" if own["tokens_per_second"] else "published",
+        own["trust_code"].lower() in ("true", "1"),
+        int(meta["vocab_size"]),
+        configs,
+    )
 
 
 def _count(text: str, flag: str) -> int:
@@ -240,8 +309,10 @@ def _count(text: str, flag: str) -> int:
 
 def plan_record(plan: Plan) -> dict:
     """What plan.json keeps, to refuse reusing runs of another entry under the same name."""
-    return {e.name: {"spec": e.spec, "kind": e.kind, "argv": e.config_argv(plan.shared), "files": e.files}
-            for e in plan.entries}
+    return {
+        e.name: {"spec": e.spec, "kind": e.kind, "argv": e.config_argv(plan.shared), "files": e.files}
+        for e in plan.entries
+    }
 
 
 def check_out_folder(plan: Plan) -> dict:
@@ -249,12 +320,16 @@ def check_out_folder(plan: Plan) -> dict:
     a link, or an entry name that now means something else."""
     out = plan.out
     if out.is_symlink():
-        raise UserError(f"--out {out} is a symbolic link: compare writes only into a real folder; pass another --out")
+        raise UserError(
+            f"--out {out} is a symbolic link: compare writes only into a real folder; pass another --out"
+        )
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: pass a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / PLAN_FILE).is_file():
-        raise UserError(f"--out {out} is not empty and holds no {PLAN_FILE}: compare writes only into its own "
-                        "folders; pass a new --out")
+        raise UserError(
+            f"--out {out} is not empty and holds no {PLAN_FILE}: compare writes only into its own "
+            "folders; pass a new --out"
+        )
     old = read_json(out / PLAN_FILE, "compare plan") if (out / PLAN_FILE).is_file() else {}
     for name, now in plan_record(plan).items():
         before = (old.get("entries") or {}).get(name)
@@ -262,12 +337,15 @@ def check_out_folder(plan: Plan) -> dict:
             continue
         changed = [p for p, h in now["files"].items() if before.get("files", {}).get(p) not in (None, h)]
         what = f"its file {changed[0]} changed since" if changed else "it differs from the entry that"
-        raise UserError(f"entry {name!r}: {what} trained the runs in {out}: pass a new --out (or a new name), "
-                        "or restore the entry")
+        raise UserError(
+            f"entry {name!r}: {what} trained the runs in {out}: pass a new --out (or a new name), "
+            "or restore the entry"
+        )
     return old
 
 
 # ------------------------------------------------------------------------------ the command
+
 
 def _command_table(argv: list[str]) -> int:
     """`gptlab COMMAND ...` in this process, errors raised (the command table of gptlab.cli)."""
@@ -287,8 +365,10 @@ def main(argv: list[str], command: Callable[[list[str]], int] | None = None) -> 
     positionals, own, shared, scoped = split_argv(argv)
     if positionals and not any("=" in p for p in positionals):  # RUN ... : tabulate what exists
         if shared or scoped:
-            raise UserError(f"tabulating runs takes only --out, --trust_code, --eval_last_n and --test_split, "
-                            f"not --{next(iter(shared or scoped))}")
+            raise UserError(
+                f"tabulating runs takes only --out, --trust_code, --eval_last_n and --test_split, "
+                f"not --{next(iter(shared or scoped))}"
+            )
         _count(own["eval_last_n"], "--eval_last_n")
         out = Path(own["out"]) if own["out"] else None
         if out is not None and (out.is_symlink() or (out.exists() and not out.is_dir())):

@@ -43,20 +43,47 @@ def collect(plan, throughput: dict, steps: dict, evals: dict) -> dict:
         cfg = plan.configs[e.name]
         per_step = resolve_batch(cfg, 1).global_batch * cfg.model.block_size
         here = throughput[e.name].get("measured_here") or {}
-        runs = [{"seed": seed, "run_dir": str(plan.run_dir(e, seed)),
-                 "test": {k: m[k] for k in TEST_KEYS if k in m}, "checkpoint": m.get("checkpoint")}
-                for seed, m in evals[e.name].items()]
-        entries.append(entry_result(
-            e.name, runs, baseline_runs, spec=e.spec, kind=e.kind, preset=e.preset, overrides=e.overrides,
-            files=e.files, params=here.get("params"), flops_per_token=here.get("flops_per_token"),
-            tokens_per_second=throughput[e.name], steps=steps[e.name], tokens=steps[e.name] * per_step))
+        runs = [
+            {
+                "seed": seed,
+                "run_dir": str(plan.run_dir(e, seed)),
+                "test": {k: m[k] for k in TEST_KEYS if k in m},
+                "checkpoint": m.get("checkpoint"),
+            }
+            for seed, m in evals[e.name].items()
+        ]
+        entries.append(
+            entry_result(
+                e.name,
+                runs,
+                baseline_runs,
+                spec=e.spec,
+                kind=e.kind,
+                preset=e.preset,
+                overrides=e.overrides,
+                files=e.files,
+                params=here.get("params"),
+                flops_per_token=here.get("flops_per_token"),
+                tokens_per_second=throughput[e.name],
+                steps=steps[e.name],
+                tokens=steps[e.name] * per_step,
+            )
+        )
         baseline_runs = baseline_runs or runs
-    return {"compute_class": f"{plan.hours:g}h", "hours": plan.hours, "dataset": str(plan.data_dir),
-            "test_split": plan.test_split, "last_n": plan.last_n, "seeds": plan.seeds,
-            "baseline": plan.baseline.name, "entries": entries}
+    return {
+        "compute_class": f"{plan.hours:g}h",
+        "hours": plan.hours,
+        "dataset": str(plan.data_dir),
+        "test_split": plan.test_split,
+        "last_n": plan.last_n,
+        "seeds": plan.seeds,
+        "baseline": plan.baseline.name,
+        "entries": entries,
+    }
 
 
 # ------------------------------------------------------------------------------ the table
+
 
 def _number(value, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
@@ -65,7 +92,9 @@ def _number(value, digits: int = 4) -> str:
 def _mean_std(stat: dict | None, digits: int = 4) -> str:
     if stat is None:
         return "-"
-    return _number(stat["mean"], digits) + (f" ± {_number(stat['std'], digits)}" if stat["std"] is not None else "")
+    return _number(stat["mean"], digits) + (
+        f" ± {_number(stat['std'], digits)}" if stat["std"] is not None else ""
+    )
 
 
 def _count(value) -> str:
@@ -82,15 +111,35 @@ def _difference(entry: dict) -> str:
 
 
 def table_rows(result: dict) -> list[list[str]]:
-    head = ["entry", "params", "FLOPs/token", "ref tokens/s", "steps", "tokens", "test loss", "norm. ppl",
-            f"Δ loss vs {result['baseline']} (95%)", "verdict"]
+    head = [
+        "entry",
+        "params",
+        "FLOPs/token",
+        "ref tokens/s",
+        "steps",
+        "tokens",
+        "test loss",
+        "norm. ppl",
+        f"Δ loss vs {result['baseline']} (95%)",
+        "verdict",
+    ]
     rows = [head]
     for e in result["entries"]:
         tps = e["tokens_per_second"]
-        rows.append([e["name"], _count(e.get("params")), _count(e.get("flops_per_token")),
-                     f"{tps['tokens_per_second']:,.0f} ({tps['source']})", _count(e["steps"]), _count(e["tokens"]),
-                     _mean_std(e["test_loss"]), _mean_std(e["normalised_ppl"], 3), _difference(e),
-                     e.get("verdict", "")])
+        rows.append(
+            [
+                e["name"],
+                _count(e.get("params")),
+                _count(e.get("flops_per_token")),
+                f"{tps['tokens_per_second']:,.0f} ({tps['source']})",
+                _count(e["steps"]),
+                _count(e["tokens"]),
+                _mean_std(e["test_loss"]),
+                _mean_std(e["normalised_ppl"], 3),
+                _difference(e),
+                e.get("verdict", ""),
+            ]
+        )
     return rows
 
 
@@ -100,26 +149,35 @@ def format_table(result: dict) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     seeds = result["seeds"]
-    lines.append(f"{result['compute_class']} of reference accelerator-hours per entry; test split "
-                 f"{result['test_split']!r}, last_n {result['last_n']}; mean ± std over {len(seeds)} seed(s) "
-                 f"{', '.join(map(str, seeds))}; Δ: Welch's 95% interval of the test-loss difference "
-                 f"(negative is better).")
+    lines.append(
+        f"{result['compute_class']} of reference accelerator-hours per entry; test split "
+        f"{result['test_split']!r}, last_n {result['last_n']}; mean ± std over {len(seeds)} seed(s) "
+        f"{', '.join(map(str, seeds))}; Δ: Welch's 95% interval of the test-loss difference "
+        f"(negative is better)."
+    )
     sources = {e["tokens_per_second"]["source"] for e in result["entries"]}
-    notes = {"published": "published = the baseline preset's figure on the reference GPU",
-             "scaled": "scaled = measured here x (baseline published / baseline measured here)",
-             "measured": "measured = on the reference GPU itself", "given": "given = --tokens_per_second / --NAME.tokens_per_second",
-             "config.json": "config.json = the run's own --tokens_per_second"}
+    notes = {
+        "published": "published = the baseline preset's figure on the reference GPU",
+        "scaled": "scaled = measured here x (baseline published / baseline measured here)",
+        "measured": "measured = on the reference GPU itself",
+        "given": "given = --tokens_per_second / --NAME.tokens_per_second",
+        "config.json": "config.json = the run's own --tokens_per_second",
+    }
     lines.append("ref tokens/s: " + "; ".join(notes[s] for s in notes if s in sources) + ".")
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ the plot
 
+
 def _held_out_curve(run_dir: Path) -> dict[int, tuple[float, float]]:
     """{step: (accelerator-hours, held-out loss)} of a run's in-training evaluations."""
     records = [r for r in read_metrics(run_dir) if r.get("kind") == "eval" and r.get("split") != "train"]
-    return {int(r["step"]): (r["accel_hours"], r["loss"]) for r in records
-            if r.get("accel_hours") is not None and isinstance(r.get("loss"), (int, float))}
+    return {
+        int(r["step"]): (r["accel_hours"], r["loss"])
+        for r in records
+        if r.get("accel_hours") is not None and isinstance(r.get("loss"), (int, float))
+    }
 
 
 def make_figure(result: dict):
@@ -139,10 +197,22 @@ def make_figure(result: dict):
         hours = [curves[0][s][0] for s in steps]
         losses = [[c[s][1] for c in curves] for s in steps]
         colour = f"C{index % 10}"
-        axes.plot(hours, [sum(v) / len(v) for v in losses], color=colour, marker="o", markersize=3,
-                  label=f"{entry['name']} ({len(curves)} seed{'s' * (len(curves) > 1)})")
-        axes.fill_between(hours, [min(v) for v in losses], [max(v) for v in losses], color=colour, alpha=0.2,
-                          linewidth=0)
+        axes.plot(
+            hours,
+            [sum(v) / len(v) for v in losses],
+            color=colour,
+            marker="o",
+            markersize=3,
+            label=f"{entry['name']} ({len(curves)} seed{'s' * (len(curves) > 1)})",
+        )
+        axes.fill_between(
+            hours,
+            [min(v) for v in losses],
+            [max(v) for v in losses],
+            color=colour,
+            alpha=0.2,
+            linewidth=0,
+        )
     axes.set_xlabel("accelerator-hours (reference throughput)")
     axes.set_ylabel("held-out loss (in-training evaluation)")
     axes.set_title(f"{result['compute_class']}: mean over seeds, band = range over seeds")
@@ -152,7 +222,7 @@ def make_figure(result: dict):
 
 
 def write_outputs(result: dict, out: Path, json_name: str, plot_name: str) -> list[Path]:
-    """compare.json and the plot (skipped with a note where matplotlib is missing), written atomically."""
+    """compare.json and the plot (a note instead where matplotlib is missing), written atomically."""
     atomic_write_json(out / json_name, result)
     written = [out / json_name]
     try:
@@ -162,5 +232,7 @@ def write_outputs(result: dict, out: Path, json_name: str, plot_name: str) -> li
         return written
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    atomic_write_bytes(out / plot_name, buffer.getvalue())  # replaces a link rather than writing through it
+    atomic_write_bytes(
+        out / plot_name, buffer.getvalue()
+    )  # replaces a link rather than writing through it
     return written + [out / plot_name]

@@ -48,26 +48,40 @@ class ChainedOptimizer:
 
     def _sizes(self) -> list[tuple[int, int]]:
         """(param groups, parameters) of each part."""
-        return [(len(o.param_groups), sum(len(g["params"]) for g in o.param_groups)) for o in self.optimizers]
+        return [
+            (len(o.param_groups), sum(len(g["params"]) for g in o.param_groups)) for o in self.optimizers
+        ]
 
     def state_dict(self) -> dict:
         state, groups, offset = {}, [], 0
         for optimizer, (_, n_params) in zip(self.optimizers, self._sizes()):
             part = optimizer.state_dict()
             state.update({index + offset: value for index, value in part["state"].items()})
-            groups += [dict(group, params=[i + offset for i in group["params"]]) for group in part["param_groups"]]
+            groups += [
+                dict(group, params=[i + offset for i in group["params"]])
+                for group in part["param_groups"]
+            ]
             offset += n_params
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict) -> None:
         groups, first_group, offset = state_dict["param_groups"], 0, 0
         if len(groups) != sum(n for n, _ in self._sizes()):
-            raise ValueError(f"the state holds {len(groups)} param groups, this optimiser {len(self.param_groups)}")
+            raise ValueError(
+                f"the state holds {len(groups)} param groups, this optimiser {len(self.param_groups)}"
+            )
         for optimizer, (n_groups, n_params) in zip(self.optimizers, self._sizes()):
-            mine = groups[first_group:first_group + n_groups]
-            optimizer.load_state_dict({
-                "state": {i - offset: v for i, v in state_dict["state"].items() if offset <= i < offset + n_params},
-                "param_groups": [dict(g, params=[i - offset for i in g["params"]]) for g in mine]})
+            mine = groups[first_group : first_group + n_groups]
+            optimizer.load_state_dict(
+                {
+                    "state": {
+                        i - offset: v
+                        for i, v in state_dict["state"].items()
+                        if offset <= i < offset + n_params
+                    },
+                    "param_groups": [dict(g, params=[i - offset for i in g["params"]]) for g in mine],
+                }
+            )
             first_group, offset = first_group + n_groups, offset + n_params
 
 
@@ -84,7 +98,9 @@ def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
     return list(found.values())
 
 
-def muon_with_adamw(model: nn.Module, config, device_type: str = "cpu", **muon_settings) -> ChainedOptimizer:
+def muon_with_adamw(
+    model: nn.Module, config, device_type: str = "cpu", **muon_settings
+) -> ChainedOptimizer:
     """torch.optim.Muon on hidden_matrices(model), AdamW on the rest (decay on >= 2-D weights only), both
     at the config's learning rate and weight decay; muon_settings override MUON_DEFAULTS."""
     o = config.optim
@@ -93,10 +109,18 @@ def muon_with_adamw(model: nn.Module, config, device_type: str = "cpu", **muon_s
         raise ValueError("the model has no 2-D weights inside an nn.ModuleList of blocks for Muon")
     chosen = {id(p) for p in matrices}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in chosen]
-    muon = torch.optim.Muon(matrices, lr=o.learning_rate, weight_decay=o.weight_decay,
-                            **dict(MUON_DEFAULTS, **muon_settings))
-    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": o.weight_decay},
-              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
+    muon = torch.optim.Muon(
+        matrices, lr=o.learning_rate, weight_decay=o.weight_decay, **dict(MUON_DEFAULTS, **muon_settings)
+    )
+    groups = [
+        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": o.weight_decay},
+        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
+    ]
     adamw = torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=o.learning_rate, betas=(o.beta1, o.beta2), eps=o.eps, fused=device_type in ("cuda", "cpu"))
+        [g for g in groups if g["params"]],
+        lr=o.learning_rate,
+        betas=(o.beta1, o.beta2),
+        eps=o.eps,
+        fused=device_type in ("cuda", "cpu"),
+    )
     return ChainedOptimizer(muon, adamw)

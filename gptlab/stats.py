@@ -1,9 +1,9 @@
 """Small statistics for `gptlab compare`: mean and sample standard deviation over seeds, Student's t
 distribution (scipy is not a dependency), and Welch's interval for a difference of two means.
 
-The t distribution's CDF is F(t) = 1 - I_x(df/2, 1/2) / 2 for t > 0 with x = df / (df + t^2), where I is the
-regularized incomplete beta function, evaluated by its continued fraction (modified Lentz); quantiles
-invert F by bisection, which cannot fail to converge because F is monotone."""
+The t distribution's CDF is F(t) = 1 - I_x(df/2, 1/2) / 2 for t > 0 with x = df / (df + t^2), where I
+is the regularized incomplete beta function, evaluated by its continued fraction (modified Lentz);
+quantiles invert F by bisection, which cannot fail to converge because F is monotone."""
 
 from __future__ import annotations
 
@@ -29,8 +29,10 @@ def _beta_fraction(a: float, b: float, x: float) -> float:
     result = d
     for m in range(1, 10_000):
         # The even step d_2m, then the odd step d_2m+1 of the fraction.
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
             d = 1.0 + numerator * d
             d = 1.0 / (d if abs(d) > _TINY else _TINY)
             c = 1.0 + numerator / c
@@ -45,10 +47,14 @@ def regularized_beta(a: float, b: float, x: float) -> float:
     """I_x(a, b) for a, b > 0 and 0 <= x <= 1."""
     if x <= 0.0 or x >= 1.0:
         return 0.0 if x <= 0.0 else 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
     if x < (a + 1.0) / (a + b + 2.0):
         return math.exp(log_front) * _beta_fraction(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _beta_fraction(b, a, 1.0 - x) / b  # the symmetry I_x(a,b) = 1 - I_1-x(b,a)
+    return (
+        1.0 - math.exp(log_front) * _beta_fraction(b, a, 1.0 - x) / b
+    )  # the symmetry I_x(a,b) = 1 - I_1-x(b,a)
 
 
 def t_cdf(t: float, df: float) -> float:
@@ -70,7 +76,9 @@ def t_quantile(p: float, df: float) -> float:
     if p < 0.5:
         return -t_quantile(1.0 - p, df)
     low, high = 0.0, 1.0
-    while t_cdf(high, df) < p:  # the quantile of df = 1 at p = 1 - 1e-12 is about 3e11: a few dozen doublings
+    while (
+        t_cdf(high, df) < p
+    ):  # the quantile of df = 1 at p = 1 - 1e-12 is about 3e11: a few dozen doublings
         low, high = high, 2.0 * high
     for _ in range(200):
         middle = 0.5 * (low + high)
@@ -90,10 +98,14 @@ def welch_interval(sample: list[float], reference: list[float], level: float = 0
     part_a, part_b = std_a**2 / len(sample), std_b**2 / len(reference)
     difference, error = mean_a - mean_b, math.sqrt(part_a + part_b)
     if error == 0.0:  # identical values within each side: the difference is exact
-        return dict(difference=difference, low=difference, high=difference, df=math.inf, standard_error=0.0)
+        return dict(
+            difference=difference, low=difference, high=difference, df=math.inf, standard_error=0.0
+        )
     df = (part_a + part_b) ** 2 / (part_a**2 / (len(sample) - 1) + part_b**2 / (len(reference) - 1))
     half = t_quantile(0.5 + level / 2.0, df) * error
-    return dict(difference=difference, low=difference - half, high=difference + half, df=df, standard_error=error)
+    return dict(
+        difference=difference, low=difference - half, high=difference + half, df=df, standard_error=error
+    )
 
 
 def verdict(interval: dict | None, lower_is_better: bool = True) -> str:

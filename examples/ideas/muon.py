@@ -1,7 +1,8 @@
 """An optimiser idea: Muon with Keller Jordan's settings, on gptlab's baseline model.
 
     gptlab train baby --optimizer examples/ideas/muon.py:keller_muon
-    gptlab compare baseline=small muon=examples/ideas/muon.py:keller_muon --dataset books16384 --compute_class 6h
+    gptlab compare baseline=small muon=examples/ideas/muon.py:keller_muon \
+        --dataset books16384 --compute_class 6h
 
 The built-in `--optimizer muon` adjusts Muon's step to AdamW's RMS ("match_rms_adamw"), so the one
 --learning_rate drives both parts. This variant keeps Muon's original per-matrix adjustment,

@@ -1,5 +1,5 @@
-"""`gptlab compare` end to end on the CPU: tiny sizes, 2 seeds; the budget arithmetic, the statistics and the
-reuse of finished work checked against independent computations."""
+"""`gptlab compare` end to end on the CPU: tiny sizes, 2 seeds; the budget arithmetic, the statistics
+and the reuse of finished work checked against independent computations."""
 
 import contextlib
 import io
@@ -14,9 +14,30 @@ from gptlab.compare import main
 from tests.conftest import SAMPLE_TEXT
 
 ENTRIES = ["baseline=baby", "narrow=baby", "--narrow.n_embd", "16"]
-SHAPE = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "4",
-         "--eval_interval", "15", "--eval_iters", "2", "--log_interval", "1000", "--tensorboard", "false",
-         "--progress", "off", "--device", "cpu"]
+SHAPE = [
+    "--n_layer",
+    "1",
+    "--n_head",
+    "2",
+    "--n_embd",
+    "32",
+    "--block_size",
+    "32",
+    "--batch_size",
+    "4",
+    "--eval_interval",
+    "15",
+    "--eval_iters",
+    "2",
+    "--log_interval",
+    "1000",
+    "--tensorboard",
+    "false",
+    "--progress",
+    "off",
+    "--device",
+    "cpu",
+]
 
 
 def _command(calls):
@@ -25,6 +46,7 @@ def _command(calls):
     def command(argv):
         calls.append(argv[0])
         return _command_table(argv)
+
     return command
 
 
@@ -42,8 +64,25 @@ def compared(tmp_path_factory):
     out = root / "cmp"
     positionals = [a for a in ENTRIES if "=" in a and not a.startswith("--")]
     scoped = [a for a in ENTRIES if a not in positionals]
-    argv = [*positionals, "--dataset", str(data), "--compute_class", "0.001h", "--tokens_per_second",
-            "2000", "--seeds", "2", "--test_split", "val", "--eval_last_n", "16", "--out", str(out), *SHAPE, *scoped]
+    argv = [
+        *positionals,
+        "--dataset",
+        str(data),
+        "--compute_class",
+        "0.001h",
+        "--tokens_per_second",
+        "2000",
+        "--seeds",
+        "2",
+        "--test_split",
+        "val",
+        "--eval_last_n",
+        "16",
+        "--out",
+        str(out),
+        *SHAPE,
+        *scoped,
+    ]
     calls, threads = [], torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is faster on a busy machine
     try:
@@ -58,23 +97,32 @@ def compared(tmp_path_factory):
 def test_compare_trains_evaluates_tabulates_and_plots(compared):
     argv, out, calls, printed = compared
     names = [a.split("=")[0] for a in argv if "=" in a and not a.startswith("--")]
-    assert calls.count("throughput") == len(names) and calls.count("train") == calls.count("eval") == 2 * len(names)
+    assert calls.count("throughput") == len(names) and calls.count("train") == calls.count(
+        "eval"
+    ) == 2 * len(names)
     result = json.loads((out / "compare.json").read_text())
     assert [e["name"] for e in result["entries"]] == names
     base = result["entries"][0]
-    assert base["tokens_per_second"] == {**base["tokens_per_second"], "tokens_per_second": 2000.0, "source": "given"}
+    assert base["tokens_per_second"] == {
+        **base["tokens_per_second"],
+        "tokens_per_second": 2000.0,
+        "source": "given",
+    }
     measured_base = base["tokens_per_second"]["measured_here"]["tokens_per_second"]
     for entry in result["entries"]:
         tps = entry["tokens_per_second"]
         if entry is not base:  # Languini's rule off the reference GPU: scaled by the baseline's ratio
             assert tps["source"] == "scaled"
-            assert tps["tokens_per_second"] == pytest.approx(tps["measured_here"]["tokens_per_second"] * 2000
-                                                             / measured_base, rel=1e-12)
+            assert tps["tokens_per_second"] == pytest.approx(
+                tps["measured_here"]["tokens_per_second"] * 2000 / measured_base, rel=1e-12
+            )
         # steps = round(hours * 3600 * tokens/s / (batch * seq)), each entry at its own throughput
         assert entry["steps"] == round(0.001 * 3600 * tps["tokens_per_second"] / (4 * 32))
         losses = []
         for run in entry["runs"]:
-            config = json.loads((out / "runs" / entry["name"] / f"seed{run['seed']}" / "config.json").read_text())
+            config = json.loads(
+                (out / "runs" / entry["name"] / f"seed{run['seed']}" / "config.json").read_text()
+            )
             assert config["train"]["max_iters"] == entry["steps"]
             assert config["train"]["tokens_per_second"] == pytest.approx(tps["tokens_per_second"])
             assert run["checkpoint"].endswith(f"ckpt_{entry['steps']:08d}.pt")
@@ -88,10 +136,12 @@ def test_compare_trains_evaluates_tabulates_and_plots(compared):
         diff = entry["difference"]
         assert diff["difference"] == pytest.approx(statistics.fmean(a) - statistics.fmean(b))
         assert diff["low"] < diff["difference"] < diff["high"]
-        assert entry["verdict"] in ("better", "worse") or entry["verdict"].startswith("not distinguishable")
+        assert entry["verdict"] in ("better", "worse") or entry["verdict"].startswith(
+            "not distinguishable"
+        )
     lines = printed.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("entry "))
-    for name, line in zip(names, lines[header + 2:]):
+    for name, line in zip(names, lines[header + 2 :]):
         assert line.startswith(name) and "±" in line
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -8,32 +8,65 @@ from gptlab.compare import PLAN_FILE, code_kind, make_plan, parse_entries, split
 from gptlab.compare_run import run_plan
 from gptlab.errors import UserError
 
-IDEA = '''import torch.nn as nn
+IDEA = """import torch.nn as nn
 class Net(nn.Module):
     def __init__(self, config):
         super().__init__()
 def build(model, config):
     return None
-'''
+"""
 
 
 def _argv(data_dir, *extra):
-    return ["baseline=baby", "--dataset", str(data_dir), "--compute_class", "0.001h", "--tokens_per_second",
-            "1000", "--test_split", "val", "--eval_last_n", "16", "--block_size", "32", *extra]
+    return [
+        "baseline=baby",
+        "--dataset",
+        str(data_dir),
+        "--compute_class",
+        "0.001h",
+        "--tokens_per_second",
+        "1000",
+        "--test_split",
+        "val",
+        "--eval_last_n",
+        "16",
+        "--block_size",
+        "32",
+        *extra,
+    ]
 
 
 def test_entries_and_scoped_overrides(tmp_path):
     idea = tmp_path / "idea.py"
     idea.write_text(IDEA)
     positionals, own, shared, scoped = split_argv(
-        ["baseline=small", f"net={idea}:Net", f"opt={idea}:build", "net.n_layer=2", "--seeds", "2",
-         "--n_head", "4", "--opt.learning_rate=0.01", "--trust_code"])
+        [
+            "baseline=small",
+            f"net={idea}:Net",
+            f"opt={idea}:build",
+            "net.n_layer=2",
+            "--seeds",
+            "2",
+            "--n_head",
+            "4",
+            "--opt.learning_rate=0.01",
+            "--trust_code",
+        ]
+    )
     entries = parse_entries(positionals, scoped)
     assert [(e.name, e.kind, e.preset) for e in entries] == [
-        ("baseline", "preset", "small"), ("net", "model", "small"), ("opt", "optimizer", "small")]
+        ("baseline", "preset", "small"),
+        ("net", "model", "small"),
+        ("opt", "optimizer", "small"),
+    ]
     assert own["seeds"] == "2" and own["trust_code"] == "true" and shared == {"n_head": "4"}
     assert entries[1].overrides == {"n_layer": "2"} and entries[2].overrides == {"learning_rate": "0.01"}
-    assert entries[1].config_argv(shared) == ["small", "--n_head=4", "--n_layer=2", f"--model={idea}:Net"]
+    assert entries[1].config_argv(shared) == [
+        "small",
+        "--n_head=4",
+        "--n_layer=2",
+        f"--model={idea}:Net",
+    ]
     assert entries[2].config_argv(shared)[-1] == f"--optimizer={idea}:build"
     assert list(entries[1].files.values())[0] == __import__("hashlib").sha256(IDEA.encode()).hexdigest()
 
@@ -44,14 +77,17 @@ def test_module_specs_are_read_without_importing():
     assert code_kind("gptlab.optimizers:ChainedOptimizer")[0] == "model"  # a class: the model slot
 
 
-@pytest.mark.parametrize("positionals,message", [
-    (["idea=x.py:Net"], "file x.py not found"),
-    (["idea=no_such.module:Net"], "no Python file or importable module"),
-    (["1bad=small"], "entry '1bad=small'"),
-    (["a=small", "a=baby"], "given twice"),
-    (["a=small", "b.n_layer=2"], "names no entry"),
-    (["a=gptlab/stats.py:nothing"], "no class or function 'nothing'"),
-])
+@pytest.mark.parametrize(
+    "positionals,message",
+    [
+        (["idea=x.py:Net"], "file x.py not found"),
+        (["idea=no_such.module:Net"], "no Python file or importable module"),
+        (["1bad=small"], "entry '1bad=small'"),
+        (["a=small", "a=baby"], "given twice"),
+        (["a=small", "b.n_layer=2"], "names no entry"),
+        (["a=gptlab/stats.py:nothing"], "no class or function 'nothing'"),
+    ],
+)
 def test_bad_entries(positionals, message):
     with pytest.raises(UserError, match=message):
         parse_entries(*split_argv(positionals)[::3])
@@ -64,14 +100,17 @@ def test_no_preset_entry(tmp_path):
         parse_entries([f"net={idea}:Net"], {})
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--seeds", "0"], "--seeds '0' must be a positive"),
-    (["--out_dir", "x"], "--out_dir is set by compare"),
-    (["--baseline.seed", "3"], "--baseline.seed is set by compare"),
-    (["--eval_last_n", "24"], "does not divide"),
-    (["--test_split", "test"], "no split 'test'"),
-    (["--n_layr", "2"], "did you mean --n_layer"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--seeds", "0"], "--seeds '0' must be a positive"),
+        (["--out_dir", "x"], "--out_dir is set by compare"),
+        (["--baseline.seed", "3"], "--baseline.seed is set by compare"),
+        (["--eval_last_n", "24"], "does not divide"),
+        (["--test_split", "test"], "no split 'test'"),
+        (["--n_layr", "2"], "did you mean --n_layer"),
+    ],
+)
 def test_refusals_name_the_fix(char_dataset, extra, message):
     with pytest.raises(UserError, match=message):
         make_plan(_argv(char_dataset, *extra))

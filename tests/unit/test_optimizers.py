@@ -30,7 +30,9 @@ def test_muon_gets_exactly_the_block_matrices(tiny_model_config):
     model = _model(tiny_model_config)
     names = {id(p): n for n, p in model.named_parameters()}
     chosen = sorted(names[id(p)] for p in hidden_matrices(model))
-    expected = sorted(n for n, p in model.named_parameters() if n.startswith("transformer.h.") and p.dim() == 2)
+    expected = sorted(
+        n for n, p in model.named_parameters() if n.startswith("transformer.h.") and p.dim() == 2
+    )
     assert chosen == expected and chosen  # attention and MLP matrices; never wte, wpe, lm_head or gains
     optimizer = muon_with_adamw(model, tiny_model_config)
     muon, adamw = optimizer.optimizers
@@ -39,8 +41,11 @@ def test_muon_gets_exactly_the_block_matrices(tiny_model_config):
     in_adamw = {id(p) for g in adamw.param_groups for p in g["params"]}
     assert in_adamw == {id(p) for p in model.parameters()} - {id(p) for p in hidden_matrices(model)}
     decayed = adamw.param_groups[0]
-    assert all(p.dim() >= 2 for p in decayed["params"]) and all(
-        p.dim() < 2 for p in adamw.param_groups[1]["params"]) and adamw.param_groups[1]["weight_decay"] == 0
+    assert (
+        all(p.dim() >= 2 for p in decayed["params"])
+        and all(p.dim() < 2 for p in adamw.param_groups[1]["params"])
+        and adamw.param_groups[1]["weight_decay"] == 0
+    )
 
 
 def test_chained_steps_equal_torch_optimisers_stepped_by_hand(tiny_model_config):
@@ -52,11 +57,19 @@ def test_chained_steps_equal_torch_optimisers_stepped_by_hand(tiny_model_config)
     matrices = [by_name_b[names_a[id(p)]] for p in hidden_matrices(model_a)]
     rest = [p for p in model_b.parameters() if all(p is not m for m in matrices)]
     o = cfg.optim
-    muon = torch.optim.Muon(matrices, lr=o.learning_rate, weight_decay=o.weight_decay,
-                            adjust_lr_fn="match_rms_adamw")  # momentum 0.95, nesterov, 5 steps: torch's defaults
-    adamw = torch.optim.AdamW([{"params": [p for p in rest if p.dim() >= 2], "weight_decay": o.weight_decay},
-                               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
-                              lr=o.learning_rate, betas=(o.beta1, o.beta2), eps=o.eps, fused=True)
+    muon = torch.optim.Muon(
+        matrices, lr=o.learning_rate, weight_decay=o.weight_decay, adjust_lr_fn="match_rms_adamw"
+    )  # momentum 0.95, nesterov, 5 steps: torch's defaults
+    adamw = torch.optim.AdamW(
+        [
+            {"params": [p for p in rest if p.dim() >= 2], "weight_decay": o.weight_decay},
+            {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
+        ],
+        lr=o.learning_rate,
+        betas=(o.beta1, o.beta2),
+        eps=o.eps,
+        fused=True,
+    )
     for seed in range(3):
         _step(model_a, chained, seed)
         _step(model_b, ChainedOptimizer(muon, adamw), seed)

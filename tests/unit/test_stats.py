@@ -7,9 +7,23 @@ import pytest
 
 from gptlab.stats import mean_std, t_cdf, t_quantile, verdict, welch_interval
 
-# Two-sided 95% critical values t_{0.975, df} as printed in standard t tables (e.g. NIST's handbook, table 1.3.6.7.2).
-TABLE_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 8: 2.306, 10: 2.228, 15: 2.131,
-             20: 2.086, 30: 2.042, 60: 2.000, 100: 1.984}
+# Two-sided 95% critical values t_{0.975, df} as printed in standard t tables
+# (e.g. the NIST/SEMATECH e-Handbook of Statistical Methods, table 1.3.6.7.2).
+TABLE_975 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    8: 2.306,
+    10: 2.228,
+    15: 2.131,
+    20: 2.086,
+    30: 2.042,
+    60: 2.000,
+    100: 1.984,
+}
 
 
 @pytest.mark.parametrize("df,expected", sorted(TABLE_975.items()))
@@ -54,8 +68,8 @@ def test_mean_std_is_the_sample_deviation():
 
 
 def test_welch_textbook_example():
-    # Two samples by hand: means 2 and 3.5, variances 1 and 5/3; se^2 = 1/3 + 5/12 = 0.75; Welch-Satterthwaite
-    # df = 0.75^2 / ((1/3)^2 / 2 + (5/12)^2 / 3) = 4.959...
+    # Two samples by hand: means 2 and 3.5, variances 1 and 5/3; se^2 = 1/3 + 5/12 = 0.75;
+    # Welch-Satterthwaite df = 0.75^2 / ((1/3)^2 / 2 + (5/12)^2 / 3) = 4.959...
     out = welch_interval([1, 2, 3], [2, 3, 4, 5])
     df = 0.75**2 / ((1 / 3) ** 2 / 2 + (5 / 12) ** 2 / 3)
     assert out["df"] == pytest.approx(df)
@@ -71,7 +85,9 @@ def test_welch_interval_covers_the_true_difference_95_percent_of_the_time():
         a, b = rng.normal(0.3, 1.0, 3), rng.normal(0.0, 3.0, 4)  # unequal variances and sizes
         out = welch_interval(a.tolist(), b.tolist())
         hits += out["low"] <= 0.3 <= out["high"]
-    assert 0.93 <= hits / trials <= 0.975  # binomial sd at 0.95 is 0.0056; Welch is slightly conservative
+    assert (
+        0.93 <= hits / trials <= 0.975
+    )  # binomial sd at 0.95 is 0.0056; Welch is slightly conservative
 
 
 def test_verdicts():
