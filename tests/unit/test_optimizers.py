@@ -110,3 +110,12 @@ def test_state_dict_refuses_another_layout(tiny_model_config):
     state["param_groups"] = state["param_groups"][:1]
     with pytest.raises(ValueError, match="param groups"):
         optimizer.load_state_dict(state)
+
+
+def test_the_schedule_scales_groups_that_ask_for_it(tiny_model_config):
+    from gptlab.optim import set_lr
+
+    optimizer = muon_with_adamw(_model(tiny_model_config), tiny_model_config)
+    optimizer.optimizers[0].param_groups[0]["lr_scale"] = 4.0
+    assert set_lr(optimizer, 1e-3) == 1e-3
+    assert [g["lr"] for g in optimizer.param_groups] == [4e-3, 1e-3, 1e-3]
