@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from gptlab.errors import UserError
+
 MUON_DEFAULTS = dict(momentum=0.95, nesterov=True, ns_steps=5, adjust_lr_fn="match_rms_adamw")
 
 
@@ -104,6 +106,11 @@ def muon_with_adamw(
     """torch.optim.Muon on hidden_matrices(model), AdamW on the rest (decay on >= 2-D weights only), both
     at the config's learning rate and weight decay; muon_settings override MUON_DEFAULTS."""
     o = config.optim
+    if any(hasattr(p, "full_tensor") for p in model.parameters()):  # FSDP2 made them DTensor shards
+        raise UserError(
+            "--optimizer muon orthogonalises whole matrices, and FSDP2 gives each rank shards of them: "
+            "train it with --parallel ddp (or one process)"
+        )
     matrices = hidden_matrices(model)
     if not matrices:
         raise ValueError("the model has no 2-D weights inside an nn.ModuleList of blocks for Muon")
