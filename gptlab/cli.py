@@ -64,6 +64,8 @@ commands:
   throughput PRESET                                  reference throughput sweep (GPU)
   bench [PRESET] [...]                               time the training step
   plot RUN [RUN ...] --out F.png                     compare runs
+  compare base=PRESET idea=FILE.py:Class ... --dataset D --compute_class 6h --seeds 3
+                                                     ideas vs the baseline at equal accelerator-hours
   export RUN --to hf OUT/                            Hugging Face GPT-2 folder
   demo                                               prepare tiny Shakespeare, train on CPU, sample
 """
@@ -156,7 +158,8 @@ def _lazy(module: str, fn: str = "main"):
 COMMANDS = {"prepare": _lazy("gptlab.data.prepare"), "train": _train, "sample": _lazy("gptlab.sample"),
             "eval": _lazy("gptlab.evaluate"), "model": _model, "budget": _lazy("gptlab.budget"),
             "throughput": _lazy("gptlab.bench", "throughput_main"), "bench": _lazy("gptlab.bench"),
-            "plot": _lazy("gptlab.plot"), "export": _lazy("gptlab.hf", "main_export"), "demo": _demo}
+            "plot": _lazy("gptlab.plot"), "export": _lazy("gptlab.hf", "main_export"), "demo": _demo,
+            "compare": _lazy("gptlab.compare")}
 
 
 def main(argv: list[str] | None = None) -> int:
