@@ -16,8 +16,9 @@ from gptlab.config_files import load_run_config
 from gptlab.data.tokenizers import tokenizer_from_meta
 from gptlab.errors import UserError
 from gptlab.files import LOCK_FILE, folder_lock, read_json
-from gptlab.registry import build_model
 from gptlab.layout import CHECKPOINT_DIR, CONFIG_FILE, DATA_META_FILE, METRICS_FILE
+from gptlab.registry import build_model
+
 
 def _has_contents(path: Path) -> bool:
     """Anything in path besides a lock file (a stale lock alone leaves a folder empty)."""
