@@ -215,7 +215,7 @@ def bench(args, rest: list[str]) -> dict:
         "tokens_per_step": tokens_per_step, "dtype": str(dtype).replace("torch.", ""), "compile": compile_mode,
         "compile_scope": args.compile_scope, "ce_chunk": ce_chunk, "sdpa": args.sdpa,
         "steps": args.steps, "warmup": args.warmup, "flops_per_token": fpt,
-        "flops_formula": "6N + 12*L*H*Q*T (gptlab.model.flops_per_token)",
+        "flops_formula": "6N + 12*L*H*Q*T (GPT.flops_per_token)",
         "peak_table_tflops": peak / 1e12 if peak else None, "matmul_tflops": mm,
         **t, **_rates(fpt, tokens_per_step, t["ms_per_step"], peak, mm),
         "compile_s": t["first_step_s"] if compile_mode != "none" else 0.0,

@@ -11,10 +11,10 @@ def main(argv: list[str]) -> int:
 
     from gptlab import registry
     from gptlab.commands.train import config_from_argv
-    from gptlab.config_check import check_memory
     from gptlab.data.tokens import read_meta
     from gptlab.errors import UserError
     from gptlab.loss import logits_and_loss
+    from gptlab.resolve import check_memory
     from gptlab.runtime import resolve_data_dir
 
     cfg, source = config_from_argv(argv), "set in the config"
