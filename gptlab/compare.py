@@ -21,11 +21,13 @@ import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from gptlab.config import build_config, parse_hours, parse_overrides
+from gptlab.config import parse_hours
+from gptlab.config_files import build_config, parse_overrides
+from gptlab.data.tokens import read_meta
 from gptlab.errors import UserError
-from gptlab.files import folder_lock, read_json, sha256_file
+from gptlab.files import read_json, sha256_file
+from gptlab.runtime import resolve_data_dir
 
 REFERENCE_ACCELERATOR = "RTX 3090"  # Languini's budgets are hours of this GPU
 PLAN_FILE, RESULT_FILE, PLOT_FILE = "plan.json", "compare.json", "compare.png"
@@ -219,9 +221,6 @@ def _default_out(entries: list[Entry], hours: float, log_root: str) -> Path:
 
 
 def _checked_data(shared: dict, preset_config, split: str) -> tuple[Path, dict]:
-    from gptlab.data.tokens import read_meta
-    from gptlab.runtime import resolve_data_dir
-
     data_dir = resolve_data_dir(preset_config.data.dataset, preset_config.data.data_root)
     meta = read_meta(data_dir)
     if split not in meta["splits"]:
@@ -245,7 +244,7 @@ def make_plan(argv: list[str]) -> Plan:
             "--compute_class is required: the accelerator-hours every entry trains for, e.g. 6h"
         )
     hours = parse_hours(own["compute_class"])
-    seeds = _count(own["seeds"], "--seeds")
+    seeds = count(own["seeds"], "--seeds")
     for e in entries:
         for key in RUN_ONLY_KEYS & set(e.overrides):
             raise UserError(f"--{e.name}.{key} is set by compare for each run: drop it")
@@ -274,7 +273,7 @@ def make_plan(argv: list[str]) -> Plan:
     }
     base_cfg = configs[entries[0].name]
     data_dir, meta = _checked_data(shared, base_cfg, own["test_split"])
-    last_n = _count(own["eval_last_n"], "--eval_last_n")
+    last_n = count(own["eval_last_n"], "--eval_last_n")
     for e in entries:
         block = configs[e.name].model.block_size
         if block % last_n:
@@ -301,7 +300,7 @@ def make_plan(argv: list[str]) -> Plan:
     )
 
 
-def _count(text: str, flag: str) -> int:
+def count(text: str, flag: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise UserError(f"{flag} {text!r} must be a positive whole number")
     return int(text)
@@ -342,48 +341,3 @@ def check_out_folder(plan: Plan) -> dict:
             "or restore the entry"
         )
     return old
-
-
-# ------------------------------------------------------------------------------ the command
-
-
-def _command_table(argv: list[str]) -> int:
-    """`gptlab COMMAND ...` in this process, errors raised (the command table of gptlab.cli)."""
-    from gptlab.cli import COMMANDS
-
-    return COMMANDS[argv[0]](argv[1:])
-
-
-def main(argv: list[str], command: Callable[[list[str]], int] | None = None) -> int:
-    from gptlab.compare_report import format_table, write_outputs
-    from gptlab.compare_run import run_plan, tabulate
-
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE + "\n\n" + __doc__)
-        return 0
-    command = command or _command_table
-    positionals, own, shared, scoped = split_argv(argv)
-    if positionals and not any("=" in p for p in positionals):  # RUN ... : tabulate what exists
-        if shared or scoped:
-            raise UserError(
-                f"tabulating runs takes only --out, --trust_code, --eval_last_n and --test_split, "
-                f"not --{next(iter(shared or scoped))}"
-            )
-        _count(own["eval_last_n"], "--eval_last_n")
-        out = Path(own["out"]) if own["out"] else None
-        if out is not None and (out.is_symlink() or (out.exists() and not out.is_dir())):
-            raise UserError(f"--out {out} must be a folder (not a link or a file)")
-        result = tabulate(positionals, own, command)
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            for path in write_outputs(result, out, RESULT_FILE, PLOT_FILE):
-                print(f"wrote {path}")
-        print(format_table(result))
-        return 0
-    plan = make_plan(argv)
-    result = run_plan(plan, command)
-    with folder_lock(plan.out, "compare folder"):
-        written = write_outputs(result, plan.out, RESULT_FILE, PLOT_FILE)
-    print(format_table(result))
-    print("wrote " + ", ".join(map(str, written)))
-    return 0

@@ -10,15 +10,27 @@ import hashlib
 import io
 import json
 import re
+import tempfile
 from pathlib import Path
 from typing import Callable
 
 from gptlab.budget import steps_for_budget
-from gptlab.compare import PLAN_FILE, REFERENCE_ACCELERATOR, Entry, Plan, check_out_folder, plan_record
-from gptlab.compare_report import TEST_KEYS, collect, entry_result
-from gptlab.config import resolve_batch
+from gptlab.checkpoint import find_checkpoint
+from gptlab.compare import (
+    PLAN_FILE,
+    PLOT_FILE,
+    REFERENCE_ACCELERATOR,
+    RESULT_FILE,
+    Entry,
+    Plan,
+    check_out_folder,
+    plan_record,
+)
+from gptlab.compare_report import TEST_KEYS, collect, entry_result, write_outputs
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_json, folder_lock, read_json, sha256_file
+from gptlab.resolve import resolve_batch
+from gptlab.runs import load_run
 
 # ------------------------------------------------------------------------------ steps
 
@@ -184,8 +196,9 @@ def steps_of(plan: Plan, entry: Entry, tps: float) -> int:
     return steps_for_budget(plan.hours, tps, resolve_batch(cfg, 1).global_batch, cfg.model.block_size)
 
 
-def run_plan(plan: Plan, command) -> dict:
-    """Measure, train and evaluate every entry and seed; the results compare_report tabulates."""
+def run_plan(plan: Plan, command) -> tuple[dict, list[Path]]:
+    """Measure, train and evaluate every entry and seed; (the results, the files written: compare.json
+    and the plot)."""
     old = check_out_folder(plan)
     with folder_lock(plan.out, "compare folder"):
         entries_record = dict(old.get("entries") or {}, **plan_record(plan))
@@ -203,7 +216,8 @@ def run_plan(plan: Plan, command) -> dict:
                     plan, e, seed, throughput[e.name]["tokens_per_second"], steps[e.name], command
                 )
                 evals[e.name][seed] = evaluate_run(plan, e, seed, final, command)
-        return collect(plan, throughput, steps, evals)
+        result = collect(plan, throughput, steps, evals)
+        return result, write_outputs(result, plan.out, RESULT_FILE, PLOT_FILE)
 
 
 # ------------------------------------------------------------------------------ runs that exist
@@ -219,8 +233,6 @@ def _group_name(run_dir: Path) -> str:
 def existing_runs(paths: list[str]) -> dict[str, list[Path]]:
     """{entry name: run folders} of RUN... arguments: run folders grouped by their config without the
     seed, and a compare folder expanded to its entries' runs."""
-    from gptlab.runs import load_run
-
     folders: list[Path] = []
     for p in map(Path, paths):
         if (p / PLAN_FILE).is_file():
@@ -252,11 +264,6 @@ def existing_runs(paths: list[str]) -> dict[str, list[Path]]:
 
 def tabulate(paths: list[str], own: dict, command) -> dict:
     """Evaluate every run's final checkpoint on the test split and tabulate them; nothing trains."""
-    import tempfile
-
-    from gptlab.checkpoint import find_checkpoint
-    from gptlab.runs import load_run
-
     groups = existing_runs(paths)
     entries, baseline_runs, seeds = [], None, set()
     with tempfile.TemporaryDirectory() as scratch:
@@ -315,3 +322,15 @@ def tabulate(paths: list[str], own: dict, command) -> dict:
         "baseline": next(iter(groups)),
         "entries": entries,
     }
+
+
+def tabulate_into(paths: list[str], own: dict, command) -> tuple[dict, list[Path]]:
+    """tabulate(), and with --out its compare.json and plot written there."""
+    out = Path(own["out"]) if own["out"] else None
+    if out is not None and (out.is_symlink() or (out.exists() and not out.is_dir())):
+        raise UserError(f"--out {out} must be a folder (not a link or a file)")
+    result = tabulate(paths, own, command)
+    if out is None:
+        return result, []
+    out.mkdir(parents=True, exist_ok=True)
+    return result, write_outputs(result, out, RESULT_FILE, PLOT_FILE)

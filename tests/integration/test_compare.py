@@ -10,7 +10,7 @@ import statistics
 import numpy as np
 import pytest
 
-from gptlab.compare import main
+from gptlab.commands.compare import main
 from tests.conftest import SAMPLE_TEXT
 
 ENTRIES = ["baseline=baby", "narrow=baby", "--narrow.n_embd", "16"]
@@ -41,11 +41,11 @@ SHAPE = [
 
 
 def _command(calls):
-    from gptlab.compare import _command_table
+    from gptlab.commands.compare import command_table
 
     def command(argv):
         calls.append(argv[0])
-        return _command_table(argv)
+        return command_table(argv)
 
     return command
 
