@@ -9,10 +9,10 @@ import io
 import math
 from pathlib import Path
 
-from gptlab.config import resolve_batch
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_bytes, atomic_write_json
 from gptlab.plot import read_metrics
+from gptlab.resolve import resolve_batch
 from gptlab.stats import mean_std, verdict, welch_interval
 
 TEST_KEYS = ("loss", "normalised_ppl", "ppl", "bpb", "acc1", "eval_tokens", "eval_chars")

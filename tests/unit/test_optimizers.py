@@ -7,18 +7,18 @@ import pytest
 import torch
 
 from gptlab import checkpoint
-from gptlab.model import GPT, GPTShape
+from gptlab.model import GPT
 from gptlab.optimizers import ChainedOptimizer, hidden_matrices, muon_with_adamw
 
 
 def _model(cfg, seed=0):
     torch.manual_seed(seed)
-    return GPT(GPTShape.from_config(cfg.model)).init_weights()
+    return GPT(cfg.model).init_weights()
 
 
 def _step(model, optimizer, seed):
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, model.shape.vocab_size, (2, 8), generator=generator)
+    x = torch.randint(0, model.config.vocab_size, (2, 8), generator=generator)
     logits = model(x)
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x.roll(-1, 1).flatten())
     loss.backward()
