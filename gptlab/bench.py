@@ -355,7 +355,7 @@ def throughput(args, rest: list[str]) -> dict:
     return {"kind": "throughput", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": "gptlab throughput " + " ".join(args.argv), "device": dev_name, "torch": torch.__version__, "preset": cfg.preset, "seq_len": seq,
             "dtype": str(dtype).replace("torch.", ""), "compile": compile_mode, "ce_chunk": ce_chunk,
-            "flops_per_token": fpt, "params": model.num_params(), "peak_table_tflops": peak / 1e12 if peak else None,
+            "flops_per_token": fpt, "params": parameter_count(model), "peak_table_tflops": peak / 1e12 if peak else None,
             "rows": rows, "best": best, "largest_batch": rows[-1]["batch"], "train_batch_size": global_batch,
             # the hours -> steps table of the five compute classes at this throughput and batch
             "classes": [{"hours": h, "tokens": token_budget(h, tps), "steps": steps_for_budget(h, tps, global_batch, seq)}

@@ -53,9 +53,14 @@ class DataConfig:
     val_split: str = _f("val", "split used for in-training evaluation (falls back to 'test')")
 
 
+BUILTIN_OPTIMIZERS = ("adamw", "adam", "muon")
+
+
 @dataclass
 class OptimConfig:
-    optimizer: str = _f("adamw", "adamw (decoupled decay on >=2-D weights) or adam (no decay)", choices=("adamw", "adam"))
+    optimizer: str = _f("adamw", "adamw (decoupled decay on >=2-D weights), adam (no decay), muon (torch.optim.Muon on the "
+                        "block matrices, AdamW elsewhere), or an idea: path/opt.py:function | module:function")
+    optimizer_sha256: str = _f("", "set by gptlab: sha256 of an optimiser idea's file (a changed file is refused on --resume)")
     learning_rate: float = _f(6e-4, "peak learning rate", ("max_lr", "lr"))
     min_lr: float = _f(6e-5, "learning rate at the end of the decay")
     weight_decay: float = _f(0.1, "AdamW weight decay on matrices and embeddings")
