@@ -1,0 +1,350 @@
+"""Ideas: a model class named by a spec, loaded without running anything but its own file.
+
+A spec is a built-in name ("gpt"), "path/to/file.py:ClassName" or "package.module:ClassName". A file
+is read once, hashed (sha256) and executed from those same bytes as a module of its own (a unique
+name, no bytecode written, its folder not put on sys.path). An idea declares its extra config keys
+as a class attribute, `config_defaults = {"rope_base": 10000.0, ...}`: each default's type (bool,
+int, float, str) is how a `--key value` string is read. The idea's constructor receives an
+IdeaConfig: every model config key with the derived sizes filled in, padded_vocab, and the options."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import re
+import sys
+import traceback
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from gptlab import config as config_schema
+from gptlab.errors import UserError
+from gptlab.model import padded_vocab
+
+OPTIONS_ATTRIBUTE = "config_defaults"
+OPTION_TYPES = (bool, int, float, str)
+# Names an option may not take: gptlab's own keys, and what IdeaConfig adds.
+DERIVED_KEYS = ("padded_vocab", "options")
+SPEC_HELP = "give --model gpt, --model path/to/idea.py:ClassName or --model package.module:ClassName"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed --model value: kind is "builtin", "file" or "module"; target the name, path or module."""
+
+    text: str
+    kind: str
+    target: str
+    class_name: str
+
+
+@dataclass(frozen=True)
+class Idea:
+    """A loaded model class with what a run records about it."""
+
+    spec: Spec
+    cls: type
+    source: Path | None  # the file that defines the class (None for a built-in)
+    sha256: str  # of that file's bytes ("" for a built-in)
+    defaults: dict[str, Any]  # its declared extra config keys
+
+    @property
+    def name(self) -> str:
+        """A short label: the class, after the file's stem or the module's last part."""
+        if self.spec.kind == "builtin":
+            return self.spec.target
+        stem = (
+            Path(self.spec.target).stem
+            if self.spec.kind == "file"
+            else self.spec.target.rsplit(".", 1)[-1]
+        )
+        return f"{stem}.{self.spec.class_name}"
+
+
+def parse_spec(text: str, builtins: dict[str, type]) -> Spec:
+    """A --model value as a Spec; a malformed one is a UserError naming the accepted forms."""
+    text = str(text).strip()
+    if text.lower() in builtins:
+        return Spec(text, "builtin", text.lower(), builtins[text.lower()].__name__)
+    target, colon, class_name = text.rpartition(":")
+    if not colon:
+        if text.endswith(".py"):
+            raise UserError(f"--model {text}: name the class too, as {text}:ClassName ({SPEC_HELP})")
+        close = difflib.get_close_matches(text.lower(), list(builtins), n=1)
+        hint = f"did you mean --model {close[0]}? " if close else ""
+        raise UserError(
+            f"--model {text!r} is neither a built-in model ({', '.join(builtins)}) nor an idea: "
+            f"{hint}{SPEC_HELP}"
+        )
+    if not _IDENTIFIER.fullmatch(class_name):
+        raise UserError(
+            f"--model {text}: {class_name!r} after the last ':' is not a class name: {SPEC_HELP}"
+        )
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        return Spec(text, "file", target, class_name)
+    if not all(_IDENTIFIER.fullmatch(part) for part in target.split(".")):
+        raise UserError(
+            f"--model {text}: {target!r} is neither a .py file nor a module name like "
+            f"package.module: {SPEC_HELP}"
+        )
+    return Spec(text, "module", target, class_name)
+
+
+def load_idea(text: str, builtins: dict[str, type]) -> Idea:
+    """The class a spec names, checked against the contract, with its source's sha256 and options."""
+    spec = parse_spec(text, builtins)
+    if spec.kind == "builtin":
+        cls = builtins[spec.target]
+        return Idea(spec, cls, None, "", declared_options(cls, spec.text))
+    module, source = _load_file(Path(spec.target)) if spec.kind == "file" else _load_module(spec.target)
+    cls = _find_class(module, spec)
+    _check_contract(cls, spec.text)
+    return Idea(spec, cls, source, _sha256_of(source), declared_options(cls, spec.text))
+
+
+def _sha256_of(source: Path | None) -> str:
+    return hashlib.sha256(source.read_bytes()).hexdigest() if source is not None else ""
+
+
+def _load_file(path: Path) -> tuple[types.ModuleType, Path]:
+    """Execute one .py file as its own module; every failure is one line with file:line."""
+    if not path.is_file():
+        where = f"{path} is a folder" if path.is_dir() else f"{path} not found"
+        near = (
+            difflib.get_close_matches(path.name, [p.name for p in path.parent.glob("*.py")], n=1)
+            if path.parent.is_dir()
+            else []
+        )
+        hint = f"did you mean {path.parent / near[0]}? " if near else ""
+        raise UserError(f"--model: {where}: {hint}give the path of a .py file that defines the class")
+    try:
+        data = path.read_bytes()
+        source = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(
+            f"--model: cannot read {path} as UTF-8 Python ({e.__class__.__name__}): fix the file"
+        ) from None
+    digest = hashlib.sha256(data).hexdigest()
+    name = f"gptlab_idea_{digest[:16]}_{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}"
+    if name in sys.modules:  # these very bytes ran already: the same classes
+        return sys.modules[name], path
+    try:
+        code = compile(source, str(path), "exec", dont_inherit=True)
+    except SyntaxError as e:
+        raise UserError(f"{path}:{e.lineno}: {e.__class__.__name__}: {e.msg}: fix that line") from None
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
+    sys.modules[name] = module  # dataclasses, pickling and torch.compile look the module up by name
+    try:
+        exec(code, module.__dict__)
+    except Exception as e:
+        del sys.modules[name]
+        raise UserError(_import_failure(e, str(path), str(path))) from None
+    return module, path
+
+
+def _load_module(name: str) -> tuple[types.ModuleType, Path | None]:
+    """Import an installed (or PYTHONPATH) module; a missing one or a failing import is one line."""
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name and (name == e.name or name.startswith(e.name + ".")):
+            raise UserError(
+                f"--model: no module named {name!r} here: install it, add its folder to "
+                f"PYTHONPATH, or pass the file as path/to/{name.rsplit('.', 1)[-1]}.py:Class"
+            ) from None
+        raise UserError(_import_failure(e, None, name)) from None
+    except Exception as e:
+        raise UserError(
+            _import_failure(e, getattr(importlib.util.find_spec(name), "origin", None), name)
+        ) from None
+    source = getattr(module, "__file__", None)
+    return module, Path(source) if source and source.endswith(".py") else None
+
+
+def _import_failure(e: BaseException, filename: str | None, what: str) -> str:
+    """One line for an exception raised while an idea's code ran: the idea's own line where known."""
+    frames = [
+        f for f in traceback.extract_tb(e.__traceback__) if filename is None or f.filename == filename
+    ]
+    where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else what
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        return (
+            f"{where}: the idea imports {e.name!r}, which is not installed here: "
+            f"pip install {e.name.split('.')[0]} (or remove the import)"
+        )
+    first = (str(e).splitlines() or [""])[0][:200]
+    return f"{where}: {e.__class__.__name__}: {first} (raised while loading {what}): fix the idea's code"
+
+
+def _find_class(module: types.ModuleType, spec: Spec) -> type:
+    where = spec.target
+    found = getattr(module, spec.class_name, None)
+    if found is None:
+        modules = sorted(
+            k
+            for k, v in vars(module).items()
+            if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == module.__name__
+        )
+        close = difflib.get_close_matches(spec.class_name, modules, n=1)
+        hint = (
+            f"did you mean {where}:{close[0]}?"
+            if close
+            else f"its nn.Module classes: {', '.join(modules)}"
+            if modules
+            else "it defines no nn.Module class"
+        )
+        raise UserError(f"--model {spec.text}: {where} has no {spec.class_name!r}: {hint}")
+    if not (isinstance(found, type) and issubclass(found, nn.Module)):
+        raise UserError(
+            f"--model {spec.text}: {spec.class_name} is {type(found).__name__}, not a torch.nn.Module "
+            "subclass: name the model's class"
+        )
+    return found
+
+
+def _check_contract(cls: type, text: str) -> None:
+    """What gptlab calls must exist: cls(config) and forward(idx, return_hidden=False)."""
+    try:
+        inspect.signature(cls).bind(object())
+    except (TypeError, ValueError):
+        raise UserError(
+            f"--model {text}: {cls.__name__}(config) must take the model config as its one argument "
+            "(README, 'Your own idea')"
+        ) from None
+    params = inspect.signature(cls.forward).parameters
+    if "return_hidden" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise UserError(
+            f"--model {text}: {cls.__name__}.forward must accept return_hidden=False (logits, or the "
+            "final hidden states for the chunked loss; README, 'Your own idea')"
+        )
+
+
+def reserved_keys() -> set[str]:
+    """Keys an idea's options may not reuse: every gptlab config key and alias, and IdeaConfig's own."""
+    return set(config_schema.ALL_KEYS) | set(DERIVED_KEYS)
+
+
+def declared_options(cls: type, text: str) -> dict[str, Any]:
+    """The class's `config_defaults`, checked: identifiers, no gptlab key, values bool/int/float/str."""
+    declared = getattr(cls, OPTIONS_ATTRIBUTE, None) or {}
+    where = f"--model {text}: {cls.__name__}.{OPTIONS_ATTRIBUTE}"
+    if not isinstance(declared, dict):
+        raise UserError(
+            f"{where} must be a dict of option name -> default, got {type(declared).__name__}"
+        )
+    taken = reserved_keys()
+    for key, value in declared.items():
+        if not (isinstance(key, str) and _IDENTIFIER.fullmatch(key)):
+            raise UserError(
+                f"{where}: option name {key!r} is not an identifier: use letters, digits and '_'"
+            )
+        if key in taken:
+            raise UserError(
+                f"{where}: {key!r} is already a gptlab config key: rename the option "
+                f"(it reaches the idea as config.{key} anyway)"
+                if key not in DERIVED_KEYS
+                else f"{where}: {key!r} is set by gptlab: rename the option"
+            )
+        if not isinstance(value, OPTION_TYPES):
+            raise UserError(
+                f"{where}[{key!r}] = {value!r}: a default must be a bool, int, float or str "
+                "(its type is how --key value is read)"
+            )
+    return dict(declared)
+
+
+def coerce_option(key: str, value: Any, default: Any) -> Any:
+    """A CLI string (or a config.json value) as the type of the option's default."""
+    typ = type(default).__name__
+    try:
+        return config_schema._CONVERT[typ](value)
+    except (TypeError, ValueError, KeyError, OverflowError):
+        raise UserError(
+            f"--{key}: expected {typ} (the idea's default is {default!r}), got {value!r}"
+        ) from None
+
+
+def resolve_options(idea: Idea, given: dict[str, Any]) -> dict[str, Any]:
+    """Every declared option: its default, or the given value read as the default's type. A key the
+    idea does not declare is a UserError naming the closest known key."""
+    out = dict(idea.defaults)
+    for key, value in given.items():
+        bare = key.replace("-", "_")
+        if bare not in idea.defaults:
+            raise UserError(unknown_option_message(bare, idea))
+        out[bare] = coerce_option(bare, value, idea.defaults[bare])
+    return out
+
+
+def unknown_option_message(key: str, idea: Idea) -> str:
+    """An unknown key under an idea: the closest of gptlab's keys and the idea's options."""
+    candidates = list(idea.defaults) + list(config_schema.ALL_KEYS)
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    own = f"; {idea.name} declares {', '.join('--' + k for k in idea.defaults)}" if idea.defaults else ""
+    hint = f"did you mean --{close[0]}?" if close else "see `gptlab train --help` for the list"
+    return f"unknown config key {key!r}: {hint}{own}"
+
+
+class IdeaConfig(types.SimpleNamespace):
+    """What an idea's constructor receives: every model config key (head_dim and mlp_dim derived
+    when 0), padded_vocab (rows of embedding and logits), the options as attributes and as .options."""
+
+
+def idea_config(model_config, options: dict[str, Any]) -> IdeaConfig:
+    """The IdeaConfig of a ModelConfig and the idea's resolved options."""
+    m = model_config
+    if not m.vocab_size:
+        raise ValueError("vocab_size unknown: set it in the config or read it from the dataset")
+    values = {f.name: getattr(m, f.name) for f in dataclasses.fields(m)}
+    values.update(
+        head_dim=m.head_dim or m.n_embd // m.n_head,
+        mlp_dim=m.mlp_dim or 4 * m.n_embd,
+        padded_vocab=padded_vocab(m.vocab_size, m.pad_vocab_multiple),
+    )
+    return IdeaConfig(**values, **options, options=dict(options))
+
+
+# ------------------------------------------------------------------------------ FLOPs
+
+COUNTED_NOTE = "counted with torch.utils.flop_counter on one sequence"
+
+
+def count_flops_per_token(build: Callable[[], nn.Module], seq_len: int) -> float:
+    """Training FLOPs per token of a model without a formula: torch's FLOP counter over the forward and
+    backward of one sequence of seq_len tokens, on the meta device (no memory, no random draws); a model
+    the meta device cannot run is counted on the CPU, with the random state restored afterwards."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def count(device: str) -> float:
+        with torch.device(device):
+            model = build()
+        model.train()
+        idx = torch.zeros((1, seq_len), dtype=torch.long, device=device)
+        with FlopCounterMode(display=False) as counter:
+            out = model(idx)
+            out.float().sum().backward()
+        return counter.get_total_flops() / seq_len
+
+    try:
+        return count("meta")
+    except Exception:  # data-dependent code (e.g. .item()) cannot run on meta tensors
+        pass
+    with torch.random.fork_rng(devices=[]):
+        try:
+            return count("cpu")
+        except Exception as e:
+            raise UserError(
+                f"cannot count the FLOPs of this model on one sequence ({e.__class__.__name__}: "
+                f"{(str(e).splitlines() or [''])[0][:150]}): define flops_per_token(seq_len) on it"
+            ) from None
