@@ -21,17 +21,17 @@ from pathlib import Path
 
 import torch
 
-from gptlab.config import build_config
+from gptlab.config_files import build_config
 from gptlab.generate import generate
 from gptlab.loss import lm_loss
-from gptlab.model import GPT, GPTShape
+from gptlab.model import GPT
 from gptlab.optim import build_optimizer
 
 
 def time_train_step(preset: str, vocab: int, steps: int, warmup: int) -> dict:
     cfg = build_config(preset, overrides={"vocab_size": vocab, "dropout": 0.0})
     torch.manual_seed(0)
-    model = GPT(GPTShape.from_config(cfg.model)).init_weights()
+    model = GPT(cfg.model).init_weights()
     opt = build_optimizer(model, cfg, "cpu")
     B, T = cfg.train.batch_size, cfg.model.block_size
     x = torch.randint(0, vocab, (B, T))
@@ -54,7 +54,7 @@ def time_train_step(preset: str, vocab: int, steps: int, warmup: int) -> dict:
 def time_sampling(preset: str, vocab: int, new_tokens: int) -> dict:
     cfg = build_config(preset, overrides={"vocab_size": vocab, "dropout": 0.0})
     torch.manual_seed(0)
-    model = GPT(GPTShape.from_config(cfg.model)).init_weights().eval()
+    model = GPT(cfg.model).init_weights().eval()
     prompt = torch.zeros(1, 1, dtype=torch.long)
     out = {}
     results = {}

@@ -8,8 +8,8 @@ import argparse
 import json
 import sys
 
-from gptlab.cli import ArgParser
-from gptlab.config import parse_hours
+from gptlab.args import ArgParser
+from gptlab.config_check import parse_hours
 from gptlab.errors import UserError
 
 SECONDS_PER_HOUR = 3600

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from gptlab.config import dtype_for
+from gptlab.config_check import dtype_for
 from gptlab.errors import UserError
 
 

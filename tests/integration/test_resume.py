@@ -176,7 +176,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, sampler, capsys):
 def test_sigterm_stops_cleanly_and_a_second_signal_exits_at_once(tmp_path):
     """Two real runs, started together to share the start-up time: one gets SIGTERM (finish
     the step, checkpoint, exit 0 saying how to resume), the other SIGTERM then SIGINT."""
-    from gptlab.config import build_config, parse_overrides
+    from gptlab.config_files import build_config, parse_overrides
 
     data = make_dataset(tmp_path)
     run, run2 = tmp_path / "run", tmp_path / "run2"

@@ -2,7 +2,7 @@
 
 import json
 
-from gptlab.config import build_config
+from gptlab.config_files import build_config
 from gptlab.train import train
 
 

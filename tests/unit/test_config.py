@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from gptlab.config import Config, build_config, help_text, parse_overrides, resolve_batch
+from gptlab.config import Config, help_text
+from gptlab.config_files import build_config, parse_overrides
+from gptlab.resolve import resolve_batch
 from gptlab.errors import UserError
 from tests.conftest import run_cli
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptlab.config import build_config, resolve
+from gptlab.config_files import build_config
+from gptlab.resolve import resolve
 from gptlab.errors import UserError
 
 CPU = torch.device("cpu")
