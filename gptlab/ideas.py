@@ -9,7 +9,6 @@ IdeaConfig: every model config key with the derived sizes filled in, padded_voca
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import hashlib
 import importlib
@@ -47,6 +46,14 @@ class Spec:
     target: str
     class_name: str
 
+    @property
+    def label(self) -> str:
+        """A short name for run folders: GPT, or the class after the file's stem or module's last part."""
+        if self.kind == "builtin":
+            return self.target.upper()
+        stem = Path(self.target).stem if self.kind == "file" else self.target.rsplit(".", 1)[-1]
+        return f"{stem}.{self.class_name}"
+
 
 @dataclass(frozen=True)
 class Idea:
@@ -57,25 +64,18 @@ class Idea:
     source: Path | None  # the file that defines the class (None for a built-in)
     sha256: str  # of that file's bytes ("" for a built-in)
     defaults: dict[str, Any]  # its declared extra config keys
+    code: bytes = b""  # the source file's bytes, as hashed (and, for a file, as executed)
 
     @property
     def name(self) -> str:
-        """A short label: the class, after the file's stem or the module's last part."""
-        if self.spec.kind == "builtin":
-            return self.spec.target
-        stem = (
-            Path(self.spec.target).stem
-            if self.spec.kind == "file"
-            else self.spec.target.rsplit(".", 1)[-1]
-        )
-        return f"{stem}.{self.spec.class_name}"
+        return self.spec.label
 
 
-def parse_spec(text: str, builtins: dict[str, type]) -> Spec:
+def parse_spec(text: str, builtins: dict[str, type] | tuple[str, ...]) -> Spec:
     """A --model value as a Spec; a malformed one is a UserError naming the accepted forms."""
     text = str(text).strip()
     if text.lower() in builtins:
-        return Spec(text, "builtin", text.lower(), builtins[text.lower()].__name__)
+        return Spec(text, "builtin", text.lower(), "")
     target, colon, class_name = text.rpartition(":")
     if not colon:
         if text.endswith(".py"):
@@ -109,11 +109,9 @@ def load_idea(text: str, builtins: dict[str, type]) -> Idea:
     module, source = _load_file(Path(spec.target)) if spec.kind == "file" else _load_module(spec.target)
     cls = _find_class(module, spec)
     _check_contract(cls, spec.text)
-    return Idea(spec, cls, source, _sha256_of(source), declared_options(cls, spec.text))
-
-
-def _sha256_of(source: Path | None) -> str:
-    return hashlib.sha256(source.read_bytes()).hexdigest() if source is not None else ""
+    code = getattr(module, "__gptlab_code__", None) or (source.read_bytes() if source else b"")
+    sha = hashlib.sha256(code).hexdigest() if source else ""
+    return Idea(spec, cls, source, sha, declared_options(cls, spec.text), code)
 
 
 def _load_file(path: Path) -> tuple[types.ModuleType, Path]:
@@ -143,13 +141,13 @@ def _load_file(path: Path) -> tuple[types.ModuleType, Path]:
     except SyntaxError as e:
         raise UserError(f"{path}:{e.lineno}: {e.__class__.__name__}: {e.msg}: fix that line") from None
     module = types.ModuleType(name)
-    module.__file__ = str(path)
+    module.__file__, module.__gptlab_code__ = str(path), data
     sys.modules[name] = module  # dataclasses, pickling and torch.compile look the module up by name
     try:
         exec(code, module.__dict__)
     except Exception as e:
         del sys.modules[name]
-        raise UserError(_import_failure(e, str(path), str(path))) from None
+        raise UserError(failure_line(e, path, f"loading {path}")) from None
     return module, path
 
 
@@ -163,17 +161,18 @@ def _load_module(name: str) -> tuple[types.ModuleType, Path | None]:
                 f"--model: no module named {name!r} here: install it, add its folder to "
                 f"PYTHONPATH, or pass the file as path/to/{name.rsplit('.', 1)[-1]}.py:Class"
             ) from None
-        raise UserError(_import_failure(e, None, name)) from None
+        raise UserError(failure_line(e, None, f"loading {name}")) from None
     except Exception as e:
         raise UserError(
-            _import_failure(e, getattr(importlib.util.find_spec(name), "origin", None), name)
+            failure_line(e, getattr(importlib.util.find_spec(name), "origin", None), f"loading {name}")
         ) from None
     source = getattr(module, "__file__", None)
     return module, Path(source) if source and source.endswith(".py") else None
 
 
-def _import_failure(e: BaseException, filename: str | None, what: str) -> str:
+def failure_line(e: BaseException, filename: str | Path | None, what: str) -> str:
     """One line for an exception raised while an idea's code ran: the idea's own line where known."""
+    filename = None if filename is None else str(filename)
     frames = [
         f for f in traceback.extract_tb(e.__traceback__) if filename is None or f.filename == filename
     ]
@@ -184,7 +183,7 @@ def _import_failure(e: BaseException, filename: str | None, what: str) -> str:
             f"pip install {e.name.split('.')[0]} (or remove the import)"
         )
     first = (str(e).splitlines() or [""])[0][:200]
-    return f"{where}: {e.__class__.__name__}: {first} (raised while loading {what}): fix the idea's code"
+    return f"{where}: {e.__class__.__name__}: {first} (raised while {what}): fix the idea's code"
 
 
 def _find_class(module: types.ModuleType, spec: Spec) -> type:
@@ -230,6 +229,13 @@ def _check_contract(cls: type, text: str) -> None:
         )
 
 
+def changed_message(idea: Idea, recorded: str) -> str:
+    """An idea's source differs from the one a run recorded."""
+    return (f"{idea.source} has changed since the run recorded it (sha256 {recorded[:12]}..., now "
+            f"{idea.sha256[:12]}...): restore the file the run was trained with, or start a new run "
+            "(without --resume)")
+
+
 def reserved_keys() -> set[str]:
     """Keys an idea's options may not reuse: every gptlab config key and alias, and IdeaConfig's own."""
     return set(config_schema.ALL_KEYS) | set(DERIVED_KEYS)
@@ -268,7 +274,7 @@ def coerce_option(key: str, value: Any, default: Any) -> Any:
     """A CLI string (or a config.json value) as the type of the option's default."""
     typ = type(default).__name__
     try:
-        return config_schema._CONVERT[typ](value)
+        return config_schema.CONVERT_BY_TYPE[typ](value)
     except (TypeError, ValueError, KeyError, OverflowError):
         raise UserError(
             f"--{key}: expected {typ} (the idea's default is {default!r}), got {value!r}"
@@ -306,7 +312,7 @@ def idea_config(model_config, options: dict[str, Any]) -> IdeaConfig:
     m = model_config
     if not m.vocab_size:
         raise ValueError("vocab_size unknown: set it in the config or read it from the dataset")
-    values = {f.name: getattr(m, f.name) for f in dataclasses.fields(m)}
+    values = {f.name: getattr(m, f.name) for f in config_schema.leaves(type(m))}
     values.update(
         head_dim=m.head_dim or m.n_embd // m.n_head,
         mlp_dim=m.mlp_dim or 4 * m.n_embd,

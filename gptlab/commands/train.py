@@ -10,7 +10,8 @@ def config_from_argv(argv: list[str], check: bool = True):
     first = argv[0] if argv and not argv[0].startswith("-") else ""
     is_file = first.endswith((".toml", ".py", ".json")) or "/" in first or "\\" in first
     preset, config_file = (None, first) if is_file else (first or None, None)
-    return build_config(preset, config_file, parse_overrides(argv[1:] if first else argv), check=check)
+    return build_config(preset, config_file, parse_overrides(argv[1:] if first else argv, options=True),
+                        check=check)
 
 
 def main(argv: list[str]) -> int:
@@ -22,7 +23,15 @@ def main(argv: list[str]) -> int:
         print("usage: gptlab train [PRESET | CONFIG.toml | nanoGPT_config.py | RUN/config.json] [--key=value ...]\n")
         print(help_text(shown))
         return 0
+    from gptlab.args import take_flag
+    from gptlab.config import is_builtin
+    from gptlab.errors import UserError
     from gptlab.train import train
 
-    train(config_from_argv(argv), argv)
+    trust_code, rest = take_flag(argv, "--trust_code")
+    cfg = config_from_argv(rest)
+    if rest and rest[0].endswith(".json") and not is_builtin(cfg.model.model) and not trust_code:
+        raise UserError(f"{rest[0]} names the model idea {cfg.model.model.rsplit(':', 1)[0]}: gptlab runs code "
+                        "named by a run's config only with --trust_code; read it, then add --trust_code")
+    train(cfg, argv, trust_code)
     return 0

@@ -12,7 +12,7 @@ import torch
 
 from gptlab.config import ModelConfig
 from gptlab.ideas import count_flops_per_token, idea_config, load_idea, resolve_options
-from gptlab.model import GPT, GPTShape, flops_per_token
+from gptlab.model import GPT
 from tests.tolerances import assert_logits_close
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ def build(spec: str, m: ModelConfig, **given):
 
 
 def baseline(m: ModelConfig) -> GPT:
-    return GPT(GPTShape.from_config(m))
+    return GPT(m)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -66,7 +66,7 @@ def test_counted_flops_of_the_baseline_as_an_idea_match_the_analytic_count(shape
     m = SHAPES[shape]
     idea, config = build(TINY, m)
     assert not hasattr(idea.cls, "flops_per_token")  # so gptlab has to count
-    analytic = flops_per_token(GPTShape.from_config(m), m.block_size)
+    analytic = baseline(m).flops_per_token(m.block_size)  # 6N + 12*L*H*Q*T
     counted = count_flops_per_token(lambda: idea.cls(config), m.block_size)
     assert counted == pytest.approx(analytic, rel=0.02)
 

@@ -53,8 +53,8 @@ def one_line_error(spec: str) -> str:
 @pytest.mark.parametrize(
     "text, kind, target, class_name",
     [
-        ("gpt", "builtin", "gpt", "GPT"),
-        ("GPT", "builtin", "gpt", "GPT"),
+        ("gpt", "builtin", "gpt", ""),
+        ("GPT", "builtin", "gpt", ""),
         (
             "examples/ideas/modern_block.py:ModernGPT",
             "file",
