@@ -16,20 +16,20 @@ from pathlib import Path
 import torch
 
 from gptlab.args import ArgParser
+from gptlab.budget import steps_for_budget, token_budget
 from gptlab.config import COMPILE_MODES
 from gptlab.config_files import build_config, parse_overrides
-from gptlab.resolve import resolve
 from gptlab.distributed import pick_device
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_json
 from gptlab.loss import resolve_ce_chunk
 from gptlab.metrics import device_peak_flops, fmt_mfu, mfu
 from gptlab.model import derived_shape, padded_vocab
-from gptlab.registry import build_model, flops_note, flops_per_token, init_weights, parameter_count
 from gptlab.optim import build_optimizer
+from gptlab.registry import build_model, flops_note, flops_per_token, init_weights, parameter_count
+from gptlab.resolve import resolve
 from gptlab.runtime import autocast_ctx, compile_model
 from gptlab.train import train_step
-from gptlab.budget import steps_for_budget, token_budget
 
 DEFAULT_VOCAB = 50257  # GPT-2 BPE, for presets that read their vocab from a dataset
 

@@ -9,7 +9,7 @@ import json
 import sys
 
 from gptlab.args import ArgParser
-from gptlab.config_check import parse_hours
+from gptlab.config import parse_hours
 from gptlab.errors import UserError
 
 SECONDS_PER_HOUR = 3600

@@ -8,7 +8,6 @@ import sys
 
 from gptlab.errors import UserError
 
-
 USAGE = """usage: gptlab COMMAND [ARGS]
 
 commands:

@@ -291,6 +291,17 @@ LANGUINI_RECIPES = {"6h": ("small", 128, 4), "12h": ("small", 128, 4), "24h": ("
                     "48h": ("medium", 256, 32), "96h": ("medium", 256, 32)}
 
 
+def parse_hours(text: str, flag: str = "--compute_class") -> float:
+    """Hours from '6', '6h' or '6.0h'; a UserError naming `flag` otherwise."""
+    try:
+        h = float(text.strip().lower().removesuffix("h"))
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected hours like '6h' or '12h'") from None
+    if not 0 < h < math.inf:
+        raise UserError(f"{flag} {text!r} must be a positive number of hours, like 6h")
+    return h
+
+
 def languini_recipe(preset: str | None, compute_class: str) -> dict[str, Any]:
     """A Languini size's overrides under a compute class: its throughput; the class's batch if its recipe is this size."""
     if preset not in LANGUINI_SIZES or not compute_class:

@@ -7,7 +7,7 @@ import math
 import os
 import re
 
-from gptlab.config import FIELD_INFO, Config
+from gptlab.config import FIELD_INFO, Config, parse_hours
 from gptlab.errors import UserError
 
 
@@ -99,17 +99,6 @@ def check_memory(cfg: Config, weights_only: bool = False) -> None:
         raise UserError(f"this model needs at least {need / 2**30:,.0f} GiB (n_layer {m.n_layer}, n_embd "
                         f"{width}, vocab_size {m.vocab_size}, block_size {m.block_size}, batch {micro}) but this machine "
                         f"has {avail / 2**30:,.0f} GiB: reduce --vocab_size, --block_size, --batch_size or the model size")
-
-
-def parse_hours(text: str, flag: str = "--compute_class") -> float:
-    """Hours from '6', '6h' or '6.0h'; a UserError naming `flag` otherwise."""
-    try:
-        h = float(text.strip().lower().removesuffix("h"))
-    except ValueError:
-        raise UserError(f"{flag} {text!r}: expected hours like '6h' or '12h'") from None
-    if not 0 < h < math.inf:
-        raise UserError(f"{flag} {text!r} must be a positive number of hours, like 6h")
-    return h
 
 
 def dtype_for(name: str, device) -> str:

@@ -10,8 +10,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gptlab.config import (FIELD_INFO, NANOGPT_BASE, NO_MEANING, PRESETS, SECTIONS, Config, canonical_key,
-                           is_builtin, is_key, languini_recipe, unknown_key_message)
+from gptlab.config import (
+    FIELD_INFO,
+    NANOGPT_BASE,
+    NO_MEANING,
+    PRESETS,
+    SECTIONS,
+    Config,
+    canonical_key,
+    is_builtin,
+    is_key,
+    languini_recipe,
+    unknown_key_message,
+)
 from gptlab.config_check import validate
 from gptlab.errors import UserError
 from gptlab.files import read_json, read_toml

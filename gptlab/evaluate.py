@@ -22,15 +22,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gptlab.data.samplers import DocRows
-from gptlab.errors import UserError
-from gptlab.files import atomic_write_json
-from gptlab.loss import logits_and_loss
 from gptlab.args import ArgParser
 from gptlab.config_check import check_device
 from gptlab.data import tokens as tk
+from gptlab.data.samplers import DocRows
 from gptlab.data.tokenizers import token_byte_lengths, tokenizer_from_meta
 from gptlab.distributed import pick_device
+from gptlab.errors import UserError
+from gptlab.files import atomic_write_json
+from gptlab.loss import logits_and_loss
 from gptlab.runs import load_run
 from gptlab.runtime import autocast_ctx, resolve_data_dir, resolve_dtype
 

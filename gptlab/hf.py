@@ -15,14 +15,13 @@ from typing import Any
 
 import torch
 
+from gptlab.args import ArgParser
 from gptlab.config import ModelConfig, is_builtin
+from gptlab.data.tokenizers import GPT2_INSTALL_HINT, find_gpt2_ranks, tokenizer_files
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from gptlab.model import derived_shape, padded_vocab
 from gptlab.registry import build_model
-from gptlab.args import ArgParser
-from gptlab.data.tokenizers import GPT2_INSTALL_HINT, find_gpt2_ranks
-from gptlab.data.tokenizers import tokenizer_files
 from gptlab.runs import load_run
 
 # Short names users type -> today's hub ids (caches filled before the move use the short id).

@@ -16,16 +16,24 @@ from typing import NamedTuple
 
 import torch
 
-from gptlab.budget import steps_for_budget
 from gptlab import ideas, registry
-from gptlab.config import BUILTIN_MODEL_NAMES, FIELD_INFO, OPTIONS, PRESETS, SECTION_OF, Config, SystemConfig
+from gptlab.budget import steps_for_budget
+from gptlab.config import (
+    BUILTIN_MODEL_NAMES,
+    FIELD_INFO,
+    OPTIONS,
+    PRESETS,
+    SECTION_OF,
+    Config,
+    SystemConfig,
+    parse_hours,
+)
+from gptlab.config_check import check_memory, dtype_for, validate
 from gptlab.config_files import build_config
-from gptlab.config_check import check_memory, dtype_for, parse_hours, validate
 from gptlab.errors import UserError
 from gptlab.loss import resolve_ce_chunk
 from gptlab.model import padded_vocab
 from gptlab.runtime import resolve_data_dir
-
 
 # How one optimiser step's batch is cut (sequences): micro per forward/backward on one rank x accum
 # micro-batches per step on each rank x world ranks = global_batch.

@@ -10,16 +10,16 @@ import re
 import time
 from pathlib import Path
 
+from gptlab import ideas
 from gptlab.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint
-from gptlab.config import Config
+from gptlab.config import BUILTIN_MODEL_NAMES, Config
 from gptlab.config_files import load_run_config
 from gptlab.data.tokenizers import tokenizer_from_meta
 from gptlab.errors import UserError
 from gptlab.files import LOCK_FILE, atomic_write_bytes, folder_lock, read_json
-from gptlab import ideas
-from gptlab.config import BUILTIN_MODEL_NAMES
 from gptlab.layout import CHECKPOINT_DIR, CONFIG_FILE, DATA_META_FILE, IDEA_DIR, METRICS_FILE
 from gptlab.registry import build_model, load_spec
+
 
 def _has_contents(path: Path) -> bool:
     """Anything in path besides a lock file (a stale lock alone leaves a folder empty)."""

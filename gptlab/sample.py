@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from gptlab.args import ArgParser, flag_bool
-from gptlab.errors import UserError
 from gptlab import hf
+from gptlab.args import ArgParser, flag_bool
 from gptlab.data.tokenizers import GPT2Tokenizer, tokenizer_from_meta
 from gptlab.distributed import pick_device
+from gptlab.errors import UserError
 from gptlab.files import read_json
 from gptlab.generate import generate
 from gptlab.runs import load_run

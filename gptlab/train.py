@@ -38,11 +38,12 @@ from gptlab.data.tokenizers import token_byte_lengths, tokenizer_files, tokenize
 from gptlab.errors import UserError
 from gptlab.evaluate import evaluate, format_metrics, languini_eval_plan
 from gptlab.files import atomic_write_json, atomic_write_text, read_json
+from gptlab.layout import CHECKPOINT_DIR, CONFIG_FILE, DATA_META_FILE
 from gptlab.loss import lm_loss
 from gptlab.metrics import TrainClock, TrainMetrics, entropy_gap
-from gptlab.layout import CHECKPOINT_DIR, CONFIG_FILE, DATA_META_FILE
 from gptlab.optim import build_optimizer, lr_at, set_lr
-from gptlab.resolve import resolve, run_dir as resolved_run_dir
+from gptlab.resolve import resolve
+from gptlab.resolve import run_dir as resolved_run_dir
 from gptlab.runtime import autocast_ctx, compile_model, resolve_data_dir
 from gptlab.tracker import RunLogger
 
@@ -233,7 +234,7 @@ class Session:
     d: dist_.Dist
     run_dir: Path
     model: torch.nn.Module  # wrapped (DDP/FSDP2) and compiled: call this one
-    raw: GPT  # the plain module (weights for checkpoints)
+    raw: torch.nn.Module  # the plain module (weights for checkpoints)
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     ctx: object

@@ -30,11 +30,12 @@ def main(argv: list[str]) -> int:
     registry.resolve_model(cfg.model)  # an idea: its options typed
     model = registry.init_weights(registry.build_model(cfg.model))
     shape = model.config
+    padded = getattr(model, "padded_vocab", None) or shape.padded_vocab  # the GPT's, or an idea's config's
     x = torch.randint(0, shape.vocab_size, (2, min(shape.block_size, 64)))
     with torch.no_grad():
         logits, loss = logits_and_loss(model, x, x)
     print(f"preset {cfg.preset}: {shape.n_layer} layers, {shape.n_head} heads x {shape.head_dim}, width {shape.n_embd}, "
-          f"mlp {shape.mlp_dim}, block {shape.block_size}, vocab {shape.vocab_size} (padded {getattr(model, "padded_vocab", None) or shape.padded_vocab}; {source})")
+          f"mlp {shape.mlp_dim}, block {shape.block_size}, vocab {shape.vocab_size} (padded {padded}; {source})")
     print(f"parameters: {registry.parameter_count(model):,}")
     fpt = registry.flops_per_token(model, shape.block_size)
     print(f"FLOPs per token ({registry.flops_note(model)}, T={shape.block_size}): {fpt:,.0f}")

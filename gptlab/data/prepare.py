@@ -25,11 +25,11 @@ import numpy as np
 
 from gptlab import files
 from gptlab.args import ArgParser as _Parser  # one line naming the closest flag
-from gptlab.errors import UserError
 from gptlab.data import tokens as T
 from gptlab.data.tokenizers import TOKENIZER_KINDS as TOKENIZERS
 from gptlab.data.tokenizers import (CharTokenizer, GPT2Tokenizer, find_gpt2_ranks, sha256_bytes, tokenizer_from_meta,
                                     train_sentencepiece)
+from gptlab.errors import UserError
 
 PROGRESS = "progress.json"
 PROGRESS_VERSION = 2

@@ -2,6 +2,7 @@
 
 import shlex
 
+from gptlab import cli
 from gptlab.commands.demo import demo_argv
 from gptlab.train import resume_command
 

@@ -25,8 +25,8 @@ import torch
 
 from gptlab import cli
 from gptlab.config_files import build_config, parse_overrides
-from gptlab.resolve import resolve_batch
 from gptlab.errors import UserError
+from gptlab.resolve import resolve_batch
 
 REPO = Path(__file__).resolve().parents[2]
 # GPTLAB_OPENBOOKS=/nowhere exercises the synthetic fallback corpus.
@@ -120,8 +120,8 @@ def test_twenty_four_hour_batch():
 def test_grad_stats_are_unscaled_and_pooled():
     """grad_stats on a hand-made step: per-parameter and global figures agree with torch's."""
     from gptlab.loss import lm_loss
-    from gptlab.model import GPT
     from gptlab.metrics import grad_stats
+    from gptlab.model import GPT
 
     cfg = build_config("mini", overrides=dict(n_layer=1, n_embd=16, mlp_dim=32, n_head=2, head_dim=8,
                                               block_size=8, vocab_size=32, last_n=0))

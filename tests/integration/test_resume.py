@@ -24,8 +24,7 @@ import pytest
 import torch
 
 from gptlab import checkpoint as ck
-from gptlab import files
-from gptlab import cli
+from gptlab import cli, files
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = ("the quick brown fox jumps over a lazy dog and then runs far away into the dark green forest "
@@ -127,8 +126,8 @@ def assert_same_tensors(a, b, where=""):
 
 @pytest.mark.parametrize("sampler", ["random", "stream"])
 def test_sigkill_then_resume_is_bit_identical(tmp_path, sampler, capsys):
-    from gptlab.data.samplers import StreamBatcher
     from gptlab.data import tokens as tk
+    from gptlab.data.samplers import StreamBatcher
 
     data = make_dataset(tmp_path)
     n = 24

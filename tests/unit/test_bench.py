@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from gptlab import bench
+from gptlab.config import ModelConfig
 from gptlab.errors import UserError
 from gptlab.metrics import mfu
-from gptlab.config import ModelConfig
 from gptlab.model import GPT
 
 TINY = ["--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--seq_len", "16", "--vocab_size", "100",

@@ -6,8 +6,8 @@ import pytest
 
 from gptlab.config import Config, help_text
 from gptlab.config_files import build_config, parse_overrides
-from gptlab.resolve import resolve_batch
 from gptlab.errors import UserError
+from gptlab.resolve import resolve_batch
 from tests.conftest import run_cli
 
 

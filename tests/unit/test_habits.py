@@ -5,8 +5,8 @@ import pytest
 from gptlab import cli
 from gptlab.config import NO_MEANING, PRESETS, help_text
 from gptlab.config_files import build_config, parse_overrides
-from gptlab.resolve import resolve, resolve_batch
 from gptlab.errors import UserError
+from gptlab.resolve import resolve, resolve_batch
 
 # Written in nanoGPT's config-file format with the train_shakespeare_char recipe's keys and values.
 SHAKESPEARE_CHAR = """\

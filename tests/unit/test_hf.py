@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
-
 from tolerances import assert_logits_close  # tests/ is on sys.path under pytest
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install gptlab[hf])")

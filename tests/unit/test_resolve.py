@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from gptlab.config_files import build_config
-from gptlab.resolve import resolve
 from gptlab.errors import UserError
+from gptlab.resolve import resolve
 
 CPU = torch.device("cpu")
 META = {"vocab_size": 65}

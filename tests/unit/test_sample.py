@@ -46,9 +46,10 @@ def test_endoftext_in_the_prompt_is_the_special_token():
 
 def test_init_from_a_gpt2_folder_without_a_run(tmp_path, capsys):
     _gpt2_tokenizer_or_skip()
-    from gptlab.model import GPT
-    from gptlab.config import ModelConfig
     from dataclasses import replace
+
+    from gptlab.config import ModelConfig
+    from gptlab.model import GPT
 
     torch.manual_seed(0)
     shape = replace(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=32), vocab_size=50257)
