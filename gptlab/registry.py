@@ -84,6 +84,22 @@ def flops_note(model: nn.Module) -> str:
     return "the model's flops_per_token" if callable(getattr(model, "flops_per_token", None)) else ideas.COUNTED_NOTE
 
 
+# Where a model keeps its repeated blocks: gptlab's GPT, and the names ideas commonly use.
+BLOCK_LISTS = ("transformer.h", "blocks", "layers", "h")
+
+
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's repeated blocks (FSDP2's shard units, per-block compile): the first nn.ModuleList
+    among BLOCK_LISTS; none for a model that keeps them elsewhere (it is then one unit)."""
+    for path in BLOCK_LISTS:
+        found = model
+        for part in path.split("."):
+            found = getattr(found, part, None)
+        if isinstance(found, nn.ModuleList):
+            return list(found)
+    return []
+
+
 def parameter_count(model: nn.Module, non_embedding: bool = False) -> int:
     """Parameters, a tied matrix once (parameters() yields it once); non_embedding leaves out the
     position embeddings of a model that has them, as nanoGPT's get_num_params does."""

@@ -144,3 +144,15 @@ def test_rotary_scores_depend_only_on_the_distance():
 
     assert score(7.0, 3.0) == pytest.approx(score(107.0, 103.0).item(), rel=1e-4)
     assert score(7.0, 3.0) != pytest.approx(score(7.0, 5.0).item(), rel=1e-3)
+
+
+def test_blocks_are_found_for_the_gpt_an_idea_and_a_model_without_any():
+    from gptlab.registry import blocks
+
+    m = SHAPES["gpt2"]
+    gpt = baseline(m)
+    assert blocks(gpt) == list(gpt.transformer.h)
+    idea, config = build(MODERN, m)
+    modern = idea.cls(config)
+    assert blocks(modern) == list(modern.blocks) and len(blocks(modern)) == m.n_layer
+    assert blocks(torch.nn.Linear(2, 2)) == []
