@@ -192,8 +192,11 @@ def record_idea(run_dir: Path, idea: ideas.Idea) -> None:
     if idea.spec.kind == "builtin":
         return
     target = run_dir / idea_copy(idea.spec)
+    if target.parent.is_symlink() or (target.parent.exists() and not target.parent.is_dir()):
+        raise UserError(f"{target.parent} is not a folder gptlab made (a link or a file): move it out of the run "
+                        "folder, then run the command again")
     target.parent.mkdir(exist_ok=True)
-    atomic_write_bytes(target, idea.code)
+    atomic_write_bytes(target, idea.code)  # a rename: a link at the file's own place is replaced, not followed
 
 
 def load_run(path: str | Path, config_file: str | Path | None = None, trust_code: bool = False) -> Run:

@@ -203,3 +203,22 @@ def test_the_idea_receives_the_resolved_model_config():
     c = idea_config(m, {"rope_base": 5.0})
     assert (c.head_dim, c.mlp_dim, c.padded_vocab, c.rope_base) == (16, 256, 128, 5.0)
     assert c.options == {"rope_base": 5.0} and c.n_layer == 2 and c.bias is True
+
+
+def test_a_run_records_the_bytes_that_ran_and_never_writes_through_a_link(tmp_path):
+    from gptlab.runs import record_idea
+
+    path = write(tmp_path, "good.py", GOOD)
+    idea = load_idea(f"{path}:Good", BUILTINS)
+    path.write_text("# edited after loading\n")  # the copy is what was hashed and executed
+    run = tmp_path / "run"
+    run.mkdir()
+    record_idea(run, idea)
+    assert hashlib.sha256((run / "idea" / "good.py").read_bytes()).hexdigest() == idea.sha256
+    elsewhere, linked = tmp_path / "elsewhere", tmp_path / "linked"
+    elsewhere.mkdir()
+    linked.mkdir()
+    (linked / "idea").symlink_to(elsewhere)
+    with pytest.raises(UserError, match="not a folder gptlab made"):
+        record_idea(linked, idea)
+    assert not list(elsewhere.iterdir())
