@@ -33,7 +33,6 @@ OPTIONS_ATTRIBUTE = "config_defaults"
 OPTION_TYPES = (bool, int, float, str)
 # Names an option may not take: gptlab's own keys, and what IdeaConfig adds.
 DERIVED_KEYS = ("padded_vocab", "options")
-SPEC_HELP = "give --model gpt, --model path/to/idea.py:ClassName or --model package.module:ClassName"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -71,50 +70,69 @@ class Idea:
         return self.spec.label
 
 
-def parse_spec(text: str, builtins: dict[str, type] | tuple[str, ...]) -> Spec:
-    """A --model value as a Spec; a malformed one is a UserError naming the accepted forms."""
+def parse_spec(text: str, builtins: dict[str, Any] | tuple[str, ...], flag: str = "--model",
+               noun: str = "ClassName") -> Spec:
+    """A --model (or `flag`) value as a Spec; a malformed one is a UserError naming the accepted forms."""
     text = str(text).strip()
+    forms = f"give {flag} {'|'.join(builtins)}, {flag} path/to/file.py:{noun} or {flag} package.module:{noun}"
     if text.lower() in builtins:
         return Spec(text, "builtin", text.lower(), "")
-    target, colon, class_name = text.rpartition(":")
+    target, colon, name = text.rpartition(":")
     if not colon:
         if text.endswith(".py"):
-            raise UserError(f"--model {text}: name the class too, as {text}:ClassName ({SPEC_HELP})")
+            raise UserError(f"{flag} {text}: name the {noun} too, as {text}:{noun} ({forms})")
         close = difflib.get_close_matches(text.lower(), list(builtins), n=1)
-        hint = f"did you mean --model {close[0]}? " if close else ""
-        raise UserError(
-            f"--model {text!r} is neither a built-in model ({', '.join(builtins)}) nor an idea: "
-            f"{hint}{SPEC_HELP}"
-        )
-    if not _IDENTIFIER.fullmatch(class_name):
-        raise UserError(
-            f"--model {text}: {class_name!r} after the last ':' is not a class name: {SPEC_HELP}"
-        )
+        hint = f"did you mean {flag} {close[0]}? " if close else ""
+        raise UserError(f"{flag} {text!r} is neither built in ({', '.join(builtins)}) nor a file or module: "
+                        f"{hint}{forms}")
+    if not _IDENTIFIER.fullmatch(name):
+        raise UserError(f"{flag} {text}: {name!r} after the last ':' is not a Python name: {forms}")
     if target.endswith(".py") or "/" in target or "\\" in target:
-        return Spec(text, "file", target, class_name)
+        return Spec(text, "file", target, name)
     if not all(_IDENTIFIER.fullmatch(part) for part in target.split(".")):
-        raise UserError(
-            f"--model {text}: {target!r} is neither a .py file nor a module name like "
-            f"package.module: {SPEC_HELP}"
-        )
-    return Spec(text, "module", target, class_name)
+        raise UserError(f"{flag} {text}: {target!r} is neither a .py file nor a module name like "
+                        f"package.module: {forms}")
+    return Spec(text, "module", target, name)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What a spec names (a class, a function), with the source that defines it as hashed."""
+
+    spec: Spec
+    obj: Any
+    source: Path | None  # None for a built-in
+    sha256: str  # "" for a built-in
+    code: bytes
+
+
+def load_object(text: str, builtins: dict[str, Any], flag: str = "--model", noun: str = "ClassName") -> Loaded:
+    """What a spec names: a built-in, or a name defined by a file (executed from the bytes hashed, as a
+    module of its own) or an importable module; every failure is one line naming the file and line.
+    gptlab's --model and --optimizer both load their ideas this way."""
+    spec = parse_spec(text, builtins, flag, noun)
+    if spec.kind == "builtin":
+        return Loaded(spec, builtins[spec.target], None, "", b"")
+    module, source = _load_file(Path(spec.target), flag) if spec.kind == "file" else \
+        _load_module(spec.target, flag)
+    found = _find(module, spec, flag)
+    code = getattr(module, "__gptlab_code__", None) or (source.read_bytes() if source else b"")
+    return Loaded(spec, found, source, hashlib.sha256(code).hexdigest() if source else "", code)
 
 
 def load_idea(text: str, builtins: dict[str, type]) -> Idea:
-    """The class a spec names, checked against the contract, with its source's sha256 and options."""
-    spec = parse_spec(text, builtins)
-    if spec.kind == "builtin":
-        cls = builtins[spec.target]
-        return Idea(spec, cls, None, "", declared_options(cls, spec.text))
-    module, source = _load_file(Path(spec.target)) if spec.kind == "file" else _load_module(spec.target)
-    cls = _find_class(module, spec)
-    _check_contract(cls, spec.text)
-    code = getattr(module, "__gptlab_code__", None) or (source.read_bytes() if source else b"")
-    sha = hashlib.sha256(code).hexdigest() if source else ""
-    return Idea(spec, cls, source, sha, declared_options(cls, spec.text), code)
+    """The model class a spec names, checked against the contract, with its source's sha256 and options."""
+    loaded = load_object(text, builtins)
+    cls, spec = loaded.obj, loaded.spec
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise UserError(f"--model {spec.text}: {spec.class_name} is {type(cls).__name__}, not a torch.nn.Module "
+                        "subclass: name the model's class")
+    if spec.kind != "builtin":
+        _check_contract(cls, spec.text)
+    return Idea(spec, cls, loaded.source, loaded.sha256, declared_options(cls, spec.text), loaded.code)
 
 
-def _load_file(path: Path) -> tuple[types.ModuleType, Path]:
+def _load_file(path: Path, flag: str) -> tuple[types.ModuleType, Path]:
     """Execute one .py file as its own module; every failure is one line with file:line."""
     if not path.is_file():
         where = f"{path} is a folder" if path.is_dir() else f"{path} not found"
@@ -124,13 +142,13 @@ def _load_file(path: Path) -> tuple[types.ModuleType, Path]:
             else []
         )
         hint = f"did you mean {path.parent / near[0]}? " if near else ""
-        raise UserError(f"--model: {where}: {hint}give the path of a .py file that defines the class")
+        raise UserError(f"{flag}: {where}: {hint}give the path of a .py file")
     try:
         data = path.read_bytes()
         source = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(
-            f"--model: cannot read {path} as UTF-8 Python ({e.__class__.__name__}): fix the file"
+            f"{flag}: cannot read {path} as UTF-8 Python ({e.__class__.__name__}): fix the file"
         ) from None
     digest = hashlib.sha256(data).hexdigest()
     name = f"gptlab_idea_{digest[:16]}_{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}"
@@ -151,14 +169,14 @@ def _load_file(path: Path) -> tuple[types.ModuleType, Path]:
     return module, path
 
 
-def _load_module(name: str) -> tuple[types.ModuleType, Path | None]:
+def _load_module(name: str, flag: str) -> tuple[types.ModuleType, Path | None]:
     """Import an installed (or PYTHONPATH) module; a missing one or a failing import is one line."""
     try:
         module = importlib.import_module(name)
     except ModuleNotFoundError as e:
         if e.name and (name == e.name or name.startswith(e.name + ".")):
             raise UserError(
-                f"--model: no module named {name!r} here: install it, add its folder to "
+                f"{flag}: no module named {name!r} here: install it, add its folder to "
                 f"PYTHONPATH, or pass the file as path/to/{name.rsplit('.', 1)[-1]}.py:Class"
             ) from None
         raise UserError(failure_line(e, None, f"loading {name}")) from None
@@ -186,30 +204,17 @@ def failure_line(e: BaseException, filename: str | Path | None, what: str) -> st
     return f"{where}: {e.__class__.__name__}: {first} (raised while {what}): fix the idea's code"
 
 
-def _find_class(module: types.ModuleType, spec: Spec) -> type:
-    where = spec.target
+def _find(module: types.ModuleType, spec: Spec, flag: str) -> Any:
+    """The named attribute of the module; a missing one names the closest of what the file defines."""
     found = getattr(module, spec.class_name, None)
-    if found is None:
-        modules = sorted(
-            k
-            for k, v in vars(module).items()
-            if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == module.__name__
-        )
-        close = difflib.get_close_matches(spec.class_name, modules, n=1)
-        hint = (
-            f"did you mean {where}:{close[0]}?"
-            if close
-            else f"its nn.Module classes: {', '.join(modules)}"
-            if modules
-            else "it defines no nn.Module class"
-        )
-        raise UserError(f"--model {spec.text}: {where} has no {spec.class_name!r}: {hint}")
-    if not (isinstance(found, type) and issubclass(found, nn.Module)):
-        raise UserError(
-            f"--model {spec.text}: {spec.class_name} is {type(found).__name__}, not a torch.nn.Module "
-            "subclass: name the model's class"
-        )
-    return found
+    if found is not None:
+        return found
+    defined = sorted(k for k, v in vars(module).items()
+                     if callable(v) and getattr(v, "__module__", None) == module.__name__)
+    close = difflib.get_close_matches(spec.class_name, defined, n=1)
+    hint = (f"did you mean {spec.target}:{close[0]}?" if close else
+            f"it defines {', '.join(defined)}" if defined else "it defines no class or function")
+    raise UserError(f"{flag} {spec.text}: {spec.target} has no {spec.class_name!r}: {hint}")
 
 
 def _check_contract(cls: type, text: str) -> None:

@@ -81,7 +81,7 @@ def test_spec_forms(text, kind, target, class_name):
     [
         ("gtp", "did you mean --model gpt?"),
         ("idea.py", "idea.py:ClassName"),
-        ("idea.py:2Bad", "not a class name"),
+        ("idea.py:2Bad", "not a Python name"),
         ("my pkg:Model", "neither a .py file nor a module name"),
     ],
 )
@@ -222,3 +222,16 @@ def test_a_run_records_the_bytes_that_ran_and_never_writes_through_a_link(tmp_pa
     with pytest.raises(UserError, match="not a folder gptlab made"):
         record_idea(linked, idea)
     assert not list(elsewhere.iterdir())
+
+
+def test_the_loader_serves_other_ideas_too(tmp_path):
+    """--optimizer FILE.py:function loads the same way: a function, its flag in every message."""
+    from gptlab.ideas import load_object
+
+    path = write(tmp_path, "opt.py", "import torch\n\ndef make(model, config):\n    return None\n")
+    loaded = load_object(f"{path}:make", {"adamw": None}, "--optimizer", "function")
+    assert loaded.obj.__name__ == "make" and loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(UserError, match=r"^--optimizer .*did you mean .*:make\?"):
+        load_object(f"{path}:mak", {"adamw": None}, "--optimizer", "function")
+    with pytest.raises(UserError, match=r"^--optimizer opt.py: name the function too"):
+        load_object("opt.py", {"adamw": None}, "--optimizer", "function")
