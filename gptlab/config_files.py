@@ -14,6 +14,7 @@ from gptlab.config import (
     FIELD_INFO,
     NANOGPT_BASE,
     NO_MEANING,
+    OPTIONS,
     PRESETS,
     SECTIONS,
     Config,
@@ -151,7 +152,13 @@ def parse_overrides(argv: list[str], options: bool = False) -> dict[str, str]:
 def split_options(cfg: Config, layers: list[dict[str, Any]]) -> dict[str, Any]:
     """The keys of `layers` that are not gptlab's: an idea's options (typed when the idea is loaded),
     or, for the built-in model, the first one refused as an unknown key."""
-    unknown = {k.replace("-", "_"): v for layer in layers for k, v in layer.items() if not is_key(k)}
+    unknown: dict[str, Any] = {}
+    for layer in layers:  # a TOML [model] table may hold them as `options = {...}` too
+        for k, v in layer.items():
+            if k == OPTIONS and isinstance(v, dict):
+                unknown.update(v)
+            elif not is_key(k):
+                unknown[k.replace("-", "_")] = v
     for layer in layers:
         for k in [k for k in layer if not is_key(k)]:
             del layer[k]

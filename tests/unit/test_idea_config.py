@@ -39,6 +39,10 @@ def test_the_idea_and_its_keys_come_from_a_toml_file(tmp_path):
     cfg = build_config(None, str(toml), parse_overrides(["--qk_norm", "true"], options=True))
     registry.resolve_model(cfg.model)
     assert cfg.model.options == {"rope_base": 1000.0, "qk_norm": True} and cfg.model.n_layer == 2
+    toml.write_text(f'preset = "baby"\n[model]\nmodel = "{MODERN}"\noptions = {{ rope_base = 7 }}\n')
+    cfg = build_config(None, str(toml))
+    registry.resolve_model(cfg.model)
+    assert cfg.model.options == {"rope_base": 7.0, "qk_norm": False}
 
 
 def test_the_builtin_model_still_refuses_unknown_keys():
