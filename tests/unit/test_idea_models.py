@@ -156,3 +156,28 @@ def test_blocks_are_found_for_the_gpt_an_idea_and_a_model_without_any():
     modern = idea.cls(config)
     assert blocks(modern) == list(modern.blocks) and len(blocks(modern)) == m.n_layer
     assert blocks(torch.nn.Linear(2, 2)) == []
+
+
+def test_the_chunked_loss_of_an_idea_equals_its_plain_loss(tmp_path):
+    """gptlab's loss works unchanged on an idea: chunked through its lm_head, with gradients, as the
+    plain cross-entropy of its logits; an idea without a bias-free lm_head keeps the plain loss."""
+    from gptlab.loss import lm_loss
+
+    m = SHAPES["languini"]
+    idea, config = build(MODERN, m)
+    torch.manual_seed(0)
+    model = idea.cls(config)
+    model.init_weights()
+    x, y = torch.randint(0, m.vocab_size, (2, 24)), torch.randint(0, m.vocab_size, (2, 24))
+    y[0, :5] = -1
+    plain = torch.nn.functional.cross_entropy(model(x)[..., :m.vocab_size].reshape(-1, m.vocab_size), y.reshape(-1),
+                                              ignore_index=-1)
+    chunked = lm_loss(model, x, y, ce_chunk=7)
+    torch.testing.assert_close(chunked, plain)
+    grads = torch.autograd.grad(chunked, list(model.parameters()))
+    want = torch.autograd.grad(plain, list(model.parameters()))
+    for got, ref in zip(grads, want):
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-4)
+    del model.lm_head  # no output layer to chunk through: the plain loss, through forward()
+    model.forward = lambda idx, return_hidden=False: torch.zeros(idx.shape + (config.padded_vocab,))
+    assert lm_loss(model, x, y, ce_chunk=7).item() == pytest.approx(torch.log(torch.tensor(100.0)).item())
