@@ -72,35 +72,6 @@ def check_device(name: str) -> None:
         raise UserError("--device mps: Apple's Metal backend is not available here: use --device cpu")
 
 
-def check_memory(cfg: Config, weights_only: bool = False) -> None:
-    """Refuse shapes that fit nowhere here: 16 bytes a parameter (fp32 weights, grads, Adam moments; FSDP-shared; 4 for
-    eval_only/weights_only) plus >= 16 bytes per token, layer and width of a micro-batch, against host + GPU memory."""
-    import torch
-
-    m, t = cfg.model, cfg.train
-    try:
-        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        avail = 0
-    if avail <= 0:
-        return  # the host's memory is unknown: no check
-    width, heads = m.n_embd, m.n_head * (m.head_dim or max(1, m.n_embd // m.n_head))
-    per_layer = width * (3 * heads + heads) + 2 * width * (m.mlp_dim or 4 * width)
-    params = m.n_layer * per_layer + max(m.vocab_size, 1) * width * (1 if m.tie_embeddings else 2) + m.block_size * width
-    shards = max(1, int(os.environ.get("WORLD_SIZE", "1"))) if cfg.system.parallel == "fsdp" else 1
-    micro = t.batch_size or max(1, t.train_batch_size // max(1, t.gradient_accumulation_steps))
-    if t.eval_only or weights_only:  # weights alone: no gradients, optimiser state or stored activations
-        need = 4 * params // shards
-    else:
-        need = 16 * params // shards + 16 * micro * m.block_size * m.n_layer * width
-    if need > avail:  # no CUDA: device_count() is 0
-        avail += sum(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
-    if need > avail:
-        raise UserError(f"this model needs at least {need / 2**30:,.0f} GiB (n_layer {m.n_layer}, n_embd "
-                        f"{width}, vocab_size {m.vocab_size}, block_size {m.block_size}, batch {micro}) but this machine "
-                        f"has {avail / 2**30:,.0f} GiB: reduce --vocab_size, --block_size, --batch_size or the model size")
-
-
 def dtype_for(name: str, device) -> str:
     """auto = bf16 on a GPU that has it, fp16 (with a loss scaler) on one that has not, fp32
     elsewhere; fp16 on a CPU or MPS runs as fp32 (autocast there is slow, and presets ask for it)."""

@@ -9,8 +9,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import re
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,11 +29,12 @@ from gptlab.config import (
     SystemConfig,
     parse_hours,
 )
-from gptlab.config_check import check_memory, dtype_for, validate
+from gptlab.config_check import dtype_for, validate
 from gptlab.config_files import build_config
 from gptlab.errors import UserError
 from gptlab.loss import resolve_ce_chunk
 from gptlab.model import padded_vocab
+from gptlab.registry import build_model, parameter_count
 from gptlab.runtime import resolve_data_dir
 
 # How one optimiser step's batch is cut (sequences): micro per forward/backward on one rank x accum
@@ -127,7 +129,6 @@ def run_dir(cfg: Config, world_size: int = 1) -> Path:
     return Path(cfg.log.log_root) / rel / name
 
 
-
 # The final config of a run: resolved once, before anything reads it; never edited after.
 # What a resumed run may change: cadences, outputs, the machine, and the knobs a diverged
 # run is resumed with. Any other key that differs from the run's config.json is refused.
@@ -199,3 +200,33 @@ def _resolved(cfg: Config, world_size: int, device, data_meta: dict | None, init
     validate(out)
     check_memory(out)
     return out
+
+
+def check_memory(cfg: Config, weights_only: bool = False) -> None:
+    """Refuse shapes that fit nowhere here: 16 bytes a parameter (fp32 weights, grads, Adam moments; FSDP-shared; 4 for
+    eval_only/weights_only) plus >= 16 bytes per token, layer and width of a micro-batch, against host + GPU memory."""
+    m, t = cfg.model, cfg.train
+    try:
+        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        avail = 0
+    if avail <= 0:
+        return  # the host's memory is unknown: no check
+    width = m.n_embd
+    try:
+        with torch.device("meta"):  # shapes only: no memory
+            params = parameter_count(build_model(replace(m, vocab_size=max(m.vocab_size, 1))))
+    except UserError:  # an idea whose constructor cannot run on the meta device: its size is unknown here
+        return
+    shards = max(1, int(os.environ.get("WORLD_SIZE", "1"))) if cfg.system.parallel == "fsdp" else 1
+    micro = t.batch_size or max(1, t.train_batch_size // max(1, t.gradient_accumulation_steps))
+    if t.eval_only or weights_only:  # weights alone: no gradients, optimiser state or stored activations
+        need = 4 * params // shards
+    else:
+        need = 16 * params // shards + 16 * micro * m.block_size * m.n_layer * width
+    if need > avail:  # no CUDA: device_count() is 0
+        avail += sum(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
+    if need > avail:
+        raise UserError(f"this model needs at least {need / 2**30:,.0f} GiB (n_layer {m.n_layer}, n_embd "
+                        f"{width}, vocab_size {m.vocab_size}, block_size {m.block_size}, batch {micro}) but this machine "
+                        f"has {avail / 2**30:,.0f} GiB: reduce --vocab_size, --block_size, --batch_size or the model size")

@@ -12,7 +12,7 @@ from gptlab.errors import UserError
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The dtype training runs `name` with on `device` (config.dtype_for): sample and eval agree with it."""
+    """The dtype training runs `name` with on `device` (config_check.dtype_for): sample and eval agree with it."""
     return getattr(torch, dtype_for(name, device))
 
 

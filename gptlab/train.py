@@ -1,6 +1,6 @@
 """The training loop, and the parts it is made of.
 
-    config.resolve  ->  setup(): data, model (fresh, pretrained or resumed), DDP/FSDP2, optimiser
+    resolve.resolve ->  setup(): data, model (fresh, pretrained or resumed), DDP/FSDP2, optimiser
     loop, each step:    batches -> train_step (accumulate, backward, clip, skip non-finite, step)
                         -> TrainState.advance -> metrics.record -> stop.poll -> evaluator -> checkpointer
     shutdown:           threads joined (prefetch, checkpoint writer), model freed, barrier, group destroyed

@@ -11,10 +11,10 @@ def main(argv: list[str]) -> int:
 
     from gptlab import registry
     from gptlab.commands.train import config_from_argv
-    from gptlab.config_check import check_memory
     from gptlab.data.tokens import read_meta
     from gptlab.errors import UserError
     from gptlab.loss import logits_and_loss
+    from gptlab.resolve import check_memory
     from gptlab.runtime import resolve_data_dir
 
     cfg, source = config_from_argv(argv), "set in the config"
@@ -26,8 +26,8 @@ def main(argv: list[str]) -> int:
                                                    f"here; run `gptlab prepare {cfg.data.dataset}` for the exact figure")
         else:
             cfg.model.vocab_size, source = int(read_meta(data_dir)["vocab_size"]), f"from {data_dir}/meta.json"
-    check_memory(cfg, weights_only=True)
     registry.resolve_model(cfg.model)  # an idea: its options typed
+    check_memory(cfg, weights_only=True)
     model = registry.init_weights(registry.build_model(cfg.model))
     shape = model.config
     padded = getattr(model, "padded_vocab", None) or shape.padded_vocab  # the GPT's, or an idea's config's
