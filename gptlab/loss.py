@@ -43,7 +43,9 @@ def lm_loss(model, idx: torch.Tensor, targets: torch.Tensor, ce_chunk: int = 0) 
     hidden states, ce_chunk tokens of logits at a time (full logits never stored). Sharded (DTensor)
     output weights live only inside the wrapped forward, so FSDP keeps the plain loss."""
     gpt = raw_model(model)
-    if ce_chunk <= 0 or type(gpt.lm_head.weight).__name__ == "DTensor":
+    head = getattr(gpt, "lm_head", None)  # an idea without a bias-free lm_head keeps the plain loss
+    if ce_chunk <= 0 or not isinstance(head, torch.nn.Linear) or head.bias is not None \
+            or type(head.weight).__name__ == "DTensor":
         return logits_and_loss(model, idx, targets)[1]
     return chunked_cross_entropy(model(idx, return_hidden=True), gpt.lm_head.weight, targets, gpt.config.vocab_size, ce_chunk)
 

@@ -29,7 +29,7 @@ import torch
 from gptlab import checkpoint as ck
 from gptlab import distributed as dist_
 from gptlab import hf, registry, runs
-from gptlab.config import Config
+from gptlab.config import Config, is_builtin
 from gptlab.config_files import load_run_config
 from gptlab.data import tokens as tk
 from gptlab.data.prefetch import Prefetcher
@@ -253,7 +253,8 @@ def source_arch(src: str, pad_multiple: int) -> dict | None:
     if src in ("scratch", "resume", ""):
         return None
     if _is_run(src):
-        return dict(runs.load_run(src).config.to_dict()["model"])
+        run = runs.load_run(src)
+        return dict(run.config.to_dict()["model"], model=run.idea_spec())  # an idea: the run's own copy
     folder = hf.resolve_pretrained(src)
     return hf.overrides_from_hf_config(read_json(folder / CONFIG_FILE, "model config"), pad_multiple)
 
@@ -263,10 +264,23 @@ def _is_run(src: str) -> bool:
     return (p / CHECKPOINT_DIR).is_dir() or p.is_file()
 
 
-def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitStack) -> tuple[Config, Path, dict | None]:
+def check_trust(cfg: Config, arch: dict | None, trust_code: bool) -> None:
+    """Code that came with a run (--resume of an idea run, --init_from a run of an idea) runs only
+    with --trust_code; refused before anything is executed."""
+    resume = cfg.train.resume or cfg.train.init_from == "resume"
+    carried = arch.get("model") if arch and _is_run(cfg.train.init_from) else (cfg.model.model if resume else None)
+    if carried and not is_builtin(carried) and not trust_code:
+        what = f"--init_from {cfg.train.init_from}" if not resume else "--resume"
+        raise UserError(f"{what} runs the model idea {carried.rsplit(':', 1)[0]}: gptlab runs code a run "
+                        "carries only with --trust_code; read it, then add --trust_code")
+
+
+def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitStack,
+                trust_code: bool = False) -> tuple[Config, Path, dict | None]:
     """(final config, run folder named once from the config resolved as for a fresh start, the newest
     valid checkpoint on --resume). Rank 0 takes the folder's lock into `hold`."""
     arch = source_arch(cfg.train.init_from, cfg.model.pad_vocab_multiple)
+    check_trust(cfg, arch, trust_code)
     fresh = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta, init_source=arch)
     run_dir = resolved_run_dir(fresh, d.world_size)
     resume = cfg.train.resume or cfg.train.init_from == "resume"
@@ -287,21 +301,22 @@ def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitSta
     return final, run_dir, {"state": found[0], "path": found[1]}
 
 
-def build_model(cfg: Config, resumed: dict | None, log) -> torch.nn.Module:
-    """Fresh (init_weights), or the --init_from source's weights; on resume the checkpoint's."""
+def build_model(cfg: Config, resumed: dict | None, log, idea=None) -> torch.nn.Module:
+    """Fresh (init_weights), or the --init_from source's weights; on resume the checkpoint's. `idea`:
+    the model's class as loaded (and recorded) by setup."""
     src, seed = cfg.train.init_from, cfg.train.seed
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if resumed is not None or src in ("scratch", "resume", ""):
-        model = registry.build_model(cfg.model)
+        model = registry.build_model(cfg.model, idea)
         if resumed is None:
             return registry.init_weights(model)
         _load_weights(model, resumed["state"]["model"], resumed["path"])
         log(f"resuming from {resumed['path']} at step {resumed['state']['step']}")
         return model
     arch = source_arch(src, cfg.model.pad_vocab_multiple)  # built at the source's context, then cropped
-    model = registry.build_model(replace(cfg.model, block_size=int(arch["block_size"])))
+    model = registry.build_model(replace(cfg.model, block_size=int(arch["block_size"])), idea)
     if _is_run(src):
         run = runs.load_run(src)
         state, step = run.model_state("best")
@@ -311,6 +326,10 @@ def build_model(cfg: Config, resumed: dict | None, log) -> torch.nn.Module:
         where = src
     _load_weights(model, state, src)
     if cfg.model.block_size < model.config.block_size:
+        if not hasattr(model, "crop_block_size"):
+            raise UserError(f"--block_size {cfg.model.block_size} is shorter than {src}'s {model.config.block_size} "
+                            f"and {type(model).__name__} has no crop_block_size(): keep --block_size "
+                            f"{model.config.block_size}")
         model.crop_block_size(cfg.model.block_size)
     log(f"initialised from {where} ({registry.parameter_count(model):,} parameters)")
     return model
@@ -387,7 +406,7 @@ def restore(resumed: dict, run_dir: Path, cfg: Config, d, raw, optimizer, scaler
     return ts
 
 
-def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
+def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack, trust_code: bool = False) -> Session:
     """Resolve the config, open the data, build (or restore) model and optimiser, wrap, compile."""
     if cfg.system.num_threads:
         torch.set_num_threads(cfg.system.num_threads)
@@ -398,9 +417,10 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
     data_dir = resolve_data_dir(cfg.data.dataset, cfg.data.data_root)
     meta = tk.read_meta(data_dir)
     pick_splits(cfg, data_dir, meta)  # a mistyped split name is refused before the run folder is touched
-    cfg, run_dir, resumed = resolve_run(cfg, d, meta, hold)
+    cfg, run_dir, resumed = resolve_run(cfg, d, meta, hold, trust_code)
     splits = load_splits(cfg, data_dir, meta, cfg.model.vocab_size)
-    model = build_model(cfg, resumed, log).to(d.device)
+    idea = registry.load(cfg.model)  # the source resolve hashed: build_model checks the sha256
+    model = build_model(cfg, resumed, log, idea).to(d.device)
     sampler = build_sampler(cfg, data_dir, meta, splits["train"], d)
     dtype = getattr(torch, cfg.system.dtype)
     scaler = torch.amp.GradScaler(d.device.type, enabled=dtype == torch.float16)
@@ -411,6 +431,7 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
     loop = resumed["state"].get("loop") if resumed else None
     resumed = None  # the checkpoint's tensors are restored; do not hold them for the whole run
     if d.is_main:  # config, data meta, tokenizer: enough to sample; written now, so a failed resume changes nothing
+        runs.record_idea(run_dir, idea)  # the source built above, beside its sha256 in config.json
         atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json() + "\n")
         atomic_write_json(run_dir / DATA_META_FILE, meta)
         for name in tokenizer_files(meta):  # checked plain NAME.model names, never a path meta.json chose
@@ -435,8 +456,9 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
 
 # ------------------------------------------------------------------------------ the loop
 
-def train(cfg: Config, argv: list[str] | None = None) -> dict:
-    """Train as the config says; returns a summary (final losses, steps, run folder).
+def train(cfg: Config, argv: list[str] | None = None, trust_code: bool = False) -> dict:
+    """Train as the config says; returns a summary (final losses, steps, run folder). trust_code: code a
+    run carries (its model idea, on --resume or --init_from RUN) may run.
 
     Ordered shutdown: `hold` closes what setup opened in reverse (signal handlers restored, checkpoint
     writer and prefetch threads joined, sinks closed, run lock released last); the wrapped model and
@@ -445,7 +467,7 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
     finished = False
     try:
         with contextlib.ExitStack() as hold:
-            summary = run_loop(setup(cfg, d, hold), argv or [])
+            summary = run_loop(setup(cfg, d, hold, trust_code), argv or [])
         finished = True
         return summary
     finally:
@@ -496,24 +518,27 @@ def run_loop(s: Session, argv: list[str]) -> dict:
 
 def finish(s: Session, stop: str | None, argv: list[str]) -> dict:
     """The closing lines: how to continue a stopped run, or how to use a finished one."""
-    st = s.state
+    st, idea = s.state, not is_builtin(s.cfg.model.model)
     if stop == "signal":
         s.logger.print(f"stopped by {signal.Signals(s.stop.signum).name} at step {st.step}; checkpoint written. "
-                       f"Resume with: {resume_command(argv)}")
+                       f"Resume with: {resume_command(argv, idea)}")
     else:
-        run = shlex.quote(str(s.run_dir))
+        run, trust = shlex.quote(str(s.run_dir)), " --trust_code" if idea else ""
         s.logger.print(f"done: {st.step} steps in {st.train_time:.1f}s of training. Next:\n"
-                       f"  gptlab sample --run {run}\n  gptlab eval --run {run} --eval_data_split {s.evaluator.val_name or 'train'}\n"
+                       f"  gptlab sample --run {run}{trust}\n"
+                       f"  gptlab eval --run {run}{trust} --eval_data_split {s.evaluator.val_name or 'train'}\n"
                        f"  gptlab plot {run} --out {shlex.quote(str(s.run_dir / 'loss.png'))}")
     return {"run_dir": str(s.run_dir), "step": st.step, "best_val_loss": st.best_val, "eval": s.evaluator.last,
             "tokens": st.tokens, "train_time_s": st.train_time, "nonfinite_skipped": int(st.bad_total),
             "train_loss": s.metrics.last_loss, "stopped": stop == "signal"}
 
 
-def resume_command(argv: list[str]) -> str:
-    """The same arguments with --resume instead of --resume/--overwrite (and the value that may follow either)."""
+def resume_command(argv: list[str], idea: bool = False) -> str:
+    """The same arguments with --resume instead of --resume/--overwrite (and the value that may follow either);
+    for a model idea with --trust_code, as resuming runs the idea's code."""
     flags, out = ("--resume", "--overwrite"), []
     for a in argv:
         if not (out and out[-1] in flags and a.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off")):
             out.append(a)
-    return shlex.join(["gptlab", "train", *(a for a in out if a.split("=", 1)[0] not in flags), "--resume"])
+    trust = ["--trust_code"] if idea and not any(a.split("=", 1)[0] == "--trust_code" for a in argv) else []
+    return shlex.join(["gptlab", "train", *(a for a in out if a.split("=", 1)[0] not in flags), "--resume", *trust])
