@@ -6,16 +6,18 @@ import math
 
 import torch
 
-from gptlab.config import Config
-from gptlab.optimizers import muon_with_adamw
+from gptlab.config import BUILTIN_OPTIMIZERS, Config
+from gptlab.optimizers import from_idea, muon_with_adamw
 
 
-def build_optimizer(model: torch.nn.Module, cfg: Config, device_type: str) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, cfg: Config, device_type: str, idea=None) -> torch.optim.Optimizer:
     """Adam(W) that decays matrices and embeddings (>= 2-D), never biases or LayerNorm gains; or
-    --optimizer muon (gptlab.optimizers)."""
+    --optimizer muon, or an optimiser idea (`idea`: its loaded function; gptlab.optimizers)."""
     o = cfg.optim
     if o.optimizer == "muon":
         return muon_with_adamw(model, cfg, device_type)
+    if o.optimizer not in BUILTIN_OPTIMIZERS:
+        return from_idea(model, cfg, idea)
     params = [p for p in model.parameters() if p.requires_grad]
     wd = o.weight_decay if o.optimizer == "adamw" else 0.0
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": wd},

@@ -7,15 +7,20 @@ per matrix as Moonshot's "match_rms_adamw" does (0.2 * sqrt(max(A, B)) times the
 one schedule of --learning_rate drives both parts; torch's own Muon defaults are lr 1e-3, momentum
 0.95 (Nesterov), weight decay 0.1, 5 Newton-Schulz steps and Keller Jordan's "original" adjustment.
 
-An optimiser idea is a function (model, config) -> optimiser; it may build several torch optimisers
-and return ChainedOptimizer(...) of them. Every param group may carry "lr_scale": the schedule sets
-its lr to lr_scale x the scheduled learning rate (1 when absent)."""
+An optimiser idea is a function (model, config) -> optimiser, named as --optimizer path/opt.py:function
+or package.module:function and loaded as gptlab.ideas loads a model idea (its file's sha256 recorded in
+config.json, the file copied into the run folder); it may build several torch optimisers and return
+ChainedOptimizer(...) of them. The learning-rate schedule sets each param group's lr to its "lr_scale"
+x the scheduled rate; a group without one keeps the ratio of the lr it was built with to
+--learning_rate."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
+from gptlab import ideas
+from gptlab.config import BUILTIN_OPTIMIZERS, OptimConfig
 from gptlab.errors import UserError
 
 MUON_DEFAULTS = dict(momentum=0.95, nesterov=True, ns_steps=5, adjust_lr_fn="match_rms_adamw")
@@ -131,3 +136,58 @@ def muon_with_adamw(
         fused=device_type in ("cuda", "cpu"),
     )
     return ChainedOptimizer(muon, adamw)
+
+
+# ------------------------------------------------------------------------------ optimiser ideas
+
+OPTIMIZER_METHODS = ("param_groups", "step", "zero_grad", "state_dict", "load_state_dict")
+
+
+def load_idea(spec: str) -> ideas.Loaded:
+    """The function --optimizer names (its file executed once, from the bytes hashed)."""
+    loaded = ideas.load_object(spec, dict.fromkeys(BUILTIN_OPTIMIZERS), flag="--optimizer", noun="function")
+    if isinstance(loaded.obj, type) or not callable(loaded.obj):
+        raise UserError(f"--optimizer {spec}: {loaded.spec.class_name} is {type(loaded.obj).__name__}, not a "
+                        "function (model, config) -> optimiser: name the function")
+    return loaded
+
+
+def resolve_idea(optim_config: OptimConfig) -> ideas.Loaded | None:
+    """Load an optimiser idea and record it in optim_config in place: its source's sha256, a file's path
+    made absolute; None for a built-in optimiser."""
+    if optim_config.optimizer in BUILTIN_OPTIMIZERS:
+        return None
+    loaded = load_idea(optim_config.optimizer)
+    optim_config.optimizer_sha256 = loaded.sha256
+    if loaded.spec.kind == "file":
+        optim_config.optimizer = f"{loaded.source.resolve()}:{loaded.spec.class_name}"
+    return loaded
+
+
+def from_idea(model: nn.Module, config, loaded: ideas.Loaded | None = None):
+    """The optimiser an idea's function builds, checked: torch's optimiser methods, every trainable
+    parameter in exactly one group; each group's lr_scale set (see the module docstring)."""
+    o = config.optim
+    loaded = loaded or load_idea(o.optimizer)
+    name = loaded.spec.text
+    if o.optimizer_sha256 and loaded.sha256 != o.optimizer_sha256:
+        raise UserError(f"--optimizer {name}: the file has changed since the run recorded it (sha256 "
+                        f"{o.optimizer_sha256[:12]}..., now {loaded.sha256[:12]}...): restore it, or start a new "
+                        "run (without --resume)")
+    try:
+        optimizer = loaded.obj(model, config)
+    except Exception as e:  # the idea's own code: its file and line, in one line
+        raise UserError(ideas.failure_line(e, loaded.source, f"building the optimiser {name}")) from None
+    missing = [m for m in OPTIMIZER_METHODS if not hasattr(optimizer, m)]
+    if missing:
+        raise UserError(f"--optimizer {name} returned {type(optimizer).__name__}, which lacks {', '.join(missing)}: "
+                        "return a torch optimiser (or gptlab.optimizers.ChainedOptimizer of several)")
+    held = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    if len(held) != len(set(held)) or set(held) != trainable:
+        raise UserError(f"--optimizer {name} must hold every trainable parameter of the model exactly once; "
+                        f"it holds {len(set(held) & trainable)} of {len(trainable)} (and {len(held) - len(set(held))} "
+                        f"twice, {len(set(held) - trainable)} foreign): fix its param groups")
+    for group in optimizer.param_groups:
+        group.setdefault("lr_scale", group["lr"] / o.learning_rate)
+    return optimizer

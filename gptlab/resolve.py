@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-from gptlab import ideas, registry
+from gptlab import ideas, optimizers, registry
 from gptlab.budget import steps_for_budget
 from gptlab.config import (
     BUILTIN_MODEL_NAMES,
@@ -95,7 +95,7 @@ def run_name(cfg: Config, world_size: int = 1) -> str:
 
 # Model and optimiser keys the name shows (or that the data decides), and the idea's own record.
 _NAMED = {"n_layer", "n_head", "n_embd", "head_dim", "mlp_dim", "block_size", "vocab_size", "lr_decay_iters",
-          "model", "model_sha256"}
+          "model", "model_sha256", "optimizer_sha256"}
 
 
 def variant(cfg: Config) -> str:
@@ -152,6 +152,11 @@ def resolve(cfg: Config, *, world_size: int, device, data_meta: dict | None, ini
         raise UserError(f"--resume: {m.model.rsplit(':', 1)[0]} has changed since the run started (sha256 "
                         f"{old_m.model_sha256[:12]}... in its config.json, {m.model_sha256[:12]}... now): "
                         "restore the idea's file, or train the new version as a new run (drop --resume)")
+    o, old_o = out.optim, resume_config.optim
+    if o.optimizer == old_o.optimizer and old_o.optimizer_sha256 and o.optimizer_sha256 != old_o.optimizer_sha256:
+        raise UserError(f"--resume: {o.optimizer.rsplit(':', 1)[0]} has changed since the run started (sha256 "
+                        f"{old_o.optimizer_sha256[:12]}... in its config.json, {o.optimizer_sha256[:12]}... now): "
+                        "restore the optimiser's file, or train the new version as a new run (drop --resume)")
     if m.options != old_m.options:
         raise UserError(f"the idea's options {m.options} differ from {old_m.options} in the run's config.json: "
                         "a resumed run keeps its config; drop the changed --key value")
@@ -175,6 +180,7 @@ def _resolved(cfg: Config, world_size: int, device, data_meta: dict | None, init
                 setattr(m, k, v)
         m.options = dict(init_source.get(OPTIONS) or {})
     registry.resolve_model(m)  # an idea's file runs here: its options typed, its sha256 recorded
+    optimizers.resolve_idea(out.optim)  # an optimiser idea's file likewise
     # The model's vocab: the data's unless set (or fixed by pretrained weights); never smaller than the data's.
     data_vocab = int(data_meta["vocab_size"]) if data_meta else 0
     if m.vocab_size and m.vocab_size < data_vocab:

@@ -187,6 +187,18 @@ def idea_copy(spec: ideas.Spec) -> Path:
     return Path(IDEA_DIR) / name
 
 
+def record_optimizer(run_dir: Path, loaded: ideas.Loaded | None) -> None:
+    """Copy an optimiser idea's source (the bytes hashed and executed) into the run's idea folder."""
+    if loaded is None or loaded.source is None:
+        return
+    target = run_dir / IDEA_DIR / f"optimizer_{loaded.source.name}"
+    if target.parent.is_symlink() or (target.parent.exists() and not target.parent.is_dir()):
+        raise UserError(f"{target.parent} is not a folder gptlab made (a link or a file): move it out of the run "
+                        "folder, then run the command again")
+    target.parent.mkdir(exist_ok=True)
+    atomic_write_bytes(target, loaded.code)
+
+
 def record_idea(run_dir: Path, idea: ideas.Idea) -> None:
     """Copy the idea's source (the bytes hashed, and for a file executed) into the run folder."""
     if idea.spec.kind == "builtin":

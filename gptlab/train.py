@@ -28,8 +28,8 @@ import torch
 
 from gptlab import checkpoint as ck
 from gptlab import distributed as dist_
-from gptlab import hf, registry, runs
-from gptlab.config import Config, is_builtin
+from gptlab import hf, optimizers, registry, runs
+from gptlab.config import BUILTIN_OPTIMIZERS, Config, is_builtin
 from gptlab.config_files import load_run_config
 from gptlab.data import tokens as tk
 from gptlab.data.prefetch import Prefetcher
@@ -273,6 +273,9 @@ def check_trust(cfg: Config, arch: dict | None, trust_code: bool) -> None:
         what = f"--init_from {cfg.train.init_from}" if not resume else "--resume"
         raise UserError(f"{what} runs the model idea {carried.rsplit(':', 1)[0]}: gptlab runs code a run "
                         "carries only with --trust_code; read it, then add --trust_code")
+    if resume and cfg.optim.optimizer not in BUILTIN_OPTIMIZERS and not trust_code:
+        raise UserError(f"--resume runs the optimiser idea {cfg.optim.optimizer.rsplit(':', 1)[0]}: gptlab runs "
+                        "code a run carries only with --trust_code; read it, then add --trust_code")
 
 
 def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitStack,
@@ -426,12 +429,14 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack, trust_code: bo
     scaler = torch.amp.GradScaler(d.device.type, enabled=dtype == torch.float16)
     wrapped = dist_.wrap_model(model, d, cfg.system.parallel, dtype if dtype != torch.float32 else None,
                                cfg.system.ddp_bucket_mb, cfg.system.ddp_bucket_view)
-    optimizer = build_optimizer(model, cfg, d.device.type)  # after wrapping: FSDP2 swaps the parameters
+    optimizer_idea = None if cfg.optim.optimizer in BUILTIN_OPTIMIZERS else optimizers.load_idea(cfg.optim.optimizer)
+    optimizer = build_optimizer(model, cfg, d.device.type, optimizer_idea)  # after wrapping: FSDP2 swaps parameters
     state = restore(resumed, run_dir, cfg, d, model, optimizer, scaler, sampler, log) if resumed else TrainState()
     loop = resumed["state"].get("loop") if resumed else None
     resumed = None  # the checkpoint's tensors are restored; do not hold them for the whole run
     if d.is_main:  # config, data meta, tokenizer: enough to sample; written now, so a failed resume changes nothing
         runs.record_idea(run_dir, idea)  # the source built above, beside its sha256 in config.json
+        runs.record_optimizer(run_dir, optimizer_idea)
         atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json() + "\n")
         atomic_write_json(run_dir / DATA_META_FILE, meta)
         for name in tokenizer_files(meta):  # checked plain NAME.model names, never a path meta.json chose
@@ -518,10 +523,12 @@ def run_loop(s: Session, argv: list[str]) -> dict:
 
 def finish(s: Session, stop: str | None, argv: list[str]) -> dict:
     """The closing lines: how to continue a stopped run, or how to use a finished one."""
-    st, idea = s.state, not is_builtin(s.cfg.model.model)
+    st = s.state
+    idea = not is_builtin(s.cfg.model.model)  # sample and eval run a model idea, never an optimiser idea
     if stop == "signal":
+        code = idea or s.cfg.optim.optimizer not in BUILTIN_OPTIMIZERS
         s.logger.print(f"stopped by {signal.Signals(s.stop.signum).name} at step {st.step}; checkpoint written. "
-                       f"Resume with: {resume_command(argv, idea)}")
+                       f"Resume with: {resume_command(argv, code)}")
     else:
         run, trust = shlex.quote(str(s.run_dir)), " --trust_code" if idea else ""
         s.logger.print(f"done: {st.step} steps in {st.train_time:.1f}s of training. Next:\n"
