@@ -17,11 +17,13 @@ OUT/evals, OUT/compare.json, OUT/compare.png. Finished runs, measurements and ev
 from __future__ import annotations
 
 import ast
+import copy
 import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gptlab import optimizers, registry
 from gptlab.config import parse_hours
 from gptlab.config_files import build_config, parse_overrides
 from gptlab.data.tokens import read_meta
@@ -74,12 +76,16 @@ class Entry:
     overrides: dict = field(default_factory=dict)  # this entry's own --NAME.key values
     files: dict = field(default_factory=dict)  # code the entry runs: path -> sha256
 
-    def config_argv(self, shared: dict) -> list[str]:
-        """The `gptlab train`/`throughput` arguments of this entry, without run-folder or seed keys."""
+    def values(self, shared: dict) -> dict:
+        """The config overrides of this entry: the shared ones, its own, its idea."""
         values = {**shared, **self.overrides}
         if self.kind != "preset":
             values[self.kind] = self.spec
-        return [self.preset] + [f"--{k}={v}" for k, v in values.items()]
+        return values
+
+    def config_argv(self, shared: dict) -> list[str]:
+        """The `gptlab train`/`throughput` arguments of this entry, without run-folder or seed keys."""
+        return [self.preset] + [f"--{k}={v}" for k, v in self.values(shared).items()]
 
 
 # ------------------------------------------------------------------------------ arguments
@@ -116,7 +122,9 @@ def split_argv(argv: list[str]) -> tuple[list[str], dict, dict, dict]:
             own[bare] = value
         else:
             plain.extend([f"--{bare}", value])
-    return positionals, own, parse_overrides(plain), {n: parse_overrides(v) for n, v in scoped.items()}
+    # Keys gptlab does not know may be an idea's options: its build_config keeps or refuses them.
+    shared = parse_overrides(plain, options=True)
+    return positionals, own, shared, {n: parse_overrides(v, options=True) for n, v in scoped.items()}
 
 
 def code_kind(spec: str) -> tuple[str, Path]:
@@ -158,7 +166,7 @@ def parse_entries(positionals: list[str], scoped: dict) -> list[Entry]:
         name, eq, spec = token.partition("=")
         if "." in name and eq:  # NAME.key=value: an entry's own override
             entry_name, _, key = name.partition(".")
-            scoped.setdefault(entry_name, {}).update(parse_overrides([f"--{key}", spec]))
+            scoped.setdefault(entry_name, {}).update(parse_overrides([f"--{key}", spec], options=True))
             continue
         if not eq or not NAME_RE.fullmatch(name) or not spec:
             raise UserError(
@@ -265,12 +273,13 @@ def make_plan(argv: list[str]) -> Plan:
             "the shape given here differs: pass --tokens_per_second for its reference figure"
         )
     # Each entry's config as its runs build it (the throughput here stands in until its own is known).
-    configs = {
-        e.name: build_config(
-            e.preset, None, {**shared, "compute_class": cc, "tokens_per_second": tps, **e.overrides}
-        )
-        for e in entries
-    }
+    budget = {"compute_class": cc, "tokens_per_second": tps}
+    configs = {e.name: build_config(e.preset, None, {**budget, **e.values(shared)}) for e in entries}
+    for e in entries:  # an idea's file runs now, so a broken one stops everything before a write
+        if e.kind == "model":
+            registry.resolve_model(copy.deepcopy(configs[e.name].model))
+        elif e.kind == "optimizer":
+            optimizers.load_idea(e.spec)
     base_cfg = configs[entries[0].name]
     data_dir, meta = _checked_data(shared, base_cfg, own["test_split"])
     last_n = count(own["eval_last_n"], "--eval_last_n")

@@ -27,6 +27,7 @@ from gptlab.compare import (
     plan_record,
 )
 from gptlab.compare_report import TEST_KEYS, collect, entry_result, write_outputs
+from gptlab.config import is_builtin
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_json, folder_lock, read_json, sha256_file
 from gptlab.resolve import resolve_batch
@@ -139,7 +140,8 @@ def train_run(plan: Plan, entry: Entry, seed: int, tps: float, steps: int, comma
         f"--out_dir={run_dir}",
     ]
     if any((run_dir / "checkpoints").glob("ckpt_*.pt")):
-        argv.append("--resume")
+        # The idea's code is the file named in this command (check_out_folder: unchanged since it trained).
+        argv += ["--resume"] + (["--trust_code"] if entry.kind != "preset" else [])
     elif run_dir.exists() and any(run_dir.iterdir()):
         argv.append("--overwrite")  # stopped before its first checkpoint: moved aside, nothing deleted
     print(f"training {entry.name} seed {seed}: {steps:,} steps -> {run_dir}", flush=True)
@@ -265,6 +267,12 @@ def existing_runs(paths: list[str]) -> dict[str, list[Path]]:
 def tabulate(paths: list[str], own: dict, command) -> dict:
     """Evaluate every run's final checkpoint on the test split and tabulate them; nothing trains."""
     groups = existing_runs(paths)
+    trusted = own["trust_code"].lower() in ("true", "1")
+    for folder in (f for folders in groups.values() for f in folders):
+        model = load_run(folder).config.model.model
+        if not is_builtin(model) and not trusted:  # refused before any run is evaluated
+            raise UserError(f"run {folder} carries code ({model.rsplit(':', 1)[0]}): evaluating it runs that "
+                            "code, which gptlab does only with --trust_code; read it, then pass --trust_code")
     entries, baseline_runs, seeds = [], None, set()
     with tempfile.TemporaryDirectory() as scratch:
         for index, (name, folders) in enumerate(groups.items()):
@@ -285,7 +293,7 @@ def tabulate(paths: list[str], own: dict, command) -> dict:
                     "--json",
                     str(out),
                 ]
-                argv += ["--trust_code"] if own["trust_code"].lower() in ("true", "1") else []
+                argv += ["--trust_code"] if trusted else []
                 run_command(command, argv, f"test evaluation of {folder}", quiet=True)
                 metrics = read_json(out, "evaluation")
                 runs.append(

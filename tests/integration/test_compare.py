@@ -11,9 +11,13 @@ import numpy as np
 import pytest
 
 from gptlab.commands.compare import main
-from tests.conftest import SAMPLE_TEXT
+from gptlab.errors import UserError
+from tests.conftest import REPO, SAMPLE_TEXT
 
-ENTRIES = ["baseline=baby", "narrow=baby", "--narrow.n_embd", "16"]
+IDEAS = REPO / "examples" / "ideas"
+# The baseline, a model idea and an optimiser idea (the two examples), with one entry's own option.
+ENTRIES = ["baseline=baby", f"modern={IDEAS / 'modern_block.py'}:ModernGPT", f"muon={IDEAS / 'muon.py'}:keller_muon",
+           "--modern.rope_base", "500"]
 SHAPE = [
     "--n_layer",
     "1",
@@ -48,6 +52,12 @@ def _command(calls):
         return command_table(argv)
 
     return command
+
+
+def _table(printed: str) -> list[str]:
+    lines = printed.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("entry "))
+    return lines[start : next(i for i, line in enumerate(lines) if line.startswith("wrote "))]
 
 
 @pytest.fixture(scope="module")
@@ -148,10 +158,12 @@ def test_compare_trains_evaluates_tabulates_and_plots(compared):
 
 def test_runs_that_exist_are_tabulated(compared, capsys):
     argv, out, _, printed = compared
-    calls = []
-    assert main([str(out), "--test_split", "val", "--eval_last_n", "16"], _command(calls)) == 0
+    calls, tabulate = [], [str(out), "--test_split", "val", "--eval_last_n", "16"]
+    with pytest.raises(UserError, match="carries code .*--trust_code"):  # the runs of the model idea
+        main(tabulate, _command(calls))
+    assert main([*tabulate, "--trust_code"], _command(calls)) == 0
     result = json.loads((out / "compare.json").read_text())
-    assert set(calls) == {"eval"} and len(calls) == 2 * len(result["entries"])
+    assert set(calls) == {"eval"} and len(calls) == 2 * len(result["entries"])  # the refusal evaluated nothing
     table = capsys.readouterr().out
     for entry in result["entries"]:
         line = next(line for line in table.splitlines() if line.startswith(entry["name"] + " "))
@@ -163,7 +175,7 @@ def test_a_second_call_trains_nothing_and_an_interrupted_one_continues(compared,
     calls = []
     assert main(argv, _command(calls)) == 0
     assert calls == []  # measurements, runs and evaluations are all reused
-    assert capsys.readouterr().out.splitlines()[:4] == printed.splitlines()[-7:-3]
+    assert _table(capsys.readouterr().out) == _table(printed)  # the same table from the kept results
     result = json.loads((out / "compare.json").read_text())
     entry = result["entries"][-1]
     run_dir = out / "runs" / entry["name"] / "seed1338"
