@@ -241,6 +241,22 @@ def changed_message(idea: Idea, recorded: str) -> str:
             "(without --resume)")
 
 
+def resume_changed_message(path: str, recorded: str, now: str) -> str:
+    """--resume of a run whose idea file no longer has the sha256 its config.json records."""
+    return (f"--resume: {path} has changed since the run started (sha256 {recorded[:12]}... in its "
+            f"config.json, {now[:12]}... now): restore the idea's file, or train the new version as a new "
+            "run (drop --resume)")
+
+
+def file_sha256(spec_text: str) -> str | None:
+    """The sha256 of the file a file spec names, read without running it (None for other specs or no file)."""
+    target, colon, _ = str(spec_text).strip().rpartition(":")
+    path = Path(target)
+    if not colon or not (target.endswith(".py") or "/" in target or "\\" in target) or not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def reserved_keys() -> set[str]:
     """Keys an idea's options may not reuse: every gptlab config key and alias, and IdeaConfig's own."""
     return set(config_schema.ALL_KEYS) | set(DERIVED_KEYS)

@@ -149,14 +149,11 @@ def resolve(cfg: Config, *, world_size: int, device, data_meta: dict | None, ini
         return out
     m, old_m = out.model, resume_config.model
     if m.model == old_m.model and old_m.model_sha256 and m.model_sha256 != old_m.model_sha256:
-        raise UserError(f"--resume: {m.model.rsplit(':', 1)[0]} has changed since the run started (sha256 "
-                        f"{old_m.model_sha256[:12]}... in its config.json, {m.model_sha256[:12]}... now): "
-                        "restore the idea's file, or train the new version as a new run (drop --resume)")
+        raise UserError(ideas.resume_changed_message(m.model.rsplit(":", 1)[0], old_m.model_sha256, m.model_sha256))
     o, old_o = out.optim, resume_config.optim
     if o.optimizer == old_o.optimizer and old_o.optimizer_sha256 and o.optimizer_sha256 != old_o.optimizer_sha256:
-        raise UserError(f"--resume: {o.optimizer.rsplit(':', 1)[0]} has changed since the run started (sha256 "
-                        f"{old_o.optimizer_sha256[:12]}... in its config.json, {o.optimizer_sha256[:12]}... now): "
-                        "restore the optimiser's file, or train the new version as a new run (drop --resume)")
+        raise UserError(ideas.resume_changed_message(o.optimizer.rsplit(":", 1)[0], old_o.optimizer_sha256,
+                                                     o.optimizer_sha256))
     if m.options != old_m.options:
         raise UserError(f"the idea's options {m.options} differ from {old_m.options} in the run's config.json: "
                         "a resumed run keeps its config; drop the changed --key value")

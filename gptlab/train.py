@@ -28,7 +28,7 @@ import torch
 
 from gptlab import checkpoint as ck
 from gptlab import distributed as dist_
-from gptlab import hf, optimizers, registry, runs
+from gptlab import hf, ideas, optimizers, registry, runs
 from gptlab.config import BUILTIN_OPTIMIZERS, Config, is_builtin
 from gptlab.config_files import load_run_config
 from gptlab.data import tokens as tk
@@ -278,12 +278,29 @@ def check_trust(cfg: Config, arch: dict | None, trust_code: bool) -> None:
                         "code a run carries only with --trust_code; read it, then add --trust_code")
 
 
+def check_idea_unchanged(cfg: Config, saved: Path) -> None:
+    """--resume into a known folder: an idea file that changed since the run started is refused before
+    any of it runs (resolve refuses it too, for auto-named folders, after loading it); a model idea's file
+    and an optimiser idea's file alike."""
+    specs = (cfg.model.model, cfg.optim.optimizer)
+    if all(ideas.file_sha256(spec) is None for spec in specs) or not saved.is_file():
+        return
+    old = load_run_config(saved)
+    for spec, (old_spec, old_sha) in zip(specs, ((old.model.model, old.model.model_sha256),
+                                                 (old.optim.optimizer, old.optim.optimizer_sha256))):
+        now, path = ideas.file_sha256(spec), str(Path(spec.rsplit(":", 1)[0]).resolve())
+        if now is not None and old_spec.rsplit(":", 1)[0] == path and old_sha and now != old_sha:
+            raise UserError(ideas.resume_changed_message(path, old_sha, now))
+
+
 def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitStack,
                 trust_code: bool = False) -> tuple[Config, Path, dict | None]:
     """(final config, run folder named once from the config resolved as for a fresh start, the newest
     valid checkpoint on --resume). Rank 0 takes the folder's lock into `hold`."""
     arch = source_arch(cfg.train.init_from, cfg.model.pad_vocab_multiple)
     check_trust(cfg, arch, trust_code)
+    if cfg.log.out_dir and (cfg.train.resume or cfg.train.init_from == "resume"):
+        check_idea_unchanged(cfg, Path(cfg.log.out_dir) / CONFIG_FILE)
     fresh = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta, init_source=arch)
     run_dir = resolved_run_dir(fresh, d.world_size)
     resume = cfg.train.resume or cfg.train.init_from == "resume"

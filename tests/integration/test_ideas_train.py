@@ -166,14 +166,15 @@ def test_a_changed_idea_is_refused_on_resume(data, tmp_path, monkeypatch, capsys
     assert cli.main(["train", *args]) == 0
     before = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} | {
         "config.json": (run / "config.json").read_bytes()}
-    idea.write_text(idea.read_text().replace("10000.0", "20000.0"))
+    marker = tmp_path / "marker"  # the new version would leave it, if it ran
+    idea.write_text(idea.read_text().replace("10000.0", "20000.0") + f"\nopen({str(marker)!r}, 'w').close()\n")
     capsys.readouterr()
     assert cli.main(["train", *args, "--resume", "--trust_code", "--max_iters", "8"]) == 2
     err = capsys.readouterr().err
     assert "has changed since the run started" in err and str(idea) in err and err.count("\n") == 1
     after = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} | {
         "config.json": (run / "config.json").read_bytes()}
-    assert after == before
+    assert after == before and not marker.exists()
 
 
 def test_an_idea_resumes_bit_identically_after_sigkill(data, tmp_path, capsys):
