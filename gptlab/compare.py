@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import difflib
 import importlib.util
 import re
 from dataclasses import dataclass, field
@@ -154,8 +155,12 @@ def code_kind(spec: str) -> tuple[str, Path]:
                 return "model", path
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 return "optimizer", path
+    names = [n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+    close = difflib.get_close_matches(attr, names, n=1)
     raise UserError(
-        f"{path} defines no class or function {attr!r} at its top level: name a model class "
+        f"{path} defines no class or function {attr!r} at its top level: "
+        + (f"did you mean {target}:{close[0]}? " if close else "")
+        + "name a model class "
         "(an nn.Module) or an optimiser function (model, config) -> optimizer"
     )
 
