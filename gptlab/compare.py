@@ -155,7 +155,9 @@ def code_kind(spec: str) -> tuple[str, Path]:
                 return "model", path
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 return "optimizer", path
-    names = [n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+    names = [
+        n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+    ]
     close = difflib.get_close_matches(attr, names, n=1)
     raise UserError(
         f"{path} defines no class or function {attr!r} at its top level: "
@@ -328,6 +330,11 @@ def plan_record(plan: Plan) -> dict:
     }
 
 
+def budget_record(plan: Plan) -> dict:
+    """What every run of a compare folder shares: the accelerator-hours and the dataset."""
+    return {"hours": plan.hours, "dataset": str(plan.data_dir.resolve())}
+
+
 def check_out_folder(plan: Plan) -> dict:
     """The folder's earlier plan ({} for a new folder); UserError for a folder compare did not make,
     a link, or an entry name that now means something else."""
@@ -344,6 +351,12 @@ def check_out_folder(plan: Plan) -> dict:
             "folders; pass a new --out"
         )
     old = read_json(out / PLAN_FILE, "compare plan") if (out / PLAN_FILE).is_file() else {}
+    if not isinstance(old, dict):
+        raise UserError(f"{out / PLAN_FILE} is not a compare plan: pass a new --out")
+    if old.get("budget", budget_record(plan)) != budget_record(plan):
+        raise UserError(
+            f"{out} holds runs of another budget or dataset ({old['budget']}): pass a new --out"
+        )
     for name, now in plan_record(plan).items():
         before = (old.get("entries") or {}).get(name)
         if before is None or before == now:

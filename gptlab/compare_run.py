@@ -23,6 +23,7 @@ from gptlab.compare import (
     RESULT_FILE,
     Entry,
     Plan,
+    budget_record,
     check_out_folder,
     plan_record,
 )
@@ -205,7 +206,12 @@ def run_plan(plan: Plan, command) -> tuple[dict, list[Path]]:
     with folder_lock(plan.out, "compare folder"):
         entries_record = dict(old.get("entries") or {}, **plan_record(plan))
         atomic_write_json(
-            plan.out / PLAN_FILE, {"entries": entries_record, "order": [e.name for e in plan.entries]}
+            plan.out / PLAN_FILE,
+            {
+                "entries": entries_record,
+                "order": [e.name for e in plan.entries],
+                "budget": budget_record(plan),
+            },
         )
         throughput = reference_throughputs(plan, command)
         steps = {
@@ -271,8 +277,10 @@ def tabulate(paths: list[str], own: dict, command) -> dict:
     for folder in (f for folders in groups.values() for f in folders):
         model = load_run(folder).config.model.model
         if not is_builtin(model) and not trusted:  # refused before any run is evaluated
-            raise UserError(f"run {folder} carries code ({model.rsplit(':', 1)[0]}): evaluating it runs that "
-                            "code, which gptlab does only with --trust_code; read it, then pass --trust_code")
+            raise UserError(
+                f"run {folder} carries code ({model.rsplit(':', 1)[0]}): evaluating it runs that "
+                "code, which gptlab does only with --trust_code; read it, then pass --trust_code"
+            )
     entries, baseline_runs, seeds = [], None, set()
     with tempfile.TemporaryDirectory() as scratch:
         for index, (name, folders) in enumerate(groups.items()):

@@ -145,10 +145,14 @@ OPTIMIZER_METHODS = ("param_groups", "step", "zero_grad", "state_dict", "load_st
 
 def load_idea(spec: str) -> ideas.Loaded:
     """The function --optimizer names (its file executed once, from the bytes hashed)."""
-    loaded = ideas.load_object(spec, dict.fromkeys(BUILTIN_OPTIMIZERS), flag="--optimizer", noun="function")
+    loaded = ideas.load_object(
+        spec, dict.fromkeys(BUILTIN_OPTIMIZERS), flag="--optimizer", noun="function"
+    )
     if isinstance(loaded.obj, type) or not callable(loaded.obj):
-        raise UserError(f"--optimizer {spec}: {loaded.spec.class_name} is {type(loaded.obj).__name__}, not a "
-                        "function (model, config) -> optimiser: name the function")
+        raise UserError(
+            f"--optimizer {spec}: {loaded.spec.class_name} is {type(loaded.obj).__name__}, not a "
+            "function (model, config) -> optimiser: name the function"
+        )
     return loaded
 
 
@@ -171,23 +175,29 @@ def from_idea(model: nn.Module, config, loaded: ideas.Loaded | None = None):
     loaded = loaded or load_idea(o.optimizer)
     name = loaded.spec.text
     if o.optimizer_sha256 and loaded.sha256 != o.optimizer_sha256:
-        raise UserError(f"--optimizer {name}: the file has changed since the run recorded it (sha256 "
-                        f"{o.optimizer_sha256[:12]}..., now {loaded.sha256[:12]}...): restore it, or start a new "
-                        "run (without --resume)")
+        raise UserError(
+            f"--optimizer {name}: the file has changed since the run recorded it (sha256 "
+            f"{o.optimizer_sha256[:12]}..., now {loaded.sha256[:12]}...): restore it, or start a new "
+            "run (without --resume)"
+        )
     try:
         optimizer = loaded.obj(model, config)
     except Exception as e:  # the idea's own code: its file and line, in one line
         raise UserError(ideas.failure_line(e, loaded.source, f"building the optimiser {name}")) from None
     missing = [m for m in OPTIMIZER_METHODS if not hasattr(optimizer, m)]
     if missing:
-        raise UserError(f"--optimizer {name} returned {type(optimizer).__name__}, which lacks {', '.join(missing)}: "
-                        "return a torch optimiser (or gptlab.optimizers.ChainedOptimizer of several)")
+        raise UserError(
+            f"--optimizer {name} returned {type(optimizer).__name__}, which lacks {', '.join(missing)}: "
+            "return a torch optimiser (or gptlab.optimizers.ChainedOptimizer of several)"
+        )
     held = [id(p) for group in optimizer.param_groups for p in group["params"]]
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     if len(held) != len(set(held)) or set(held) != trainable:
-        raise UserError(f"--optimizer {name} must hold every trainable parameter of the model exactly once; "
-                        f"it holds {len(set(held) & trainable)} of {len(trainable)} (and {len(held) - len(set(held))} "
-                        f"twice, {len(set(held) - trainable)} foreign): fix its param groups")
+        raise UserError(
+            f"--optimizer {name} must hold every trainable parameter of the model exactly once; "
+            f"it holds {len(set(held) & trainable)} of {len(trainable)} (and {len(held) - len(set(held))} "
+            f"twice, {len(set(held) - trainable)} foreign): fix its param groups"
+        )
     for group in optimizer.param_groups:
         group.setdefault("lr_scale", group["lr"] / o.learning_rate)
     return optimizer

@@ -151,3 +151,13 @@ def test_an_entry_that_changed_is_refused(char_dataset, tmp_path):
     with pytest.raises(UserError, match="entry 'baseline': it differs"):
         run_plan(make_plan(_argv(char_dataset, "--out", str(out))), command=None)
     assert Path(out / PLAN_FILE).is_file()
+
+
+def test_a_folder_of_another_budget_is_refused(char_dataset, tmp_path):
+    from gptlab.files import atomic_write_json
+
+    out = tmp_path / "cmp"
+    out.mkdir()
+    atomic_write_json(out / PLAN_FILE, {"entries": {}, "budget": {"hours": 6.0, "dataset": "books16384"}})
+    with pytest.raises(UserError, match="another budget or dataset"):
+        run_plan(make_plan(_argv(char_dataset, "--out", str(out))), command=None)
