@@ -61,7 +61,7 @@ def test_six_hour_command_through_the_cli(monkeypatch):
     import gptlab.train
 
     seen = {}
-    monkeypatch.setattr(gptlab.train, "train", lambda cfg, argv: seen.update(cfg=cfg, argv=argv) or {})
+    monkeypatch.setattr(gptlab.train, "train", lambda cfg, argv, trust_code=False: seen.update(cfg=cfg, argv=argv) or {})
     assert cli.main(["train", *SIX_HOUR]) == 0
     assert seen["cfg"].to_dict() == _languini_cfg(SIX_HOUR).to_dict()
     assert seen["argv"] == SIX_HOUR
