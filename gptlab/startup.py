@@ -81,6 +81,18 @@ def use_compile_cache(device: torch.device, compile_mode: str) -> Path | None:
     return folder
 
 
+def warm_compile_workers(device: torch.device, compile_mode: str) -> None:
+    """Start inductor's kernel-compile worker processes now (torch starts them when its backend is
+    first called, after Dynamo has traced the model): on CUDA under compile, where they are used."""
+    if device.type != "cuda" or compile_mode == "none":
+        return
+    try:
+        from torch._inductor.async_compile import maybe_warm_pool
+    except ImportError:  # a torch without the pool: it compiles in-process
+        return
+    maybe_warm_pool()
+
+
 # ------------------------------------------------------------------------------ time to first step
 
 def process_started() -> float:

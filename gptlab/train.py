@@ -397,7 +397,9 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
     """Resolve the config, open the data, build (or restore) model and optimiser, wrap, compile."""
     if cfg.system.num_threads:
         torch.set_num_threads(cfg.system.num_threads)
-    torch.use_deterministic_algorithms(cfg.system.deterministic)
+    if torch.are_deterministic_algorithms_enabled() != cfg.system.deterministic:
+        torch.use_deterministic_algorithms(cfg.system.deterministic)  # imports inductor: only when it changes
+    startup.warm_compile_workers(d.device, cfg.system.compile)  # they start while the data is opened
     if d.device.type == "cuda":  # TF32 for fp32 matmuls (the autocast ones are bf16/fp16 anyway)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     log = print if d.is_main else (lambda *a, **k: None)
