@@ -298,12 +298,13 @@ def bench_lever_rows(case: str, preset: str, args: list[str], plain: dict, a) ->
 
 
 def case_gpt2(batch: int, with_hf: bool):
+    """with_hf: transformers' GPT2LMHeadModel too, when --hf is given (issue 23 targets nanoGPT only)."""
     def run(a, work):
         args = ["--batch_size", str(batch), *B16]
         ours = gptlab_bench("gpt2", args, a)
         rows = [_row(f"gpt2_b{batch}", ours, "nanoGPT", nanogpt_rate(a.nanogpt, GPT2, batch, a),
                      gptlab_mfu=ours["mfu"], note="bf16, compiled, fused AdamW, clip 1.0; nanoGPT model.py compiled")]
-        if with_hf:
+        if with_hf and a.hf:
             rows.append(_row(f"gpt2_b{batch}", ours, "transformers GPT2LMHeadModel", hf_rate(GPT2, batch, a),
                              note="sdpa attention, compiled"))
         return rows + bench_lever_rows(f"gpt2_b{batch}", "gpt2", args, ours, a)
@@ -533,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--zero_one_timeout_s", type=float, default=40, help="limit of one zero_one run (target 15 s)")
     p.add_argument("--shakespeare_timeout_s", type=float, default=60,
                    help="limit of one shakespeare_char run (target 30 s)")
+    p.add_argument("--hf", action="store_true", help="gpt2_b16 also times transformers' GPT2LMHeadModel")
     p.add_argument("--levers", default="", help=f"comma list of per-step levers, each measured alone: {', '.join(LEVERS)}")
     p.add_argument("--loop_records", type=int, default=6, help="train records of the gpt2 loop before it stops")
     p.add_argument("--steps", type=int, default=20)
