@@ -399,7 +399,6 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
         torch.set_num_threads(cfg.system.num_threads)
     if torch.are_deterministic_algorithms_enabled() != cfg.system.deterministic:
         torch.use_deterministic_algorithms(cfg.system.deterministic)  # imports inductor: only when it changes
-    startup.warm_compile_workers(d.device, cfg.system.compile)  # they start while the data is opened
     if d.device.type == "cuda":  # TF32 for fp32 matmuls (the autocast ones are bf16/fp16 anyway)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     log = print if d.is_main else (lambda *a, **k: None)
@@ -407,7 +406,8 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
     meta = tk.read_meta(data_dir)
     pick_splits(cfg, data_dir, meta)  # a mistyped split name is refused before the run folder is touched
     cfg, run_dir, resumed = resolve_run(cfg, d, meta, hold)
-    startup.use_compile_cache(d.device, cfg.system.compile)
+    startup.use_compile_cache(d.device, cfg.system.compile)  # before the workers start: they inherit it
+    startup.warm_compile_workers(d.device, cfg.system.compile)  # they start while data and model load
     splits, verified = load_splits(cfg, data_dir, meta, cfg.model.vocab_size)
     hold.callback(verified.thread.join if verified.thread else (lambda: None))
     model = build_model(cfg, resumed, log).to(d.device)

@@ -125,7 +125,8 @@ def test_eval_forward_choice(monkeypatch):
 
 
 def test_compile_cache_folder_on_cuda_only(monkeypatch, tmp_path):
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # recorded, so that what the call sets is undone
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     monkeypatch.setenv("GPTLAB_CACHE_DIR", str(tmp_path / "cache"))
     assert startup.use_compile_cache(torch.device("cpu"), "default") is None
     assert startup.use_compile_cache(torch.device("cuda"), "none") is None
