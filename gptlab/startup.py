@@ -23,6 +23,7 @@ from gptlab.evaluate import EvalForward, TrainGraphForward
 
 EVAL_GRAPH_ENV = "GPTLAB_EVAL_GRAPH"
 EVAL_GRAPHS = ("auto", "train", "eager", "separate")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 BACKGROUND_VERIFY_BYTES = 256 * 2**20  # bins at least this large are hashed while the model compiles
 
 
@@ -38,7 +39,8 @@ def drops_out(model: torch.nn.Module) -> bool:
 def eval_forward(compiled: torch.nn.Module, raw: torch.nn.Module, *, compiled_mode: str, batch_size: int,
                  ce_chunk: int, distributed: bool, eval_only: bool) -> EvalForward:
     """How the in-training evaluation gets its logits (module docstring); auto picks the training graph
-    when that is numerically the eval forward, eager under dropout, the old path elsewhere."""
+    when that is numerically the eval forward, eager under dropout, the old path elsewhere (several
+    processes, eval_only, the CUDA-graph compile modes)."""
     choice = os.environ.get(EVAL_GRAPH_ENV, "auto").strip().lower() or "auto"
     if choice not in EVAL_GRAPHS:
         raise UserError(f"{EVAL_GRAPH_ENV}={choice!r} is not one of {', '.join(EVAL_GRAPHS)}: unset it or "
@@ -49,8 +51,10 @@ def eval_forward(compiled: torch.nn.Module, raw: torch.nn.Module, *, compiled_mo
     if choice == "train" and not train_ok:
         raise UserError(f"{EVAL_GRAPH_ENV}=train scores through the training graph, which needs dropout 0 and "
                         f"one process (its numbers would differ otherwise): unset {EVAL_GRAPH_ENV}")
-    if choice == "auto":
-        choice = "separate" if distributed or eval_only else ("train" if train_ok else "eager")
+    if choice == "auto":  # CUDA-graph modes keep the old path: replaying the training graph's forward
+        # without its backward is not what cudagraph trees are built for
+        old_path = distributed or eval_only or compiled_mode in CUDA_GRAPH_MODES
+        choice = "separate" if old_path else ("train" if train_ok else "eager")
     if choice == "train":
         return TrainGraphForward(compiled, batch_size, hidden=ce_chunk > 0)
     return EvalForward(raw if choice == "eager" else compiled)

@@ -35,7 +35,7 @@ from gptlab.data.prefetch import Prefetcher
 from gptlab.data.samplers import RandomWindowSampler, StreamBatcher
 from gptlab.data.tokenizers import token_byte_lengths, tokenizer_files, tokenizer_from_meta
 from gptlab.errors import UserError
-from gptlab.evaluate import evaluate, format_metrics, languini_eval_plan
+from gptlab.evaluate import count_targets, eval_plan, evaluate, format_metrics
 from gptlab.files import atomic_write_json, atomic_write_text, read_json
 from gptlab.loss import lm_loss
 from gptlab.metrics import TrainClock, TrainMetrics, entropy_gap
@@ -179,6 +179,7 @@ class Evaluator:
         self.val_name = next((k for k in splits if k != "train"), None)
         self.last: dict = {}
         self.plans = {}
+        self.counted = startup.Background(lambda: None, inline=True)
         t = cfg.train
         if t.eval_iters == 0:
             return
@@ -191,9 +192,13 @@ class Evaluator:
                 # One text without document boundaries (e.g. shakespeare): cut it into `streams` equal parts,
                 # else all but one stream would be empty. Documented data keeps Languini's dealing.
                 offsets = np.arange(streams, dtype=np.int64) * (len(toks) // streams)
-            self.plans[split] = languini_eval_plan(
-                toks, offsets, cfg.model.block_size, streams=streams, max_steps=t.eval_iters, last_n=t.last_n,
-                tokenizer=tok, byte_lengths=lengths, eot_id=meta.get("eot_id"))
+            self.plans[split] = eval_plan(len(toks), cfg.model.block_size, t.last_n, offsets, streams,
+                                          t.eval_iters, toks, meta.get("eot_id"))  # checked now: a bad one stops here
+        # Characters and bytes of every scored window (languini_eval_plan's counts): on a GPU, counted while
+        # the model compiles; the first evaluation waits for them.
+        counts = [(plan, splits[split], tok, lengths) for split, plan in self.plans.items()]
+        self.counted = startup.Background(lambda: [count_targets(*job) for job in counts],
+                                          inline=d.device.type != "cuda")
 
     def due(self, step: int) -> bool:
         every, t = self.cfg.train.eval_interval, self.cfg.train
@@ -206,6 +211,7 @@ class Evaluator:
         out = {}
         with self.clock.paused():
             self.data_checked()
+            self.counted.join()
             for split, plan in self.plans.items():
                 m = evaluate(self.model, self.splits[split], self.cfg.model.block_size, t.eval_batch_size or t.batch_size,
                              d.device, autocast=self.ctx, rank=d.rank, world_size=d.world_size, reduce=reduce,
@@ -397,8 +403,7 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
     """Resolve the config, open the data, build (or restore) model and optimiser, wrap, compile."""
     if cfg.system.num_threads:
         torch.set_num_threads(cfg.system.num_threads)
-    if torch.are_deterministic_algorithms_enabled() != cfg.system.deterministic:
-        torch.use_deterministic_algorithms(cfg.system.deterministic)  # imports inductor: only when it changes
+    torch.use_deterministic_algorithms(cfg.system.deterministic)
     if d.device.type == "cuda":  # TF32 for fp32 matmuls (the autocast ones are bf16/fp16 anyway)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     log = print if d.is_main else (lambda *a, **k: None)

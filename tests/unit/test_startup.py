@@ -109,7 +109,7 @@ def test_eval_forward_choice(monkeypatch):
     assert isinstance(startup.eval_forward(compiled, plain, **kw), TrainGraphForward)
     eager = startup.eval_forward(torch.compile(dropping, backend="eager"), dropping, **kw)
     assert type(eager) is EvalForward and eager.model is dropping  # dropout: the plain module, eval mode
-    for changed in (dict(distributed=True), dict(eval_only=True)):  # the compiled module in eval mode
+    for changed in (dict(distributed=True), dict(eval_only=True), dict(compiled_mode="reduce-overhead")):
         chosen = startup.eval_forward(compiled, plain, **dict(kw, **changed))
         assert type(chosen) is EvalForward and chosen.model is compiled
     none = startup.eval_forward(plain, plain, **dict(kw, compiled_mode="none"))
