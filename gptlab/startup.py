@@ -164,3 +164,13 @@ def verify_in_background(verify, data_dir: Path, meta: dict, splits: list[str], 
     checkpoint (a damaged one then stops the run there, before any checkpoint is written)."""
     size = sum(bin_path(data_dir, s).stat().st_size for s in splits if bin_path(data_dir, s).is_file())
     return Background(verify, data_dir, meta, splits, inline=size < BACKGROUND_VERIFY_BYTES)
+
+
+def join_verification(verified: Background, run_dir: Path) -> None:
+    """verified.join(); a damaged bin found in the background stops the run before any checkpoint,
+    and the message says what this run left behind."""
+    try:
+        verified.join()
+    except UserError as e:
+        raise UserError(f"{e} (found while training: {run_dir} holds this run's logs and no checkpoint; "
+                        "remove it or train again with --overwrite)") from None

@@ -439,7 +439,7 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
     evaluator.forward = startup.eval_forward(
         wrapped, model, compiled_mode=cfg.system.compile, batch_size=cfg.train.batch_size,
         ce_chunk=cfg.system.ce_chunk, distributed=d.enabled, eval_only=cfg.train.eval_only)
-    evaluator.data_checked = verified.join
+    evaluator.data_checked = lambda: startup.join_verification(verified, run_dir)
     data = Batches(sampler, cfg.train.gradient_accumulation_steps, d.device)  # starts a thread on a GPU
     hold.callback(data.close)
     checkpointer = ck.Checkpointer(cfg, run_dir, d, model, optimizer, scaler, data)

@@ -167,8 +167,8 @@ def test_background_verification_reports_at_join(char_dataset, monkeypatch):
     monkeypatch.setattr(startup, "BACKGROUND_VERIFY_BYTES", 0)
     late = startup.verify_in_background(tk.verify_bins, char_dataset, meta, splits, tk.bin_path)
     assert late.thread is not None
-    with pytest.raises(UserError, match="sha256"):
-        late.join()
+    with pytest.raises(UserError, match="sha256.*no checkpoint"):
+        startup.join_verification(late, char_dataset / "run")  # what the stopped run left is said
     late.join()  # reported once
 
 
