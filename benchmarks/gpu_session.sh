@@ -11,7 +11,7 @@
 #            small b128 fp16 vs Languini's own code
 # Knobs (env): T_TESTS (s for tests/gpu; 0 = none), T_PEERS (s for peers.py), BUDGET_S (peers.py starts no
 # case after this), LEVERS (peers.py --levers: cuda_graphs, cdt, foreach on the step cases; cuda_graphs,
-# cdt, eval_separate on the wall cases; each measured alone in the same call), PEERS_ARGS (more flags).
+# cdt, eval_separate, plain_loss on the wall cases; each measured alone in the same call), PEERS_ARGS.
 # Defaults keep the whole call under 540 s: 70 s tests + 455 s peers (cases started before 380 s).
 # Writes to $OUT: env.txt, gpu_tests.txt, peers_log.txt, <device>_peers.json (rows, skipped, errors).
 set -u

@@ -54,6 +54,9 @@ LEVERS = {
     "foreach": {"optimizer": "foreach", "where": ("bench",)},
     # in-training evaluation as before issue 23 (compiled module in eval mode: a second graph)
     "eval_separate": {"env": {"GPTLAB_EVAL_GRAPH": "separate"}, "where": ("run",)},
+    # the plain loss in the model's graph instead of the chunked one (whose chunk step compiles apart on
+    # CUDA): one compile less for a short run; same loss, gradients within bf16 rounding
+    "plain_loss": {"args": ["--ce_chunk", "0"], "where": ("run",)},
 }
 GPT2 = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304)
 SMALL = dict(n_layer=12, n_head=12, n_embd=768, block_size=512, vocab_size=16384)  # Languini small
@@ -354,7 +357,7 @@ def run_lever_rows(case: str, preset: str, extra: list[str], work: Path, timeout
         lever = LEVERS[name]
         if "run" not in lever["where"]:
             continue
-        args = [*extra, "--compile", lever["compile"]] if lever.get("compile") else extra
+        args = [*extra, *lever.get("args", []), *(["--compile", lever["compile"]] if lever.get("compile") else [])]
         env = dict(cache_env(Path(tempfile.mkdtemp(prefix="inductor_", dir=work))), **lever.get("env", {}))
         mine = gptlab_run(preset, args, work, timeout_s, done, f"lever_{name}", env)
         rows.append(_row(f"{case}_lever_{name}", mine, "gptlab plain cold run (same call)", cold, lever=name,
