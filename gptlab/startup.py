@@ -36,21 +36,29 @@ def drops_out(model: torch.nn.Module) -> bool:
         isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
 
 
+def eval_graph_choice(dropout: float, distributed: bool) -> str:
+    """GPTLAB_EVAL_GRAPH checked (before anything is written): one of EVAL_GRAPHS, and `train` only
+    where the training graph computes the eval forward's numbers."""
+    choice = os.environ.get(EVAL_GRAPH_ENV, "auto").strip().lower() or "auto"
+    if choice not in EVAL_GRAPHS:
+        raise UserError(f"{EVAL_GRAPH_ENV}={choice!r} is not one of {', '.join(EVAL_GRAPHS)}: unset it or "
+                        "pass one of those")
+    if choice == "train" and (dropout > 0 or distributed):
+        raise UserError(f"{EVAL_GRAPH_ENV}=train scores through the training graph, which needs dropout 0 and "
+                        f"one process (its numbers would differ otherwise): unset {EVAL_GRAPH_ENV}")
+    return choice
+
+
 def eval_forward(compiled: torch.nn.Module, raw: torch.nn.Module, *, compiled_mode: str, batch_size: int,
                  ce_chunk: int, distributed: bool, eval_only: bool) -> EvalForward:
     """How the in-training evaluation gets its logits (module docstring); auto picks the training graph
     when that is numerically the eval forward, eager under dropout, the old path elsewhere (several
     processes, eval_only, the CUDA-graph compile modes)."""
-    choice = os.environ.get(EVAL_GRAPH_ENV, "auto").strip().lower() or "auto"
-    if choice not in EVAL_GRAPHS:
-        raise UserError(f"{EVAL_GRAPH_ENV}={choice!r} is not one of {', '.join(EVAL_GRAPHS)}: unset it or "
-                        "pass one of those")
+    drops = drops_out(raw)
+    choice = eval_graph_choice(float(drops), distributed)
+    train_ok = not drops and not distributed
     if compiled_mode == "none":
         return EvalForward(compiled)
-    train_ok = not drops_out(raw) and not distributed
-    if choice == "train" and not train_ok:
-        raise UserError(f"{EVAL_GRAPH_ENV}=train scores through the training graph, which needs dropout 0 and "
-                        f"one process (its numbers would differ otherwise): unset {EVAL_GRAPH_ENV}")
     if choice == "auto":  # CUDA-graph modes keep the old path: replaying the training graph's forward
         # without its backward is not what cudagraph trees are built for
         old_path = distributed or eval_only or compiled_mode in CUDA_GRAPH_MODES

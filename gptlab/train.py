@@ -410,6 +410,7 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
     data_dir = resolve_data_dir(cfg.data.dataset, cfg.data.data_root)
     meta = tk.read_meta(data_dir)
     pick_splits(cfg, data_dir, meta)  # a mistyped split name is refused before the run folder is touched
+    startup.eval_graph_choice(cfg.model.dropout, d.enabled)  # so is a bad GPTLAB_EVAL_GRAPH
     cfg, run_dir, resumed = resolve_run(cfg, d, meta, hold)
     startup.use_compile_cache(d.device, cfg.system.compile)  # before the workers start: they inherit it
     startup.warm_compile_workers(d.device, cfg.system.compile)  # they start while data and model load

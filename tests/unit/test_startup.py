@@ -124,6 +124,15 @@ def test_eval_forward_choice(monkeypatch):
         startup.eval_forward(compiled, plain, **kw)
 
 
+def test_a_bad_eval_graph_setting_is_refused_before_anything_is_written(char_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv(startup.EVAL_GRAPH_ENV, "fast")
+    cfg = build_config("baby", overrides=dict(dataset=str(char_dataset), out_dir=str(tmp_path / "run"), n_layer=1,
+                                              max_iters=1, device="cpu", progress="off", tensorboard="false"))
+    with pytest.raises(UserError, match=startup.EVAL_GRAPH_ENV):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 def test_compile_cache_folder_on_cuda_only(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # recorded, so that what the call sets is undone
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
