@@ -38,8 +38,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer_runs import (H_ZERO_ONE, REPO, ZERO_ONE_ALL_TOKEN_FLOOR, cache_env, gptlab_cold_warm,  # noqa: E402
-                       gptlab_run, nanogpt_train_run, val_at_most, wall_rows)
+from peer_runs import (H_ZERO_ONE, REPO, ZERO_ONE_ALL_TOKEN_FLOOR,  # noqa: E402
+                       cache_env, gptlab_cold_warm, gptlab_run, nanogpt_train_run, val_at_most,
+                       wall_rows)
 from gptlab.optim import build_optimizer  # noqa: E402
 
 # Per-step levers, each measured alone against the plain path in the same call (--levers a,b).
@@ -263,7 +264,8 @@ def lever_applied(name: str | None, args: list[str]):
 
 def gptlab_bench(preset: str, args: list[str], a, lever: str | None = None) -> dict:
     with lever_applied(lever, args) as args:
-        r = _gptlab_json("bench", [preset, *args, "--steps", str(a.steps), "--warmup", str(a.warmup), "--no_matmul"])
+        timing = ["--steps", str(a.steps), "--warmup", str(a.warmup), "--no_matmul"]
+        r = _gptlab_json("bench", [preset, *args, *timing])
     return {"tokens_per_s": r["tokens_per_sec"], "ms_per_step": r["ms_per_step"], "peak_mem_gib": r.get("peak_mem_gb"),
             "mfu": r.get("mfu_table"), "compile_s": r.get("compile_s")}
 
@@ -315,7 +317,8 @@ def case_gpt2(batch: int, with_hf: bool):
 
 
 def case_small_b32(a, work):
-    args = ["--batch_size", "32", "--gradient_accumulation_steps", "1", "--dtype", "bfloat16", "--compile", "default"]
+    args = ["--batch_size", "32", "--gradient_accumulation_steps", "1", "--dtype", "bfloat16",
+            "--compile", "default"]
     ours = gptlab_bench("small", args, a)
     theirs = nanogpt_rate(a.nanogpt, SMALL, 32, a)
     return [_row("languini_small_b32", ours, "nanoGPT (same shape: fused QKV, tied)", theirs, gptlab_mfu=ours["mfu"],
@@ -348,67 +351,76 @@ def _prepare_shakespeare(work: Path) -> Path:
     return data
 
 
-def run_lever_rows(case: str, preset: str, extra: list[str], work: Path, timeout_s: float, done, cold: dict,
-                   a) -> list[dict]:
-    """A whole `gptlab train` process (fresh compile cache) with each asked run lever on alone, against the
-    plain cold run of the same call: wall time and the loop's ms/step."""
+def run_lever_rows(case: str, preset: str, extra: list[str], work: Path, timeout_s: float, done,
+                   cold: dict, a) -> list[dict]:
+    """A whole `gptlab train` process (fresh compile cache) with each asked run lever on alone,
+    against the plain cold run of the same call: wall time and the loop's ms/step."""
     rows = []
     for name in a.levers:
         lever = LEVERS[name]
         if "run" not in lever["where"]:
             continue
-        args = [*extra, *lever.get("args", []), *(["--compile", lever["compile"]] if lever.get("compile") else [])]
-        env = dict(cache_env(Path(tempfile.mkdtemp(prefix="inductor_", dir=work))), **lever.get("env", {}))
-        mine = gptlab_run(preset, args, work, timeout_s, done, f"lever_{name}", env)
-        rows.append(_row(f"{case}_lever_{name}", mine, "gptlab plain cold run (same call)", cold, lever=name,
-                         gptlab_wall_s=mine["wall_s"], peer_wall_s=cold["wall_s"], gptlab_reached=mine["reached"],
-                         gptlab_ms_per_step=mine["ms_per_step"], peer_ms_per_step=cold["ms_per_step"],
-                         gptlab_first_step_s=mine["first_step_s"], gptlab_compile_s=mine["compile_s"],
-                         gptlab_last_eval=mine["last_eval"], gptlab_log_tail=mine["log_tail"],
-                         wall_ratio=cold["wall_s"] / mine["wall_s"] if mine["wall_s"] and cold["wall_s"] else None))
+        mode = ["--compile", lever["compile"]] if lever.get("compile") else []
+        args = [*extra, *lever.get("args", []), *mode]
+        fresh = cache_env(Path(tempfile.mkdtemp(prefix="inductor_", dir=work)))
+        mine = gptlab_run(preset, args, work, timeout_s, done, f"lever_{name}",
+                          dict(fresh, **lever.get("env", {})))
+        both = mine["wall_s"] and cold["wall_s"]
+        rows.append(_row(
+            f"{case}_lever_{name}", mine, "gptlab plain cold run (same call)", cold, lever=name,
+            gptlab_wall_s=mine["wall_s"], peer_wall_s=cold["wall_s"],
+            wall_ratio=cold["wall_s"] / mine["wall_s"] if both else None,
+            gptlab_reached=mine["reached"], gptlab_ms_per_step=mine["ms_per_step"],
+            peer_ms_per_step=cold["ms_per_step"], gptlab_first_step_s=mine["first_step_s"],
+            gptlab_compile_s=mine["compile_s"], gptlab_last_eval=mine["last_eval"],
+            gptlab_log_tail=mine["log_tail"]))
     return rows
 
 
 def case_shakespeare(a, work):
-    """`gptlab train shakespeare_char` as whole processes (cold compile cache, then warm) to val <= 1.47, and
-    nanoGPT's train.py with its config/train_shakespeare_char.py (the same recipe), cold."""
+    """`gptlab train shakespeare_char` as whole processes (cold compile cache, then warm) to
+    val <= 1.47, and nanoGPT's train.py with its config/train_shakespeare_char.py, cold."""
     extra, done = ["--dataset", str(_prepare_shakespeare(work))], val_at_most(1.47)
-    cold, warm = gptlab_cold_warm("shakespeare_char", extra, work, a.shakespeare_timeout_s, done)
-    peer = nanogpt_train_run(a.nanogpt, work, a.shakespeare_timeout_s, "shakespeare_char", 1.47)
-    return wall_rows("shakespeare_char", cold, warm, peer, 30.0,
-                     "wall time from the command to val <= 1.47, compile included; each run stopped at "
-                     f"{a.shakespeare_timeout_s:.0f} s (reached false: not there by then)") + \
-        run_lever_rows("shakespeare_char", "shakespeare_char", extra, work, a.shakespeare_timeout_s, done, cold, a)
+    limit_s = a.shakespeare_timeout_s
+    cold, warm = gptlab_cold_warm("shakespeare_char", extra, work, limit_s, done)
+    peer = nanogpt_train_run(a.nanogpt, work, limit_s, "shakespeare_char", 1.47)
+    note = (f"wall time from the command to val <= 1.47, compile included; each run stopped at "
+            f"{limit_s:.0f} s (reached false: not there by then)")
+    rows = wall_rows("shakespeare_char", cold, warm, peer, 30.0, note)
+    return rows + run_lever_rows("shakespeare_char", "shakespeare_char", extra, work, limit_s, done,
+                                 cold, a)
 
 
 def case_shakespeare_step(a, work):
-    """gptlab's loop ms/step on the shakespeare_char recipe vs nanoGPT's model at its shape (6x384, b64 x 256,
-    dropout 0.2, vocab 65) timed in-process: the step alone."""
-    ours = gptlab_run("shakespeare_char", ["--dataset", str(_prepare_shakespeare(work)), "--eval_interval", "0",
-                                           "--max_iters", "400"], work, a.run_timeout_s, lambda lines, recs: False)
-    theirs = nanogpt_rate(a.nanogpt, dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65), 64, a,
-                          dropout=0.2)
+    """gptlab's loop ms/step on the shakespeare_char recipe vs nanoGPT's model at its shape (6x384,
+    b64 x 256, dropout 0.2, vocab 65) timed in-process: the step alone."""
+    extra = ["--dataset", str(_prepare_shakespeare(work)), "--eval_interval", "0", "--max_iters", "400"]
+    ours = gptlab_run("shakespeare_char", extra, work, a.run_timeout_s, lambda lines, recs: False)
+    shape = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65)
+    theirs = nanogpt_rate(a.nanogpt, shape, 64, a, dropout=0.2)
     return [_row("shakespeare_char_step", ours, "nanoGPT model.py, the recipe's step", theirs,
                  gptlab_ms_per_step=ours["ms_per_step"], peer_ms_per_step=theirs["ms_per_step"],
-                 note="gptlab: median ms/step of its loop (400 steps, no evaluation); nanoGPT: the step on random "
-                      "tokens, no data loader")]
+                 note="gptlab: median ms/step of its loop (400 steps, no evaluation); nanoGPT: the "
+                      "step on random tokens, no data loader")]
 
 
 def case_zero_one(a, work):
-    """`gptlab train zero_one` as whole processes (cold, warm) to word loss <= 1.01 H(1/3), and nanoGPT's
-    train.py on the same tokens with the same recipe (NANOGPT_ZERO_ONE) to all-token loss <= 1.01 x 0.6430."""
+    """`gptlab train zero_one` as whole processes (cold, warm) to word loss <= 1.01 H(1/3), and
+    nanoGPT's train.py on the same tokens with the same recipe (NANOGPT_ZERO_ONE) to all-token
+    loss <= 1.01 x 0.6430."""
     if not a.zero_one_data:
         raise SystemExit("zero_one needs --zero_one_data (a prepared zero_one folder)")
     data = Path(a.zero_one_data).resolve()
     extra, done = ["--dataset", str(data)], val_at_most(1.01 * H_ZERO_ONE, "loss_excl_eot")
-    cold, warm = gptlab_cold_warm("zero_one", extra, work, a.zero_one_timeout_s, done)
-    peer = nanogpt_train_run(a.nanogpt, work, a.zero_one_timeout_s, "zero_one", 1.01 * ZERO_ONE_ALL_TOKEN_FLOOR,
-                             data)
-    return wall_rows("zero_one", cold, warm, peer, 15.0,
-                     f"wall time from the command to word loss <= 1.01 x H(1/3) = {1.01 * H_ZERO_ONE:.4f} (nanoGPT: "
-                     f"all-token loss <= {1.01 * ZERO_ONE_ALL_TOKEN_FLOOR:.4f}, its eval of 4 random batches; it "
-                     "also writes a checkpoint at each better val loss)") + \
-        run_lever_rows("zero_one", "zero_one", extra, work, a.zero_one_timeout_s, done, cold, a)
+    limit_s = a.zero_one_timeout_s
+    cold, warm = gptlab_cold_warm("zero_one", extra, work, limit_s, done)
+    peer_bound = 1.01 * ZERO_ONE_ALL_TOKEN_FLOOR
+    peer = nanogpt_train_run(a.nanogpt, work, limit_s, "zero_one", peer_bound, data)
+    note = (f"wall time from the command to word loss <= 1.01 x H(1/3) = {1.01 * H_ZERO_ONE:.4f} "
+            f"(nanoGPT: all-token loss <= {peer_bound:.4f}, its eval of 4 random batches; it also "
+            "writes a checkpoint at each better val loss)")
+    rows = wall_rows("zero_one", cold, warm, peer, 15.0, note)
+    return rows + run_lever_rows("zero_one", "zero_one", extra, work, limit_s, done, cold, a)
 
 
 def case_gpt2_loop(a, work):
@@ -534,11 +546,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", default=",".join(CASES), help="comma list, run in this order")
     p.add_argument("--budget_s", type=float, default=480, help="start no case after this many seconds")
     p.add_argument("--run_timeout_s", type=float, default=150, help="limit of one whole training run")
-    p.add_argument("--zero_one_timeout_s", type=float, default=40, help="limit of one zero_one run (target 15 s)")
+    p.add_argument("--zero_one_timeout_s", type=float, default=40,
+                   help="limit of one zero_one run (target 15 s)")
     p.add_argument("--shakespeare_timeout_s", type=float, default=60,
                    help="limit of one shakespeare_char run (target 30 s)")
     p.add_argument("--hf", action="store_true", help="gpt2_b16 also times transformers' GPT2LMHeadModel")
-    p.add_argument("--levers", default="", help=f"comma list of per-step levers, each measured alone: {', '.join(LEVERS)}")
+    p.add_argument("--levers", default="",
+                   help=f"comma list of per-step levers, each measured alone: {', '.join(LEVERS)}")
     p.add_argument("--loop_records", type=int, default=6, help="train records of the gpt2 loop before it stops")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)

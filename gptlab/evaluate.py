@@ -192,8 +192,8 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_siz
              autocast=None, rank: int = 0, world_size: int = 1, reduce=None, eot_id: int | None = None, *,
              plan: EvalPlan | None = None, tokenizer=None, doc_offsets=None, streams: int = 1,
              progress=None, forward: EvalForward | None = None) -> dict:
-    """Score `tokens` over `plan` (default: eval_plan of these arguments), batch_size windows per forward
-    (forward.batch_size where it fixes one), logits from `forward` (default EvalForward(model)).
+    """Score `tokens` over `plan` (default: eval_plan of these arguments), batch_size windows per
+    forward (forward.batch_size where it fixes one), logits from `forward` (default EvalForward(model)).
     Ranks deal the forwards round-robin, each running as many (sharded models need every rank in every
     collective), and sum with `reduce`; progress(done, total) follows each forward of this rank."""
     if plan is None:

@@ -6,7 +6,8 @@ on the call's arguments and shapes, so `model.eval()` + `no_grad` traces and com
 When no module drops anything out, evaluating through the training graph (train mode, autograd on,
 the training batch shape) gives the same numbers with no second compile; with dropout the eval-mode
 numbers need eval mode, and the plain module (eager, no compile) scores them. GPTLAB_EVAL_GRAPH
-overrides the choice: `train`, `eager` or `separate` (the compiled module in eval mode: a second graph).
+overrides the choice: `train`, `eager` or `separate` (the compiled module in eval mode: a second
+graph).
 """
 
 from __future__ import annotations
@@ -24,16 +25,20 @@ from gptlab.evaluate import EvalForward, TrainGraphForward
 EVAL_GRAPH_ENV = "GPTLAB_EVAL_GRAPH"
 EVAL_GRAPHS = ("auto", "train", "eager", "separate")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
-BACKGROUND_VERIFY_BYTES = 256 * 2**20  # bins at least this large are hashed while the model compiles
+BACKGROUND_VERIFY_BYTES = (
+    256 * 2**20
+)  # bins at least this large are hashed while the model compiles
 
 
 # ------------------------------------------------------------------------------ evaluation
+
 
 def drops_out(model: torch.nn.Module) -> bool:
     """True when any dropout of the model is active in train mode (attention's included)."""
     shape = getattr(model, "shape", None)
     return bool(getattr(shape, "dropout", 0.0)) or any(
-        isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+        isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()
+    )
 
 
 def eval_graph_choice(dropout: float, distributed: bool) -> str:
@@ -41,16 +46,28 @@ def eval_graph_choice(dropout: float, distributed: bool) -> str:
     where the training graph computes the eval forward's numbers."""
     choice = os.environ.get(EVAL_GRAPH_ENV, "auto").strip().lower() or "auto"
     if choice not in EVAL_GRAPHS:
-        raise UserError(f"{EVAL_GRAPH_ENV}={choice!r} is not one of {', '.join(EVAL_GRAPHS)}: unset it or "
-                        "pass one of those")
+        raise UserError(
+            f"{EVAL_GRAPH_ENV}={choice!r} is not one of {', '.join(EVAL_GRAPHS)}: unset it or "
+            "pass one of those"
+        )
     if choice == "train" and (dropout > 0 or distributed):
-        raise UserError(f"{EVAL_GRAPH_ENV}=train scores through the training graph, which needs dropout 0 and "
-                        f"one process (its numbers would differ otherwise): unset {EVAL_GRAPH_ENV}")
+        raise UserError(
+            f"{EVAL_GRAPH_ENV}=train scores through the training graph, which needs dropout 0 and "
+            f"one process (its numbers would differ otherwise): unset {EVAL_GRAPH_ENV}"
+        )
     return choice
 
 
-def eval_forward(compiled: torch.nn.Module, raw: torch.nn.Module, *, compiled_mode: str, batch_size: int,
-                 ce_chunk: int, distributed: bool, eval_only: bool) -> EvalForward:
+def eval_forward(
+    compiled: torch.nn.Module,
+    raw: torch.nn.Module,
+    *,
+    compiled_mode: str,
+    batch_size: int,
+    ce_chunk: int,
+    distributed: bool,
+    eval_only: bool,
+) -> EvalForward:
     """How the in-training evaluation gets its logits (module docstring); auto picks the training graph
     when that is numerically the eval forward, eager under dropout, the old path elsewhere (several
     processes, eval_only, the CUDA-graph compile modes)."""
@@ -59,7 +76,9 @@ def eval_forward(compiled: torch.nn.Module, raw: torch.nn.Module, *, compiled_mo
     train_ok = not drops and not distributed
     if compiled_mode == "none":
         return EvalForward(compiled)
-    if choice == "auto":  # CUDA-graph modes keep the old path: replaying the training graph's forward
+    if (
+        choice == "auto"
+    ):  # CUDA-graph modes keep the old path: replaying the training graph's forward
         # without its backward is not what cudagraph trees are built for
         old_path = distributed or eval_only or compiled_mode in CUDA_GRAPH_MODES
         choice = "separate" if old_path else ("train" if train_ok else "eager")
@@ -69,6 +88,7 @@ def eval_forward(compiled: torch.nn.Module, raw: torch.nn.Module, *, compiled_mo
 
 
 # ------------------------------------------------------------------------------ compile cache
+
 
 def compile_cache_dir() -> Path:
     """Inductor's FX-graph and AOTAutograd caches: $TORCHINDUCTOR_CACHE_DIR if set, else gptlab's
@@ -107,6 +127,7 @@ def warm_compile_workers(device: torch.device, compile_mode: str) -> None:
 
 # ------------------------------------------------------------------------------ time to first step
 
+
 def process_started() -> float:
     """The epoch time this process started (Linux /proc), else when this module was imported."""
     try:
@@ -135,13 +156,15 @@ def first_step_line(device: torch.device) -> str:
     """'time to first step: X s (compile Y s)', X from the process start; call right after step 1."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return f"time to first step: {time.time() - process_started():.1f} s (compile {compile_seconds():.1f} s)"
+    seconds = time.time() - process_started()
+    return f"time to first step: {seconds:.1f} s (compile {compile_seconds():.1f} s)"
 
 
 # ------------------------------------------------------------------------------ data verification
 
+
 class Background:
-    """fn(*args) on a daemon thread (inline when `inline`); join() waits and re-raises its error once."""
+    """fn(*args) on a daemon thread (inline when `inline`); join() waits, re-raises its error once."""
 
     def __init__(self, fn, *args, inline: bool = False):
         self.error: BaseException | None = None
@@ -149,7 +172,9 @@ class Background:
         if inline:
             fn(*args)
             return
-        self.thread = threading.Thread(target=self._run, args=(fn, args), name="gptlab-verify", daemon=True)
+        self.thread = threading.Thread(
+            target=self._run, args=(fn, args), name="gptlab-verify", daemon=True
+        )
         self.thread.start()
 
     def _run(self, fn, args) -> None:
@@ -166,11 +191,15 @@ class Background:
             raise error
 
 
-def verify_in_background(verify, data_dir: Path, meta: dict, splits: list[str], bin_path) -> Background:
+def verify_in_background(
+    verify, data_dir: Path, meta: dict, splits: list[str], bin_path
+) -> Background:
     """verify(data_dir, meta, splits) now when the bins are small (a damaged one is refused before
     anything is written); in the background for large bins, joined before the first evaluation or
     checkpoint (a damaged one then stops the run there, before any checkpoint is written)."""
-    size = sum(bin_path(data_dir, s).stat().st_size for s in splits if bin_path(data_dir, s).is_file())
+    size = sum(
+        bin_path(data_dir, s).stat().st_size for s in splits if bin_path(data_dir, s).is_file()
+    )
     return Background(verify, data_dir, meta, splits, inline=size < BACKGROUND_VERIFY_BYTES)
 
 
@@ -180,5 +209,7 @@ def join_verification(verified: Background, run_dir: Path) -> None:
     try:
         verified.join()
     except UserError as e:
-        raise UserError(f"{e} (found while training: {run_dir} holds this run's logs and no checkpoint; "
-                        "remove it or train again with --overwrite)") from None
+        raise UserError(
+            f"{e} (found while training: {run_dir} holds this run's logs and no checkpoint; "
+            "remove it or train again with --overwrite)"
+        ) from None

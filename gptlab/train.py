@@ -192,10 +192,11 @@ class Evaluator:
                 # One text without document boundaries (e.g. shakespeare): cut it into `streams` equal parts,
                 # else all but one stream would be empty. Documented data keeps Languini's dealing.
                 offsets = np.arange(streams, dtype=np.int64) * (len(toks) // streams)
+            # planned (and checked) now; a bad plan stops the run here
             self.plans[split] = eval_plan(len(toks), cfg.model.block_size, t.last_n, offsets, streams,
-                                          t.eval_iters, toks, meta.get("eot_id"))  # checked now: a bad one stops here
-        # Characters and bytes of every scored window (languini_eval_plan's counts): on a GPU, counted while
-        # the model compiles; the first evaluation waits for them.
+                                          t.eval_iters, toks, meta.get("eot_id"))
+        # Characters and bytes of every scored window (languini_eval_plan's counts): on a GPU,
+        # counted while the model compiles; the first evaluation waits for them.
         counts = [(plan, splits[split], tok, lengths) for split, plan in self.plans.items()]
         self.counted = startup.Background(lambda: [count_targets(*job) for job in counts],
                                           inline=d.device.type != "cuda")
@@ -346,9 +347,10 @@ def pick_splits(cfg: Config, data_dir: Path, meta: dict) -> list[str]:
     return [cfg.data.train_split] + ([val] if val else [])
 
 
-def load_splits(cfg: Config, data_dir: Path, meta: dict, vocab: int) -> tuple[dict, startup.Background]:
-    """({"train": tokens, <held-out split name>: tokens}, the sha256 check's handle) after checking sizes
-    and token range; the hashes of large bins are checked in the background (startup.verify_in_background)."""
+def load_splits(cfg: Config, data_dir: Path, meta: dict,
+                vocab: int) -> tuple[dict, startup.Background]:
+    """({"train": tokens, <held-out split name>: tokens}, the sha256 check's handle) after checking
+    sizes and token range; large bins are hashed in the background (startup.verify_in_background)."""
     wanted = pick_splits(cfg, data_dir, meta)
     # meta.json's sha256, cached by size and mtime
     verified = startup.verify_in_background(tk.verify_bins, data_dir, meta, wanted, tk.bin_path)

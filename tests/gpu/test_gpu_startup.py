@@ -20,8 +20,12 @@ VOCAB, SEQ, BATCH = 1000, 128, 8
 
 
 def _model() -> GPT:
-    cfg = build_config("gpt2", overrides=dict(n_layer=2, n_head=4, n_embd=128, block_size=SEQ, vocab_size=VOCAB,
-                                              dropout=0.0))
+    cfg = build_config(
+        "gpt2",
+        overrides=dict(
+            n_layer=2, n_head=4, n_embd=128, block_size=SEQ, vocab_size=VOCAB, dropout=0.0
+        ),
+    )
     torch.manual_seed(0)
     return GPT(GPTShape.from_config(cfg.model)).init_weights().to(DEV)
 
@@ -38,22 +42,43 @@ def test_eval_reuses_the_inductor_training_graph(ce_chunk):
     ctx = torch.autocast("cuda", dtype=torch.bfloat16)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the reference sees the same weights
     x = torch.randint(0, VOCAB, (BATCH, SEQ), device=DEV)
-    train_step(compiled, opt, torch.amp.GradScaler("cuda", enabled=False), [(x, torch.roll(x, -1, 1))], ctx=ctx,
-               clip=1.0, ce_chunk=ce_chunk)
+    train_step(
+        compiled,
+        opt,
+        torch.amp.GradScaler("cuda", enabled=False),
+        [(x, torch.roll(x, -1, 1))],
+        ctx=ctx,
+        clip=1.0,
+        ce_chunk=ce_chunk,
+    )
     before = _graphs()
     tokens = np.random.default_rng(0).integers(0, VOCAB, 37 * SEQ).astype(np.uint16)
-    plan = eval_plan(len(tokens), SEQ, 0, data=tokens)  # 36 windows: the last batch is short (padded)
-    fast = evaluate(compiled, tokens, SEQ, BATCH, DEV, autocast=ctx, plan=plan,
-                    forward=TrainGraphForward(compiled, BATCH, hidden=ce_chunk > 0))
+    plan = eval_plan(
+        len(tokens), SEQ, 0, data=tokens
+    )  # 36 windows: the last batch is short (padded)
+    fast = evaluate(
+        compiled,
+        tokens,
+        SEQ,
+        BATCH,
+        DEV,
+        autocast=ctx,
+        plan=plan,
+        forward=TrainGraphForward(compiled, BATCH, hidden=ce_chunk > 0),
+    )
     torch.cuda.synchronize()
     assert _graphs() == before, "evaluation traced a graph of its own"
-    reference = evaluate(model, tokens, SEQ, BATCH, DEV, autocast=ctx, plan=plan)  # eager, eval mode
+    reference = evaluate(
+        model, tokens, SEQ, BATCH, DEV, autocast=ctx, plan=plan
+    )  # eager, eval mode
     assert fast["loss"] == pytest.approx(reference["loss"], rel=5e-3)  # bf16 logits on both sides
     assert fast["eval_tokens"] == reference["eval_tokens"]
 
 
 def test_compile_cache_folder_receives_the_graphs(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # recorded, so that what the call sets is undone
+    monkeypatch.setenv(
+        "TORCHINDUCTOR_CACHE_DIR", ""
+    )  # recorded, so that what the call sets is undone
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     monkeypatch.setenv("GPTLAB_CACHE_DIR", str(tmp_path))
     folder = startup.use_compile_cache(DEV, "default")

@@ -27,7 +27,8 @@ def test_first_step_line_is_what_the_harness_parses():
 
 
 def test_nanogpt_eval_line_format():
-    # nanoGPT train.py: print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+    # nanoGPT train.py prints f"step {iter_num}: train loss {losses['train']:.4f},
+    # val loss {losses['val']:.4f}" (one line)
     line = f"step {250}: train loss {1.98765:.4f}, val loss {2.01234:.4f}"
     found = peer_runs.NANOGPT_EVAL.search(line)
     assert found and (int(found.group(1)), float(found.group(3))) == (250, 2.0123)
@@ -36,14 +37,27 @@ def test_nanogpt_eval_line_format():
 def test_compile_mode_replaced_once():
     args = ["--batch_size", "16", "--compile", "default", "--dtype", "bfloat16"]
     assert peers._with_compile(args, "reduce-overhead") == [
-        "--batch_size", "16", "--dtype", "bfloat16", "--compile", "reduce-overhead"]
-    assert peers._with_compile(["--seq_len", "8"], "default") == ["--seq_len", "8", "--compile", "default"]
+        "--batch_size",
+        "16",
+        "--dtype",
+        "bfloat16",
+        "--compile",
+        "reduce-overhead",
+    ]
+    assert peers._with_compile(["--seq_len", "8"], "default") == [
+        "--seq_len",
+        "8",
+        "--compile",
+        "default",
+    ]
 
 
 def test_foreach_lever_keeps_the_groups_and_is_undone():
     from gptlab import bench
 
-    cfg = build_config("baby", overrides=dict(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=20))
+    cfg = build_config(
+        "baby", overrides=dict(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=20)
+    )
     model = GPT(GPTShape.from_config(cfg.model)).init_weights()
     original = bench.build_optimizer
     with peers.lever_applied("foreach", ["--compile", "none"]) as args:
@@ -76,5 +90,7 @@ def test_nanogpt_reads_the_tokens_gptlab_trains_on(char_dataset, tmp_path):
     peer_runs.nanogpt_bins_from_gptlab(char_dataset, tmp_path)
     meta = tk.read_meta(char_dataset)
     for split in ("train", "val"):
-        theirs = np.fromfile(tmp_path / f"{split}.bin", dtype=np.uint16)  # how nanoGPT's get_batch reads it
+        theirs = np.fromfile(
+            tmp_path / f"{split}.bin", dtype=np.uint16
+        )  # how nanoGPT's get_batch reads it
         assert np.array_equal(theirs, np.asarray(tk.load_split(char_dataset, split, meta)))

@@ -36,8 +36,18 @@ def _fresh_dynamo(one_thread):
 
 
 def _model(dropout=0.0, seed=0):
-    cfg = build_config("baby", overrides=dict(n_layer=2, n_head=2, n_embd=32, block_size=SEQ, vocab_size=VOCAB,
-                                              dropout=dropout, batch_size=BATCH))
+    cfg = build_config(
+        "baby",
+        overrides=dict(
+            n_layer=2,
+            n_head=2,
+            n_embd=32,
+            block_size=SEQ,
+            vocab_size=VOCAB,
+            dropout=dropout,
+            batch_size=BATCH,
+        ),
+    )
     torch.manual_seed(seed)
     return GPT(GPTShape.from_config(cfg.model)).init_weights(), cfg
 
@@ -49,11 +59,20 @@ def _tokens(n=23 * SEQ + 5, seed=1):
 def _one_train_step(compiled, ce_chunk):
     opt = torch.optim.SGD(compiled.parameters(), lr=0.0)
     x = torch.randint(0, VOCAB, (BATCH, SEQ))
-    train_step(compiled, opt, torch.amp.GradScaler("cpu", enabled=False), [(x, torch.roll(x, -1, 1))],
-               ctx=torch.autocast("cpu", enabled=False), clip=1.0, ce_chunk=ce_chunk)
+    train_step(
+        compiled,
+        opt,
+        torch.amp.GradScaler("cpu", enabled=False),
+        [(x, torch.roll(x, -1, 1))],
+        ctx=torch.autocast("cpu", enabled=False),
+        clip=1.0,
+        ce_chunk=ce_chunk,
+    )
 
 
-@pytest.mark.parametrize("ce_chunk", [0, 24])  # the plain loss (logits) and the chunked one (hidden states)
+@pytest.mark.parametrize(
+    "ce_chunk", [0, 24]
+)  # the plain loss (logits) and the chunked one (hidden states)
 def test_eval_through_the_training_graph_adds_no_compile_and_scores_like_eval_mode(ce_chunk):
     model, _ = _model()
     counter = CompileCounter()
@@ -64,30 +83,61 @@ def test_eval_through_the_training_graph_adds_no_compile_and_scores_like_eval_mo
     tokens = _tokens()
     plan = eval_plan(len(tokens), SEQ, 4, data=tokens)
     assert len(plan.items) % BATCH, "the last batch must be short, so that the padding is exercised"
-    fast = evaluate(compiled, tokens, SEQ, 7, torch.device("cpu"), plan=plan,
-                    forward=TrainGraphForward(compiled, BATCH, hidden=ce_chunk > 0))
+    fast = evaluate(
+        compiled,
+        tokens,
+        SEQ,
+        7,
+        torch.device("cpu"),
+        plan=plan,
+        forward=TrainGraphForward(compiled, BATCH, hidden=ce_chunk > 0),
+    )
     assert counter.frame_count == after_training  # no second graph
     assert compiled.training  # train mode kept
     assert all(p.grad is None for p in model.parameters())  # no gradient left behind
-    reference = evaluate(model, tokens, SEQ, 7, torch.device("cpu"), plan=plan)  # eager, eval mode, no_grad
+    reference = evaluate(
+        model, tokens, SEQ, 7, torch.device("cpu"), plan=plan
+    )  # eager, eval mode, no_grad
     for key in ("loss", "acc1", "acc10", "eval_tokens"):
-        assert fast[key] == pytest.approx(reference[key], rel=1e-6, abs=0), key  # fp32 rounding only
+        assert fast[key] == pytest.approx(reference[key], rel=1e-6, abs=0), (
+            key
+        )  # fp32 rounding only
     # The counter does see recompiles: the old path (eval mode, no_grad) traces a new graph.
     evaluate(compiled, tokens, SEQ, BATCH, torch.device("cpu"), plan=plan)
     assert counter.frame_count > after_training
 
 
-def test_training_run_with_compile_evaluates_without_a_second_graph(char_dataset, tmp_path, monkeypatch):
+def test_training_run_with_compile_evaluates_without_a_second_graph(
+    char_dataset, tmp_path, monkeypatch
+):
     """A whole `train` run with --compile default on CPU (the compile backend swapped for a counter):
     evaluations at steps 2 and 4 reuse the training graph, and score what an eager run scores."""
     counter = CompileCounter()
-    monkeypatch.setattr("gptlab.train.compile_model", lambda model, mode: torch.compile(model, backend=counter))
+    monkeypatch.setattr(
+        "gptlab.train.compile_model", lambda model, mode: torch.compile(model, backend=counter)
+    )
 
     def run(name, compile_mode):
-        o = dict(dataset=str(char_dataset), out_dir=str(tmp_path / name), n_layer=2, n_head=2, n_embd=32,
-                 block_size=16, batch_size=4, max_iters=4, eval_interval=2, eval_iters=3, eval_batch_size=3,
-                 dropout=0.0, device="cpu", dtype="float32", compile=compile_mode, progress="off",
-                 tensorboard="false", log_interval=1)
+        o = dict(
+            dataset=str(char_dataset),
+            out_dir=str(tmp_path / name),
+            n_layer=2,
+            n_head=2,
+            n_embd=32,
+            block_size=16,
+            batch_size=4,
+            max_iters=4,
+            eval_interval=2,
+            eval_iters=3,
+            eval_batch_size=3,
+            dropout=0.0,
+            device="cpu",
+            dtype="float32",
+            compile=compile_mode,
+            progress="off",
+            tensorboard="false",
+            log_interval=1,
+        )
         train(build_config("baby", overrides=o))
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         return [r for r in map(json.loads, lines) if r["kind"] == "eval"]
@@ -97,19 +147,29 @@ def test_training_run_with_compile_evaluates_without_a_second_graph(char_dataset
     eager = run("eager", "none")
     assert len(compiled) == len(eager) == 4  # train and val at steps 2 and 4
     for a, b in zip(compiled, eager):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)  # fp32: the same training, rounding apart
+        assert a["loss"] == pytest.approx(
+            b["loss"], rel=1e-5
+        )  # fp32: the same training, rounding apart
 
 
 def test_eval_forward_choice(monkeypatch):
     plain, _ = _model()
     dropping, _ = _model(dropout=0.1)
     compiled = torch.compile(plain, backend="eager")
-    kw = dict(compiled_mode="default", batch_size=BATCH, ce_chunk=0, distributed=False, eval_only=False)
+    kw = dict(
+        compiled_mode="default", batch_size=BATCH, ce_chunk=0, distributed=False, eval_only=False
+    )
     monkeypatch.delenv(startup.EVAL_GRAPH_ENV, raising=False)
     assert isinstance(startup.eval_forward(compiled, plain, **kw), TrainGraphForward)
     eager = startup.eval_forward(torch.compile(dropping, backend="eager"), dropping, **kw)
-    assert type(eager) is EvalForward and eager.model is dropping  # dropout: the plain module, eval mode
-    for changed in (dict(distributed=True), dict(eval_only=True), dict(compiled_mode="reduce-overhead")):
+    assert (
+        type(eager) is EvalForward and eager.model is dropping
+    )  # dropout: the plain module, eval mode
+    for changed in (
+        dict(distributed=True),
+        dict(eval_only=True),
+        dict(compiled_mode="reduce-overhead"),
+    ):
         chosen = startup.eval_forward(compiled, plain, **dict(kw, **changed))
         assert type(chosen) is EvalForward and chosen.model is compiled
     none = startup.eval_forward(plain, plain, **dict(kw, compiled_mode="none"))
@@ -124,17 +184,31 @@ def test_eval_forward_choice(monkeypatch):
         startup.eval_forward(compiled, plain, **kw)
 
 
-def test_a_bad_eval_graph_setting_is_refused_before_anything_is_written(char_dataset, tmp_path, monkeypatch):
+def test_a_bad_eval_graph_setting_is_refused_before_anything_is_written(
+    char_dataset, tmp_path, monkeypatch
+):
     monkeypatch.setenv(startup.EVAL_GRAPH_ENV, "fast")
-    cfg = build_config("baby", overrides=dict(dataset=str(char_dataset), out_dir=str(tmp_path / "run"), n_layer=1,
-                                              max_iters=1, device="cpu", progress="off", tensorboard="false"))
+    cfg = build_config(
+        "baby",
+        overrides=dict(
+            dataset=str(char_dataset),
+            out_dir=str(tmp_path / "run"),
+            n_layer=1,
+            max_iters=1,
+            device="cpu",
+            progress="off",
+            tensorboard="false",
+        ),
+    )
     with pytest.raises(UserError, match=startup.EVAL_GRAPH_ENV):
         train(cfg)
     assert not (tmp_path / "run").exists()
 
 
 def test_compile_cache_folder_on_cuda_only(monkeypatch, tmp_path):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # recorded, so that what the call sets is undone
+    monkeypatch.setenv(
+        "TORCHINDUCTOR_CACHE_DIR", ""
+    )  # recorded, so that what the call sets is undone
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     monkeypatch.setenv("GPTLAB_CACHE_DIR", str(tmp_path / "cache"))
     assert startup.use_compile_cache(torch.device("cpu"), "default") is None
