@@ -173,7 +173,7 @@ class Background:
             fn(*args)
             return
         self.thread = threading.Thread(
-            target=self._run, args=(fn, args), name="gptlab-verify", daemon=True
+            target=self._run, args=(fn, args), name="gptlab-background", daemon=True
         )
         self.thread.start()
 
