@@ -38,9 +38,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer_runs import (H_ZERO_ONE, REPO, ZERO_ONE_ALL_TOKEN_FLOOR,  # noqa: E402
-                       cache_env, gptlab_cold_warm, gptlab_run, nanogpt_train_run, val_at_most,
-                       wall_rows)
+from peer_runs import (  # noqa: E402
+    H_ZERO_ONE,
+    REPO,
+    ZERO_ONE_ALL_TOKEN_FLOOR,
+    cache_env,
+    gptlab_cold_warm,
+    gptlab_run,
+    nanogpt_train_run,
+    val_at_most,
+    wall_rows,
+)
+
 from gptlab.optim import build_optimizer  # noqa: E402
 
 # Per-step levers, each measured alone against the plain path in the same call (--levers a,b).
@@ -196,7 +205,8 @@ def languini_rate(path: Path, batch: int, flash: bool, compile_mode: str = "defa
     # its model imports `lib` from the project folder and `languini` from the checkout
     sys.path[:0] = [str(root), str(root / "languini" / "projects" / "gpt")]
     from languini.common_lib import throughput_utils
-    from languini.projects.gpt import configs, model as lmodel
+    from languini.projects.gpt import configs
+    from languini.projects.gpt import model as lmodel
 
     c = configs.load_config(name="small")
     c.train_batch_size, c.device, c.use_flash = batch, "cuda", flash

@@ -35,8 +35,8 @@ BACKGROUND_VERIFY_BYTES = (
 
 def drops_out(model: torch.nn.Module) -> bool:
     """True when any dropout of the model is active in train mode (attention's included)."""
-    shape = getattr(model, "shape", None)
-    return bool(getattr(shape, "dropout", 0.0)) or any(
+    config = getattr(model, "config", None)
+    return bool(getattr(config, "dropout", 0.0)) or any(
         isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()
     )
 

@@ -10,9 +10,9 @@ import torch
 from torch._dynamo.utils import counters
 
 from gptlab import startup
-from gptlab.config import build_config
+from gptlab.config_files import build_config
 from gptlab.evaluate import TrainGraphForward, eval_plan, evaluate
-from gptlab.model import GPT, GPTShape
+from gptlab.model import GPT
 from gptlab.train import train_step
 
 DEV = torch.device("cuda")
@@ -27,7 +27,7 @@ def _model() -> GPT:
         ),
     )
     torch.manual_seed(0)
-    return GPT(GPTShape.from_config(cfg.model)).init_weights().to(DEV)
+    return GPT(cfg.model).init_weights().to(DEV)
 
 
 def _graphs() -> int:

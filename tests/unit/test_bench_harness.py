@@ -17,8 +17,8 @@ import peer_runs  # noqa: E402
 import peers  # noqa: E402
 
 from gptlab import startup  # noqa: E402
-from gptlab.config import build_config  # noqa: E402
-from gptlab.model import GPT, GPTShape  # noqa: E402
+from gptlab.config_files import build_config  # noqa: E402
+from gptlab.model import GPT  # noqa: E402
 
 
 def test_first_step_line_is_what_the_harness_parses():
@@ -58,7 +58,7 @@ def test_foreach_lever_keeps_the_groups_and_is_undone():
     cfg = build_config(
         "baby", overrides=dict(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=20)
     )
-    model = GPT(GPTShape.from_config(cfg.model)).init_weights()
+    model = GPT(cfg.model).init_weights()
     original = bench.build_optimizer
     with peers.lever_applied("foreach", ["--compile", "none"]) as args:
         assert args == ["--compile", "none"]

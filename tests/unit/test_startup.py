@@ -19,10 +19,10 @@ import torch
 from torch._dynamo.testing import CompileCounter
 
 from gptlab import startup
-from gptlab.config import build_config
+from gptlab.config_files import build_config
 from gptlab.errors import UserError
 from gptlab.evaluate import EvalForward, TrainGraphForward, eval_plan, evaluate
-from gptlab.model import GPT, GPTShape
+from gptlab.model import GPT
 from gptlab.train import train, train_step
 
 VOCAB, SEQ, BATCH = 40, 16, 4
@@ -49,7 +49,7 @@ def _model(dropout=0.0, seed=0):
         ),
     )
     torch.manual_seed(seed)
-    return GPT(GPTShape.from_config(cfg.model)).init_weights(), cfg
+    return GPT(cfg.model).init_weights(), cfg
 
 
 def _tokens(n=23 * SEQ + 5, seed=1):
