@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from gptlab.data.tokenizers import cache_dir
 from gptlab.errors import UserError
 from gptlab.evaluate import EvalForward, TrainGraphForward
 
@@ -93,8 +94,6 @@ def eval_forward(
 def compile_cache_dir() -> Path:
     """Inductor's FX-graph and AOTAutograd caches: $TORCHINDUCTOR_CACHE_DIR if set, else gptlab's
     cache folder (GPTLAB_CACHE_DIR or ~/.cache/gptlab)/inductor, kept across runs and reboots."""
-    from gptlab.data.tokenizers import cache_dir
-
     chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     return Path(chosen) if chosen else cache_dir() / "inductor"
 
