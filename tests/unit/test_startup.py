@@ -107,8 +107,22 @@ def test_eval_through_the_training_graph_adds_no_compile_and_scores_like_eval_mo
     assert counter.frame_count > after_training
 
 
+def _documents_dataset(root):
+    """A char dataset of 40 documents (one file each), for the stream sampler."""
+    from gptlab.data.prepare import prepare
+    from tests.conftest import SAMPLE_TEXT
+
+    folder = root / "docs"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"doc{i:02d}.txt").write_text(SAMPLE_TEXT[i * 150 : i * 150 + 400], encoding="utf-8")
+    prepare("text", input=folder, tokenizer="char", out=root / "data" / "docs")
+    return root / "data" / "docs"
+
+
+@pytest.mark.parametrize("sampler", ["random", "stream"])  # the stream's micro-batch: train_batch_size/accum
 def test_training_run_with_compile_evaluates_without_a_second_graph(
-    char_dataset, tmp_path, monkeypatch
+    char_dataset, tmp_path, monkeypatch, sampler
 ):
     """A whole `train` run with --compile default on CPU (the compile backend swapped for a counter):
     evaluations at steps 2 and 4 reuse the training graph, and score what an eager run scores."""
@@ -117,15 +131,19 @@ def test_training_run_with_compile_evaluates_without_a_second_graph(
         "gptlab.train.compile_model", lambda model, mode: torch.compile(model, backend=counter)
     )
 
+    data = char_dataset if sampler == "random" else _documents_dataset(tmp_path)
+
     def run(name, compile_mode):
         o = dict(
-            dataset=str(char_dataset),
+            dataset=str(data),
             out_dir=str(tmp_path / name),
             n_layer=2,
             n_head=2,
             n_embd=32,
             block_size=16,
             batch_size=4,
+            gradient_accumulation_steps=2,
+            sampler=sampler,
             max_iters=4,
             eval_interval=2,
             eval_iters=3,
