@@ -12,7 +12,7 @@
 # Knobs (env): T_TESTS (s for tests/gpu; 0 = none), T_PEERS (s for peers.py), BUDGET_S (peers.py starts no
 # case after this), LEVERS (peers.py --levers: cuda_graphs, cdt, foreach on the step cases; cuda_graphs,
 # cdt, eval_separate, plain_loss on the wall cases; each measured alone in the same call), PEERS_ARGS.
-# Defaults keep the whole call under 540 s: 70 s tests + 455 s peers (cases started before 380 s).
+# Defaults keep the whole call under 540 s: 90 s tests + 440 s peers (no case started after 370 s).
 # Writes to $OUT: env.txt, gpu_tests.txt, peers_log.txt, <device>_peers.json (rows, skipped, errors).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD" GPTLAB_OFFLINE=1
@@ -32,10 +32,10 @@ esac
 { date -u; nvidia-smi -L; python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__,
 transformers.__version__, torch.cuda.get_device_name())"; git log -1 --format='%h %s' 2>/dev/null; } >"$OUT/env.txt" 2>&1
 echo "=== $(date -u +%T) tests/gpu"
-[ "${T_TESTS:-70}" = 0 ] || timeout -k 10 "${T_TESTS:-70}" python3 -m pytest tests/gpu -q -p no:cacheprovider -rfEs 2>&1 | tee "$OUT/gpu_tests.txt" | tail -25
+[ "${T_TESTS:-90}" = 0 ] || timeout -k 10 "${T_TESTS:-70}" python3 -m pytest tests/gpu -q -p no:cacheprovider -rfEs 2>&1 | tee "$OUT/gpu_tests.txt" | tail -25
 echo "=== $(date -u +%T) peers: $CASES ${LEVERS:+(levers $LEVERS)}"
-timeout -k 10 "${T_PEERS:-455}" python3 benchmarks/peers.py --nanogpt $P/nanoGPT --languini $P/languini-kitchen \
-    --zero_one_data $P/data/zero_one --out "$OUT" --cases "$CASES" --budget_s "${BUDGET_S:-380}" \
+timeout -k 10 "${T_PEERS:-440}" python3 benchmarks/peers.py --nanogpt $P/nanoGPT --languini $P/languini-kitchen \
+    --zero_one_data $P/data/zero_one --out "$OUT" --cases "$CASES" --budget_s "${BUDGET_S:-370}" \
     --run_timeout_s "${RUN_TIMEOUT_S:-100}" --levers "${LEVERS:-}" --steps 10 --warmup 2 ${PEERS_ARGS:-} 2>&1 \
     | tee "$OUT/peers_log.txt" | grep -v "^iter\|^step\|it/s\]" | tail -60
 echo "=== $(date -u +%T) done"
