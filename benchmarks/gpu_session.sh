@@ -32,7 +32,7 @@ esac
 { date -u; nvidia-smi -L; python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__,
 transformers.__version__, torch.cuda.get_device_name())"; git log -1 --format='%h %s' 2>/dev/null; } >"$OUT/env.txt" 2>&1
 echo "=== $(date -u +%T) tests/gpu"
-[ "${T_TESTS:-90}" = 0 ] || timeout -k 10 "${T_TESTS:-70}" python3 -m pytest tests/gpu -q -p no:cacheprovider -rfEs 2>&1 | tee "$OUT/gpu_tests.txt" | tail -25
+[ "${T_TESTS:-90}" = 0 ] || timeout -k 10 "${T_TESTS:-90}" python3 -m pytest tests/gpu -q -p no:cacheprovider -rfEs 2>&1 | tee "$OUT/gpu_tests.txt" | tail -25
 echo "=== $(date -u +%T) peers: $CASES ${LEVERS:+(levers $LEVERS)}"
 timeout -k 10 "${T_PEERS:-440}" python3 benchmarks/peers.py --nanogpt $P/nanoGPT --languini $P/languini-kitchen \
     --zero_one_data $P/data/zero_one --out "$OUT" --cases "$CASES" --budget_s "${BUDGET_S:-370}" \
