@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from gptlab.data.pipeline import PROGRESS, Plan, build, check_options, row_uniform, work_dir  # noqa: F401
-from gptlab.data.sources import Stream, capped_batches, list_documents, text_files_stream
+from gptlab.data.sources import Stream, capped_batches, check_path, list_documents, text_files_stream
 from gptlab.errors import UserError
 
 SPLIT_ALIASES = {"validation": "val", "valid": "val", "dev": "val"}
@@ -125,7 +125,8 @@ def open_source(dataset: str, name: str | None, split: str | None, text_field: s
     p = Path(dataset).expanduser()
     source: dict = {"dataset": dataset, "config": name, "split": split, "text_field": text_field}
     by_split: dict[str, object] = {}
-    if p.exists():
+    if os.path.lexists(p):  # a local path, even one that cannot be read: never sent to the hub
+        check_path(p, "--dataset", "give a save_to_disk folder, or parquet, jsonl or .txt files")
         source["path"] = str(p.resolve())
         if p.is_dir() and ((p / "dataset_dict.json").is_file() or (p / "state.json").is_file()):
             datasets = _need_datasets(f"{p} (a save_to_disk folder)")

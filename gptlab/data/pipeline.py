@@ -22,7 +22,7 @@ import numpy as np
 
 from gptlab import files
 from gptlab.data import tokens as T
-from gptlab.data.sources import Stream, texts_of
+from gptlab.data.sources import Stream, check_path, path_problem, safe_text, texts_of
 from gptlab.data.tokenizers import TOKENIZER_KINDS as TOKENIZERS
 from gptlab.data.tokenizers import CharTokenizer, GPT2Tokenizer, find_gpt2_ranks, tokenizer_from_meta, train_sentencepiece
 from gptlab.errors import UserError
@@ -43,14 +43,12 @@ def make_tokenizer(kind: str, work: Path, streams: list[Stream], opts: dict, tex
     """The tokenizer of this prepare: GPT-2, a character table over all splits, a given SentencePiece
     model (copied in) or one trained on the first documents of train."""
     if kind == "gpt2":  # find the vocabulary, fetching it through a registry if need be; say where
-        print(f"GPT-2 vocabulary: {find_gpt2_ranks(allow_fetch=True)[1]}")
+        print(f"GPT-2 vocabulary: {safe_text(str(find_gpt2_ranks(allow_fetch=True)[1]))}")
         return GPT2Tokenizer()
     if kind == "char":
         return CharTokenizer(c for t in _documents(streams, text_field) for c in set(t))
     if opts.get("tokenizer_model"):
-        src = Path(opts["tokenizer_model"])
-        if not src.is_file():
-            raise UserError(f"--tokenizer_model {src} is not a file: give a SentencePiece .model file")
+        src = check_path(opts["tokenizer_model"], "--tokenizer_model", "give a SentencePiece .model file", "file")
         shutil.copyfile(src, work / "tokenizer.model")
         try:
             return tokenizer_from_meta({"kind": "sentencepiece", "model_file": "tokenizer.model"}, work)
@@ -166,6 +164,8 @@ def work_dir(out: Path) -> Path:
 
 def _check_out(out: Path, overwrite: bool) -> None:
     """Refuse an --out that is not ours to replace."""
+    if (problem := path_problem(out)) not in (None, "does not exist"):
+        raise UserError(f"--out {out} {problem}: give a new folder such as data/NAME")
     if not out.name or out.resolve() == Path.cwd().resolve() or out.resolve() == Path.home().resolve():
         raise UserError(f"--out {out} is the working or home folder: give a new folder such as data/NAME")
     if out.is_symlink():
@@ -238,6 +238,7 @@ def build(plan: Plan, out, *, overwrite: bool = False, resume: bool = False, num
     if bad := [s for s in _split_names(plan.streams) if not T.SPLIT_NAME.fullmatch(s)]:
         raise UserError(f"split name {bad[0][:40]!r} is not a plain name (letters, digits, _ and -): pick or rename splits")
     config = {"version": PROGRESS_VERSION, **plan.config, "batch_docs": batch_docs, "batch_bytes": batch_bytes}
+    config = safe_text(config)  # names that are not UTF-8 as escapes
     if resume and T.dataset_state(out) == "dataset" and not (work / PROGRESS).exists():
         print(f"{out} is already fully prepared; nothing to resume")
         return out
@@ -267,7 +268,7 @@ def build(plan: Plan, out, *, overwrite: bool = False, resume: bool = False, num
     parts = ", ".join(f"{s} {i['tokens']:,} tokens" + (f" / {i['documents']:,} docs" if i.get("documents") else "")
                       for s, i in meta["splits"].items())
     print(f"prepared {plan.recipe} in {time.perf_counter() - t0:.1f}s: {parts}; tokenizer "
-          f"{meta['tokenizer']['kind']}, vocab {meta['vocab_size']:,}, {meta['dtype']} -> {out}")
+          f"{meta['tokenizer']['kind']}, vocab {meta['vocab_size']:,}, {meta['dtype']} -> {safe_text(str(out))}")
     return out
 
 
@@ -332,7 +333,7 @@ def _run(plan: Plan, work: Path, state: dict | None, config: dict, overwrite: bo
         raise RuntimeError(f"read {rows_done} rows but the source has {total}")
     meta = {"format": T.FORMAT, "recipe": plan.recipe, "tokenizer": state["tokenizer"], "vocab_size": int(tok.vocab_size),
             "dtype": T.dtype_name(dt), "eot_id": tok.eot_id,
-            "splits": {s: w.finish() for s, w in writers.items()}, "source": plan.source, **plan.extra}
+            "splits": {s: w.finish() for s, w in writers.items()}, "source": safe_text(plan.source), **plan.extra}
     T.write_meta(work, meta)
     return meta
 

@@ -16,8 +16,8 @@ import numpy as np
 from gptlab.data import tokens as T
 from gptlab.data.hf_prepare import prepare_hf
 from gptlab.data.pipeline import Plan, build, check_options, work_dir  # noqa: F401 (callers import it here)
-from gptlab.data.sources import Stream, files_digest, languini_file_lists, list_documents, read_text_file
-from gptlab.data.sources import text_files_stream
+from gptlab.data.sources import (Stream, check_path, files_digest, languini_file_lists, list_documents,
+                                 read_text_file, safe_text, text_files_stream)
 from gptlab.data.tokenizers import TOKENIZER_KINDS as TOKENIZERS
 from gptlab.data.tokenizers import GPT2Tokenizer, sha256_bytes
 from gptlab.errors import UserError
@@ -45,9 +45,7 @@ def get_tinyshakespeare(input: str | Path | None = None, verbose: bool = True) -
     """Tiny Shakespeare text and where it came from, always sha256-verified: --input, or the gzipped
     copy bundled in the package (no network needed)."""
     if input is not None:
-        p, kind = Path(input), "file"
-        if not p.is_file():
-            raise UserError(f"--input {p} is not a file: give the path of tinyshakespeare.txt")
+        p, kind = check_path(input, "--input", "give the path of tinyshakespeare.txt", "file"), "file"
         data = p.read_bytes()
         bad = (f"{p} is not the canonical tiny Shakespeare (1,115,394 bytes, sha256 "
                f"{TINYSHAKESPEARE_SHA256[:12]}...): use `gptlab prepare text --input FILE` for other text")
@@ -59,7 +57,7 @@ def get_tinyshakespeare(input: str | Path | None = None, verbose: bool = True) -
     if sha256_bytes(data) != TINYSHAKESPEARE_SHA256:
         raise UserError(bad)
     if verbose:
-        print(f"tiny Shakespeare: from {p.resolve()}")
+        print(f"tiny Shakespeare: from {safe_text(str(p.resolve()))}")
     return data.decode("utf-8"), {"kind": kind, "path": str(p.resolve()), "sha256": TINYSHAKESPEARE_SHA256}
 
 
@@ -82,13 +80,11 @@ def _one_text(text: str, val_fraction: float) -> list[Stream]:
 def _source_text(input, val_fraction: float) -> tuple[list[Stream], dict]:
     if input is None:
         raise UserError("the text recipe needs --input PATH (a UTF-8 file or a folder of files)")
-    p = Path(input)
+    p = check_path(input, "--input", "give a UTF-8 file or a folder of files")
     if p.is_file():
         text = read_text_file(p)
         return _one_text(text, val_fraction), {"kind": "file", "path": str(p.resolve()),
                                                "sha256": sha256_bytes(text.encode("utf-8"))}
-    if not p.is_dir():
-        raise UserError(f"--input {p} does not exist: give a UTF-8 file or a folder of files")
     docs = [f for f in list_documents(p) if f.stat().st_size > 0]
     if not docs:
         raise UserError(f"{p} holds no files with text in them: give a folder of text files (one document each)")
@@ -134,9 +130,7 @@ def _source_books(name: str, input, file_lists, splits: list[str] | None) -> tup
         if name != "openbooks" or not OPENBOOKS_DEFAULT.is_dir():
             raise UserError(f"the {name} recipe needs --input DIR (a folder with train/ and other split folders of documents)")
         input = OPENBOOKS_DEFAULT
-    root = Path(input)
-    if not root.is_dir():
-        raise UserError(f"--input {root} is not a folder: give a folder with train/ and other split subfolders")
+    root = check_path(input, "--input", "give a folder with train/ and other split subfolders", "folder")
     lengths: dict = {}
     if file_lists is not None:
         by_split, lengths = languini_file_lists(Path(file_lists), root, splits)
@@ -204,6 +198,8 @@ def prepare(recipe: str, input=None, tokenizer: str | None = None, out=None, ove
     check_recipe(recipe, tokenizer, val_fraction, vocab_size, num_proc)
     if tokenizer_model is not None and tokenizer not in (None, "sentencepiece"):
         raise UserError("--tokenizer_model is a SentencePiece model: drop --tokenizer or use --tokenizer sentencepiece")
+    if tokenizer_model is not None:  # before any folder is made
+        check_path(tokenizer_model, "--tokenizer_model", "give a SentencePiece .model file", "file")
     tokenizer = "sentencepiece" if tokenizer_model is not None else tokenizer
     tok_opts = {"vocab_size": vocab_size, "num_threads": num_threads, "input_sentence_size": input_sentence_size,
                 "tokenizer_model": tokenizer_model}

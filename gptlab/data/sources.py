@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -14,6 +16,47 @@ import numpy as np
 
 from gptlab import files
 from gptlab.errors import UserError
+
+# --- What a path is: named before anything opens it (a FIFO or a device would block or never end) ---
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_STAT_ERRORS = {errno.ELOOP: "is (or lies under) a symbolic link loop", errno.ENOTDIR: "lies under a file",
+                errno.ENAMETOOLONG: "has a name too long for the file system",
+                errno.EACCES: "cannot be reached (permission denied)"}
+
+
+def path_problem(path, want: str = "file or folder") -> str | None:
+    """Why `path` is not a readable regular file or folder ("does not exist", "is a FIFO (named pipe)", "is a
+    symbolic link loop", ...), or None. want "file" or "folder" narrows it. Only stats the path."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return "is a symbolic link to nothing" if os.path.islink(path) else "does not exist"
+        return _STAT_ERRORS.get(e.errno, f"cannot be read ({e.strerror})")
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return "is " + next((name for test, name in _SPECIAL if test(mode)), "a special file")
+    if want == "file" and not stat.S_ISREG(mode):
+        return "is a folder, not a file"
+    return "is a file, not a folder" if want == "folder" and not stat.S_ISDIR(mode) else None
+
+
+def check_path(path, flag: str, fix: str, want: str = "file or folder") -> Path:
+    """Path(path), or UserError "FLAG PATH is a FIFO (named pipe): FIX" (see path_problem)."""
+    if (problem := path_problem(path, want)) is not None:
+        raise UserError(f"{flag} {path} {problem}: {fix}")
+    return Path(path)
+
+
+def safe_text(value):
+    """Strings (in dicts and lists) with undecodable file-name bytes as backslash escapes: safe to print or
+    write as UTF-8 JSON; other strings unchanged."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {key: safe_text(item) for key, item in value.items()}
+    return [safe_text(item) for item in value] if isinstance(value, list) else value
+
 
 # --- Reading text ---
 
@@ -57,7 +100,7 @@ def files_digest(paths: list[Path], root: Path) -> str:
     """sha256 over (relative name, sha256 of bytes) of every file: what a source folder held."""
     h = hashlib.sha256()
     for f in paths:
-        h.update(f"{f.relative_to(root).as_posix()}\0{files.sha256_file(f)}\n".encode())
+        h.update(os.fsencode(f"{f.relative_to(root).as_posix()}\0{files.sha256_file(f)}\n"))  # any name
     return h.hexdigest()
 
 
@@ -128,7 +171,8 @@ def _jsonl_text(line, field_name: str) -> str:
 def languini_file_lists(folder: Path, root: Path, splits: list[str] | None) -> tuple[dict, dict]:
     """{split: document paths in list order} and {split: listed token counts} from file_list_SPLIT.npy rows
     (name, length); a name matches a file under root by its stem. An object array (pickle) is refused."""
-    lists = sorted(Path(folder).glob("file_list_*.npy")) if Path(folder).is_dir() else []
+    fix = "give the folder with Languini's file_list_SPLIT.npy files"
+    lists = sorted(check_path(folder, "--file_lists", fix, "folder").glob("file_list_*.npy"))
     if not lists:
         raise UserError(f"--file_lists {folder} holds no file_list_SPLIT.npy files: give the folder with Languini's lists")
     # the first file of each stem, in sorted order
@@ -138,6 +182,7 @@ def languini_file_lists(folder: Path, root: Path, splits: list[str] | None) -> t
         split = lst.name[len("file_list_"):-len(".npy")]
         if splits and split not in splits:
             continue
+        check_path(lst, "--file_lists", "replace it with a plain .npy file", "file")
         try:
             rows = np.load(lst, allow_pickle=False)
         except ValueError:
