@@ -179,6 +179,17 @@ def _check_out(out: Path, overwrite: bool) -> None:
                         "gptlab dataset: choose another --out")
     if state == "dataset" and not overwrite:
         raise UserError(f"{out} already holds prepared data: pass --overwrite to replace it, or choose another --out")
+    held = _hold_from_readers(out, "wait for it, or prepare into another --out") if state == "dataset" else None
+    if held is not None:  # only a probe: the swap locks it again
+        os.close(held)
+
+
+def _hold_from_readers(out: Path, fix: str) -> int | None:
+    """out's folder locked against readers (a running train or eval), or UserError naming them."""
+    try:
+        return T.lock_folder(out, exclusive=True)
+    except BlockingIOError as e:
+        raise UserError(f"{e.strerror}: {fix}") from None
 
 
 def _clear(folder: Path) -> None:
@@ -196,13 +207,18 @@ def _swap_in(work: Path, out: Path, replace: bool) -> None:
     if state == "other" or (state == "dataset" and not replace):
         raise UserError(f"--out {out} changed while preparing and is no longer ours to replace: move it away, "
                         "then rerun with --resume")
+    held = _hold_from_readers(out, "rerun with --resume when it has finished") if state != "absent" else None
     for p in work.glob(".*.tmp-*"):  # left by a write a kill interrupted
         p.unlink()
     (work / PROGRESS).unlink()
     old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if state != "absent":
-        os.rename(out, old)
-    os.rename(work, out)
+    try:
+        if state != "absent":
+            os.rename(out, old)
+        os.rename(work, out)
+    finally:
+        if held is not None:
+            os.close(held)  # readers waiting for the old folder find it moved and lock the new one
     (out / files.LOCK_FILE).unlink(missing_ok=True)
     files.fsync_dir(out.parent)
     if state != "absent":
