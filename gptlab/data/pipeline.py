@@ -1,7 +1,6 @@
-"""The pipeline of `gptlab prepare`: document streams per split -> tokenizer -> encode (inline or num_proc
-workers) -> SplitWriter per split -> meta.json, built in a locked sibling `.NAME.partial` that replaces --out
-only when complete; its fsynced `progress.json` lets `--resume` finish a killed run with the bytes of an
-uninterrupted one."""
+"""The pipeline of `gptlab prepare`: streams per split -> tokenizer -> encode (inline or num_proc workers) ->
+SplitWriter per split -> meta.json, built in a locked sibling `.NAME.partial` that replaces --out when complete;
+its fsynced `progress.json` lets `--resume` finish a killed run with the bytes of an uninterrupted one."""
 
 from __future__ import annotations
 

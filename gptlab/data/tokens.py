@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from gptlab import files
+from gptlab.data.tokenizers import cache_dir, check_tokenizer_meta
 from gptlab.errors import UserError
 
 FORMAT = "gptlab-tokens-1"
@@ -125,8 +126,6 @@ def _bad(data_dir, msg: str) -> UserError:
 
 def read_meta(data_dir: Path) -> dict:
     """Read and validate meta.json; UserError naming the problem otherwise."""
-    from gptlab.data.tokenizers import check_tokenizer_meta
-
     data_dir = Path(data_dir)
     path = data_dir / META
     if not path.is_file():
@@ -219,8 +218,6 @@ def verify_bins(data_dir: Path, meta: dict, splits: list[str] | None = None) -> 
 
 def verified_cache(data_dir: Path) -> Path:
     """verify_bins' record of a dataset's bins already hashed: one small file per dataset folder."""
-    from gptlab.data.tokenizers import cache_dir
-
     key = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:24]
     return cache_dir() / "verified" / f"{key}.json"
 
