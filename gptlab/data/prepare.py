@@ -161,13 +161,6 @@ def _check_lengths(out: Path, lengths: dict) -> None:
 
 
 # --- Entry points ---
-def check_recipe(name: str, tokenizer, val_fraction, vocab_size, num_proc) -> None:
-    if name not in RECIPES:
-        hint = "".join(f"did you mean {c!r}? " for c in difflib.get_close_matches(name, list(RECIPES), n=1))
-        raise UserError(f"unknown prepare recipe {name!r}: {hint}choose one of {', '.join(RECIPES)}")
-    check_options(tokenizer, val_fraction, vocab_size, num_proc, zero_val_fraction=name in HF_RECIPES)
-
-
 def _small_plan(name, input, tokenizer, seed, val_fraction, file_lists, splits, tok_opts) -> Plan:
     lengths = {}
     if name in ("shakespeare_char", "shakespeare"):
@@ -195,7 +188,10 @@ def prepare(recipe: str, input=None, tokenizer: str | None = None, out=None, ove
             input_sentence_size: int | None = None, tokenizer_model=None, file_lists=None,
             splits: list[str] | None = None, progress: bool | None = None, **hf) -> Path:
     """Run a recipe; returns the data dir (default data/NAME). hf recipes take prepare_hf's options in **hf."""
-    check_recipe(recipe, tokenizer, val_fraction, vocab_size, num_proc)
+    if recipe not in RECIPES:
+        hint = "".join(f"did you mean {c!r}? " for c in difflib.get_close_matches(recipe, list(RECIPES), n=1))
+        raise UserError(f"unknown prepare recipe {recipe!r}: {hint}choose one of {', '.join(RECIPES)}")
+    check_options(tokenizer, val_fraction, vocab_size, num_proc, zero_val_fraction=recipe in HF_RECIPES)
     if tokenizer_model is not None and tokenizer not in (None, "sentencepiece"):
         raise UserError("--tokenizer_model is a SentencePiece model: drop --tokenizer or use --tokenizer sentencepiece")
     if tokenizer_model is not None:  # before any folder is made
