@@ -178,9 +178,8 @@ def _check_out(out: Path, overwrite: bool) -> None:
                         "gptlab dataset: choose another --out")
     if state == "dataset" and not overwrite:
         raise UserError(f"{out} already holds prepared data: pass --overwrite to replace it, or choose another --out")
-    held = _hold_from_readers(out, "wait for it, or prepare into another --out") if state == "dataset" else None
-    if held is not None:  # only a probe: the swap locks it again
-        os.close(held)
+    if state == "dataset" and (held := _hold_from_readers(out, "wait, or prepare into another --out")) is not None:
+        os.close(held)  # only a probe: the swap locks it again
 
 
 def _hold_from_readers(out: Path, fix: str) -> int | None:
@@ -206,7 +205,7 @@ def _swap_in(work: Path, out: Path, replace: bool) -> None:
     if state == "other" or (state == "dataset" and not replace):
         raise UserError(f"--out {out} changed while preparing and is no longer ours to replace: move it away, "
                         "then rerun with --resume")
-    held = _hold_from_readers(out, "rerun with --resume when it has finished") if state != "absent" else None
+    held = None if state == "absent" else _hold_from_readers(out, "rerun with --resume when it has finished")
     for p in work.glob(".*.tmp-*"):  # left by a write a kill interrupted
         p.unlink()
     (work / PROGRESS).unlink()

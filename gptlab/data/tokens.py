@@ -290,8 +290,9 @@ def check_unchanged(path, key) -> None:
 
 def lock_folder(folder: Path, exclusive: bool) -> int | None:
     """An fd holding flock(2) on the folder itself: shared for readers, exclusive for a prepare about to
-    replace it (BlockingIOError, naming the readers, while one holds it). Nothing is written, so read-only datasets work, and the kernel drops the
-    lock when the process ends: never stale. None where the folder is missing or cannot be locked."""
+    replace it (BlockingIOError naming the readers while one holds it). Nothing is written, so read-only
+    datasets work, and the kernel drops the lock when the process ends: never stale. None where the folder
+    is missing or cannot be locked."""
     for _ in range(10):  # the folder may be swapped between open and lock: lock the one the path names
         try:
             fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -318,7 +319,8 @@ def lock_holders(folder: Path) -> list[int]:
     with contextlib.suppress(OSError):
         inode = f":{os.stat(folder).st_ino} "
         lines = Path("/proc/locks").read_text().splitlines()
-        return sorted({int(line.split()[4]) for line in lines if "FLOCK" in line and inode in line})
+        held = (line.split() for line in lines if inode in line and "->" not in line)  # "->": waiting
+        return sorted({int(words[4]) for words in held if words[1] == "FLOCK" and words[4].isdigit()})
     return []
 
 
