@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gptlab.args import ArgParser as _Parser  # one line naming the closest flag
 from gptlab.data import tokens as T
 from gptlab.data.hf_prepare import prepare_hf
 from gptlab.data.pipeline import Plan, build, check_options, work_dir  # noqa: F401 (callers import it here)
@@ -214,8 +215,6 @@ def prepare(recipe: str, input=None, tokenizer: str | None = None, out=None, ove
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gptlab.cli import ArgParser as _Parser  # one line naming the closest flag; cli imports this module lazily
-
     recipes = "\n".join(f"  {k:<17} {v}" for k, v in RECIPES.items())
     p = _Parser(prog="gptlab prepare", description="Turn text into token files ({split}.bin + meta.json).",
                 epilog="recipes:\n" + recipes, formatter_class=argparse.RawDescriptionHelpFormatter)

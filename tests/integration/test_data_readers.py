@@ -15,13 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+from test_resume import REPO, make_dataset, train_args
 
 from gptlab import cli
 from gptlab.data import samplers
 from gptlab.data import tokens as tk
 from gptlab.errors import UserError
-
-from test_resume import REPO, make_dataset, train_args
 
 HOLD = ("import sys, time; from gptlab.data import tokens as tk\n"
         "reader = tk.open_for_reading(sys.argv[1]); print('holding', flush=True); time.sleep(120)")
