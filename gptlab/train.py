@@ -410,6 +410,7 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
     log = print if d.is_main else (lambda *a, **k: None)
     data_dir = resolve_data_dir(cfg.data.dataset, cfg.data.data_root)
     meta = tk.read_meta(data_dir)
+    hold.enter_context(tk.open_for_reading(data_dir))  # prepare refuses to replace it while this run reads it
     pick_splits(cfg, data_dir, meta)  # a mistyped split name is refused before the run folder is touched
     startup.eval_graph_choice(cfg.model.dropout, d.enabled)  # so is a bad GPTLAB_EVAL_GRAPH
     cfg, run_dir, resumed = resolve_run(cfg, d, meta, hold)
