@@ -20,7 +20,7 @@ FLOORS = {
     2: ("gptlab.config", "gptlab.config_files", "gptlab.config_check", "gptlab.budget"),
     3: ("gptlab.model", "gptlab.registry", "gptlab.loss", "gptlab.optim", "gptlab.generate", "gptlab.data"),
     4: ("gptlab.resolve", "gptlab.runtime", "gptlab.distributed", "gptlab.checkpoint", "gptlab.runs"),
-    5: ("gptlab.evaluate", "gptlab.metrics", "gptlab.tracker", "gptlab.hf", "gptlab.plot"),
+    5: ("gptlab.evaluate", "gptlab.metrics", "gptlab.tracker", "gptlab.hf", "gptlab.plot", "gptlab.startup"),
     6: ("gptlab.train", "gptlab.bench", "gptlab.sample"),
     7: ("gptlab.cli", "gptlab.__main__", "gptlab.commands"),
 }
