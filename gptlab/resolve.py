@@ -84,7 +84,8 @@ def run_name(cfg: Config, world_size: int = 1) -> str:
     # A dataset given as a path is named by its last component, without '_' (books_16384 -> books16384).
     data = _safe(Path(cfg.data.dataset.rstrip("/\\")).name or cfg.data.dataset).replace("_", "") or "data"
     ff, head_dim = m.mlp_dim or 4 * m.n_embd, m.head_dim or m.n_embd // m.n_head  # 0 = derived (as GPTShape)
-    parts = [_safe(ideas.parse_spec(m.model, BUILTIN_MODEL_NAMES).label), data, f"bsz{global_batch}" + (f"_micro{accum}" if accum > 1 else ""),
+    label = _safe(ideas.parse_spec(m.model, BUILTIN_MODEL_NAMES).label)  # GPT, or the idea's file.Class
+    parts = [label, data, f"bsz{global_batch}" + (f"_micro{accum}" if accum > 1 else ""),
              f"sl{m.block_size}", lr, f"h{m.n_embd}", f"ff{ff}", f"nH{m.n_head}", f"dH{head_dim}", f"nl{m.n_layer}",
              f"clip{float(o.grad_clip)}", f"decay{o.lr_decay_iters // 1000}k", f"workers{world_size}",
              _COMPILE.get(cfg.system.compile, _safe(cfg.system.compile) + "Compile"),
