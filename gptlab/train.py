@@ -101,7 +101,7 @@ class TrainState:
     tokens: int = 0
     best_val: float = math.inf
     train_time: float = 0.0  # seconds of training steps (no evaluation, no checkpoints)
-    first_bad_step: int | None = None  # first step of the earliest non-finite streak seen
+    streak_start: int | None = None  # first step of the current non-finite streak (None: none at the last check)
     consec_bad: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # device counters: no sync per step
     bad_total: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
 
@@ -116,16 +116,23 @@ class TrainState:
         self.step += 1
         self.tokens += tokens_per_step
 
+    def note_streak(self, step: int, streak: int) -> None:
+        """What a check read at `step`: the current streak of `streak` non-finite steps, or none. Only the
+        current streak is tracked: a blip that recovered is forgotten, and a later divergence sets aside
+        the checkpoints of its own streak only."""
+        self.streak_start = step - streak + 1 if streak > 0 else None
+
     def state_dict(self) -> dict:
         # int(): a CPU-GPU sync, at checkpoints only
         return {"tokens": self.tokens, "best_val_loss": self.best_val, "nonfinite_skipped": int(self.bad_total),
-                "train_time_s": self.train_time}
+                "nonfinite_streak_start": self.streak_start, "train_time_s": self.train_time}
 
     def load_state_dict(self, ckpt: dict) -> None:
         self.step, self.tokens = int(ckpt["step"]), int(ckpt.get("tokens", 0))
         self.best_val = float(ckpt.get("best_val_loss", math.inf))
         self.train_time = float(ckpt.get("train_time_s", 0.0))
         self.bad_total.fill_(float(ckpt.get("nonfinite_skipped", 0)))
+        self.streak_start = ckpt.get("nonfinite_streak_start")
         if "consec_bad" in (ckpt.get("loop") or {}):
             self.consec_bad.copy_(ckpt["loop"]["consec_bad"])
 
@@ -485,14 +492,20 @@ def run_loop(s: Session, argv: list[str]) -> dict:
                 s.checkpointer.save(st, s.metrics, is_best=improved)
     st.train_time = s.clock.now()
     if stop == "diverged":
-        good = s.checkpointer.way_back(st)
-        back = (f"resume from {good} with --resume" if good else
-                f"no checkpoint predates step {st.first_bad_step}: start afresh with --overwrite")
-        raise RunStopped(f"stopped at step {st.step}: {cfg.train.max_nonfinite} steps in a row had a non-finite loss "
-                         f"or gradient (updates skipped, first at step {st.first_bad_step}); {back}, after lowering "
-                         "--learning_rate or using --dtype bfloat16/float32")
+        raise RunStopped(diverged_message(s.checkpointer.way_back(st), st, cfg.train.max_nonfinite, s.run_dir))
     s.checkpointer.drain()  # a failed background write surfaces here, as its one-line error
     return finish(s, stop, argv)
+
+
+def diverged_message(good: Path | None, state: TrainState, max_bad: int, run_dir: Path) -> str:
+    """The one line of a run stopped by a non-finite streak: where its last valid checkpoint is, and the two ways on."""
+    run = shlex.quote(str(run_dir))
+    back = (f"its last valid checkpoint is {good.name} (model.pt and latest name it); continue it with "
+            f"--resume --dtype float32, or start a new run from its weights with --init_from {run} and a lower "
+            "--learning_rate" if good else f"no valid checkpoint predates step {state.streak_start}: start afresh "
+            "with --overwrite and a lower --learning_rate or --dtype float32")
+    return (f"stopped at step {state.step}: {max_bad} steps in a row had a non-finite loss or gradient (updates "
+            f"skipped since step {state.streak_start}); {back}")
 
 
 def finish(s: Session, stop: str | None, argv: list[str]) -> dict:
