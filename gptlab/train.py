@@ -29,7 +29,7 @@ import torch
 from gptlab import checkpoint as ck
 from gptlab import distributed as dist_
 from gptlab import runs
-from gptlab.config import Config, load_run_config, resolve
+from gptlab.config import Config, resolve
 from gptlab.data import tokens as tk
 from gptlab.data.prefetch import Prefetcher
 from gptlab.data.samplers import RandomWindowSampler, StreamBatcher
@@ -40,6 +40,7 @@ from gptlab.files import atomic_write_json, atomic_write_text, read_json
 from gptlab.loss import lm_loss
 from gptlab.metrics import TrainClock, TrainMetrics, entropy_gap
 from gptlab.model import GPT, GPTShape
+from gptlab.resume import given_keys, resume_config
 from gptlab.optim import build_optimizer, lr_at, set_lr
 from gptlab.runtime import autocast_ctx, compile_model, resolve_data_dir
 from gptlab.tracker import RunLogger
@@ -269,28 +270,38 @@ def _is_run(src: str) -> bool:
     return (p / runs.CHECKPOINT_DIR).is_dir() or p.is_file()
 
 
-def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitStack) -> tuple[Config, Path, dict | None]:
-    """(final config, run folder named once from the config resolved as for a fresh start, the newest
-    valid checkpoint on --resume). Rank 0 takes the folder's lock into `hold`."""
-    arch = source_arch(cfg.train.init_from, cfg.model.pad_vocab_multiple)
-    fresh = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta, init_source=arch)
-    run_dir = runs.run_dir(fresh, d.world_size)
-    resume = cfg.train.resume or cfg.train.init_from == "resume"
+def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitStack,
+                saved: Config | None = None) -> tuple[Config, Path, dict | None]:
+    """(final config, run folder, the newest valid checkpoint on --resume, whose config.json is `saved`).
+    Rank 0 takes the folder's lock into `hold`."""
+    resume = saved is not None
+    arch = None if resume else source_arch(cfg.train.init_from, cfg.model.pad_vocab_multiple)
+    final = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta, init_source=arch,
+                    resume_config=saved)
+    run_dir = runs.run_dir(final, d.world_size)
     if d.is_main:
         runs.prepare_run_dir(run_dir, resume=resume, overwrite=cfg.train.overwrite)
         hold.enter_context(runs.run_lock(run_dir))
     if not resume:
-        return fresh, run_dir, None
+        return final, run_dir, None
     dist_.barrier(d)
-    saved = run_dir / runs.CONFIG_FILE
-    final = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta, init_source=arch,
-                    resume_config=load_run_config(saved) if saved.is_file() else None)
     found = ck.load_latest_valid(run_dir, warn=print if d.is_main else (lambda *a: None))
     if found is None:
         raise UserError(f"--resume: no valid checkpoint in {run_dir / runs.CHECKPOINT_DIR}: "
                         f"start afresh with --overwrite instead of --resume")
     ck.check_resumable(*found)
     return final, run_dir, {"state": found[0], "path": found[1]}
+
+
+def resume_source(cfg: Config, given: set[str], d: dist_.Dist, log) -> tuple[Config, Config]:
+    """--resume: (the run's config.json with the keys this command set over it, config.json as saved). The
+    run is --out_dir, else the folder named from this config as for a fresh start."""
+    if cfg.log.out_dir:
+        return resume_config(cfg, given, Path(cfg.log.out_dir), d.world_size, log)
+    meta = tk.read_meta(resolve_data_dir(cfg.data.dataset, cfg.data.data_root))
+    fresh = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta,
+                    init_source=source_arch(cfg.train.init_from, cfg.model.pad_vocab_multiple))
+    return resume_config(cfg, given, runs.run_dir(fresh, d.world_size), d.world_size, log)
 
 
 def build_model(cfg: Config, resumed: dict | None, log) -> GPT:
@@ -395,18 +406,22 @@ def restore(resumed: dict, run_dir: Path, cfg: Config, d, raw, optimizer, scaler
     return ts
 
 
-def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
-    """Resolve the config, open the data, build (or restore) model and optimiser, wrap, compile."""
+def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack, given: set[str] | None = None) -> Session:
+    """Resolve the config (on --resume from the run's config.json and the `given` keys), open the data,
+    build (or restore) model and optimiser, wrap, compile."""
     if cfg.system.num_threads:
         torch.set_num_threads(cfg.system.num_threads)
     torch.use_deterministic_algorithms(cfg.system.deterministic)
     if d.device.type == "cuda":  # TF32 for fp32 matmuls (the autocast ones are bf16/fp16 anyway)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     log = print if d.is_main else (lambda *a, **k: None)
+    saved = None
+    if cfg.train.resume or cfg.train.init_from == "resume":
+        cfg, saved = resume_source(cfg, given_keys(cfg, None) if given is None else given, d, log)
     data_dir = resolve_data_dir(cfg.data.dataset, cfg.data.data_root)
     meta = tk.read_meta(data_dir)
     pick_splits(cfg, data_dir, meta)  # a mistyped split name is refused before the run folder is touched
-    cfg, run_dir, resumed = resolve_run(cfg, d, meta, hold)
+    cfg, run_dir, resumed = resolve_run(cfg, d, meta, hold, saved)
     splits = load_splits(cfg, data_dir, meta, cfg.model.vocab_size)
     model = build_model(cfg, resumed, log).to(d.device)
     sampler = build_sampler(cfg, data_dir, meta, splits["train"], d)
@@ -453,7 +468,7 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
     finished = False
     try:
         with contextlib.ExitStack() as hold:
-            summary = run_loop(setup(cfg, d, hold), argv or [])
+            summary = run_loop(setup(cfg, d, hold, given_keys(cfg, argv)), argv or [])
         finished = True
         return summary
     finally:
