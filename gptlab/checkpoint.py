@@ -116,8 +116,8 @@ def save_checkpoint(run_dir: Path, state: dict, step: int, keep_last: int = 2, i
 
 
 def prune_sharded(run_dir: Path, step: int) -> None:
-    """Delete the DCP folders older than `step` that no kept checkpoint names. Pruning goes by step: a folder
-    of this step or a later one may be in the middle of its write (or belong to a later save) and is left alone."""
+    """Delete the DCP folders older than `step` that no kept checkpoint names. Pruning goes by step: a
+    folder of this step or a later one may be in the middle of its write, and is left alone."""
     keep = {dist_.sharded_name(ckpt_step(p)) for p in list_checkpoints(run_dir)}
     for folder in checkpoint_dir(run_dir).glob("dcp_*"):
         if dist_.DCP_RE.match(folder.name) and int(folder.name[4:]) < step and folder.name not in keep \
@@ -152,13 +152,13 @@ def cpu_copy(tree):
 
 class Checkpointer:
     """Saves at its cadence: every checkpoint_interval steps (or at evaluations when that is 0), at every
-    evaluation that improved the held-out loss (best.pt is never stale), at the end and on a stop. State is
-    copied off the device, then written by one background thread (rank 0, non-daemon).
+    evaluation that improved the held-out loss (best.pt is never stale), at the end and on a stop. State
+    is copied off the device, then written by one background thread (rank 0, non-daemon).
 
-    Bookkeeping is agreed by all ranks (torchtitan's rule): a save first waits, on every rank, for the previous
-    background write and stops every rank with the same line if it failed, and only then takes the next
-    snapshot, so that no rank writes dcp_<step> while the previous write still prunes, and at most one host
-    copy of the state exists."""
+    Bookkeeping is agreed by all ranks (torchtitan's rule): a save first waits, on every rank, for the
+    previous background write, and stops every rank with the same line if it failed; only then does it
+    take the next snapshot. So no rank writes dcp_<step> while the previous write still prunes, and at
+    most one host copy of the state exists."""
 
     def __init__(self, cfg, run_dir: Path, d, raw_model, optimizer, scaler, data):
         self.cfg, self.run_dir, self.d, self.raw, self.opt, self.scaler, self.data = \
@@ -179,8 +179,8 @@ class Checkpointer:
         """Collective: every rank joins the agreement on the previous write, the gathers, and under FSDP2
         writes its shards."""
         d = self.d
-        self.drain()  # before anything of this snapshot exists: one copy at most, no dcp_<step> being pruned
-        streak = int(dist_.all_reduce(state.consec_bad, d, "max"))  # int(): a CPU-GPU sync, at saves only
+        self.drain()  # before anything of this snapshot exists: one copy, no dcp_<step> being pruned
+        streak = int(dist_.all_reduce(state.consec_bad, d, "max"))  # int(): a sync, at saves only
         state.note_streak(state.step, streak)
         samplers = dist_.gather_objects(self.data.position(), d)
         rngs = dist_.gather_objects(rng_state(d.device), d)
@@ -189,13 +189,14 @@ class Checkpointer:
         loop = dict(metrics.state_dict(), consec_bad=state.consec_bad.detach().cpu().clone())
         if not d.is_main:
             return
+        scaler = self.scaler.state_dict() if self.scaler.is_enabled() else None
         snapshot = {"model": model_sd or cpu_copy(self.raw.state_dict()),
-                    "optimizer": {} if self.fsdp else cpu_copy(self.opt.state_dict()), "sharded": sharded,
-                    "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None, "rng": rngs,
-                    "sampler": samplers, "config": self.cfg.to_dict(), "world_size": d.world_size,
+                    "optimizer": {} if self.fsdp else cpu_copy(self.opt.state_dict()),
+                    "sharded": sharded, "scaler": scaler, "rng": rngs, "sampler": samplers,
+                    "config": self.cfg.to_dict(), "world_size": d.world_size,
                     "parallel": self.cfg.system.parallel, "loop": loop, **state.state_dict()}
-        options = dict(keep_last=self.cfg.train.keep_last, is_best=is_best, protect_before=state.streak_start,
-                       sharded=self.fsdp)
+        options = dict(keep_last=self.cfg.train.keep_last, is_best=is_best,
+                       protect_before=state.streak_start, sharded=self.fsdp)
         self.thread = threading.Thread(target=self._write, args=(snapshot, state.step), kwargs=options,
                                        name="gptlab-checkpoint")
         self.thread.start()
@@ -208,25 +209,27 @@ class Checkpointer:
 
     def way_back(self, state) -> Path | None:
         """After a divergence (collective): rename the checkpoints of the current non-finite streak to
-        *.diverged (kept) and point model.pt/latest at the newest valid checkpoint before it, which --resume
-        continues from; returns it (or None, and then model.pt/latest are removed: they named no valid one)."""
+        *.diverged (kept) and point model.pt/latest at the newest valid checkpoint before it, which
+        --resume continues from; returns it (or None: model.pt/latest are removed, naming nothing valid)."""
         self.drain()
-        if not self.d.is_main or state.streak_start is None:
-            return None
-        for p in list_checkpoints(self.run_dir):
-            if ckpt_step(p) >= state.streak_start:
-                p.rename(p.with_name(p.name + ".diverged"))
-                p.with_name(p.name + ".sha256").unlink(missing_ok=True)
-        found = load_latest_valid(self.run_dir, warn=lambda *a: None)
-        return point_at(self.run_dir, found[1] if found else None)
+        good = None
+        if self.d.is_main and state.streak_start is not None:
+            for p in list_checkpoints(self.run_dir):
+                if ckpt_step(p) >= state.streak_start:
+                    p.rename(p.with_name(p.name + ".diverged"))
+                    p.with_name(p.name + ".sha256").unlink(missing_ok=True)
+            found = load_latest_valid(self.run_dir, warn=lambda *a: None)
+            good = point_at(self.run_dir, found[1] if found else None)
+        return dist_.gather_objects(good, self.d)[0]  # rank 0's outcome on every rank: one line everywhere
 
     def drain(self) -> None:
-        """Collective: wait for this rank's pending write, then agree with every rank on the outcome; a failed
-        write stops every rank with the failing rank's one-line error."""
+        """Collective: wait for this rank's pending write, then agree with every rank on the outcome; a
+        failed write stops every rank with the failing rank's one-line error."""
         self.close()
         error, self.error = self.error, None
-        report = None if error is None else (isinstance(error, UserError), str(error).splitlines()[0][:300]
-                                             if str(error).strip() else type(error).__name__)
+        report = None
+        if error is not None:  # (a user error?, its first line), sent to every rank
+            report = isinstance(error, UserError), (str(error).strip().splitlines() or [repr(error)])[0][:300]
         reports = dist_.gather_objects(report, self.d)
         rank = next((r for r, item in enumerate(reports) if item is not None), None)
         if rank is None:
@@ -234,7 +237,8 @@ class Checkpointer:
         if error is not None and not isinstance(error, UserError):
             raise error  # a bug: its traceback on the rank that had it, the same one line on the others
         user_error, line = reports[rank]
-        raise UserError(line if user_error else f"the checkpoint write on rank {rank} failed: {line}") from error
+        raise UserError(line if user_error else f"the checkpoint write on rank {rank} failed: {line}") \
+            from error
 
     def close(self) -> None:
         """Join the writer (its error, if any, was reported by drain or the run is failing anyway)."""
@@ -244,7 +248,7 @@ class Checkpointer:
 
 
 def point_at(run_dir: Path, good: Path | None) -> Path | None:
-    """model.pt and latest name `good`, or are removed when there is none (never a missing or invalid file)."""
+    """model.pt and latest name `good`, or are removed when there is none (never a missing or bad file)."""
     d = checkpoint_dir(run_dir)
     if good is None:
         for name in ("model.pt", "model.pt.sha256", "latest"):
@@ -328,18 +332,19 @@ def load_checkpoint(path: Path, map_location="cpu", check: bool = True) -> dict:
         raise UserError(f"checkpoint {path} is damaged: its 'step' is {state['step']!r}, not a step count >= 0: "
                         "use an older checkpoint or retrain")
     if "format" in state and state["format"] != FORMAT:
-        raise UserError(f"checkpoint {path} has format {str(state['format'])[:40]!r}, not {FORMAT!r}: it was written "
-                        "by another program or gptlab version; pass a checkpoint written by this gptlab")
-    bad = [k for k, v in state["model"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        raise UserError(f"checkpoint {path} has format {str(state['format'])[:40]!r}, not {FORMAT!r}: it "
+                        "was written by another program or gptlab version; pass one written by this gptlab")
+    model = state["model"]
+    bad = [k for k, v in model.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise UserError(f"checkpoint {path} holds non-finite weights (NaN or inf in {len(bad)} of "
-                        f"{len(state['model'])} tensors, e.g. {bad[0][:60]!r}: saved after the run diverged): "
+                        f"{len(model)} tensors, e.g. {bad[0][:60]!r}: saved after the run diverged): "
                         f"{_earlier_checkpoint_hint(path, state.get('step'))}")
     return state
 
 
 def _earlier_checkpoint_hint(path: Path, step) -> str:
-    """The fix for a diverged checkpoint: the run's newest valid checkpoint before it, if there is one."""
+    """The fix for a diverged checkpoint: the run's newest valid checkpoint before it, if any."""
     if Path(path).parent.name == CHECKPOINT_DIR and _is_int(step):
         for earlier in list_checkpoints(Path(path).parent.parent):
             if ckpt_step(earlier) < step and verify(earlier) is None:

@@ -193,7 +193,7 @@ def _write_failure(folder: Path, e) -> Exception:
         return RuntimeError(f"sharded checkpoint write of {folder} failed on rank {rank}: {error!r}")
     known = files.write_error(folder, error)
     what = str(known) if known else f"cannot write {folder}: {error.strerror or error}"
-    return UserError(f"{what} (rank {rank}); the previous checkpoint is intact: fix that and rerun with --resume")
+    return UserError(f"{what} (rank {rank}); the previous checkpoint is intact: fix that, then --resume")
 
 
 def _sharded_folder(run_dir, ref) -> Path:

@@ -296,12 +296,13 @@ def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitSta
 def resume_source(cfg: Config, given: set[str], d: dist_.Dist, log) -> tuple[Config, Config]:
     """--resume: (the run's config.json with the keys this command set over it, config.json as saved). The
     run is --out_dir, else the folder named from this config as for a fresh start."""
-    if cfg.log.out_dir:
-        return resume_config(cfg, given, Path(cfg.log.out_dir), d.world_size, log)
-    meta = tk.read_meta(resolve_data_dir(cfg.data.dataset, cfg.data.data_root))
-    fresh = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta,
-                    init_source=source_arch(cfg.train.init_from, cfg.model.pad_vocab_multiple))
-    return resume_config(cfg, given, runs.run_dir(fresh, d.world_size), d.world_size, log)
+    run = Path(cfg.log.out_dir) if cfg.log.out_dir else None
+    if run is None:
+        meta = tk.read_meta(resolve_data_dir(cfg.data.dataset, cfg.data.data_root))
+        run = runs.run_dir(resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta,
+                                   init_source=source_arch(cfg.train.init_from, cfg.model.pad_vocab_multiple)),
+                           d.world_size)
+    return resume_config(cfg, given, run, d.world_size, log, main=d.is_main)
 
 
 def build_model(cfg: Config, resumed: dict | None, log) -> GPT:
@@ -468,7 +469,8 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
     finished = False
     try:
         with contextlib.ExitStack() as hold:
-            summary = run_loop(setup(cfg, d, hold, given_keys(cfg, argv)), argv or [])
+            given = given_keys(cfg, argv) if cfg.train.resume or cfg.train.init_from == "resume" else None
+            summary = run_loop(setup(cfg, d, hold, given), argv or [])
         finished = True
         return summary
     finally:
