@@ -31,6 +31,8 @@ from gptlab.runs import CHECKPOINT_DIR
 
 CKPT_RE = re.compile(r"^ckpt_(\d{8})\.pt$")
 FORMAT = "gptlab-ckpt-1"
+FOREIGN = ("checkpoint {path} has format {format!r}, not {want!r}: it was written by another program "
+           "or gptlab version; pass one written by this gptlab")
 
 
 class _HashingWriter(io.RawIOBase):
@@ -210,7 +212,7 @@ class Checkpointer:
     def way_back(self, state) -> Path | None:
         """After a divergence (collective): rename the checkpoints of the current non-finite streak to
         *.diverged (kept) and point model.pt/latest at the newest valid checkpoint before it, which
-        --resume continues from; returns it (or None: model.pt/latest are removed, naming nothing valid)."""
+        --resume continues from; returns it (or None: model.pt/latest removed, naming nothing valid)."""
         self.drain()
         good = None
         if self.d.is_main and state.streak_start is not None:
@@ -220,7 +222,7 @@ class Checkpointer:
                     p.with_name(p.name + ".sha256").unlink(missing_ok=True)
             found = load_latest_valid(self.run_dir, warn=lambda *a: None)
             good = point_at(self.run_dir, found[1] if found else None)
-        return dist_.gather_objects(good, self.d)[0]  # rank 0's outcome on every rank: one line everywhere
+        return dist_.gather_objects(good, self.d)[0]  # rank 0's outcome on every rank: one line
 
     def drain(self) -> None:
         """Collective: wait for this rank's pending write, then agree with every rank on the outcome; a
@@ -229,7 +231,8 @@ class Checkpointer:
         error, self.error = self.error, None
         report = None
         if error is not None:  # (a user error?, its first line), sent to every rank
-            report = isinstance(error, UserError), (str(error).strip().splitlines() or [repr(error)])[0][:300]
+            first = (str(error).strip().splitlines() or [repr(error)])[0][:300]
+            report = isinstance(error, UserError), first
         reports = dist_.gather_objects(report, self.d)
         rank = next((r for r, item in enumerate(reports) if item is not None), None)
         if rank is None:
@@ -248,7 +251,7 @@ class Checkpointer:
 
 
 def point_at(run_dir: Path, good: Path | None) -> Path | None:
-    """model.pt and latest name `good`, or are removed when there is none (never a missing or bad file)."""
+    """model.pt and latest name `good`, or are removed when there is none (never a bad file)."""
     d = checkpoint_dir(run_dir)
     if good is None:
         for name in ("model.pt", "model.pt.sha256", "latest"):
@@ -332,8 +335,7 @@ def load_checkpoint(path: Path, map_location="cpu", check: bool = True) -> dict:
         raise UserError(f"checkpoint {path} is damaged: its 'step' is {state['step']!r}, not a step count >= 0: "
                         "use an older checkpoint or retrain")
     if "format" in state and state["format"] != FORMAT:
-        raise UserError(f"checkpoint {path} has format {str(state['format'])[:40]!r}, not {FORMAT!r}: it "
-                        "was written by another program or gptlab version; pass one written by this gptlab")
+        raise UserError(FOREIGN.format(path=path, format=str(state["format"])[:40], want=FORMAT))
     model = state["model"]
     bad = [k for k, v in model.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:

@@ -32,8 +32,9 @@ NOTE_SPLIT = ("note: resuming on {world} process(es): {world} x {micro} sequence
 NO_SPLIT = ("--resume: the run's global batch of {total} sequences cannot be split over {world} "
             "process(es) (it trained on {ran_on}): launch a number of processes that divides {total}, "
             "e.g. torchrun --nproc_per_node {ran_on}")
-BAD_SPLIT = ("--resume: {named} cannot split the run's global batch of {total} sequences over {world} "
-             "process(es): pass --batch_size {micro} --gradient_accumulation_steps {accum}, or drop them")
+BAD_SPLIT = ("--resume: {named} cannot split the run's global batch of {total} sequences over "
+             "{world} process(es): pass --batch_size {micro} --gradient_accumulation_steps {accum}, "
+             "or drop them")
 
 
 def given_keys(cfg: Config, argv: list[str] | None) -> set[str]:

@@ -102,7 +102,7 @@ class TrainState:
     tokens: int = 0
     best_val: float = math.inf
     train_time: float = 0.0  # seconds of training steps (no evaluation, no checkpoints)
-    streak_start: int | None = None  # first step of the current non-finite streak (None: none at the last check)
+    streak_start: int | None = None  # first step of the current non-finite streak (None: none)
     consec_bad: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # device counters: no sync per step
     bad_total: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
 
@@ -118,9 +118,9 @@ class TrainState:
         self.tokens += tokens_per_step
 
     def note_streak(self, step: int, streak: int) -> None:
-        """What a check read at `step`: the current streak of `streak` non-finite steps, or none. Only the
-        current streak is tracked: a blip that recovered is forgotten, and a later divergence sets aside
-        the checkpoints of its own streak only."""
+        """What a check read at `step`: the current streak of `streak` non-finite steps, or none.
+        Only the current streak is tracked: a blip that recovered is forgotten, and a later
+        divergence sets aside the checkpoints of its own streak only."""
         self.streak_start = step - streak + 1 if streak > 0 else None
 
     def state_dict(self) -> dict:
@@ -294,14 +294,14 @@ def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitSta
 
 
 def resume_source(cfg: Config, given: set[str], d: dist_.Dist, log) -> tuple[Config, Config]:
-    """--resume: (the run's config.json with the keys this command set over it, config.json as saved). The
-    run is --out_dir, else the folder named from this config as for a fresh start."""
+    """--resume: (the run's config.json with the keys this command set over it, config.json as
+    saved). The run is --out_dir, else the folder named from this config as for a fresh start."""
     run = Path(cfg.log.out_dir) if cfg.log.out_dir else None
     if run is None:
         meta = tk.read_meta(resolve_data_dir(cfg.data.dataset, cfg.data.data_root))
-        run = runs.run_dir(resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta,
-                                   init_source=source_arch(cfg.train.init_from, cfg.model.pad_vocab_multiple)),
-                           d.world_size)
+        arch = source_arch(cfg.train.init_from, cfg.model.pad_vocab_multiple)
+        fresh = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta, init_source=arch)
+        run = runs.run_dir(fresh, d.world_size)
     return resume_config(cfg, given, run, d.world_size, log, main=d.is_main)
 
 
@@ -407,7 +407,8 @@ def restore(resumed: dict, run_dir: Path, cfg: Config, d, raw, optimizer, scaler
     return ts
 
 
-def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack, given: set[str] | None = None) -> Session:
+def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack,
+          given: set[str] | None = None) -> Session:
     """Resolve the config (on --resume from the run's config.json and the `given` keys), open the data,
     build (or restore) model and optimiser, wrap, compile."""
     if cfg.system.num_threads:
@@ -469,7 +470,8 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
     finished = False
     try:
         with contextlib.ExitStack() as hold:
-            given = given_keys(cfg, argv) if cfg.train.resume or cfg.train.init_from == "resume" else None
+            resume = cfg.train.resume or cfg.train.init_from == "resume"
+            given = given_keys(cfg, argv) if resume else None
             summary = run_loop(setup(cfg, d, hold, given), argv or [])
         finished = True
         return summary
@@ -509,20 +511,26 @@ def run_loop(s: Session, argv: list[str]) -> dict:
                 s.checkpointer.save(st, s.metrics, is_best=improved)
     st.train_time = s.clock.now()
     if stop == "diverged":
-        raise RunStopped(diverged_message(s.checkpointer.way_back(st), st, cfg.train.max_nonfinite, s.run_dir))
+        good = s.checkpointer.way_back(st)
+        raise RunStopped(diverged_message(good, st, cfg.train.max_nonfinite, s.run_dir))
     s.checkpointer.drain()  # a failed background write surfaces here, as its one-line error
     return finish(s, stop, argv)
 
 
+DIVERGED = ("stopped at step {step}: {max_bad} steps in a row had a non-finite loss or gradient "
+            "(updates skipped since step {start}); {way_on}")
+WAY_BACK = ("its last valid checkpoint is {good} (model.pt and latest name it); continue it with "
+            "--resume --dtype float32, or start a new run from its weights with --init_from {run} "
+            "and a lower --learning_rate")
+NO_WAY_BACK = ("no valid checkpoint predates step {start}: start afresh with --overwrite and a lower "
+               "--learning_rate or --dtype float32")
+
+
 def diverged_message(good: Path | None, state: TrainState, max_bad: int, run_dir: Path) -> str:
-    """The one line of a run stopped by a non-finite streak: where its last valid checkpoint is, and the two ways on."""
-    run = shlex.quote(str(run_dir))
-    back = (f"its last valid checkpoint is {good.name} (model.pt and latest name it); continue it with "
-            f"--resume --dtype float32, or start a new run from its weights with --init_from {run} and a lower "
-            "--learning_rate" if good else f"no valid checkpoint predates step {state.streak_start}: start afresh "
-            "with --overwrite and a lower --learning_rate or --dtype float32")
-    return (f"stopped at step {state.step}: {max_bad} steps in a row had a non-finite loss or gradient (updates "
-            f"skipped since step {state.streak_start}); {back}")
+    """The one line of a run stopped by a non-finite streak: its last valid checkpoint, the ways on."""
+    way_on = (WAY_BACK.format(good=good.name, run=shlex.quote(str(run_dir))) if good else
+              NO_WAY_BACK.format(start=state.streak_start))
+    return DIVERGED.format(step=state.step, max_bad=max_bad, start=state.streak_start, way_on=way_on)
 
 
 def finish(s: Session, stop: str | None, argv: list[str]) -> dict:
