@@ -275,7 +275,10 @@ def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitSta
     """(final config, run folder, the newest valid checkpoint on --resume, whose config.json is `saved`).
     Rank 0 takes the folder's lock into `hold`."""
     resume = saved is not None
-    arch = None if resume else source_arch(cfg.train.init_from, cfg.model.pad_vocab_multiple)
+    if not resume:
+        arch = source_arch(cfg.train.init_from, cfg.model.pad_vocab_multiple)
+    else:  # started from another model's weights: that architecture (saved) wins, as it did then
+        arch = saved.to_dict()["model"] if saved.train.init_from not in ("scratch", "resume", "") else None
     final = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta, init_source=arch,
                     resume_config=saved)
     run_dir = runs.run_dir(final, d.world_size)
