@@ -14,9 +14,10 @@ import shlex
 from pathlib import Path
 
 from gptlab import runs
-from gptlab.config import (ALIASES, FIELD_INFO, Config, canonical_key, load_config_file,
-                           load_run_config)
+from gptlab.config import ALIASES, FIELD_INFO, Config, canonical_key
+from gptlab.config_files import load_config_file, load_run_config
 from gptlab.errors import UserError
+from gptlab.layout import CONFIG_FILE
 
 BATCH_KEYS = ("batch_size", "gradient_accumulation_steps", "train_batch_size")
 
@@ -61,7 +62,7 @@ def resume_config(cfg: Config, given: set[str], run: Path, world_size: int, log=
     checkpoint); nothing moves."""
     if main:
         runs.prepare_run_dir(run, resume=True, overwrite=cfg.train.overwrite)
-    path = Path(run) / runs.CONFIG_FILE
+    path = Path(run) / CONFIG_FILE
     if not path.is_file():
         raise UserError(NO_CONFIG.format(run=run))
     saved = load_run_config(path)

@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 
 from gptlab import checkpoint as ck
 from gptlab import distributed as dist_
-from gptlab.config import build_config
+from gptlab.config_files import build_config
 from gptlab.errors import UserError
 from gptlab.train import TrainState
 

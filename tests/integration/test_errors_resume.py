@@ -12,11 +12,10 @@ import shutil
 
 import pytest
 import torch
+from test_errors import _train, expect_user_error, snapshot, world  # noqa: F401 (fixture)
 
 from gptlab import checkpoint as ck
 from gptlab import cli
-
-from test_errors import _train, expect_user_error, snapshot, world  # noqa: F401 (fixture)
 
 
 def _copy(world, name: str, edit_state=None, edit_config=None):

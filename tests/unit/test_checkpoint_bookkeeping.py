@@ -18,7 +18,7 @@ import torch
 
 from gptlab import checkpoint as ck
 from gptlab import distributed as dist_
-from gptlab.config import build_config
+from gptlab.config_files import build_config
 from gptlab.train import StepOutput, TrainState
 
 

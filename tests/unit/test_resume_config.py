@@ -8,7 +8,7 @@ import copy
 
 import pytest
 
-from gptlab.config import build_config
+from gptlab.config_files import build_config
 from gptlab.errors import UserError
 from gptlab.resume import given_keys, split_batch
 
