@@ -275,6 +275,7 @@ def main(argv: list[str]) -> int:
     data_dir = resolve_data_dir(a.dataset or cfg.data.dataset, a.data_root or cfg.data.data_root) \
         if a.dataset or a.data_root else run.data_dir()
     meta = tk.read_meta(data_dir)
+    reader = tk.open_for_reading(data_dir, meta, [a.eval_data_split])  # held to exit; sha256 as meta.json
     check_same_tokenizer(run.data_meta, meta, data_dir)
     tokens = tk.load_split(data_dir, a.eval_data_split, meta)
     if int(meta["vocab_size"]) > cfg.model.vocab_size:
@@ -291,6 +292,7 @@ def main(argv: list[str]) -> int:
     m = evaluate(model, tokens, seq_len, a.eval_batch_size, device, eot_id=meta.get("eot_id"),
                  autocast=autocast_ctx(device, resolve_dtype(a.dtype, device)), plan=plan,
                  progress=_progress(f"eval {a.eval_data_split}"))
+    reader.check()  # the split was not rewritten while it was scored
     m.update(split=a.eval_data_split, checkpoint=str(ckpt_path), dataset=str(data_dir), streams=a.streams)
     print(f"{a.eval_data_split}: {format_metrics(m)}")
     print(json.dumps(m), flush=True)

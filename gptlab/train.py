@@ -423,6 +423,7 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack,
         cfg, saved = resume_source(cfg, given_keys(cfg, None) if given is None else given, d, log)
     data_dir = resolve_data_dir(cfg.data.dataset, cfg.data.data_root)
     meta = tk.read_meta(data_dir)
+    hold.enter_context(tk.open_for_reading(data_dir))  # prepare refuses to replace it while this run reads it
     pick_splits(cfg, data_dir, meta)  # a mistyped split name is refused before the run folder is touched
     cfg, run_dir, resumed = resolve_run(cfg, d, meta, hold, saved)
     splits = load_splits(cfg, data_dir, meta, cfg.model.vocab_size)
