@@ -31,6 +31,8 @@ from gptlab.layout import CHECKPOINT_DIR
 
 CKPT_RE = re.compile(r"^ckpt_(\d{8})\.pt$")
 FORMAT = "gptlab-ckpt-1"
+FOREIGN = ("checkpoint {path} has format {format!r}, not {want!r}: it was written by another program "
+           "or gptlab version; pass one written by this gptlab")
 
 
 class _HashingWriter(io.RawIOBase):
@@ -110,12 +112,19 @@ def save_checkpoint(run_dir: Path, state: dict, step: int, keep_last: int = 2, i
         if old not in way_back:
             old.unlink(missing_ok=True)
             old.with_name(old.name + ".sha256").unlink(missing_ok=True)
-    if sharded:  # DCP folders that no kept checkpoint refers to
-        keep = {dist_.sharded_name(ckpt_step(p)) for p in list_checkpoints(run_dir)}
-        for p in d.glob("dcp_*"):
-            if p.is_dir() and p.name not in keep:
-                shutil.rmtree(p, ignore_errors=True)
+    if sharded:
+        prune_sharded(run_dir, step)
     return path
+
+
+def prune_sharded(run_dir: Path, step: int) -> None:
+    """Delete the DCP folders older than `step` that no kept checkpoint names. Pruning goes by step: a
+    folder of this step or a later one may be in the middle of its write, and is left alone."""
+    keep = {dist_.sharded_name(ckpt_step(p)) for p in list_checkpoints(run_dir)}
+    for folder in checkpoint_dir(run_dir).glob("dcp_*"):
+        if dist_.DCP_RE.match(folder.name) and int(folder.name[4:]) < step and folder.name not in keep \
+                and folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _write(path: Path, state: dict, is_best: bool) -> None:
@@ -144,9 +153,14 @@ def cpu_copy(tree):
 
 
 class Checkpointer:
-    """Saves at its cadence: every checkpoint_interval steps (or at evaluations when that is 0), at
-    the end and on a stop. State is copied off the device, then written by one background thread
-    (rank 0, non-daemon); the next save, drain() and close() join it, and drain() re-raises its error."""
+    """Saves at its cadence: every checkpoint_interval steps (or at evaluations when that is 0), at every
+    evaluation that improved the held-out loss (best.pt is never stale), at the end and on a stop. State
+    is copied off the device, then written by one background thread (rank 0, non-daemon).
+
+    Bookkeeping is agreed by all ranks (torchtitan's rule): a save first waits, on every rank, for the
+    previous background write, and stops every rank with the same line if it failed; only then does it
+    take the next snapshot. So no rank writes dcp_<step> while the previous write still prunes, and at
+    most one host copy of the state exists."""
 
     def __init__(self, cfg, run_dir: Path, d, raw_model, optimizer, scaler, data):
         self.cfg, self.run_dir, self.d, self.raw, self.opt, self.scaler, self.data = \
@@ -157,18 +171,19 @@ class Checkpointer:
 
     def due(self, step: int, evaluated: bool, improved: bool, stop: str | None) -> bool:
         t = self.cfg.train
-        if stop == "signal" or step == t.max_iters:
+        if stop == "signal" or step == t.max_iters or improved:
             return True
         if t.checkpoint_interval:
             return step % t.checkpoint_interval == 0
-        return evaluated and (improved or t.always_save_checkpoint)
+        return evaluated and t.always_save_checkpoint
 
     def save(self, state, metrics, is_best: bool) -> None:
-        """Collective: every rank joins the gathers (and under FSDP2 writes its shards)."""
+        """Collective: every rank joins the agreement on the previous write, the gathers, and under FSDP2
+        writes its shards."""
         d = self.d
-        streak = int(state.consec_bad)  # int(): a CPU-GPU sync, at saves only
-        if streak and state.first_bad_step is None:  # a streak the stop check has not read yet
-            state.first_bad_step = state.step - streak + 1
+        self.drain()  # before anything of this snapshot exists: one copy, no dcp_<step> being pruned
+        streak = int(dist_.all_reduce(state.consec_bad, d, "max"))  # int(): a sync, at saves only
+        state.note_streak(state.step, streak)
         samplers = dist_.gather_objects(self.data.position(), d)
         rngs = dist_.gather_objects(rng_state(d.device), d)
         sharded = dist_.save_sharded(self.run_dir, state.step, self.raw, self.opt, d) if self.fsdp else None
@@ -176,53 +191,75 @@ class Checkpointer:
         loop = dict(metrics.state_dict(), consec_bad=state.consec_bad.detach().cpu().clone())
         if not d.is_main:
             return
-        st = {"model": model_sd or cpu_copy(self.raw.state_dict()),
-              "optimizer": {} if self.fsdp else cpu_copy(self.opt.state_dict()), "sharded": sharded,
-              "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None, "rng": rngs,
-              "sampler": samplers, "config": self.cfg.to_dict(), "world_size": d.world_size,
-              "parallel": self.cfg.system.parallel, "loop": loop, **state.state_dict()}
-        self.drain()  # one pending copy of the state at most
-        kw = dict(keep_last=self.cfg.train.keep_last, is_best=is_best, protect_before=state.first_bad_step,
-                  sharded=self.fsdp)
-        self.thread = threading.Thread(target=self._write, args=(st, state.step), kwargs=kw, name="gptlab-checkpoint")
+        scaler = self.scaler.state_dict() if self.scaler.is_enabled() else None
+        snapshot = {"model": model_sd or cpu_copy(self.raw.state_dict()),
+                    "optimizer": {} if self.fsdp else cpu_copy(self.opt.state_dict()),
+                    "sharded": sharded, "scaler": scaler, "rng": rngs, "sampler": samplers,
+                    "config": self.cfg.to_dict(), "world_size": d.world_size,
+                    "parallel": self.cfg.system.parallel, "loop": loop, **state.state_dict()}
+        options = dict(keep_last=self.cfg.train.keep_last, is_best=is_best,
+                       protect_before=state.streak_start, sharded=self.fsdp)
+        self.thread = threading.Thread(target=self._write, args=(snapshot, state.step), kwargs=options,
+                                       name="gptlab-checkpoint")
         self.thread.start()
 
-    def _write(self, st: dict, step: int, **kw) -> None:
+    def _write(self, snapshot: dict, step: int, **options) -> None:
         try:
-            save_checkpoint(self.run_dir, st, step, **kw)
-        except BaseException as e:  # handed to the training thread at its next save/drain
+            save_checkpoint(self.run_dir, snapshot, step, **options)
+        except BaseException as e:  # handed to every rank at the next save/drain
             self.error = e
 
     def way_back(self, state) -> Path | None:
-        """After a divergence: rename the checkpoints from the first bad step on to *.diverged (kept) and
-        point model.pt/latest at the newest one before it, which --resume continues from; returns it (or None)."""
+        """After a divergence (collective): rename the checkpoints of the current non-finite streak to
+        *.diverged (kept) and point model.pt/latest at the newest valid checkpoint before it, which
+        --resume continues from; returns it (or None: model.pt/latest removed, naming nothing valid)."""
         self.drain()
-        if not self.d.is_main or state.first_bad_step is None:
-            return None
         good = None
-        for p in list_checkpoints(self.run_dir):
-            if ckpt_step(p) >= state.first_bad_step:
-                p.rename(p.with_name(p.name + ".diverged"))
-                p.with_name(p.name + ".sha256").unlink(missing_ok=True)
-            elif good is None:
-                good = p
-        if good is not None:
-            _link_or_copy(good, good.parent / "model.pt")
-            atomic_write_text(good.parent / "latest", good.name + "\n")
-        return good
+        if self.d.is_main and state.streak_start is not None:
+            for p in list_checkpoints(self.run_dir):
+                if ckpt_step(p) >= state.streak_start:
+                    p.rename(p.with_name(p.name + ".diverged"))
+                    p.with_name(p.name + ".sha256").unlink(missing_ok=True)
+            found = load_latest_valid(self.run_dir, warn=lambda *a: None)
+            good = point_at(self.run_dir, found[1] if found else None)
+        return dist_.gather_objects(good, self.d)[0]  # rank 0's outcome on every rank: one line
 
     def drain(self) -> None:
-        """Wait for the pending save; raise its error in this thread."""
+        """Collective: wait for this rank's pending write, then agree with every rank on the outcome; a
+        failed write stops every rank with the failing rank's one-line error."""
         self.close()
-        if self.error is not None:
-            err, self.error = self.error, None
-            raise err
+        error, self.error = self.error, None
+        report = None
+        if error is not None:  # (a user error?, its first line), sent to every rank
+            first = (str(error).strip().splitlines() or [repr(error)])[0][:300]
+            report = isinstance(error, UserError), first
+        reports = dist_.gather_objects(report, self.d)
+        rank = next((r for r, item in enumerate(reports) if item is not None), None)
+        if rank is None:
+            return
+        if error is not None and not isinstance(error, UserError):
+            raise error  # a bug: its traceback on the rank that had it, the same one line on the others
+        user_error, line = reports[rank]
+        raise UserError(line if user_error else f"the checkpoint write on rank {rank} failed: {line}") \
+            from error
 
     def close(self) -> None:
         """Join the writer (its error, if any, was reported by drain or the run is failing anyway)."""
         if self.thread is not None:
             self.thread.join()
             self.thread = None
+
+
+def point_at(run_dir: Path, good: Path | None) -> Path | None:
+    """model.pt and latest name `good`, or are removed when there is none (never a bad file)."""
+    d = checkpoint_dir(run_dir)
+    if good is None:
+        for name in ("model.pt", "model.pt.sha256", "latest"):
+            (d / name).unlink(missing_ok=True)
+        return None
+    _link_or_copy(good, d / "model.pt")
+    atomic_write_text(d / "latest", good.name + "\n")
+    return good
 
 
 def rng_state(device: torch.device) -> dict:
@@ -297,7 +334,28 @@ def load_checkpoint(path: Path, map_location="cpu", check: bool = True) -> dict:
     if "step" in state and not _is_int(state["step"]):
         raise UserError(f"checkpoint {path} is damaged: its 'step' is {state['step']!r}, not a step count >= 0: "
                         "use an older checkpoint or retrain")
+    if "format" in state and state["format"] != FORMAT:
+        raise UserError(FOREIGN.format(path=path, format=str(state["format"])[:40], want=FORMAT))
+    model = state["model"]
+    bad = [k for k, v in model.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise UserError(f"checkpoint {path} holds non-finite weights (NaN or inf in {len(bad)} of "
+                        f"{len(model)} tensors, e.g. {bad[0][:60]!r}: saved after the run diverged): "
+                        f"{_earlier_checkpoint_hint(path, state.get('step'))}")
     return state
+
+
+def _earlier_checkpoint_hint(path: Path, step) -> str:
+    """The fix for a diverged checkpoint: the run's newest valid checkpoint before it, if any."""
+    if Path(path).parent.name == CHECKPOINT_DIR and _is_int(step):
+        for earlier in list_checkpoints(Path(path).parent.parent):
+            if ckpt_step(earlier) < step and verify(earlier) is None:
+                try:
+                    load_checkpoint(earlier, check=False)
+                except UserError:
+                    continue
+                return f"use the last valid one before it, {earlier}"
+    return "use an earlier checkpoint of the run, or retrain with a lower --learning_rate"
 
 
 def _is_int(v, lo: int = 0) -> bool:
@@ -340,8 +398,13 @@ def _optimizer_problem(o) -> str | None:
 
 def _structure_problem(state: dict) -> str | None:
     """The first entry a resume reads that is missing or malformed, as '<entry>: <what>'."""
+    if state.get("format") != FORMAT:
+        return f"'format' is {str(state.get('format'))[:40]!r}, not {FORMAT!r}"
     if not _is_int(state.get("step")):
         return f"'step' is {state.get('step')!r}, not a step count >= 0"
+    start = state.get("nonfinite_streak_start")
+    if start is not None and not (_is_int(start) and start <= state["step"]):
+        return f"'nonfinite_streak_start' is {start!r}, not a step <= 'step'"
     if not isinstance(state.get("config"), dict) or not isinstance(state["config"].get("model", {}), dict):
         return "'config' is not a config object"
     for k in ("tokens", "nonfinite_skipped"):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from gptlab import registry
+from gptlab import files, registry
 from gptlab.config_check import check_device
 from gptlab.errors import UserError
 from gptlab.files import sha256_file
@@ -168,17 +168,32 @@ def save_sharded(run_dir, step: int, model: torch.nn.Module, optimizer, d: Dist)
     ranks). Returns {"name", "metadata_sha256"} for the checksummed single-file checkpoint, so that
     load_sharded reads only what this run wrote."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     name = sharded_name(step)
     folder = Path(run_dir) / CHECKPOINT_DIR / name
     msd, osd = get_state_dict(model, optimizer)
-    dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(folder))
+    try:
+        dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(folder))
+    except CheckpointException as e:  # raised on every rank alike, with every rank's failure
+        raise _write_failure(folder, e) from None
     # rank 0 wrote .metadata (DCP's coordinator); every rank returns rank 0's hash
     digest = [sha256_file(folder / ".metadata") if d.is_main else None]
     if d.enabled:
         dist.broadcast_object_list(digest, src=0)
     return {"name": name, "metadata_sha256": digest[0]}
+
+
+def _write_failure(folder: Path, e) -> Exception:
+    """One line for a failed DCP write, the same on every rank: the first failing rank's error (a full or
+    read-only disk as files words it); a failure that is no OSError is a bug and keeps its type."""
+    rank, (error, _trace) = min(e.failures.items())  # DCP keeps (exception, traceback) per failing rank
+    if not isinstance(error, OSError):
+        return RuntimeError(f"sharded checkpoint write of {folder} failed on rank {rank}: {error!r}")
+    known = files.write_error(folder, error)
+    what = str(known) if known else f"cannot write {folder}: {error.strerror or error}"
+    return UserError(f"{what} (rank {rank}); the previous checkpoint is intact: fix that, then --resume")
 
 
 def _sharded_folder(run_dir, ref) -> Path:
@@ -307,8 +322,7 @@ class StopAgreement:
         else:
             step, values = state.step, flags.tolist()  # .tolist(): a CPU-GPU sync
         signum, streak = values
-        if streak > 0 and state.first_bad_step is None:
-            state.first_bad_step = step - int(streak) + 1
+        state.note_streak(step, int(streak))  # the current streak only: a recovered blip is forgotten
         self.signum = self.signum or int(signum)
         return "diverged" if streak >= self.max_bad else ("signal" if signum else None)
 

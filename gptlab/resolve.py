@@ -84,7 +84,8 @@ def run_name(cfg: Config, world_size: int = 1) -> str:
     # A dataset given as a path is named by its last component, without '_' (books_16384 -> books16384).
     data = _safe(Path(cfg.data.dataset.rstrip("/\\")).name or cfg.data.dataset).replace("_", "") or "data"
     ff, head_dim = m.mlp_dim or 4 * m.n_embd, m.head_dim or m.n_embd // m.n_head  # 0 = derived (as GPTShape)
-    parts = [_safe(ideas.parse_spec(m.model, BUILTIN_MODEL_NAMES).label), data, f"bsz{global_batch}" + (f"_micro{accum}" if accum > 1 else ""),
+    label = _safe(ideas.parse_spec(m.model, BUILTIN_MODEL_NAMES).label)  # GPT, or the idea's file.Class
+    parts = [label, data, f"bsz{global_batch}" + (f"_micro{accum}" if accum > 1 else ""),
              f"sl{m.block_size}", lr, f"h{m.n_embd}", f"ff{ff}", f"nH{m.n_head}", f"dH{head_dim}", f"nl{m.n_layer}",
              f"clip{float(o.grad_clip)}", f"decay{o.lr_decay_iters // 1000}k", f"workers{world_size}",
              _COMPILE.get(cfg.system.compile, _safe(cfg.system.compile) + "Compile"),
@@ -130,12 +131,16 @@ def run_dir(cfg: Config, world_size: int = 1) -> Path:
 
 
 # The final config of a run: resolved once, before anything reads it; never edited after.
-# What a resumed run may change: cadences, outputs, the machine, and the knobs a diverged
-# run is resumed with. Any other key that differs from the run's config.json is refused.
+# What a resumed run may change: cadences, outputs, the machine, and how the run's global batch is split
+# over its processes. Any other key that differs from the run's config.json is refused.
+RESUME_REFUSED = ("--{key} {value!r} differs from {old!r} in the run's config.json: a resumed run "
+                  "keeps its training settings (only cadences, max_iters, device and output settings "
+                  "may change): drop --{key}, or start a new run from its weights with "
+                  "--init_from {run}")
 RESUME_MAY_CHANGE = frozenset({f.name for f in fields(SystemConfig)} | {
     "max_iters", "eval_interval", "eval_iters", "eval_batch_size", "eval_at_start", "eval_only", "checkpoint_interval",
     "keep_last", "always_save_checkpoint", "log_interval", "log_metrics_every", "log_grads_every", "tensorboard", "wandb_log",
-    "wandb_project", "logger_type", "progress", "max_nonfinite", "learning_rate", "min_lr", "grad_clip", "resume", "overwrite",
+    "wandb_project", "logger_type", "progress", "max_nonfinite", "resume", "overwrite",
     "init_from", "out_dir", "log_root", "name", "comment", "data_root", "batch_size", "gradient_accumulation_steps"})
 
 
@@ -160,8 +165,7 @@ def resolve(cfg: Config, *, world_size: int, device, data_meta: dict | None, ini
     for k in FIELD_INFO:
         v, old = out.get(k), resume_config.get(k)
         if v != old and k not in RESUME_MAY_CHANGE:
-            raise UserError(f"--{k} {v!r} differs from {old!r} in the run's config.json: a resumed run keeps its "
-                            f"config; drop --{k} (only cadences, max_iters, device and output settings may change)")
+            raise UserError(RESUME_REFUSED.format(key=k, value=v, old=old, run=out.log.out_dir))
     out.preset = resume_config.preset
     return out
 

@@ -30,7 +30,6 @@ from gptlab import checkpoint as ck
 from gptlab import distributed as dist_
 from gptlab import hf, ideas, optimizers, registry, runs, startup
 from gptlab.config import BUILTIN_OPTIMIZERS, Config, is_builtin
-from gptlab.config_files import load_run_config
 from gptlab.data import tokens as tk
 from gptlab.data.prefetch import Prefetcher
 from gptlab.data.samplers import RandomWindowSampler, StreamBatcher
@@ -44,6 +43,7 @@ from gptlab.metrics import TrainClock, TrainMetrics, entropy_gap
 from gptlab.optim import build_optimizer, lr_at, set_lr
 from gptlab.resolve import resolve
 from gptlab.resolve import run_dir as resolved_run_dir
+from gptlab.resume import given_keys, resume_config
 from gptlab.runtime import autocast_ctx, compile_model, resolve_data_dir
 from gptlab.tracker import RunLogger
 
@@ -104,7 +104,7 @@ class TrainState:
     tokens: int = 0
     best_val: float = math.inf
     train_time: float = 0.0  # seconds of training steps (no evaluation, no checkpoints)
-    first_bad_step: int | None = None  # first step of the earliest non-finite streak seen
+    streak_start: int | None = None  # first step of the current non-finite streak (None: none)
     consec_bad: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # device counters: no sync per step
     bad_total: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
 
@@ -119,16 +119,23 @@ class TrainState:
         self.step += 1
         self.tokens += tokens_per_step
 
+    def note_streak(self, step: int, streak: int) -> None:
+        """What a check read at `step`: the current streak of `streak` non-finite steps, or none.
+        Only the current streak is tracked: a blip that recovered is forgotten, and a later
+        divergence sets aside the checkpoints of its own streak only."""
+        self.streak_start = step - streak + 1 if streak > 0 else None
+
     def state_dict(self) -> dict:
         # int(): a CPU-GPU sync, at checkpoints only
         return {"tokens": self.tokens, "best_val_loss": self.best_val, "nonfinite_skipped": int(self.bad_total),
-                "train_time_s": self.train_time}
+                "nonfinite_streak_start": self.streak_start, "train_time_s": self.train_time}
 
     def load_state_dict(self, ckpt: dict) -> None:
         self.step, self.tokens = int(ckpt["step"]), int(ckpt.get("tokens", 0))
         self.best_val = float(ckpt.get("best_val_loss", math.inf))
         self.train_time = float(ckpt.get("train_time_s", 0.0))
         self.bad_total.fill_(float(ckpt.get("nonfinite_skipped", 0)))
+        self.streak_start = ckpt.get("nonfinite_streak_start")
         if "consec_bad" in (ckpt.get("loop") or {}):
             self.consec_bad.copy_(ckpt["loop"]["consec_bad"])
 
@@ -274,13 +281,13 @@ def _is_run(src: str) -> bool:
     return (p / CHECKPOINT_DIR).is_dir() or p.is_file()
 
 
-def check_trust(cfg: Config, arch: dict | None, trust_code: bool) -> None:
+def check_trust(cfg: Config, arch: dict | None, trust_code: bool, resume: bool) -> None:
     """Code that came with a run (--resume of an idea run, --init_from a run of an idea) runs only
     with --trust_code; refused before anything is executed."""
-    resume = cfg.train.resume or cfg.train.init_from == "resume"
-    carried = arch.get("model") if arch and _is_run(cfg.train.init_from) else (cfg.model.model if resume else None)
+    src = cfg.train.init_from
+    carried = arch.get("model") if arch and not resume and _is_run(src) else (cfg.model.model if resume else None)
     if carried and not is_builtin(carried) and not trust_code:
-        what = f"--init_from {cfg.train.init_from}" if not resume else "--resume"
+        what = "--resume" if resume else f"--init_from {src}"
         raise UserError(f"{what} runs the model idea {carried.rsplit(':', 1)[0]}: gptlab runs code a run "
                         "carries only with --trust_code; read it, then add --trust_code")
     if resume and cfg.optim.optimizer not in BUILTIN_OPTIMIZERS and not trust_code:
@@ -288,47 +295,58 @@ def check_trust(cfg: Config, arch: dict | None, trust_code: bool) -> None:
                         "code a run carries only with --trust_code; read it, then add --trust_code")
 
 
-def check_idea_unchanged(cfg: Config, saved: Path) -> None:
-    """--resume into a known folder: an idea file that changed since the run started is refused before
-    any of it runs (resolve refuses it too, for auto-named folders, after loading it); a model idea's file
-    and an optimiser idea's file alike."""
-    specs = (cfg.model.model, cfg.optim.optimizer)
-    if all(ideas.file_sha256(spec) is None for spec in specs) or not saved.is_file():
-        return
-    old = load_run_config(saved)
-    for spec, (old_spec, old_sha) in zip(specs, ((old.model.model, old.model.model_sha256),
-                                                 (old.optim.optimizer, old.optim.optimizer_sha256))):
-        now, path = ideas.file_sha256(spec), str(Path(spec.rsplit(":", 1)[0]).resolve())
-        if now is not None and old_spec.rsplit(":", 1)[0] == path and old_sha and now != old_sha:
+def check_idea_unchanged(cfg: Config, saved: Config) -> None:
+    """--resume: an idea file (a model's or an optimiser's) that changed since the run started (its
+    config.json, `saved`) is refused before any of it runs."""
+    for spec, old_spec, old_sha in ((cfg.model.model, saved.model.model, saved.model.model_sha256),
+                                    (cfg.optim.optimizer, saved.optim.optimizer, saved.optim.optimizer_sha256)):
+        now = ideas.file_sha256(spec)
+        if now is None or not old_sha:
+            continue
+        path = str(Path(spec.rsplit(":", 1)[0]).resolve())
+        if old_spec.rsplit(":", 1)[0] == path and now != old_sha:
             raise UserError(ideas.resume_changed_message(path, old_sha, now))
 
 
 def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitStack,
-                trust_code: bool = False) -> tuple[Config, Path, dict | None]:
-    """(final config, run folder named once from the config resolved as for a fresh start, the newest
-    valid checkpoint on --resume). Rank 0 takes the folder's lock into `hold`."""
-    arch = source_arch(cfg.train.init_from, cfg.model.pad_vocab_multiple)
-    check_trust(cfg, arch, trust_code)
-    if cfg.log.out_dir and (cfg.train.resume or cfg.train.init_from == "resume"):
-        check_idea_unchanged(cfg, Path(cfg.log.out_dir) / CONFIG_FILE)
-    fresh = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta, init_source=arch)
-    run_dir = resolved_run_dir(fresh, d.world_size)
-    resume = cfg.train.resume or cfg.train.init_from == "resume"
+                saved: Config | None = None, trust_code: bool = False) -> tuple[Config, Path, dict | None]:
+    """(final config, run folder, the newest valid checkpoint on --resume, whose config.json is `saved`).
+    Rank 0 takes the folder's lock into `hold`."""
+    resume = saved is not None
+    if not resume:
+        arch = source_arch(cfg.train.init_from, cfg.model.pad_vocab_multiple)
+    else:  # started from another model's weights: that architecture (saved) wins, as it did then
+        arch = saved.to_dict()["model"] if saved.train.init_from not in ("scratch", "resume", "") else None
+    check_trust(cfg, arch, trust_code, resume)
+    if resume:
+        check_idea_unchanged(cfg, saved)
+    final = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta, init_source=arch,
+                    resume_config=saved)
+    run_dir = resolved_run_dir(final, d.world_size)
     if d.is_main:
         runs.prepare_run_dir(run_dir, resume=resume, overwrite=cfg.train.overwrite)
         hold.enter_context(runs.run_lock(run_dir))
     if not resume:
-        return fresh, run_dir, None
+        return final, run_dir, None
     dist_.barrier(d)
-    saved = run_dir / CONFIG_FILE
-    final = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta, init_source=arch,
-                    resume_config=load_run_config(saved) if saved.is_file() else None)
     found = ck.load_latest_valid(run_dir, warn=print if d.is_main else (lambda *a: None))
     if found is None:
         raise UserError(f"--resume: no valid checkpoint in {run_dir / CHECKPOINT_DIR}: "
                         f"start afresh with --overwrite instead of --resume")
     ck.check_resumable(*found)
     return final, run_dir, {"state": found[0], "path": found[1]}
+
+
+def resume_source(cfg: Config, given: set[str], d: dist_.Dist, log) -> tuple[Config, Config]:
+    """--resume: (the run's config.json with the keys this command set over it, config.json as
+    saved). The run is --out_dir, else the folder named from this config as for a fresh start."""
+    run = Path(cfg.log.out_dir) if cfg.log.out_dir else None
+    if run is None:
+        meta = tk.read_meta(resolve_data_dir(cfg.data.dataset, cfg.data.data_root))
+        arch = source_arch(cfg.train.init_from, cfg.model.pad_vocab_multiple)
+        fresh = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta, init_source=arch)
+        run = resolved_run_dir(fresh, d.world_size)
+    return resume_config(cfg, given, run, d.world_size, log, main=d.is_main)
 
 
 def build_model(cfg: Config, resumed: dict | None, log, idea=None) -> torch.nn.Module:
@@ -439,20 +457,26 @@ def restore(resumed: dict, run_dir: Path, cfg: Config, d, raw, optimizer, scaler
     return ts
 
 
-def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack, trust_code: bool = False) -> Session:
-    """Resolve the config, open the data, build (or restore) model and optimiser, wrap, compile."""
+def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack,
+          given: set[str] | None = None, trust_code: bool = False) -> Session:
+    """Resolve the config (on --resume from the run's config.json and the `given` keys), open the data,
+    build (or restore) model and optimiser, wrap, compile. trust_code: code a run carries may run."""
     if cfg.system.num_threads:
         torch.set_num_threads(cfg.system.num_threads)
     torch.use_deterministic_algorithms(cfg.system.deterministic)
     if d.device.type == "cuda":  # TF32 for fp32 matmuls (the autocast ones are bf16/fp16 anyway)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     log = print if d.is_main else (lambda *a, **k: None)
+    saved = None
+    if cfg.train.resume or cfg.train.init_from == "resume":
+        check_trust(cfg, None, trust_code, resume=True)  # before the run's folder is named from the idea
+        cfg, saved = resume_source(cfg, given_keys(cfg, None) if given is None else given, d, log)
     data_dir = resolve_data_dir(cfg.data.dataset, cfg.data.data_root)
     meta = tk.read_meta(data_dir)
     hold.enter_context(tk.open_for_reading(data_dir))  # prepare refuses to replace it while this run reads it
     pick_splits(cfg, data_dir, meta)  # a mistyped split name is refused before the run folder is touched
     startup.eval_graph_choice(cfg.model.dropout, d.enabled)  # so is a bad GPTLAB_EVAL_GRAPH
-    cfg, run_dir, resumed = resolve_run(cfg, d, meta, hold, trust_code)
+    cfg, run_dir, resumed = resolve_run(cfg, d, meta, hold, saved, trust_code)
     startup.use_compile_cache(d.device, cfg.system.compile)  # before the workers start: they inherit it
     startup.warm_compile_workers(d.device, cfg.system.compile)  # they start while data and model load
     splits, verified = load_splits(cfg, data_dir, meta, cfg.model.vocab_size)
@@ -511,7 +535,9 @@ def train(cfg: Config, argv: list[str] | None = None, trust_code: bool = False) 
     finished = False
     try:
         with contextlib.ExitStack() as hold:
-            summary = run_loop(setup(cfg, d, hold, trust_code), argv or [])
+            resume = cfg.train.resume or cfg.train.init_from == "resume"
+            given = given_keys(cfg, argv) if resume else None
+            summary = run_loop(setup(cfg, d, hold, given, trust_code), argv or [])
         finished = True
         return summary
     finally:
@@ -555,14 +581,26 @@ def run_loop(s: Session, argv: list[str]) -> dict:
     st.train_time = s.clock.now()
     if stop == "diverged":
         good = s.checkpointer.way_back(st)
-        back = (f"resume from {good} with --resume" if good else
-                f"no checkpoint predates step {st.first_bad_step}: start afresh with --overwrite")
-        raise RunStopped(f"stopped at step {st.step}: {cfg.train.max_nonfinite} steps in a row had a non-finite loss "
-                         f"or gradient (updates skipped, first at step {st.first_bad_step}); {back}, after lowering "
-                         "--learning_rate or using --dtype bfloat16/float32")
+        raise RunStopped(diverged_message(good, st, cfg.train.max_nonfinite, s.run_dir))
     s.checkpointer.drain()  # a failed background write surfaces here, as its one-line error
     s.evaluator.data_checked()
     return finish(s, stop, argv)
+
+
+DIVERGED = ("stopped at step {step}: {max_bad} steps in a row had a non-finite loss or gradient "
+            "(updates skipped since step {start}); {way_on}")
+WAY_BACK = ("its last valid checkpoint is {good} (model.pt and latest name it); continue it with "
+            "--resume --dtype float32, or start a new run from its weights with --init_from {run} "
+            "and a lower --learning_rate")
+NO_WAY_BACK = ("no valid checkpoint predates step {start}: start afresh with --overwrite and a lower "
+               "--learning_rate or --dtype float32")
+
+
+def diverged_message(good: Path | None, state: TrainState, max_bad: int, run_dir: Path) -> str:
+    """The one line of a run stopped by a non-finite streak: its last valid checkpoint, the ways on."""
+    way_on = (WAY_BACK.format(good=good.name, run=shlex.quote(str(run_dir))) if good else
+              NO_WAY_BACK.format(start=state.streak_start))
+    return DIVERGED.format(step=state.step, max_bad=max_bad, start=state.streak_start, way_on=way_on)
 
 
 def finish(s: Session, stop: str | None, argv: list[str]) -> dict:

@@ -104,12 +104,14 @@ def test_divergence_keeps_the_last_good_checkpoint_and_resume_uses_it(tmp_path, 
     args = train_args(data, run, "random", 20, keep_last=1, max_nonfinite=3)
     assert cli.main(["train", *args]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    good = ck.checkpoint_dir(run) / "ckpt_00000003.pt"
-    assert len(err) == 1 and f"resume from {good} with --resume" in err[0] and "first at step 4" in err[0]
+    assert len(err) == 1 and "last valid checkpoint is ckpt_00000003.pt" in err[0] and "since step 4" in err[0]
+    assert f"--init_from {run}" in err[0]  # the way to go on with another learning rate
     assert [p.name for p in ck.list_checkpoints(run)] == ["ckpt_00000003.pt"]  # kept despite keep_last 1
     assert (ck.checkpoint_dir(run) / "ckpt_00000005.pt.diverged").is_file()  # set aside, not deleted
     monkeypatch.undo()
-    assert cli.main(["train", *args, "--resume", "--learning_rate", "1e-3"]) == 0
+    assert cli.main(["train", *args, "--resume", "--learning_rate", "1e-3"]) == 2  # a resume keeps its settings
+    assert "--init_from" in capsys.readouterr().err
+    assert cli.main(["train", *args, "--resume"]) == 0
     assert "at step 3" in capsys.readouterr().out.split("resuming from ")[1].splitlines()[0]
     assert max(train_records(run)) == 20
 

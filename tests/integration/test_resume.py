@@ -306,3 +306,26 @@ def test_full_disk_mid_training_is_a_clean_error(tmp_path, monkeypatch, capsys):
     assert [p.name for p in ck.list_checkpoints(run)] == ["ckpt_00000002.pt"]
     assert ck.verify(ck.list_checkpoints(run)[0]) is None
     assert not [p for p in ck.checkpoint_dir(run).iterdir() if ".tmp" in p.name]
+
+
+def test_a_recovered_blip_then_a_divergence_resumes_from_the_last_checkpoint_before_it(tmp_path, monkeypatch, capsys):
+    """Through the real loop and CLI: steps 3-4 non-finite (a blip, recovered), steps 9 on non-finite (the
+    divergence). Checkpoints 1-8 stay, 9-10 are set aside, latest and model.pt name 8, and --resume goes on
+    from 8 to the end."""
+    data = make_dataset(tmp_path)
+    run = tmp_path / "run"
+    args = train_args(data, run, "random", 14, keep_last=20, max_nonfinite=3)
+    _nan_after(monkeypatch, {3, 4} | set(range(9, 1000)))
+    assert cli.main(["train", *args]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "skipped since step 9" in err and "ckpt_00000008.pt" in err and "--init_from" in err, err
+    d = ck.checkpoint_dir(run)
+    assert [ck.ckpt_step(p) for p in reversed(ck.list_checkpoints(run))] == list(range(1, 9))
+    assert sorted(p.name for p in d.glob("*.diverged")) == ["ckpt_00000009.pt.diverged", "ckpt_00000010.pt.diverged"]
+    assert (d / "latest").read_text().strip() == "ckpt_00000008.pt"
+    assert ck.verify(d / "model.pt") is None and ck.load_checkpoint(d / "model.pt")["step"] == 8
+    monkeypatch.undo()  # the cause is gone (a lower learning rate, another dtype): the run goes on
+    assert cli.main(["train", *args, "--resume"]) == 0
+    assert "at step 8" in capsys.readouterr().out
+    assert ck.list_checkpoints(run)[0].name == "ckpt_00000014.pt"
+    assert ck.load_checkpoint(d / "model.pt")["nonfinite_streak_start"] is None
