@@ -48,3 +48,25 @@ def flag_bool(text: str) -> bool:
     if str(text).strip().lower() not in BOOL_WORDS:
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
     return BOOL_WORDS[str(text).strip().lower()]
+
+
+def take_flag(argv: list[str], flag: str) -> tuple[bool, list[str]]:
+    """(value, the other arguments) of a true/false `flag` in a `--key value` list: bare (true),
+    `flag=WORD` or `flag WORD` with a true/false word."""
+    value, rest, i = False, [], 0
+    while i < len(argv):
+        name, eq, word = argv[i].partition("=")
+        if name != flag:
+            rest.append(argv[i])
+        elif eq:
+            value = flag_bool(word) if word.strip().lower() in BOOL_WORDS else _bad_flag(flag, word)
+        elif i + 1 < len(argv) and argv[i + 1].strip().lower() in BOOL_WORDS:
+            value, i = BOOL_WORDS[argv[i + 1].strip().lower()], i + 1
+        else:
+            value = True
+        i += 1
+    return value, rest
+
+
+def _bad_flag(flag: str, word: str) -> bool:
+    raise UserError(f"{flag}={word}: expected true or false")

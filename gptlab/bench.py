@@ -26,7 +26,7 @@ from gptlab.loss import resolve_ce_chunk
 from gptlab.metrics import device_peak_flops, fmt_mfu, mfu
 from gptlab.model import derived_shape, padded_vocab
 from gptlab.optim import build_optimizer
-from gptlab.registry import build_model, flops_per_token, init_weights, parameter_count
+from gptlab.registry import build_model, flops_note, flops_per_token, init_weights, parameter_count
 from gptlab.resolve import resolve
 from gptlab.runtime import autocast_ctx, compile_model
 from gptlab.train import train_step
@@ -174,7 +174,7 @@ def profile_step(step_fn, batches, device: torch.device, out_prefix: Path, steps
 
 def _setup(args, rest: list[str]):
     """(config, device, shape, FLOPs per token, datasheet peak, device name) of a bench/throughput call."""
-    cfg = build_config(args.preset or "gpt2", None, parse_overrides(rest))
+    cfg = build_config(args.preset or "gpt2", None, parse_overrides(rest, options=True))
     device = pick_device(args.device)
     shape = derived_shape(dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size or DEFAULT_VOCAB))
     with torch.device("meta"):  # the count needs the shape only
@@ -215,7 +215,7 @@ def bench(args, rest: list[str]) -> dict:
         "tokens_per_step": tokens_per_step, "dtype": str(dtype).replace("torch.", ""), "compile": compile_mode,
         "compile_scope": args.compile_scope, "ce_chunk": ce_chunk, "sdpa": args.sdpa,
         "steps": args.steps, "warmup": args.warmup, "flops_per_token": fpt,
-        "flops_formula": "6N + 12*L*H*Q*T (GPT.flops_per_token)",
+        "flops_formula": flops_note(model),
         "peak_table_tflops": peak / 1e12 if peak else None, "matmul_tflops": mm,
         **t, **_rates(fpt, tokens_per_step, t["ms_per_step"], peak, mm),
         "compile_s": t["first_step_s"] if compile_mode != "none" else 0.0,
@@ -355,7 +355,7 @@ def throughput(args, rest: list[str]) -> dict:
     return {"kind": "throughput", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": "gptlab throughput " + " ".join(args.argv), "device": dev_name, "torch": torch.__version__, "preset": cfg.preset, "seq_len": seq,
             "dtype": str(dtype).replace("torch.", ""), "compile": compile_mode, "ce_chunk": ce_chunk,
-            "flops_per_token": fpt, "peak_table_tflops": peak / 1e12 if peak else None,
+            "flops_per_token": fpt, "params": parameter_count(model), "peak_table_tflops": peak / 1e12 if peak else None,
             "rows": rows, "best": best, "largest_batch": rows[-1]["batch"], "train_batch_size": global_batch,
             # the hours -> steps table of the five compute classes at this throughput and batch
             "classes": [{"hours": h, "tokens": token_budget(h, tps), "steps": steps_for_budget(h, tps, global_batch, seq)}

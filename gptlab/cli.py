@@ -20,6 +20,8 @@ commands:
   throughput PRESET                                  reference throughput sweep (GPU)
   bench [PRESET] [...]                               time the training step
   plot RUN [RUN ...] --out F.png                     compare runs
+  compare base=PRESET idea=FILE.py:Class ... --dataset D --compute_class 6h --seeds 3
+                                                     ideas vs the baseline at equal accelerator-hours
   export RUN --to hf OUT/                            Hugging Face GPT-2 folder
   demo                                               prepare tiny Shakespeare, train on CPU, sample
 """
@@ -34,7 +36,7 @@ COMMANDS = {"prepare": _lazy("gptlab.data.prepare"), "train": _lazy("gptlab.comm
             "model": _lazy("gptlab.commands.model"), "budget": _lazy("gptlab.budget"),
             "throughput": _lazy("gptlab.bench", "throughput_main"), "bench": _lazy("gptlab.bench"),
             "plot": _lazy("gptlab.plot"), "export": _lazy("gptlab.hf", "main_export"),
-            "demo": _lazy("gptlab.commands.demo")}
+            "demo": _lazy("gptlab.commands.demo"), "compare": _lazy("gptlab.commands.compare")}
 
 
 def main(argv: list[str] | None = None) -> int:

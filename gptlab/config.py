@@ -25,8 +25,16 @@ def _f(default, help: str, aliases: tuple[str, ...] = (), choices: tuple | None 
     return field(default=default, metadata={"help": help, "aliases": aliases, "choices": choices, "low": low, "high": high})
 
 
+# ModelConfig.options: an idea's own keys (declared by the idea with their defaults), set with the
+# same --key value and saved in config.json, but not among gptlab's flat keys.
+OPTIONS = "options"
+
+
 @dataclass
 class ModelConfig:
+    model: str = _f("gpt", "the model: gpt (built in), path/to/idea.py:ClassName or package.module:ClassName "
+                    "(README, 'Your own idea')")
+    model_sha256: str = _f("", "set by gptlab: sha256 of the idea's source (a changed file is refused on --resume)")
     n_layer: int = _f(12, "transformer blocks", ("n_layers",), low=1)
     n_head: int = _f(12, "attention heads per block", ("n_heads",), low=1)
     n_embd: int = _f(768, "residual stream width", ("h_dim",), low=1)
@@ -42,6 +50,7 @@ class ModelConfig:
     qkv: str = _f("fused", "attention input projection: one fused QKV matrix or separate Q/K/V", choices=("fused", "separate"))
     gelu: str = _f("tanh", "GELU form: exact erf or the tanh approximation GPT-2 used", choices=("exact", "tanh"))
     scaled_init: str = _f("all", "which residual output projections get std 0.02/sqrt(2L): attention+MLP or MLP only", choices=("all", "mlp", "none"))
+    options: dict = field(default_factory=dict, metadata={"help": "the idea's own keys (declared in its file)"})
 
 
 @dataclass
@@ -53,9 +62,14 @@ class DataConfig:
     val_split: str = _f("val", "split used for in-training evaluation (falls back to 'test')")
 
 
+BUILTIN_OPTIMIZERS = ("adamw", "adam", "muon")
+
+
 @dataclass
 class OptimConfig:
-    optimizer: str = _f("adamw", "adamw (decoupled decay on >=2-D weights) or adam (no decay)", choices=("adamw", "adam"))
+    optimizer: str = _f("adamw", "adamw (decoupled decay on >=2-D weights), adam (no decay), muon (torch.optim.Muon on the "
+                        "block matrices, AdamW elsewhere), or an idea: path/opt.py:function | module:function")
+    optimizer_sha256: str = _f("", "set by gptlab: sha256 of an optimiser idea's file (a changed file is refused on --resume)")
     learning_rate: float = _f(6e-4, "peak learning rate", ("max_lr", "lr"))
     min_lr: float = _f(6e-5, "learning rate at the end of the decay")
     weight_decay: float = _f(0.1, "AdamW weight decay on matrices and embeddings")
@@ -155,19 +169,51 @@ class Config:
             if section != "preset" and (section not in SECTIONS or not isinstance(values, dict)):
                 raise UserError(f"config: unknown section {section!r}; sections are {', '.join(SECTIONS)}")
             for k, v in values.items() if section != "preset" else ():
+                if section == "model" and k == OPTIONS:
+                    cfg.model.options = option_values(v)
+                    continue
                 if SECTION_OF.get(ALIASES.get(k, k)) != section:
                     raise UserError(unknown_key_message(k))
                 cfg.set(k, v)
         return cfg
 
 
+def option_values(values: Any) -> dict[str, Any]:
+    """An idea's options as read from a file: names to bool/int/float/str (typed by the idea later)."""
+    if not isinstance(values, dict) or not all(
+            isinstance(k, str) and isinstance(v, (bool, int, float, str)) for k, v in values.items()):
+        raise UserError(f"config: model.{OPTIONS} must map option names to numbers, booleans or strings, "
+                        f"got {values!r}: restore the run's config.json")
+    return dict(values)
+
+
+def leaves(cls: type) -> list[dataclasses.Field]:
+    """A section's flat keys (every field but an idea's options)."""
+    return [f for f in fields(cls) if f.name != OPTIONS]
+
+
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(Config) if f.name != "preset"}
 # Every key's field and section, and every alias's key; a duplicate name would make a flat --key ambiguous.
-FIELD_INFO: dict[str, dataclasses.Field] = {f.name: f for c in SECTIONS.values() for f in fields(c)}
-SECTION_OF: dict[str, str] = {f.name: s for s, c in SECTIONS.items() for f in fields(c)}
+FIELD_INFO: dict[str, dataclasses.Field] = {f.name: f for c in SECTIONS.values() for f in leaves(c)}
+SECTION_OF: dict[str, str] = {f.name: s for s, c in SECTIONS.items() for f in leaves(c)}
 ALIASES: dict[str, str] = {a: f.name for f in FIELD_INFO.values() for a in f.metadata["aliases"]}
-ALL_KEYS = sorted(n for c in SECTIONS.values() for f in fields(c) for n in (f.name, *f.metadata["aliases"]))
+ALL_KEYS = sorted(n for c in SECTIONS.values() for f in leaves(c) for n in (f.name, *f.metadata["aliases"]))
 assert len(ALL_KEYS) == len(set(ALL_KEYS)), "duplicate config key or alias"
+
+
+# The built-in models' names (gptlab.registry.BUILTIN_MODELS holds their classes).
+BUILTIN_MODEL_NAMES = ("gpt",)
+
+
+def is_builtin(spec: str) -> bool:
+    """Does a --model value name a built-in model (rather than an idea's file or module)?"""
+    return str(spec).strip().lower() in BUILTIN_MODEL_NAMES
+
+
+def is_key(key: str) -> bool:
+    """Is this one of gptlab's flat keys or aliases?"""
+    key = key.replace("-", "_")
+    return key in FIELD_INFO or key in ALIASES
 
 
 def canonical_key(key: str, where: str = "") -> str:
@@ -205,7 +251,7 @@ def _to_float(v: Any) -> float:
     return float(v)
 
 
-_CONVERT = {"bool": _to_bool, "int": _to_int, "float": _to_float, "str": lambda v: "" if v is None else str(v)}
+CONVERT_BY_TYPE = {"bool": _to_bool, "int": _to_int, "float": _to_float, "str": lambda v: "" if v is None else str(v)}
 
 
 def coerce(key: str, value: Any) -> Any:
@@ -216,7 +262,7 @@ def coerce(key: str, value: Any) -> Any:
         value = str(value).strip().lower()
         value = _COMPILE_WORDS.get(value, value)
     try:
-        out = _CONVERT[typ](value)
+        out = CONVERT_BY_TYPE[typ](value)
     except (TypeError, ValueError, KeyError, OverflowError):
         raise UserError(f"--{key}: expected {typ}, got {value!r}") from None
     choices = fld.metadata["choices"]
@@ -325,12 +371,15 @@ def help_text(cfg: Config | None = None) -> str:
     lines = [f"config keys, {title} (--key=value or --key value; aliases in brackets):"]
     for section, cls in SECTIONS.items():
         lines.append(f"\n[{section}]")
-        for fld in fields(cls):
+        for fld in leaves(cls):
             al, ch = fld.metadata["aliases"], fld.metadata["choices"]
             alias, choice = f" [{', '.join(al)}]" if al else "", f" {{{'|'.join(ch)}}}" if ch else ""
             value = getattr(getattr(cfg, section), fld.name) if cfg else fld.default
             mark = "*" if value != fld.default else ""
             lines.append(f"  --{fld.name}{alias} = {value!r}{mark}{choice}\n      {fld.metadata['help']}")
+    if cfg and cfg.model.options:
+        lines.append(f"\n[{cfg.model.model} options] (the idea's own keys, --key value)")
+        lines.extend(f"  --{k} = {v!r}" for k, v in cfg.model.options.items())
     lines.append("\naccepted with a note (no meaning here): " + ", ".join("--" + k for k in NO_MEANING))
     lines.append("presets: " + ", ".join(PRESETS))
     return "\n".join(lines)

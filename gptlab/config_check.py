@@ -3,11 +3,12 @@ built or written; the dtype a device runs."""
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
 
-from gptlab.config import FIELD_INFO, Config, parse_hours
+from gptlab.config import BUILTIN_OPTIMIZERS, FIELD_INFO, Config, parse_hours
 from gptlab.errors import UserError
 
 
@@ -45,6 +46,24 @@ def validate(cfg: Config) -> None:
     if t.compute_class:
         parse_hours(t.compute_class)
     check_device_name(cfg.system.device)
+    check_optimizer_spec(o.optimizer)
+
+
+_SPEC = re.compile(r"(?P<target>.+):(?P<function>[A-Za-z_][A-Za-z0-9_]*)")
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def check_optimizer_spec(spec: str) -> None:
+    """A built-in optimiser's name, or FILE.py:function / module.path:function (not loaded here)."""
+    if spec in BUILTIN_OPTIMIZERS:
+        return
+    found = _SPEC.fullmatch(spec)
+    target = found["target"] if found else ""
+    if not found or not (target.endswith(".py") or _MODULE.fullmatch(target)):
+        close = difflib.get_close_matches(spec, BUILTIN_OPTIMIZERS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise UserError(f"--optimizer {spec!r}: {hint}use {', '.join(BUILTIN_OPTIMIZERS)}, path/to/opt.py:function "
+                        "or package.module:function (a function (model, config) -> optimiser)")
 
 
 def check_device_name(name: str) -> None:

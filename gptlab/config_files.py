@@ -14,11 +14,15 @@ from gptlab.config import (
     FIELD_INFO,
     NANOGPT_BASE,
     NO_MEANING,
+    OPTIONS,
     PRESETS,
     SECTIONS,
     Config,
     canonical_key,
+    is_builtin,
+    is_key,
     languini_recipe,
+    unknown_key_message,
 )
 from gptlab.config_check import validate
 from gptlab.errors import UserError
@@ -114,7 +118,7 @@ def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], 
         return load_py_config(p), NANOGPT_BASE, "".join(c if c.isalnum() or c in "._-" else "-" for c in p.stem)
     if p.suffix == ".json":
         saved = load_run_config(p)
-        return {k: saved.get(k) for k in FIELD_INFO}, {}, saved.preset
+        return {k: saved.get(k) for k in FIELD_INFO} | saved.model.options, {}, saved.preset
     # TOML: flat keys and/or [section] tables, plus an optional `preset = "..."`.
     flat: dict[str, Any] = {}
     for k, v in read_toml(p, "config file").items():
@@ -124,8 +128,9 @@ def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], 
     return flat, {}, None
 
 
-def parse_overrides(argv: list[str]) -> dict[str, str]:
-    """`--key=value` or `--key value` pairs; a bare `--flag` means true."""
+def parse_overrides(argv: list[str], options: bool = False) -> dict[str, str]:
+    """`--key=value` or `--key value` pairs; a bare `--flag` means true. options=True: a key gptlab does
+    not know is kept as given, for build_config to treat as an idea's option (or refuse)."""
     out: dict[str, str] = {}
     i = 0
     while i < len(argv):
@@ -137,10 +142,29 @@ def parse_overrides(argv: list[str]) -> dict[str, str]:
             value = argv[i + 1] if has_value else "true"
             i += has_value
         i += 1
-        key = layer_key(key)
+        bare = key.replace("-", "_")
+        key = bare if options and not is_key(bare) and bare not in NO_MEANING else layer_key(key)
         if key is not None:
             out[key] = value
     return out
+
+
+def split_options(cfg: Config, layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The keys of `layers` that are not gptlab's: an idea's options (typed when the idea is loaded),
+    or, for the built-in model, the first one refused as an unknown key."""
+    unknown: dict[str, Any] = {}
+    for layer in layers:  # a TOML [model] table may hold them as `options = {...}` too
+        for k, v in layer.items():
+            if k == OPTIONS and isinstance(v, dict):
+                unknown.update(v)
+            elif not is_key(k):
+                unknown[k.replace("-", "_")] = v
+    for layer in layers:
+        for k in [k for k in layer if not is_key(k)]:
+            del layer[k]
+    if unknown and is_builtin(cfg.model.model):
+        raise UserError(unknown_key_message(next(iter(unknown))))
+    return unknown
 
 
 def build_config(preset: str | None = None, config_file: str | None = None,
@@ -161,6 +185,10 @@ def build_config(preset: str | None = None, config_file: str | None = None,
         raise UserError(f"unknown preset {preset!r}: {hint}")
     if label and not preset:
         cfg.preset = label
+    # Keys gptlab does not know are an idea's options (typed when it is loaded), refused for the GPT.
+    file_values, overrides = dict(file_values), dict(overrides)
+    cfg.model.model = str(overrides.get("model", file_values.get("model", "gpt")))
+    options = split_options(cfg, [file_values, overrides])
     # A Languini preset under --compute_class takes that class's published recipe, below what
     # the config file and the command line set.
     chosen = {canonical_key(k): v for k, v in {**file_values, **overrides}.items()}
@@ -174,6 +202,7 @@ def build_config(preset: str | None = None, config_file: str | None = None,
             cfg.train.batch_size = 0
         for k, v in layer.items():
             cfg.set(k, v)
+    cfg.model.options = options
     if check:
         validate(cfg)
     return cfg

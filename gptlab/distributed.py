@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from gptlab import files
+from gptlab import files, registry
 from gptlab.config_check import check_device
 from gptlab.errors import UserError
 from gptlab.files import sha256_file
@@ -95,7 +95,7 @@ def wrap_model(model: torch.nn.Module, d: Dist, strategy: str = "ddp", mp_dtype:
         # FSDP2 warns that outputs may be views; the loop never modifies them in place
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
         mp = MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32) if mp_dtype else MixedPrecisionPolicy()
-        for block in model.transformer.h:
+        for block in registry.blocks(model):
             fully_shard(block, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
         return model

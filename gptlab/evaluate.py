@@ -314,10 +314,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
+    p.add_argument("--trust_code", action="store_true", help="run the model idea's code that a run folder carries (read it first)")
     a = p.parse_args(argv)
     _check_args(a)
     check_device(a.device)  # a missing GPU is reported before any data is read
-    run = load_run(a.checkpoint_file or a.run, config_file=a.config_file)  # paths resolved against the run folder
+    run = load_run(a.checkpoint_file or a.run, config_file=a.config_file, trust_code=a.trust_code)  # paths resolved against the run folder
     cfg, ckpt_path = run.config, run.checkpoint("best")
     seq_len = a.seq_len or cfg.model.block_size
     if seq_len > cfg.model.block_size:

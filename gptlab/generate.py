@@ -43,13 +43,15 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     tokens. The loop never reads a tensor back to the host (the caller's .tolist() is the sync)."""
     model.eval()
     block = model.config.block_size
+    use_cache = use_cache and hasattr(model, "new_cache")  # an idea without a cache recomputes the window
     cache = None
     for _ in range(max_new_tokens):
         # Model input: the whole window (no cache, or a new or full one, rebuilt) or the newest token.
         if use_cache and (cache is None or cache.pos >= block):
             cache = model.new_cache(idx.size(0))
         whole = cache is None or cache.pos == 0
-        logits = model(idx[:, -block:] if whole else idx[:, -1:], cache=cache)
+        window = idx[:, -block:] if whole else idx[:, -1:]
+        logits = model(window) if cache is None else model(window, cache=cache)
         # padded vocab columns (embedding padding) are never sampled
         nxt = sample(logits[:, -1, :model.config.vocab_size], temperature, top_k, top_p, generator)  # (B, 1)
         idx = torch.cat([idx, nxt], dim=1)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from gptlab.args import ArgParser
-from gptlab.config import ModelConfig
+from gptlab.config import ModelConfig, is_builtin
 from gptlab.data.tokenizers import GPT2_INSTALL_HINT, find_gpt2_ranks, tokenizer_files
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
@@ -404,10 +404,16 @@ def main_export(argv: list[str]) -> int:
     ap.add_argument("--to", required=True, help="target format: hf (transformers GPT2LMHeadModel)")
     ap.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint to export")
     ap.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
+    ap.add_argument("--trust_code", action="store_true", help="accepted as by every command that loads runs; "
+                    "a model idea's run is not exported")
     a = ap.parse_intermixed_args(argv)
     if a.to != "hf":
         raise UserError(f"export: --to {a.to!r} is not supported: use --to hf")
-    run = load_run(a.run)
+    run = load_run(a.run, trust_code=a.trust_code)
+    if not is_builtin(run.config.model.model):  # refused before anything runs or is read
+        raise UserError(f"export: {a.run} was trained with the model idea {run.config.model.model.rsplit(':', 1)[0]}, "
+                        "and the Hugging Face export writes gptlab's built-in GPT only: use the run with "
+                        "`gptlab sample/eval --run RUN --trust_code`")
     out = Path(a.out)
     if out.resolve() == run.dir.resolve():
         raise UserError(f"export: {out} is the run folder itself: export to a folder of its own, e.g. {out}-hf")

@@ -38,12 +38,19 @@ def resolve_ce_chunk(ce_chunk: int, compile_mode: str, padded_vocab: int) -> int
     return ce_chunk if ce_chunk >= 0 else (8192 if compile_mode != "none" and padded_vocab >= CHUNKED_MIN_VOCAB else 0)
 
 
+def chunkable(model: torch.nn.Module) -> bool:
+    """Can the chunked loss run through this (unwrapped) model's output layer: a bias-free nn.Linear
+    `lm_head` (the GPT's; an idea's if it has one) whose weight is not sharded (FSDP2's DTensor)?"""
+    head = getattr(model, "lm_head", None)
+    return isinstance(head, torch.nn.Linear) and head.bias is None and type(head.weight).__name__ != "DTensor"
+
+
 def lm_loss(model, idx: torch.Tensor, targets: torch.Tensor, ce_chunk: int = 0) -> torch.Tensor:
     """Mean cross-entropy of model(idx) against targets (-1 = not counted); ce_chunk > 0: from the
     hidden states, ce_chunk tokens of logits at a time (full logits never stored). Sharded (DTensor)
     output weights live only inside the wrapped forward, so FSDP keeps the plain loss."""
     gpt = raw_model(model)
-    if ce_chunk <= 0 or type(gpt.lm_head.weight).__name__ == "DTensor":
+    if ce_chunk <= 0 or not chunkable(gpt):
         return logits_and_loss(model, idx, targets)[1]
     return chunked_cross_entropy(model(idx, return_hidden=True), gpt.lm_head.weight, targets, gpt.config.vocab_size, ce_chunk)
 

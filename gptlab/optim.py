@@ -6,12 +6,18 @@ import math
 
 import torch
 
-from gptlab.config import Config
+from gptlab.config import BUILTIN_OPTIMIZERS, Config
+from gptlab.optimizers import from_idea, muon_with_adamw
 
 
-def build_optimizer(model: torch.nn.Module, cfg: Config, device_type: str) -> torch.optim.Optimizer:
-    """Adam(W) that decays matrices and embeddings (>= 2-D), never biases or LayerNorm gains."""
+def build_optimizer(model: torch.nn.Module, cfg: Config, device_type: str, idea=None) -> torch.optim.Optimizer:
+    """Adam(W) that decays matrices and embeddings (>= 2-D), never biases or LayerNorm gains; or
+    --optimizer muon, or an optimiser idea (`idea`: its loaded function; gptlab.optimizers)."""
     o = cfg.optim
+    if o.optimizer == "muon":
+        return muon_with_adamw(model, cfg, device_type)
+    if o.optimizer not in BUILTIN_OPTIMIZERS:
+        return from_idea(model, cfg, idea)
     params = [p for p in model.parameters() if p.requires_grad]
     wd = o.weight_decay if o.optimizer == "adamw" else 0.0
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": wd},
@@ -46,6 +52,7 @@ def lr_at(step: int, cfg: Config) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    """Every param group at lr, or at lr x its "lr_scale" where an optimiser idea set one."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group["lr_scale"] if "lr_scale" in group else lr
     return lr

@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens_per_second", type=float, default=None, help="reference throughput for hours from tokens")
     p.add_argument("--logy", action="store_true", help="logarithmic y axis")
     p.add_argument("--out", required=True, help="image file to write (.png, .pdf or .svg)")
+    p.add_argument("--trust_code", action="store_true", help="accepted as by every command that loads runs; "
+                   "plotting reads metrics only and runs no code")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".pdf", ".svg"):

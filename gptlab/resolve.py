@@ -7,6 +7,8 @@ GPT_books16384_bsz128_micro4_sl512_coslr0.0006to6e-06_h768_ff3072_nH12_dH64_nl12
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 import re
 from dataclasses import fields, replace
@@ -15,9 +17,20 @@ from typing import NamedTuple
 
 import torch
 
+from gptlab import ideas, optimizers, registry
 from gptlab.budget import steps_for_budget
-from gptlab.config import FIELD_INFO, SECTION_OF, Config, SystemConfig, parse_hours
+from gptlab.config import (
+    BUILTIN_MODEL_NAMES,
+    FIELD_INFO,
+    OPTIONS,
+    PRESETS,
+    SECTION_OF,
+    Config,
+    SystemConfig,
+    parse_hours,
+)
 from gptlab.config_check import dtype_for, validate
+from gptlab.config_files import build_config
 from gptlab.errors import UserError
 from gptlab.loss import resolve_ce_chunk
 from gptlab.model import padded_vocab
@@ -71,12 +84,33 @@ def run_name(cfg: Config, world_size: int = 1) -> str:
     # A dataset given as a path is named by its last component, without '_' (books_16384 -> books16384).
     data = _safe(Path(cfg.data.dataset.rstrip("/\\")).name or cfg.data.dataset).replace("_", "") or "data"
     ff, head_dim = m.mlp_dim or 4 * m.n_embd, m.head_dim or m.n_embd // m.n_head  # 0 = derived (as GPTShape)
-    parts = ["GPT", data, f"bsz{global_batch}" + (f"_micro{accum}" if accum > 1 else ""),
+    label = _safe(ideas.parse_spec(m.model, BUILTIN_MODEL_NAMES).label)  # GPT, or the idea's file.Class
+    parts = [label, data, f"bsz{global_batch}" + (f"_micro{accum}" if accum > 1 else ""),
              f"sl{m.block_size}", lr, f"h{m.n_embd}", f"ff{ff}", f"nH{m.n_head}", f"dH{head_dim}", f"nl{m.n_layer}",
              f"clip{float(o.grad_clip)}", f"decay{o.lr_decay_iters // 1000}k", f"workers{world_size}",
              _COMPILE.get(cfg.system.compile, _safe(cfg.system.compile) + "Compile"),
-             _PRECISION.get(cfg.system.dtype, _safe(cfg.system.dtype)), f"seed{t.seed}", _safe(cfg.log.comment)]
+             _PRECISION.get(cfg.system.dtype, _safe(cfg.system.dtype)), f"seed{t.seed}", variant(cfg),
+             _safe(cfg.log.comment)]
     return "_".join(p for p in parts if p)
+
+
+# Model and optimiser keys the name shows (or that the data decides), and the idea's own record.
+_NAMED = {"n_layer", "n_head", "n_embd", "head_dim", "mlp_dim", "block_size", "vocab_size", "lr_decay_iters",
+          "model", "model_sha256", "optimizer_sha256"}
+
+
+def variant(cfg: Config) -> str:
+    """'opt' + 6 hex digits of the sha256 of what sets this model and optimiser apart and the name does not
+    show: an idea's options, and every model/optimiser key that differs from the preset's value (the
+    baseline's too); empty when there is none, so a preset's own run keeps Languini's name."""
+    base = build_config(cfg.preset, check=False) if cfg.preset in PRESETS else Config()
+    differs = {k: cfg.get(k) for section in ("model", "optim") for k, fld in FIELD_INFO.items()
+               if SECTION_OF[k] == section and k not in _NAMED and k not in RESUME_MAY_CHANGE
+               and cfg.get(k) != base.get(k)}
+    chosen = dict(differs, **{f"{OPTIONS}.{k}": v for k, v in cfg.model.options.items()})
+    if not chosen:
+        return ""
+    return "opt" + hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:6]
 
 
 def run_dir(cfg: Config, world_size: int = 1) -> Path:
@@ -118,6 +152,16 @@ def resolve(cfg: Config, *, world_size: int, device, data_meta: dict | None, ini
     out = _resolved(cfg, world_size, device, data_meta, init_source)
     if resume_config is None:
         return out
+    m, old_m = out.model, resume_config.model
+    if m.model == old_m.model and old_m.model_sha256 and m.model_sha256 != old_m.model_sha256:
+        raise UserError(ideas.resume_changed_message(m.model.rsplit(":", 1)[0], old_m.model_sha256, m.model_sha256))
+    o, old_o = out.optim, resume_config.optim
+    if o.optimizer == old_o.optimizer and old_o.optimizer_sha256 and o.optimizer_sha256 != old_o.optimizer_sha256:
+        raise UserError(ideas.resume_changed_message(o.optimizer.rsplit(":", 1)[0], old_o.optimizer_sha256,
+                                                     o.optimizer_sha256))
+    if m.options != old_m.options:
+        raise UserError(f"the idea's options {m.options} differ from {old_m.options} in the run's config.json: "
+                        "a resumed run keeps its config; drop the changed --key value")
     for k in FIELD_INFO:
         v, old = out.get(k), resume_config.get(k)
         if v != old and k not in RESUME_MAY_CHANGE:
@@ -135,6 +179,9 @@ def _resolved(cfg: Config, world_size: int, device, data_meta: dict | None, init
         for k, v in dict(init_source, **keep).items():
             if SECTION_OF.get(k) == "model":
                 setattr(m, k, v)
+        m.options = dict(init_source.get(OPTIONS) or {})
+    registry.resolve_model(m)  # an idea's file runs here: its options typed, its sha256 recorded
+    optimizers.resolve_idea(out.optim)  # an optimiser idea's file likewise
     # The model's vocab: the data's unless set (or fixed by pretrained weights); never smaller than the data's.
     data_vocab = int(data_meta["vocab_size"]) if data_meta else 0
     if m.vocab_size and m.vocab_size < data_vocab:
@@ -173,8 +220,11 @@ def check_memory(cfg: Config, weights_only: bool = False) -> None:
     if avail <= 0:
         return  # the host's memory is unknown: no check
     width = m.n_embd
-    with torch.device("meta"):  # shapes only: no memory
-        params = parameter_count(build_model(replace(m, vocab_size=max(m.vocab_size, 1))))
+    try:
+        with torch.device("meta"):  # shapes only: no memory
+            params = parameter_count(build_model(replace(m, vocab_size=max(m.vocab_size, 1))))
+    except UserError:  # an idea whose constructor cannot run on the meta device: its size is unknown here
+        return
     shards = max(1, int(os.environ.get("WORLD_SIZE", "1"))) if cfg.system.parallel == "fsdp" else 1
     micro = t.batch_size or max(1, t.train_batch_size // max(1, t.gradient_accumulation_steps))
     if t.eval_only or weights_only:  # weights alone: no gradients, optimiser state or stored activations

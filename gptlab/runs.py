@@ -10,14 +10,15 @@ import re
 import time
 from pathlib import Path
 
+from gptlab import ideas
 from gptlab.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint
-from gptlab.config import Config
+from gptlab.config import BUILTIN_MODEL_NAMES, Config
 from gptlab.config_files import load_run_config
 from gptlab.data.tokenizers import tokenizer_from_meta
 from gptlab.errors import UserError
-from gptlab.files import LOCK_FILE, folder_lock, read_json
-from gptlab.layout import CHECKPOINT_DIR, CONFIG_FILE, DATA_META_FILE, METRICS_FILE
-from gptlab.registry import build_model
+from gptlab.files import LOCK_FILE, atomic_write_bytes, folder_lock, read_json
+from gptlab.layout import CHECKPOINT_DIR, CONFIG_FILE, DATA_META_FILE, IDEA_DIR, METRICS_FILE
+from gptlab.registry import build_model, load_spec
 
 
 def _has_contents(path: Path) -> bool:
@@ -111,6 +112,7 @@ class Run:
     config: Config
     data_meta: dict | None
     checkpoint_file: Path | None = None  # set when load_run was given a checkpoint file
+    trust_code: bool = False  # may the idea this run records be executed?
 
     def tokenizer(self):
         """The tokenizer the run trained with (from its data_meta.json and copied model file)."""
@@ -136,14 +138,36 @@ class Run:
         """The run's GPT with the checkpoint's weights, on `device` (train mode; call .eval() to sample)."""
         if not self.config.model.vocab_size:
             raise UserError(f"{self.dir}/{CONFIG_FILE} has no vocab_size: the run never started training")
+        idea = self.idea()  # before the checkpoint is read: a refusal costs nothing
         sd, _ = self.model_state(which)
-        model = build_model(self.config.model)
+        model = build_model(self.config.model, idea)
         try:
             model.load_state_dict(sd)
         except RuntimeError as e:
             raise UserError(f"checkpoint {self.checkpoint(which)} does not fit {self.dir}/{CONFIG_FILE} "
                             f"({str(e).splitlines()[0][:150]}): the run folder is inconsistent") from None
         return model.to(device)
+
+    def idea_spec(self) -> str:
+        """The run's --model: the built-in name, a module, or its recorded copy of an idea's file."""
+        m = self.config.model
+        spec = ideas.parse_spec(m.model, BUILTIN_MODEL_NAMES)
+        return f"{self.dir.absolute() / idea_copy(spec)}:{spec.class_name}" if spec.kind == "file" else m.model
+
+    def idea(self) -> ideas.Idea | None:
+        """The run's model idea (None for a built-in model), loaded from the run's copy of its file, or
+        its module; only with trust_code, as running it runs whatever the run folder holds."""
+        spec = ideas.parse_spec(self.config.model.model, BUILTIN_MODEL_NAMES)
+        if spec.kind == "builtin":
+            return None
+        where = self.idea_spec().rsplit(":", 1)[0]
+        if not self.trust_code:
+            raise UserError(f"run {self.dir} carries code ({where}): gptlab runs it only with --trust_code; "
+                            "read it, then pass --trust_code")
+        if spec.kind == "file" and not Path(where).is_file():
+            raise UserError(f"run {self.dir} names the idea {spec.text} but holds no copy of it ({where}): "
+                            "the run folder is incomplete")
+        return load_spec(self.idea_spec())
 
     def data_dir(self) -> Path:
         """The run's prepared dataset: its recorded path, else relative to the cwd or the run folder's ancestors."""
@@ -157,7 +181,37 @@ class Run:
                         f"prepare it again with `gptlab prepare {Path(d.dataset).name}` or pass --dataset/--data_root")
 
 
-def load_run(path: str | Path, config_file: str | Path | None = None) -> Run:
+def idea_copy(spec: ideas.Spec) -> Path:
+    """Where a run keeps the source of its idea, relative to the run folder."""
+    name = Path(spec.target).name if spec.kind == "file" else spec.target + ".py"
+    return Path(IDEA_DIR) / name
+
+
+def record_optimizer(run_dir: Path, loaded: ideas.Loaded | None) -> None:
+    """Copy an optimiser idea's source (the bytes hashed and executed) into the run's idea folder."""
+    if loaded is None or loaded.source is None:
+        return
+    target = run_dir / IDEA_DIR / f"optimizer_{loaded.source.name}"
+    if target.parent.is_symlink() or (target.parent.exists() and not target.parent.is_dir()):
+        raise UserError(f"{target.parent} is not a folder gptlab made (a link or a file): move it out of the run "
+                        "folder, then run the command again")
+    target.parent.mkdir(exist_ok=True)
+    atomic_write_bytes(target, loaded.code)
+
+
+def record_idea(run_dir: Path, idea: ideas.Idea) -> None:
+    """Copy the idea's source (the bytes hashed, and for a file executed) into the run folder."""
+    if idea.spec.kind == "builtin":
+        return
+    target = run_dir / idea_copy(idea.spec)
+    if target.parent.is_symlink() or (target.parent.exists() and not target.parent.is_dir()):
+        raise UserError(f"{target.parent} is not a folder gptlab made (a link or a file): move it out of the run "
+                        "folder, then run the command again")
+    target.parent.mkdir(exist_ok=True)
+    atomic_write_bytes(target, idea.code)  # a rename: a link at the file's own place is replaced, not followed
+
+
+def load_run(path: str | Path, config_file: str | Path | None = None, trust_code: bool = False) -> Run:
     """Open a run: its folder, its config.json, or a checkpoint in its checkpoints/ (kept elsewhere: pass config_file)."""
     p = Path(path).expanduser()
     ckpt_file = None
@@ -180,4 +234,5 @@ def load_run(path: str | Path, config_file: str | Path | None = None) -> Run:
     meta = read_json(meta_path, "the run's data meta") if meta_path.is_file() else None
     if meta is not None and not isinstance(meta, dict):
         raise UserError(f"{meta_path} does not hold a JSON object: the run folder is damaged")
-    return Run(dir=p, config=load_run_config(cfg_path), data_meta=meta, checkpoint_file=ckpt_file)
+    return Run(dir=p, config=load_run_config(cfg_path), data_meta=meta, checkpoint_file=ckpt_file,
+               trust_code=trust_code)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from gptlab import registry
 from gptlab.config_check import dtype_for
 from gptlab.errors import UserError
 
@@ -21,7 +22,7 @@ def compile_model(model: torch.nn.Module, mode: str, scope: str = "model", dynam
         return model
     kw = {} if mode == "default" else {"mode": mode}
     if scope == "blocks":
-        for block in model.transformer.h:
+        for block in registry.blocks(model):
             block.compile(dynamic=dynamic, **kw)
         return model
     return torch.compile(model, dynamic=dynamic, **kw)

@@ -37,6 +37,7 @@ def build_parser() -> ArgParser:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--compile", type=flag_bool, default=False, help="accepted for nanoGPT habits; sampling runs eagerly")
     p.add_argument("--no_cache", action="store_true", help="recompute the whole context each token")
+    p.add_argument("--trust_code", action="store_true", help="run the model idea's code that a run folder carries (read it first)")
     return p
 
 
@@ -75,7 +76,7 @@ def open_model(a, device: torch.device):
         raise UserError("pass --run RUN_DIR (or --out_dir), or --init_from gpt2 to sample OpenAI's weights")
     src = a.run or src
     if a.run or Path(src).is_file() or (Path(src) / "checkpoints").is_dir():  # a gptlab run or one of its checkpoints
-        run = load_run(src)
+        run = load_run(src, trust_code=a.trust_code)
         return run.build_model(device, a.checkpoint), run.tokenizer(), f"{run.checkpoint(a.checkpoint)}"
     model = hf.gpt_from_pretrained(src).to(device)
     meta = Path(src) / "data_meta.json"  # a gptlab export carries its run's own tokenizer
@@ -114,5 +115,5 @@ def main(argv: list[str]) -> int:
                            use_cache=not a.no_cache, generator=gen)
             print(tok.decode(out[0].tolist()), "---------------", sep="\n")  # .tolist(): the one CPU-GPU sync per sample
     dt, n_new = time.time() - t0, a.num_samples * a.max_new_tokens
-    print(f"[{n_new} tokens in {dt:.2f}s: {n_new / max(dt, 1e-9):.1f} tokens/s, cache {'off' if a.no_cache else 'on'}]")
+    print(f"[{n_new} tokens in {dt:.2f}s: {n_new / max(dt, 1e-9):.1f} tokens/s, cache {'on' if not a.no_cache and hasattr(model, 'new_cache') else 'off'}]")
     return 0

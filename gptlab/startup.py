@@ -22,6 +22,7 @@ import torch
 from gptlab.data.tokenizers import cache_dir
 from gptlab.errors import UserError
 from gptlab.evaluate import EvalForward, TrainGraphForward
+from gptlab.loss import chunkable
 
 EVAL_GRAPH_ENV = "GPTLAB_EVAL_GRAPH"
 EVAL_GRAPHS = ("auto", "train", "eager", "separate")
@@ -84,7 +85,7 @@ def eval_forward(
         old_path = distributed or eval_only or compiled_mode in CUDA_GRAPH_MODES
         choice = "separate" if old_path else ("train" if train_ok else "eager")
     if choice == "train":
-        return TrainGraphForward(compiled, batch_size, hidden=ce_chunk > 0)
+        return TrainGraphForward(compiled, batch_size, hidden=ce_chunk > 0 and chunkable(raw))
     return EvalForward(raw if choice == "eager" else compiled)
 
 

@@ -28,8 +28,8 @@ import torch
 
 from gptlab import checkpoint as ck
 from gptlab import distributed as dist_
-from gptlab import hf, registry, runs, startup
-from gptlab.config import Config
+from gptlab import hf, ideas, optimizers, registry, runs, startup
+from gptlab.config import BUILTIN_OPTIMIZERS, Config, is_builtin
 from gptlab.data import tokens as tk
 from gptlab.data.prefetch import Prefetcher
 from gptlab.data.samplers import RandomWindowSampler, StreamBatcher
@@ -270,7 +270,8 @@ def source_arch(src: str, pad_multiple: int) -> dict | None:
     if src in ("scratch", "resume", ""):
         return None
     if _is_run(src):
-        return dict(runs.load_run(src).config.to_dict()["model"])
+        run = runs.load_run(src)
+        return dict(run.config.to_dict()["model"], model=run.idea_spec())  # an idea: the run's own copy
     folder = hf.resolve_pretrained(src)
     return hf.overrides_from_hf_config(read_json(folder / CONFIG_FILE, "model config"), pad_multiple)
 
@@ -280,8 +281,35 @@ def _is_run(src: str) -> bool:
     return (p / CHECKPOINT_DIR).is_dir() or p.is_file()
 
 
+def check_trust(cfg: Config, arch: dict | None, trust_code: bool, resume: bool) -> None:
+    """Code that came with a run (--resume of an idea run, --init_from a run of an idea) runs only
+    with --trust_code; refused before anything is executed."""
+    src = cfg.train.init_from
+    carried = arch.get("model") if arch and not resume and _is_run(src) else (cfg.model.model if resume else None)
+    if carried and not is_builtin(carried) and not trust_code:
+        what = "--resume" if resume else f"--init_from {src}"
+        raise UserError(f"{what} runs the model idea {carried.rsplit(':', 1)[0]}: gptlab runs code a run "
+                        "carries only with --trust_code; read it, then add --trust_code")
+    if resume and cfg.optim.optimizer not in BUILTIN_OPTIMIZERS and not trust_code:
+        raise UserError(f"--resume runs the optimiser idea {cfg.optim.optimizer.rsplit(':', 1)[0]}: gptlab runs "
+                        "code a run carries only with --trust_code; read it, then add --trust_code")
+
+
+def check_idea_unchanged(cfg: Config, saved: Config) -> None:
+    """--resume: an idea file (a model's or an optimiser's) that changed since the run started (its
+    config.json, `saved`) is refused before any of it runs."""
+    for spec, old_spec, old_sha in ((cfg.model.model, saved.model.model, saved.model.model_sha256),
+                                    (cfg.optim.optimizer, saved.optim.optimizer, saved.optim.optimizer_sha256)):
+        now = ideas.file_sha256(spec)
+        if now is None or not old_sha:
+            continue
+        path = str(Path(spec.rsplit(":", 1)[0]).resolve())
+        if old_spec.rsplit(":", 1)[0] == path and now != old_sha:
+            raise UserError(ideas.resume_changed_message(path, old_sha, now))
+
+
 def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitStack,
-                saved: Config | None = None) -> tuple[Config, Path, dict | None]:
+                saved: Config | None = None, trust_code: bool = False) -> tuple[Config, Path, dict | None]:
     """(final config, run folder, the newest valid checkpoint on --resume, whose config.json is `saved`).
     Rank 0 takes the folder's lock into `hold`."""
     resume = saved is not None
@@ -289,6 +317,9 @@ def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitSta
         arch = source_arch(cfg.train.init_from, cfg.model.pad_vocab_multiple)
     else:  # started from another model's weights: that architecture (saved) wins, as it did then
         arch = saved.to_dict()["model"] if saved.train.init_from not in ("scratch", "resume", "") else None
+    check_trust(cfg, arch, trust_code, resume)
+    if resume:
+        check_idea_unchanged(cfg, saved)
     final = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta, init_source=arch,
                     resume_config=saved)
     run_dir = resolved_run_dir(final, d.world_size)
@@ -318,21 +349,22 @@ def resume_source(cfg: Config, given: set[str], d: dist_.Dist, log) -> tuple[Con
     return resume_config(cfg, given, run, d.world_size, log, main=d.is_main)
 
 
-def build_model(cfg: Config, resumed: dict | None, log) -> torch.nn.Module:
-    """Fresh (init_weights), or the --init_from source's weights; on resume the checkpoint's."""
+def build_model(cfg: Config, resumed: dict | None, log, idea=None) -> torch.nn.Module:
+    """Fresh (init_weights), or the --init_from source's weights; on resume the checkpoint's. `idea`:
+    the model's class as loaded (and recorded) by setup."""
     src, seed = cfg.train.init_from, cfg.train.seed
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if resumed is not None or src in ("scratch", "resume", ""):
-        model = registry.build_model(cfg.model)
+        model = registry.build_model(cfg.model, idea)
         if resumed is None:
             return registry.init_weights(model)
         _load_weights(model, resumed["state"]["model"], resumed["path"])
         log(f"resuming from {resumed['path']} at step {resumed['state']['step']}")
         return model
     arch = source_arch(src, cfg.model.pad_vocab_multiple)  # built at the source's context, then cropped
-    model = registry.build_model(replace(cfg.model, block_size=int(arch["block_size"])))
+    model = registry.build_model(replace(cfg.model, block_size=int(arch["block_size"])), idea)
     if _is_run(src):
         run = runs.load_run(src)
         state, step = run.model_state("best")
@@ -342,6 +374,10 @@ def build_model(cfg: Config, resumed: dict | None, log) -> torch.nn.Module:
         where = src
     _load_weights(model, state, src)
     if cfg.model.block_size < model.config.block_size:
+        if not hasattr(model, "crop_block_size"):
+            raise UserError(f"--block_size {cfg.model.block_size} is shorter than {src}'s {model.config.block_size} "
+                            f"and {type(model).__name__} has no crop_block_size(): keep --block_size "
+                            f"{model.config.block_size}")
         model.crop_block_size(cfg.model.block_size)
     log(f"initialised from {where} ({registry.parameter_count(model):,} parameters)")
     return model
@@ -422,9 +458,9 @@ def restore(resumed: dict, run_dir: Path, cfg: Config, d, raw, optimizer, scaler
 
 
 def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack,
-          given: set[str] | None = None) -> Session:
+          given: set[str] | None = None, trust_code: bool = False) -> Session:
     """Resolve the config (on --resume from the run's config.json and the `given` keys), open the data,
-    build (or restore) model and optimiser, wrap, compile."""
+    build (or restore) model and optimiser, wrap, compile. trust_code: code a run carries may run."""
     if cfg.system.num_threads:
         torch.set_num_threads(cfg.system.num_threads)
     torch.use_deterministic_algorithms(cfg.system.deterministic)
@@ -433,28 +469,33 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack,
     log = print if d.is_main else (lambda *a, **k: None)
     saved = None
     if cfg.train.resume or cfg.train.init_from == "resume":
+        check_trust(cfg, None, trust_code, resume=True)  # before the run's folder is named from the idea
         cfg, saved = resume_source(cfg, given_keys(cfg, None) if given is None else given, d, log)
     data_dir = resolve_data_dir(cfg.data.dataset, cfg.data.data_root)
     meta = tk.read_meta(data_dir)
     hold.enter_context(tk.open_for_reading(data_dir))  # prepare refuses to replace it while this run reads it
     pick_splits(cfg, data_dir, meta)  # a mistyped split name is refused before the run folder is touched
     startup.eval_graph_choice(cfg.model.dropout, d.enabled)  # so is a bad GPTLAB_EVAL_GRAPH
-    cfg, run_dir, resumed = resolve_run(cfg, d, meta, hold, saved)
+    cfg, run_dir, resumed = resolve_run(cfg, d, meta, hold, saved, trust_code)
     startup.use_compile_cache(d.device, cfg.system.compile)  # before the workers start: they inherit it
     startup.warm_compile_workers(d.device, cfg.system.compile)  # they start while data and model load
     splits, verified = load_splits(cfg, data_dir, meta, cfg.model.vocab_size)
     hold.callback(verified.thread.join if verified.thread else (lambda: None))
-    model = build_model(cfg, resumed, log).to(d.device)
+    idea = registry.load(cfg.model)  # the source resolve hashed: build_model checks the sha256
+    model = build_model(cfg, resumed, log, idea).to(d.device)
     sampler = build_sampler(cfg, data_dir, meta, splits["train"], d)
     dtype = getattr(torch, cfg.system.dtype)
     scaler = torch.amp.GradScaler(d.device.type, enabled=dtype == torch.float16)
     wrapped = dist_.wrap_model(model, d, cfg.system.parallel, dtype if dtype != torch.float32 else None,
                                cfg.system.ddp_bucket_mb, cfg.system.ddp_bucket_view)
-    optimizer = build_optimizer(model, cfg, d.device.type)  # after wrapping: FSDP2 swaps the parameters
+    optimizer_idea = None if cfg.optim.optimizer in BUILTIN_OPTIMIZERS else optimizers.load_idea(cfg.optim.optimizer)
+    optimizer = build_optimizer(model, cfg, d.device.type, optimizer_idea)  # after wrapping: FSDP2 swaps parameters
     state = restore(resumed, run_dir, cfg, d, model, optimizer, scaler, sampler, log) if resumed else TrainState()
     loop = resumed["state"].get("loop") if resumed else None
     resumed = None  # the checkpoint's tensors are restored; do not hold them for the whole run
     if d.is_main:  # config, data meta, tokenizer: enough to sample; written now, so a failed resume changes nothing
+        runs.record_idea(run_dir, idea)  # the source built above, beside its sha256 in config.json
+        runs.record_optimizer(run_dir, optimizer_idea)
         atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json() + "\n")
         atomic_write_json(run_dir / DATA_META_FILE, meta)
         for name in tokenizer_files(meta):  # checked plain NAME.model names, never a path meta.json chose
@@ -483,8 +524,9 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack,
 
 # ------------------------------------------------------------------------------ the loop
 
-def train(cfg: Config, argv: list[str] | None = None) -> dict:
-    """Train as the config says; returns a summary (final losses, steps, run folder).
+def train(cfg: Config, argv: list[str] | None = None, trust_code: bool = False) -> dict:
+    """Train as the config says; returns a summary (final losses, steps, run folder). trust_code: code a
+    run carries (its model idea, on --resume or --init_from RUN) may run.
 
     Ordered shutdown: `hold` closes what setup opened in reverse (signal handlers restored, checkpoint
     writer and prefetch threads joined, sinks closed, run lock released last); the wrapped model and
@@ -495,7 +537,7 @@ def train(cfg: Config, argv: list[str] | None = None) -> dict:
         with contextlib.ExitStack() as hold:
             resume = cfg.train.resume or cfg.train.init_from == "resume"
             given = given_keys(cfg, argv) if resume else None
-            summary = run_loop(setup(cfg, d, hold, given), argv or [])
+            summary = run_loop(setup(cfg, d, hold, given, trust_code), argv or [])
         finished = True
         return summary
     finally:
@@ -564,23 +606,28 @@ def diverged_message(good: Path | None, state: TrainState, max_bad: int, run_dir
 def finish(s: Session, stop: str | None, argv: list[str]) -> dict:
     """The closing lines: how to continue a stopped run, or how to use a finished one."""
     st = s.state
+    idea = not is_builtin(s.cfg.model.model)  # sample and eval run a model idea, never an optimiser idea
     if stop == "signal":
+        code = idea or s.cfg.optim.optimizer not in BUILTIN_OPTIMIZERS
         s.logger.print(f"stopped by {signal.Signals(s.stop.signum).name} at step {st.step}; checkpoint written. "
-                       f"Resume with: {resume_command(argv)}")
+                       f"Resume with: {resume_command(argv, code)}")
     else:
-        run = shlex.quote(str(s.run_dir))
+        run, trust = shlex.quote(str(s.run_dir)), " --trust_code" if idea else ""
         s.logger.print(f"done: {st.step} steps in {st.train_time:.1f}s of training. Next:\n"
-                       f"  gptlab sample --run {run}\n  gptlab eval --run {run} --eval_data_split {s.evaluator.val_name or 'train'}\n"
+                       f"  gptlab sample --run {run}{trust}\n"
+                       f"  gptlab eval --run {run}{trust} --eval_data_split {s.evaluator.val_name or 'train'}\n"
                        f"  gptlab plot {run} --out {shlex.quote(str(s.run_dir / 'loss.png'))}")
     return {"run_dir": str(s.run_dir), "step": st.step, "best_val_loss": st.best_val, "eval": s.evaluator.last,
             "tokens": st.tokens, "train_time_s": st.train_time, "nonfinite_skipped": int(st.bad_total),
             "train_loss": s.metrics.last_loss, "stopped": stop == "signal"}
 
 
-def resume_command(argv: list[str]) -> str:
-    """The same arguments with --resume instead of --resume/--overwrite (and the value that may follow either)."""
+def resume_command(argv: list[str], idea: bool = False) -> str:
+    """The same arguments with --resume instead of --resume/--overwrite (and the value that may follow either);
+    for a model idea with --trust_code, as resuming runs the idea's code."""
     flags, out = ("--resume", "--overwrite"), []
     for a in argv:
         if not (out and out[-1] in flags and a.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off")):
             out.append(a)
-    return shlex.join(["gptlab", "train", *(a for a in out if a.split("=", 1)[0] not in flags), "--resume"])
+    trust = ["--trust_code"] if idea and not any(a.split("=", 1)[0] == "--trust_code" for a in argv) else []
+    return shlex.join(["gptlab", "train", *(a for a in out if a.split("=", 1)[0] not in flags), "--resume", *trust])

@@ -17,12 +17,14 @@ PACKAGE = Path(__file__).resolve().parents[2] / "gptlab"
 
 FLOORS = {
     1: ("gptlab", "gptlab.errors", "gptlab.files", "gptlab.layout", "gptlab.args"),
-    2: ("gptlab.config", "gptlab.config_files", "gptlab.config_check", "gptlab.budget"),
-    3: ("gptlab.model", "gptlab.registry", "gptlab.loss", "gptlab.optim", "gptlab.generate", "gptlab.data"),
+    2: ("gptlab.config", "gptlab.config_files", "gptlab.config_check", "gptlab.budget", "gptlab.stats"),
+    3: ("gptlab.model", "gptlab.ideas", "gptlab.registry", "gptlab.loss", "gptlab.optim", "gptlab.optimizers",
+        "gptlab.generate", "gptlab.data"),
     4: ("gptlab.resolve", "gptlab.resume", "gptlab.runtime", "gptlab.distributed", "gptlab.checkpoint",
         "gptlab.runs"),
-    5: ("gptlab.evaluate", "gptlab.metrics", "gptlab.tracker", "gptlab.hf", "gptlab.plot", "gptlab.startup"),
-    6: ("gptlab.train", "gptlab.bench", "gptlab.sample"),
+    5: ("gptlab.evaluate", "gptlab.metrics", "gptlab.tracker", "gptlab.hf", "gptlab.plot", "gptlab.startup",
+        "gptlab.compare_report"),
+    6: ("gptlab.train", "gptlab.bench", "gptlab.sample", "gptlab.compare", "gptlab.compare_run"),
     7: ("gptlab.cli", "gptlab.__main__", "gptlab.commands"),
 }
 COMMAND_FLOOR = 7
