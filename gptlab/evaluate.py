@@ -16,6 +16,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -239,6 +240,22 @@ def check_same_tokenizer(run_meta: dict | None, meta: dict, data_dir) -> None:
                         "with the run's tokenizer")
 
 
+def checkpoint_facts(path: Path, tokens_per_second: float) -> dict:
+    """Where the checkpoint stands in its run, as metrics.jsonl records it: the step, the training
+    tokens and the reference accelerator-hours (tokens at the config's reference throughput; None
+    without one). Read memory-mapped after the weights were verified: no second copy in memory."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - an older (non-zip) file: the weights loaded, the facts are unknown
+        state = {}
+    tokens = state.get("tokens")
+    hours = tokens / tokens_per_second / 3600.0 if tokens is not None and tokens_per_second else None
+    return {"step": state.get("step"), "tokens": tokens, "accel_hours": hours,
+            "train_time_s": state.get("train_time_s")}
+
+
 def main(argv: list[str]) -> int:
     """gptlab eval --checkpoint_file F [--config_file C] --eval_data_split test --last_n 128"""
     from gptlab.cli import ArgParser
@@ -292,7 +309,8 @@ def main(argv: list[str]) -> int:
     m = evaluate(model, tokens, seq_len, a.eval_batch_size, device, eot_id=meta.get("eot_id"),
                  autocast=autocast_ctx(device, resolve_dtype(a.dtype, device)), plan=plan,
                  progress=_progress(f"eval {a.eval_data_split}"))
-    m.update(split=a.eval_data_split, checkpoint=str(ckpt_path), dataset=str(data_dir), streams=a.streams)
+    m.update(split=a.eval_data_split, checkpoint=str(ckpt_path), dataset=str(data_dir), streams=a.streams,
+             **checkpoint_facts(ckpt_path, cfg.train.tokens_per_second))
     print(f"{a.eval_data_split}: {format_metrics(m)}")
     print(json.dumps(m), flush=True)
     if a.json_out:
