@@ -6,6 +6,7 @@ import argparse
 import difflib
 import importlib
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -57,6 +58,7 @@ USAGE = """usage: gptlab COMMAND [ARGS]
 commands:
   prepare NAME [--input PATH] [--tokenizer char|gpt2|sentencepiece] [--out DIR]   text -> token files
   train [PRESET | CONFIG.toml | config.py] [--key=value ...]   train (`gptlab train PRESET --help`: every key)
+        [--nproc_per_node N [--nnodes M --rdzv_endpoint HOST:PORT]]   ... on N workers per machine
   sample --run DIR | --init_from gpt2 [--start TEXT|FILE:f] [...]   print samples
   eval --checkpoint_file F [--config_file C] --eval_data_split test --last_n 128
   model [PRESET] [--key=value ...]                   build the model, run a dummy batch, print its size
@@ -88,9 +90,19 @@ def _train(argv: list[str]) -> int:
         print("usage: gptlab train [PRESET | CONFIG.toml | nanoGPT_config.py | RUN/config.json] [--key=value ...]\n")
         print(help_text(shown))
         return 0
+    from gptlab.launch import launch, parse_launch, split_launch_flags
+    from gptlab.preflight import check_run_config
     from gptlab.train import train
 
-    train(_config(argv), argv)
+    launch_flags, argv = split_launch_flags(argv)
+    cfg = _config(argv)
+    if launch_flags:  # the workers start here, through PyTorch's elastic launcher
+        options = parse_launch(launch_flags, cfg.system.device)
+        check_run_config(cfg, options.world_size)
+        launch(options, argv)
+        return 0
+    check_run_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # under torchrun: its world
+    train(cfg, argv)
     return 0
 
 
@@ -176,5 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # UserError and deliberate stops (divergence) carry an exit_code: one line, no traceback
         if getattr(e, "exit_code", None) is None:
             raise
+        if getattr(e, "rank_zero_only", False) and os.environ.get("RANK", "0") != "0":
+            return e.exit_code  # every rank found the same: rank 0 says it once
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
