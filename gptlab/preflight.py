@@ -20,16 +20,20 @@ class ConfigProblems(UserError):
     rank_zero_only = True
 
 
+def _target(dataset: str, data_root: str) -> Path:
+    """Where training looks for `dataset`: a path as given, a bare name under data_root."""
+    return Path(dataset) if Path(dataset).is_absolute() or "/" in dataset else Path(data_root) / dataset
+
+
 def prepare_command(dataset: str, data_root: str) -> str:
     """A `gptlab prepare` command that writes `dataset` where training looks for it."""
     from gptlab.data.prepare import OPENBOOKS_DEFAULT, RECIPES
 
-    name = Path(dataset).name
-    target = Path(dataset) if Path(dataset).is_absolute() or "/" in dataset else Path(data_root) / name
+    name, target = Path(dataset).name, _target(dataset, data_root)
     out = "" if target == Path("data") / name else f" --out {target}"
     if name in RECIPES:
         return f"gptlab prepare {name}{out}"
-    if name.startswith("books") or name.startswith("openbooks"):
+    if name.startswith(("books", "openbooks")):
         if OPENBOOKS_DEFAULT.is_dir():
             return f"gptlab prepare openbooks --out {target}"
         return (f"gptlab prepare books --input {BOOKS_INPUT} --out {target} ({BOOKS_INPUT}: Languini's books, "
@@ -45,7 +49,7 @@ def _prepared(data_root: str) -> list[str]:
 def dataset_problem(dataset: str, data_root: str) -> str:
     others = _prepared(data_root)
     use = f"; or train on a prepared one: --dataset {others[0]}" if others else ""
-    return (f"dataset {dataset!r} is not prepared (no {Path(data_root) / Path(dataset).name}/meta.json): "
+    return (f"dataset {dataset!r} not found (no {_target(dataset, data_root)}/meta.json): "
             f"run `{prepare_command(dataset, data_root)}`{use}")
 
 
