@@ -79,8 +79,9 @@ def eval_plan(n_tokens: int, seq_len: int, last_n: int = 0, doc_offsets=None, st
         n_score = max(0, (length - 1 - (seq_len - last_n + 1)) // last_n + 1)
         k = np.arange(min(n_score, max_batches or n_score), dtype=np.int64)
         items.append(np.stack([np.full_like(k, r), k * last_n], axis=1))
-    n_batches = max(max(0, (int(L) - 2) // last_n + 1) for L in rows.lengths)
-    n_batches = min(n_batches, max_batches or n_batches)
+    # Batches that score a target: the loader's last ones (windows of a row's final tokens, with
+    # last_n < seq_len) can hold only targets before the scored tail; they count for nothing.
+    n_batches = max((len(k) for k in items), default=0)
     # Batch order (all rows' window k, then k + 1), as the benchmark steps through them.
     allitems = np.concatenate(items) if items else np.zeros((0, 2), np.int64)
     order = np.lexsort((allitems[:, 0], allitems[:, 1]))
