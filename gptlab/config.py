@@ -238,13 +238,14 @@ def coerce(key: str, value: Any) -> Any:
 _GPT2 = dict(bias=True, tie_embeddings=True, gelu="tanh", dropout=0.0, block_size=1024, dataset="openwebtext", batch_size=12,
              gradient_accumulation_steps=40, max_iters=600000, lr_decay_iters=600000, warmup_iters=2000,
              learning_rate=6e-4, min_lr=6e-5, eval_interval=1000, eval_iters=200)
-# Languini Kitchen's GPT recipe, with the benchmark's eval (16 document streams, 500 batches) and logging cadence.
+# Languini Kitchen's GPT recipe, with the benchmark's eval (16 document streams, 500 batches, every 1,000 steps as its
+# projects/gpt/configs.py sets eval_every) and logging cadence.
 _LANGUINI = dict(
     block_size=512, vocab_size=16384, bias=True, dropout=0.0, tie_embeddings=False, embed_scale=True, qkv="separate",
     gelu="tanh", scaled_init="mlp", dataset="books16384", sampler="stream", val_split="test", optimizer="adam",
     weight_decay=0.0, beta1=0.9, beta2=0.95, eps=1e-8, learning_rate=6e-4, min_lr=6e-6, schedule="languini",
     warmup_iters=200, lr_decay_iters=18265, max_iters=18265, grad_clip=0.0, dtype="float16", train_batch_size=128,
-    batch_size=0, gradient_accumulation_steps=4, eval_interval=500, eval_iters=500, eval_batch_size=16,
+    batch_size=0, gradient_accumulation_steps=4, eval_interval=1000, eval_iters=500, eval_batch_size=16,
     log_interval=100, checkpoint_interval=1000, log_grads_every=1000, compute_class="", compile="auto", seed=0, last_n=0)
 # Languini sizes: n_layer, n_embd (h_dim), mlp_dim, n_head, head_dim, reference throughput (tokens/s, the best of
 # the benchmark's sweep on its RTX 3090; 0 = unmeasured: large and XL did not fit there).

@@ -154,3 +154,12 @@ def test_config_path_with_nothing_close_says_what_to_give(tmp_path, monkeypatch,
     assert cli.main(["train", "zzz/qqq.toml"]) == 2
     err = capsys.readouterr().err
     assert "not found" in err and "did you mean" not in err and ".toml" in err
+
+
+@pytest.mark.parametrize("preset", ["mini", "tiny", "small", "medium", "large", "XL"])
+def test_languini_presets_evaluate_as_the_benchmark(preset):
+    """languini/projects/gpt/configs.py: eval_every = 1_000 and max_eval_steps = 500, for every size
+    (its README's commands pass --eval_every 500 explicitly, which still overrides)."""
+    t = build_config(preset).train
+    assert t.eval_interval == 1000 and t.eval_iters == 500
+    assert build_config(preset, overrides={"eval_every": 500}).train.eval_interval == 500
