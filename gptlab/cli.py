@@ -67,7 +67,7 @@ commands:
   bench [PRESET] [...]                               time the training step
   plot RUN [RUN ...] --out F.png                     compare runs
   export RUN --to hf OUT/                            Hugging Face GPT-2 folder
-  demo                                               prepare tiny Shakespeare, train on CPU, sample
+  demo [--max_iters N]                               prepare tiny Shakespeare, train on CPU, sample
 """
 
 
@@ -142,8 +142,13 @@ def _model(argv: list[str]) -> int:
 
 
 def demo_argv(argv: list[str]) -> list[str]:
-    """The demo run's own `gptlab train` arguments, so the resume command it prints works."""
-    return ["baby", "--out_dir", "out/demo", "--overwrite", "true", *argv]
+    """The demo run's own `gptlab train` arguments, so the resume command it prints works. A shorter
+    demo (--max_iters N) decays its learning rate over its own N steps, as the full one does."""
+    from gptlab.config import parse_overrides
+
+    keys = parse_overrides(argv)
+    decay = ["--lr_decay_iters", str(keys["max_iters"])] if "max_iters" in keys and "lr_decay_iters" not in keys else []
+    return ["baby", "--out_dir", "out/demo", "--overwrite", "true", *decay, *argv]
 
 
 def _demo(argv: list[str]) -> int:

@@ -195,7 +195,7 @@ def format_metrics(m: dict) -> str:
     return " | ".join(parts + [f"{k[5:]} {m[k]:,}" for k in ("eval_chars", "eval_bytes") if k in m])
 
 
-def _progress(total_hint: str):
+def progress_printer(total_hint: str):
     """progress(done, total): a tqdm bar on a terminal, otherwise a line on stderr every 5%."""
     state = {"next": 0.0, "t0": time.time(), "bar": None}
 
@@ -309,7 +309,7 @@ def main(argv: list[str]) -> int:
     count_targets(plan, tokens, tok, token_byte_lengths(tok))
     m = evaluate(model, tokens, seq_len, a.eval_batch_size, device, eot_id=meta.get("eot_id"),
                  autocast=autocast_ctx(device, resolve_dtype(a.dtype, device)), plan=plan,
-                 progress=_progress(f"eval {a.eval_data_split}"))
+                 progress=progress_printer(f"eval {a.eval_data_split}"))
     m.update(split=a.eval_data_split, checkpoint=str(ckpt_path), dataset=str(data_dir), streams=a.streams,
              **checkpoint_facts(ckpt_path, cfg.train.tokens_per_second))
     print(f"{a.eval_data_split}: {format_metrics(m)}")

@@ -35,7 +35,7 @@ from gptlab.data.prefetch import Prefetcher
 from gptlab.data.samplers import RandomWindowSampler, StreamBatcher
 from gptlab.data.tokenizers import token_byte_lengths, tokenizer_files, tokenizer_from_meta
 from gptlab.errors import UserError
-from gptlab.evaluate import evaluate, format_metrics, languini_eval_plan
+from gptlab.evaluate import evaluate, format_metrics, languini_eval_plan, progress_printer
 from gptlab.files import atomic_write_json, atomic_write_text, read_json
 from gptlab.loss import lm_loss
 from gptlab.metrics import TrainClock, TrainMetrics, entropy_gap
@@ -167,6 +167,9 @@ class Batches:
             thread.join()
 
 
+PROGRESS_MIN_BATCHES = 20  # an evaluation this long shows its progress
+
+
 class Evaluator:
     """In-training evaluation of the train and held-out splits at its own cadence, the benchmark's
     way: the first eval_iters batches of eval_batch_size document streams, planned once per split."""
@@ -177,6 +180,7 @@ class Evaluator:
         self.val_name = next((k for k in splits if k != "train"), None)
         self.last: dict = {}
         self.plans = {}
+        self.announced = False
         t = cfg.train
         if t.eval_iters == 0:
             return
@@ -193,6 +197,17 @@ class Evaluator:
                 toks, offsets, cfg.model.block_size, streams=streams, max_steps=t.eval_iters, last_n=t.last_n,
                 tokenizer=tok, byte_lengths=lengths, eot_id=meta.get("eot_id"))
 
+    def announcement(self) -> str:
+        """What every evaluation costs and how often it comes: said once, before the first."""
+        t = self.cfg.train
+        every, last = t.eval_interval, t.max_iters
+        count = (last // every + (last % every > 0) if every else 1) + int(t.eval_at_start)
+        sizes = " + ".join(f"{split} {plan.batches:,} batches x {len(plan.rows.rows)} streams x "
+                           f"{plan.seq_len} tokens ({plan.counts['eval_tokens']:,} scored)"
+                           for split, plan in self.plans.items())
+        cadence = f"every {every:,} steps and at the end" if every else "at the end"
+        return f"in-training eval: {sizes}, {cadence}: {count:,} evaluation(s) in {last:,} steps"
+
     def due(self, step: int) -> bool:
         every, t = self.cfg.train.eval_interval, self.cfg.train
         return bool(every and step % every == 0) or step == t.max_iters or (step == 0 and t.eval_at_start)
@@ -202,11 +217,16 @@ class Evaluator:
         t, d = self.cfg.train, self.d
         reduce = (lambda x: dist_.all_reduce(x, d)) if d.enabled else None
         out = {}
+        if not self.announced and self.plans:
+            self.logger.print(self.announcement())
+            self.announced = True
         with self.clock.paused():
             for split, plan in self.plans.items():
+                shown = d.is_main and plan.batches >= PROGRESS_MIN_BATCHES
                 m = evaluate(self.model, self.splits[split], self.cfg.model.block_size, t.eval_batch_size or t.batch_size,
                              d.device, autocast=self.ctx, rank=d.rank, world_size=d.world_size, reduce=reduce,
-                             eot_id=self.meta.get("eot_id"), plan=plan)
+                             eot_id=self.meta.get("eot_id"), plan=plan,
+                             progress=progress_printer(f"eval step {state.step} {split}") if shown else None)
                 out[split] = dict(m, split=split, train_time_s=self.clock.now())
                 self.logger.log("eval", state.step, state.tokens, out[split])
         self.last = out

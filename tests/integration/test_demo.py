@@ -19,3 +19,22 @@ def test_demo_then_its_resume_command(tmp_path, monkeypatch, capsys, one_thread)
     assert cli.main([*cmd[1:], "--max_iters", "5"]) == 0  # continues out/demo, does not start a new run
     out = capsys.readouterr().out
     assert "resum" in out.lower() and "done: 5 steps" in out
+
+
+def test_quick_demo_announces_its_evaluation_and_shows_progress(tmp_path, monkeypatch, capsys, one_thread):
+    """`gptlab demo --max_iters N`: decays over its N steps; the evaluation says its size before it runs
+    (2 splits x 25 batches x 16 streams x 16 tokens = 6,400 targets each) and shows its progress."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    quick = ["--max_iters", "6", "--eval_interval", "6", "--eval_iters", "25", *SMALL[4:6], *SMALL[10:]]
+    assert cli.main(["demo", *quick]) == 0
+    captured = capsys.readouterr()
+    out = captured.out
+    announced = ("in-training eval: train 25 batches x 16 streams x 16 tokens (6,400 scored) + val 25 batches x "
+                 "16 streams x 16 tokens (6,400 scored), every 6 steps and at the end: 1 evaluation(s) in 6 steps")
+    assert announced in out and out.index(announced) < out.index("eval step 6:")
+    assert out.count("in-training eval:") == 1
+    assert "eval step 6 val: 100/100 batches (100%" in captured.err  # forwards of 4 windows
+    config = json.loads((tmp_path / "out" / "demo" / "config.json").read_text())
+    assert config["optim"]["lr_decay_iters"] == 6 and config["train"]["max_iters"] == 6

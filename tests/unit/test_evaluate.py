@@ -269,7 +269,7 @@ def test_eval_refuses_data_of_another_tokenizer():
 
 def test_progress_prints_a_line_every_few_percent(capsys, monkeypatch):
     monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
-    tick = E._progress("eval test")
+    tick = E.progress_printer("eval test")
     for i in range(1, 201):
         tick(i, 200)
     lines = capsys.readouterr().err.strip().splitlines()
