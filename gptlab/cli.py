@@ -59,6 +59,7 @@ commands:
   prepare NAME [--input PATH] [--tokenizer char|gpt2|sentencepiece] [--out DIR]   text -> token files
   train [PRESET | CONFIG.toml | config.py] [--key=value ...]   train (`gptlab train PRESET --help`: every key)
         [--nproc_per_node N [--nnodes M --rdzv_endpoint HOST:PORT]]   ... on N workers per machine
+        [--smoke]                                      ... any preset shrunk to a minute on a CPU
   sample --run DIR | --init_from gpt2 [--start TEXT|FILE:f] [...]   print samples
   eval --checkpoint_file F [--config_file C] --eval_data_split test --last_n 128
   model [PRESET] [--key=value ...]                   build the model, run a dummy batch, print its size
@@ -92,17 +93,22 @@ def _train(argv: list[str]) -> int:
         return 0
     from gptlab.launch import launch, parse_launch, split_launch_flags
     from gptlab.preflight import check_run_config
+    from gptlab.smoke import smoke_overrides, take_smoke_flag
     from gptlab.train import train
 
+    smoke, argv = take_smoke_flag(argv)
     launch_flags, argv = split_launch_flags(argv)
+    options = parse_launch(launch_flags, _config(argv, check=False).system.device) if launch_flags else None
+    world = options.world_size if options else int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun: its world
+    if smoke:  # the preset shrunk; what the user passed after it still wins
+        first = [argv[0]] if argv and not argv[0].startswith("-") else []
+        argv = [*first, *smoke_overrides(_config(argv, check=False), world), *argv[len(first):]]
     cfg = _config(argv)
-    if launch_flags:  # the workers start here, through PyTorch's elastic launcher
-        options = parse_launch(launch_flags, cfg.system.device)
-        check_run_config(cfg, options.world_size)
+    check_run_config(cfg, world)
+    if options:  # the workers start here, through PyTorch's elastic launcher
         launch(options, argv)
-        return 0
-    check_run_config(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # under torchrun: its world
-    train(cfg, argv)
+    else:
+        train(cfg, argv)
     return 0
 
 

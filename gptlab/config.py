@@ -85,6 +85,8 @@ class TrainConfig:
     tokens_per_second: float = _f(0.0, "reference throughput of this config (Languini); turns tokens into accelerator-hours")
     eval_interval: int = _f(250, "evaluate every N steps (and at the end); 0 = only at the end", ("eval_every",))
     eval_iters: int = _f(20, "held-out batches per in-training evaluation", ("max_eval_steps",), low=1)
+    eval_cap: float = _f(0.5, "in-training eval scores at most this share of the run's training tokens "
+                              "(fewer batches on a short run, announced); 0 = eval_iters always")
     eval_batch_size: int = _f(0, "sequences per eval batch; 0 = batch_size", ("test_batch_size",))
     eval_only: bool = _f(False, "evaluate once and exit (baselines)")
     last_n: int = _f(0, "score only the last N targets of each eval window (0 = all); must divide block_size")

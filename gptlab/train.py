@@ -187,6 +187,7 @@ class Evaluator:
         tok = tokenizer_from_meta(meta, data_dir)
         lengths = token_byte_lengths(tok)
         streams = t.eval_batch_size or 16
+        self.batches = self.capped(len(splits), streams)
         for split, toks in splits.items():
             offsets = tk.doc_offsets(data_dir, cfg.data.train_split if split == "train" else split, meta)
             if (offsets is None or len(offsets) == 1) and len(toks) // streams > cfg.model.block_size:
@@ -194,19 +195,35 @@ class Evaluator:
                 # else all but one stream would be empty. Documented data keeps Languini's dealing.
                 offsets = np.arange(streams, dtype=np.int64) * (len(toks) // streams)
             self.plans[split] = languini_eval_plan(
-                toks, offsets, cfg.model.block_size, streams=streams, max_steps=t.eval_iters, last_n=t.last_n,
+                toks, offsets, cfg.model.block_size, streams=streams, max_steps=self.batches, last_n=t.last_n,
                 tokenizer=tok, byte_lengths=lengths, eot_id=meta.get("eot_id"))
+
+    def evaluations(self) -> int:
+        t = self.cfg.train
+        every, last = t.eval_interval, t.max_iters
+        return (last // every + (last % every > 0) if every else 1) + int(t.eval_at_start)
+
+    def capped(self, n_splits: int, streams: int) -> int:
+        """eval_iters, or fewer where all evaluations would score more than eval_cap of the run's training
+        tokens (a short run of a Languini preset: 500 batches of 16 x 512 tokens on 2 splits)."""
+        t = self.cfg.train
+        per_batch = streams * self.cfg.model.block_size
+        trained = t.max_iters * t.train_batch_size * self.cfg.model.block_size
+        allowed = int(t.eval_cap * trained / (self.evaluations() * n_splits * per_batch)) if t.eval_cap else t.eval_iters
+        return max(1, min(t.eval_iters, allowed))
 
     def announcement(self) -> str:
         """What every evaluation costs and how often it comes: said once, before the first."""
         t = self.cfg.train
-        every, last = t.eval_interval, t.max_iters
-        count = (last // every + (last % every > 0) if every else 1) + int(t.eval_at_start)
+        every, last, count = t.eval_interval, t.max_iters, self.evaluations()
         sizes = " + ".join(f"{split} {plan.batches:,} batches x {len(plan.rows.rows)} streams x "
                            f"{plan.seq_len} tokens ({plan.counts['eval_tokens']:,} scored)"
                            for split, plan in self.plans.items())
         cadence = f"every {every:,} steps and at the end" if every else "at the end"
-        return f"in-training eval: {sizes}, {cadence}: {count:,} evaluation(s) in {last:,} steps"
+        cap = "" if self.batches == t.eval_iters else (
+            f" (capped from --eval_iters {t.eval_iters:,}: evaluation kept to {t.eval_cap:g} of this run's "
+            f"training tokens; --eval_cap 0 for all {t.eval_iters:,})")
+        return f"in-training eval: {sizes}, {cadence}: {count:,} evaluation(s) in {last:,} steps{cap}"
 
     def due(self, step: int) -> bool:
         every, t = self.cfg.train.eval_interval, self.cfg.train
