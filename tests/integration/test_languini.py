@@ -56,11 +56,14 @@ def test_six_hour_command_parses_unchanged():
 
 
 def test_six_hour_command_through_the_cli(monkeypatch):
-    """`python -m gptlab train small ...` hands train() the same config (training stubbed out)."""
+    """`python -m gptlab train small ...` hands train() the same config (training stubbed out, and the
+    data checks before it: books16384 is not prepared here)."""
+    import gptlab.preflight
     import gptlab.train
 
     seen = {}
     monkeypatch.setattr(gptlab.train, "train", lambda cfg, argv: seen.update(cfg=cfg, argv=argv) or {})
+    monkeypatch.setattr(gptlab.preflight, "check_run_config", lambda cfg, world: None)
     assert cli.main(["train", *SIX_HOUR]) == 0
     assert seen["cfg"].to_dict() == _languini_cfg(SIX_HOUR).to_dict()
     assert seen["argv"] == SIX_HOUR
