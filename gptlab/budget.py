@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 
-from gptlab.cli import ArgParser
+from gptlab.args import ArgParser
 from gptlab.config import parse_hours
 from gptlab.errors import UserError
 

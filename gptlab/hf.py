@@ -15,10 +15,15 @@ from typing import Any
 
 import torch
 
+from gptlab.args import ArgParser
 from gptlab.config import ModelConfig
+from gptlab.data.tokenizers import GPT2_INSTALL_HINT, find_gpt2_ranks, tokenizer_files
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
-from gptlab.model import GPT, GPTShape
+from gptlab.hf_remote import write_remote_model
+from gptlab.model import derived_shape, padded_vocab
+from gptlab.registry import build_model
+from gptlab.runs import load_run
 
 # Short names users type -> today's hub ids (caches filled before the move use the short id).
 PRETRAINED = {n: "openai-community/" + n for n in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
@@ -201,12 +206,12 @@ def overrides_from_hf_config(hf: dict, pad_vocab_multiple: int = 64) -> dict[str
                 embed_scale=False, qkv="fused", gelu=GELU_NAMES[hf.get("activation_function", "gelu_new")])
 
 
-def _shape_from_overrides(ov: dict[str, Any], dropout: float = 0.0) -> GPTShape:
-    return GPTShape.from_config(dataclasses.replace(ModelConfig(), **ov, dropout=dropout))
+def _shape_from_overrides(ov: dict[str, Any], dropout: float = 0.0) -> ModelConfig:
+    return derived_shape(dataclasses.replace(ModelConfig(), **ov, dropout=dropout))
 
 
-def convert_hf_state(hf_sd: dict[str, torch.Tensor], shape: GPTShape) -> dict[str, torch.Tensor]:
-    """HF GPT-2 tensors -> a state dict that GPT(shape).load_state_dict accepts (strict)."""
+def convert_hf_state(hf_sd: dict[str, torch.Tensor], shape: ModelConfig) -> dict[str, torch.Tensor]:
+    """HF GPT-2 tensors -> a state dict that build_model(shape).load_state_dict accepts (strict)."""
     src: dict[str, torch.Tensor] = {}
     for k, v in hf_sd.items():
         if _MASK_BUFFER.search(k):
@@ -215,9 +220,9 @@ def convert_hf_state(hf_sd: dict[str, torch.Tensor], shape: GPTShape) -> dict[st
         k = k.removeprefix("transformer.")
         src[k if k.startswith("lm_head.") else "transformer." + k] = v
     with torch.device("meta"):  # shapes and names only: no memory for gpt2-xl twice over
-        expected = GPT(shape).state_dict()
+        expected = build_model(shape).state_dict()
     out: dict[str, torch.Tensor] = {}
-    V, P = shape.vocab_size, shape.padded_vocab  # real and padded vocabulary rows
+    V, P = shape.vocab_size, padded_vocab(shape.vocab_size, shape.pad_vocab_multiple)  # real and padded vocabulary rows
     for name, ref in expected.items():
         if name == "lm_head.weight" and shape.tie_embeddings:
             continue  # filled below with the very same tensor as wte
@@ -257,20 +262,20 @@ def load_gpt2_state(name_or_path: str, cache_dir: str | Path | None = None,
 
 
 def gpt_from_pretrained(name_or_path: str, dropout: float = 0.0, block_size: int | None = None,
-                        cache_dir: str | Path | None = None, pad_vocab_multiple: int = 64) -> GPT:
+                        cache_dir: str | Path | None = None, pad_vocab_multiple: int = 64) -> torch.nn.Module:
     """A GPT with GPT-2's weights; block_size below n_positions crops the position table."""
     ov, state = load_gpt2_state(name_or_path, cache_dir, pad_vocab_multiple)
     if block_size is not None and block_size > ov["block_size"]:
         raise UserError(f"--block_size {block_size} exceeds the {ov['block_size']} positions {name_or_path} was trained "
                         f"with: use --block_size {ov['block_size']} or less")
-    model = GPT(_shape_from_overrides(ov, dropout))
+    model = build_model(_shape_from_overrides(ov, dropout))
     model.load_state_dict(state)
     if block_size is not None and block_size < ov["block_size"]:
         model.crop_block_size(block_size)
     return model
 
 
-def gpt2_gaps(s: GPTShape) -> list[str]:
+def gpt2_gaps(s: ModelConfig) -> list[str]:
     """What GPT2LMHeadModel cannot hold of this shape (empty: it holds the model exactly). Missing
     biases become zero biases, separate Q/K/V one fused matrix, the exact GELU "gelu", and an untied
     head a saved lm_head; the embedding scale folds into an untied token embedding."""
@@ -280,10 +285,10 @@ def gpt2_gaps(s: GPTShape) -> list[str]:
     ) if bad]
 
 
-def gpt2_tensors(model: GPT) -> dict[str, torch.Tensor]:
+def gpt2_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights in GPT2LMHeadModel's layout: real vocabulary rows, Conv1D (in, out)
     matrices, fused Q/K/V, zero biases where the model has none, the embedding scale folded in."""
-    s = model.shape
+    s = model.config
     state = {n: t.detach().cpu() for n, t in model.state_dict().items()}
     out: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
@@ -349,8 +354,6 @@ def _write_gpt2_tokenizer(out: Path, vocab_size: int, block_size: int) -> list[s
     """Write vocab.json/merges.txt/tokenizer_config.json; returns notes (why skipped)."""
     if vocab_size != 50257:
         return [f"tokenizer files skipped: the model has {vocab_size} tokens, GPT-2 BPE has 50257"]
-    from gptlab.data.tokenizers import GPT2_INSTALL_HINT, find_gpt2_ranks
-
     try:  # no fetch here: an export should not reach for the network behind the user's back
         ranks, where = find_gpt2_ranks(allow_fetch=False)
     except UserError:
@@ -365,12 +368,12 @@ def _write_gpt2_tokenizer(out: Path, vocab_size: int, block_size: int) -> list[s
     return [f"tokenizer: GPT-2 BPE from {where}"]
 
 
-def export_hf(model: GPT, out_dir: str | Path, tokenizer_meta: dict | None = None,
+def export_hf(model: torch.nn.Module, out_dir: str | Path, tokenizer_meta: dict | None = None,
               overwrite: bool = False) -> dict[str, Any]:
     """Write config.json + model.safetensors (+ GPT-2 tokenizer files) for transformers; returns
     {"dir", "files", "notes"}. A model GPT2LMHeadModel holds is written as one (nanoGPT's recipes
     included); any other as a folder with its own modeling code (trust_remote_code=True)."""
-    s = model.shape
+    s = model.config
     out = Path(out_dir)
     _clear_previous_export(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
@@ -380,8 +383,6 @@ def export_hf(model: GPT, out_dir: str | Path, tokenizer_meta: dict | None = Non
     common = {"vocab_size": s.vocab_size, "bos_token_id": eot, "eos_token_id": eot,
               "torch_dtype": dtype, "dtype": dtype}  # transformers 4.x reads the first, 5.x the second
     if gaps := gpt2_gaps(s):
-        from gptlab.hf_remote import write_remote_model
-
         write_remote_model(model, out, common)
         notes = [f"GPT2LMHeadModel cannot hold {'; '.join(gaps)}: written with its own modeling code, load with "
                  "AutoModelForCausalLM.from_pretrained(FOLDER, trust_remote_code=True)"]
@@ -398,8 +399,8 @@ def export_hf(model: GPT, out_dir: str | Path, tokenizer_meta: dict | None = Non
     return {"dir": str(out), "files": sorted(p.name for p in out.iterdir() if p.is_file()), "notes": notes}
 
 
-def _write_gpt2_model(model: GPT, out: Path, common: dict[str, Any]) -> None:
-    s = model.shape
+def _write_gpt2_model(model: torch.nn.Module, out: Path, common: dict[str, Any]) -> None:
+    s = model.config
     # format=pt: transformers checks this metadata to know the tensors are PyTorch-laid-out.
     atomic_write_bytes(out / "model.safetensors", _safetensors().save(gpt2_tensors(model), metadata={"format": "pt"}))
     atomic_write_json(out / "config.json", {  # GPT2Config's fields (n_positions = block_size, vocab_size = real vocab)
@@ -433,9 +434,6 @@ def _clear_previous_export(out: Path, overwrite: bool) -> None:
 
 
 def main_export(argv: list[str]) -> int:
-    from gptlab.cli import ArgParser
-    from gptlab.runs import load_run
-
     ap = ArgParser(prog="gptlab export", description="Export a trained run for another toolkit.")
     ap.add_argument("run", help="run folder (holds config.json and checkpoints/)")
     ap.add_argument("out", help="folder to write: new, empty, or an earlier export (with --overwrite)")
@@ -467,7 +465,6 @@ def _copy_run_tokenizer(run, out: Path) -> list[str]:
     its tokenizer model, so `tokenizer_from_meta` rebuilds it from the export folder."""
     import shutil
 
-    from gptlab.data.tokenizers import tokenizer_files
 
     if run.data_meta is None or _tokenizer_kind(run.data_meta)[0] == "gpt2":
         return []

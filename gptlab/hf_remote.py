@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
 
 from gptlab.files import atomic_write_bytes, atomic_write_json
-from gptlab.model import GPT
 
 CODE_DIR = Path(__file__).parent / "hf_code"
 CODE_FILES = ("configuration_gptlab.py", "modeling_gptlab.py")
@@ -20,10 +20,10 @@ AUTO_MAP = {"AutoConfig": "configuration_gptlab.GptlabConfig",
             "AutoModelForCausalLM": "modeling_gptlab.GptlabForCausalLM"}
 
 
-def remote_tensors(model: GPT) -> dict[str, torch.Tensor]:
+def remote_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """gptlab's own names, real vocabulary rows, Q/K/V as three matrices (a fused one split in
     row thirds, the order gptlab's attention splits it), no copy of a tied output layer."""
-    shape = model.shape
+    shape = model.config
     inner = shape.n_head * shape.head_dim
     out: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
@@ -41,9 +41,9 @@ def remote_tensors(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
-def remote_config(model: GPT, common: dict[str, Any]) -> dict[str, Any]:
+def remote_config(model: nn.Module, common: dict[str, Any]) -> dict[str, Any]:
     """config.json for GptlabConfig: the shape's fields, the auto_map that names the code files."""
-    shape = model.shape
+    shape = model.config
     return {
         "architectures": ["GptlabForCausalLM"], "model_type": "gptlab_gpt", "auto_map": AUTO_MAP,
         "n_layer": shape.n_layer, "n_head": shape.n_head, "n_embd": shape.n_embd,
@@ -54,7 +54,7 @@ def remote_config(model: GPT, common: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_remote_model(model: GPT, out: Path, common: dict[str, Any]) -> None:
+def write_remote_model(model: nn.Module, out: Path, common: dict[str, Any]) -> None:
     from safetensors.torch import save
 
     for name in CODE_FILES:

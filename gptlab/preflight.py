@@ -8,7 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from gptlab.config_check import check_device
+from gptlab.data import tokens as tk
+from gptlab.data.prepare import OPENBOOKS_DEFAULT, RECIPES
+from gptlab.data.samplers import DocRows
 from gptlab.errors import UserError
+from gptlab.resolve import resolve_batch
+from gptlab.runtime import resolve_data_dir
 
 # Languini's books (a folder with train/ and test/ subfolders of documents).
 BOOKS_INPUT = "BOOKS_FOLDER"
@@ -27,8 +33,6 @@ def _target(dataset: str, data_root: str) -> Path:
 
 def prepare_command(dataset: str, data_root: str) -> str:
     """A `gptlab prepare` command that writes `dataset` where training looks for it."""
-    from gptlab.data.prepare import OPENBOOKS_DEFAULT, RECIPES
-
     name, target = Path(dataset).name, _target(dataset, data_root)
     out = "" if target == Path("data") / name else f" --out {target}"
     if name in RECIPES:
@@ -77,10 +81,6 @@ def vocab_problem(cfg, meta: dict) -> str | None:
 
 def stream_problem(cfg, data_dir: Path, meta: dict, world_size: int) -> str | None:
     """Languini's document streams: every one of train_batch_size rows needs 2+ tokens of documents."""
-    from gptlab.config import resolve_batch
-    from gptlab.data import tokens as tk
-    from gptlab.data.samplers import DocRows
-
     if cfg.data.sampler != "stream" or cfg.data.train_split not in meta["splits"]:
         return None
     rows = resolve_batch(cfg, world_size)[2]
@@ -96,10 +96,6 @@ def stream_problem(cfg, data_dir: Path, meta: dict, world_size: int) -> str | No
 
 def config_problems(cfg, world_size: int) -> list[str]:
     """Every problem found, in the order a run would meet them; data checks need the dataset."""
-    from gptlab.config import check_device, resolve_batch
-    from gptlab.data import tokens as tk
-    from gptlab.runtime import resolve_data_dir
-
     problems: list[str] = []
 
     def attempt(check: Callable[[], object]):

@@ -5,6 +5,8 @@ user passes after the preset still win over the shrinking."""
 
 from __future__ import annotations
 
+from gptlab.args import BOOL_WORDS
+
 SMOKE_STEPS = 20
 SMOKE_WIDTH, SMOKE_HEADS, SMOKE_HEAD_DIM, SMOKE_BLOCK = 64, 2, 16, 64
 SMOKE_FLAG = "--smoke"
@@ -12,8 +14,6 @@ SMOKE_FLAG = "--smoke"
 
 def take_smoke_flag(argv: list[str]) -> tuple[bool, list[str]]:
     """(whether --smoke / --smoke=true was given, argv without it)."""
-    from gptlab.config import BOOL_WORDS
-
     found, rest = False, []
     for token in argv:
         flag, eq, value = token.partition("=")

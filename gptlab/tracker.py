@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from gptlab.errors import UserError
-from gptlab.runs import METRICS_FILE
+from gptlab.layout import METRICS_FILE
 
 NO_TENSORBOARD = ("note: this run writes no TensorBoard events: tensorboard is not installed "
                   "(pip install tensorboard); metrics.jsonl holds every record, and --tensorboard false "

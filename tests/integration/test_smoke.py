@@ -6,7 +6,7 @@ import json
 import time
 
 from gptlab import cli
-from gptlab.config import build_config
+from gptlab.config_files import build_config
 from gptlab.smoke import SMOKE_STEPS, smoke_overrides, take_smoke_flag
 from tests.integration.test_languini import VOCAB, _books_folder
 

@@ -92,23 +92,6 @@ def _check_gpus(nproc: int, device: str) -> None:
                             f"use --nproc_per_node {max(gpus, 1)}")
 
 
-def worker(argv: list[str]) -> dict:
-    """One rank (run by the launcher in a fresh process): `gptlab train argv`. An error meant for the
-    user is recorded for the launcher, which prints it once with this rank, and ends the process."""
-    from torch.distributed.elastic.multiprocessing.errors import get_error_handler
-
-    from gptlab.cli import _config
-    from gptlab.train import train
-
-    try:
-        return train(_config(argv), argv)
-    except Exception as e:
-        if getattr(e, "exit_code", None) is None:
-            raise
-        get_error_handler().record_exception(WorkerStop(str(e)))  # the launcher's one line
-        raise SystemExit(e.exit_code) from None
-
-
 class WorkerStop(Exception):
     """Recorded by a worker for a deliberate stop (a UserError, a divergence): no traceback."""
 
@@ -152,8 +135,16 @@ def _quiet_agent():
             logger.setLevel(level)
 
 
-def launch(opts: LaunchOptions, argv: list[str]) -> dict:
-    """Start the workers on this node and wait for them; rank 0's summary, or WorkerFailed."""
+def record_stop(error: Exception) -> None:
+    """In a worker: leave the launcher the error's one line (it prints it with this rank)."""
+    from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+    get_error_handler().record_exception(WorkerStop(str(error)))
+
+
+def launch(opts: LaunchOptions, argv: list[str], worker) -> dict:
+    """Start the workers on this node, each running worker(argv) (a module-level function, so that a
+    fresh process finds it), and wait for them; rank 0's summary, or WorkerFailed."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 

@@ -1,0 +1,189 @@
+"""Config file formats and layering: TOML, nanoGPT .py (a bounded `ast` walk, never exec), a run's
+config.json, `--key value` overrides; build_config layers defaults -> preset -> file -> CLI."""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import operator
+import sys
+from pathlib import Path
+from typing import Any
+
+from gptlab.config import (
+    FIELD_INFO,
+    NANOGPT_BASE,
+    NO_MEANING,
+    PRESETS,
+    SECTIONS,
+    Config,
+    canonical_key,
+    languini_recipe,
+)
+from gptlab.config_check import validate
+from gptlab.errors import UserError
+from gptlab.files import closest_path, read_json, read_toml
+
+
+def layer_key(key: str, where: str = "") -> str | None:
+    """The canonical key, or None (after a note) for a flag with no meaning here; `where` (file:line) opens both."""
+    bare = key.replace("-", "_")
+    if bare in NO_MEANING:
+        print(f"note: {where}--{bare} is accepted but has no effect: {NO_MEANING[bare]}", file=sys.stderr)
+        return None
+    return canonical_key(bare, where)
+
+
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+        ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow, ast.USub: operator.neg,
+        ast.UAdd: operator.pos}
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _literal(node: ast.AST, known: dict[str, Any]) -> Any:
+    """A literal's value (numbers, strings, booleans, arithmetic, earlier names), else ValueError; nothing runs."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool)):
+        return node.value
+    if isinstance(node, ast.Name) and node.id in known:
+        return known[node.id]
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS and _number(v := _literal(node.operand, known)):
+        return _OPS[type(node.op)](v)
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        a, b = _literal(node.left, known), _literal(node.right, known)
+        if _number(a) and _number(b) and not (isinstance(node.op, ast.Pow) and abs(b) > 64):  # 10**9 yes, 10**10**10 no
+            try:
+                return _OPS[type(node.op)](a, b)
+            except ArithmeticError:
+                pass
+        elif isinstance(node.op, ast.Add) and isinstance(a, str) and isinstance(b, str):
+            return a + b
+    raise ValueError
+
+
+def _py_value(p: Path, stmt: ast.stmt, name: str, key: str | None, known: dict[str, Any]) -> bool:
+    """Record `name = value` of a config file in `known`; False for a computed name-only value (noted, skipped)."""
+    try:
+        known[name] = _literal(stmt.value, known)
+        return True
+    except ValueError:
+        if key == "wandb_run":  # only names things: nanoGPT's 'ft-' + str(time.time()) is dropped, not refused
+            print(f"note: {p}:{stmt.lineno}: {name} is computed, not a literal; ignored (the run folder's "
+                  "name is used)", file=sys.stderr)
+            return False
+        raise UserError(f"{p}:{stmt.lineno}: `{ast.unparse(stmt.value)[:60]}` is not a literal value: gptlab "
+                        f"reads config files without running them; write the value itself, e.g. {name} = 5 * 8"
+                        ) from None
+
+
+def load_py_config(path: str | Path) -> dict[str, Any]:
+    """A nanoGPT-style config file (`key = value` lines), read with ast and never executed."""
+    p = Path(path)
+    try:
+        tree = ast.parse(p.read_text(encoding="utf-8"), filename=str(p))
+    except (SyntaxError, UnicodeDecodeError) as e:
+        line = getattr(e, "lineno", None)
+        raise UserError(f"{p}{f':{line}' if line else ''}: not a readable Python config file ({e.__class__.__name__}): "
+                        "fix that line") from None
+    known: dict[str, Any] = {}
+    out: dict[str, Any] = {}
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)) or \
+                (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)):
+            continue  # imports and docstrings do nothing without code that uses them
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if \
+            isinstance(stmt, ast.AnnAssign) and stmt.value is not None else []
+        if not targets or not all(isinstance(t, ast.Name) for t in targets):
+            raise UserError(f"{p}:{stmt.lineno}: only `key = value` lines are read, got `{ast.unparse(stmt)[:60]}`: "
+                            "gptlab reads config files without running them")
+        for name in (t.id for t in targets):
+            key = layer_key(name, f"{p}:{stmt.lineno}: ")
+            if _py_value(p, stmt, name, key, known) and key is not None:
+                out[key] = known[name]
+    return out
+
+
+def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """(values, base layer, preset label) of a .toml, a nanoGPT .py (over NANOGPT_BASE) or a run's config.json."""
+    p = Path(path)
+    if not p.is_file():
+        close = closest_path(p, (".toml", ".py", ".json"))
+        raise UserError(f"config file {str(p)!r} not found" + (f": did you mean {str(close)!r}?" if close else
+                        ": give the path of a .toml, a nanoGPT .py or a run's config.json"))
+    if p.suffix == ".py":  # train_shakespeare_char.py -> runs under .../train_shakespeare_char/
+        return load_py_config(p), NANOGPT_BASE, "".join(c if c.isalnum() or c in "._-" else "-" for c in p.stem)
+    if p.suffix == ".json":
+        saved = load_run_config(p)
+        return {k: saved.get(k) for k in FIELD_INFO}, {}, saved.preset
+    # TOML: flat keys and/or [section] tables, plus an optional `preset = "..."`.
+    flat: dict[str, Any] = {}
+    for k, v in read_toml(p, "config file").items():
+        if isinstance(v, dict) and k not in SECTIONS:
+            raise UserError(f"{p}: unknown section [{k}]; sections are {', '.join(SECTIONS)}")
+        flat.update(v if isinstance(v, dict) else {k: v})
+    return flat, {}, None
+
+
+def parse_overrides(argv: list[str]) -> dict[str, str]:
+    """`--key=value` or `--key value` pairs; a bare `--flag` means true."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        if not argv[i].startswith("--"):
+            raise UserError(f"unexpected argument {argv[i]!r}: overrides look like --key=value or --key value")
+        key, eq, value = argv[i][2:].partition("=")
+        if not eq:  # the next argument is the value unless it is another --flag
+            has_value = i + 1 < len(argv) and not (argv[i + 1].startswith("--") and len(argv[i + 1]) > 2)
+            value = argv[i + 1] if has_value else "true"
+            i += has_value
+        i += 1
+        key = layer_key(key)
+        if key is not None:
+            out[key] = value
+    return out
+
+
+def build_config(preset: str | None = None, config_file: str | None = None,
+                 overrides: dict[str, Any] | None = None, check: bool = True) -> Config:
+    """defaults -> preset (or NANOGPT_BASE under a .py file) -> config file -> overrides; validated unless check=False."""
+    cfg = Config()
+    file_values, base, label = load_config_file(config_file) if config_file else ({}, {}, None)
+    preset = preset or file_values.get("preset")
+    file_values.pop("preset", None)
+    overrides = overrides or {}
+    if preset and not isinstance(preset, str):  # e.g. `preset = 5` in a TOML file
+        raise UserError(f"preset must be a name like 'baby' or 'small', got {preset!r}")
+    if preset:  # "xl" works for "XL"
+        preset = cfg.preset = {k.lower(): k for k in PRESETS}.get(preset.lower(), preset)
+    if preset and preset not in PRESETS:
+        close = difflib.get_close_matches(preset, list(PRESETS), n=1, cutoff=0.4)
+        hint = f"did you mean {close[0]!r}?" if close else f"presets: {', '.join(PRESETS)}"
+        raise UserError(f"unknown preset {preset!r}: {hint}")
+    if label and not preset:
+        cfg.preset = label
+    # A Languini preset under --compute_class takes that class's published recipe, below what
+    # the config file and the command line set.
+    chosen = {canonical_key(k): v for k, v in {**file_values, **overrides}.items()}
+    recipe = languini_recipe(preset, str(chosen.get("compute_class", "")))
+    for layer in (base, PRESETS[preset] if preset else {}, recipe, file_values, overrides):
+        keys = {canonical_key(k) for k in layer}
+        # Two ways to say the batch size: the one a layer names wins over the other.
+        if "batch_size" in keys and "train_batch_size" not in keys:
+            cfg.train.train_batch_size = 0
+        if "train_batch_size" in keys and "batch_size" not in keys:
+            cfg.train.batch_size = 0
+        for k, v in layer.items():
+            cfg.set(k, v)
+    if check:
+        validate(cfg)
+    return cfg
+
+
+def load_run_config(path: str | Path) -> Config:
+    """Rebuild a Config from a run's config.json (every caller has checked that the file exists)."""
+    d = read_json(Path(path), "run config")
+    if not isinstance(d, dict):
+        raise UserError(f"{path} does not hold a config object")
+    return Config.from_dict(d)
