@@ -19,6 +19,7 @@ from gptlab.args import ArgParser
 from gptlab.budget import steps_for_budget, token_budget
 from gptlab.config import COMPILE_MODES
 from gptlab.config_files import build_config, parse_overrides
+from gptlab.data.tokens import read_meta
 from gptlab.distributed import pick_device
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_json
@@ -26,9 +27,10 @@ from gptlab.loss import resolve_ce_chunk
 from gptlab.metrics import device_peak_flops, fmt_mfu, mfu
 from gptlab.model import derived_shape, padded_vocab
 from gptlab.optim import build_optimizer
+from gptlab.preflight import prepare_command
 from gptlab.registry import build_model, flops_note, flops_per_token, init_weights, parameter_count
 from gptlab.resolve import resolve
-from gptlab.runtime import autocast_ctx, compile_model
+from gptlab.runtime import autocast_ctx, compile_model, resolve_data_dir
 from gptlab.train import train_step
 
 DEFAULT_VOCAB = 50257  # GPT-2 BPE, for presets that read their vocab from a dataset
@@ -172,11 +174,25 @@ def profile_step(step_fn, batches, device: torch.device, out_prefix: Path, steps
             "kernel_time_ms_per_step": total / 1000 / steps}
 
 
+def train_vocab(cfg) -> tuple[int, str]:
+    """(vocabulary, where it comes from) as `gptlab train` with the same arguments has it: the
+    config's, else the prepared dataset's; GPT-2's only when the dataset is not prepared here."""
+    if cfg.model.vocab_size:
+        return cfg.model.vocab_size, "set in the config"
+    try:
+        data_dir = resolve_data_dir(cfg.data.dataset, cfg.data.data_root)
+    except UserError:
+        return DEFAULT_VOCAB, (f"GPT-2 BPE assumed: dataset {cfg.data.dataset!r} is not prepared here; "
+                               f"`{prepare_command(cfg.data.dataset, cfg.data.data_root)}` to time train's vocab")
+    return int(read_meta(data_dir)["vocab_size"]), f"{cfg.data.dataset}'s, as train uses ({data_dir}/meta.json)"
+
+
 def _setup(args, rest: list[str]):
-    """(config, device, shape, FLOPs per token, datasheet peak, device name) of a bench/throughput call."""
+    """(config, device, shape, FLOPs per token, datasheet peak, device name) of a bench/throughput call;
+    the shape has the vocabulary training would use (train_vocab)."""
     cfg = build_config(args.preset or "gpt2", None, parse_overrides(rest, options=True))
     device = pick_device(args.device)
-    shape = derived_shape(dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size or DEFAULT_VOCAB))
+    shape = derived_shape(dataclasses.replace(cfg.model, vocab_size=train_vocab(cfg)[0]))
     with torch.device("meta"):  # the count needs the shape only
         fpt = flops_per_token(build_model(shape), shape.block_size)
     return cfg, device, shape, fpt, *device_peak_flops(device)
@@ -210,7 +226,7 @@ def bench(args, rest: list[str]) -> dict:
     res = {
         "kind": "bench", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "gptlab bench " + " ".join(args.argv), "device": dev_name, "torch": torch.__version__, "preset": cfg.preset,
-        "shape": dataclasses.asdict(shape),
+        "shape": dataclasses.asdict(shape), "vocab_source": train_vocab(cfg)[1],
         "params": parameter_count(model), "batch_size": batch, "seq_len": seq, "accum": accum,
         "tokens_per_step": tokens_per_step, "dtype": str(dtype).replace("torch.", ""), "compile": compile_mode,
         "compile_scope": args.compile_scope, "ce_chunk": ce_chunk, "sdpa": args.sdpa,
@@ -246,6 +262,7 @@ def format_bench(res: dict) -> str:
            f"compile {res['compile']} ({res['compile_scope']}), ce_chunk {res['ce_chunk']}, sdpa {res['sdpa']}",
            f"FLOPs/token {res['flops_per_token'] / 1e9:.3f} G ({res['flops_formula']}); peak {pk} (table), "
            f"bf16 8192^3 matmul measured {mm}",
+           f"vocab {res['shape']['vocab_size']:,}: {res.get('vocab_source', 'set in the config')}",
            _line("gptlab", res)]
     out += [_line(k, v) for k, v in res.get("peer", {}).items()]
     out += [f"ratio gptlab/{k[3:]}: {v:.2f}x" for k, v in res.get("ratio", {}).items()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import sys
 
 from gptlab.errors import UserError
@@ -13,6 +14,8 @@ USAGE = """usage: gptlab COMMAND [ARGS]
 commands:
   prepare NAME [--input PATH] [--tokenizer char|gpt2|sentencepiece] [--out DIR]   text -> token files
   train [PRESET | CONFIG.toml | config.py] [--key=value ...]   train (`gptlab train PRESET --help`: every key)
+        [--nproc_per_node N [--nnodes M --rdzv_endpoint HOST:PORT]]   ... on N workers per machine
+        [--smoke]                                      ... any preset shrunk to a minute on a CPU
   sample --run DIR | --init_from gpt2 [--start TEXT|FILE:f] [...]   print samples
   eval --checkpoint_file F [--config_file C] --eval_data_split test --last_n 128
   model [PRESET] [--key=value ...]                   build the model, run a dummy batch, print its size
@@ -23,7 +26,7 @@ commands:
   compare base=PRESET idea=FILE.py:Class ... --dataset D --compute_class 6h --seeds 3
                                                      ideas vs the baseline at equal accelerator-hours
   export RUN --to hf OUT/                            Hugging Face GPT-2 folder
-  demo                                               prepare tiny Shakespeare, train on CPU, sample
+  demo [--max_iters N]                               prepare tiny Shakespeare, train on CPU, sample
 """
 
 
@@ -56,5 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # UserError and deliberate stops (divergence) carry an exit_code: one line, no traceback
         if getattr(e, "exit_code", None) is None:
             raise
+        if getattr(e, "rank_zero_only", False) and os.environ.get("RANK", "0") != "0":
+            return e.exit_code  # every rank found the same: rank 0 says it once
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -93,6 +93,8 @@ class TrainConfig:
     tokens_per_second: float = _f(0.0, "reference throughput of this config (Languini); turns tokens into accelerator-hours")
     eval_interval: int = _f(250, "evaluate every N steps (and at the end); 0 = only at the end", ("eval_every",))
     eval_iters: int = _f(20, "held-out batches per in-training evaluation", ("max_eval_steps",), low=1)
+    eval_cap: float = _f(0.5, "in-training eval scores at most this share of the run's training tokens "
+                              "(fewer batches on a short run, announced); 0 = eval_iters always")
     eval_batch_size: int = _f(0, "sequences per eval batch; 0 = batch_size", ("test_batch_size",))
     eval_only: bool = _f(False, "evaluate once and exit (baselines)")
     last_n: int = _f(0, "score only the last N targets of each eval window (0 = all); must divide block_size")
@@ -277,13 +279,14 @@ def coerce(key: str, value: Any) -> Any:
 _GPT2 = dict(bias=True, tie_embeddings=True, gelu="tanh", dropout=0.0, block_size=1024, dataset="openwebtext", batch_size=12,
              gradient_accumulation_steps=40, max_iters=600000, lr_decay_iters=600000, warmup_iters=2000,
              learning_rate=6e-4, min_lr=6e-5, eval_interval=1000, eval_iters=200)
-# Languini Kitchen's GPT recipe, with the benchmark's eval (16 document streams, 500 batches) and logging cadence.
+# Languini Kitchen's GPT recipe, with the benchmark's eval (16 document streams, 500 batches, every 1,000 steps as its
+# projects/gpt/configs.py sets eval_every) and logging cadence.
 _LANGUINI = dict(
     block_size=512, vocab_size=16384, bias=True, dropout=0.0, tie_embeddings=False, embed_scale=True, qkv="separate",
     gelu="tanh", scaled_init="mlp", dataset="books16384", sampler="stream", val_split="test", optimizer="adam",
     weight_decay=0.0, beta1=0.9, beta2=0.95, eps=1e-8, learning_rate=6e-4, min_lr=6e-6, schedule="languini",
     warmup_iters=200, lr_decay_iters=18265, max_iters=18265, grad_clip=0.0, dtype="float16", train_batch_size=128,
-    batch_size=0, gradient_accumulation_steps=4, eval_interval=500, eval_iters=500, eval_batch_size=16,
+    batch_size=0, gradient_accumulation_steps=4, eval_interval=1000, eval_iters=500, eval_batch_size=16,
     log_interval=100, checkpoint_interval=1000, log_grads_every=1000, compute_class="", compile="auto", seed=0, last_n=0)
 # Languini sizes: n_layer, n_embd (h_dim), mlp_dim, n_head, head_dim, reference throughput (tokens/s, the best of
 # the benchmark's sweep on its RTX 3090; 0 = unmeasured: large and XL did not fit there).

@@ -26,7 +26,7 @@ from gptlab.config import (
 )
 from gptlab.config_check import validate
 from gptlab.errors import UserError
-from gptlab.files import read_json, read_toml
+from gptlab.files import closest_path, read_json, read_toml
 
 
 def layer_key(key: str, where: str = "") -> str | None:
@@ -113,7 +113,9 @@ def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], 
     """(values, base layer, preset label) of a .toml, a nanoGPT .py (over NANOGPT_BASE) or a run's config.json."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"config file {str(p)!r} not found")
+        close = closest_path(p, (".toml", ".py", ".json"))
+        raise UserError(f"config file {str(p)!r} not found" + (f": did you mean {str(close)!r}?" if close else
+                        ": give the path of a .toml, a nanoGPT .py or a run's config.json"))
     if p.suffix == ".py":  # train_shakespeare_char.py -> runs under .../train_shakespeare_char/
         return load_py_config(p), NANOGPT_BASE, "".join(c if c.isalnum() or c in "._-" else "-" for c in p.stem)
     if p.suffix == ".json":

@@ -16,6 +16,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +86,9 @@ def eval_plan(n_tokens: int, seq_len: int, last_n: int = 0, doc_offsets=None, st
         n_score = max(0, (length - 1 - (seq_len - last_n + 1)) // last_n + 1)
         k = np.arange(min(n_score, max_batches or n_score), dtype=np.int64)
         items.append(np.stack([np.full_like(k, r), k * last_n], axis=1))
-    n_batches = max(max(0, (int(L) - 2) // last_n + 1) for L in rows.lengths)
-    n_batches = min(n_batches, max_batches or n_batches)
+    # Batches that score a target: the loader's last ones (windows of a row's final tokens, with
+    # last_n < seq_len) can hold only targets before the scored tail; they count for nothing.
+    n_batches = max((len(k) for k in items), default=0)
     # Batch order (all rows' window k, then k + 1), as the benchmark steps through them.
     allitems = np.concatenate(items) if items else np.zeros((0, 2), np.int64)
     order = np.lexsort((allitems[:, 0], allitems[:, 1]))
@@ -251,7 +253,7 @@ def format_metrics(m: dict) -> str:
     return " | ".join(parts + [f"{k[5:]} {m[k]:,}" for k in ("eval_chars", "eval_bytes") if k in m])
 
 
-def _progress(total_hint: str):
+def progress_printer(total_hint: str):
     """progress(done, total): a tqdm bar on a terminal, otherwise a line on stderr every 5%."""
     state = {"next": 0.0, "t0": time.time(), "bar": None}
 
@@ -295,6 +297,22 @@ def check_same_tokenizer(run_meta: dict | None, meta: dict, data_dir) -> None:
         raise UserError(f"{data_dir} was tokenized with a different tokenizer ({b.get('kind')}, vocab {meta.get('vocab_size')}) "
                         f"than the run ({a.get('kind')}, vocab {run_meta.get('vocab_size')}): evaluate on data prepared "
                         "with the run's tokenizer")
+
+
+def checkpoint_facts(path: Path, tokens_per_second: float) -> dict:
+    """Where the checkpoint stands in its run, as metrics.jsonl records it: the step, the training
+    tokens and the reference accelerator-hours (tokens at the config's reference throughput; None
+    without one). Read memory-mapped after the weights were verified: no second copy in memory."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - an older (non-zip) file: the weights loaded, the facts are unknown
+        state = {}
+    tokens = state.get("tokens")
+    hours = tokens / tokens_per_second / 3600.0 if tokens is not None and tokens_per_second else None
+    return {"step": state.get("step"), "tokens": tokens, "accel_hours": hours,
+            "train_time_s": state.get("train_time_s")}
 
 
 def main(argv: list[str]) -> int:
@@ -343,9 +361,10 @@ def main(argv: list[str]) -> int:
     count_targets(plan, tokens, tok, token_byte_lengths(tok))
     m = evaluate(model, tokens, seq_len, a.eval_batch_size, device, eot_id=meta.get("eot_id"),
                  autocast=autocast_ctx(device, resolve_dtype(a.dtype, device)), plan=plan,
-                 progress=_progress(f"eval {a.eval_data_split}"))
+                 progress=progress_printer(f"eval {a.eval_data_split}"))
     reader.check()  # the split was not rewritten while it was scored
-    m.update(split=a.eval_data_split, checkpoint=str(ckpt_path), dataset=str(data_dir), streams=a.streams)
+    m.update(split=a.eval_data_split, checkpoint=str(ckpt_path), dataset=str(data_dir), streams=a.streams,
+             **checkpoint_facts(ckpt_path, cfg.train.tokens_per_second))
     print(f"{a.eval_data_split}: {format_metrics(m)}")
     print(json.dumps(m), flush=True)
     if a.json_out:

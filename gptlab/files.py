@@ -5,6 +5,7 @@ pid is dead on this host)."""
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
 import hashlib
 import json
@@ -99,6 +100,28 @@ def read_json(path: Path, what: str) -> Any:
 
 def read_toml(path: Path, what: str) -> dict:
     return _read(path, what, tomllib.loads, tomllib.TOMLDecodeError, lambda e: f"TOML ({str(e).splitlines()[0]}): fix it")
+
+
+def closest_path(path: str | Path, suffixes: tuple[str, ...]) -> Path | None:
+    """The existing file most like a mistyped `path` (a file ending in one of `suffixes`), found
+    part by part: each missing folder or file name replaced by the closest one that exists."""
+    path = Path(path)
+    base = Path(path.anchor) if path.is_absolute() else Path(".")
+    parts = path.parts[1:] if path.is_absolute() else path.parts
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if (base / part).is_dir() if not last else (base / part).is_file():
+            base = base / part
+            continue
+        try:
+            names = [e.name for e in base.iterdir() if (e.is_file() and e.suffix in suffixes if last else e.is_dir())]
+        except OSError:
+            return None
+        close = difflib.get_close_matches(part, names, n=1, cutoff=0.6)
+        if not close:
+            return None
+        base = base / close[0]
+    return base if base.is_file() and base != path else None
 
 
 def sha256_file(path: Path) -> str:

@@ -20,6 +20,7 @@ from gptlab.config import ModelConfig, is_builtin
 from gptlab.data.tokenizers import GPT2_INSTALL_HINT, find_gpt2_ranks, tokenizer_files
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from gptlab.hf_remote import write_remote_model
 from gptlab.model import derived_shape, padded_vocab
 from gptlab.registry import build_model
 from gptlab.runs import load_run
@@ -30,13 +31,16 @@ PRETRAINED = {n: "openai-community/" + n for n in ("gpt2", "gpt2-medium", "gpt2-
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # The causal mask (and the -1e4 fill value) that older transformers saved as buffers.
 _MASK_BUFFER = re.compile(r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$")
-# Both spell the tanh approximation of GELU that GPT-2 was trained with.
+# Both spell the tanh approximation of GELU that GPT-2 was trained with; "gelu" is the exact erf form.
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
+GELU_NAMES = {**dict.fromkeys(TANH_GELUS, "tanh"), "gelu": "exact"}
+_NORM_WEIGHTS = ("ln_1.weight", "ln_2.weight", "ln_f.weight")
 _LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which gptlab's blocks use
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 # Files an export may hold; --overwrite removes them first so no stale one survives.
 _EXPORT_FILES = WEIGHT_FILES + ("config.json", "generation_config.json", "vocab.json", "merges.txt", "tokenizer.json",
-                                "tokenizer_config.json", "special_tokens_map.json", "data_meta.json")
+                                "tokenizer_config.json", "special_tokens_map.json", "data_meta.json",
+                                "configuration_gptlab.py", "modeling_gptlab.py")
 ENDOFTEXT = "<|endoftext|>"
 # Written last by every export: the mark that lets a later --overwrite replace the folder.
 EXPORT_MARKER = "gptlab_export.json"
@@ -182,7 +186,7 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 def overrides_from_hf_config(hf: dict, pad_vocab_multiple: int = 64) -> dict[str, Any]:
     """ModelConfig values for a GPT-2 config.json; UserError for what gptlab cannot express."""
     # What gptlab's blocks compute exactly; any other value is another architecture.
-    for key, ok in (("model_type", ("gpt2",)), ("activation_function", TANH_GELUS), ("layer_norm_epsilon", (_LN_EPS,)),
+    for key, ok in (("model_type", ("gpt2",)), ("activation_function", tuple(GELU_NAMES)), ("layer_norm_epsilon", (_LN_EPS,)),
                     ("scale_attn_weights", (True,)), ("scale_attn_by_inverse_layer_idx", (False,)),
                     ("add_cross_attention", (False,))):
         if key in hf and hf[key] not in ok:
@@ -199,7 +203,7 @@ def overrides_from_hf_config(hf: dict, pad_vocab_multiple: int = 64) -> dict[str
     return dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, head_dim=0,
                 mlp_dim=0 if n_inner in (None, 4 * n_embd) else int(n_inner), block_size=n_pos, vocab_size=vocab,
                 pad_vocab_multiple=pad_vocab_multiple, bias=True, tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-                embed_scale=False, qkv="fused", gelu="tanh")
+                embed_scale=False, qkv="fused", gelu=GELU_NAMES[hf.get("activation_function", "gelu_new")])
 
 
 def _shape_from_overrides(ov: dict[str, Any], dropout: float = 0.0) -> ModelConfig:
@@ -271,18 +275,41 @@ def gpt_from_pretrained(name_or_path: str, dropout: float = 0.0, block_size: int
     return model
 
 
-def check_gpt2_expressible(s: ModelConfig) -> None:
-    """UserError naming the first option GPT2LMHeadModel cannot represent."""
-    problems = [msg for bad, msg in (
-        (not s.tie_embeddings, "--tie_embeddings false (GPT-2 shares wte with lm_head)"),
-        (s.embed_scale, "--embed_scale true (GPT-2 does not scale token embeddings)"),
-        (s.qkv != "fused", f"--qkv {s.qkv} (GPT-2 has one fused c_attn)"),
-        (s.gelu != "tanh", f"--gelu {s.gelu} (GPT-2 uses the tanh GELU)"),
-        (not s.bias, "--bias false (GPT-2 has biases in every Linear and LayerNorm)"),
-        (s.n_head * s.head_dim != s.n_embd, f"--head_dim {s.head_dim} (GPT-2 needs n_head x head_dim = n_embd = {s.n_embd})"),
+def gpt2_gaps(s: ModelConfig) -> list[str]:
+    """What GPT2LMHeadModel cannot hold of this shape (empty: it holds the model exactly). Missing
+    biases become zero biases, separate Q/K/V one fused matrix, the exact GELU "gelu", and an untied
+    head a saved lm_head; the embedding scale folds into an untied token embedding."""
+    return [msg for bad, msg in (
+        (s.embed_scale and s.tie_embeddings, "embed_scale with a tied output layer"),
+        (s.n_head * s.head_dim != s.n_embd, f"n_head x head_dim = {s.n_head * s.head_dim} != n_embd {s.n_embd}"),
     ) if bad]
-    if problems:
-        raise UserError("cannot export as GPT-2: the model uses " + "; ".join(problems) + ". Train with the GPT-2 options to export")
+
+
+def gpt2_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights in GPT2LMHeadModel's layout: real vocabulary rows, Conv1D (in, out)
+    matrices, fused Q/K/V, zero biases where the model has none, the embedding scale folded in."""
+    s = model.config
+    state = {n: t.detach().cpu() for n, t in model.state_dict().items()}
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if name.endswith((".q_proj.weight", ".q_proj.bias")):
+            stem, kind = name.rsplit(".q_proj.", 1)
+            tensor = torch.cat([state[f"{stem}.{p}.{kind}"] for p in ("q_proj", "k_proj", "v_proj")])
+            name = f"{stem}.c_attn.{kind}"
+        elif name.endswith((".k_proj.weight", ".k_proj.bias", ".v_proj.weight", ".v_proj.bias")):
+            continue
+        out[name] = tensor
+    if not s.bias:  # GPT-2's Linear and LayerNorm layers all carry a bias: zero is the same function
+        for name in [n for n in out if n.endswith(CONV1D_SUFFIXES + _NORM_WEIGHTS)]:
+            out[name.removesuffix("weight") + "bias"] = out[name].new_zeros(out[name].shape[0])
+    out["transformer.wte.weight"] = out["transformer.wte.weight"][:s.vocab_size]
+    if s.tie_embeddings:
+        del out["lm_head.weight"]  # the same data as wte: save_pretrained leaves it out too
+    else:
+        out["lm_head.weight"] = out["lm_head.weight"][:s.vocab_size]
+        if s.embed_scale:  # wte(idx) * c == (c * wte)(idx), element by element in the weights' dtype
+            out["transformer.wte.weight"] = out["transformer.wte.weight"] * model.embed_multiplier
+    return {n: (t.t() if n.endswith(CONV1D_SUFFIXES) else t).contiguous() for n, t in out.items()}
 
 
 def _tokenizer_kind(tokenizer_meta: dict | None) -> tuple[str | None, int | None]:
@@ -343,43 +370,52 @@ def _write_gpt2_tokenizer(out: Path, vocab_size: int, block_size: int) -> list[s
 
 def export_hf(model: torch.nn.Module, out_dir: str | Path, tokenizer_meta: dict | None = None,
               overwrite: bool = False) -> dict[str, Any]:
-    """Write config.json + model.safetensors (+ GPT-2 tokenizer files) for transformers;
-    returns {"dir", "files", "notes"}. The tied lm_head is left out, as save_pretrained does."""
+    """Write config.json + model.safetensors (+ GPT-2 tokenizer files) for transformers; returns
+    {"dir", "files", "notes"}. A model GPT2LMHeadModel holds is written as one (nanoGPT's recipes
+    included); any other as a folder with its own modeling code (trust_remote_code=True)."""
     s = model.config
-    check_gpt2_expressible(s)
     out = Path(out_dir)
     _clear_previous_export(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    st = _safetensors()
     kind, eot = _tokenizer_kind(tokenizer_meta)
-    V = s.vocab_size
-    # The tied lm_head is the same data as wte; vocab padding is gptlab's speed trick, not the model's.
-    tensors = {n: t.detach().cpu() for n, t in model.state_dict().items() if n != "lm_head.weight"}
-    tensors["transformer.wte.weight"] = tensors["transformer.wte.weight"][:V]
-    tensors = {n: (t.t() if n.endswith(CONV1D_SUFFIXES) else t).contiguous() for n, t in tensors.items()}
+    eot = eot if eot is not None and eot < s.vocab_size else None
+    dtype = str(model.transformer.wte.weight.dtype).removeprefix("torch.")
+    common = {"vocab_size": s.vocab_size, "bos_token_id": eot, "eos_token_id": eot,
+              "torch_dtype": dtype, "dtype": dtype}  # transformers 4.x reads the first, 5.x the second
+    if gaps := gpt2_gaps(s):
+        write_remote_model(model, out, common)
+        notes = [f"GPT2LMHeadModel cannot hold {'; '.join(gaps)}: written with its own modeling code, load with "
+                 "AutoModelForCausalLM.from_pretrained(FOLDER, trust_remote_code=True)"]
+    else:
+        _write_gpt2_model(model, out, common)
+        notes = []
+    if kind == "gpt2":
+        notes += _write_gpt2_tokenizer(out, s.vocab_size, s.block_size)
+    else:
+        notes.append(f"tokenizer files skipped: a {kind!r} tokenizer has no GPT-2 equivalent; keep the data dir's "
+                     "meta.json beside the export to encode text" if kind else
+                     "tokenizer files skipped: the tokenizer is unknown (no meta.json found)")
+    atomic_write_json(out / EXPORT_MARKER, {"format": EXPORT_FORMAT})
+    return {"dir": str(out), "files": sorted(p.name for p in out.iterdir() if p.is_file()), "notes": notes}
+
+
+def _write_gpt2_model(model: torch.nn.Module, out: Path, common: dict[str, Any]) -> None:
+    s = model.config
     # format=pt: transformers checks this metadata to know the tensors are PyTorch-laid-out.
-    atomic_write_bytes(out / "model.safetensors", st.save(tensors, metadata={"format": "pt"}))
-    eot = eot if eot is not None and eot < V else None
-    dt = str(model.transformer.wte.weight.dtype).removeprefix("torch.")
+    atomic_write_bytes(out / "model.safetensors", _safetensors().save(gpt2_tensors(model), metadata={"format": "pt"}))
     atomic_write_json(out / "config.json", {  # GPT2Config's fields (n_positions = block_size, vocab_size = real vocab)
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "activation_function": "gelu_new" if s.gelu == "tanh" else "gelu",
         "n_layer": s.n_layer, "n_head": s.n_head, "n_embd": s.n_embd,
-        "n_inner": None if s.mlp_dim == 4 * s.n_embd else s.mlp_dim, "vocab_size": V,
+        "n_inner": None if s.mlp_dim == 4 * s.n_embd else s.mlp_dim,
         "n_positions": s.block_size, "n_ctx": s.block_size,  # n_ctx: what old readers look for
         "layer_norm_epsilon": _LN_EPS, "initializer_range": 0.02,
         "attn_pdrop": s.dropout, "embd_pdrop": s.dropout, "resid_pdrop": s.dropout,
         "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": True, "use_cache": True, "bos_token_id": eot, "eos_token_id": eot,
-        "torch_dtype": dt, "dtype": dt,  # transformers 4.x reads the first, 5.x the second
+        "tie_word_embeddings": s.tie_embeddings, "use_cache": True,
+        "loss_type": "ForCausalLM",  # transformers 4.46+ reads it; without it, a loss call warns
+        **common,
     })
-    if kind == "gpt2":
-        notes = _write_gpt2_tokenizer(out, V, s.block_size)
-    else:
-        notes = [f"tokenizer files skipped: a {kind!r} tokenizer has no GPT-2 equivalent; keep the data dir's "
-                 "meta.json beside the export to encode text" if kind else
-                 "tokenizer files skipped: the tokenizer is unknown (no meta.json found)"]
-    atomic_write_json(out / EXPORT_MARKER, {"format": EXPORT_FORMAT})
-    return {"dir": str(out), "files": sorted(p.name for p in out.iterdir() if p.is_file()), "notes": notes}
 
 
 def _clear_previous_export(out: Path, overwrite: bool) -> None:
@@ -419,7 +455,6 @@ def main_export(argv: list[str]) -> int:
         raise UserError(f"export: {out} is the run folder itself: export to a folder of its own, e.g. {out}-hf")
     if not run.config.model.vocab_size:
         raise UserError(f"{a.run}/config.json has no model.vocab_size: the run was never started; train it first")
-    check_gpt2_expressible(derived_shape(run.config.model))  # before reading a possibly large checkpoint
     _clear_previous_export(out, a.overwrite)  # before the checkpoint is read, too
     t0 = time.time()
     print(f"export: reading {run.checkpoint(a.checkpoint)}", flush=True)

@@ -106,6 +106,30 @@ class Window:
         return out
 
 
+class StepRate:
+    """Seconds per step for the ETA, smoothed over the terminal windows: an exponential average
+    (each new window moves it by SMOOTHING of the difference), so one slow window (an evaluation
+    nearby, a busy disk) moves the ETA by a fifth of its excess, not all of it. The first window
+    holds warm-up and compilation: the second replaces it."""
+
+    SMOOTHING = 0.2
+
+    def __init__(self):
+        self.seconds_per_step: float | None = None
+        self.windows = 0
+
+    def update(self, seconds_per_step: float) -> float:
+        self.windows += 1
+        if self.seconds_per_step is None or self.windows == 2:
+            self.seconds_per_step = seconds_per_step
+        else:
+            self.seconds_per_step += self.SMOOTHING * (seconds_per_step - self.seconds_per_step)
+        return self.seconds_per_step
+
+    def eta(self, steps_left: int) -> float:
+        return steps_left * (self.seconds_per_step or 0.0)
+
+
 class TrainMetrics:
     """Train records for metrics.jsonl/TensorBoard (every log_metrics_every steps) and the
     terminal (every log_interval steps), each over exactly the steps since its own previous
@@ -120,6 +144,7 @@ class TrainMetrics:
         self.peak, self.device_name = device_peak_flops(d.device)
         self.tokens_per_step = cfg.train.train_batch_size * cfg.model.block_size
         self.last_loss = math.nan
+        self.rate = StepRate()
 
     def header(self, cfg, run_dir) -> str:
         t = cfg.train
@@ -137,6 +162,7 @@ class TrainMetrics:
             self.logger.log("train", state.step, state.tokens, self._values(self.jsonl.take(self.d), state, out, lr))
         if state.step % log.log_interval == 0 or end:
             v = self._values(self.term.take(self.d), state, out, lr)
+            self.rate.update(v["ms_per_step"] / 1000)
             self.last_loss = v["loss"]
             self.logger.print(self._line(state.step, v))
             self.logger.advance(0, loss=f"{v['loss']:.4f}")
@@ -157,7 +183,7 @@ class TrainMetrics:
     def _line(self, step: int, v: dict) -> str:
         total = self.cfg.train.max_iters
         mem = f" | {'peak mem' if self.d.device.type == 'cuda' else 'peak RSS'} {v['peak_mem_gb']:.2f} GiB"
-        eta = f" | elapsed {_hms(self.clock.now())} | ETA {_hms((total - step) * v['ms_per_step'] / 1000)}" \
+        eta = f" | elapsed {_hms(self.clock.now())} | ETA {_hms(self.rate.eta(total - step))}" \
             if step < total else ""
         return (f"step {step}/{total} | loss {v['loss']:.4f} | lr {v['lr']:.2e} | {v['ms_per_step']:.1f} ms/step | "
                 f"{v['tokens_per_sec']:,.0f} tok/s | MFU {fmt_mfu(v['mfu'])}{mem}{eta}")

@@ -35,11 +35,11 @@ def lr_at(step: int, cfg: Config) -> float:
         return o.learning_rate
     warm, decay = o.warmup_iters, max(1, o.lr_decay_iters)
     if o.schedule == "languini":
-        # Cosine from max to min over decay_steps, times a linear ramp over the first
-        # warmup steps; held at min_lr after decay_steps.
-        if step >= decay:
-            return o.min_lr
-        cos = o.min_lr + 0.5 * (o.learning_rate - o.min_lr) * (1 + math.cos(math.pi * step / decay))
+        # Languini's CosineLR: cosine from max to min over decay_steps, times a linear ramp over
+        # the first warmup steps, min_lr after. Its scheduler has counted step + 1 when optimiser
+        # step `step` runs (torch schedulers step once when built): step + 1 in both parts.
+        done = min(step + 1, decay)
+        cos = o.min_lr + 0.5 * (o.learning_rate - o.min_lr) * (1 + math.cos(math.pi * done / decay))
         ramp = min(1.0, (step + 1) / warm) if warm > 0 else 1.0
         return cos * ramp
     # minimal-GPT: linear warmup to max, cosine down to min_lr at lr_decay_iters, then min_lr.

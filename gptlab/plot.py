@@ -54,6 +54,18 @@ def read_metrics(run: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def wrap_label(label: str, width: int = _LABEL_MAX) -> str:
+    """The label on lines of at most `width` characters, broken after `_`; no part is ever cut."""
+    lines = [""]
+    for part in label.split("_"):
+        if lines[-1] and len(lines[-1]) + 1 + len(part) > width:
+            lines[-1] += "_"
+            lines.append(part)
+        else:
+            lines[-1] += f"_{part}" if lines[-1] else part
+    return "\n".join(lines)
+
+
 def short_labels(runs: list[str | Path]) -> list[str]:
     """Legend labels: the `_`-joined parts of the run names (and class/preset folders) that
     differ between the runs; shared hyperparameters say nothing in a legend."""
@@ -62,9 +74,9 @@ def short_labels(runs: list[str | Path]) -> list[str]:
     common = set(tokens[0]).intersection(*map(set, tokens[1:])) if len(runs) > 1 else set()
     labels = [("_".join(t for t in toks if t not in common) if len(runs) > 1 else "") or f.name or str(r)
               for r, f, toks in zip(runs, folders, tokens)]
-    # A legend wider than the chart is unreadable.
-    out = [lab if len(lab) <= _LABEL_MAX else lab[: _LABEL_MAX - 1] + "…" for lab in labels]
-    # Identical labels (the same run twice, or names cut to one prefix) get numbered.
+    # A legend wider than the chart is unreadable, and a cut one hides what tells runs apart: wrap.
+    out = [wrap_label(lab) for lab in labels]
+    # Identical labels (the same run twice) get numbered.
     return [f"{lab} #{out[:i].count(lab) + 1}" if out.count(lab) > 1 else lab for i, lab in enumerate(out)]
 
 

@@ -4,7 +4,6 @@ tokens seen), "accel_hours", "time_s", ...}, flushed line by line so a killed ru
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import sys
@@ -13,6 +12,10 @@ from pathlib import Path
 
 from gptlab.errors import UserError
 from gptlab.layout import METRICS_FILE
+
+NO_TENSORBOARD = ("note: this run writes no TensorBoard events: tensorboard is not installed "
+                  "(pip install tensorboard); metrics.jsonl holds every record, and --tensorboard false "
+                  "silences this note")
 
 
 class RunLogger:
@@ -28,9 +31,11 @@ class RunLogger:
         # --logger_type (Languini) picks the sinks when given; else --tensorboard / --wandb_log
         kind = cfg.log.logger_type
         if kind in ("tb", "all") or (not kind and cfg.log.tensorboard):
-            with contextlib.suppress(ImportError):  # tensorboard not installed: the jsonl still has everything
+            try:
                 from torch.utils.tensorboard import SummaryWriter
-
+            except ImportError:  # tensorboard not installed: the jsonl still has everything
+                print(NO_TENSORBOARD, file=sys.stderr, flush=True)
+            else:
                 self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         if kind in ("wandb", "all") or (not kind and cfg.log.wandb_log):
             try:

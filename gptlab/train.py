@@ -35,7 +35,7 @@ from gptlab.data.prefetch import Prefetcher
 from gptlab.data.samplers import RandomWindowSampler, StreamBatcher
 from gptlab.data.tokenizers import token_byte_lengths, tokenizer_files, tokenizer_from_meta
 from gptlab.errors import UserError
-from gptlab.evaluate import count_targets, eval_plan, evaluate, format_metrics
+from gptlab.evaluate import count_targets, eval_plan, evaluate, format_metrics, progress_printer
 from gptlab.files import atomic_write_json, atomic_write_text, read_json
 from gptlab.layout import CHECKPOINT_DIR, CONFIG_FILE, DATA_META_FILE
 from gptlab.loss import lm_loss
@@ -177,6 +177,9 @@ class Batches:
             thread.join()
 
 
+PROGRESS_MIN_BATCHES = 20  # an evaluation this long shows its progress
+
+
 class Evaluator:
     """In-training evaluation of the train and held-out splits at its own cadence, the benchmark's
     way: the first eval_iters batches of eval_batch_size document streams, planned once per split."""
@@ -190,12 +193,14 @@ class Evaluator:
         self.last: dict = {}
         self.plans = {}
         self.counted = startup.Background(lambda: None, inline=True)
+        self.announced = False
         t = cfg.train
         if t.eval_iters == 0:
             return
         tok = tokenizer_from_meta(meta, data_dir)
         lengths = token_byte_lengths(tok)
         streams = t.eval_batch_size or 16
+        self.batches = self.capped(len(splits), streams)
         for split, toks in splits.items():
             offsets = tk.doc_offsets(data_dir, cfg.data.train_split if split == "train" else split, meta)
             if (offsets is None or len(offsets) == 1) and len(toks) // streams > cfg.model.block_size:
@@ -204,12 +209,39 @@ class Evaluator:
                 offsets = np.arange(streams, dtype=np.int64) * (len(toks) // streams)
             # planned (and checked) now; a bad plan stops the run here
             self.plans[split] = eval_plan(len(toks), cfg.model.block_size, t.last_n, offsets, streams,
-                                          t.eval_iters, toks, meta.get("eot_id"))
+                                          self.batches, toks, meta.get("eot_id"))
         # Characters and bytes of every scored window (languini_eval_plan's counts): on a GPU,
         # counted while the model compiles; the first evaluation waits for them.
         counts = [(plan, splits[split], tok, lengths) for split, plan in self.plans.items()]
         self.counted = startup.Background(lambda: [count_targets(*job) for job in counts],
                                           inline=d.device.type != "cuda")
+
+    def evaluations(self) -> int:
+        t = self.cfg.train
+        every, last = t.eval_interval, t.max_iters
+        return (last // every + (last % every > 0) if every else 1) + int(t.eval_at_start)
+
+    def capped(self, n_splits: int, streams: int) -> int:
+        """eval_iters, or fewer where all evaluations would score more than eval_cap of the run's training
+        tokens (a short run of a Languini preset: 500 batches of 16 x 512 tokens on 2 splits)."""
+        t = self.cfg.train
+        per_batch = streams * self.cfg.model.block_size
+        trained = t.max_iters * t.train_batch_size * self.cfg.model.block_size
+        allowed = int(t.eval_cap * trained / (self.evaluations() * n_splits * per_batch)) if t.eval_cap else t.eval_iters
+        return max(1, min(t.eval_iters, allowed))
+
+    def announcement(self) -> str:
+        """What every evaluation costs and how often it comes: said once, before the first."""
+        t = self.cfg.train
+        every, last, count = t.eval_interval, t.max_iters, self.evaluations()
+        sizes = " + ".join(f"{split} {plan.batches:,} batches x {len(plan.rows.rows)} streams x "
+                           f"{plan.seq_len} tokens ({plan.counts['eval_tokens']:,} scored)"
+                           for split, plan in self.plans.items())
+        cadence = f"every {every:,} steps and at the end" if every else "at the end"
+        cap = "" if self.batches == t.eval_iters else (
+            f" (capped from --eval_iters {t.eval_iters:,}: evaluation kept to {t.eval_cap:g} of this run's "
+            f"training tokens; --eval_cap 0 for all {t.eval_iters:,})")
+        return f"in-training eval: {sizes}, {cadence}: {count:,} evaluation(s) in {last:,} steps{cap}"
 
     def due(self, step: int) -> bool:
         every, t = self.cfg.train.eval_interval, self.cfg.train
@@ -222,11 +254,16 @@ class Evaluator:
         out = {}
         with self.clock.paused():
             self.data_checked()
-            self.counted.join()
+            self.counted.join()  # the announcement names the scored tokens
+            if not self.announced and self.plans:
+                self.logger.print(self.announcement())
+                self.announced = True
             for split, plan in self.plans.items():
+                shown = d.is_main and plan.batches >= PROGRESS_MIN_BATCHES
                 m = evaluate(self.model, self.splits[split], self.cfg.model.block_size, t.eval_batch_size or t.batch_size,
                              d.device, autocast=self.ctx, rank=d.rank, world_size=d.world_size, reduce=reduce,
-                             eot_id=self.meta.get("eot_id"), plan=plan, forward=self.forward)
+                             eot_id=self.meta.get("eot_id"), plan=plan, forward=self.forward,
+                             progress=progress_printer(f"eval step {state.step} {split}") if shown else None)
                 out[split] = dict(m, split=split, train_time_s=self.clock.now())
                 self.logger.log("eval", state.step, state.tokens, out[split])
         self.last = out

@@ -6,8 +6,13 @@ from pathlib import Path
 
 
 def demo_argv(argv: list[str]) -> list[str]:
-    """The demo run's own `gptlab train` arguments, so the resume command it prints works."""
-    return ["baby", "--out_dir", "out/demo", "--overwrite", "true", *argv]
+    """The demo run's own `gptlab train` arguments, so the resume command it prints works. A shorter
+    demo (--max_iters N) decays its learning rate over its own N steps, as the full one does."""
+    from gptlab.config_files import parse_overrides
+
+    keys = parse_overrides(argv)
+    decay = ["--lr_decay_iters", str(keys["max_iters"])] if "max_iters" in keys and "lr_decay_iters" not in keys else []
+    return ["baby", "--out_dir", "out/demo", "--overwrite", "true", *decay, *argv]
 
 
 def main(argv: list[str]) -> int:

@@ -188,3 +188,53 @@ def test_missing_sharded_checkpoint_is_user_error(tmp_path):
     (tmp_path / "checkpoints" / "dcp_00000009").mkdir(parents=True)
     with pytest.raises(UserError, match="incomplete"):
         dist_.load_sharded(tmp_path, {"name": "dcp_00000009", "metadata_sha256": "0" * 64}, torch.nn.Linear(2, 2), None)
+
+
+# ------------------------------------------------------------------ gptlab's own launcher
+
+def _gptlab(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS"):
+        env.pop(k, None)
+    return subprocess.run([sys.executable, "-m", "gptlab", "train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_launcher_two_workers_match_one_rank(work, reference):
+    """`gptlab train --nproc_per_node 2`: torch's elastic launcher in-process, the same numbers as torchrun's."""
+    run = work / "launched"
+    res = _gptlab(["--nproc_per_node", "2", "--dataset", str(work / "data"), *TINY, "--max_iters", str(STEPS),
+                   "--gradient_accumulation_steps", "1", "--out_dir", str(run)], work)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "world 2 | batch 8 = 2 ranks x 4 x 1 accum" in res.stdout
+    assert res.stdout.count(f"step {STEPS}/{STEPS} |") == 1 and "OMP_NUM_THREADS" not in res.stderr
+    _assert_close(_metrics(run, "train"), _metrics(reference, "train"))
+    _assert_close(_metrics(run, "eval"), _metrics(reference, "eval"))
+
+
+def test_launcher_worker_error_is_one_line_with_its_rank(work):
+    """An error only a worker can meet (rank 0 finds no run to resume; rank 1 waits for it): one line, exit 2."""
+    res = _gptlab(["--nproc_per_node", "2", "--dataset", str(work / "data"), *TINY, "--max_iters", "2",
+                   "--out_dir", str(work / "never_ran"), "--resume", "true"], work)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: rank 0: --resume:") and "drop --resume" in lines[0]
+
+
+def test_launcher_bad_option_is_one_line_before_any_worker(work):
+    for argv, word in ((["--n_layr", "2"], "--n_layer"), (["--nproc_per_node", "two"], "--nproc_per_node"),
+                       (["--nnodes", "2"], "--rdzv_endpoint")):
+        res = _gptlab(["--nproc_per_node", "2", "--dataset", str(work / "data"), *TINY, *argv], work)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and word in lines[0], (argv, res.stderr)
+
+
+def test_torchrun_first_line_names_a_bad_option(work):
+    """torchrun works as before; its workers' error comes first, above torchrun's own report."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gptlab",
+           "train", "--dataset", str(work / "data"), *TINY, "--n_layr", "2"]
+    res = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    first = (res.stderr + res.stdout).strip().splitlines()[0]
+    assert first.startswith("error: ") and "--n_layer" in first, res.stderr[:2000]

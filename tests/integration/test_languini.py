@@ -58,11 +58,14 @@ def test_six_hour_command_parses_unchanged():
 
 
 def test_six_hour_command_through_the_cli(monkeypatch):
-    """`python -m gptlab train small ...` hands train() the same config (training stubbed out)."""
+    """`python -m gptlab train small ...` hands train() the same config (training stubbed out, and the
+    data checks before it: books16384 is not prepared here)."""
+    import gptlab.preflight
     import gptlab.train
 
     seen = {}
     monkeypatch.setattr(gptlab.train, "train", lambda cfg, argv, trust_code=False: seen.update(cfg=cfg, argv=argv) or {})
+    monkeypatch.setattr(gptlab.preflight, "check_run_config", lambda cfg, world: None)
     assert cli.main(["train", *SIX_HOUR]) == 0
     assert seen["cfg"].to_dict() == _languini_cfg(SIX_HOUR).to_dict()
     assert seen["argv"] == SIX_HOUR
@@ -361,6 +364,10 @@ def test_tiny_run_eval_with_last_n(tiny_run, monkeypatch, capsys):
     assert m["last_n"] == 32 and m["seq_len"] == 64
     assert m["ppl"] == pytest.approx(math.exp(m["loss"]), rel=1e-9)
     assert m["bpb"] == pytest.approx(m["loss_per_byte"] / math.log(2), rel=1e-9)
+    # Where the checkpoint stands: its step, 8 sequences x 64 tokens a step, hours at --tokens_per_second.
+    step = torch.load(run / "checkpoints" / "model.pt", weights_only=True)["step"]
+    assert m["step"] == step > 0 and m["tokens"] == step * 8 * 64
+    assert m["accel_hours"] == pytest.approx(step * 8 * 64 / TPS / 3600, rel=1e-12)
     assert 0 <= m["acc1"] <= m["acc10"] <= 1
     assert m["loss"] < math.log(VOCAB)  # better than uniform after training
     # The in-training eval's sampling: the first max_eval_steps batches of eval_batch_size streams.

@@ -104,3 +104,35 @@ def test_languini_batch_sweep_order(largest, tried):
     rows = bench.languini_batch_sweep(measure)
     assert seen == tried and max(rows) == largest and all(b <= largest for b in rows)
     assert bench.languini_batch_sweep(lambda b: None) == {}  # not even batch 1 fits
+
+
+def test_bench_times_the_vocab_train_trains(tmp_path, monkeypatch, capsys):
+    """`bench baby` builds the model `train baby` builds: the prepared dataset's vocab (65 characters
+    for shakespeare_char), not GPT-2's 50,257; without the dataset it says so and how to prepare it."""
+    from gptlab.data.prepare import prepare
+
+    monkeypatch.chdir(tmp_path)
+    small = ["--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--block_size", "16", "--batch_size", "2",
+             "--steps", "1", "--warmup", "1", "--device", "cpu", "--no_matmul", "--compile", "none"]
+    assert bench.main(["baby", *small, "--json", str(tmp_path / "none.json")]) == 0
+    res = json.loads((tmp_path / "none.json").read_text())
+    assert res["shape"]["vocab_size"] == 50257 and "gptlab prepare shakespeare_char" in res["vocab_source"]
+    prepare("shakespeare_char", out=tmp_path / "data" / "shakespeare_char")
+    meta = json.loads((tmp_path / "data" / "shakespeare_char" / "meta.json").read_text())
+    assert bench.main(["baby", *small, "--json", str(tmp_path / "b.json")]) == 0
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert res["shape"]["vocab_size"] == meta["vocab_size"] == 65
+    assert "vocab 65: shakespeare_char's" in capsys.readouterr().out
+    # the same model train would build, FLOPs included
+    import dataclasses
+
+    import torch
+
+    from gptlab.config_files import build_config
+    from gptlab.model import derived_shape
+    from gptlab.registry import build_model, flops_per_token
+
+    cfg = build_config("baby", overrides={"n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 16})
+    with torch.device("meta"):
+        model = build_model(derived_shape(dataclasses.replace(cfg.model, vocab_size=65)))
+    assert res["flops_per_token"] == flops_per_token(model, 16)

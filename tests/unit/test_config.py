@@ -125,3 +125,43 @@ def test_cli_config_mistakes_exit_2_with_one_line(args, needle, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0]
     assert "Traceback" not in r.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("typed,meant", [
+    ("confg/tiny.toml", "configs/tiny.toml"),  # a folder mistyped
+    ("configs/tiyn.toml", "configs/tiny.toml"),  # a file mistyped
+    ("train_shakespear_char.py", "train_shakespeare_char.py"),  # nanoGPT's config, one letter short
+    ("{tmp}/confgs/tiny.toml", "{tmp}/configs/tiny.toml"),  # absolute
+])
+def test_mistyped_config_path_suggests_the_closest_file_that_works(tmp_path, monkeypatch, capsys, typed, meant):
+    from gptlab import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tiny.toml").write_text("n_layer = 1\n")
+    (tmp_path / "configs" / "notes.txt").write_text("not a config")
+    (tmp_path / "train_shakespeare_char.py").write_text("n_layer = 2\n")
+    typed, meant = typed.format(tmp=tmp_path), meant.format(tmp=tmp_path)
+    assert cli.main(["train", typed, "--help"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"did you mean '{meant}'" in err[0], err
+    assert cli.main(["train", meant, "--help"]) == 0  # the suggestion is a path that loads
+
+
+def test_config_path_with_nothing_close_says_what_to_give(tmp_path, monkeypatch, capsys):
+    from gptlab import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.toml").write_text("n_layer = 1\n")
+    assert cli.main(["train", "zzz/qqq.toml"]) == 2
+    err = capsys.readouterr().err
+    assert "not found" in err and "did you mean" not in err and ".toml" in err
+
+
+@pytest.mark.parametrize("preset", ["mini", "tiny", "small", "medium", "large", "XL"])
+def test_languini_presets_evaluate_as_the_benchmark(preset):
+    """languini/projects/gpt/configs.py: eval_every = 1_000 and max_eval_steps = 500, for every size
+    (its README's commands pass --eval_every 500 explicitly, which still overrides)."""
+    t = build_config(preset).train
+    assert t.eval_interval == 1000 and t.eval_iters == 500
+    assert build_config(preset, overrides={"eval_every": 500}).train.eval_interval == 500

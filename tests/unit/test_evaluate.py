@@ -269,8 +269,44 @@ def test_eval_refuses_data_of_another_tokenizer():
 
 def test_progress_prints_a_line_every_few_percent(capsys, monkeypatch):
     monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
-    tick = E._progress("eval test")
+    tick = E.progress_printer("eval test")
     for i in range(1, 201):
         tick(i, 200)
     lines = capsys.readouterr().err.strip().splitlines()
     assert 15 <= len(lines) <= 22 and lines[-1].startswith("eval test: 200/200 batches (100%")
+
+
+def _languini_loader_counts(row_lengths, seq_len: int, last_n: int, max_steps: int | None):
+    """Languini's LanguiniDatasetIterator (shift_n = last_n) and log_eval_stats, as formulas: row i
+    emits a window at p = 0, last_n, 2 last_n, ... while 2+ of its tokens remain (p <= L - 2), its
+    targets the next seq_len tokens, zero-padded past the row's end; a batch is emitted while any row
+    still emits; the last last_n targets are scored, padding excluded. Returns (batches emitted,
+    batches that scored a target, windows that scored a target, targets scored)."""
+    emitted = scored_batches = windows = targets = 0
+    while max_steps is None or emitted < max_steps:
+        starts = [emitted * last_n if emitted * last_n <= length - 2 else None for length in row_lengths]
+        if all(p is None for p in starts):
+            break
+        emitted += 1
+        counts = []
+        for p, length in zip(starts, row_lengths):
+            real = 0 if p is None else min(seq_len, length - 1 - p)  # real targets of the window
+            counts.append(max(0, real - (seq_len - last_n)))  # of those, the ones in the scored tail
+        scored_batches += any(counts)
+        windows += sum(c > 0 for c in counts)
+        targets += sum(counts)
+    return emitted, scored_batches, windows, targets
+
+
+@pytest.mark.parametrize("n,last_n,streams,max_steps", [
+    (100, 4, 1, None), (101, 8, 1, None), (117, 4, 3, None), (117, 16, 3, None), (300, 4, 3, 5), (64, 2, 2, None),
+])
+def test_eval_batches_counts_the_batches_that_scored(n, last_n, streams, max_steps):
+    offsets = np.arange(0, n, 13, dtype=np.uint64) if streams > 1 else None
+    plan = E.eval_plan(n, SEQ, last_n, offsets, streams, max_steps)
+    emitted, scored, windows, targets = _languini_loader_counts(plan.rows.lengths.tolist(), SEQ, last_n, max_steps)
+    assert plan.batches == scored and len(plan.items) == windows
+    counts = E.count_targets(plan, np.arange(1, n + 1))
+    assert counts["eval_tokens"] == targets
+    if last_n < SEQ and max_steps is None:
+        assert emitted > scored  # the loader's trailing windows hold no scored target: not counted

@@ -283,22 +283,106 @@ def test_export_roundtrip_through_import(tmp_path):
         torch.testing.assert_close(got[k], v, atol=0, rtol=0, msg=k)
 
 
-def test_export_refuses_languini_naming_options(tmp_path):
-    lang = PRESETS["mini"]
-    keys = ("tie_embeddings", "embed_scale", "qkv", "gelu", "bias", "scaled_init")
-    model = _our_model(**{k: lang[k] for k in keys})
-    with pytest.raises(UserError) as e:
-        hf.export_hf(model, tmp_path / "out")
-    msg = str(e.value)
-    assert "--tie_embeddings false" in msg and "--embed_scale true" in msg and "--qkv separate" in msg
-    assert "\n" not in msg
-    assert not (tmp_path / "out").exists()  # refused before anything was written
-    for kw, name in (({"gelu": "exact"}, "--gelu exact"), ({"bias": False}, "--bias false"),
-                     ({"tie_embeddings": False}, "--tie_embeddings false"), ({"head_dim": 8}, "--head_dim 8")):
-        with pytest.raises(UserError, match=name):
-            hf.export_hf(_our_model(**kw), tmp_path / "out")
-    # scaled_init only changes the initial weights: a trained model exports fine.
-    hf.export_hf(_our_model(scaled_init="mlp"), tmp_path / "ok")
+LANGUINI_KEYS = ("tie_embeddings", "embed_scale", "qkv", "gelu", "bias", "scaled_init", "mlp_dim")
+
+
+def _mini_shaped(seed: int = 5, **kw) -> GPT:
+    """Languini `mini`'s recipe at toy size: untied, scaled embedding, separate Q/K/V, and heads
+    narrower than the residual stream (4 x 8 = 32 != 64), as mini's 8 x 32 != 512."""
+    recipe = {k: PRESETS["mini"][k] for k in LANGUINI_KEYS if k in PRESETS["mini"]}
+    return _our_model(seed=seed, **{**recipe, "mlp_dim": 96, "head_dim": 8, **kw})
+
+
+def _quiet_load(load, capfd):
+    """Call load() and fail on any Python warning or transformers log line it causes."""
+    import logging
+    import warnings
+
+    records = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = load()
+    finally:
+        logger.removeHandler(handler)
+    assert not [str(w.message) for w in caught] and not [r.getMessage() for r in records]
+    assert "warn" not in capfd.readouterr().err.lower()
+    return result
+
+
+NANOGPT_RECIPES = {  # nanoGPT's train.py default (bias=False, nn.GELU()), and what GPT-2 can still hold
+    "nanogpt_defaults": dict(bias=False, gelu="exact"),
+    "separate_qkv": dict(qkv="separate", bias=False),
+    "untied_scaled_embedding": dict(tie_embeddings=False, embed_scale=True, gelu="exact"),
+}
+
+
+@pytest.mark.parametrize("recipe", list(NANOGPT_RECIPES))
+def test_export_every_recipe_gpt2_holds(tmp_path, recipe, capfd):
+    ours = _our_model(seed=6, **NANOGPT_RECIPES[recipe])
+    res = hf.export_hf(ours, tmp_path / "out")
+    assert "modeling_gptlab.py" not in res["files"]
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["activation_function"] == ("gelu" if ours.config.gelu == "exact" else "gelu_new")
+    assert cfg["tie_word_embeddings"] == ours.config.tie_embeddings
+    theirs, info = _quiet_load(lambda: GPT2LMHeadModel.from_pretrained(
+        str(tmp_path / "out"), output_loading_info=True), capfd)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info.get("mismatched_keys")
+    if not ours.config.bias:
+        assert theirs.transformer.h[0].mlp.c_fc.bias.abs().max() == 0
+    idx = _ids(T=20)
+    assert_logits_close(_hf_logits(theirs.eval(), idx), _our_logits(ours, idx))
+    back = hf.gpt_from_pretrained(str(tmp_path / "out"))  # and back into gptlab, exact GELU included
+    assert back.config.gelu == ours.config.gelu
+    assert_logits_close(_our_logits(back, idx), _our_logits(ours, idx))
+
+
+def test_export_languini_mini_as_remote_code(tmp_path, capfd):
+    ours = _mini_shaped()
+    assert hf.gpt2_gaps(ours.config)
+    res = hf.export_hf(ours, tmp_path / "mini")
+    assert {"modeling_gptlab.py", "configuration_gptlab.py", "model.safetensors"} <= set(res["files"])
+    assert "trust_remote_code=True" in res["notes"][0]
+    theirs = _quiet_load(lambda: transformers.AutoModelForCausalLM.from_pretrained(
+        str(tmp_path / "mini"), trust_remote_code=True), capfd).eval()
+    assert theirs.lm_head.weight.shape == (100, 64)
+    idx = _ids(T=20)
+    with torch.no_grad():
+        out = _quiet_load(lambda: theirs(idx, labels=idx), capfd)
+    assert_logits_close(out.logits, _our_logits(ours, idx))
+    # transformers' next-token loss convention against gptlab's own loss on the same targets
+    with torch.no_grad():
+        want = logits_and_loss(ours, idx[:, :-1], idx[:, 1:])[1]
+    torch.testing.assert_close(out.loss, want, atol=1e-5, rtol=1e-5)
+    prompt = idx[:, :8]
+    with torch.no_grad():
+        gen = theirs.generate(prompt, do_sample=False, max_new_tokens=6, min_new_tokens=6, pad_token_id=0)
+    assert torch.equal(gen, _greedy_ours(ours, prompt, 6))
+
+
+def test_remote_code_folder_needs_no_gptlab(tmp_path):
+    """The folder loads where gptlab cannot be imported: its modeling file is self-contained."""
+    import subprocess
+    import sys
+
+    ours = _mini_shaped(seed=11, tie_embeddings=True, qkv="fused", gelu="exact", bias=False)
+    hf.export_hf(ours, tmp_path / "alone")
+    idx = _ids(T=16)
+    torch.save(idx, tmp_path / "idx.pt")
+    script = ("import sys; sys.modules['gptlab'] = None\n"  # any `import gptlab` now fails
+              "import torch, transformers\n"
+              f"m = transformers.AutoModelForCausalLM.from_pretrained({str(tmp_path / 'alone')!r}, "
+              "trust_remote_code=True).eval()\n"
+              f"idx = torch.load({str(tmp_path / 'idx.pt')!r}, weights_only=True)\n"
+              f"with torch.no_grad(): torch.save(m(idx).logits, {str(tmp_path / 'logits.pt')!r})\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = torch.load(tmp_path / "logits.pt", weights_only=True)
+    assert_logits_close(got, _our_logits(ours, idx))
 
 
 def test_export_replaces_only_an_earlier_export(tmp_path):
@@ -397,15 +481,23 @@ def test_main_export_from_run_folder(tmp_path, monkeypatch, capsys):
     assert (run / "config.json").is_file() and (run / "keep.txt").read_text() == "x"
 
 
-def test_main_export_refuses_languini_run_before_loading(tmp_path):
+def test_main_export_of_a_languini_run(tmp_path):
+    from gptlab import checkpoint as ck
+
+    model = _mini_shaped(seed=12)
     cfg = Config()
     for k, v in PRESETS["mini"].items():
         cfg.set(k, v)
+    for k, v in dict(n_layer=2, n_head=4, n_embd=64, head_dim=8, mlp_dim=96, block_size=32, vocab_size=100).items():
+        cfg.set(k, v)
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text(cfg.to_json())  # no checkpoints at all: refusal comes first
-    with pytest.raises(UserError, match="--tie_embeddings false"):
-        hf.main_export([str(run), "--to", "hf", str(tmp_path / "out")])
+    (run / "config.json").write_text(cfg.to_json())
+    ck.save_checkpoint(run, {"model": model.state_dict()}, step=10, is_best=True)
+    assert hf.main_export([str(run), "--to", "hf", str(tmp_path / "out")]) == 0
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"), trust_remote_code=True)
+    idx = _ids(T=32)
+    assert_logits_close(_hf_logits(theirs.eval(), idx), _our_logits(model, idx))
 
 
 def test_export_copies_the_runs_own_tokenizer_files(tmp_path):

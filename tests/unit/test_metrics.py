@@ -28,3 +28,23 @@ def test_mfu_uses_the_model_flops_formula():
     assert fpt == 6 * n + 12 * 12 * 12 * 64 * 1024
     assert mfu(fpt, 400_000, 989.4e12) == pytest.approx(fpt * 400_000 / 989.4e12)
     assert mfu(fpt, 400_000, None) is None
+
+
+def test_eta_rate_is_smoothed_not_the_last_window():
+    from gptlab.metrics import StepRate
+
+    rate = StepRate()
+    rate.update(5.0)  # warm-up and compilation: replaced by the next window
+    for _ in range(20):
+        rate.update(1.0)
+    assert rate.eta(100) == pytest.approx(100.0, rel=1e-6)
+    # One window ten times slower (an eval nearby) moves the ETA by a fifth of the excess, not to 1,000 s.
+    rate.update(10.0)
+    assert rate.eta(100) == pytest.approx(100 * (1.0 + 0.2 * 9.0))
+    # Windows that swing 0.5 s <-> 2 s keep the ETA within the swing, never at an extreme.
+    etas = [rate.eta(100) for seconds in [0.5, 2.0] * 20 if rate.update(seconds)]
+    assert all(100 < eta < 150 for eta in etas[20:]), etas  # the swing is 50..200 s
+    # A lasting change of speed is followed: 30 windows at 3 s/step reach it within 1%.
+    for _ in range(30):
+        rate.update(3.0)
+    assert rate.eta(100) == pytest.approx(300.0, rel=0.01)

@@ -141,7 +141,25 @@ def test_short_labels_fall_back_to_folders(tmp_path):
     assert short_labels([a, b]) == ["6h", "12h"]
     assert short_labels([a, a]) == ["GPT_x_seed0 #1", "GPT_x_seed0 #2"]
     long = tmp_path / ("y" * 200)
-    assert len(short_labels([long])[0]) <= 60
+    assert short_labels([long]) == ["y" * 200]  # one part: never cut
+
+
+def test_long_labels_keep_every_distinguishing_part(tmp_path):
+    """Runs that differ in many parts, the seed and clip last, keep all of them on wrapped lines."""
+    base = ("GPT_books16384_bsz{b}_micro32_sl512_coslr{lr}_h{h}_ff3072_nH12_dH64_nl{n}_"
+            "clip{c}_decay{d}_gpus1_{mode}Compile_fp16_seed{s}")
+    runs = ((128, "0.0006to6e-06", 768, 12, 0.0, "18k", "default", 0),
+            (256, "0.0003to3e-06", 1024, 24, 0.0, "36k", "maxAutotune", 1),
+            (256, "0.0003to3e-06", 1024, 24, 1.0, "36k", "maxAutotune", 0))
+    names = [base.format(b=b, lr=lr, h=h, n=n, c=c, d=d, mode=mode, s=s) for b, lr, h, n, c, d, mode, s in runs]
+    labels = short_labels([tmp_path / name for name in names])
+    assert len(set(labels)) == 3 and not any("…" in lab or "#" in lab for lab in labels)
+    for name, label in zip(names, labels):
+        assert all(len(line) <= 60 for line in label.split("\n"))
+        parts = set(label.replace("\n", "").split("_"))
+        # every part in which this run differs from another one is in its label, whole
+        differing = {t for other in names if other != name for t in set(name.split("_")) - set(other.split("_"))}
+        assert differing <= parts, (differing - parts, label)
 
 
 def test_eval_records_plot_at_their_training_tokens_and_hours(tmp_path):

@@ -40,3 +40,19 @@ def test_logger_type_picks_the_sinks(tmp_path, kind, tb, wandb):
     log = RunLogger(tmp_path, cfg)
     assert (log.tb is not None, log.wandb is not None) == (tb, wandb)
     log.close()
+
+
+def test_run_without_tensorboard_says_so_once_with_the_install_command(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed: import fails
+    cfg = build_config("baby", overrides={"progress": "off"})  # --tensorboard defaults to true
+    log = RunLogger(tmp_path, cfg)
+    log.log("train", 1, 100, {"loss": 2.0})
+    log.log("eval", 1, 100, {"loss": 2.5, "split": "val"})
+    log.close()
+    err = capsys.readouterr().err
+    assert err.count("pip install tensorboard") == 1 and "no TensorBoard" in err
+    assert not (tmp_path / "tensorboard").exists() and (tmp_path / "metrics.jsonl").is_file()
+    RunLogger(tmp_path, build_config("baby", overrides={"progress": "off", "tensorboard": "false"})).close()
+    assert capsys.readouterr().err == ""  # asked for no TensorBoard: no note
