@@ -24,11 +24,14 @@ import torch.nn.functional as F
 
 from gptlab.data.samplers import DocRows
 from gptlab.errors import UserError
-from gptlab.files import atomic_write_json
+from gptlab.files import atomic_write_json, check_output_file
 from gptlab.loss import logits_and_loss
 
 LANGUINI_EVAL_STREAMS = 16  # the benchmark's in-training eval: 16 document streams,
 LANGUINI_MAX_EVAL_STEPS = 500  # the first 500 batches
+# The first key of an `eval --json` file: the mark that lets a later --json replace it (and nothing else).
+EVAL_JSON_KEY, EVAL_JSON_MARK = "written_by", "gptlab eval"
+EVAL_JSON_TAG = f'"{EVAL_JSON_KEY}": "{EVAL_JSON_MARK}"'
 
 
 @dataclasses.dataclass
@@ -220,11 +223,8 @@ def _check_args(a) -> None:
         v = getattr(a, name)
         if v is not None and v < 1:
             raise UserError(f"--{name} {v} must be a positive integer")
-    if a.json_out:
-        out = Path(a.json_out)
-        if out.is_dir() or not out.parent.is_dir():
-            raise UserError(f"--json {a.json_out}: {'is a folder' if out.is_dir() else 'its folder does not exist'}: "
-                            "give a file path in an existing folder")
+    if a.json_out:  # a new file, or one an earlier `gptlab eval --json` wrote; never a run's or dataset's
+        check_output_file(a.json_out, "--json", EVAL_JSON_TAG)
 
 
 def check_same_tokenizer(run_meta: dict | None, meta: dict, data_dir) -> None:
@@ -296,5 +296,5 @@ def main(argv: list[str]) -> int:
     print(f"{a.eval_data_split}: {format_metrics(m)}")
     print(json.dumps(m), flush=True)
     if a.json_out:
-        atomic_write_json(a.json_out, m)
+        atomic_write_json(a.json_out, {EVAL_JSON_KEY: EVAL_JSON_MARK, **m})
     return 0

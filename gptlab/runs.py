@@ -14,7 +14,8 @@ from pathlib import Path
 
 from gptlab.config import Config, load_run_config, parse_hours, resolve_batch
 from gptlab.errors import UserError
-from gptlab.files import LOCK_FILE, folder_lock, read_json
+from gptlab.files import (LOCK_FILE, NAME_MAX, RUN_LAYOUT, check_name, check_output_folder, folder_lock, read_json,
+                          reject_symlinks)
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -56,6 +57,10 @@ def run_dir(cfg: Config, world_size: int = 1) -> Path:
     name = _safe(cfg.log.name) if cfg.log.name else run_name(cfg, world_size)
     if not name:
         raise UserError(f"--name {cfg.log.name!r} has no usable characters: use letters, digits, '.', '-' or '_'")
+    if len(name.encode("utf-8")) > NAME_MAX:
+        flag = "--name" if cfg.log.name else "--comment (part of the run's encoded name)"
+        raise UserError(f"{flag} gives a folder name of {len(name.encode('utf-8'))} bytes, more than a file "
+                        f"name may be ({NAME_MAX}): choose a shorter {flag.split()[0]}")
     rel, cc = Path(cfg.log.relative_log_path), cfg.train.compute_class
     if rel.is_absolute() or ".." in rel.parts:
         raise UserError(f"--relative_log_path {cfg.log.relative_log_path!r} must stay under --log_root: "
@@ -113,13 +118,32 @@ def _check_contents(path: Path, resume: bool, overwrite: bool) -> None:
         raise UserError(f"run folder {str(path)!r} exists: pass --resume to continue it or --overwrite to move it aside")
 
 
-def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
+def _check_not_inside(path: Path, flag: str, source, overwrite: bool) -> None:
+    """--overwrite moves path aside: refuse it when the run reads an input from inside path."""
+    if not overwrite or not source or not path.exists():
+        return
+    with contextlib.suppress(OSError, RuntimeError):
+        src, here = Path(source).resolve(), path.resolve()
+        if src == here or here in src.parents:
+            raise UserError(f"{flag} {source} lies in --out_dir {path}, which --overwrite would move aside: "
+                            f"choose another --out_dir (nothing was moved)")
+
+
+def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = False,
+                    inputs: dict[str, str | Path] | None = None) -> Path:
     """Check `path`, every refusal before any write: a run is continued (--resume) or renamed to `<path>.old-<timestamp>`
-    (--overwrite); a folder of other files, the cwd, a file, a locked folder: refused. Nothing is deleted or created."""
-    path = Path(path)
+    (--overwrite); a folder of other files, the cwd, a file, a locked folder, an input of the run (`inputs`:
+    flag -> path) inside a folder --overwrite would move, a run file that is a symbolic link: refused.
+    Nothing is deleted or created."""
+    path = check_name(path, "run folder")
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other: pass one of them")
     _check_place(path, overwrite)
+    check_output_folder(path, "run folder", "run")
+    for flag, source in (inputs or {}).items():
+        _check_not_inside(path, flag, source, overwrite)
+    if resume:
+        reject_symlinks(path, RUN_LAYOUT, "--resume")
     if (path / LOCK_FILE).exists():
         with folder_lock(path, "run folder"):  # a live holder refuses here, before anything moves
             pass

@@ -270,7 +270,8 @@ def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitSta
     run_dir = runs.run_dir(fresh, d.world_size)
     resume = cfg.train.resume or cfg.train.init_from == "resume"
     if d.is_main:
-        runs.prepare_run_dir(run_dir, resume=resume, overwrite=cfg.train.overwrite)
+        runs.prepare_run_dir(run_dir, resume=resume, overwrite=cfg.train.overwrite,
+                             inputs={"--init_from": arch and cfg.train.init_from, "--dataset": fresh.data.dataset})
         hold.enter_context(runs.run_lock(run_dir))
     if not resume:
         return fresh, run_dir, None
