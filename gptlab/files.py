@@ -79,13 +79,24 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+MAX_TEXT_FILE = 64 << 20  # bytes of a JSON/TOML file gptlab reads (a run's config, a meta.json, an HF config)
+
+
 def _read(path: Path, what: str, parse: Callable[[str], Any], bad: type, fix: Callable[[Any], str]) -> Any:
-    """parse(text of path); UserError one-liner if it is missing, unreadable or damaged (bad, described by fix)."""
+    """parse(text of path); UserError one-liner if it is missing, unreadable, too large, nested beyond what
+    the parser can follow, or damaged (bad, described by fix)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {path} is missing: check the path")
     try:
-        return parse(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as f:
+            data = f.read(MAX_TEXT_FILE + 1)
+        if len(data) > MAX_TEXT_FILE:
+            raise UserError(f"{what} {path} is larger than {MAX_TEXT_FILE >> 20} MiB, more than such a file "
+                            "holds: check the path, or restore the file")
+        return parse(data.decode("utf-8"))
+    except RecursionError:
+        raise UserError(f"{what} {path} is nested too deeply to read: restore or rewrite it") from None
     except UnicodeDecodeError:
         raise UserError(f"{what} {path} is not UTF-8 text: restore or rewrite it") from None
     except OSError as e:
