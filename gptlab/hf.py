@@ -20,7 +20,7 @@ import torch
 
 from gptlab.config import ModelConfig
 from gptlab.errors import UserError
-from gptlab.files import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_folder,
+from gptlab.files import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_name, check_output_folder,
                           check_writable_folder, read_json, write_error)
 from gptlab.model import GPT, GPTShape
 
@@ -461,7 +461,7 @@ def main_export(argv: list[str]) -> int:
     if a.to != "hf":
         raise UserError(f"export: --to {a.to!r} is not supported: use --to hf")
     run = load_run(a.run)
-    out = Path(a.out)
+    out = check_name(a.out, "export folder")
     if out.resolve() == run.dir.resolve():
         raise UserError(f"export: {out} is the run folder itself: export to a folder of its own, e.g. {out}-hf")
     if not run.config.model.vocab_size:
