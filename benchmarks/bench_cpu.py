@@ -21,17 +21,18 @@ from pathlib import Path
 
 import torch
 
-from gptlab.config import build_config
+from gptlab.config_files import build_config
 from gptlab.generate import generate
 from gptlab.loss import lm_loss
-from gptlab.model import GPT, GPTShape
+from gptlab.model import GPT
 from gptlab.optim import build_optimizer
+from gptlab.registry import parameter_count
 
 
 def time_train_step(preset: str, vocab: int, steps: int, warmup: int) -> dict:
     cfg = build_config(preset, overrides={"vocab_size": vocab, "dropout": 0.0})
     torch.manual_seed(0)
-    model = GPT(GPTShape.from_config(cfg.model)).init_weights()
+    model = GPT(cfg.model).init_weights()
     opt = build_optimizer(model, cfg, "cpu")
     B, T = cfg.train.batch_size, cfg.model.block_size
     x = torch.randint(0, vocab, (B, T))
@@ -47,14 +48,14 @@ def time_train_step(preset: str, vocab: int, steps: int, warmup: int) -> dict:
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     ms = statistics.median(times) * 1000
-    return {"preset": preset, "batch": B, "seq_len": T, "params": model.num_params(), "ms_per_step": ms,
+    return {"preset": preset, "batch": B, "seq_len": T, "params": parameter_count(model), "ms_per_step": ms,
             "tokens_per_sec": B * T / (ms / 1000)}
 
 
 def time_sampling(preset: str, vocab: int, new_tokens: int) -> dict:
     cfg = build_config(preset, overrides={"vocab_size": vocab, "dropout": 0.0})
     torch.manual_seed(0)
-    model = GPT(GPTShape.from_config(cfg.model)).init_weights().eval()
+    model = GPT(cfg.model).init_weights().eval()
     prompt = torch.zeros(1, 1, dtype=torch.long)
     out = {}
     results = {}
@@ -67,7 +68,7 @@ def time_sampling(preset: str, vocab: int, new_tokens: int) -> dict:
         out["cache" if use_cache else "no_cache"] = {"tokens_per_sec": new_tokens / dt, "seconds": dt}
     out["identical_tokens"] = bool(torch.equal(results[True], results[False]))
     out["speedup"] = out["cache"]["tokens_per_sec"] / out["no_cache"]["tokens_per_sec"]
-    out.update(preset=preset, new_tokens=new_tokens, block_size=cfg.model.block_size, params=model.num_params())
+    out.update(preset=preset, new_tokens=new_tokens, block_size=cfg.model.block_size, params=parameter_count(model))
     return out
 
 

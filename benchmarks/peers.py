@@ -173,7 +173,8 @@ def languini_rate(path: Path, batch: int, flash: bool, compile_mode: str = "defa
     # its model imports `lib` from the project folder and `languini` from the checkout
     sys.path[:0] = [str(root), str(root / "languini" / "projects" / "gpt")]
     from languini.common_lib import throughput_utils
-    from languini.projects.gpt import configs, model as lmodel
+    from languini.projects.gpt import configs
+    from languini.projects.gpt import model as lmodel
 
     c = configs.load_config(name="small")
     c.train_batch_size, c.device, c.use_flash = batch, "cuda", flash

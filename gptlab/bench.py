@@ -15,15 +15,19 @@ from pathlib import Path
 
 import torch
 
-from gptlab.cli import ArgParser
-from gptlab.config import COMPILE_MODES, build_config, parse_overrides, resolve
+from gptlab.args import ArgParser
+from gptlab.budget import steps_for_budget, token_budget
+from gptlab.config import COMPILE_MODES
+from gptlab.config_files import build_config, parse_overrides
 from gptlab.distributed import pick_device
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_json, check_output_file
 from gptlab.loss import resolve_ce_chunk
 from gptlab.metrics import device_peak_flops, fmt_mfu, mfu
-from gptlab.model import GPT, GPTShape, flops_per_token
+from gptlab.model import derived_shape, padded_vocab
 from gptlab.optim import build_optimizer
+from gptlab.registry import build_model, flops_per_token, init_weights, parameter_count
+from gptlab.resolve import resolve
 from gptlab.runtime import autocast_ctx, compile_model
 from gptlab.train import train_step
 
@@ -119,7 +123,7 @@ def run_hf_peer(cfg, shape, batch, seq, accum, device, dtype, compile_mode, step
         from transformers import GPT2Config, GPT2LMHeadModel
     except ImportError:
         raise UserError("--peer hf needs transformers: pip install 'gptlab[hf]'") from None
-    conf = GPT2Config(vocab_size=shape.padded_vocab, n_positions=seq, n_embd=shape.n_embd, n_layer=shape.n_layer,
+    conf = GPT2Config(vocab_size=padded_vocab(shape.vocab_size, shape.pad_vocab_multiple), n_positions=seq, n_embd=shape.n_embd, n_layer=shape.n_layer,
                       n_head=shape.n_head, n_inner=shape.mlp_dim, activation_function="gelu_new", resid_pdrop=0.0,
                       embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=shape.tie_embeddings, attn_implementation="sdpa")
     out = {}
@@ -134,7 +138,7 @@ def run_hf_peer(cfg, shape, batch, seq, accum, device, dtype, compile_mode, step
         batches = _random_batches(4, batch, seq, shape.vocab_size, accum, device, gen_seed=1)
         t = time_steps(step, batches, device, warmup, steps)
         out[label] = dict(t, **_rates(fpt, batch * seq * accum, t["ms_per_step"], peak, mm), compile=mode,
-                          peak_mem_gb=_peak_mem_gb(device), params=sum(p.numel() for p in model.parameters()))
+                          peak_mem_gb=_peak_mem_gb(device), params=parameter_count(model))
         del model, opt, step, batches
     _free(device)
     return out
@@ -192,8 +196,10 @@ def _setup(args, rest: list[str]):
     """(config, device, shape, FLOPs per token, datasheet peak, device name) of a bench/throughput call."""
     cfg = build_config(args.preset or "gpt2", None, parse_overrides(rest))
     device = pick_device(args.device)
-    shape = GPTShape.from_config(cfg.model, cfg.model.vocab_size or DEFAULT_VOCAB)
-    return cfg, device, shape, flops_per_token(shape, shape.block_size), *device_peak_flops(device)
+    shape = derived_shape(dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size or DEFAULT_VOCAB))
+    with torch.device("meta"):  # the count needs the shape only
+        fpt = flops_per_token(build_model(shape), shape.block_size)
+    return cfg, device, shape, fpt, *device_peak_flops(device)
 
 
 def bench(args, rest: list[str]) -> dict:
@@ -210,8 +216,8 @@ def bench(args, rest: list[str]) -> dict:
 
     # --ce_chunk resolved as training does; per-block compile leaves the loss eager (plain is faster there).
     ce_chunk = resolve_ce_chunk(cfg.system.ce_chunk, compile_mode if args.compile_scope == "model" else "none",
-                                shape.padded_vocab)
-    model, opt, scaler = _build_for_timing(lambda: GPT(shape).init_weights(), cfg, device, dtype)
+                                padded_vocab(shape.vocab_size, shape.pad_vocab_multiple))
+    model, opt, scaler = _build_for_timing(lambda: init_weights(build_model(shape)), cfg, device, dtype)
     _free(device)
     cm = compile_model(model, compile_mode, args.compile_scope, dynamic=False)
     step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip, ce_chunk)
@@ -225,11 +231,11 @@ def bench(args, rest: list[str]) -> dict:
         "kind": "bench", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "gptlab bench " + " ".join(args.argv), "device": dev_name, "torch": torch.__version__, "preset": cfg.preset,
         "shape": dataclasses.asdict(shape),
-        "params": model.num_params(), "batch_size": batch, "seq_len": seq, "accum": accum,
+        "params": parameter_count(model), "batch_size": batch, "seq_len": seq, "accum": accum,
         "tokens_per_step": tokens_per_step, "dtype": str(dtype).replace("torch.", ""), "compile": compile_mode,
         "compile_scope": args.compile_scope, "ce_chunk": ce_chunk, "sdpa": args.sdpa,
         "steps": args.steps, "warmup": args.warmup, "flops_per_token": fpt,
-        "flops_formula": "6N + 12*L*H*Q*T (gptlab.model.flops_per_token)",
+        "flops_formula": "6N + 12*L*H*Q*T (GPT.flops_per_token)",
         "peak_table_tflops": peak / 1e12 if peak else None, "matmul_tflops": mm,
         **t, **_rates(fpt, tokens_per_step, t["ms_per_step"], peak, mm),
         "compile_s": t["first_step_s"] if compile_mode != "none" else 0.0,
@@ -326,8 +332,6 @@ def languini_batch_sweep(measure, step: int = 8, max_batch: int = 0) -> dict[int
 
 def throughput(args, rest: list[str]) -> dict:
     """The reference throughput of a config, swept as the benchmark does (languini_batch_sweep)."""
-    from gptlab.budget import steps_for_budget, token_budget
-
     cfg, device, shape, fpt, peak, dev_name = _setup(args, rest)
     on_gpu = device.type == "cuda"
     # The benchmark's way: fp16 + GradScaler, compiled. CPU: fp32 and eager (tests only).
@@ -336,7 +340,7 @@ def throughput(args, rest: list[str]) -> dict:
     vocab, seq = shape.vocab_size, shape.block_size
     # Plain loss unless --ce_chunk N: the chunked one recompiles at every batch size, the plain one once.
     ce_chunk = max(cfg.system.ce_chunk, 0)
-    model, opt, scaler = _build_for_timing(lambda: GPT(shape).init_weights(), cfg, device, dtype)
+    model, opt, scaler = _build_for_timing(lambda: init_weights(build_model(shape)), cfg, device, dtype)
     cm = compile_model(model, compile_mode, dynamic=None)
     step = make_train_step(cm, opt, autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip, ce_chunk)
 

@@ -9,7 +9,7 @@ import json
 import math
 import sys
 
-from gptlab.cli import ArgParser
+from gptlab.args import ArgParser
 from gptlab.config import parse_hours
 from gptlab.errors import UserError
 

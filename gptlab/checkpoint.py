@@ -27,7 +27,7 @@ from gptlab import distributed as dist_
 from gptlab import files
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_text, sha256_file
-from gptlab.runs import CHECKPOINT_DIR
+from gptlab.layout import CHECKPOINT_DIR
 
 CKPT_RE = re.compile(r"^ckpt_(\d{8})\.pt$")
 FORMAT = "gptlab-ckpt-1"

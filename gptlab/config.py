@@ -1,27 +1,21 @@
-"""The one config system: a tree of dataclasses, named presets, TOML/nanoGPT files, CLI overrides.
+"""The config schema: a tree of dataclasses, named presets, and the help text.
 
 Every leaf has a default, a one-line help and aliases (nanoGPT's and Languini's names); leaf names
-are unique, so a flat `--key value` reaches one field. Order: defaults -> preset -> file -> CLI.
+are unique, so a flat `--key value` reaches one field. Files and overrides: config_files.py;
+validation: config_check.py; the final config of a run: resolve.py.
 """
 
 from __future__ import annotations
 
-import ast
-import copy
 import dataclasses
 import difflib
 import json
 import math
-import os
-import operator
-import re
-import sys
 from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
+from gptlab.args import BOOL_WORDS
 from gptlab.errors import UserError
-from gptlab.files import read_json, read_toml
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -189,7 +183,6 @@ def unknown_key_message(key: str) -> str:
     return f"unknown config key {key!r}: {hint}"
 
 
-BOOL_WORDS = dict.fromkeys(("1", "true", "yes", "on", "y", "t"), True) | dict.fromkeys(("0", "false", "no", "off", "n", "f"), False)
 # Languini passes compile None / default / ...; nanoGPT passes True / False.
 _COMPILE_WORDS = {"false": "none", "0": "none", "off": "none", "true": "default", "1": "default"}
 
@@ -257,6 +250,17 @@ LANGUINI_RECIPES = {"6h": ("small", 128, 4), "12h": ("small", 128, 4), "24h": ("
                     "48h": ("medium", 256, 32), "96h": ("medium", 256, 32)}
 
 
+def parse_hours(text: str, flag: str = "--compute_class") -> float:
+    """Hours from '6', '6h' or '6.0h'; a UserError naming `flag` otherwise."""
+    try:
+        h = float(text.strip().lower().removesuffix("h"))
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected hours like '6h' or '12h'") from None
+    if not 0 < h < math.inf:
+        raise UserError(f"{flag} {text!r} must be a positive number of hours, like 6h")
+    return h
+
+
 def languini_recipe(preset: str | None, compute_class: str) -> dict[str, Any]:
     """A Languini size's overrides under a compute class: its throughput; the class's batch if its recipe is this size."""
     if preset not in LANGUINI_SIZES or not compute_class:
@@ -315,289 +319,6 @@ NANOGPT_BASE: dict[str, Any] = dict(_GPT2, n_layer=12, n_head=12, n_embd=768, bi
                                     eval_interval=2000, log_interval=1, wandb_project="owt", wandb_run="gpt2")
 
 
-def layer_key(key: str, where: str = "") -> str | None:
-    """The canonical key, or None (after a note) for a flag with no meaning here; `where` (file:line) opens both."""
-    bare = key.replace("-", "_")
-    if bare in NO_MEANING:
-        print(f"note: {where}--{bare} is accepted but has no effect: {NO_MEANING[bare]}", file=sys.stderr)
-        return None
-    return canonical_key(bare, where)
-
-
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow, ast.USub: operator.neg,
-        ast.UAdd: operator.pos}
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _literal(node: ast.AST, known: dict[str, Any]) -> Any:
-    """A literal's value (numbers, strings, booleans, arithmetic, earlier names), else ValueError; nothing runs."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool)):
-        return node.value
-    if isinstance(node, ast.Name) and node.id in known:
-        return known[node.id]
-    if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS and _number(v := _literal(node.operand, known)):
-        return _OPS[type(node.op)](v)
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-        a, b = _literal(node.left, known), _literal(node.right, known)
-        if _number(a) and _number(b) and not (isinstance(node.op, ast.Pow) and abs(b) > 64):  # 10**9 yes, 10**10**10 no
-            try:
-                return _OPS[type(node.op)](a, b)
-            except ArithmeticError:
-                pass
-        elif isinstance(node.op, ast.Add) and isinstance(a, str) and isinstance(b, str):
-            return a + b
-    raise ValueError
-
-
-def _py_value(p: Path, stmt: ast.stmt, name: str, key: str | None, known: dict[str, Any]) -> bool:
-    """Record `name = value` of a config file in `known`; False for a computed name-only value (noted, skipped)."""
-    try:
-        known[name] = _literal(stmt.value, known)
-        return True
-    except ValueError:
-        if key == "wandb_run":  # only names things: nanoGPT's 'ft-' + str(time.time()) is dropped, not refused
-            print(f"note: {p}:{stmt.lineno}: {name} is computed, not a literal; ignored (the run folder's "
-                  "name is used)", file=sys.stderr)
-            return False
-        raise UserError(f"{p}:{stmt.lineno}: `{ast.unparse(stmt.value)[:60]}` is not a literal value: gptlab "
-                        f"reads config files without running them; write the value itself, e.g. {name} = 5 * 8"
-                        ) from None
-
-
-def load_py_config(path: str | Path) -> dict[str, Any]:
-    """A nanoGPT-style config file (`key = value` lines), read with ast and never executed."""
-    p = Path(path)
-    try:
-        tree = ast.parse(p.read_text(encoding="utf-8"), filename=str(p))
-    except (SyntaxError, UnicodeDecodeError) as e:
-        line = getattr(e, "lineno", None)
-        raise UserError(f"{p}{f':{line}' if line else ''}: not a readable Python config file ({e.__class__.__name__}): "
-                        "fix that line") from None
-    known: dict[str, Any] = {}
-    out: dict[str, Any] = {}
-    for stmt in tree.body:
-        if isinstance(stmt, (ast.Import, ast.ImportFrom)) or \
-                (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)):
-            continue  # imports and docstrings do nothing without code that uses them
-        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if \
-            isinstance(stmt, ast.AnnAssign) and stmt.value is not None else []
-        if not targets or not all(isinstance(t, ast.Name) for t in targets):
-            raise UserError(f"{p}:{stmt.lineno}: only `key = value` lines are read, got `{ast.unparse(stmt)[:60]}`: "
-                            "gptlab reads config files without running them")
-        for name in (t.id for t in targets):
-            key = layer_key(name, f"{p}:{stmt.lineno}: ")
-            if _py_value(p, stmt, name, key, known) and key is not None:
-                out[key] = known[name]
-    return out
-
-
-def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], str | None]:
-    """(values, base layer, preset label) of a .toml, a nanoGPT .py (over NANOGPT_BASE) or a run's config.json."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file {str(p)!r} not found")
-    if p.suffix == ".py":  # train_shakespeare_char.py -> runs under .../train_shakespeare_char/
-        return load_py_config(p), NANOGPT_BASE, "".join(c if c.isalnum() or c in "._-" else "-" for c in p.stem)
-    if p.suffix == ".json":
-        saved = load_run_config(p)
-        return {k: saved.get(k) for k in FIELD_INFO}, {}, saved.preset
-    # TOML: flat keys and/or [section] tables, plus an optional `preset = "..."`.
-    flat: dict[str, Any] = {}
-    for k, v in read_toml(p, "config file").items():
-        if isinstance(v, dict) and k not in SECTIONS:
-            raise UserError(f"{p}: unknown section [{k}]; sections are {', '.join(SECTIONS)}")
-        flat.update(v if isinstance(v, dict) else {k: v})
-    return flat, {}, None
-
-
-def parse_overrides(argv: list[str]) -> dict[str, str]:
-    """`--key=value` or `--key value` pairs; a bare `--flag` means true."""
-    out: dict[str, str] = {}
-    i = 0
-    while i < len(argv):
-        if not argv[i].startswith("--"):
-            raise UserError(f"unexpected argument {argv[i]!r}: overrides look like --key=value or --key value")
-        key, eq, value = argv[i][2:].partition("=")
-        if not eq:  # the next argument is the value unless it is another --flag
-            has_value = i + 1 < len(argv) and not (argv[i + 1].startswith("--") and len(argv[i + 1]) > 2)
-            value = argv[i + 1] if has_value else "true"
-            i += has_value
-        i += 1
-        key = layer_key(key)
-        if key is not None:
-            out[key] = value
-    return out
-
-
-def build_config(preset: str | None = None, config_file: str | None = None,
-                 overrides: dict[str, Any] | None = None, check: bool = True) -> Config:
-    """defaults -> preset (or NANOGPT_BASE under a .py file) -> config file -> overrides; validated unless check=False."""
-    cfg = Config()
-    file_values, base, label = load_config_file(config_file) if config_file else ({}, {}, None)
-    preset = preset or file_values.get("preset")
-    file_values.pop("preset", None)
-    overrides = overrides or {}
-    if preset and not isinstance(preset, str):  # e.g. `preset = 5` in a TOML file
-        raise UserError(f"preset must be a name like 'baby' or 'small', got {preset!r}")
-    if preset:  # "xl" works for "XL"
-        preset = cfg.preset = {k.lower(): k for k in PRESETS}.get(preset.lower(), preset)
-    if preset and preset not in PRESETS:
-        close = difflib.get_close_matches(preset, list(PRESETS), n=1, cutoff=0.4)
-        hint = f"did you mean {close[0]!r}?" if close else f"presets: {', '.join(PRESETS)}"
-        raise UserError(f"unknown preset {preset!r}: {hint}")
-    if label and not preset:
-        cfg.preset = label
-    # A Languini preset under --compute_class takes that class's published recipe, below what
-    # the config file and the command line set.
-    chosen = {canonical_key(k): v for k, v in {**file_values, **overrides}.items()}
-    recipe = languini_recipe(preset, str(chosen.get("compute_class", "")))
-    for layer in (base, PRESETS[preset] if preset else {}, recipe, file_values, overrides):
-        keys = {canonical_key(k) for k in layer}
-        # Two ways to say the batch size: the one a layer names wins over the other.
-        if "batch_size" in keys and "train_batch_size" not in keys:
-            cfg.train.train_batch_size = 0
-        if "train_batch_size" in keys and "batch_size" not in keys:
-            cfg.train.batch_size = 0
-        for k, v in layer.items():
-            cfg.set(k, v)
-    if check:
-        validate(cfg)
-    return cfg
-
-
-def validate(cfg: Config) -> None:
-    """Impossible values are user errors, found before anything is built or written."""
-    m, o, t = cfg.model, cfg.optim, cfg.train
-    for k in ("learning_rate", "eps"):
-        if cfg.get(k) <= 0:
-            raise UserError(f"--{k} must be > 0, got {cfg.get(k)}")
-    for k in ("dropout", "beta1", "beta2"):
-        if not 0 <= cfg.get(k) < 1:
-            raise UserError(f"--{k} must be in [0, 1), got {cfg.get(k)}")
-    for k, fld in FIELD_INFO.items():
-        v, low, high = cfg.get(k), fld.metadata["low"], fld.metadata["high"]
-        if fld.type not in ("int", "float"):
-            continue
-        if isinstance(v, float) and not math.isfinite(v):  # NaN is refused when parsed, infinities here
-            raise UserError(f"--{k} must be a finite number, got {v}")
-        if v < low or (high and v > high):
-            raise UserError(f"--{k} {v} is out of range: use " + (f"{low} to {high}" if high else f"at least {low}"))
-    if t.batch_size <= 0 and t.train_batch_size <= 0:
-        raise UserError("set --batch_size (per-rank micro batch) or --train_batch_size (global batch) to a positive number")
-    if o.min_lr > o.learning_rate and o.decay_lr and o.schedule != "constant":
-        raise UserError(f"--min_lr must be in [0, learning_rate={o.learning_rate}], got {o.min_lr}")
-    if m.head_dim == 0 and m.n_embd % m.n_head:
-        raise UserError(f"--n_embd {m.n_embd} is not divisible by --n_head {m.n_head}: change one, or set --head_dim")
-    if t.last_n and m.block_size % t.last_n:
-        raise UserError(f"--last_n {t.last_n} must divide --block_size/--seq_len {m.block_size}")
-    cores = os.cpu_count() or 1
-    if cfg.system.num_threads > 4 * cores:  # far past the cores torch's thread pool crashes rather than slows
-        raise UserError(f"--num_threads {cfg.system.num_threads} is far more than this machine's {cores} cores: "
-                        f"use at most {cores}, or 0 for torch's default")
-    if t.compute_class and not t.tokens_per_second:
-        raise UserError("--compute_class needs --tokens_per_second (the config's reference throughput)")
-    if t.compute_class:
-        parse_hours(t.compute_class)
-    check_device_name(cfg.system.device)
-
-
-def check_device_name(name: str) -> None:
-    """A device string torch understands, among those gptlab runs on (no torch import)."""
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
-        raise UserError(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:N (N = GPU index) or mps")
-
-
-def check_device(name: str) -> None:
-    """The device exists on this machine, checked before anything is loaded or written."""
-    check_device_name(name)
-    if name in ("auto", "cpu"):
-        return
-    import torch
-
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-            raise UserError(f"--device {name}: no CUDA GPU is usable here (torch {torch.__version__} is {build}): use --device "
-                            "cpu, or install a CUDA build of torch (pip install torch --index-url https://download.pytorch.org/whl/cu124)")
-        n = torch.cuda.device_count()
-        if ":" in name and int(name.split(":")[1]) >= n:
-            raise UserError(f"--device {name}: this machine has {n} GPU(s), numbered 0..{n - 1}: use one of those")
-    elif not torch.backends.mps.is_available():
-        raise UserError("--device mps: Apple's Metal backend is not available here: use --device cpu")
-
-
-def check_memory(cfg: Config, weights_only: bool = False) -> None:
-    """Refuse shapes that fit nowhere here: 16 bytes a parameter (fp32 weights, grads, Adam moments; FSDP-shared; 4 for
-    eval_only/weights_only) plus >= 16 bytes per token, layer and width of a micro-batch, against host + GPU memory."""
-    import torch
-
-    m, t = cfg.model, cfg.train
-    try:
-        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        avail = 0
-    if avail <= 0:
-        return  # the host's memory is unknown: no check
-    width, heads = m.n_embd, m.n_head * (m.head_dim or max(1, m.n_embd // m.n_head))
-    per_layer = width * (3 * heads + heads) + 2 * width * (m.mlp_dim or 4 * width)
-    params = m.n_layer * per_layer + max(m.vocab_size, 1) * width * (1 if m.tie_embeddings else 2) + m.block_size * width
-    shards = max(1, int(os.environ.get("WORLD_SIZE", "1"))) if cfg.system.parallel == "fsdp" else 1
-    micro = t.batch_size or max(1, t.train_batch_size // max(1, t.gradient_accumulation_steps))
-    if t.eval_only or weights_only:  # weights alone: no gradients, optimiser state or stored activations
-        need = 4 * params // shards
-    else:
-        need = 16 * params // shards + 16 * micro * m.block_size * m.n_layer * width
-    if need > avail:  # no CUDA: device_count() is 0
-        avail += sum(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
-    if need > avail:
-        raise UserError(f"this model needs at least {need / 2**30:,.0f} GiB (n_layer {m.n_layer}, n_embd "
-                        f"{width}, vocab_size {m.vocab_size}, block_size {m.block_size}, batch {micro}) but this machine "
-                        f"has {avail / 2**30:,.0f} GiB: reduce --vocab_size, --block_size, --batch_size or the model size")
-
-
-def parse_hours(text: str, flag: str = "--compute_class") -> float:
-    """Hours from '6', '6h' or '6.0h'; a UserError naming `flag` otherwise."""
-    try:
-        h = float(text.strip().lower().removesuffix("h"))
-    except ValueError:
-        raise UserError(f"{flag} {text!r}: expected hours like '6h' or '12h'") from None
-    if not 0 < h < math.inf:
-        raise UserError(f"{flag} {text!r} must be a positive number of hours, like 6h")
-    return h
-
-
-# How one optimiser step's batch is cut (sequences): micro per forward/backward on one rank x accum
-# micro-batches per step on each rank x world ranks = global_batch.
-BatchSplit = NamedTuple("BatchSplit", [("micro", int), ("accum", int), ("global_batch", int)])
-
-
-def resolve_batch(cfg: Config, world_size: int) -> BatchSplit:
-    """The split for world_size ranks. train_batch_size set (Languini): the global batch, gradient_accumulation_steps
-    per rank. Unset (nanoGPT): batch_size is the micro batch, gradient_accumulation_steps the global count divided
-    over the ranks (40 = 5 on each of 8 GPUs), so the global batch does not change with the rank count."""
-    t = cfg.train
-    accum = t.gradient_accumulation_steps
-    if t.train_batch_size > 0:
-        if t.train_batch_size % (world_size * accum):
-            raise UserError(f"--train_batch_size {t.train_batch_size} is not divisible by world_size {world_size} x "
-                            f"gradient_accumulation_steps {accum}: pick a multiple of {world_size * accum}")
-        micro = t.train_batch_size // (world_size * accum)
-        if t.batch_size and t.batch_size != micro:
-            raise UserError(f"--batch_size {t.batch_size} disagrees with --train_batch_size {t.train_batch_size} "
-                            f"/ {world_size} ranks / {accum} accumulation = {micro}: set only one")
-        return BatchSplit(micro, accum, t.train_batch_size)
-    if accum == 1:
-        return BatchSplit(t.batch_size, 1, t.batch_size * world_size)
-    if accum % world_size:
-        raise UserError(f"--gradient_accumulation_steps {accum} is the global count (nanoGPT's meaning) and does not "
-                        f"divide over {world_size} ranks: use a multiple of {world_size}, or set --train_batch_size")
-    return BatchSplit(t.batch_size, accum // world_size, t.batch_size * accum)
-
-
 def help_text(cfg: Config | None = None) -> str:
     """Every key with its value (cfg's, * where not the default), aliases and meaning, by section."""
     title = f"values of {cfg.preset} (* = differs from the default)" if cfg else "defaults"
@@ -613,97 +334,3 @@ def help_text(cfg: Config | None = None) -> str:
     lines.append("\naccepted with a note (no meaning here): " + ", ".join("--" + k for k in NO_MEANING))
     lines.append("presets: " + ", ".join(PRESETS))
     return "\n".join(lines)
-
-
-def load_run_config(path: str | Path) -> Config:
-    """Rebuild a Config from a run's config.json (every caller has checked that the file exists)."""
-    d = read_json(Path(path), "run config")
-    if not isinstance(d, dict):
-        raise UserError(f"{path} does not hold a config object")
-    return Config.from_dict(d)
-
-
-# The final config of a run: resolved once, before anything reads it; never edited after.
-# What a resumed run may change: cadences, outputs, the machine, and the knobs a diverged
-# run is resumed with. Any other key that differs from the run's config.json is refused.
-RESUME_MAY_CHANGE = frozenset({f.name for f in fields(SystemConfig)} | {
-    "max_iters", "eval_interval", "eval_iters", "eval_batch_size", "eval_at_start", "eval_only", "checkpoint_interval",
-    "keep_last", "always_save_checkpoint", "log_interval", "log_metrics_every", "log_grads_every", "tensorboard", "wandb_log",
-    "wandb_project", "logger_type", "progress", "max_nonfinite", "learning_rate", "min_lr", "grad_clip", "resume", "overwrite",
-    "init_from", "out_dir", "log_root", "name", "comment", "data_root", "batch_size", "gradient_accumulation_steps"})
-
-
-def resolve(cfg: Config, *, world_size: int, device, data_meta: dict | None, init_source: dict | None = None,
-            resume_config: Config | None = None) -> Config:
-    """The config a run trains with, a new Config: dtype/compile per device, vocab from the data, architecture from
-    init_source (ModelConfig values), compute-class steps, batch split, absolute dataset path. With resume_config
-    (the run's config.json) a differing key outside RESUME_MAY_CHANGE is a UserError."""
-    out = _resolved(cfg, world_size, device, data_meta, init_source)
-    if resume_config is None:
-        return out
-    for k in FIELD_INFO:
-        v, old = out.get(k), resume_config.get(k)
-        if v != old and k not in RESUME_MAY_CHANGE:
-            raise UserError(f"--{k} {v!r} differs from {old!r} in the run's config.json: a resumed run keeps its "
-                            f"config; drop --{k} (only cadences, max_iters, device and output settings may change)")
-    out.preset = resume_config.preset
-    return out
-
-
-def _resolved(cfg: Config, world_size: int, device, data_meta: dict | None, init_source: dict | None) -> Config:
-    import torch
-
-    from gptlab.budget import steps_for_budget
-    from gptlab.runs import run_dir
-    from gptlab.loss import resolve_ce_chunk
-    from gptlab.model import padded_vocab
-    from gptlab.runtime import resolve_data_dir
-
-    out = copy.deepcopy(cfg)
-    m, s, t = out.model, out.system, out.train
-    dev = torch.device(device)
-    if init_source:  # the architecture is the source's; dropout and a shorter context are ours
-        keep = {"dropout": m.dropout, "block_size": min(m.block_size, int(init_source.get("block_size", m.block_size)))}
-        for k, v in dict(init_source, **keep).items():
-            if SECTION_OF.get(k) == "model":
-                setattr(m, k, v)
-    # The model's vocab: the data's unless set (or fixed by pretrained weights); never smaller than the data's.
-    data_vocab = int(data_meta["vocab_size"]) if data_meta else 0
-    if m.vocab_size and m.vocab_size < data_vocab:
-        hint = "prepare the data with the source model's tokenizer" if init_source else \
-            "drop --vocab_size (it is read from meta.json) or use matching data"
-        raise UserError(f"vocab_size {m.vocab_size} is smaller than the dataset's {data_vocab}: {hint}")
-    m.vocab_size = m.vocab_size or data_vocab
-    s.dtype = dtype_for(s.dtype, dev)
-    if s.compile == "auto":
-        s.compile = "default" if dev.type == "cuda" else "none"
-    # The chunked loss returns no logits, so logit statistics (log_grads_every) keep the plain loss.
-    s.ce_chunk = 0 if out.log.log_grads_every else resolve_ce_chunk(
-        s.ce_chunk, s.compile, padded_vocab(m.vocab_size, m.pad_vocab_multiple))
-    t.batch_size, t.gradient_accumulation_steps, t.train_batch_size = resolve_batch(out, world_size)
-    if t.compute_class:
-        t.max_iters = out.optim.lr_decay_iters = steps_for_budget(
-            parse_hours(t.compute_class), t.tokens_per_second, t.train_batch_size, m.block_size)
-    if data_meta is not None:
-        out.data.dataset = str(resolve_data_dir(out.data.dataset, out.data.data_root).resolve())
-    # The run folder, named once from this config; --resume/--overwrite are this command's, not the run's.
-    out.log.out_dir = str(run_dir(out, world_size).absolute())
-    t.resume = t.overwrite = False
-    validate(out)
-    check_memory(out)
-    return out
-
-
-def dtype_for(name: str, device) -> str:
-    """auto = bf16 on a GPU that has it, fp16 (with a loss scaler) on one that has not, fp32
-    elsewhere; fp16 on a CPU or MPS runs as fp32 (autocast there is slow, and presets ask for it)."""
-    import torch
-
-    name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(name, name)
-    if name not in ("auto", "float32", "bfloat16", "float16"):
-        raise UserError(f"--dtype {name!r}: use auto, bfloat16, float16 or float32")
-    if device.type != "cuda":
-        return "bfloat16" if name == "bfloat16" else "float32"
-    if name in ("auto", "bfloat16"):
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return name

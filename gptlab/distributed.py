@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from gptlab.config import check_device
+from gptlab.config_check import check_device
 from gptlab.errors import UserError
 from gptlab.files import sha256_file
-from gptlab.runs import CHECKPOINT_DIR
+from gptlab.layout import CHECKPOINT_DIR
 
 
 @dataclass

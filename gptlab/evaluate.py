@@ -16,16 +16,22 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gptlab.args import ArgParser
+from gptlab.config_check import check_device
+from gptlab.data import tokens as tk
 from gptlab.data.samplers import DocRows
+from gptlab.data.tokenizers import token_byte_lengths, tokenizer_from_meta
+from gptlab.distributed import pick_device
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_json, check_output_file
 from gptlab.loss import logits_and_loss
+from gptlab.runs import load_run
+from gptlab.runtime import autocast_ctx, resolve_data_dir, resolve_dtype
 
 LANGUINI_EVAL_STREAMS = 16  # the benchmark's in-training eval: 16 document streams,
 LANGUINI_MAX_EVAL_STEPS = 500  # the first 500 batches
@@ -241,14 +247,6 @@ def check_same_tokenizer(run_meta: dict | None, meta: dict, data_dir) -> None:
 
 def main(argv: list[str]) -> int:
     """gptlab eval --checkpoint_file F [--config_file C] --eval_data_split test --last_n 128"""
-    from gptlab.cli import ArgParser
-    from gptlab.config import check_device
-    from gptlab.data import tokens as tk
-    from gptlab.data.tokenizers import token_byte_lengths, tokenizer_from_meta
-    from gptlab.distributed import pick_device
-    from gptlab.runs import load_run
-    from gptlab.runtime import autocast_ctx, resolve_data_dir, resolve_dtype
-
     p = ArgParser(prog="gptlab eval", description="Evaluate a checkpoint on a prepared split, the Languini way.")
     p.add_argument("--run", help="run folder (instead of --checkpoint_file/--config_file)")
     p.add_argument("--checkpoint_file", help="checkpoint .pt")

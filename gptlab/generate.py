@@ -42,7 +42,7 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     A full cache is rebuilt from exactly that context, so cached and uncached paths give the same
     tokens. The loop never reads a tensor back to the host (the caller's .tolist() is the sync)."""
     model.eval()
-    block = model.shape.block_size
+    block = model.config.block_size
     cache = None
     for _ in range(max_new_tokens):
         # Model input: the whole window (no cache, or a new or full one, rebuilt) or the newest token.
@@ -51,6 +51,6 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
         whole = cache is None or cache.pos == 0
         logits = model(idx[:, -block:] if whole else idx[:, -1:], cache=cache)
         # padded vocab columns (embedding padding) are never sampled
-        nxt = sample(logits[:, -1, :model.shape.vocab_size], temperature, top_k, top_p, generator)  # (B, 1)
+        nxt = sample(logits[:, -1, :model.config.vocab_size], temperature, top_k, top_p, generator)  # (B, 1)
         idx = torch.cat([idx, nxt], dim=1)
     return idx

@@ -18,11 +18,23 @@ from typing import Any, Callable
 
 import torch
 
+from gptlab.args import ArgParser
 from gptlab.config import ModelConfig
+from gptlab.data.tokenizers import GPT2_INSTALL_HINT, find_gpt2_ranks, tokenizer_files
 from gptlab.errors import UserError
-from gptlab.files import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_name, check_output_folder,
-                          check_writable_folder, read_json, write_error)
-from gptlab.model import GPT, GPTShape
+from gptlab.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    check_name,
+    check_output_folder,
+    check_writable_folder,
+    read_json,
+    write_error,
+)
+from gptlab.model import derived_shape, padded_vocab
+from gptlab.registry import build_model
+from gptlab.runs import load_run
 
 # Short names users type -> today's hub ids (caches filled before the move use the short id).
 PRETRAINED = {n: "openai-community/" + n for n in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")}
@@ -202,12 +214,12 @@ def overrides_from_hf_config(hf: dict, pad_vocab_multiple: int = 64) -> dict[str
                 embed_scale=False, qkv="fused", gelu="tanh")
 
 
-def _shape_from_overrides(ov: dict[str, Any], dropout: float = 0.0) -> GPTShape:
-    return GPTShape.from_config(dataclasses.replace(ModelConfig(), **ov, dropout=dropout))
+def _shape_from_overrides(ov: dict[str, Any], dropout: float = 0.0) -> ModelConfig:
+    return derived_shape(dataclasses.replace(ModelConfig(), **ov, dropout=dropout))
 
 
-def convert_hf_state(hf_sd: dict[str, torch.Tensor], shape: GPTShape) -> dict[str, torch.Tensor]:
-    """HF GPT-2 tensors -> a state dict that GPT(shape).load_state_dict accepts (strict)."""
+def convert_hf_state(hf_sd: dict[str, torch.Tensor], shape: ModelConfig) -> dict[str, torch.Tensor]:
+    """HF GPT-2 tensors -> a state dict that build_model(shape).load_state_dict accepts (strict)."""
     src: dict[str, torch.Tensor] = {}
     for k, v in hf_sd.items():
         if _MASK_BUFFER.search(k):
@@ -216,9 +228,9 @@ def convert_hf_state(hf_sd: dict[str, torch.Tensor], shape: GPTShape) -> dict[st
         k = k.removeprefix("transformer.")
         src[k if k.startswith("lm_head.") else "transformer." + k] = v
     with torch.device("meta"):  # shapes and names only: no memory for gpt2-xl twice over
-        expected = GPT(shape).state_dict()
+        expected = build_model(shape).state_dict()
     out: dict[str, torch.Tensor] = {}
-    V, P = shape.vocab_size, shape.padded_vocab  # real and padded vocabulary rows
+    V, P = shape.vocab_size, padded_vocab(shape.vocab_size, shape.pad_vocab_multiple)  # real and padded vocabulary rows
     for name, ref in expected.items():
         if name == "lm_head.weight" and shape.tie_embeddings:
             continue  # filled below with the very same tensor as wte
@@ -258,20 +270,20 @@ def load_gpt2_state(name_or_path: str, cache_dir: str | Path | None = None,
 
 
 def gpt_from_pretrained(name_or_path: str, dropout: float = 0.0, block_size: int | None = None,
-                        cache_dir: str | Path | None = None, pad_vocab_multiple: int = 64) -> GPT:
+                        cache_dir: str | Path | None = None, pad_vocab_multiple: int = 64) -> torch.nn.Module:
     """A GPT with GPT-2's weights; block_size below n_positions crops the position table."""
     ov, state = load_gpt2_state(name_or_path, cache_dir, pad_vocab_multiple)
     if block_size is not None and block_size > ov["block_size"]:
         raise UserError(f"--block_size {block_size} exceeds the {ov['block_size']} positions {name_or_path} was trained "
                         f"with: use --block_size {ov['block_size']} or less")
-    model = GPT(_shape_from_overrides(ov, dropout))
+    model = build_model(_shape_from_overrides(ov, dropout))
     model.load_state_dict(state)
     if block_size is not None and block_size < ov["block_size"]:
         model.crop_block_size(block_size)
     return model
 
 
-def check_gpt2_expressible(s: GPTShape) -> None:
+def check_gpt2_expressible(s: ModelConfig) -> None:
     """UserError naming the first option GPT2LMHeadModel cannot represent."""
     problems = [msg for bad, msg in (
         (not s.tie_embeddings, "--tie_embeddings false (GPT-2 shares wte with lm_head)"),
@@ -327,8 +339,6 @@ def _write_gpt2_tokenizer(out: Path, vocab_size: int, block_size: int) -> list[s
     """Write vocab.json/merges.txt/tokenizer_config.json; returns notes (why skipped)."""
     if vocab_size != 50257:
         return [f"tokenizer files skipped: the model has {vocab_size} tokens, GPT-2 BPE has 50257"]
-    from gptlab.data.tokenizers import GPT2_INSTALL_HINT, find_gpt2_ranks
-
     try:  # no fetch here: an export should not reach for the network behind the user's back
         ranks, where = find_gpt2_ranks(allow_fetch=False)
     except UserError:
@@ -343,22 +353,22 @@ def _write_gpt2_tokenizer(out: Path, vocab_size: int, block_size: int) -> list[s
     return [f"tokenizer: GPT-2 BPE from {where}"]
 
 
-def export_hf(model: GPT, out_dir: str | Path, tokenizer_meta: dict | None = None,
+def export_hf(model: torch.nn.Module, out_dir: str | Path, tokenizer_meta: dict | None = None,
               overwrite: bool = False, extra: Callable[[Path], list[str]] | None = None) -> dict[str, Any]:
     """Write config.json + model.safetensors (+ GPT-2 tokenizer files, + extra(folder)'s files) for
     transformers; returns {"dir", "files", "notes"}. The tied lm_head is left out, as save_pretrained does.
     Built in a new folder beside out_dir and swapped in whole: an earlier export is replaced only once
     the new one is complete, and every refusal comes before anything is written."""
-    check_gpt2_expressible(model.shape)
+    check_gpt2_expressible(model.config)
     out = Path(out_dir)
     old_files = check_export_target(out, overwrite)
     notes = _swap_in(out, old_files, lambda folder: _write_export(model, folder, tokenizer_meta, extra))
     return {"dir": str(out), "files": sorted(p.name for p in out.iterdir() if p.is_file()), "notes": notes}
 
 
-def _write_export(model: GPT, out: Path, tokenizer_meta: dict | None, extra) -> list[str]:
+def _write_export(model: torch.nn.Module, out: Path, tokenizer_meta: dict | None, extra) -> list[str]:
     """The export's files into the (new, empty) folder out; its notes."""
-    s = model.shape
+    s = model.config
     st = _safetensors()
     kind, eot = _tokenizer_kind(tokenizer_meta)
     V = s.vocab_size
@@ -448,9 +458,6 @@ def _swap_in(out: Path, old_files: list[str], write: Callable[[Path], Any]) -> A
 
 
 def main_export(argv: list[str]) -> int:
-    from gptlab.cli import ArgParser
-    from gptlab.runs import load_run
-
     ap = ArgParser(prog="gptlab export", description="Export a trained run for another toolkit.")
     ap.add_argument("run", help="run folder (holds config.json and checkpoints/)")
     ap.add_argument("out", help="folder to write: new, empty, or an earlier export (with --overwrite)")
@@ -466,7 +473,7 @@ def main_export(argv: list[str]) -> int:
         raise UserError(f"export: {out} is the run folder itself: export to a folder of its own, e.g. {out}-hf")
     if not run.config.model.vocab_size:
         raise UserError(f"{a.run}/config.json has no model.vocab_size: the run was never started; train it first")
-    check_gpt2_expressible(GPTShape.from_config(run.config.model))  # before reading a possibly large checkpoint
+    check_gpt2_expressible(derived_shape(run.config.model))  # before reading a possibly large checkpoint
     check_export_target(out, a.overwrite)  # before the checkpoint is read, too
     t0 = time.time()
     print(f"export: reading {run.checkpoint(a.checkpoint)}", flush=True)
@@ -481,8 +488,6 @@ def main_export(argv: list[str]) -> int:
 def _copy_run_tokenizer(run, out: Path) -> list[str]:
     """A non-GPT-2 tokenizer travels as gptlab's own files: the run's data_meta.json and
     its tokenizer model, so `tokenizer_from_meta` rebuilds it from the export folder."""
-    from gptlab.data.tokenizers import tokenizer_files
-
     if run.data_meta is None or _tokenizer_kind(run.data_meta)[0] == "gpt2":
         return []
     atomic_write_json(out / "data_meta.json", run.data_meta)

@@ -18,7 +18,7 @@ def raw_model(model: torch.nn.Module) -> torch.nn.Module:
 
 def logits_and_loss(model, idx: torch.Tensor, targets: torch.Tensor | None = None):
     """(logits (B, T, vocab) without padded columns, mean CE over targets != -1 or None)."""
-    vocab = raw_model(model).shape.vocab_size
+    vocab = raw_model(model).config.vocab_size
     logits = model(idx)[..., :vocab]
     if targets is None:
         return logits, None
@@ -45,7 +45,7 @@ def lm_loss(model, idx: torch.Tensor, targets: torch.Tensor, ce_chunk: int = 0) 
     gpt = raw_model(model)
     if ce_chunk <= 0 or type(gpt.lm_head.weight).__name__ == "DTensor":
         return logits_and_loss(model, idx, targets)[1]
-    return chunked_cross_entropy(model(idx, return_hidden=True), gpt.lm_head.weight, targets, gpt.shape.vocab_size, ce_chunk)
+    return chunked_cross_entropy(model(idx, return_hidden=True), gpt.lm_head.weight, targets, gpt.config.vocab_size, ce_chunk)
 
 
 def _chunk_logits(hc, w, vocab: int, cols):

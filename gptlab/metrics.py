@@ -14,7 +14,7 @@ import torch
 
 from gptlab import distributed as dist_
 from gptlab.loss import logits_and_loss
-from gptlab.model import flops_per_token
+from gptlab.registry import flops_per_token, parameter_count
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, FLOP/s.
 PEAK_BF16 = {
@@ -114,14 +114,14 @@ class TrainMetrics:
     def __init__(self, cfg, raw_model, d, logger, clock: TrainClock, loop: dict | None = None):
         self.cfg, self.raw, self.d, self.logger, self.clock = cfg, raw_model, d, logger, clock
         self.jsonl, self.term = Window(d.device, clock, loop), Window(d.device, clock)
-        self.fpt = flops_per_token(raw_model.shape, cfg.model.block_size)
+        self.fpt = flops_per_token(raw_model, cfg.model.block_size)
         self.peak, self.device_name = device_peak_flops(d.device)
         self.tokens_per_step = cfg.train.train_batch_size * cfg.model.block_size
         self.last_loss = math.nan
 
     def header(self, cfg, run_dir) -> str:
         t = cfg.train
-        return (f"run: {run_dir}\nmodel: {self.raw.num_params():,} parameters, {self.fpt / 1e9:.3f} GFLOPs/token | "
+        return (f"run: {run_dir}\nmodel: {parameter_count(self.raw):,} parameters, {self.fpt / 1e9:.3f} GFLOPs/token | "
                 f"device {self.device_name} | dtype {cfg.system.dtype} | compile {cfg.system.compile} | world "
                 f"{self.d.world_size} | batch {t.train_batch_size} = {self.d.world_size} ranks x {t.batch_size} x "
                 f"{t.gradient_accumulation_steps} accum | seq {cfg.model.block_size} | {self.tokens_per_step:,} tokens/step")

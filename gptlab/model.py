@@ -5,7 +5,7 @@ construction (meta-device builds). Parameter names follow HF's GPT-2: weights co
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
@@ -19,38 +19,12 @@ def padded_vocab(vocab_size: int, multiple: int) -> int:
     return ((vocab_size + multiple - 1) // multiple) * multiple
 
 
-@dataclass
-class GPTShape:
-    """Everything the model needs, with the derived sizes filled in."""
-
-    n_layer: int
-    n_head: int
-    n_embd: int
-    head_dim: int
-    mlp_dim: int
-    block_size: int
-    vocab_size: int
-    padded_vocab: int
-    bias: bool = True
-    dropout: float = 0.0
-    tie_embeddings: bool = True
-    embed_scale: bool = False
-    qkv: str = "fused"
-    gelu: str = "tanh"
-    scaled_init: str = "all"
-
-    @classmethod
-    def from_config(cls, m: ModelConfig, vocab_size: int | None = None) -> "GPTShape":
-        v = vocab_size or m.vocab_size
-        if not v:
-            raise ValueError("vocab_size unknown: set it in the config or read it from the dataset")
-        return cls(
-            n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
-            head_dim=m.head_dim or m.n_embd // m.n_head, mlp_dim=m.mlp_dim or 4 * m.n_embd,
-            block_size=m.block_size, vocab_size=v, padded_vocab=padded_vocab(v, m.pad_vocab_multiple),
-            bias=m.bias, dropout=m.dropout, tie_embeddings=m.tie_embeddings, embed_scale=m.embed_scale,
-            qkv=m.qkv, gelu=m.gelu, scaled_init=m.scaled_init,
-        )
+def derived_shape(config: ModelConfig) -> ModelConfig:
+    """A copy of config with the derived sizes filled in (head_dim, mlp_dim: 0 = derived)."""
+    if not config.vocab_size:
+        raise ValueError("vocab_size unknown: set it in the config or read it from the dataset")
+    return replace(config, head_dim=config.head_dim or config.n_embd // config.n_head,
+                   mlp_dim=config.mlp_dim or 4 * config.n_embd)
 
 
 class KVCache:
@@ -64,7 +38,7 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, s: GPTShape):
+    def __init__(self, s: ModelConfig):
         super().__init__()
         self.n_head, self.head_dim = s.n_head, s.head_dim
         inner = s.n_head * s.head_dim  # may differ from n_embd (Languini mini, XL)
@@ -111,7 +85,7 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, s: GPTShape):
+    def __init__(self, s: ModelConfig):
         super().__init__()
         self.c_fc = nn.Linear(s.n_embd, s.mlp_dim, bias=s.bias)
         self.act = nn.GELU(approximate="tanh" if s.gelu == "tanh" else "none")
@@ -125,7 +99,7 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
-    def __init__(self, s: GPTShape):
+    def __init__(self, s: ModelConfig):
         super().__init__()
         self.ln_1 = nn.LayerNorm(s.n_embd, bias=s.bias)
         self.attn = CausalSelfAttention(s)
@@ -138,17 +112,18 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, shape: GPTShape):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        self.shape = s = shape
+        self.config = s = derived_shape(config)
+        self.padded_vocab = padded_vocab(s.vocab_size, s.pad_vocab_multiple)
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(s.padded_vocab, s.n_embd),
+            wte=nn.Embedding(self.padded_vocab, s.n_embd),
             wpe=nn.Embedding(s.block_size, s.n_embd),
             drop=nn.Dropout(s.dropout),
             h=nn.ModuleList([Block(s) for _ in range(s.n_layer)]),
             ln_f=nn.LayerNorm(s.n_embd, bias=s.bias),
         ))
-        self.lm_head = nn.Linear(s.n_embd, s.padded_vocab, bias=False)
+        self.lm_head = nn.Linear(s.n_embd, self.padded_vocab, bias=False)
         if s.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         self.embed_multiplier = math.sqrt(s.n_embd) if s.embed_scale else 1.0
@@ -158,7 +133,7 @@ class GPT(nn.Module):
         """Draw the initial weights: Linear/embedding ~ N(0, 0.02), biases 0, LayerNorm 1/0, and
         std 0.02/sqrt(2L) on the residual output projections (GPT-2: attention and MLP; Languini:
         MLP only). Draw order is fixed, so a seed gives the same weights on any device."""
-        s = self.shape
+        s = self.config
         if s.tie_embeddings:  # again: moving a meta-device model (to_empty) unties them
             self.lm_head.weight = self.transformer.wte.weight
         for module in self.modules():
@@ -174,16 +149,13 @@ class GPT(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * s.n_layer))
         return self
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())  # parameters() yields a tied matrix once
-
     def forward(self, idx: torch.Tensor, return_hidden: bool = False, cache: KVCache | None = None) -> torch.Tensor:
         """idx (B, T) -> logits (B, T, padded_vocab), or with return_hidden the hidden states
         (B, T, n_embd) after the final LayerNorm; columns >= vocab_size are sliced off by gptlab.loss."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
-        if start + T > self.shape.block_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.shape.block_size}")
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
         pos = torch.arange(start, start + T, device=idx.device)
         x = self.transformer.wte(idx)
         if self.embed_multiplier != 1.0:
@@ -198,27 +170,22 @@ class GPT(nn.Module):
 
     def crop_block_size(self, block_size: int) -> None:
         """Shorter context for fine-tuning: keep the first block_size position embeddings."""
-        if block_size > self.shape.block_size:
-            raise ValueError(f"cannot grow block_size from {self.shape.block_size} to {block_size}")
-        self.shape.block_size = block_size
+        if block_size > self.config.block_size:
+            raise ValueError(f"cannot grow block_size from {self.config.block_size} to {block_size}")
+        self.config.block_size = block_size
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token: 6N + 12*L*H*Q*T (forward + backward, with attention), where N counts
+        every Linear weight and the output layer (embeddings are lookups; biases and norms are ignored,
+        as the PaLM-style estimate does)."""
+        s, T = self.config, seq_len or self.config.block_size
+        inner = s.n_head * s.head_dim
+        per_block = s.n_embd * 3 * inner + inner * s.n_embd + 2 * s.n_embd * s.mlp_dim
+        matmul_params = s.n_layer * per_block + s.n_embd * self.padded_vocab
+        return 6 * matmul_params + 12 * s.n_layer * s.n_head * s.head_dim * T
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         p = next(self.parameters())
-        s = self.shape
+        s = self.config
         return KVCache(s.n_layer, batch, s.n_head, s.head_dim, max_len or s.block_size, p.device, p.dtype)
-
-
-def matmul_params(shape: GPTShape) -> int:
-    """N in the 6N FLOPs rule, from the shape: every Linear weight and the output layer.
-    Embeddings are lookups; biases and norms are ignored, as the PaLM-style estimate does."""
-    s = shape
-    inner = s.n_head * s.head_dim
-    per_block = s.n_embd * 3 * inner + inner * s.n_embd + 2 * s.n_embd * s.mlp_dim
-    return s.n_layer * per_block + s.n_embd * s.padded_vocab
-
-
-def flops_per_token(shape: GPTShape, seq_len: int | None = None) -> float:
-    """Training FLOPs per token: 6N + 12*L*H*Q*T (forward + backward, with attention)."""
-    T = seq_len or shape.block_size
-    return 6 * matmul_params(shape) + 12 * shape.n_layer * shape.n_head * shape.head_dim * T

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gptlab.cli import ArgParser
+from gptlab.args import ArgParser
 from gptlab.errors import UserError
 from gptlab.files import check_output_file
-from gptlab.runs import METRICS_FILE
+from gptlab.layout import METRICS_FILE
 
 X_KEYS = {"steps": "step", "tokens": "tokens", "hours": "accel_hours"}
 X_LABELS = {"steps": "step", "tokens": "tokens", "hours": "accelerator-hours (reference throughput)"}

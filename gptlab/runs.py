@@ -1,7 +1,5 @@
-"""Run folders `<log_root>/<compute class or "free">/<preset>/<name>/`: naming, (no) reuse, opening. The name
-encodes the hyperparameters as Languini's configs.add_exp_name does (at the run's precision, not always fp16), e.g.
-GPT_books16384_bsz128_micro4_sl512_coslr0.0006to6e-06_h768_ff3072_nH12_dH64_nl12_clip0.0_decay18k_workers1_defaultCompile_fp16_seed0
-A folder with contents is never deleted or written over: --resume continues it, --overwrite moves it aside."""
+"""Run folders: (no) reuse, locks, opening one for reading. A folder with contents is never deleted
+or written over: --resume continues it, --overwrite moves it aside. Its name: resolve.run_dir."""
 
 from __future__ import annotations
 
@@ -12,62 +10,22 @@ import re
 import time
 from pathlib import Path
 
-from gptlab.config import Config, load_run_config, parse_hours, resolve_batch
+from gptlab.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint
+from gptlab.config import Config
+from gptlab.config_files import load_run_config
+from gptlab.data.tokenizers import tokenizer_from_meta
 from gptlab.errors import UserError
-from gptlab.files import (LOCK_FILE, NAME_MAX, RUN_LAYOUT, check_name, check_output_folder, folder_lock, read_json,
-                          reject_symlinks)
-
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_DIR = "checkpoints"
-DATA_META_FILE = "data_meta.json"
-
-_PRECISION = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "auto": "autoPrec"}
-_COMPILE = {"none": "", "default": "defaultCompile", "reduce-overhead": "reduceOverheadCompile",
-            "max-autotune": "maxAutotuneCompile", "max-autotune-no-cudagraphs": "maxAutotuneNoGraphsCompile"}
-
-
-def _safe(text: str) -> str:
-    # Anything outside this set could split a path or upset a shell; it becomes '-'.
-    return re.sub(r"[^A-Za-z0-9._+=-]+", "-", text.strip()).strip("-.")
-
-
-def run_name(cfg: Config, world_size: int = 1) -> str:
-    """The encoded folder name of a run (without the class/preset parents)."""
-    m, o, t = cfg.model, cfg.optim, cfg.train
-    _, accum, global_batch = resolve_batch(cfg, world_size)  # accum: accumulation steps per rank
-    constant = o.schedule == "constant" or not o.decay_lr
-    lr = f"constlr{o.learning_rate}" if constant else f"coslr{o.learning_rate}to{o.min_lr}"
-    # A dataset given as a path is named by its last component, without '_' (books_16384 -> books16384).
-    data = _safe(Path(cfg.data.dataset.rstrip("/\\")).name or cfg.data.dataset).replace("_", "") or "data"
-    ff, head_dim = m.mlp_dim or 4 * m.n_embd, m.head_dim or m.n_embd // m.n_head  # 0 = derived (as GPTShape)
-    parts = ["GPT", data, f"bsz{global_batch}" + (f"_micro{accum}" if accum > 1 else ""),
-             f"sl{m.block_size}", lr, f"h{m.n_embd}", f"ff{ff}", f"nH{m.n_head}", f"dH{head_dim}", f"nl{m.n_layer}",
-             f"clip{float(o.grad_clip)}", f"decay{o.lr_decay_iters // 1000}k", f"workers{world_size}",
-             _COMPILE.get(cfg.system.compile, _safe(cfg.system.compile) + "Compile"),
-             _PRECISION.get(cfg.system.dtype, _safe(cfg.system.dtype)), f"seed{t.seed}", _safe(cfg.log.comment)]
-    return "_".join(p for p in parts if p)
-
-
-def run_dir(cfg: Config, world_size: int = 1) -> Path:
-    """Where this run's files go: log.out_dir if set, else log_root/<class>/<preset>/<name>, where
-    Languini's --relative_log_path (a relative path that stays under log_root) replaces <class>/<preset>."""
-    if cfg.log.out_dir:
-        return Path(cfg.log.out_dir)
-    name = _safe(cfg.log.name) if cfg.log.name else run_name(cfg, world_size)
-    if not name:
-        raise UserError(f"--name {cfg.log.name!r} has no usable characters: use letters, digits, '.', '-' or '_'")
-    if len(name.encode("utf-8")) > NAME_MAX:
-        flag = "--name" if cfg.log.name else "--comment (part of the run's encoded name)"
-        raise UserError(f"{flag} gives a folder name of {len(name.encode('utf-8'))} bytes, more than a file "
-                        f"name may be ({NAME_MAX}): choose a shorter {flag.split()[0]}")
-    rel, cc = Path(cfg.log.relative_log_path), cfg.train.compute_class
-    if rel.is_absolute() or ".." in rel.parts:
-        raise UserError(f"--relative_log_path {cfg.log.relative_log_path!r} must stay under --log_root: "
-                        "give a relative path without '..', or use --out_dir for a folder elsewhere")
-    if not cfg.log.relative_log_path:  # '6', '6h' and '6.0h' all give the folder 6h
-        rel = Path(f"{parse_hours(cc):g}h" if cc else "free") / _safe(cfg.preset or "custom")
-    return Path(cfg.log.log_root) / rel / name
+from gptlab.files import (
+    LOCK_FILE,
+    RUN_LAYOUT,
+    check_name,
+    check_output_folder,
+    folder_lock,
+    read_json,
+    reject_symlinks,
+)
+from gptlab.layout import CHECKPOINT_DIR, CONFIG_FILE, DATA_META_FILE, METRICS_FILE
+from gptlab.registry import build_model
 
 
 def _has_contents(path: Path) -> bool:
@@ -109,8 +67,6 @@ def _check_contents(path: Path, resume: bool, overwrite: bool) -> None:
         raise UserError(f"{str(path)!r} is not empty and is not a run folder (no {CONFIG_FILE}, {CHECKPOINT_DIR}/ "
                         f"or {METRICS_FILE}): gptlab leaves it alone; choose a new or empty --out_dir")
     if resume:
-        from gptlab.checkpoint import list_checkpoints
-
         if not list_checkpoints(path):
             raise UserError(f"--resume: run folder {str(path)!r} has no checkpoint (it stopped before its first "
                             "save): pass --overwrite instead of --resume to move it aside and start afresh")
@@ -185,8 +141,6 @@ class Run:
 
     def tokenizer(self):
         """The tokenizer the run trained with (from its data_meta.json and copied model file)."""
-        from gptlab.data.tokenizers import tokenizer_from_meta
-
         if self.data_meta is None:
             raise UserError(f"{self.dir} has no {DATA_META_FILE}: it was not written by `gptlab train`, "
                             "so its tokenizer is unknown")
@@ -194,16 +148,12 @@ class Run:
 
     def checkpoint(self, which: str = "best") -> Path:
         """The file load_run was given, else the run's best (or last) checkpoint."""
-        from gptlab.checkpoint import find_checkpoint
-
         if which not in ("best", "last"):
             raise UserError(f"checkpoint {which!r}: use best or last")
         return self.checkpoint_file or find_checkpoint(self.dir, which)
 
     def model_state(self, which: str = "best") -> tuple[dict, int]:
         """(model state_dict with wrapper prefixes removed, the step it was saved at)."""
-        from gptlab.checkpoint import load_checkpoint
-
         state = load_checkpoint(self.checkpoint(which))  # a 'step' it holds is an int >= 0
         # torch.compile and DDP prefix every key; the weights are the same.
         sd = {re.sub(r"^((_orig_mod|module)\.)+", "", k): v for k, v in state["model"].items()}
@@ -211,12 +161,10 @@ class Run:
 
     def build_model(self, device="cpu", which: str = "best"):
         """The run's GPT with the checkpoint's weights, on `device` (train mode; call .eval() to sample)."""
-        from gptlab.model import GPT, GPTShape
-
         if not self.config.model.vocab_size:
             raise UserError(f"{self.dir}/{CONFIG_FILE} has no vocab_size: the run never started training")
         sd, _ = self.model_state(which)
-        model = GPT(GPTShape.from_config(self.config.model))
+        model = build_model(self.config.model)
         try:
             model.load_state_dict(sd)
         except RuntimeError as e:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
-from gptlab.config import dtype_for
+from gptlab.config_check import dtype_for
 from gptlab.errors import UserError
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The dtype training runs `name` with on `device` (config.dtype_for): sample and eval agree with it."""
+    """The dtype training runs `name` with on `device` (config_check.dtype_for): sample and eval agree with it."""
     return getattr(torch, dtype_for(name, device))
 
 

@@ -8,8 +8,15 @@ from pathlib import Path
 
 import torch
 
-from gptlab.cli import ArgParser, flag_bool
+from gptlab import hf
+from gptlab.args import ArgParser, flag_bool
+from gptlab.data.tokenizers import GPT2Tokenizer, tokenizer_from_meta
+from gptlab.distributed import pick_device
 from gptlab.errors import UserError
+from gptlab.files import read_json
+from gptlab.generate import generate
+from gptlab.runs import load_run
+from gptlab.runtime import autocast_ctx, resolve_dtype
 
 ENDOFTEXT = "<|endoftext|>"
 # Ceilings on work a typo could make unbounded (a prompt file of /dev/zero, --max_new_tokens 10**12).
@@ -70,8 +77,6 @@ def encode_prompt(tok, text: str) -> list[int]:
 
 def open_model(a, device: torch.device):
     """(model, tokenizer, what it is) for --init_from and --run/--out_dir."""
-    from gptlab.runs import load_run
-
     src = a.init_from
     if src != "resume" and a.run:
         raise UserError(f"--init_from {src} and --run/--out_dir {a.run} name two models: pass one of them")
@@ -81,25 +86,17 @@ def open_model(a, device: torch.device):
     if a.run or Path(src).is_file() or (Path(src) / "checkpoints").is_dir():  # a gptlab run or one of its checkpoints
         run = load_run(src)
         return run.build_model(device, a.checkpoint), run.tokenizer(), f"{run.checkpoint(a.checkpoint)}"
-    from gptlab import hf
-    from gptlab.data.tokenizers import GPT2Tokenizer, tokenizer_from_meta
-    from gptlab.files import read_json
-
     model = hf.gpt_from_pretrained(src).to(device)
     meta = Path(src) / "data_meta.json"  # a gptlab export carries its run's own tokenizer
     if meta.is_file():
         return model, tokenizer_from_meta(read_json(meta, "the export's tokenizer meta"), Path(src)), src
-    if model.shape.vocab_size != GPT2Tokenizer.vocab_size:
-        raise UserError(f"{src} has a vocabulary of {model.shape.vocab_size}, not GPT-2's {GPT2Tokenizer.vocab_size}, "
+    if model.config.vocab_size != GPT2Tokenizer.vocab_size:
+        raise UserError(f"{src} has a vocabulary of {model.config.vocab_size}, not GPT-2's {GPT2Tokenizer.vocab_size}, "
                         "and no data_meta.json naming its tokenizer: export it again with `gptlab export`")
     return model, GPT2Tokenizer(), src
 
 
 def main(argv: list[str]) -> int:
-    from gptlab.distributed import pick_device
-    from gptlab.generate import generate
-    from gptlab.runtime import autocast_ctx, resolve_dtype
-
     a = build_parser().parse_args(argv)
     # Argument ranges, before any model is loaded.
     if not (0 < a.num_samples <= MAX_SAMPLES and 0 < a.max_new_tokens <= MAX_NEW_TOKENS):
@@ -115,7 +112,7 @@ def main(argv: list[str]) -> int:
     device = pick_device(a.device)
     model, tok, what = open_model(a, device)
     ids = encode_prompt(tok, prompt)
-    if max(ids) >= model.shape.vocab_size:
+    if max(ids) >= model.config.vocab_size:
         raise UserError("the prompt holds tokens outside the model's vocabulary: use the run's tokenizer")
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(a.seed)

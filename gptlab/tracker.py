@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from gptlab.errors import UserError
-from gptlab.runs import METRICS_FILE
+from gptlab.layout import METRICS_FILE
 
 
 class RunLogger:

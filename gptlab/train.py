@@ -1,6 +1,6 @@
 """The training loop, and the parts it is made of.
 
-    config.resolve  ->  setup(): data, model (fresh, pretrained or resumed), DDP/FSDP2, optimiser
+    resolve.resolve ->  setup(): data, model (fresh, pretrained or resumed), DDP/FSDP2, optimiser
     loop, each step:    batches -> train_step (accumulate, backward, clip, skip non-finite, step)
                         -> TrainState.advance -> metrics.record -> stop.poll -> evaluator -> checkpointer
     shutdown:           threads joined (prefetch, checkpoint writer), model freed, barrier, group destroyed
@@ -28,8 +28,9 @@ import torch
 
 from gptlab import checkpoint as ck
 from gptlab import distributed as dist_
-from gptlab import runs
-from gptlab.config import Config, load_run_config, resolve
+from gptlab import hf, registry, runs
+from gptlab.config import Config
+from gptlab.config_files import load_run_config
 from gptlab.data import tokens as tk
 from gptlab.data.prefetch import Prefetcher
 from gptlab.data.samplers import RandomWindowSampler, StreamBatcher
@@ -37,10 +38,12 @@ from gptlab.data.tokenizers import token_byte_lengths, tokenizer_files, tokenize
 from gptlab.errors import UserError
 from gptlab.evaluate import evaluate, format_metrics, languini_eval_plan
 from gptlab.files import atomic_write_json, atomic_write_text, read_json
+from gptlab.layout import CHECKPOINT_DIR, CONFIG_FILE, DATA_META_FILE
 from gptlab.loss import lm_loss
 from gptlab.metrics import TrainClock, TrainMetrics, entropy_gap
-from gptlab.model import GPT, GPTShape
 from gptlab.optim import build_optimizer, lr_at, set_lr
+from gptlab.resolve import resolve
+from gptlab.resolve import run_dir as resolved_run_dir
 from gptlab.runtime import autocast_ctx, compile_model, resolve_data_dir
 from gptlab.tracker import RunLogger
 
@@ -231,7 +234,7 @@ class Session:
     d: dist_.Dist
     run_dir: Path
     model: torch.nn.Module  # wrapped (DDP/FSDP2) and compiled: call this one
-    raw: GPT  # the plain module (weights for checkpoints)
+    raw: torch.nn.Module  # the plain module (weights for checkpoints)
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     ctx: object
@@ -251,15 +254,13 @@ def source_arch(src: str, pad_multiple: int) -> dict | None:
         return None
     if _is_run(src):
         return dict(runs.load_run(src).config.to_dict()["model"])
-    from gptlab import hf
-
     folder = hf.resolve_pretrained(src)
-    return hf.overrides_from_hf_config(read_json(folder / runs.CONFIG_FILE, "model config"), pad_multiple)
+    return hf.overrides_from_hf_config(read_json(folder / CONFIG_FILE, "model config"), pad_multiple)
 
 
 def _is_run(src: str) -> bool:
     p = Path(src)
-    return (p / runs.CHECKPOINT_DIR).is_dir() or p.is_file()
+    return (p / CHECKPOINT_DIR).is_dir() or p.is_file()
 
 
 def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitStack) -> tuple[Config, Path, dict | None]:
@@ -267,7 +268,7 @@ def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitSta
     valid checkpoint on --resume). Rank 0 takes the folder's lock into `hold`."""
     arch = source_arch(cfg.train.init_from, cfg.model.pad_vocab_multiple)
     fresh = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta, init_source=arch)
-    run_dir = runs.run_dir(fresh, d.world_size)
+    run_dir = resolved_run_dir(fresh, d.world_size)
     resume = cfg.train.resume or cfg.train.init_from == "resume"
     if d.is_main:
         runs.prepare_run_dir(run_dir, resume=resume, overwrite=cfg.train.overwrite,
@@ -276,54 +277,52 @@ def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitSta
     if not resume:
         return fresh, run_dir, None
     dist_.barrier(d)
-    saved = run_dir / runs.CONFIG_FILE
+    saved = run_dir / CONFIG_FILE
     final = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta, init_source=arch,
                     resume_config=load_run_config(saved) if saved.is_file() else None)
     found = ck.load_latest_valid(run_dir, warn=print if d.is_main else (lambda *a: None))
     if found is None:
-        raise UserError(f"--resume: no valid checkpoint in {run_dir / runs.CHECKPOINT_DIR}: "
+        raise UserError(f"--resume: no valid checkpoint in {run_dir / CHECKPOINT_DIR}: "
                         f"start afresh with --overwrite instead of --resume")
     ck.check_resumable(*found)
     return final, run_dir, {"state": found[0], "path": found[1]}
 
 
-def build_model(cfg: Config, resumed: dict | None, log) -> GPT:
+def build_model(cfg: Config, resumed: dict | None, log) -> torch.nn.Module:
     """Fresh (init_weights), or the --init_from source's weights; on resume the checkpoint's."""
     src, seed = cfg.train.init_from, cfg.train.seed
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if resumed is not None or src in ("scratch", "resume", ""):
-        model = GPT(GPTShape.from_config(cfg.model))
+        model = registry.build_model(cfg.model)
         if resumed is None:
-            return model.init_weights()
+            return registry.init_weights(model)
         _load_weights(model, resumed["state"]["model"], resumed["path"])
         log(f"resuming from {resumed['path']} at step {resumed['state']['step']}")
         return model
     arch = source_arch(src, cfg.model.pad_vocab_multiple)  # built at the source's context, then cropped
-    model = GPT(GPTShape.from_config(replace(cfg.model, block_size=int(arch["block_size"]))))
+    model = registry.build_model(replace(cfg.model, block_size=int(arch["block_size"])))
     if _is_run(src):
         run = runs.load_run(src)
         state, step = run.model_state("best")
         where = f"{run.checkpoint('best')} (step {step})"
     else:
-        from gptlab import hf
-
         _, state = hf.load_gpt2_state(src, pad_vocab_multiple=cfg.model.pad_vocab_multiple)
         where = src
     _load_weights(model, state, src)
-    if cfg.model.block_size < model.shape.block_size:
+    if cfg.model.block_size < model.config.block_size:
         model.crop_block_size(cfg.model.block_size)
-    log(f"initialised from {where} ({model.num_params():,} parameters)")
+    log(f"initialised from {where} ({registry.parameter_count(model):,} parameters)")
     return model
 
 
-def _load_weights(model: GPT, state: dict, where) -> None:
+def _load_weights(model: torch.nn.Module, state: dict, where) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise UserError(f"checkpoint {where} does not fit this config ({str(e).splitlines()[0][:150]}): "
-                        f"resume with the run's own config ({runs.CONFIG_FILE})") from None
+                        f"resume with the run's own config ({CONFIG_FILE})") from None
 
 
 def pick_splits(cfg: Config, data_dir: Path, meta: dict) -> list[str]:
@@ -413,8 +412,8 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
     loop = resumed["state"].get("loop") if resumed else None
     resumed = None  # the checkpoint's tensors are restored; do not hold them for the whole run
     if d.is_main:  # config, data meta, tokenizer: enough to sample; written now, so a failed resume changes nothing
-        atomic_write_text(run_dir / runs.CONFIG_FILE, cfg.to_json() + "\n")
-        atomic_write_json(run_dir / runs.DATA_META_FILE, meta)
+        atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json() + "\n")
+        atomic_write_json(run_dir / DATA_META_FILE, meta)
         for name in tokenizer_files(meta):  # checked plain NAME.model names, never a path meta.json chose
             shutil.copyfile(data_dir / name, run_dir / name)
     wrapped = compile_model(wrapped, cfg.system.compile)

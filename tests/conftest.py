@@ -6,7 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -28,7 +27,7 @@ def one_thread():
 
 @pytest.fixture
 def tiny_model_config():
-    from gptlab.config import build_config
+    from gptlab.config_files import build_config
 
     return build_config("baby", overrides=dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=40,
                                                 dropout=0.0, batch_size=4))
@@ -36,10 +35,10 @@ def tiny_model_config():
 
 @pytest.fixture
 def tiny_model(tiny_model_config):
-    from gptlab.model import GPT, GPTShape
+    from gptlab.model import GPT
 
     torch.manual_seed(0)
-    return GPT(GPTShape.from_config(tiny_model_config.model)).init_weights().eval()
+    return GPT(tiny_model_config.model).init_weights().eval()
 
 
 SAMPLE_TEXT = (

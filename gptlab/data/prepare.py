@@ -24,11 +24,12 @@ from typing import Callable, Iterator
 import numpy as np
 
 from gptlab import files
-from gptlab.errors import UserError
+from gptlab.args import ArgParser as _Parser  # one line naming the closest flag
 from gptlab.data import tokens as T
 from gptlab.data.tokenizers import TOKENIZER_KINDS as TOKENIZERS
 from gptlab.data.tokenizers import (CharTokenizer, GPT2Tokenizer, find_gpt2_ranks, sha256_bytes, tokenizer_from_meta,
                                     train_sentencepiece)
+from gptlab.errors import UserError
 
 PROGRESS = "progress.json"
 PROGRESS_VERSION = 2
@@ -656,8 +657,6 @@ def prepare(recipe: str, input=None, tokenizer: str | None = None, out=None, ove
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gptlab.cli import ArgParser as _Parser  # one line naming the closest flag; cli imports this module lazily
-
     recipes = "\n".join(f"  {k:<17} {v}" for k, v in RECIPES.items())
     p = _Parser(prog="gptlab prepare", description="Turn text into token files ({split}.bin + meta.json).",
                 epilog="recipes:\n" + recipes, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -12,9 +12,9 @@ import threading
 import pytest
 import torch
 
-from gptlab.config import build_config
+from gptlab.config_files import build_config
 from gptlab.loss import lm_loss
-from gptlab.model import GPT, CausalSelfAttention, GPTShape
+from gptlab.model import GPT, CausalSelfAttention
 from gptlab.train import train_step
 
 DEV = torch.device("cuda")
@@ -27,7 +27,7 @@ def _model(preset: str = "gpt2", seed: int = 0, **over) -> GPT:
         base.update(head_dim=32, mlp_dim=512, last_n=0)
     base.update(over)
     torch.manual_seed(seed)
-    return GPT(GPTShape.from_config(build_config(preset, overrides=base).model)).init_weights().to(DEV)
+    return GPT(build_config(preset, overrides=base).model).init_weights().to(DEV)
 
 
 def _batch(b=8, t=128, vocab=1000, seed=None):

@@ -59,7 +59,7 @@ def _train_here(args: list[str]) -> None:
     """A 1-rank run inside the test process: it saves the ~10 s of CPU that importing torch
     again costs on a small machine. The run changes process-wide torch settings
     (threads, deterministic algorithms); they are put back afterwards."""
-    from gptlab.config import build_config, parse_overrides
+    from gptlab.config_files import build_config, parse_overrides
     from gptlab.train import train
 
     threads, determ = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
@@ -144,8 +144,8 @@ def test_fsdp_matches_and_resumes_on_another_rank_count(work, reference):
     """FSDP2 on 2 ranks for half the run (DCP checkpoint), then the rest on 1 rank from it."""
     from gptlab import checkpoint as ck
     from gptlab import files
-    from gptlab.config import load_run_config
-    from gptlab.model import GPT, GPTShape
+    from gptlab.config_files import load_run_config
+    from gptlab.model import GPT
 
     run = work / "fsdp"
     data = ["--dataset", str(work / "data"), *TINY, "--parallel", "fsdp"]
@@ -156,7 +156,7 @@ def test_fsdp_matches_and_resumes_on_another_rank_count(work, reference):
     assert state["sharded"]["name"] == "dcp_00000003" and state["world_size"] == 2
     assert state["sharded"]["metadata_sha256"] == files.sha256_file(ckdir / "dcp_00000003" / ".metadata")
     # The single file holds full, unsharded weights: sample / eval / export load it as usual.
-    model = GPT(GPTShape.from_config(load_run_config(run / "config.json").model)).init_weights()
+    model = GPT(load_run_config(run / "config.json").model).init_weights()
     model.load_state_dict(state["model"])
     ref = _metrics(reference, "train")
     _assert_close(_metrics(run, "train"), ref, [1, 2, 3])

@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_resume import make_dataset, train_args
 
 from gptlab import checkpoint as ck
 from gptlab import cli
 from gptlab.data import tokens as tk
 from gptlab.errors import UserError
-
-from test_resume import make_dataset, train_args
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -240,13 +240,13 @@ def test_wikitext_style_parquet_zero_shot_eval(tmp_path):
     # writes, without paying for training on a shared 2-core CI machine.
     torch = pytest.importorskip("torch")
     from gptlab import checkpoint as ck
-    from gptlab.config import build_config
-    from gptlab.model import GPT, GPTShape
+    from gptlab.config_files import build_config
+    from gptlab.model import GPT
 
     cfg = build_config("baby", overrides=dict(n_layer=1, n_embd=32, n_head=2, block_size=32, vocab_size=50304))
     cfg.data.dataset = str(data / "wt")
     torch.manual_seed(0)
-    model = GPT(GPTShape.from_config(cfg.model)).init_weights()
+    model = GPT(cfg.model).init_weights()
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(cfg.to_json() + "\n")

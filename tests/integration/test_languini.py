@@ -24,8 +24,9 @@ import pytest
 import torch
 
 from gptlab import cli
-from gptlab.config import build_config, parse_overrides, resolve_batch
+from gptlab.config_files import build_config, parse_overrides
 from gptlab.errors import UserError
+from gptlab.resolve import resolve_batch
 
 REPO = Path(__file__).resolve().parents[2]
 # GPTLAB_OPENBOOKS=/nowhere exercises the synthetic fallback corpus.
@@ -119,13 +120,13 @@ def test_twenty_four_hour_batch():
 def test_grad_stats_are_unscaled_and_pooled():
     """grad_stats on a hand-made step: per-parameter and global figures agree with torch's."""
     from gptlab.loss import lm_loss
-    from gptlab.model import GPT, GPTShape
     from gptlab.metrics import grad_stats
+    from gptlab.model import GPT
 
     cfg = build_config("mini", overrides=dict(n_layer=1, n_embd=16, mlp_dim=32, n_head=2, head_dim=8,
                                               block_size=8, vocab_size=32, last_n=0))
     torch.manual_seed(0)
-    model = GPT(GPTShape.from_config(cfg.model)).init_weights()
+    model = GPT(cfg.model).init_weights()
     x = torch.randint(0, 32, (2, 8))
     lm_loss(model, x, x).backward()
     before = {n: p.detach().float().clone() for n, p in model.named_parameters()}
@@ -287,9 +288,9 @@ def test_tiny_run_logged_grad_statistics(tiny_run):
     assert [r["step"] for r in grads] == [10, 20]
     cfg = build_config("mini", overrides=dict(n_layer=2, n_embd=64, mlp_dim=256, n_head=2, head_dim=32,
                                               block_size=64, last_n=32, vocab_size=VOCAB))
-    from gptlab.model import GPT, GPTShape
+    from gptlab.model import GPT
 
-    names = [n for n, _ in GPT(GPTShape.from_config(cfg.model)).named_parameters()]
+    names = [n for n, _ in GPT(cfg.model).named_parameters()]
     for r in grads:
         for kind in ("w", "g", "u"):  # weights, unscaled gradients, optimiser update
             for name in names:

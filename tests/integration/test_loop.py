@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_resume import _nan_after, make_dataset, train_args, train_records
 
 from gptlab import checkpoint as ck
 from gptlab import cli
-from test_resume import _nan_after, make_dataset, train_args, train_records
 
 REPO = Path(__file__).resolve().parents[2]
 

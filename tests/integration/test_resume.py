@@ -24,8 +24,7 @@ import pytest
 import torch
 
 from gptlab import checkpoint as ck
-from gptlab import files
-from gptlab import cli
+from gptlab import cli, files
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = ("the quick brown fox jumps over a lazy dog and then runs far away into the dark green forest "
@@ -127,8 +126,8 @@ def assert_same_tensors(a, b, where=""):
 
 @pytest.mark.parametrize("sampler", ["random", "stream"])
 def test_sigkill_then_resume_is_bit_identical(tmp_path, sampler, capsys):
-    from gptlab.data.samplers import StreamBatcher
     from gptlab.data import tokens as tk
+    from gptlab.data.samplers import StreamBatcher
 
     data = make_dataset(tmp_path)
     n = 24
@@ -176,7 +175,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, sampler, capsys):
 def test_sigterm_stops_cleanly_and_a_second_signal_exits_at_once(tmp_path):
     """Two real runs, started together to share the start-up time: one gets SIGTERM (finish
     the step, checkpoint, exit 0 saying how to resume), the other SIGTERM then SIGINT."""
-    from gptlab.config import build_config, parse_overrides
+    from gptlab.config_files import build_config, parse_overrides
 
     data = make_dataset(tmp_path)
     run, run2 = tmp_path / "run", tmp_path / "run2"

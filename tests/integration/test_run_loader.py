@@ -23,7 +23,7 @@ def chdir():
 @pytest.fixture
 def relative_run(char_dataset, tmp_path, chdir, one_thread):
     """A tiny run trained in tmp/project with relative --data_root and --out_dir."""
-    from gptlab.config import build_config
+    from gptlab.config_files import build_config
     from gptlab.train import train
 
     project = tmp_path / "project"
@@ -48,7 +48,7 @@ def test_load_run_api_from_another_directory(relative_run):
     sd, step = run.model_state("last")
     assert step == 4 and "transformer.wte.weight" in sd
     model = run.build_model("cpu")
-    assert model.shape.vocab_size == run.config.model.vocab_size
+    assert model.config.vocab_size == run.config.model.vocab_size
     # A checkpoint file inside the run's checkpoints/ opens the same run.
     by_file = load_run(run.checkpoint("last"))
     assert by_file.dir.resolve() == run.dir.resolve() and by_file.checkpoint() == run.checkpoint("last")
@@ -72,7 +72,7 @@ def test_sample_eval_export_from_another_directory(relative_run, capsys):
 
 
 def test_init_from_run_in_another_directory(relative_run, capsys):
-    from gptlab.config import build_config
+    from gptlab.config_files import build_config
     from gptlab.train import train
 
     data = (relative_run / ".." / ".." / "data" / "tiny_char").resolve()

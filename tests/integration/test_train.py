@@ -2,7 +2,7 @@
 
 import json
 
-from gptlab.config import build_config
+from gptlab.config_files import build_config
 from gptlab.train import train
 
 
@@ -70,7 +70,6 @@ def test_sample_command_prints_text(char_dataset, tmp_path):
 
 
 def test_init_from_another_run_fine_tunes_with_a_cropped_context(char_dataset, tmp_path):
-    import torch
 
     from gptlab.runs import load_run
 

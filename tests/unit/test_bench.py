@@ -6,22 +6,25 @@ import pytest
 import torch
 
 from gptlab import bench
+from gptlab.config import ModelConfig
 from gptlab.errors import UserError
 from gptlab.metrics import mfu
-from gptlab.model import GPTShape, flops_per_token
+from gptlab.model import GPT
 
 TINY = ["--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--seq_len", "16", "--vocab_size", "100",
         "--gradient_accumulation_steps", "2", "--batch_size", "2"]
 
 
-def _shape(vocab=100, padded=128):
-    return GPTShape(n_layer=2, n_head=2, n_embd=32, head_dim=16, mlp_dim=64, block_size=16,
-                    vocab_size=vocab, padded_vocab=padded)
+def _model(vocab=100, n_layer=2, mlp_dim=64):
+    with torch.device("meta"):
+        return GPT(ModelConfig(n_layer=n_layer, n_head=2, n_embd=32, head_dim=16, mlp_dim=mlp_dim, block_size=16,
+                               vocab_size=vocab))
 
 
 def test_mfu_uses_the_one_formula():
-    s = _shape()
-    fpt = flops_per_token(s, 16)
+    model = _model()
+    s = model.config
+    fpt = model.flops_per_token(16)
     # 6N + 12*L*H*Q*T with N the matmul weights (output layer on the padded vocab)
     n = s.n_layer * (32 * 3 * 32 + 32 * 32 + 2 * 32 * 64) + 32 * 128
     assert fpt == 6 * n + 12 * 2 * 2 * 16 * 16
@@ -46,9 +49,8 @@ def test_bench_cpu_json(tmp_path, capsys):
     assert res["batch_size"] == 2 and res["seq_len"] == 16 and res["accum"] == 2 and res["tokens_per_step"] == 64
     assert res["tokens_per_sec"] > 0 and res["ms_per_step"] > 0
     assert res["tokens_per_sec"] == pytest.approx(64 / (res["ms_per_step"] / 1000))
-    shape = GPTShape(n_layer=1, n_head=2, n_embd=32, head_dim=16, mlp_dim=128, block_size=16, vocab_size=100,
-                     padded_vocab=128)
-    assert res["flops_per_token"] == flops_per_token(shape, 16)
+    model = _model(n_layer=1, mlp_dim=128)
+    assert res["flops_per_token"] == model.flops_per_token(16)
     p = res["profile"]
     for k in ("trace", "kernels_csv"):
         assert (tmp_path / "prof" / p[k].split("/")[-1]).is_file()

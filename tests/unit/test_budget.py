@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from gptlab import config
+from gptlab import resolve as resolution
 from gptlab.budget import budget_report, main, steps_for_budget, token_budget
-from gptlab.config import build_config
+from gptlab.config_files import build_config
 from gptlab.errors import UserError
 
 
@@ -33,7 +33,7 @@ def test_bad_inputs_are_user_errors(args):
 
 
 def _resolved(cfg, world_size=1):
-    return config.resolve(cfg, world_size=world_size, device="cpu", data_meta=None)
+    return resolution.resolve(cfg, world_size=world_size, device="cpu", data_meta=None)
 
 
 def test_compute_class_sets_steps_small_6h():
@@ -43,7 +43,7 @@ def test_compute_class_sets_steps_small_6h():
 
 
 def test_compute_class_medium_48h_with_languini_flags(monkeypatch):
-    monkeypatch.setattr(config, "check_memory", lambda cfg: None)  # the memory check is not the point
+    monkeypatch.setattr(resolution, "check_memory", lambda cfg: None)  # the memory check is not the point
     cfg = build_config("medium", overrides={"compute_class": "48", "tokens_per_second": 16618,
                                             "train_batch_size": 256, "gradient_accumulation_steps": 32})
     final = _resolved(cfg, world_size=4)  # global batch, so the world size changes nothing
@@ -95,7 +95,7 @@ def test_compute_class_selects_the_published_recipe(size, cc, bsz, accum, tps, s
     cfg = build_config(size, overrides={"compute_class": cc})
     t = cfg.train
     assert (t.train_batch_size, t.gradient_accumulation_steps, t.tokens_per_second) == (bsz, accum, tps)
-    monkeypatch.setattr(config, "check_memory", lambda cfg: None)
+    monkeypatch.setattr(resolution, "check_memory", lambda cfg: None)
     final = _resolved(cfg)
     assert final.train.max_iters == final.optim.lr_decay_iters == steps
     # The benchmark's eval size, periodic checkpoints and gradient logging come with every Languini preset.

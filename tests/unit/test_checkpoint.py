@@ -6,15 +6,14 @@ bigger than a couple of tensors, except the one test that fills the disk mid-tra
 
 from __future__ import annotations
 
-import errno
 import os
 import pickle
 from pathlib import Path
 
 import pytest
 import torch
-
 from faults import _FullDisk  # tests/ is on sys.path under pytest
+
 from gptlab import checkpoint as ck
 from gptlab import files
 from gptlab.errors import UserError

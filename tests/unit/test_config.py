@@ -4,8 +4,10 @@ import json
 
 import pytest
 
-from gptlab.config import Config, build_config, help_text, parse_overrides, resolve_batch
+from gptlab.config import Config, help_text
+from gptlab.config_files import build_config, parse_overrides
 from gptlab.errors import UserError
+from gptlab.resolve import resolve_batch
 from tests.conftest import run_cli
 
 

@@ -6,18 +6,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptlab.errors import UserError
 from gptlab.data import tokens as T
+from gptlab.data.prepare import TINYSHAKESPEARE_SHA256, prepare, zero_one_bits, zero_one_tokens
 from gptlab.data.prepare import main as prepare_main
-from gptlab.data.prepare import prepare, zero_one_bits, zero_one_tokens, TINYSHAKESPEARE_SHA256
 from gptlab.data.tokenizers import (
     CharTokenizer,
     GPT2Tokenizer,
     SentencePieceTokenizer,
+    find_gpt2_ranks,
     tokenizer_from_meta,
     train_sentencepiece,
-    find_gpt2_ranks,
 )
+from gptlab.errors import UserError
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SHAKESPEARE = SHARED / "tinyshakespeare.txt"
@@ -354,8 +354,8 @@ def test_shakespeare_rejects_other_text(tmp_path):
 
 
 def test_shakespeare_bundled_copy_is_verified(tmp_path, monkeypatch):
-    from gptlab.data.prepare import get_tinyshakespeare
     import gptlab.data.prepare as P
+    from gptlab.data.prepare import get_tinyshakespeare
 
     text, source = get_tinyshakespeare()
     assert source["kind"] == "bundled" and len(text) == 1115394 and source["sha256"] == TINYSHAKESPEARE_SHA256

@@ -10,8 +10,8 @@ import pytest
 
 from gptlab import cli, files
 from gptlab.data import prepare as P
-from gptlab.data import tokens as T
 from gptlab.data import tokenizers as TK
+from gptlab.data import tokens as T
 from gptlab.errors import UserError
 
 _real_sha = files.sha256_file

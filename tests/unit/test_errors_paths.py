@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_errors_cli import make_data, train_argv
 
 from gptlab import cli, files
 from gptlab.evaluate import EVAL_JSON_MARK
 from gptlab.plot import PLOT_TAG
-from test_errors_cli import make_data, train_argv
 
 
 def tree(root: Path) -> dict:

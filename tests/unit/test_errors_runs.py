@@ -10,12 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_errors_cli import snapshot
 
 from gptlab import runs
 from gptlab.errors import UserError
 from gptlab.files import LOCK_FILE
-
-from test_errors_cli import snapshot
 
 
 def _run_folder(p: Path, ckpt: bool = False) -> Path:

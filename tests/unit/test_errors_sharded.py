@@ -15,12 +15,11 @@ import pickle
 
 import pytest
 import torch
+from test_errors_cli import expect_user_error, train_argv, world  # noqa: F401 (fixture)
 
 from gptlab import checkpoint as ck
 from gptlab import distributed as dist_
 from gptlab.errors import UserError
-
-from test_errors_cli import expect_user_error, train_argv, world  # noqa: F401 (fixture)
 
 
 class _Payload:

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from gptlab import evaluate as E
-from gptlab.config import build_config
+from gptlab.config_files import build_config
 from gptlab.errors import UserError
 from gptlab.loss import logits_and_loss
-from gptlab.model import GPT, GPTShape
+from gptlab.model import GPT
 
 VOCAB = 37
 SEQ = 16
@@ -33,7 +33,7 @@ def model():
     cfg = build_config("mini", overrides=dict(n_layer=2, n_embd=32, mlp_dim=64, n_head=2, head_dim=16,
                                               block_size=SEQ, vocab_size=VOCAB, last_n=0))
     torch.manual_seed(0)
-    m = GPT(GPTShape.from_config(cfg.model)).init_weights().eval()
+    m = GPT(cfg.model).init_weights().eval()
     # Random init gives near-uniform predictions that hardly depend on context; larger
     # weights make the context (and position) matter, so a wrong context shows.
     with torch.no_grad():

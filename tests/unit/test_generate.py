@@ -51,7 +51,7 @@ def test_top_p_keeps_smallest_set_reaching_p():
 def test_padded_vocab_never_sampled(tiny_model):
     # vocab 40 is padded to 64 rows; the forward's logits carry all 64 columns.
     logits = tiny_model(torch.zeros(1, 4, dtype=torch.long))
-    assert tiny_model.shape.padded_vocab == 64 and logits.shape[-1] == 64
+    assert tiny_model.padded_vocab == 64 and logits.shape[-1] == 64
     with torch.no_grad():  # make the padding columns win every argmax if they were sampled
         tiny_model.lm_head.weight[40:] = 10.0
     out = generate(tiny_model, torch.zeros(1, 1, dtype=torch.long), 50, temperature=2.0,

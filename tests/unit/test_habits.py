@@ -3,8 +3,10 @@
 import pytest
 
 from gptlab import cli
-from gptlab.config import NO_MEANING, PRESETS, build_config, help_text, parse_overrides, resolve, resolve_batch
+from gptlab.config import NO_MEANING, PRESETS, help_text
+from gptlab.config_files import build_config, parse_overrides
 from gptlab.errors import UserError
+from gptlab.resolve import resolve, resolve_batch
 
 # Written in nanoGPT's config-file format with the train_shakespeare_char recipe's keys and values.
 SHAKESPEARE_CHAR = """\
@@ -133,7 +135,7 @@ def test_every_languini_flag_parses(capsys):
 
 
 def test_relative_log_path_places_the_run_under_log_root():
-    from gptlab.runs import run_dir
+    from gptlab.resolve import run_dir
 
     cfg = build_config("mini", overrides={"relative_log_path": "6h/small", "log_root": "logs"})
     assert run_dir(cfg).parent.as_posix() == "logs/6h/small"
@@ -143,9 +145,9 @@ def test_relative_log_path_places_the_run_under_log_root():
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_every_preset_builds_validates_and_resolves(name, monkeypatch):
-    from gptlab import config
+    from gptlab import resolve as resolution
 
-    monkeypatch.setattr(config, "check_memory", lambda cfg: None)  # gpt2-xl on a small CI host is not the point
+    monkeypatch.setattr(resolution, "check_memory", lambda cfg: None)  # gpt2-xl on a small CI host is not the point
     cfg = build_config(name)
     for world in (1, 8):
         final = resolve(cfg, world_size=world, device="cpu", data_meta=None)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
-
 from tolerances import assert_logits_close  # tests/ is on sys.path under pytest
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install gptlab[hf])")
@@ -19,7 +17,7 @@ from gptlab import hf  # noqa: E402
 from gptlab.config import PRESETS, Config, ModelConfig  # noqa: E402
 from gptlab.errors import UserError  # noqa: E402
 from gptlab.loss import logits_and_loss  # noqa: E402
-from gptlab.model import GPT, GPTShape  # noqa: E402
+from gptlab.model import GPT  # noqa: E402
 
 TINY = dict(n_layer=2, n_head=4, n_embd=64, vocab_size=100, n_positions=32)
 
@@ -83,7 +81,7 @@ def test_import_save_pretrained_matches_logits(tmp_path):
     ref.save_pretrained(tmp_path / "m")
     assert (tmp_path / "m" / "model.safetensors").is_file()
     ours = hf.gpt_from_pretrained(str(tmp_path / "m"))
-    assert ours.shape.vocab_size == 100 and ours.shape.padded_vocab == 128
+    assert ours.config.vocab_size == 100 and ours.padded_vocab == 128
     # Padded rows are zero and tied.
     assert ours.transformer.wte.weight[100:].abs().max() == 0
     assert ours.lm_head.weight is ours.transformer.wte.weight
@@ -141,7 +139,7 @@ def test_import_n_inner_and_untied_head(tmp_path):
         ref.lm_head.weight.copy_(torch.randn_like(ref.lm_head.weight) * 0.02)
     ref.save_pretrained(tmp_path / "m")
     ours = hf.gpt_from_pretrained(str(tmp_path / "m"))
-    assert ours.shape.mlp_dim == 96 and not ours.shape.tie_embeddings
+    assert ours.config.mlp_dim == 96 and not ours.config.tie_embeddings
     idx = _ids()
     assert_logits_close(_our_logits(ours, idx), _hf_logits(ref, idx))
 
@@ -151,7 +149,7 @@ def test_block_size_crop_keeps_logits(tmp_path):
     ref.save_pretrained(tmp_path / "m")
     full = hf.gpt_from_pretrained(str(tmp_path / "m"))
     short = hf.gpt_from_pretrained(str(tmp_path / "m"), block_size=16)
-    assert short.shape.block_size == 16 and short.transformer.wpe.weight.shape == (16, 64)
+    assert short.config.block_size == 16 and short.transformer.wpe.weight.shape == (16, 64)
     idx = _ids(T=16)
     torch.testing.assert_close(_our_logits(short, idx), _our_logits(full, idx), atol=1e-6, rtol=0)
     with pytest.raises(ValueError):
@@ -215,7 +213,7 @@ def test_resolution_cache_and_errors(tmp_path, monkeypatch):
     (base / "refs" / "main").write_text("abc123")
     assert hf.resolve_pretrained("gpt2", cache_dir=tmp_path / "hub") == snap
     model = hf.gpt_from_pretrained("gpt2", cache_dir=tmp_path / "hub")
-    assert model.shape.n_layer == 2
+    assert model.config.n_layer == 2
     # Legacy cache id (models--gpt2-medium) without refs/main still counts.
     legacy = tmp_path / "hub" / "models--gpt2-medium" / "snapshots" / "def"
     ref.save_pretrained(legacy)
@@ -238,7 +236,7 @@ def _our_model(seed: int = 0, vocab: int = 100, **kw) -> GPT:
     for k, v in kw.items():
         setattr(m, k, v)
     torch.manual_seed(seed)
-    model = GPT(GPTShape.from_config(m))
+    model = GPT(m)
     with torch.no_grad():  # non-trivial biases and norms, as after training
         for name, p in model.named_parameters():
             if name.endswith("bias") or "ln_" in name:
@@ -250,7 +248,7 @@ def _our_model(seed: int = 0, vocab: int = 100, **kw) -> GPT:
 
 def test_export_loads_in_transformers_same_logits_and_generation(tmp_path):
     ours = _our_model()
-    assert ours.shape.padded_vocab == 128
+    assert ours.padded_vocab == 128
     res = hf.export_hf(ours, tmp_path / "out")
     assert {"config.json", "model.safetensors"} <= set(res["files"])
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())

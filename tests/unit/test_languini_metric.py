@@ -35,7 +35,7 @@ class PositionBigram(torch.nn.Module):
     def __init__(self, vocab: int):
         super().__init__()
         g = torch.Generator().manual_seed(0)
-        self.shape = types.SimpleNamespace(vocab_size=vocab)
+        self.config = types.SimpleNamespace(vocab_size=vocab)
         self.emb = torch.randn(101, 8, generator=g)
         self.pos = torch.randn(SEQ, 8, generator=g)
         self.out = torch.randn(8, vocab, generator=g) * 2

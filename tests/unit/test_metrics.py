@@ -1,10 +1,13 @@
 """MFU: one formula, a peak table that never guesses."""
 
-import pytest
+from dataclasses import replace
 
-from gptlab.config import build_config
+import pytest
+import torch
+
+from gptlab.config_files import build_config
 from gptlab.metrics import mfu, peak_for_name
-from gptlab.model import GPTShape, flops_per_token
+from gptlab.model import GPT
 
 
 @pytest.mark.parametrize("name, peak", [
@@ -18,8 +21,8 @@ def test_peak_table_matches_whole_names_and_never_guesses(name, peak):
 
 
 def test_mfu_uses_the_model_flops_formula():
-    shape = GPTShape.from_config(build_config("gpt2").model, 50257)
-    fpt = flops_per_token(shape)
+    with torch.device("meta"):
+        fpt = GPT(replace(build_config("gpt2").model, vocab_size=50257)).flops_per_token()
     # 6N + 12*L*H*Q*T with N the matmul weights (padded vocab head included, no wpe)
     n = 12 * (768 * 3 * 768 + 768 * 768 + 2 * 768 * 3072) + 768 * 50304
     assert fpt == 6 * n + 12 * 12 * 12 * 64 * 1024

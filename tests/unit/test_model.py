@@ -13,9 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptlab.config import build_config
+from gptlab.config_files import build_config
 from gptlab.loss import logits_and_loss
-from gptlab.model import GPT, GPTShape, padded_vocab
+from gptlab.model import GPT, padded_vocab
+from gptlab.registry import parameter_count
 
 LANGUINI_PARAMS = {
     "mini": 27_549_696,
@@ -53,7 +54,7 @@ def _meta_model(preset: str, **overrides) -> GPT:
         for n in names:
             setattr(torch.nn.init, n, keep)
         with torch.device("meta"):
-            return GPT(GPTShape.from_config(cfg.model))
+            return GPT(cfg.model)
     finally:
         for n, fn in saved.items():
             setattr(torch.nn.init, n, fn)
@@ -67,14 +68,14 @@ def _small_model(preset: str, seed: int = 0, **overrides) -> GPT:
     base.update(overrides)
     cfg = build_config(preset, overrides=base)
     torch.manual_seed(seed)
-    return GPT(GPTShape.from_config(cfg.model)).init_weights().eval()
+    return GPT(cfg.model).init_weights().eval()
 
 
 @pytest.mark.parametrize("preset", list(LANGUINI_PARAMS))
 def test_languini_parameter_counts(preset):
     model = _meta_model(preset)
-    assert model.num_params() == LANGUINI_PARAMS[preset]
-    # Also the plain PyTorch count, in case num_params() ever learns to skip something.
+    assert parameter_count(model) == LANGUINI_PARAMS[preset]
+    # Also the plain PyTorch count, in case parameter_count() ever learns to skip something.
     assert sum(p.numel() for p in model.parameters()) == LANGUINI_PARAMS[preset]
 
 
@@ -97,7 +98,7 @@ def test_languini_count_by_hand():
     mlp = h * ff + ff + ff * h + h
     block = attn + mlp + 2 * 2 * h  # two LayerNorms with gain and bias
     total = V * h + T * h + L * block + 2 * h + h * V  # untied input and output embeddings
-    assert total == LANGUINI_PARAMS["mini"] == _meta_model("mini").num_params()
+    assert total == LANGUINI_PARAMS["mini"] == parameter_count(_meta_model("mini"))
 
 
 def test_languini_architecture_options():
@@ -161,7 +162,7 @@ def test_gpt2_scaled_init_attention_and_mlp():
 @pytest.mark.parametrize("preset", ["mini", "gpt2"])
 def test_padded_vocab_never_in_logits_or_loss(preset):
     model = _small_model(preset, vocab_size=100)
-    assert model.shape.padded_vocab == padded_vocab(100, 64) == 128
+    assert model.padded_vocab == padded_vocab(100, 64) == 128
     assert model.lm_head.weight.shape[0] == 128
     # Make the padding rows dominate: if they reached the logits, they would win every
     # softmax and change the loss.

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from gptlab.config import build_config
+from gptlab.config_files import build_config
 from gptlab.loss import lm_loss, logits_and_loss
-from gptlab.model import GPT, GPTShape
+from gptlab.model import GPT
 
 
 @pytest.mark.parametrize("variant", [{}, {"qkv": "separate", "tie_embeddings": False, "embed_scale": True,
@@ -13,7 +13,7 @@ from gptlab.model import GPT, GPTShape
 def test_changing_a_later_token_never_changes_earlier_logits(variant):
     cfg = build_config("baby", overrides=dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50, **variant))
     torch.manual_seed(0)
-    model = GPT(GPTShape.from_config(cfg.model)).init_weights().eval()
+    model = GPT(cfg.model).init_weights().eval()
     x = torch.randint(0, 50, (3, 16))
     base = model(x)
     for t in (3, 9, 15):
@@ -26,7 +26,7 @@ def test_changing_a_later_token_never_changes_earlier_logits(variant):
 
 def test_tiny_model_overfits_one_batch(tiny_model_config):
     torch.manual_seed(0)
-    model = GPT(GPTShape.from_config(tiny_model_config.model)).init_weights()
+    model = GPT(tiny_model_config.model).init_weights()
     x = torch.randint(0, 40, (4, 16))
     y = torch.roll(x, -1, dims=1)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptlab.config import build_config
+from gptlab.config_files import build_config
 from gptlab.loss import chunked_cross_entropy, lm_loss, logits_and_loss
-from gptlab.model import GPT, GPTShape
+from gptlab.model import GPT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -17,7 +17,7 @@ def _model(seed=0, **over) -> GPT:
     base = dict(n_layer=2, n_head=2, n_embd=32, head_dim=16, mlp_dim=64, block_size=16, vocab_size=100)
     base.update(over)
     torch.manual_seed(seed)
-    return GPT(GPTShape.from_config(build_config("baby", overrides=base).model)).init_weights()
+    return GPT(build_config("baby", overrides=base).model).init_weights()
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 16, 1000])
@@ -109,11 +109,11 @@ def test_chunked_loss_under_no_grad_builds_no_graph_and_computes_no_gradient(mon
 def test_meta_construction_then_init_weights_equals_a_seeded_model():
     ref = _model(seed=3)
     with torch.device("meta"):
-        meta = GPT(ref.shape)
+        meta = GPT(ref.config)
     assert all(p.is_meta for p in meta.parameters())
     meta.to_empty(device="cpu")
     torch.manual_seed(3)  # init_weights draws in a fixed order: the seed alone decides the weights
-    GPT(ref.shape)  # construction's own default draws, as _model made them before init_weights
+    GPT(ref.config)  # construction's own default draws, as _model made them before init_weights
     meta.init_weights()
     assert meta.lm_head.weight is meta.transformer.wte.weight  # tying survives to_empty
     for (n, a), (_, b) in zip(ref.state_dict().items(), meta.state_dict().items()):
@@ -122,7 +122,7 @@ def test_meta_construction_then_init_weights_equals_a_seeded_model():
 
 def test_init_weights_replaces_torchs_default_init():
     torch.manual_seed(0)
-    model = GPT(_model().shape)
+    model = GPT(_model().config)
     ln = model.transformer.ln_f
     with torch.no_grad():
         ln.weight.fill_(3.0)

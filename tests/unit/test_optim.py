@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from gptlab.config import build_config
+from gptlab.config_files import build_config
 from gptlab.optim import build_optimizer, lr_at
 
 
@@ -96,11 +96,11 @@ def test_constant_schedule(overrides):
 
 
 def _tiny(preset: str):
-    from gptlab.model import GPT, GPTShape
+    from gptlab.model import GPT
 
     cfg = build_config(preset, overrides=dict(n_layer=1, n_embd=32, mlp_dim=64, n_head=2, head_dim=16,
                                               block_size=8, vocab_size=64, last_n=0))
-    return cfg, GPT(GPTShape.from_config(cfg.model))
+    return cfg, GPT(cfg.model)
 
 
 def test_languini_optimiser_is_adam_without_decay():

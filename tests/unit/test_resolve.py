@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptlab.config import build_config, resolve
+from gptlab.config_files import build_config
 from gptlab.errors import UserError
+from gptlab.resolve import resolve
 
 CPU = torch.device("cpu")
 META = {"vocab_size": 65}

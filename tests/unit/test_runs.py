@@ -1,8 +1,9 @@
 import pytest
 
-from gptlab.config import build_config
+from gptlab.config_files import build_config
 from gptlab.errors import UserError
-from gptlab.runs import prepare_run_dir, run_dir, run_name
+from gptlab.resolve import run_dir, run_name
+from gptlab.runs import prepare_run_dir
 
 # The benchmark's own folder name for its 6h small run (configs.add_exp_name): micro = accumulation steps.
 SMALL_6H = ("GPT_books16384_bsz128_micro4_sl512_coslr0.0006to6e-06_h768_ff3072_nH12_dH64_nl12_"

@@ -46,11 +46,13 @@ def test_endoftext_in_the_prompt_is_the_special_token():
 
 def test_init_from_a_gpt2_folder_without_a_run(tmp_path, capsys):
     _gpt2_tokenizer_or_skip()
-    from gptlab.model import GPT, GPTShape
+    from dataclasses import replace
+
     from gptlab.config import ModelConfig
+    from gptlab.model import GPT
 
     torch.manual_seed(0)
-    shape = GPTShape.from_config(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=32), 50257)
+    shape = replace(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=32), vocab_size=50257)
     hf.export_hf(GPT(shape).init_weights(), tmp_path / "hf")
     assert cli.main(["sample", "--init_from", str(tmp_path / "hf"), "--num_samples", "2", "--max_new_tokens", "3",
                      "--start", "Hello<|endoftext|>", "--device", "cpu"]) == 0

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from gptlab.errors import UserError
 from gptlab.data import tokens as T
 from gptlab.data.samplers import RandomWindowSampler, StreamBatcher, assign_rows
+from gptlab.errors import UserError
 
 
 def _data(n=5000, vocab=1000):

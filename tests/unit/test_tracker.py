@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gptlab.config import build_config
+from gptlab.config_files import build_config
 from gptlab.tracker import RunLogger
 
 

@@ -54,7 +54,7 @@ def test_entropy_gap_comes_from_the_data_meta():
 
 
 def test_a_mistyped_split_name_is_one_line_with_the_closest_name(tmp_path):
-    from gptlab.config import build_config
+    from gptlab.config_files import build_config
     from gptlab.errors import UserError
     from gptlab.train import pick_splits
 
