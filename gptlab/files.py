@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from gptlab.errors import UserError
+from gptlab.layout import CHECKPOINT_DIR, CONFIG_FILE, DATA_META_FILE, METRICS_FILE
 
 LOCK_FILE = ".gptlab.lock"
 
@@ -232,10 +233,10 @@ def folder_lock(path: Path, what: str = "folder") -> Iterator[Path]:
 # (first match wins: an export holds a config.json too; a config.json alone is anybody's).
 GPTLAB_FOLDERS = (("export", lambda f: (f / "gptlab_export.json").is_file()),
                   ("dataset", lambda f: (f / "meta.json").is_file() and any(f.glob("*.bin"))),
-                  ("run", lambda f: (f / "config.json").is_file()
-                   and ((f / "checkpoints").is_dir() or (f / "metrics.jsonl").exists())))
+                  ("run", lambda f: (f / CONFIG_FILE).is_file()
+                   and ((f / CHECKPOINT_DIR).is_dir() or (f / METRICS_FILE).exists())))
 # Names a run folder uses or will use; another command may add new files beside them, never these.
-RUN_LAYOUT = ("config.json", "checkpoints", "metrics.jsonl", "data_meta.json", "tensorboard", "latest")
+RUN_LAYOUT = (CONFIG_FILE, CHECKPOINT_DIR, METRICS_FILE, DATA_META_FILE, "tensorboard", "latest")
 NAME_MAX = 255  # bytes of one path component on every filesystem gptlab runs on
 PATH_MAX = 4000
 _MADE_BY_SPAN = 1 << 16  # a file "made by" a command holds its tag in its first or last 64 KiB
