@@ -204,8 +204,22 @@ CASES = {
         "train", (lambda p: p.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}") and p)(t / "deep.json")],
     "train TOML of 65 MiB": lambda w, t: [
         "train", (lambda p: os.truncate(p.touch() or p, 65 << 20) or p)(t / "huge.toml")],
+    # hostile nanoGPT config files: refused before the work, in one line
+    "config.py x = x*x 40 times": lambda w, t: ["train", _py(t, "x = 2\n" + "x = x * x\n" * 40)],
+    "config.py x = x**64 repeated": lambda w, t: ["train", _py(t, "x = 3\n" + "x = x ** 64\n" * 20)],
+    "config.py s = s + s 36 times": lambda w, t: ["train", _py(t, "s = 'ab' * 40\n" + "s = s + s\n" * 36)],
+    "config.py 200,000 nested operators": lambda w, t: ["train", _py(t, "x = " + "-" * 200_000 + "1\n")],
+    "config.py a number of 4,400 digits": lambda w, t: ["train", _py(t, "batch_size = " + "7" * 4400 + "\n")],
+    "config.py a decorated function": lambda w, t: ["train", _py(t, "@dec\ndef f():\n    return 1\n")],
+    "config.py an if block": lambda w, t: ["train", _py(t, "if True:\n    batch_size = 1\n    n_layer = 2\n")],
+    "config.py of 10 MB": lambda w, t: ["train", _py(t, "batch_size = 1\n" * 700_000)],
 }
 XFAIL: dict[str, str] = {}
+
+
+def _py(tmp: Path, text: str) -> Path:
+    (tmp / "config.py").write_text(text)
+    return tmp / "config.py"
 
 
 @pytest.mark.parametrize("case", list(CASES))
