@@ -10,7 +10,6 @@ import re
 from gptlab.config import FIELD_INFO, Config, parse_hours
 from gptlab.errors import UserError
 
-
 INT_CEILING = 1 << 40  # ~1.1e12: above any real step count, interval or size; a typo like 1e18 is refused
 
 
