@@ -29,7 +29,7 @@ import torch
 from gptlab import checkpoint as ck
 from gptlab import distributed as dist_
 from gptlab import hf, registry, runs
-from gptlab.config import Config
+from gptlab.config import FIELD_INFO, Config
 from gptlab.config_files import load_run_config
 from gptlab.data import tokens as tk
 from gptlab.data.prefetch import Prefetcher
@@ -390,6 +390,7 @@ def restore(resumed: dict, run_dir: Path, cfg: Config, d, raw, optimizer, scaler
 
 def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
     """Resolve the config, open the data, build (or restore) model and optimiser, wrap, compile."""
+    dist_.agree_config({"preset": cfg.preset, **{k: cfg.get(k) for k in FIELD_INFO}}, d)  # before any rank acts
     if cfg.system.num_threads:
         torch.set_num_threads(cfg.system.num_threads)
     torch.use_deterministic_algorithms(cfg.system.deterministic)
