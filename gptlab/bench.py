@@ -144,6 +144,7 @@ def run_hf_peer(cfg, shape, batch, seq, accum, device, dtype, compile_mode, step
     return out
 
 
+MAX_STEPS = 100_000  # timed or warm-up steps of one bench: minutes on any machine, not forever
 THROUGHPUT_HEADER = ["batch", "tokens_per_sec", "ms_per_step", "peak_mem_gb"]
 KERNELS_HEADER = ["rank", "kernel", "calls", "total_ms", "share", "avg_us"]
 
@@ -290,8 +291,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no_matmul", action="store_true", help="skip the 8192^3 matmul reference")
     args, rest = p.parse_known_args(argv)
     args.argv = list(argv)
-    if args.steps < 1 or args.warmup < 1:
-        raise UserError("--steps and --warmup must be at least 1")
+    if not (1 <= args.steps <= MAX_STEPS and 1 <= args.warmup <= MAX_STEPS):
+        raise UserError(f"--steps and --warmup must be from 1 to {MAX_STEPS:,}")
     check_outputs(args, "bench")
     res = bench(args, rest)
     print(format_bench(res), flush=True)
@@ -397,7 +398,8 @@ def throughput_main(argv: list[str]) -> int:
     p.add_argument("--json", default="")
     args, rest = p.parse_known_args(argv)
     args.argv = list(argv)
-    if args.rounds < 1 or args.warmup < 1 or args.batch_size_step < 1 or args.max_batch < 0:
+    if not (1 <= args.rounds <= MAX_STEPS and 1 <= args.warmup <= MAX_STEPS) or args.batch_size_step < 1 \
+            or args.max_batch < 0:
         raise UserError("--rounds, --warmup and --batch_size_step must be at least 1, --max_batch at least 0")
     check_outputs(args, "throughput")
     res = throughput(args, rest)

@@ -35,6 +35,9 @@ from gptlab.runtime import autocast_ctx, resolve_data_dir, resolve_dtype
 
 LANGUINI_EVAL_STREAMS = 16  # the benchmark's in-training eval: 16 document streams,
 LANGUINI_MAX_EVAL_STEPS = 500  # the first 500 batches
+# Ceilings on eval's sizes (each stream, window and batch costs memory before the first forward).
+EVAL_ARG_CEILING = {"seq_len": 1 << 24, "last_n": 1 << 24, "eval_batch_size": 1 << 16, "max_eval_steps": 1 << 40,
+                    "streams": 1 << 16}
 # The first key of an `eval --json` file: the mark that lets a later --json replace it (and nothing else).
 EVAL_JSON_KEY, EVAL_JSON_MARK = "written_by", "gptlab eval"
 EVAL_JSON_TAG = f'"{EVAL_JSON_KEY}": "{EVAL_JSON_MARK}"'
@@ -227,8 +230,8 @@ def _check_args(a) -> None:
         raise UserError("pass --run RUN_DIR or --checkpoint_file FILE")
     for name in ("seq_len", "last_n", "eval_batch_size", "max_eval_steps", "streams"):
         v = getattr(a, name)
-        if v is not None and v < 1:
-            raise UserError(f"--{name} {v} must be a positive integer")
+        if v is not None and not 1 <= v <= EVAL_ARG_CEILING[name]:
+            raise UserError(f"--{name} {v} must be an integer from 1 to {EVAL_ARG_CEILING[name]:,}")
     if a.json_out:  # a new file, or one an earlier `gptlab eval --json` wrote; never a run's or dataset's
         check_output_file(a.json_out, "--json", EVAL_JSON_TAG)
 

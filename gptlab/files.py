@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import socket
+import stat
 import time
 import tomllib
 from pathlib import Path
@@ -301,7 +302,9 @@ def enclosing_folder(path: Path) -> tuple[str, Path] | None:
 def made_by(path: Path, tag: str) -> bool:
     """Does the regular file path hold tag (the mark a gptlab command puts in what it writes)?"""
     try:
-        with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW)) as f:
+        if not stat.S_ISREG(os.lstat(path).st_mode):  # a FIFO or a device is nobody's output (and may block)
+            return False
+        with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW | os.O_NONBLOCK)) as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(_MADE_BY_SPAN)
             f.seek(max(0, size - _MADE_BY_SPAN))

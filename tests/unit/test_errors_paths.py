@@ -193,6 +193,10 @@ CASES = {
     "sample --max_new_tokens 10**12": lambda w, t: ["sample", "--run", w["run"], "--max_new_tokens", "1000000000000"],
     "sample --num_samples 10**9": lambda w, t: ["sample", "--run", w["run"], "--num_samples", "1000000000"],
     "sample --seed 2**70": lambda w, t: ["sample", "--run", w["run"], "--seed", str(2**70)],
+    "eval --streams 10**8 (7.5 GB, then MemoryError)": lambda w, t: _eval(w, "--streams", "100000000"),
+    "bench --steps 10**20": lambda w, t: ["bench", "baby", "--device", "cpu", "--steps", str(10**20)],
+    "bench --json onto a FIFO (blocked)": lambda w, t: ["bench", "baby", "--device", "cpu", "--json",
+                                                        (lambda p: os.mkfifo(p) or p)(t / "fifo")],
     # tracebacks before
     "budget --tokens_per_second inf": lambda w, t: ["budget", "--hours", "1", "--tokens_per_second", "inf",
                                                     "--train_batch_size", "8", "--seq_len", "16"],
