@@ -1,7 +1,11 @@
 """gptlab side by side with its peers, on one device, in one process call.
 
+How to run (normally through benchmarks/gpu_session.sh, which also runs the GPU tests first):
     python benchmarks/peers.py --nanogpt benchmarks/peers/nanoGPT \
-        --languini benchmarks/peers/languini-kitchen --zero_one_data benchmarks/peers/data/zero_one
+        --languini benchmarks/peers/languini-kitchen --zero_one_data benchmarks/peers/data/zero_one \
+        [--cases zero_one,shakespeare_char,gpt2_b16] [--levers cuda_graphs,cdt,foreach,eval_separate]
+Cases run in CASES order (wall-time first) until --budget_s; each lever of --levers is measured alone
+against the plain path in the same call (bench levers on the step cases, run levers on the wall cases).
 
 Peers are read from local checkouts whose paths are given (never copied into gptlab):
 nanoGPT's model.py and train.py, Languini's GPT model and throughput test, and
@@ -18,13 +22,12 @@ Cases run in the order given until --budget_s is spent; the rest are listed as s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib.util
 import json
-import math
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,8 +37,37 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-H_ZERO_ONE = -(1 / 3) * math.log(1 / 3) - (2 / 3) * math.log(2 / 3)  # 0.6365 nats per word token
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peer_runs import (  # noqa: E402
+    H_ZERO_ONE,
+    REPO,
+    ZERO_ONE_ALL_TOKEN_FLOOR,
+    cache_env,
+    gptlab_cold_warm,
+    gptlab_run,
+    nanogpt_train_run,
+    val_at_most,
+    wall_rows,
+)
+
+from gptlab.optim import build_optimizer  # noqa: E402
+
+# Per-step levers, each measured alone against the plain path in the same call (--levers a,b).
+# where: "bench" (in-process `gptlab bench`), "run" (a whole `gptlab train` process).
+LEVERS = {
+    # CUDA graphs through torch.compile's cudagraph trees: same kernels, same numbers
+    "cuda_graphs": {"compile": "reduce-overhead", "where": ("bench", "run")},
+    # inductor tunes each Triton kernel's launch config: same math, reduction order may differ (fp rounding)
+    "cdt": {"inductor": {"coordinate_descent_tuning": True},
+            "env": {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"}, "where": ("bench", "run")},
+    # AdamW's foreach path instead of fused (fused also skips a non-finite step without a host sync)
+    "foreach": {"optimizer": "foreach", "where": ("bench",)},
+    # in-training evaluation as before issue 23 (compiled module in eval mode: a second graph)
+    "eval_separate": {"env": {"GPTLAB_EVAL_GRAPH": "separate"}, "where": ("run",)},
+    # the plain loss in the model's graph instead of the chunked one (whose chunk step compiles apart on
+    # CUDA): one compile less for a short run; same loss, gradients within bf16 rounding
+    "plain_loss": {"args": ["--ce_chunk", "0"], "where": ("run",)},
+}
 GPT2 = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304)
 SMALL = dict(n_layer=12, n_head=12, n_embd=768, block_size=512, vocab_size=16384)  # Languini small
 B16 = ["--seq_len", "1024", "--vocab_size", "50257", "--gradient_accumulation_steps", "1",
@@ -202,8 +234,48 @@ def _gptlab_json(cmd: str, argv: list[str]) -> dict:
         return json.loads(out.read_text())
 
 
-def gptlab_bench(preset: str, args: list[str], a) -> dict:
-    r = _gptlab_json("bench", [preset, *args, "--steps", str(a.steps), "--warmup", str(a.warmup), "--no_matmul"])
+def _foreach_adamw(model, cfg, device_type):
+    """gptlab's optimiser (same groups and hyper-parameters) on torch's foreach path instead of fused."""
+    fused = build_optimizer(model, cfg, device_type)
+    d = fused.defaults
+    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in fused.param_groups]
+    return type(fused)(groups, lr=d["lr"], betas=d["betas"], eps=d["eps"], foreach=True)
+
+
+def _with_compile(args: list[str], mode: str) -> list[str]:
+    """args with `--compile MODE` (replacing any --compile given)."""
+    out, skip = [], False
+    for x in args:
+        if skip or x == "--compile":
+            skip = not skip
+            continue
+        out.append(x)
+    return [*out, "--compile", mode]
+
+
+@contextlib.contextmanager
+def lever_applied(name: str | None, args: list[str]):
+    """(args) with lever `name` on (LEVERS) for an in-process `gptlab bench`; the plain args for None."""
+    lever = LEVERS.get(name or "", {})
+    if "bench" not in lever.get("where", ("bench",)) and name:
+        raise ValueError(f"lever {name} does not apply to gptlab bench")
+    with contextlib.ExitStack() as stack:
+        if lever.get("inductor"):
+            import torch._inductor.config as inductor_config
+
+            stack.enter_context(inductor_config.patch(**lever["inductor"]))
+        if lever.get("optimizer") == "foreach":
+            from gptlab import bench
+
+            stack.callback(setattr, bench, "build_optimizer", bench.build_optimizer)
+            bench.build_optimizer = _foreach_adamw
+        yield _with_compile(args, lever["compile"]) if lever.get("compile") else args
+
+
+def gptlab_bench(preset: str, args: list[str], a, lever: str | None = None) -> dict:
+    with lever_applied(lever, args) as args:
+        timing = ["--steps", str(a.steps), "--warmup", str(a.warmup), "--no_matmul"]
+        r = _gptlab_json("bench", [preset, *args, *timing])
     return {"tokens_per_s": r["tokens_per_sec"], "ms_per_step": r["ms_per_step"], "peak_mem_gib": r.get("peak_mem_gb"),
             "mfu": r.get("mfu_table"), "compile_s": r.get("compile_s")}
 
@@ -220,127 +292,6 @@ def gptlab_throughput(preset: str, lo: int, hi: int, a) -> dict:
             "mfu": b.get("mfu_table"), "batch": b["batch"], "rows": r["rows"]}
 
 
-# ------------------------------------------------------------------ whole runs, timed from the command
-
-def _records(out_dir: Path) -> list[dict]:
-    """metrics.jsonl records written so far anywhere under out_dir (the run folder's name may vary)."""
-    recs = []
-    for p in sorted(Path(out_dir).glob("**/metrics.jsonl")):
-        for line in p.read_text().splitlines():
-            try:
-                recs.append(json.loads(line))
-            except ValueError:
-                pass  # a line being written
-    return recs
-
-
-def watch_run(cmd: list[str], cwd: Path, log: Path, timeout_s: float, done, out_dir: Path | None = None) -> dict:
-    """Start cmd, poll its output and metrics every 0.2 s; stop it (kill) as soon as done(lines, records).
-
-    Wall time counts from the start of the command (interpreter start and compile included).
-    """
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    t0 = time.perf_counter()
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-        reached, wall = False, None
-        while time.perf_counter() - t0 < timeout_s:
-            time.sleep(0.2)
-            lines = log.read_text(errors="replace").splitlines()
-            recs = _records(out_dir) if out_dir else []
-            if done(lines, recs):
-                reached, wall = True, time.perf_counter() - t0
-                break
-            if proc.poll() is not None:
-                break
-        if proc.poll() is None:  # reached (or out of time): the rest of the run is not needed
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    lines = log.read_text(errors="replace").splitlines()
-    return {"reached": reached, "wall_s": wall, "rc": proc.returncode, "lines": lines,
-            "records": _records(out_dir) if out_dir else [], "elapsed_s": time.perf_counter() - t0}
-
-
-def _median(xs: list[float]) -> float | None:
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if xs else None
-
-
-def loop_rates(recs: list[dict]) -> dict:
-    """Median ms/step and tokens/s between consecutive train records (the first interval holds the compile)."""
-    tr = [r for r in recs if r.get("kind") == "train" and "time_s" in r]
-    ms, tps = [], []
-    for a, b in list(zip(tr, tr[1:]))[1:]:
-        dt_s, ds = b["time_s"] - a["time_s"], b["step"] - a["step"]
-        if dt_s > 0 and ds > 0:
-            ms.append(1000 * dt_s / ds)
-            tps.append((b["tokens"] - a["tokens"]) / dt_s)
-    return {"ms_per_step": _median(ms), "tokens_per_s": _median(tps), "intervals": len(ms)}
-
-
-def _val_at_most(limit: float, key: str = "loss"):
-    def done(lines, recs):
-        return any(r.get("kind") == "eval" and r.get("split", "val") == "val" and r.get(key, r.get("loss")) is not None
-                   and r.get(key, r.get("loss")) <= limit for r in recs)
-    return done
-
-
-def gptlab_run(preset: str, extra: list[str], work: Path, timeout_s: float, done) -> dict:
-    out = work / f"run_{preset}"
-    cmd = [sys.executable, "-m", "gptlab", "train", preset, "--out_dir", str(out), "--progress", "off", *extra]
-    r = watch_run(cmd, work, work / f"log_{preset}.txt", timeout_s, done, out)
-    evals = [r2 for r2 in r["records"] if r2.get("kind") == "eval"]
-    return dict(loop_rates(r["records"]), reached=r["reached"], wall_s=r["wall_s"], rc=r["rc"],
-                last_eval=evals[-1] if evals else None, log_tail=r["lines"][-12:])
-
-
-def nanogpt_shakespeare_data(root: Path) -> None:
-    """nanoGPT's shakespeare_char files (train.bin, val.bin, meta.pkl) made from the same verified text:
-    sorted characters as ids, first 90% train - what its own prepare.py writes."""
-    import pickle
-
-    import numpy as np
-
-    from gptlab.data.prepare import get_tinyshakespeare
-
-    text, _ = get_tinyshakespeare(verbose=False)
-    chars = sorted(set(text))
-    stoi = {c: i for i, c in enumerate(chars)}
-    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
-    n = int(0.9 * len(ids))
-    root.mkdir(parents=True, exist_ok=True)
-    ids[:n].tofile(root / "train.bin")
-    ids[n:].tofile(root / "val.bin")
-    with open(root / "meta.pkl", "wb") as f:
-        pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}, f)
-
-
-def nanogpt_train_run(path: Path, work: Path, timeout_s: float, limit: float, extra: list[str]) -> dict:
-    """nanoGPT's train.py with config/train_shakespeare_char.py (its defaults: compile on), timed to val <= limit."""
-    import shutil
-
-    w = work / "nanogpt"
-    w.mkdir(parents=True, exist_ok=True)
-    for name in ("train.py", "model.py", "configurator.py", "config"):  # a scratch copy: it runs from its folder
-        src = Path(path) / name
-        (shutil.copytree(src, w / name, dirs_exist_ok=True) if src.is_dir() else shutil.copy(src, w / name))
-    nanogpt_shakespeare_data(w / "data" / "shakespeare_char")
-    pat = re.compile(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
-
-    def done(lines, _):
-        return any((m := pat.search(l)) and float(m.group(3)) <= limit for l in lines)
-    cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", f"--out_dir={w / 'out'}", *extra]
-    r = watch_run(cmd, w, work / "log_nanogpt_shakespeare.txt", timeout_s, done)
-    ms = []
-    for line in r["lines"]:  # "iter N: loss X, time Yms, mfu Z%"; the first iterations compile
-        m = re.search(r"iter (\d+): loss [\d.]+, time ([\d.]+)ms", line)
-        if m and int(m.group(1)) > 10:
-            ms.append(float(m.group(2)))
-    vals = [(int(m.group(1)), float(m.group(3))) for l in r["lines"] if (m := pat.search(l))]
-    return {"reached": r["reached"], "wall_s": r["wall_s"], "rc": r["rc"], "ms_per_step": _median(ms),
-            "last_eval": vals[-1] if vals else None, "log_tail": r["lines"][-12:]}
-
-
 # ------------------------------------------------------------------ the cases
 
 def _row(case: str, ours: dict, peer: str | None, theirs: dict | None, **extra) -> dict:
@@ -350,31 +301,48 @@ def _row(case: str, ours: dict, peer: str | None, theirs: dict | None, **extra) 
             "peak_mem_gib_peer": (theirs or {}).get("peak_mem_gib"), **extra}
 
 
+def bench_lever_rows(case: str, preset: str, args: list[str], plain: dict, a) -> list[dict]:
+    """gptlab bench with each asked lever (--levers) on alone, against the plain run of the same call."""
+    rows = []
+    for name in a.levers:
+        if "bench" in LEVERS[name]["where"]:
+            mine = gptlab_bench(preset, args, a, lever=name)
+            rows.append(_row(f"{case}_lever_{name}", mine, "gptlab plain (same call)", plain, lever=name,
+                             gptlab_mfu=mine["mfu"], peer_mfu=plain["mfu"]))
+    return rows
+
+
 def case_gpt2(batch: int, with_hf: bool):
+    """with_hf: transformers' GPT2LMHeadModel too, when --hf is given (issue 23 targets nanoGPT only)."""
     def run(a, work):
-        ours = gptlab_bench("gpt2", ["--batch_size", str(batch), *B16], a)
+        args = ["--batch_size", str(batch), *B16]
+        ours = gptlab_bench("gpt2", args, a)
         rows = [_row(f"gpt2_b{batch}", ours, "nanoGPT", nanogpt_rate(a.nanogpt, GPT2, batch, a),
                      gptlab_mfu=ours["mfu"], note="bf16, compiled, fused AdamW, clip 1.0; nanoGPT model.py compiled")]
-        if with_hf:
+        if with_hf and a.hf:
             rows.append(_row(f"gpt2_b{batch}", ours, "transformers GPT2LMHeadModel", hf_rate(GPT2, batch, a),
                              note="sdpa attention, compiled"))
-        return rows
+        return rows + bench_lever_rows(f"gpt2_b{batch}", "gpt2", args, ours, a)
     return run
 
 
 def case_small_b32(a, work):
-    ours = gptlab_bench("small", ["--batch_size", "32", "--gradient_accumulation_steps", "1", "--dtype", "bfloat16",
-                                  "--compile", "default"], a)
+    args = ["--batch_size", "32", "--gradient_accumulation_steps", "1", "--dtype", "bfloat16",
+            "--compile", "default"]
+    ours = gptlab_bench("small", args, a)
     theirs = nanogpt_rate(a.nanogpt, SMALL, 32, a)
     return [_row("languini_small_b32", ours, "nanoGPT (same shape: fused QKV, tied)", theirs, gptlab_mfu=ours["mfu"],
-                 note="gptlab: the Languini model (separate Q/K/V weights, untied, scaled embeddings), bf16")]
+                 note="gptlab: the Languini model (separate Q/K/V weights, untied, scaled embeddings), bf16")
+            ] + bench_lever_rows("languini_small_b32", "small", args, ours, a)
 
 
 def case_small_b128_fp16(a, work):
     ours = gptlab_throughput("small", 128, 128, a)
     theirs = languini_rate(a.languini, 128, flash=True)
+    args = ["--batch_size", "128", "--gradient_accumulation_steps", "1", "--dtype", "float16"]
     return [_row("languini_small_b128_fp16", ours, "Languini GPT (own throughput test, use_flash)", theirs,
-                 gptlab_mfu=ours["mfu"], note="fp16 + GradScaler, compiled, both sides")]
+                 gptlab_mfu=ours["mfu"], note="fp16 + GradScaler, compiled, both sides")
+            ] + bench_lever_rows("languini_small_b128_fp16", "small", args, ours, a)
 
 
 def case_small_best(a, work):
@@ -393,45 +361,76 @@ def _prepare_shakespeare(work: Path) -> Path:
     return data
 
 
+def run_lever_rows(case: str, preset: str, extra: list[str], work: Path, timeout_s: float, done,
+                   cold: dict, a) -> list[dict]:
+    """A whole `gptlab train` process (fresh compile cache) with each asked run lever on alone,
+    against the plain cold run of the same call: wall time and the loop's ms/step."""
+    rows = []
+    for name in a.levers:
+        lever = LEVERS[name]
+        if "run" not in lever["where"]:
+            continue
+        mode = ["--compile", lever["compile"]] if lever.get("compile") else []
+        args = [*extra, *lever.get("args", []), *mode]
+        fresh = cache_env(Path(tempfile.mkdtemp(prefix="inductor_", dir=work)))
+        mine = gptlab_run(preset, args, work, timeout_s, done, f"lever_{name}",
+                          dict(fresh, **lever.get("env", {})))
+        both = mine["wall_s"] and cold["wall_s"]
+        rows.append(_row(
+            f"{case}_lever_{name}", mine, "gptlab plain cold run (same call)", cold, lever=name,
+            gptlab_wall_s=mine["wall_s"], peer_wall_s=cold["wall_s"],
+            wall_ratio=cold["wall_s"] / mine["wall_s"] if both else None,
+            gptlab_reached=mine["reached"], gptlab_ms_per_step=mine["ms_per_step"],
+            peer_ms_per_step=cold["ms_per_step"], gptlab_first_step_s=mine["first_step_s"],
+            gptlab_compile_s=mine["compile_s"], gptlab_last_eval=mine["last_eval"],
+            gptlab_log_tail=mine["log_tail"]))
+    return rows
+
+
 def case_shakespeare(a, work):
-    """`gptlab train shakespeare_char` timed from the command to val <= 1.47; nanoGPT's model at the recipe's
-    shape (6x384, b64 x 256, dropout 0.2, vocab 65) timed in-process for the step rate."""
-    ours = gptlab_run("shakespeare_char", ["--dataset", str(_prepare_shakespeare(work))], work, a.run_timeout_s,
-                      _val_at_most(1.47))
-    theirs = nanogpt_rate(a.nanogpt, dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65), 64, a,
-                          dropout=0.2)
-    return [_row("shakespeare_char", ours, "nanoGPT model.py, the recipe's step", theirs,
-                 gptlab_wall_s=ours["wall_s"], gptlab_ms_per_step=ours["ms_per_step"],
-                 peer_ms_per_step=theirs["ms_per_step"], gptlab_last_eval=ours["last_eval"],
-                 gptlab_log_tail=ours["log_tail"],
-                 note="gptlab: whole run, wall time from the command to val <= 1.47 (target 30 s), median ms/step "
-                      "of its loop; nanoGPT: step on random tokens, no data loader or evaluation")]
+    """`gptlab train shakespeare_char` as whole processes (cold compile cache, then warm) to
+    val <= 1.47, and nanoGPT's train.py with its config/train_shakespeare_char.py, cold."""
+    extra, done = ["--dataset", str(_prepare_shakespeare(work))], val_at_most(1.47)
+    limit_s = a.shakespeare_timeout_s
+    cold, warm = gptlab_cold_warm("shakespeare_char", extra, work, limit_s, done)
+    peer = nanogpt_train_run(a.nanogpt, work, limit_s, "shakespeare_char", 1.47)
+    note = (f"wall time from the command to val <= 1.47, compile included; each run stopped at "
+            f"{limit_s:.0f} s (reached false: not there by then)")
+    rows = wall_rows("shakespeare_char", cold, warm, peer, 30.0, note)
+    return rows + run_lever_rows("shakespeare_char", "shakespeare_char", extra, work, limit_s, done,
+                                 cold, a)
 
 
-def case_shakespeare_nanogpt(a, work):
-    """Both recipes as whole runs: nanoGPT's train.py (config/train_shakespeare_char.py) vs `gptlab train`."""
-    ours = gptlab_run("shakespeare_char", ["--dataset", str(_prepare_shakespeare(work))], work, a.run_timeout_s,
-                      _val_at_most(1.47))
-    theirs = nanogpt_train_run(a.nanogpt, work, a.run_timeout_s, 1.47, [])
-    tok = 64 * 256  # the recipe's batch x block, both sides
-    theirs["tokens_per_s"] = tok / (theirs["ms_per_step"] / 1000) if theirs.get("ms_per_step") else None
-    return [_row("shakespeare_char_runs", ours, "nanoGPT train.py (config/train_shakespeare_char.py)", theirs,
-                 gptlab_wall_s=ours["wall_s"], peer_wall_s=theirs["wall_s"],
+def case_shakespeare_step(a, work):
+    """gptlab's loop ms/step on the shakespeare_char recipe vs nanoGPT's model at its shape (6x384,
+    b64 x 256, dropout 0.2, vocab 65) timed in-process: the step alone."""
+    extra = ["--dataset", str(_prepare_shakespeare(work)), "--eval_interval", "0", "--max_iters", "400"]
+    ours = gptlab_run("shakespeare_char", extra, work, a.run_timeout_s, lambda lines, recs: False)
+    shape = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65)
+    theirs = nanogpt_rate(a.nanogpt, shape, 64, a, dropout=0.2)
+    return [_row("shakespeare_char_step", ours, "nanoGPT model.py, the recipe's step", theirs,
                  gptlab_ms_per_step=ours["ms_per_step"], peer_ms_per_step=theirs["ms_per_step"],
-                 wall_ratio=theirs["wall_s"] / ours["wall_s"] if ours["wall_s"] and theirs["wall_s"] else None,
-                 gptlab_last_eval=ours["last_eval"], peer_last_eval=theirs["last_eval"],
-                 gptlab_log_tail=ours["log_tail"], peer_log_tail=theirs["log_tail"],
-                 note="wall time from the command to val <= 1.47 (compile included) on both sides")]
+                 note="gptlab: median ms/step of its loop (400 steps, no evaluation); nanoGPT: the "
+                      "step on random tokens, no data loader")]
 
 
 def case_zero_one(a, work):
+    """`gptlab train zero_one` as whole processes (cold, warm) to word loss <= 1.01 H(1/3), and
+    nanoGPT's train.py on the same tokens with the same recipe (NANOGPT_ZERO_ONE) to all-token
+    loss <= 1.01 x 0.6430."""
     if not a.zero_one_data:
         raise SystemExit("zero_one needs --zero_one_data (a prepared zero_one folder)")
-    ours = gptlab_run("zero_one", ["--dataset", str(Path(a.zero_one_data).resolve())], work, a.run_timeout_s,
-                      _val_at_most(1.01 * H_ZERO_ONE, "loss_excl_eot"))
-    return [_row("zero_one", ours, None, None, gptlab_wall_s=ours["wall_s"], gptlab_last_eval=ours["last_eval"],
-                 gptlab_log_tail=ours["log_tail"],
-                 note=f"wall time from the command to word loss <= 1.01 x H(1/3) = {1.01 * H_ZERO_ONE:.4f}; target 15 s")]
+    data = Path(a.zero_one_data).resolve()
+    extra, done = ["--dataset", str(data)], val_at_most(1.01 * H_ZERO_ONE, "loss_excl_eot")
+    limit_s = a.zero_one_timeout_s
+    cold, warm = gptlab_cold_warm("zero_one", extra, work, limit_s, done)
+    peer_bound = 1.01 * ZERO_ONE_ALL_TOKEN_FLOOR
+    peer = nanogpt_train_run(a.nanogpt, work, limit_s, "zero_one", peer_bound, data)
+    note = (f"wall time from the command to word loss <= 1.01 x H(1/3) = {1.01 * H_ZERO_ONE:.4f} "
+            f"(nanoGPT: all-token loss <= {peer_bound:.4f}, its eval of 4 random batches; it also "
+            "writes a checkpoint at each better val loss)")
+    rows = wall_rows("zero_one", cold, warm, peer, 15.0, note)
+    return rows + run_lever_rows("zero_one", "zero_one", extra, work, limit_s, done, cold, a)
 
 
 def case_gpt2_loop(a, work):
@@ -475,16 +474,16 @@ def case_lever_cuda_graphs(a, work):
                  note="b64 x 256, 6x384, dropout 0.2, bf16")]
 
 
-CASES = {
-    "gpt2_b16": case_gpt2(16, with_hf=True),
-    "languini_small_b32": case_small_b32,
-    "languini_small_b128_fp16": case_small_b128_fp16,
+CASES = {  # in priority order (issue 23): the wall-time cases, then the step against the peers
     "zero_one": case_zero_one,
     "shakespeare_char": case_shakespeare,
-    "gpt2_loop": case_gpt2_loop,
+    "gpt2_b16": case_gpt2(16, with_hf=True),
     "gpt2_b32": case_gpt2(32, with_hf=False),
+    "languini_small_b32": case_small_b32,
+    "languini_small_b128_fp16": case_small_b128_fp16,
+    "gpt2_loop": case_gpt2_loop,
     "languini_small_best": case_small_best,
-    "shakespeare_char_runs": case_shakespeare_nanogpt,
+    "shakespeare_char_step": case_shakespeare_step,
     "lever_cuda_graphs": case_lever_cuda_graphs,
     "lever_sdpa": case_lever_sdpa,
 }
@@ -557,6 +556,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", default=",".join(CASES), help="comma list, run in this order")
     p.add_argument("--budget_s", type=float, default=480, help="start no case after this many seconds")
     p.add_argument("--run_timeout_s", type=float, default=150, help="limit of one whole training run")
+    p.add_argument("--zero_one_timeout_s", type=float, default=40,
+                   help="limit of one zero_one run (target 15 s)")
+    p.add_argument("--shakespeare_timeout_s", type=float, default=60,
+                   help="limit of one shakespeare_char run (target 30 s)")
+    p.add_argument("--hf", action="store_true", help="gpt2_b16 also times transformers' GPT2LMHeadModel")
+    p.add_argument("--levers", default="",
+                   help=f"comma list of per-step levers, each measured alone: {', '.join(LEVERS)}")
     p.add_argument("--loop_records", type=int, default=6, help="train records of the gpt2 loop before it stops")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
@@ -565,6 +571,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [c for c in a.cases.split(",") if c not in CASES]
     if unknown:
         p.error(f"unknown case(s) {unknown}: choose from {', '.join(CASES)}")
+    a.levers = [x for x in a.levers.split(",") if x]
+    if set(a.levers) - set(LEVERS):
+        p.error(f"unknown lever(s) {sorted(set(a.levers) - set(LEVERS))}: choose from {', '.join(LEVERS)}")
     run_cases(a)
     return 0
 

@@ -29,7 +29,7 @@ from gptlab.data.tokenizers import token_byte_lengths, tokenizer_from_meta
 from gptlab.distributed import pick_device
 from gptlab.errors import UserError
 from gptlab.files import atomic_write_json, check_output_file
-from gptlab.loss import logits_and_loss
+from gptlab.loss import logits_and_loss, raw_model
 from gptlab.runs import load_run
 from gptlab.runtime import autocast_ctx, resolve_data_dir, resolve_dtype
 
@@ -133,10 +133,60 @@ def _batch(plan: EvalPlan, tokens: np.ndarray, sel: np.ndarray) -> tuple[torch.T
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
-def _score(model, x, y, last_n: int, ctx, eot_id) -> torch.Tensor:
+class EvalForward:
+    """Logits (B, T, vocab) of a batch the usual way: the model in eval mode, no autograd graph
+    (evaluate runs under no_grad). On a compiled model this traces a second, eval-mode graph."""
+
+    batch_size: int | None = None  # forwards of exactly this many rows (None: any)
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    @contextlib.contextmanager
+    def active(self):
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return logits_and_loss(self.model, x)[0]
+
+
+class TrainGraphForward(EvalForward):
+    """Logits through the compiled training graph, called exactly as the training step calls it:
+    train mode, autograd on, the training micro-batch shape (a short last batch padded with rows
+    that are dropped), hidden states when the training loss is the chunked one. torch.compile's
+    guards all hold, so no second graph is traced. The same numbers as EvalForward only when no
+    module drops anything (dropout 0): the caller checks (train.eval_forward)."""
+
+    def __init__(self, model: torch.nn.Module, batch_size: int, hidden: bool):
+        super().__init__(model)
+        self.batch_size, self.hidden = batch_size, hidden
+
+    @contextlib.contextmanager
+    def active(self):
+        yield  # train mode stays: the guard on `training` holds
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.size(0)
+        if rows < self.batch_size:
+            x = torch.cat([x, x.new_zeros(self.batch_size - rows, x.size(1))])
+        with torch.enable_grad():  # the training graph; its saved activations go with `out`
+            out = self.model(x, return_hidden=True) if self.hidden else self.model(x)
+        gpt = raw_model(self.model)
+        with torch.no_grad():
+            out = out.detach()[:rows]
+            logits = gpt.lm_head(out) if self.hidden else out
+        return logits[..., : gpt.config.vocab_size]
+
+
+def _score(forward, x, y, last_n: int, ctx, eot_id) -> torch.Tensor:
     """[nll, tokens, top1, top10, nll and count of targets that are not eot] of one batch."""
     with ctx:
-        logits, _ = logits_and_loss(model, x)
+        logits = forward(x)
     keep = y >= 0
     sel = logits[:, -last_n:][keep].float()  # (n_scored, vocab)
     tgt = y[keep]
@@ -153,31 +203,32 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_siz
              last_n: int = 0, max_batches: int | None = None, byte_lengths: np.ndarray | None = None,
              autocast=None, rank: int = 0, world_size: int = 1, reduce=None, eot_id: int | None = None, *,
              plan: EvalPlan | None = None, tokenizer=None, doc_offsets=None, streams: int = 1,
-             progress=None) -> dict:
-    """Score `tokens` over `plan` (default: eval_plan of these arguments), batch_size windows per forward.
+             progress=None, forward: EvalForward | None = None) -> dict:
+    """Score `tokens` over `plan` (default: eval_plan of these arguments), batch_size windows per
+    forward (forward.batch_size where it fixes one), logits from `forward` (default EvalForward(model)).
     Ranks deal the forwards round-robin, each running as many (sharded models need every rank in every
     collective), and sum with `reduce`; progress(done, total) follows each forward of this rank."""
     if plan is None:
         plan = eval_plan(len(tokens), seq_len, last_n, doc_offsets, streams, max_batches, tokens, eot_id)
     if plan.counts is None:
         count_targets(plan, tokens, tokenizer, byte_lengths)
+    forward = forward or EvalForward(model)
+    batch_size = forward.batch_size or batch_size
     chunks = [np.arange(i, min(i + batch_size, len(plan.items))) for i in range(0, len(plan.items), batch_size)]
     n_rounds = math.ceil(len(chunks) / world_size)
-    was_training = model.training
-    model.eval()
     sums = torch.zeros(6, dtype=torch.float64, device=device)
     ctx = autocast or contextlib.nullcontext()
-    for r in range(n_rounds):
-        i = r * world_size + rank
-        x, y = _batch(plan, tokens, chunks[i] if i < len(chunks) else chunks[0][:1])
-        if i >= len(chunks):
-            y.fill_(-1)  # a spare forward: scores nothing
-        sums += _score(model, x.to(device), y.to(device), plan.last_n, ctx, eot_id)
-        if progress is not None:
-            progress(r + 1, n_rounds)
+    with forward.active():
+        for r in range(n_rounds):
+            i = r * world_size + rank
+            x, y = _batch(plan, tokens, chunks[i] if i < len(chunks) else chunks[0][:1])
+            if i >= len(chunks):
+                y.fill_(-1)  # a spare forward: scores nothing
+            sums += _score(forward, x.to(device), y.to(device), plan.last_n, ctx, eot_id)
+            if progress is not None:
+                progress(r + 1, n_rounds)
     if reduce is not None:
         sums = reduce(sums)
-    model.train(was_training)
     # The reported metrics from the summed [nll, tokens, top1, top10, nll_words, words] and the plan's counts.
     nll, ntok, top1, top10, nll_words, nwords = sums.tolist()  # .tolist(): a CPU-GPU sync
     loss = nll / max(ntok, 1)
@@ -277,6 +328,7 @@ def main(argv: list[str]) -> int:
     data_dir = resolve_data_dir(a.dataset or cfg.data.dataset, a.data_root or cfg.data.data_root) \
         if a.dataset or a.data_root else run.data_dir()
     meta = tk.read_meta(data_dir)
+    reader = tk.open_for_reading(data_dir, meta, [a.eval_data_split])  # held to exit; sha256 as meta.json
     check_same_tokenizer(run.data_meta, meta, data_dir)
     tokens = tk.load_split(data_dir, a.eval_data_split, meta)
     if int(meta["vocab_size"]) > cfg.model.vocab_size:
@@ -293,6 +345,7 @@ def main(argv: list[str]) -> int:
     m = evaluate(model, tokens, seq_len, a.eval_batch_size, device, eot_id=meta.get("eot_id"),
                  autocast=autocast_ctx(device, resolve_dtype(a.dtype, device)), plan=plan,
                  progress=_progress(f"eval {a.eval_data_split}"))
+    reader.check()  # the split was not rewritten while it was scored
     m.update(split=a.eval_data_split, checkpoint=str(ckpt_path), dataset=str(data_dir), streams=a.streams)
     print(f"{a.eval_data_split}: {format_metrics(m)}")
     print(json.dumps(m), flush=True)

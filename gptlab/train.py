@@ -28,7 +28,7 @@ import torch
 
 from gptlab import checkpoint as ck
 from gptlab import distributed as dist_
-from gptlab import hf, registry, runs
+from gptlab import hf, registry, runs, startup
 from gptlab.config import FIELD_INFO, Config
 from gptlab.config_files import load_run_config
 from gptlab.data import tokens as tk
@@ -36,7 +36,7 @@ from gptlab.data.prefetch import Prefetcher
 from gptlab.data.samplers import RandomWindowSampler, StreamBatcher
 from gptlab.data.tokenizers import token_byte_lengths, tokenizer_files, tokenizer_from_meta
 from gptlab.errors import UserError
-from gptlab.evaluate import evaluate, format_metrics, languini_eval_plan
+from gptlab.evaluate import count_targets, eval_plan, evaluate, format_metrics
 from gptlab.files import atomic_write_json, atomic_write_text, read_json
 from gptlab.layout import CHECKPOINT_DIR, CONFIG_FILE, DATA_META_FILE
 from gptlab.loss import lm_loss
@@ -177,9 +177,12 @@ class Evaluator:
     def __init__(self, cfg: Config, model, splits: dict, meta: dict, data_dir: Path, ctx, d, logger, clock):
         self.cfg, self.model, self.splits, self.meta, self.ctx, self.d = cfg, model, splits, meta, ctx, d
         self.logger, self.clock = logger, clock
+        self.forward = None  # evaluate's default; setup() sets startup.eval_forward's choice
+        self.data_checked = lambda: None  # setup(): joins the background data verification
         self.val_name = next((k for k in splits if k != "train"), None)
         self.last: dict = {}
         self.plans = {}
+        self.counted = startup.Background(lambda: None, inline=True)
         t = cfg.train
         if t.eval_iters == 0:
             return
@@ -192,9 +195,14 @@ class Evaluator:
                 # One text without document boundaries (e.g. shakespeare): cut it into `streams` equal parts,
                 # else all but one stream would be empty. Documented data keeps Languini's dealing.
                 offsets = np.arange(streams, dtype=np.int64) * (len(toks) // streams)
-            self.plans[split] = languini_eval_plan(
-                toks, offsets, cfg.model.block_size, streams=streams, max_steps=t.eval_iters, last_n=t.last_n,
-                tokenizer=tok, byte_lengths=lengths, eot_id=meta.get("eot_id"))
+            # planned (and checked) now; a bad plan stops the run here
+            self.plans[split] = eval_plan(len(toks), cfg.model.block_size, t.last_n, offsets, streams,
+                                          t.eval_iters, toks, meta.get("eot_id"))
+        # Characters and bytes of every scored window (languini_eval_plan's counts): on a GPU,
+        # counted while the model compiles; the first evaluation waits for them.
+        counts = [(plan, splits[split], tok, lengths) for split, plan in self.plans.items()]
+        self.counted = startup.Background(lambda: [count_targets(*job) for job in counts],
+                                          inline=d.device.type != "cuda")
 
     def due(self, step: int) -> bool:
         every, t = self.cfg.train.eval_interval, self.cfg.train
@@ -206,10 +214,12 @@ class Evaluator:
         reduce = (lambda x: dist_.all_reduce(x, d)) if d.enabled else None
         out = {}
         with self.clock.paused():
+            self.data_checked()
+            self.counted.join()
             for split, plan in self.plans.items():
                 m = evaluate(self.model, self.splits[split], self.cfg.model.block_size, t.eval_batch_size or t.batch_size,
                              d.device, autocast=self.ctx, rank=d.rank, world_size=d.world_size, reduce=reduce,
-                             eot_id=self.meta.get("eot_id"), plan=plan)
+                             eot_id=self.meta.get("eot_id"), plan=plan, forward=self.forward)
                 out[split] = dict(m, split=split, train_time_s=self.clock.now())
                 self.logger.log("eval", state.step, state.tokens, out[split])
         self.last = out
@@ -337,10 +347,13 @@ def pick_splits(cfg: Config, data_dir: Path, meta: dict) -> list[str]:
     return [cfg.data.train_split] + ([val] if val else [])
 
 
-def load_splits(cfg: Config, data_dir: Path, meta: dict, vocab: int) -> dict:
-    """{"train": tokens, <held-out split name>: tokens} after checking sizes, hashes and token range."""
+def load_splits(cfg: Config, data_dir: Path, meta: dict,
+                vocab: int) -> tuple[dict, startup.Background]:
+    """({"train": tokens, <held-out split name>: tokens}, the sha256 check's handle) after checking
+    sizes and token range; large bins are hashed in the background (startup.verify_in_background)."""
     wanted = pick_splits(cfg, data_dir, meta)
-    tk.verify_bins(data_dir, meta, wanted)  # meta.json's sha256, cached by size and mtime
+    # meta.json's sha256, cached by size and mtime
+    verified = startup.verify_in_background(tk.verify_bins, data_dir, meta, wanted, tk.bin_path)
     out = {}
     for name in wanted:
         out["train" if name == cfg.data.train_split else name] = toks = tk.load_split(data_dir, name, meta)
@@ -348,7 +361,7 @@ def load_splits(cfg: Config, data_dir: Path, meta: dict, vocab: int) -> dict:
     if len(out["train"]) < cfg.model.block_size + 1:
         raise UserError(f"the train split has {len(out['train'])} tokens, fewer than seq_len + 1 = "
                         f"{cfg.model.block_size + 1}: use a shorter --block_size or more data")
-    return out
+    return out, verified
 
 
 def build_sampler(cfg: Config, data_dir: Path, meta: dict, train_tokens, d: dist_.Dist):
@@ -399,9 +412,14 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
     log = print if d.is_main else (lambda *a, **k: None)
     data_dir = resolve_data_dir(cfg.data.dataset, cfg.data.data_root)
     meta = tk.read_meta(data_dir)
+    hold.enter_context(tk.open_for_reading(data_dir))  # prepare refuses to replace it while this run reads it
     pick_splits(cfg, data_dir, meta)  # a mistyped split name is refused before the run folder is touched
+    startup.eval_graph_choice(cfg.model.dropout, d.enabled)  # so is a bad GPTLAB_EVAL_GRAPH
     cfg, run_dir, resumed = resolve_run(cfg, d, meta, hold)
-    splits = load_splits(cfg, data_dir, meta, cfg.model.vocab_size)
+    startup.use_compile_cache(d.device, cfg.system.compile)  # before the workers start: they inherit it
+    startup.warm_compile_workers(d.device, cfg.system.compile)  # they start while data and model load
+    splits, verified = load_splits(cfg, data_dir, meta, cfg.model.vocab_size)
+    hold.callback(verified.thread.join if verified.thread else (lambda: None))
     model = build_model(cfg, resumed, log).to(d.device)
     sampler = build_sampler(cfg, data_dir, meta, splits["train"], d)
     dtype = getattr(torch, cfg.system.dtype)
@@ -423,6 +441,10 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack) -> Session:
     hold.callback(logger.close)
     clock = TrainClock(d.device, state.train_time)
     evaluator = Evaluator(cfg, wrapped, splits, meta, data_dir, ctx, d, logger, clock)
+    evaluator.forward = startup.eval_forward(
+        wrapped, model, compiled_mode=cfg.system.compile, batch_size=cfg.train.batch_size,
+        ce_chunk=cfg.system.ce_chunk, distributed=d.enabled, eval_only=cfg.train.eval_only)
+    evaluator.data_checked = lambda: startup.join_verification(verified, run_dir)
     data = Batches(sampler, cfg.train.gradient_accumulation_steps, d.device)  # starts a thread on a GPU
     hold.callback(data.close)
     checkpointer = ck.Checkpointer(cfg, run_dir, d, model, optimizer, scaler, data)
@@ -464,7 +486,7 @@ def run_loop(s: Session, argv: list[str]) -> dict:
     if st.step == 0 and cfg.train.eval_at_start:
         s.evaluator.run(st)
     s.model.train()
-    stop = None
+    stop, first = None, True
     while st.step < cfg.train.max_iters and stop is None:
         lr = set_lr(s.optimizer, lr_at(st.step, cfg))
         batches, waited = s.data.next()
@@ -472,6 +494,9 @@ def run_loop(s: Session, argv: list[str]) -> dict:
         out = train_step(s.model, s.optimizer, s.scaler, batches, ctx=s.ctx, clip=cfg.optim.grad_clip,
                          ce_chunk=cfg.system.ce_chunk, keep_grads=before is not None)
         st.advance(out, cfg.train.train_batch_size * cfg.model.block_size)
+        if first:
+            s.logger.print(startup.first_step_line(s.d.device))
+            first = False
         s.metrics.record(st, out, lr, waited)
         if before is not None:  # weight/gradient/update/logit statistics; then the gradients go
             s.metrics.log_grads(st, before, batches[-1][0], s.optimizer)
@@ -482,6 +507,7 @@ def run_loop(s: Session, argv: list[str]) -> dict:
         improved = s.evaluator.run(st) if evaluated else False
         if s.checkpointer.due(st.step, evaluated, improved, stop):
             with s.clock.paused():
+                s.evaluator.data_checked()  # no checkpoint of a run on unverified data
                 st.train_time = s.clock.now()
                 s.checkpointer.save(st, s.metrics, is_best=improved)
     st.train_time = s.clock.now()
@@ -493,6 +519,7 @@ def run_loop(s: Session, argv: list[str]) -> dict:
                          f"or gradient (updates skipped, first at step {st.first_bad_step}); {back}, after lowering "
                          "--learning_rate or using --dtype bfloat16/float32")
     s.checkpointer.drain()  # a failed background write surfaces here, as its one-line error
+    s.evaluator.data_checked()
     return finish(s, stop, argv)
 
 

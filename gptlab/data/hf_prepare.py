@@ -1,20 +1,16 @@
-"""Sources for `gptlab prepare` from outside: `prepare hf|openwebtext|tinystories --dataset X` (a save_to_disk
-folder, local parquet, jsonl or .txt files, else a hub name; val carved out of train if there is none) and
-Languini's `file_list_SPLIT.npy` for `prepare books --file_lists DIR`."""
+"""Hugging Face sources for `gptlab prepare`: `prepare hf|openwebtext|tinystories --dataset X` (a save_to_disk
+folder, local parquet, jsonl or .txt files, else a hub name; val carved out of train if there is none)."""
 
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import re
 from pathlib import Path
 
-import numpy as np
-
+from gptlab.data.pipeline import PROGRESS, Plan, build, check_options, row_uniform, work_dir  # noqa: F401
+from gptlab.data.sources import Stream, capped_batches, check_path, list_documents, text_files_stream
 from gptlab.errors import UserError
-from gptlab.data.prepare import (PROGRESS, Plan, Stream, build, capped_batches, check_options,  # noqa: F401
-                                 list_documents, row_uniform, text_files_stream, work_dir)
 
 SPLIT_ALIASES = {"validation": "val", "valid": "val", "dev": "val"}
 # A split named by a path part: `train-00000-of-00002.parquet`, `data/test.jsonl`, `validation/part-0.parquet`.
@@ -129,7 +125,8 @@ def open_source(dataset: str, name: str | None, split: str | None, text_field: s
     p = Path(dataset).expanduser()
     source: dict = {"dataset": dataset, "config": name, "split": split, "text_field": text_field}
     by_split: dict[str, object] = {}
-    if p.exists():
+    if os.path.lexists(p):  # a local path, even one that cannot be read: never sent to the hub
+        check_path(p, "--dataset", "give a save_to_disk folder, or parquet, jsonl or .txt files")
         source["path"] = str(p.resolve())
         if p.is_dir() and ((p / "dataset_dict.json").is_file() or (p / "state.json").is_file()):
             datasets = _need_datasets(f"{p} (a save_to_disk folder)")
@@ -181,54 +178,6 @@ def open_source(dataset: str, name: str | None, split: str | None, text_field: s
     return streams, source
 
 
-def jsonl_texts(lines: list, field_name: str) -> list[str]:
-    """The text field of each raw jsonl line ("" for a blank line); UserError naming the problem."""
-    return [_jsonl_text(line, field_name) if line.strip() else "" for line in lines]
-
-
-def _jsonl_text(line, field_name: str) -> str:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise UserError(f"a jsonl line is not JSON ({e.msg}): fix the file or skip it") from None
-    if not isinstance(row, dict):
-        raise UserError(f"a jsonl line is not an object: give one JSON object with a {field_name!r} field per line")
-    if row.get(field_name) is None:
-        raise UserError(f"a jsonl line has no field {field_name!r} (it has {', '.join(row)}): pass --text_field NAME")
-    return row[field_name]
-
-
-def languini_file_lists(folder: Path, root: Path, splits: list[str] | None) -> tuple[dict, dict]:
-    """{split: document paths in list order} and {split: listed token counts} from file_list_SPLIT.npy rows
-    (name, length); a name matches a file under root by its stem. An object array (pickle) is refused."""
-    lists = sorted(Path(folder).glob("file_list_*.npy")) if Path(folder).is_dir() else []
-    if not lists:
-        raise UserError(f"--file_lists {folder} holds no file_list_SPLIT.npy files: give the folder with Languini's lists")
-    # the first file of each stem, in sorted order
-    by_stem = {os.path.splitext(f.name)[0]: f for f in sorted((p for p in root.rglob("*") if p.is_file()), reverse=True)}
-    paths, lengths = {}, {}
-    for lst in lists:
-        split = lst.name[len("file_list_"):-len(".npy")]
-        if splits and split not in splits:
-            continue
-        try:
-            rows = np.load(lst, allow_pickle=False)
-        except ValueError:
-            raise UserError(f"{lst} is not a plain numpy array (object arrays need pickle, which gptlab never reads): "
-                            "re-save it as strings, e.g. np.save(F, np.load(F, allow_pickle=True).astype(str))") from None
-        rows = rows.reshape(len(rows), -1)  # (documents, name[, length])
-        names = [os.path.splitext(os.path.basename(str(n)))[0] for n in rows[:, 0]]
-        missing = [n for n in names if n not in by_stem]
-        if missing:
-            raise UserError(f"{len(missing)} documents of {lst.name} are not under {root} (first: {missing[0]!r}): "
-                            "point --input at the folder that holds them")
-        paths[split] = [by_stem[n] for n in names]
-        lengths[split] = rows[:, 1].astype(np.int64) if rows.shape[1] > 1 else None
-    if splits and set(splits) - set(paths):
-        raise UserError(f"--splits {', '.join(sorted(set(splits) - set(paths)))}: no such file list in {folder}")
-    return paths, lengths
-
-
 def prepare_hf(dataset: str | None = None, name: str | None = None, split: str | None = None, text_field: str = "text",
                val_fraction: float | None = None, num_proc: int | None = None, tokenizer: str | None = None, out=None,
                overwrite: bool = False, resume: bool = False, seed: int | None = None, vocab_size: int | None = None,
@@ -241,7 +190,7 @@ def prepare_hf(dataset: str | None = None, name: str | None = None, split: str |
     split = split if split is not None else r.get("split")
     val_fraction = r.get("val_fraction", 0.0005) if val_fraction is None else val_fraction
     seed, tokenizer = 2357 if seed is None else seed, tokenizer or "gpt2"
-    check_options("hf", tokenizer, val_fraction, vocab_size, num_proc)
+    check_options(tokenizer, val_fraction, vocab_size, num_proc, zero_val_fraction=True)
     tok_opts = {**(tok_opts or {}), "seed": seed, "sp_docs": sp_docs}
     tok_opts["vocab_size"] = tok_opts.get("vocab_size") or vocab_size
     config = {"dataset": dataset, "name": name, "split": split, "text_field": text_field, "val_fraction": val_fraction,

@@ -8,21 +8,24 @@ import heapq
 import numpy as np
 import torch
 
+from gptlab.data.tokens import check_unchanged, file_key
 from gptlab.errors import UserError
 
 
 def _as_reopenable(data):
-    """How to re-open a memmap per batch: pages read through a long-lived map stay counted in RSS."""
+    """How to re-open a memmap per batch (pages read through a long-lived map stay counted in RSS), and
+    the file's key then: a bin replaced or rewritten mid-run stops the run in one line."""
     if isinstance(data, np.memmap) and getattr(data, "filename", None):
-        return (str(data.filename), data.dtype, int(data.offset), data.shape)
+        return (str(data.filename), data.dtype, int(data.offset), data.shape, file_key(data.filename))
     return None
 
 
 def _open(reopen, data):
     if reopen is None:
         return data
-    path, dtype, offset, shape = reopen
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+    path, dtype, offset = reopen[:3]
+    check_unchanged(path, reopen[4])
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=reopen[3])
 
 
 def _to_xy(block: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,6 +5,8 @@ source), the truth for reading a bin: `load_split` checks sizes, `verify_bins` t
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import re
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from gptlab import files
+from gptlab.data.tokenizers import cache_dir, check_tokenizer_meta
 from gptlab.errors import UserError
 
 FORMAT = "gptlab-tokens-1"
@@ -123,8 +126,6 @@ def _bad(data_dir, msg: str) -> UserError:
 
 def read_meta(data_dir: Path) -> dict:
     """Read and validate meta.json; UserError naming the problem otherwise."""
-    from gptlab.data.tokenizers import check_tokenizer_meta
-
     data_dir = Path(data_dir)
     path = data_dir / META
     if not path.is_file():
@@ -190,7 +191,7 @@ def check_token_range(arr: np.ndarray, vocab_size: int, what: str = "tokens") ->
 
 def verify_bins(data_dir: Path, meta: dict, splits: list[str] | None = None) -> None:
     """Check every bin (or those of `splits`) against the sha256 in meta.json before anything trains on it.
-    A bin whose (size, mtime, inode) and hash match its entry in verified_cache(data_dir), in gptlab's
+    A bin whose file_key and hash match its entry in verified_cache(data_dir), in gptlab's
     cache folder (never the dataset's), is not hashed again."""
     data_dir, cache_p, cache = Path(data_dir), verified_cache(data_dir), {}
     with contextlib.suppress(UserError):
@@ -202,8 +203,7 @@ def verify_bins(data_dir: Path, meta: dict, splits: list[str] | None = None) -> 
         want, path = meta["splits"][split].get("sha256"), bin_path(data_dir, split)
         if not want:
             continue
-        st = path.stat()
-        key = [st.st_size, st.st_mtime_ns, st.st_ino]
+        key = list(file_key(path))
         if cache.get(split) == {"key": key, "sha256": want}:
             continue
         if files.sha256_file(path) != want:
@@ -218,8 +218,6 @@ def verify_bins(data_dir: Path, meta: dict, splits: list[str] | None = None) -> 
 
 def verified_cache(data_dir: Path) -> Path:
     """verify_bins' record of a dataset's bins already hashed: one small file per dataset folder."""
-    from gptlab.data.tokenizers import cache_dir
-
     key = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:24]
     return cache_dir() / "verified" / f"{key}.json"
 
@@ -267,3 +265,95 @@ def dataset_state(folder: Path) -> str:
         return "other"
     model = meta["tokenizer"].get("model_file")
     return "dataset" if all(is_dataset_file(n) or n == model for n in names) else "other"
+
+
+# --- Readers: a running trainer or eval holds its dataset; prepare never replaces it underneath ---
+CHANGED = ("{path} was replaced or rewritten while this run read it (size, inode or time changed): restore "
+           "the data it started with and resume, or start afresh on the new data")
+
+
+def file_key(path: Path) -> tuple[int, int, int, int]:
+    """(size, inode, mtime, ctime) in ns: any rewrite changes one (ctime even after `touch -d`)."""
+    info = os.stat(path)
+    return info.st_size, info.st_ino, info.st_mtime_ns, info.st_ctime_ns
+
+
+def check_unchanged(path, key) -> None:
+    """UserError if `path` no longer has the file_key it had when it was opened."""
+    try:
+        now = file_key(path)
+    except OSError:
+        now = None
+    if now != tuple(key):
+        raise UserError(CHANGED.format(path=path))
+
+
+def lock_folder(folder: Path, exclusive: bool) -> int | None:
+    """An fd holding flock(2) on the folder itself: shared for readers, exclusive for a prepare about to
+    replace it (BlockingIOError naming the readers while one holds it). Nothing is written, so read-only
+    datasets work, and the kernel drops the lock when the process ends: never stale. None where the folder
+    is missing or cannot be locked."""
+    for _ in range(10):  # the folder may be swapped between open and lock: lock the one the path names
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+            if os.path.samestat(os.fstat(fd), os.stat(folder)):
+                return fd
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise BlockingIOError(e.errno, f"{folder} is being read by a running gptlab process (pid "
+                                      f"{', '.join(map(str, lock_holders(folder))) or '?'})") from None
+            if e.errno != errno.ENOENT:
+                return None  # a file system without flock: no protection, as before
+            continue
+        os.close(fd)
+    return None
+
+
+def lock_holders(folder: Path) -> list[int]:
+    """Pids that hold a flock on the folder, from /proc/locks (empty where it cannot be read)."""
+    with contextlib.suppress(OSError):
+        inode = f":{os.stat(folder).st_ino} "
+        lines = Path("/proc/locks").read_text().splitlines()
+        held = (line.split() for line in lines if inode in line and "->" not in line)  # "->": waiting
+        return sorted({int(words[4]) for words in held if words[1] == "FLOCK" and words[4].isdigit()})
+    return []
+
+
+class DatasetReader:
+    """A running reader's hold on a dataset folder (`with open_for_reading(dir) as reader:`): a shared lock
+    that makes `gptlab prepare --out DIR` refuse to replace the folder, and each bin's file_key at open,
+    which check() compares (the samplers compare theirs before every batch)."""
+
+    def __init__(self, data_dir):
+        self.data_dir = Path(data_dir)
+        self.fd = lock_folder(self.data_dir, exclusive=False)
+        self.keys = {path: file_key(path) for path in sorted(self.data_dir.glob("*.bin"))}
+
+    def check(self) -> None:
+        for path, key in self.keys.items():
+            check_unchanged(path, key)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "DatasetReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_for_reading(data_dir, meta: dict | None = None, splits: list[str] | None = None) -> DatasetReader:
+    """Hold data_dir for reading until close() (or the end of the `with` block, or of the process); with
+    meta, the bins of `splits` (default all) are then checked against its sha256 (verify_bins)."""
+    reader = DatasetReader(data_dir)
+    if meta is not None:
+        verify_bins(data_dir, meta, splits)
+    return reader
