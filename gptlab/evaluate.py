@@ -348,7 +348,8 @@ def main(argv: list[str]) -> int:
     reader.check()  # the split was not rewritten while it was scored
     m.update(split=a.eval_data_split, checkpoint=str(ckpt_path), dataset=str(data_dir), streams=a.streams)
     print(f"{a.eval_data_split}: {format_metrics(m)}")
-    print(json.dumps(m), flush=True)
+    record = {EVAL_JSON_KEY: EVAL_JSON_MARK, **m}  # the line and the --json file are the same record
+    print(json.dumps(record), flush=True)
     if a.json_out:
-        atomic_write_json(a.json_out, {EVAL_JSON_KEY: EVAL_JSON_MARK, **m})
+        atomic_write_json(a.json_out, record)
     return 0
