@@ -22,7 +22,7 @@ from gptlab.config_files import build_config, parse_overrides
 from gptlab.data.tokens import read_meta
 from gptlab.distributed import pick_device
 from gptlab.errors import UserError
-from gptlab.files import atomic_write_json
+from gptlab.files import atomic_write_json, check_output_file
 from gptlab.loss import resolve_ce_chunk
 from gptlab.metrics import device_peak_flops, fmt_mfu, mfu
 from gptlab.model import derived_shape, padded_vocab
@@ -146,6 +146,27 @@ def run_hf_peer(cfg, shape, batch, seq, accum, device, dtype, compile_mode, step
     return out
 
 
+MAX_STEPS = 100_000  # timed or warm-up steps of one bench: minutes on any machine, not forever
+THROUGHPUT_HEADER = ["batch", "tokens_per_sec", "ms_per_step", "peak_mem_gb"]
+KERNELS_HEADER = ["rank", "kernel", "calls", "total_ms", "share", "avg_us"]
+
+
+def check_outputs(args, kind: str) -> None:
+    """Every file bench/throughput will write passes the output-path rule before any step runs: new, or
+    one this command wrote (its JSON "kind", its CSV header; a trace beside a kernels CSV of ours)."""
+    if getattr(args, "json", ""):
+        check_output_file(args.json, "--json", f'"kind": "{kind}"', make_parents=True)
+    if getattr(args, "csv", ""):
+        check_output_file(args.csv, "--csv", ",".join(THROUGHPUT_HEADER))
+    if getattr(args, "profile", ""):
+        prefix = Path(args.profile)
+        kernels = check_output_file(prefix.with_name(prefix.name + "_kernels.csv"), "--profile",
+                                    ",".join(KERNELS_HEADER), make_parents=True)
+        # the gzip trace holds no readable mark: it is ours to replace only beside a kernels CSV of ours
+        check_output_file(prefix.with_name(prefix.name + "_trace.json.gz"), "--profile",
+                          "" if kernels.exists() else None, make_parents=True)
+
+
 def profile_step(step_fn, batches, device: torch.device, out_prefix: Path, steps: int = 3) -> dict:
     """Chrome/Perfetto trace (gzip), top-32 kernels by device time (CSV + text)."""
     from torch.profiler import ProfilerActivity, profile
@@ -166,7 +187,7 @@ def profile_step(step_fn, batches, device: torch.device, out_prefix: Path, steps
     top = sorted((r for r in rows if r[2] > 0), key=lambda r: -r[2])[:32]
     csv_path = out_prefix.with_name(out_prefix.name + "_kernels.csv")
     with open(csv_path, "w", newline="") as f:
-        csv.writer(f).writerows([["rank", "kernel", "calls", "total_ms", "share", "avg_us"]] + [
+        csv.writer(f).writerows([KERNELS_HEADER] + [
             [i, name, n, f"{t / 1000:.3f}", f"{t / total:.4f}", f"{t / max(n, 1):.1f}"] for i, (name, n, t) in enumerate(top, 1)])
     lines = [f"{'#':>2} {'share':>6} {'ms':>8} {'calls':>6}  kernel"] + [
         f"{i:>2} {100 * t / total:5.1f}% {t / 1000:8.2f} {n:>6}  {name[:90]}" for i, (name, n, t) in enumerate(top, 1)]
@@ -287,8 +308,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no_matmul", action="store_true", help="skip the 8192^3 matmul reference")
     args, rest = p.parse_known_args(argv)
     args.argv = list(argv)
-    if args.steps < 1 or args.warmup < 1:
-        raise UserError("--steps and --warmup must be at least 1")
+    if not (1 <= args.steps <= MAX_STEPS and 1 <= args.warmup <= MAX_STEPS):
+        raise UserError(f"--steps and --warmup must be from 1 to {MAX_STEPS:,}")
+    check_outputs(args, "bench")
     res = bench(args, rest)
     print(format_bench(res), flush=True)
     _write_json(args.json, res)
@@ -393,11 +415,13 @@ def throughput_main(argv: list[str]) -> int:
     p.add_argument("--json", default="")
     args, rest = p.parse_known_args(argv)
     args.argv = list(argv)
-    if args.rounds < 1 or args.warmup < 1 or args.batch_size_step < 1 or args.max_batch < 0:
+    if not (1 <= args.rounds <= MAX_STEPS and 1 <= args.warmup <= MAX_STEPS) or args.batch_size_step < 1 \
+            or args.max_batch < 0:
         raise UserError("--rounds, --warmup and --batch_size_step must be at least 1, --max_batch at least 0")
+    check_outputs(args, "throughput")
     res = throughput(args, rest)
     with open(args.csv, "w", newline="") if args.csv else contextlib.nullcontext(sys.stdout) as fh:
-        csv.writer(fh).writerows([["batch", "tokens_per_sec", "ms_per_step", "peak_mem_gb"]] + [
+        csv.writer(fh).writerows([THROUGHPUT_HEADER] + [
             [r["batch"], f"{r['tokens_per_sec']:.0f}", f"{r['ms_per_step']:.3f}",
              "" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.3f}"] for r in res["rows"]])
     b = res["best"]

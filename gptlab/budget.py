@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from gptlab.args import ArgParser
@@ -13,18 +14,26 @@ from gptlab.config import parse_hours
 from gptlab.errors import UserError
 
 SECONDS_PER_HOUR = 3600
+MAX_AMOUNT = 1e18  # tokens or steps beyond any run (a 1e18-token budget is ~30 years of a 1,000-GPU cluster)
 
 
 def _check_positive(**values: float) -> None:
     for name, v in values.items():
-        if not v > 0:  # also rejects NaN
-            raise UserError(f"--{name} must be positive, got {v}")
+        if not 0 < v < math.inf:  # also rejects NaN
+            raise UserError(f"--{name} must be a positive finite number, got {v}")
+
+
+def _check_finite(amount: float, what: str) -> float:
+    """amount, unless the product of finite inputs overflowed (say --hours 1e308)."""
+    if not amount < MAX_AMOUNT:
+        raise UserError(f"the {what} of these inputs is beyond {MAX_AMOUNT:.0e}: check --hours and --tokens_per_second")
+    return amount
 
 
 def token_budget(hours: float, tokens_per_second: float) -> int:
     """Tokens the reference accelerator processes in `hours` at the config's throughput."""
     _check_positive(hours=hours, tokens_per_second=tokens_per_second)
-    return round(hours * SECONDS_PER_HOUR * tokens_per_second)
+    return round(_check_finite(hours * SECONDS_PER_HOUR * tokens_per_second, "token budget"))
 
 
 def steps_for_budget(hours: float, tokens_per_second: float, train_batch_size: int, seq_len: int) -> int:
@@ -32,7 +41,8 @@ def steps_for_budget(hours: float, tokens_per_second: float, train_batch_size: i
     _check_positive(hours=hours, tokens_per_second=tokens_per_second,
                     train_batch_size=train_batch_size, seq_len=seq_len)
     # Divide the exact product, not the rounded token budget, so only one rounding happens.
-    steps = round(hours * SECONDS_PER_HOUR * tokens_per_second / (train_batch_size * seq_len))
+    steps = round(_check_finite(hours * SECONDS_PER_HOUR * tokens_per_second / (train_batch_size * seq_len),
+                                "step count"))
     if steps < 1:
         raise UserError(f"a {hours:g}h budget at {tokens_per_second:g} tokens/s is less than one step of "
                         f"{train_batch_size} x {seq_len} tokens: raise --hours or lower the batch")

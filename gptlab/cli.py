@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import signal
 import sys
 
 from gptlab.errors import UserError
@@ -44,18 +45,23 @@ COMMANDS = {"prepare": _lazy("gptlab.data.prepare"), "train": _lazy("gptlab.comm
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        return 0
     try:
+        if not argv or argv[0] in ("-h", "--help", "help"):
+            print(USAGE, flush=True)
+            return 0
         if argv[0] not in COMMANDS:
             close = difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
             hint = f"did you mean `gptlab {close[0]}`?" if close else "run `gptlab --help`"
             raise UserError(f"unknown command {argv[0]!r}: {hint}")
-        return COMMANDS[argv[0]](argv[1:]) or 0
+        rc = COMMANDS[argv[0]](argv[1:]) or 0
+        sys.stdout.flush()  # a reader that left (`| head`) is noticed here, not at interpreter exit
+        return rc
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `gptlab train --help | head`: the reader left; exit quietly as SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 128 + signal.SIGPIPE
     except Exception as e:  # UserError and deliberate stops (divergence) carry an exit_code: one line, no traceback
         if getattr(e, "exit_code", None) is None:
             raise

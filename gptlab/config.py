@@ -35,12 +35,12 @@ class ModelConfig:
     model: str = _f("gpt", "the model: gpt (built in), path/to/idea.py:ClassName or package.module:ClassName "
                     "(README, 'Your own idea')")
     model_sha256: str = _f("", "set by gptlab: sha256 of the idea's source (a changed file is refused on --resume)")
-    n_layer: int = _f(12, "transformer blocks", ("n_layers",), low=1)
-    n_head: int = _f(12, "attention heads per block", ("n_heads",), low=1)
-    n_embd: int = _f(768, "residual stream width", ("h_dim",), low=1)
-    head_dim: int = _f(0, "width of one attention head; 0 = n_embd / n_head")
-    mlp_dim: int = _f(0, "hidden width of the MLP; 0 = 4 * n_embd", ("ff_dim",))
-    block_size: int = _f(1024, "context length in tokens (training sequence length)", ("seq_len",), low=1)
+    n_layer: int = _f(12, "transformer blocks", ("n_layers",), low=1, high=4096)
+    n_head: int = _f(12, "attention heads per block", ("n_heads",), low=1, high=4096)
+    n_embd: int = _f(768, "residual stream width", ("h_dim",), low=1, high=1 << 18)
+    head_dim: int = _f(0, "width of one attention head; 0 = n_embd / n_head", high=1 << 16)
+    mlp_dim: int = _f(0, "hidden width of the MLP; 0 = 4 * n_embd", ("ff_dim",), high=1 << 20)
+    block_size: int = _f(1024, "context length in tokens (training sequence length)", ("seq_len",), low=1, high=1 << 24)
     vocab_size: int = _f(0, "tokenizer vocabulary; 0 = read from the dataset's meta.json", high=2**31 - 1)
     pad_vocab_multiple: int = _f(64, "pad the embedding/logit rows up to a multiple of this, for speed", low=1)
     bias: bool = _f(True, "biases in Linear and LayerNorm layers (GPT-2: true)")
@@ -85,14 +85,14 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = _f(12, "micro-batch per rank (sequences); 0 = derived from train_batch_size")
-    train_batch_size: int = _f(0, "global batch per optimiser step = world * batch_size * accumulation; 0 = derived")
-    gradient_accumulation_steps: int = _f(1, "micro-batches per optimiser step on each rank", low=1)
+    batch_size: int = _f(12, "micro-batch per rank (sequences); 0 = derived from train_batch_size", high=1 << 24)
+    train_batch_size: int = _f(0, "global batch per optimiser step = world * batch_size * accumulation; 0 = derived", high=1 << 24)
+    gradient_accumulation_steps: int = _f(1, "micro-batches per optimiser step on each rank", low=1, high=1 << 16)
     max_iters: int = _f(5000, "optimiser steps to train", ("max_train_steps", "max_steps"), low=1)
     compute_class: str = _f("", "Languini compute class like '6h': sets max_iters and decay from tokens_per_second")
     tokens_per_second: float = _f(0.0, "reference throughput of this config (Languini); turns tokens into accelerator-hours")
     eval_interval: int = _f(250, "evaluate every N steps (and at the end); 0 = only at the end", ("eval_every",))
-    eval_iters: int = _f(20, "held-out batches per in-training evaluation", ("max_eval_steps",), low=1)
+    eval_iters: int = _f(20, "held-out batches per in-training evaluation", ("max_eval_steps",), low=1, high=10**7)
     eval_cap: float = _f(0.5, "in-training eval scores at most this share of the run's training tokens "
                               "(fewer batches on a short run, announced); 0 = eval_iters always")
     eval_batch_size: int = _f(0, "sequences per eval batch; 0 = batch_size", ("test_batch_size",))
@@ -106,7 +106,7 @@ class TrainConfig:
     resume: bool = _f(False, "continue the run in out_dir from its newest checkpoint")
     overwrite: bool = _f(False, "allow training into an existing run folder (renames the old one aside)")
     seed: int = _f(1337, "base random seed (ranks derive theirs from it)", high=2**63 - 1)
-    max_nonfinite: int = _f(5, "stop after this many consecutive non-finite steps", low=1)
+    max_nonfinite: int = _f(5, "stop after this many consecutive non-finite steps", low=1, high=10**6)
 
 
 @dataclass

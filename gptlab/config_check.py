@@ -11,6 +11,8 @@ import re
 from gptlab.config import BUILTIN_OPTIMIZERS, FIELD_INFO, Config, parse_hours
 from gptlab.errors import UserError
 
+INT_CEILING = 1 << 40  # ~1.1e12: above any real step count, interval or size; a typo like 1e18 is refused
+
 
 def validate(cfg: Config) -> None:
     """Impossible values are user errors, found before anything is built or written."""
@@ -27,6 +29,7 @@ def validate(cfg: Config) -> None:
             continue
         if isinstance(v, float) and not math.isfinite(v):  # NaN is refused when parsed, infinities here
             raise UserError(f"--{k} must be a finite number, got {v}")
+        high = high or (INT_CEILING if fld.type == "int" else 0)  # no count gptlab reads may be absurd
         if v < low or (high and v > high):
             raise UserError(f"--{k} {v} is out of range: use " + (f"{low} to {high}" if high else f"at least {low}"))
     if t.batch_size <= 0 and t.train_batch_size <= 0:

@@ -3,13 +3,12 @@ config.json, `--key value` overrides; build_config layers defaults -> preset -> 
 
 from __future__ import annotations
 
-import ast
 import difflib
-import operator
 import sys
 from pathlib import Path
 from typing import Any
 
+from gptlab import pyconfig
 from gptlab.config import (
     FIELD_INFO,
     NANOGPT_BASE,
@@ -38,74 +37,29 @@ def layer_key(key: str, where: str = "") -> str | None:
     return canonical_key(bare, where)
 
 
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow, ast.USub: operator.neg,
-        ast.UAdd: operator.pos}
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _literal(node: ast.AST, known: dict[str, Any]) -> Any:
-    """A literal's value (numbers, strings, booleans, arithmetic, earlier names), else ValueError; nothing runs."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool)):
-        return node.value
-    if isinstance(node, ast.Name) and node.id in known:
-        return known[node.id]
-    if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS and _number(v := _literal(node.operand, known)):
-        return _OPS[type(node.op)](v)
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-        a, b = _literal(node.left, known), _literal(node.right, known)
-        if _number(a) and _number(b) and not (isinstance(node.op, ast.Pow) and abs(b) > 64):  # 10**9 yes, 10**10**10 no
-            try:
-                return _OPS[type(node.op)](a, b)
-            except ArithmeticError:
-                pass
-        elif isinstance(node.op, ast.Add) and isinstance(a, str) and isinstance(b, str):
-            return a + b
-    raise ValueError
-
-
-def _py_value(p: Path, stmt: ast.stmt, name: str, key: str | None, known: dict[str, Any]) -> bool:
-    """Record `name = value` of a config file in `known`; False for a computed name-only value (noted, skipped)."""
-    try:
-        known[name] = _literal(stmt.value, known)
-        return True
-    except ValueError:
-        if key == "wandb_run":  # only names things: nanoGPT's 'ft-' + str(time.time()) is dropped, not refused
-            print(f"note: {p}:{stmt.lineno}: {name} is computed, not a literal; ignored (the run folder's "
-                  "name is used)", file=sys.stderr)
-            return False
-        raise UserError(f"{p}:{stmt.lineno}: `{ast.unparse(stmt.value)[:60]}` is not a literal value: gptlab "
-                        f"reads config files without running them; write the value itself, e.g. {name} = 5 * 8"
-                        ) from None
-
-
 def load_py_config(path: str | Path) -> dict[str, Any]:
-    """A nanoGPT-style config file (`key = value` lines), read with ast and never executed."""
+    """A nanoGPT-style config file (`key = value` lines), read with ast under pyconfig's limits, never executed."""
     p = Path(path)
     try:
-        tree = ast.parse(p.read_text(encoding="utf-8"), filename=str(p))
-    except (SyntaxError, UnicodeDecodeError) as e:
-        line = getattr(e, "lineno", None)
-        raise UserError(f"{p}{f':{line}' if line else ''}: not a readable Python config file ({e.__class__.__name__}): "
-                        "fix that line") from None
-    known: dict[str, Any] = {}
+        with open(p, "rb") as f:  # one byte past the limit is enough to refuse it
+            text = f.read(pyconfig.LIMITS.source_bytes + 1).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{p}: not a readable Python config file (not UTF-8 text): fix its encoding") from None
+    except OSError as e:
+        raise UserError(f"cannot read config file {p}: {e.strerror}: check the path and its permissions") from None
     out: dict[str, Any] = {}
-    for stmt in tree.body:
-        if isinstance(stmt, (ast.Import, ast.ImportFrom)) or \
-                (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)):
-            continue  # imports and docstrings do nothing without code that uses them
-        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if \
-            isinstance(stmt, ast.AnnAssign) and stmt.value is not None else []
-        if not targets or not all(isinstance(t, ast.Name) for t in targets):
-            raise UserError(f"{p}:{stmt.lineno}: only `key = value` lines are read, got `{ast.unparse(stmt)[:60]}`: "
-                            "gptlab reads config files without running them")
-        for name in (t.id for t in targets):
-            key = layer_key(name, f"{p}:{stmt.lineno}: ")
-            if _py_value(p, stmt, name, key, known) and key is not None:
-                out[key] = known[name]
+    for assignment in pyconfig.read_assignments(text, str(p)):
+        for name in assignment.names:
+            key = layer_key(name, f"{p}:{assignment.line}: ")
+            if assignment.value is not pyconfig.COMPUTED:
+                if key is not None:
+                    out[key] = assignment.value
+            elif key == "wandb_run":  # only names things: nanoGPT's 'ft-' + str(time.time()) is dropped, not refused
+                print(f"note: {p}:{assignment.line}: {name} is computed, not a literal; ignored (the run folder's "
+                      "name is used)", file=sys.stderr)
+            else:
+                raise UserError(f"{p}:{assignment.line}: `{assignment.text}` is not a literal value: gptlab reads "
+                                f"config files without running them; write the value itself, e.g. {name} = 5 * 8")
     return out
 
 

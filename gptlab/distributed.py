@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import pickle
 import re
@@ -135,6 +136,22 @@ def gather_objects(obj, d: Dist) -> list:
     out = [None] * d.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def agree_config(values: dict, d: Dist) -> None:
+    """Every rank was started with the same config: a sha256 of it is all-gathered before anything is read,
+    built or written; on a difference every rank raises the same one-line UserError naming a differing key."""
+    if not d.enabled:
+        return
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=repr).encode("utf-8")).hexdigest()
+    digests = gather_objects(digest, d)
+    if len(set(digests)) == 1:
+        return
+    every = gather_objects(values, d)  # only on a mismatch: name the key
+    other = next(r for r, h in enumerate(digests) if h != digests[0])
+    key = next(k for k in sorted(set(every[0]) | set(every[other]), key=str) if every[0].get(k) != every[other].get(k))
+    raise UserError(f"rank {other} was started with {key} = {every[other].get(key)!r} but rank 0 with "
+                    f"{every[0].get(key)!r}: start every rank with the same config and arguments")
 
 
 def full_state_dict(model: torch.nn.Module, d: Dist) -> dict:

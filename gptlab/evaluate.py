@@ -30,13 +30,19 @@ from gptlab.data.samplers import DocRows
 from gptlab.data.tokenizers import token_byte_lengths, tokenizer_from_meta
 from gptlab.distributed import pick_device
 from gptlab.errors import UserError
-from gptlab.files import atomic_write_json
+from gptlab.files import atomic_write_json, check_output_file
 from gptlab.loss import logits_and_loss, raw_model
 from gptlab.runs import load_run
 from gptlab.runtime import autocast_ctx, resolve_data_dir, resolve_dtype
 
 LANGUINI_EVAL_STREAMS = 16  # the benchmark's in-training eval: 16 document streams,
 LANGUINI_MAX_EVAL_STEPS = 500  # the first 500 batches
+# Ceilings on eval's sizes (each stream, window and batch costs memory before the first forward).
+EVAL_ARG_CEILING = {"seq_len": 1 << 24, "last_n": 1 << 24, "eval_batch_size": 1 << 16, "max_eval_steps": 1 << 40,
+                    "streams": 1 << 16}
+# The first key of an `eval --json` file: the mark that lets a later --json replace it (and nothing else).
+EVAL_JSON_KEY, EVAL_JSON_MARK = "written_by", "gptlab eval"
+EVAL_JSON_TAG = f'"{EVAL_JSON_KEY}": "{EVAL_JSON_MARK}"'
 
 
 @dataclasses.dataclass
@@ -278,13 +284,10 @@ def _check_args(a) -> None:
         raise UserError("pass --run RUN_DIR or --checkpoint_file FILE")
     for name in ("seq_len", "last_n", "eval_batch_size", "max_eval_steps", "streams"):
         v = getattr(a, name)
-        if v is not None and v < 1:
-            raise UserError(f"--{name} {v} must be a positive integer")
-    if a.json_out:
-        out = Path(a.json_out)
-        if out.is_dir() or not out.parent.is_dir():
-            raise UserError(f"--json {a.json_out}: {'is a folder' if out.is_dir() else 'its folder does not exist'}: "
-                            "give a file path in an existing folder")
+        if v is not None and not 1 <= v <= EVAL_ARG_CEILING[name]:
+            raise UserError(f"--{name} {v} must be an integer from 1 to {EVAL_ARG_CEILING[name]:,}")
+    if a.json_out:  # a new file, or one an earlier `gptlab eval --json` wrote; never a run's or dataset's
+        check_output_file(a.json_out, "--json", EVAL_JSON_TAG)
 
 
 def check_same_tokenizer(run_meta: dict | None, meta: dict, data_dir) -> None:
@@ -366,7 +369,8 @@ def main(argv: list[str]) -> int:
     m.update(split=a.eval_data_split, checkpoint=str(ckpt_path), dataset=str(data_dir), streams=a.streams,
              **checkpoint_facts(ckpt_path, cfg.train.tokens_per_second))
     print(f"{a.eval_data_split}: {format_metrics(m)}")
-    print(json.dumps(m), flush=True)
+    record = {EVAL_JSON_KEY: EVAL_JSON_MARK, **m}  # the line and the --json file are the same record
+    print(json.dumps(record), flush=True)
     if a.json_out:
-        atomic_write_json(a.json_out, m)
+        atomic_write_json(a.json_out, record)
     return 0

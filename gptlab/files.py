@@ -12,18 +12,22 @@ import json
 import os
 import secrets
 import socket
+import stat
 import time
 import tomllib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from gptlab.errors import UserError
+from gptlab.layout import CHECKPOINT_DIR, CONFIG_FILE, DATA_META_FILE, METRICS_FILE
 
 LOCK_FILE = ".gptlab.lock"
 
 
 def _open_for_write(path: Path):  # an indirection so tests can inject a failing writer (full disk)
-    return open(path, "wb")
+    """A new file (never through a symbolic link planted at the temporary name; a stale one of ours goes)."""
+    path.unlink(missing_ok=True)
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666), "wb")
 
 
 def write_error(path: Path, e: BaseException | None) -> UserError | None:
@@ -78,13 +82,24 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+MAX_TEXT_FILE = 64 << 20  # bytes of a JSON/TOML file gptlab reads (a run's config, a meta.json, an HF config)
+
+
 def _read(path: Path, what: str, parse: Callable[[str], Any], bad: type, fix: Callable[[Any], str]) -> Any:
-    """parse(text of path); UserError one-liner if it is missing, unreadable or damaged (bad, described by fix)."""
+    """parse(text of path); UserError one-liner if it is missing, unreadable, too large, nested beyond what
+    the parser can follow, or damaged (bad, described by fix)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {path} is missing: check the path")
     try:
-        return parse(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as f:
+            data = f.read(MAX_TEXT_FILE + 1)
+        if len(data) > MAX_TEXT_FILE:
+            raise UserError(f"{what} {path} is larger than {MAX_TEXT_FILE >> 20} MiB, more than such a file "
+                            "holds: check the path, or restore the file")
+        return parse(data.decode("utf-8"))
+    except RecursionError:
+        raise UserError(f"{what} {path} is nested too deeply to read: restore or rewrite it") from None
     except UnicodeDecodeError:
         raise UserError(f"{what} {path} is not UTF-8 text: restore or rewrite it") from None
     except OSError as e:
@@ -233,3 +248,162 @@ def folder_lock(path: Path, what: str = "folder") -> Iterator[Path]:
         if created:
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+# --- output paths: the one rule for every file and folder a command writes ------------------------
+# A command writes only files it created or is documented to replace, never through a symbolic link,
+# never inside a run, dataset or export folder it does not own, and it checks all of that before it
+# moves or writes anything. Folders gptlab writes as a whole are told apart by files only they hold
+# (first match wins: an export holds a config.json too; a config.json alone is anybody's).
+GPTLAB_FOLDERS = (("export", lambda f: (f / "gptlab_export.json").is_file()),
+                  ("dataset", lambda f: (f / "meta.json").is_file() and any(f.glob("*.bin"))),
+                  ("run", lambda f: (f / CONFIG_FILE).is_file()
+                   and ((f / CHECKPOINT_DIR).is_dir() or (f / METRICS_FILE).exists())))
+# Names a run folder uses or will use; another command may add new files beside them, never these.
+RUN_LAYOUT = (CONFIG_FILE, CHECKPOINT_DIR, METRICS_FILE, DATA_META_FILE, "tensorboard", "latest")
+NAME_MAX = 255  # bytes of one path component on every filesystem gptlab runs on
+PATH_MAX = 4000
+_MADE_BY_SPAN = 1 << 16  # a file "made by" a command holds its tag in its first or last 64 KiB
+
+
+def _shown(path) -> str:
+    """A path as a one-line message can print it (ascii escapes for names that are not UTF-8)."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return ascii(text)
+    return repr(text) if any(c in text for c in "\n\r\t") else text
+
+
+def _writable(folder: Path) -> bool:  # an indirection so tests can model a read-only folder as root
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def check_name(path, what: str) -> Path:
+    """path as a Path whose name gptlab can write, record in JSON and print: UTF-8, each component at most
+    255 bytes, no symbolic link loop on the way. UserError (one line) otherwise."""
+    text = str(path)
+    if not text.strip():
+        raise UserError(f"{what} is empty: give a path")
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{what} {_shown(path)} is not a UTF-8 name: choose a name of UTF-8 characters") from None
+    if "\0" in text:
+        raise UserError(f"{what} {ascii(text)} holds a NUL character: choose another name")
+    long = next((p for p in Path(text).parts if len(p.encode("utf-8")) > NAME_MAX), None)
+    if long is not None:
+        raise UserError(f"{what}: the name {long[:24]}... is {len(long.encode('utf-8'))} bytes long, more than "
+                        f"a file name may be ({NAME_MAX}): choose a shorter name")
+    if len(raw) > PATH_MAX:
+        raise UserError(f"{what} is {len(raw)} bytes long, more than a path may be: choose a shorter path")
+    try:
+        Path(text).absolute().resolve(strict=False)
+    except (OSError, RuntimeError):  # RuntimeError: Python < 3.13 reports a symlink loop so
+        raise UserError(f"{what} {_shown(path)} runs into a symbolic link loop: fix the links or choose "
+                        "another path") from None
+    return Path(text)
+
+
+def folder_kind(folder: Path) -> str | None:
+    """"run", "dataset" or "export" if folder is one gptlab wrote (see GPTLAB_FOLDERS), else None."""
+    with contextlib.suppress(OSError):
+        if folder.is_dir():
+            return next((kind for kind, is_kind in GPTLAB_FOLDERS if is_kind(folder)), None)
+    return None
+
+
+def enclosing_folder(path: Path) -> tuple[str, Path] | None:
+    """(kind, folder) of the innermost gptlab run/dataset/export folder above path, if any."""
+    for parent in Path(path).absolute().parents:
+        if (kind := folder_kind(parent)) is not None:
+            return kind, parent
+    return None
+
+
+def made_by(path: Path, tag: str) -> bool:
+    """Does the regular file path hold tag (the mark a gptlab command puts in what it writes)?"""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):  # a FIFO or a device is nobody's output (and may block)
+            return False
+        with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW | os.O_NONBLOCK)) as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(_MADE_BY_SPAN)
+            f.seek(max(0, size - _MADE_BY_SPAN))
+            tail = f.read(_MADE_BY_SPAN)
+    except OSError:
+        return False
+    return tag.encode("utf-8") in head or tag.encode("utf-8") in tail
+
+
+def _existing_ancestor(path: Path) -> Path:
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def check_output_file(path, what: str, tag: str | None, make_parents: bool = False) -> Path:
+    """The rule for one file a command writes (eval --json, plot --out, bench --json/--csv), checked before
+    anything is written: a name gptlab can write; not a symbolic link, not a folder; an existing file only
+    if it holds tag (this command wrote it; None: never); never inside a dataset or an export, and inside a run folder
+    only a new file beside the run's own (not one of RUN_LAYOUT, not in its subfolders); a writable folder."""
+    path = check_name(path, what)
+    if path.is_symlink():
+        raise UserError(f"{what} {_shown(path)} is a symbolic link: gptlab never writes through one; "
+                        "give the real path or a new file name")
+    if path.is_dir():
+        raise UserError(f"{what} {_shown(path)} is a folder: give a file path")
+    if path.exists() and (tag is None or not made_by(path, tag)):
+        raise UserError(f"{what} {_shown(path)} exists and was not written by this gptlab command: gptlab "
+                        "replaces only its own files; choose a new file name")
+    inside = enclosing_folder(path)
+    if inside is not None:
+        kind, folder = inside
+        top_level = path.absolute().parent == folder
+        if kind != "run" or not top_level or path.name in RUN_LAYOUT or path.name.startswith("."):
+            where = f"the {kind} folder {_shown(folder)}"
+            raise UserError(f"{what} {_shown(path)} is inside {where}, whose files belong to gptlab "
+                            f"{'train' if kind == 'run' else 'prepare' if kind == 'dataset' else 'export'}: "
+                            "write it elsewhere (a run folder takes new files beside its own, not in its subfolders)")
+    parent = path.absolute().parent
+    if not parent.is_dir() and not make_parents:
+        raise UserError(f"{what} {_shown(path)}: its folder does not exist: create it or choose another path")
+    check_writable_folder(parent, what)
+    return path
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """UserError unless folder (or, if it is yet to be made, its nearest existing ancestor) is a writable folder."""
+    here = Path(folder) if Path(folder).exists() else _existing_ancestor(Path(folder) / "x")
+    if not here.is_dir():
+        raise UserError(f"{what}: {_shown(here)} is a file, not a folder: choose another path")
+    if not _writable(here):
+        raise UserError(f"{what}: cannot write in {_shown(here)} (read-only or no permission): choose a "
+                        "writable folder or fix its permissions")
+
+
+def check_output_folder(path, what: str, kind: str) -> Path:
+    """The rule for a folder a command writes as a whole (kind: "run" for train --out_dir, "dataset" for
+    prepare --out, "export" for export): a name gptlab can write, not a symbolic link, not inside another
+    gptlab folder (a run, dataset or export), and a writable place. Whether an existing folder may be
+    replaced is the command's own check (it knows its --overwrite)."""
+    path = check_name(path, what)
+    if path.is_symlink():
+        raise UserError(f"{what} {_shown(path)} is a symbolic link: gptlab never writes through one; "
+                        "give the real folder or a new one")
+    inside = enclosing_folder(path)
+    if inside is not None:
+        raise UserError(f"{what} {_shown(path)} is inside the {inside[0]} folder {_shown(inside[1])}: "
+                        f"a {kind} gets a folder of its own outside it")
+    check_writable_folder(path if path.is_dir() else path.absolute().parent, what)
+    return path
+
+
+def reject_symlinks(folder: Path, names, what: str) -> None:
+    """UserError if any of folder/name is a symbolic link (a run's own files are never written through one)."""
+    for name in names:
+        if (Path(folder) / name).is_symlink():
+            raise UserError(f"{what}: {_shown(Path(folder) / name)} is a symbolic link, so gptlab would write "
+                            "outside the folder: replace it with the real file or start a new run")

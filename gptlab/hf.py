@@ -4,14 +4,17 @@ drops the causal-mask buffers and pads or trims the vocabulary rows; logits matc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import pickle
 import re
+import secrets
+import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -19,7 +22,16 @@ from gptlab.args import ArgParser
 from gptlab.config import ModelConfig, is_builtin
 from gptlab.data.tokenizers import GPT2_INSTALL_HINT, find_gpt2_ranks, tokenizer_files
 from gptlab.errors import UserError
-from gptlab.files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from gptlab.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    check_name,
+    check_output_folder,
+    check_writable_folder,
+    read_json,
+    write_error,
+)
 from gptlab.hf_remote import write_remote_model
 from gptlab.model import derived_shape, padded_vocab
 from gptlab.registry import build_model
@@ -369,14 +381,20 @@ def _write_gpt2_tokenizer(out: Path, vocab_size: int, block_size: int) -> list[s
 
 
 def export_hf(model: torch.nn.Module, out_dir: str | Path, tokenizer_meta: dict | None = None,
-              overwrite: bool = False) -> dict[str, Any]:
-    """Write config.json + model.safetensors (+ GPT-2 tokenizer files) for transformers; returns
-    {"dir", "files", "notes"}. A model GPT2LMHeadModel holds is written as one (nanoGPT's recipes
-    included); any other as a folder with its own modeling code (trust_remote_code=True)."""
-    s = model.config
+              overwrite: bool = False, extra: Callable[[Path], list[str]] | None = None) -> dict[str, Any]:
+    """Write config.json + model.safetensors (+ GPT-2 tokenizer files, + extra(folder)'s files) for
+    transformers; returns {"dir", "files", "notes"}. The tied lm_head is left out, as save_pretrained does.
+    Built in a new folder beside out_dir and swapped in whole: an earlier export is replaced only once
+    the new one is complete, and every refusal comes before anything is written."""
     out = Path(out_dir)
-    _clear_previous_export(out, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
+    old_files = check_export_target(out, overwrite)
+    notes = _swap_in(out, old_files, lambda folder: _write_export(model, folder, tokenizer_meta, extra))
+    return {"dir": str(out), "files": sorted(p.name for p in out.iterdir() if p.is_file()), "notes": notes}
+
+
+def _write_export(model: torch.nn.Module, out: Path, tokenizer_meta: dict | None, extra) -> list[str]:
+    """The export's files into the (new, empty) folder out; its notes."""
+    s = model.config
     kind, eot = _tokenizer_kind(tokenizer_meta)
     eot = eot if eot is not None and eot < s.vocab_size else None
     dtype = str(model.transformer.wte.weight.dtype).removeprefix("torch.")
@@ -395,8 +413,10 @@ def export_hf(model: torch.nn.Module, out_dir: str | Path, tokenizer_meta: dict 
         notes.append(f"tokenizer files skipped: a {kind!r} tokenizer has no GPT-2 equivalent; keep the data dir's "
                      "meta.json beside the export to encode text" if kind else
                      "tokenizer files skipped: the tokenizer is unknown (no meta.json found)")
-    atomic_write_json(out / EXPORT_MARKER, {"format": EXPORT_FORMAT})
-    return {"dir": str(out), "files": sorted(p.name for p in out.iterdir() if p.is_file()), "notes": notes}
+    notes += extra(out) if extra is not None else []
+    written = sorted(p.name for p in out.iterdir())
+    atomic_write_json(out / EXPORT_MARKER, {"format": EXPORT_FORMAT, "files": written})
+    return notes
 
 
 def _write_gpt2_model(model: torch.nn.Module, out: Path, common: dict[str, Any]) -> None:
@@ -418,19 +438,58 @@ def _write_gpt2_model(model: torch.nn.Module, out: Path, common: dict[str, Any])
     })
 
 
-def _clear_previous_export(out: Path, overwrite: bool) -> None:
-    """An export writes into an empty folder, or replaces an earlier gptlab export there
-    (with --overwrite): never a folder of someone else's files, a run folder included."""
+def check_export_target(out: Path, overwrite: bool) -> list[str]:
+    """An export writes a new or empty folder, or replaces an earlier gptlab export there (with
+    --overwrite), never a folder holding anything else (a run included): checked before anything is
+    written or deleted. Returns the names of the earlier export's files."""
+    out = check_output_folder(out, "export folder", "export")
+    check_writable_folder(out.absolute().parent, "export folder")  # the new export is built beside out
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder: pick another export path")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
+    entries = sorted(out.iterdir()) if out.is_dir() else []
+    if not entries:
+        return []
     if not (out / EXPORT_MARKER).is_file():
         raise UserError(f"{out} is not empty and holds no earlier gptlab export: pick a new or empty folder")
     if not overwrite:
         raise UserError(f"{out} holds an earlier export: pass --overwrite to replace it, or pick a new folder")
-    for f in _EXPORT_FILES + (EXPORT_MARKER,):
-        (out / f).unlink(missing_ok=True)
+    listed = read_json(out / EXPORT_MARKER, "export marker")
+    listed = listed.get("files") if isinstance(listed, dict) else None
+    known = set(_EXPORT_FILES) | {EXPORT_MARKER} | {f for f in listed or [] if isinstance(f, str) and "/" not in f}
+    for p in entries:
+        if p.name not in known or p.is_symlink() or not p.is_file():
+            raise UserError(f"{out} holds {p.name}, which no gptlab export writes, so --overwrite would lose "
+                            f"it: move it out of {out} or pick a new folder (nothing was deleted)")
+    return [p.name for p in entries]
+
+
+def _swap_in(out: Path, old_files: list[str], write: Callable[[Path], Any]) -> Any:
+    """write(new folder) beside out, then the new folder takes out's place; the earlier export's
+    old_files (checked by check_export_target) are deleted only after that. Returns what write returned."""
+    parent = out.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        work = parent / f".gptlab-export-{os.getpid()}-{secrets.token_hex(4)}"
+        work.mkdir()
+    except OSError as e:
+        raise write_error(out, e) or UserError(f"cannot create {out}: {e.strerror}") from None
+    aside = work.with_name(work.name + "-old")
+    try:
+        result = write(work)
+        if out.exists():
+            os.rename(out, aside)
+        os.rename(work, out)
+    except BaseException as e:
+        shutil.rmtree(work, ignore_errors=True)
+        if isinstance(e, OSError) and (err := write_error(out, e)) is not None:
+            raise err from None
+        raise
+    if old_files:
+        for name in old_files:
+            (aside / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            aside.rmdir()
+    return result
 
 
 def main_export(argv: list[str]) -> int:
@@ -450,16 +509,16 @@ def main_export(argv: list[str]) -> int:
         raise UserError(f"export: {a.run} was trained with the model idea {run.config.model.model.rsplit(':', 1)[0]}, "
                         "and the Hugging Face export writes gptlab's built-in GPT only: use the run with "
                         "`gptlab sample/eval --run RUN --trust_code`")
-    out = Path(a.out)
+    out = check_name(a.out, "export folder")
     if out.resolve() == run.dir.resolve():
         raise UserError(f"export: {out} is the run folder itself: export to a folder of its own, e.g. {out}-hf")
     if not run.config.model.vocab_size:
         raise UserError(f"{a.run}/config.json has no model.vocab_size: the run was never started; train it first")
-    _clear_previous_export(out, a.overwrite)  # before the checkpoint is read, too
+    check_export_target(out, a.overwrite)  # before the checkpoint is read, too
     t0 = time.time()
     print(f"export: reading {run.checkpoint(a.checkpoint)}", flush=True)
-    res = export_hf(run.build_model("cpu", a.checkpoint), out, run.data_meta, overwrite=a.overwrite)
-    res["notes"] += _copy_run_tokenizer(run, out)
+    res = export_hf(run.build_model("cpu", a.checkpoint), out, run.data_meta, overwrite=a.overwrite,
+                    extra=lambda folder: _copy_run_tokenizer(run, folder))
     print(f"exported {a.run} ({a.checkpoint}) to {res['dir']} in {time.time() - t0:.1f}s: {', '.join(res['files'])}")
     for n in res["notes"]:
         print("  " + n)
@@ -469,9 +528,6 @@ def main_export(argv: list[str]) -> int:
 def _copy_run_tokenizer(run, out: Path) -> list[str]:
     """A non-GPT-2 tokenizer travels as gptlab's own files: the run's data_meta.json and
     its tokenizer model, so `tokenizer_from_meta` rebuilds it from the export folder."""
-    import shutil
-
-
     if run.data_meta is None or _tokenizer_kind(run.data_meta)[0] == "gpt2":
         return []
     atomic_write_json(out / "data_meta.json", run.data_meta)

@@ -13,11 +13,13 @@ from typing import Any
 
 from gptlab.args import ArgParser
 from gptlab.errors import UserError
+from gptlab.files import check_output_file
 from gptlab.layout import METRICS_FILE
 
 X_KEYS = {"steps": "step", "tokens": "tokens", "hours": "accel_hours"}
 X_LABELS = {"steps": "step", "tokens": "tokens", "hours": "accelerator-hours (reference throughput)"}
 _LABEL_MAX = 60
+PLOT_TAG = "gptlab plot"  # in every image plot writes (PNG Software / PDF, SVG Creator): it may replace those
 
 
 def metrics_path(run: str | Path) -> Path:
@@ -180,9 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise UserError(f"--out {args.out!r}: give a file ending in .png, .pdf or .svg")
+    check_output_file(out, "--out", PLOT_TAG, make_parents=True)  # before the runs are read
     fig = make_figure(args.runs, x=args.x, metric=args.metric, kind=args.kind, split=args.split,
                       tokens_per_second=args.tokens_per_second, logy=args.logy)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    fig.savefig(out, metadata={"Software" if out.suffix.lower() == ".png" else "Creator": PLOT_TAG})
     print(f"wrote {out}")
     return 0

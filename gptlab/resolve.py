@@ -32,6 +32,7 @@ from gptlab.config import (
 from gptlab.config_check import dtype_for, validate
 from gptlab.config_files import build_config
 from gptlab.errors import UserError
+from gptlab.files import NAME_MAX
 from gptlab.loss import resolve_ce_chunk
 from gptlab.model import padded_vocab
 from gptlab.registry import build_model, parameter_count
@@ -121,6 +122,10 @@ def run_dir(cfg: Config, world_size: int = 1) -> Path:
     name = _safe(cfg.log.name) if cfg.log.name else run_name(cfg, world_size)
     if not name:
         raise UserError(f"--name {cfg.log.name!r} has no usable characters: use letters, digits, '.', '-' or '_'")
+    if len(name.encode("utf-8")) > NAME_MAX:
+        flag = "--name" if cfg.log.name else "--comment (part of the run's encoded name)"
+        raise UserError(f"{flag} gives a folder name of {len(name.encode('utf-8'))} bytes, more than a file "
+                        f"name may be ({NAME_MAX}): choose a shorter {flag.split()[0]}")
     rel, cc = Path(cfg.log.relative_log_path), cfg.train.compute_class
     if rel.is_absolute() or ".." in rel.parts:
         raise UserError(f"--relative_log_path {cfg.log.relative_log_path!r} must stay under --log_root: "

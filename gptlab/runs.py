@@ -16,7 +16,16 @@ from gptlab.config import BUILTIN_MODEL_NAMES, Config
 from gptlab.config_files import load_run_config
 from gptlab.data.tokenizers import tokenizer_from_meta
 from gptlab.errors import UserError
-from gptlab.files import LOCK_FILE, atomic_write_bytes, folder_lock, read_json
+from gptlab.files import (
+    LOCK_FILE,
+    RUN_LAYOUT,
+    atomic_write_bytes,
+    check_name,
+    check_output_folder,
+    folder_lock,
+    read_json,
+    reject_symlinks,
+)
 from gptlab.layout import CHECKPOINT_DIR, CONFIG_FILE, DATA_META_FILE, IDEA_DIR, METRICS_FILE
 from gptlab.registry import build_model, load_spec
 
@@ -67,13 +76,32 @@ def _check_contents(path: Path, resume: bool, overwrite: bool) -> None:
         raise UserError(f"run folder {str(path)!r} exists: pass --resume to continue it or --overwrite to move it aside")
 
 
-def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
+def _check_not_inside(path: Path, flag: str, source, overwrite: bool) -> None:
+    """--overwrite moves path aside: refuse it when the run reads an input from inside path."""
+    if not overwrite or not source or not path.exists():
+        return
+    with contextlib.suppress(OSError, RuntimeError):
+        src, here = Path(source).resolve(), path.resolve()
+        if src == here or here in src.parents:
+            raise UserError(f"{flag} {source} lies in --out_dir {path}, which --overwrite would move aside: "
+                            f"choose another --out_dir (nothing was moved)")
+
+
+def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = False,
+                    inputs: dict[str, str | Path] | None = None) -> Path:
     """Check `path`, every refusal before any write: a run is continued (--resume) or renamed to `<path>.old-<timestamp>`
-    (--overwrite); a folder of other files, the cwd, a file, a locked folder: refused. Nothing is deleted or created."""
-    path = Path(path)
+    (--overwrite); a folder of other files, the cwd, a file, a locked folder, an input of the run (`inputs`:
+    flag -> path) inside a folder --overwrite would move, a run file that is a symbolic link: refused.
+    Nothing is deleted or created."""
+    path = check_name(path, "run folder")
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other: pass one of them")
     _check_place(path, overwrite)
+    check_output_folder(path, "run folder", "run")
+    for flag, source in (inputs or {}).items():
+        _check_not_inside(path, flag, source, overwrite)
+    if resume:
+        reject_symlinks(path, RUN_LAYOUT, "--resume")
     if (path / LOCK_FILE).exists():
         with folder_lock(path, "run folder"):  # a live holder refuses here, before anything moves
             pass

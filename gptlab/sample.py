@@ -19,6 +19,10 @@ from gptlab.runs import load_run
 from gptlab.runtime import autocast_ctx, resolve_dtype
 
 ENDOFTEXT = "<|endoftext|>"
+# Ceilings on work a typo could make unbounded (a prompt file of /dev/zero, --max_new_tokens 10**12).
+MAX_PROMPT_BYTES = 1 << 20
+MAX_NEW_TOKENS = 1_000_000
+MAX_SAMPLES = 100_000
 
 
 def build_parser() -> ArgParser:
@@ -47,7 +51,12 @@ def read_start(start: str) -> str:
         return start
     path = Path(start[len("FILE:"):]).expanduser()
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:  # a pipe or /dev/stdin is fine: at most one byte past the limit is read
+            data = f.read(MAX_PROMPT_BYTES + 1)
+        if len(data) > MAX_PROMPT_BYTES:
+            raise UserError(f"--start FILE:{path} holds more than {MAX_PROMPT_BYTES:,} bytes, the most a prompt may "
+                            "be (the model sees only its last block_size tokens): give a shorter file")
+        return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"--start FILE:{path}: cannot read it as UTF-8 text ({e.__class__.__name__})") from None
 
@@ -91,12 +100,13 @@ def open_model(a, device: torch.device):
 def main(argv: list[str]) -> int:
     a = build_parser().parse_args(argv)
     # Argument ranges, before any model is loaded.
-    if a.num_samples <= 0 or a.max_new_tokens <= 0:
-        raise UserError("--num_samples and --max_new_tokens must be positive")
+    if not (0 < a.num_samples <= MAX_SAMPLES and 0 < a.max_new_tokens <= MAX_NEW_TOKENS):
+        raise UserError(f"--num_samples must be in 1..{MAX_SAMPLES:,} and --max_new_tokens in 1..{MAX_NEW_TOKENS:,} "
+                        f"(got {a.num_samples} and {a.max_new_tokens}): ask for fewer")
     if not 0 <= a.temperature < float("inf"):  # also refuses nan
         raise UserError(f"--temperature {a.temperature} must be a finite number >= 0 (0 = greedy; 0.8 is usual)")
-    if a.top_k < 0 or (a.top_p is not None and not 0 < a.top_p <= 1) or a.seed < 0:
-        raise UserError("--top_k must be >= 0 (0 = off), --top_p in (0, 1] and --seed >= 0")
+    if a.top_k < 0 or (a.top_p is not None and not 0 < a.top_p <= 1) or not 0 <= a.seed < 2**63:
+        raise UserError("--top_k must be >= 0 (0 = off), --top_p in (0, 1] and --seed in 0..2**63-1")
     if a.compile:
         print("note: --compile has no effect on sampling (the KV-cache loop runs eagerly)")
     prompt = read_start(a.start)

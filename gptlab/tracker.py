@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,8 @@ class RunLogger:
         if not self.enabled:
             return
         run_dir = Path(run_dir)
-        self.jsonl = open(run_dir / METRICS_FILE, "a", encoding="utf-8")
+        self.jsonl = open(run_dir / METRICS_FILE, "a", encoding="utf-8",  # never through a symbolic link
+                          opener=lambda path, flags: os.open(path, flags | os.O_NOFOLLOW))
         # --logger_type (Languini) picks the sinks when given; else --tensorboard / --wandb_log
         kind = cfg.log.logger_type
         if kind in ("tb", "all") or (not kind and cfg.log.tensorboard):

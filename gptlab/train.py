@@ -29,7 +29,7 @@ import torch
 from gptlab import checkpoint as ck
 from gptlab import distributed as dist_
 from gptlab import hf, ideas, optimizers, registry, runs, startup
-from gptlab.config import BUILTIN_OPTIMIZERS, Config, is_builtin
+from gptlab.config import BUILTIN_OPTIMIZERS, FIELD_INFO, Config, is_builtin
 from gptlab.data import tokens as tk
 from gptlab.data.prefetch import Prefetcher
 from gptlab.data.samplers import RandomWindowSampler, StreamBatcher
@@ -361,7 +361,8 @@ def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitSta
                     resume_config=saved)
     run_dir = resolved_run_dir(final, d.world_size)
     if d.is_main:
-        runs.prepare_run_dir(run_dir, resume=resume, overwrite=cfg.train.overwrite)
+        runs.prepare_run_dir(run_dir, resume=resume, overwrite=cfg.train.overwrite,
+                             inputs={"--init_from": arch and cfg.train.init_from, "--dataset": final.data.dataset})
         hold.enter_context(runs.run_lock(run_dir))
     if not resume:
         return final, run_dir, None
@@ -498,6 +499,7 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack,
           given: set[str] | None = None, trust_code: bool = False) -> Session:
     """Resolve the config (on --resume from the run's config.json and the `given` keys), open the data,
     build (or restore) model and optimiser, wrap, compile. trust_code: code a run carries may run."""
+    dist_.agree_config({"preset": cfg.preset, **{k: cfg.get(k) for k in FIELD_INFO}}, d)  # before any rank acts
     if cfg.system.num_threads:
         torch.set_num_threads(cfg.system.num_threads)
     torch.use_deterministic_algorithms(cfg.system.deterministic)

@@ -16,7 +16,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "gptlab"
 
 FLOORS = {
-    1: ("gptlab", "gptlab.errors", "gptlab.files", "gptlab.layout", "gptlab.args"),
+    1: ("gptlab", "gptlab.errors", "gptlab.files", "gptlab.layout", "gptlab.args", "gptlab.pyconfig"),
     2: ("gptlab.config", "gptlab.config_files", "gptlab.config_check", "gptlab.budget", "gptlab.stats"),
     3: ("gptlab.model", "gptlab.ideas", "gptlab.registry", "gptlab.loss", "gptlab.optim", "gptlab.optimizers",
         "gptlab.generate", "gptlab.data"),
