@@ -2,8 +2,8 @@
 
 In <run>/checkpoints/: ckpt_00001000.pt[.sha256] (the newest `keep_last` and their checksums), model.pt /
 best.pt (hard links to the newest / lowest validation loss one), latest (the newest complete one's name).
-Entries are tensors and plain containers (torch.load(weights_only=True) reads them); every file is written
-atomically; a checkpoint that fails its .sha256 is reported and skipped for the newest valid one.
+Entries are tensors and plain containers (torch.load(weights_only=True) reads them); every file is
+written atomically; a checkpoint that fails its .sha256 is reported and skipped for the newest valid one.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def _save_hashed(state: dict, f) -> str:
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
-    """Point dst at src's bytes (a hard link costs no space), replaced atomically, with src's checksum."""
+    """Point dst at src's bytes (a hard link costs no space), replaced atomically, with src's
+    checksum."""
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     dst_sidecar = dst.with_name(dst.name + ".sha256")
     tmp.unlink(missing_ok=True)
@@ -92,9 +93,9 @@ def save_checkpoint(run_dir: Path, state: dict, step: int, keep_last: int = 2, i
                     protect_before: int | None = None, sharded: bool = False) -> Path:
     """Write ckpt_<step>.pt, then its checksum, then the pointers; prune only after the new one is
     complete, keeping the newest `keep_last` and the newest before step `protect_before` (a way back)."""
-    d = checkpoint_dir(run_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"ckpt_{step:08d}.pt"
+    ckpt_dir = checkpoint_dir(run_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / f"ckpt_{step:08d}.pt"
     try:
         _write(path, dict(state, format=FORMAT, step=step), is_best)
     except (OSError, UserError) as e:  # a full disk: the previous checkpoint is what a resume uses
@@ -129,7 +130,8 @@ def prune_sharded(run_dir: Path, step: int) -> None:
 
 def _write(path: Path, state: dict, is_best: bool) -> None:
     sidecar = path.with_name(path.name + ".sha256")
-    # a re-saved step must not keep the old checksum beside new bytes: a crash in between reads "no checksum"
+    # a re-saved step must not keep the old checksum beside new bytes: a crash in between reads
+    # "no checksum"
     sidecar.unlink(missing_ok=True)
     digest = files.atomic_write_stream(path, lambda f: _save_hashed(state, f))
     try:
@@ -148,8 +150,10 @@ def ckpt_step(path: Path) -> int:
 
 
 def cpu_copy(tree):
-    """A CPU copy of a state dict's tensors, detached from the live ones: training goes on while it is written."""
-    return tree_map(lambda t: t.detach().to("cpu", copy=True) if isinstance(t, torch.Tensor) else t, tree)
+    """A CPU copy of a state dict's tensors, detached from the live ones: training goes on while it is
+    written."""
+    return tree_map(lambda t: t.detach().to("cpu", copy=True) if isinstance(t, torch.Tensor) else t,
+                    tree)
 
 
 class Checkpointer:
@@ -162,10 +166,11 @@ class Checkpointer:
     take the next snapshot. So no rank writes dcp_<step> while the previous write still prunes, and at
     most one host copy of the state exists."""
 
-    def __init__(self, cfg, run_dir: Path, d, raw_model, optimizer, scaler, data):
-        self.cfg, self.run_dir, self.d, self.raw, self.opt, self.scaler, self.data = \
-            cfg, run_dir, d, raw_model, optimizer, scaler, data
-        self.fsdp = cfg.system.parallel == "fsdp" and d.enabled
+    def __init__(self, cfg, run_dir: Path, dist, raw_model, optimizer, scaler, data):
+        self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
+        self.raw, self.opt = raw_model, optimizer
+        self.scaler, self.data = scaler, data
+        self.fsdp = cfg.system.parallel == "fsdp" and dist.enabled
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
 
@@ -180,22 +185,23 @@ class Checkpointer:
     def save(self, state, metrics, is_best: bool) -> None:
         """Collective: every rank joins the agreement on the previous write, the gathers, and under FSDP2
         writes its shards."""
-        d = self.d
+        dist = self.dist
         self.drain()  # before anything of this snapshot exists: one copy, no dcp_<step> being pruned
-        streak = int(dist_.all_reduce(state.consec_bad, d, "max"))  # int(): a sync, at saves only
+        streak = int(dist_.all_reduce(state.consec_bad, dist, "max"))  # int(): a sync, at saves only
         state.note_streak(state.step, streak)
-        samplers = dist_.gather_objects(self.data.position(), d)
-        rngs = dist_.gather_objects(rng_state(d.device), d)
-        sharded = dist_.save_sharded(self.run_dir, state.step, self.raw, self.opt, d) if self.fsdp else None
-        model_sd = dist_.full_state_dict(self.raw, d) if self.fsdp else None
+        samplers = dist_.gather_objects(self.data.position(), dist)
+        rngs = dist_.gather_objects(rng_state(dist.device), dist)
+        sharded = (dist_.save_sharded(self.run_dir, state.step, self.raw, self.opt, dist)
+                   if self.fsdp else None)
+        model_sd = dist_.full_state_dict(self.raw, dist) if self.fsdp else None
         loop = dict(metrics.state_dict(), consec_bad=state.consec_bad.detach().cpu().clone())
-        if not d.is_main:
+        if not dist.is_main:
             return
         scaler = self.scaler.state_dict() if self.scaler.is_enabled() else None
         snapshot = {"model": model_sd or cpu_copy(self.raw.state_dict()),
                     "optimizer": {} if self.fsdp else cpu_copy(self.opt.state_dict()),
                     "sharded": sharded, "scaler": scaler, "rng": rngs, "sampler": samplers,
-                    "config": self.cfg.to_dict(), "world_size": d.world_size,
+                    "config": self.cfg.to_dict(), "world_size": dist.world_size,
                     "parallel": self.cfg.system.parallel, "loop": loop, **state.state_dict()}
         options = dict(keep_last=self.cfg.train.keep_last, is_best=is_best,
                        protect_before=state.streak_start, sharded=self.fsdp)
@@ -215,14 +221,14 @@ class Checkpointer:
         --resume continues from; returns it (or None: model.pt/latest removed, naming nothing valid)."""
         self.drain()
         good = None
-        if self.d.is_main and state.streak_start is not None:
+        if self.dist.is_main and state.streak_start is not None:
             for p in list_checkpoints(self.run_dir):
                 if ckpt_step(p) >= state.streak_start:
                     p.rename(p.with_name(p.name + ".diverged"))
                     p.with_name(p.name + ".sha256").unlink(missing_ok=True)
             found = load_latest_valid(self.run_dir, warn=lambda *a: None)
             good = point_at(self.run_dir, found[1] if found else None)
-        return dist_.gather_objects(good, self.d)[0]  # rank 0's outcome on every rank: one line
+        return dist_.gather_objects(good, self.dist)[0]  # rank 0's outcome on every rank: one line
 
     def drain(self) -> None:
         """Collective: wait for this rank's pending write, then agree with every rank on the outcome; a
@@ -233,7 +239,7 @@ class Checkpointer:
         if error is not None:  # (a user error?, its first line), sent to every rank
             first = (str(error).strip().splitlines() or [repr(error)])[0][:300]
             report = isinstance(error, UserError), first
-        reports = dist_.gather_objects(report, self.d)
+        reports = dist_.gather_objects(report, self.dist)
         rank = next((r for r, item in enumerate(reports) if item is not None), None)
         if rank is None:
             return
@@ -252,13 +258,13 @@ class Checkpointer:
 
 def point_at(run_dir: Path, good: Path | None) -> Path | None:
     """model.pt and latest name `good`, or are removed when there is none (never a bad file)."""
-    d = checkpoint_dir(run_dir)
+    ckpt_dir = checkpoint_dir(run_dir)
     if good is None:
         for name in ("model.pt", "model.pt.sha256", "latest"):
-            (d / name).unlink(missing_ok=True)
+            (ckpt_dir / name).unlink(missing_ok=True)
         return None
-    _link_or_copy(good, d / "model.pt")
-    atomic_write_text(d / "latest", good.name + "\n")
+    _link_or_copy(good, ckpt_dir / "model.pt")
+    atomic_write_text(ckpt_dir / "latest", good.name + "\n")
     return good
 
 
@@ -321,19 +327,23 @@ def load_checkpoint(path: Path, map_location="cpu", check: bool = True) -> dict:
         if problem:
             raise UserError(f"checkpoint {path} is damaged: {problem}; use an older one or retrain")
     try:
-        with warnings.catch_warnings():  # torch warns before refusing a foreign pickle; the refusal is the line
+        # torch warns before refusing a foreign pickle; the refusal is the line
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a damaged or foreign file
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load checkpoint {path}: not a valid gptlab/PyTorch checkpoint ({first})") from None
+        raise UserError(f"cannot load checkpoint {path}: not a valid gptlab/PyTorch checkpoint "
+                        f"({first})") from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        raise UserError(f"{path} is not a gptlab checkpoint (no 'model' entry): pass a checkpoint written by gptlab")
+        raise UserError(f"{path} is not a gptlab checkpoint (no 'model' entry): pass a checkpoint "
+                        "written by gptlab")
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()):
-        raise UserError(f"{path}: its 'model' entry is not a state dict of tensors: pass a checkpoint written by gptlab")
+        raise UserError(f"{path}: its 'model' entry is not a state dict of tensors: pass a checkpoint "
+                        "written by gptlab")
     if "step" in state and not _is_int(state["step"]):
-        raise UserError(f"checkpoint {path} is damaged: its 'step' is {state['step']!r}, not a step count >= 0: "
-                        "use an older checkpoint or retrain")
+        raise UserError(f"checkpoint {path} is damaged: its 'step' is {state['step']!r}, not a step "
+                        "count >= 0: use an older checkpoint or retrain")
     if "format" in state and state["format"] != FORMAT:
         raise UserError(FOREIGN.format(path=path, format=str(state["format"])[:40], want=FORMAT))
     model = state["model"]
@@ -368,7 +378,8 @@ def _rng_problem(r) -> str | None:
         return "no torch generator state"
     if r["torch"].dtype != torch.uint8 or r["torch"].shape != torch.get_rng_state().shape:
         return "the torch generator state has the wrong size or type"
-    if r.get("cuda") is not None and (not isinstance(r["cuda"], torch.Tensor) or r["cuda"].dtype != torch.uint8):
+    if r.get("cuda") is not None and (not isinstance(r["cuda"], torch.Tensor)
+                                      or r["cuda"].dtype != torch.uint8):
         return "the CUDA generator state is not a byte tensor"
     try:  # throwaway generators take the Python and numpy states, or show they are malformed
         _set_host_rng(r, random.Random(), np.random.RandomState())
@@ -379,19 +390,23 @@ def _rng_problem(r) -> str | None:
 
 def _optimizer_problem(o) -> str | None:
     """What is wrong with a torch optimizer.state_dict(), or None."""
-    if not isinstance(o, dict) or not isinstance(o.get("state"), dict) or not isinstance(o.get("param_groups"), list):
+    if (not isinstance(o, dict) or not isinstance(o.get("state"), dict)
+            or not isinstance(o.get("param_groups"), list)):
         return "not an optimizer state (needs 'state' and 'param_groups')"
     ids = []
     for g in o["param_groups"]:
-        if not isinstance(g, dict) or not isinstance(g.get("params"), list) or not all(_is_int(i) for i in g["params"]):
+        if (not isinstance(g, dict) or not isinstance(g.get("params"), list)
+                or not all(_is_int(i) for i in g["params"])):
             return "a param group without a list of parameter ids"
-        if not all(isinstance(g.get(k), (int, float)) and math.isfinite(g[k]) for k in ("lr",) if k in g):
+        if not all(isinstance(g.get(k), (int, float)) and math.isfinite(g[k]) for k in ("lr",)
+                   if k in g):
             return "a param group with a non-finite learning rate"
         ids += g["params"]
     if len(set(ids)) != len(ids):
         return "a parameter id appears twice"
     for k, v in o["state"].items():
-        if k not in ids or not isinstance(v, dict) or not all(isinstance(x, (torch.Tensor, int, float)) for x in v.values()):
+        if k not in ids or not isinstance(v, dict) or not all(isinstance(x, (torch.Tensor, int, float))
+                                                              for x in v.values()):
             return f"state for parameter {k!r} is malformed"
     return None
 
@@ -405,7 +420,8 @@ def _structure_problem(state: dict) -> str | None:
     start = state.get("nonfinite_streak_start")
     if start is not None and not (_is_int(start) and start <= state["step"]):
         return f"'nonfinite_streak_start' is {start!r}, not a step <= 'step'"
-    if not isinstance(state.get("config"), dict) or not isinstance(state["config"].get("model", {}), dict):
+    if (not isinstance(state.get("config"), dict)
+            or not isinstance(state["config"].get("model", {}), dict)):
         return "'config' is not a config object"
     for k in ("tokens", "nonfinite_skipped"):
         if k in state and not _is_int(state[k]):
@@ -429,12 +445,14 @@ def _structure_problem(state: dict) -> str | None:
             return f"'rng': {problem}"
     samplers = state.get("sampler")
     if samplers is not None and not (isinstance(samplers, list) and all(
-            isinstance(s, dict) and all(_is_int(v) or (k == "kind" and isinstance(v, str)) for k, v in s.items())
+            isinstance(s, dict) and all(_is_int(v) or (k == "kind" and isinstance(v, str))
+                                        for k, v in s.items())
             for s in samplers)):
         return "'sampler' is not a list of sampler positions (non-negative integers)"
     loop = state.get("loop")
     if loop is not None and not (isinstance(loop, dict) and all(
-            isinstance(loop.get(k), torch.Tensor) and loop[k].numel() == 1 for k in ("loss_sum", "consec_bad"))
+            isinstance(loop.get(k), torch.Tensor) and loop[k].numel() == 1
+            for k in ("loss_sum", "consec_bad"))
             and isinstance(loop.get("loss_count"), (int, float))):
         return "'loop' is not the loop's running sums"
     return None
@@ -453,21 +471,23 @@ def check_optimizer_fits(saved: dict, optimizer, path: Path) -> None:
         for i, shape in zip(ids, shapes):
             for k, v in saved["state"].get(i, {}).items():
                 if isinstance(v, torch.Tensor) and v.dim() and tuple(v.shape) != shape:
-                    raise UserError(f"checkpoint {path} is damaged: optimiser {k!r} of parameter {i} has shape "
-                                    f"{tuple(v.shape)}, the parameter {shape}: {fix}")
+                    raise UserError(f"checkpoint {path} is damaged: optimiser {k!r} of parameter {i} "
+                                    f"has shape {tuple(v.shape)}, the parameter {shape}: {fix}")
 
 
 def check_resumable(state: dict, path: Path) -> None:
-    """Every entry a resume reads has the type and range it expects, else UserError before anything is restored."""
+    """Every entry a resume reads has the type and range it expects, else UserError before anything is
+    restored."""
     problem = _structure_problem(state)
     if problem:
-        raise UserError(f"checkpoint {path} is damaged or was not written by gptlab train ({problem}), so it "
-                        f"cannot be resumed: move it aside to resume from an older checkpoint, or use it with "
-                        f"--init_from to start a new run from its weights")
+        raise UserError(f"checkpoint {path} is damaged or was not written by gptlab train ({problem}), "
+                        "so it cannot be resumed: move it aside to resume from an older checkpoint, or "
+                        f"use it with --init_from to start a new run from its weights")
 
 
 def load_latest_valid(run_dir: Path, map_location="cpu", warn=print) -> tuple[dict, Path] | None:
-    """Newest checkpoint that passes its checksum, loads and has a resume's structure; damaged ones are skipped."""
+    """Newest checkpoint that passes its checksum, loads and has a resume's structure; damaged ones are
+    skipped."""
     for path in list_checkpoints(run_dir):
         problem = verify(path)
         if problem is None:
@@ -488,11 +508,11 @@ def find_checkpoint(run_or_file: str | Path, which: str = "best") -> Path:
     p = Path(run_or_file)
     if p.is_file():
         return p
-    d = checkpoint_dir(p)
-    if not d.is_dir():
+    ckpt_dir = checkpoint_dir(p)
+    if not ckpt_dir.is_dir():
         raise UserError(f"{str(p)!r} is neither a checkpoint file nor a run folder with checkpoints/")
     order = ["best.pt", "model.pt"] if which == "best" else ["model.pt", "best.pt"]
-    found = [d / name for name in order if (d / name).is_file()] + list_checkpoints(p)
+    found = [ckpt_dir / name for name in order if (ckpt_dir / name).is_file()] + list_checkpoints(p)
     if found:
         return found[0]
-    raise UserError(f"no checkpoint in {d}: train first, or pass a checkpoint file")
+    raise UserError(f"no checkpoint in {ckpt_dir}: train first, or pass a checkpoint file")

@@ -1,6 +1,7 @@
 """The GPT model: GPT-2 and its Languini variant as options of one class. Token ids in, logits over the
-padded vocabulary (or final hidden states) out; the loss is gptlab/loss.py. init_weights() is separate from
-construction (meta-device builds). Parameter names follow HF's GPT-2: weights convert by transposition alone."""
+padded vocabulary (or final hidden states) out; the loss is gptlab/loss.py. init_weights() is separate
+from construction (meta-device builds). Parameter names follow HF's GPT-2: weights convert by
+transposition alone."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def derived_shape(config: ModelConfig) -> ModelConfig:
 class KVCache:
     """Keys and values of every layer for generation, preallocated to max_len."""
 
-    def __init__(self, n_layer: int, batch: int, n_head: int, head_dim: int, max_len: int, device, dtype):
+    def __init__(self, n_layer: int, batch: int, n_head: int, head_dim: int, max_len: int, device,
+                 dtype):
         shape = (batch, n_head, max_len, head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
@@ -59,7 +61,8 @@ class CausalSelfAttention(nn.Module):
         if self.fused:
             return self.c_attn(x)
         w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-        b = None if self.q_proj.bias is None else torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        b = None if self.q_proj.bias is None else torch.cat([self.q_proj.bias, self.k_proj.bias,
+                                                             self.v_proj.bias])
         return F.linear(x, w, b)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
@@ -143,19 +146,22 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
             if isinstance(module, nn.LayerNorm):
                 module.reset_parameters()
-        scaled = {"all": ("attn.c_proj.weight", "mlp.c_proj.weight"), "mlp": ("mlp.c_proj.weight",), "none": ()}[s.scaled_init]
+        scaled = {"all": ("attn.c_proj.weight", "mlp.c_proj.weight"), "mlp": ("mlp.c_proj.weight",),
+                  "none": ()}[s.scaled_init]
         for name, p in self.named_parameters():
             if name.endswith(scaled):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * s.n_layer))
         return self
 
-    def forward(self, idx: torch.Tensor, return_hidden: bool = False, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, return_hidden: bool = False,
+                cache: KVCache | None = None) -> torch.Tensor:
         """idx (B, T) -> logits (B, T, padded_vocab), or with return_hidden the hidden states
         (B, T, n_embd) after the final LayerNorm; columns >= vocab_size are sliced off by gptlab.loss."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size "
+                             f"{self.config.block_size}")
         pos = torch.arange(start, start + T, device=idx.device)
         x = self.transformer.wte(idx)
         if self.embed_multiplier != 1.0:
@@ -173,7 +179,8 @@ class GPT(nn.Module):
         if block_size > self.config.block_size:
             raise ValueError(f"cannot grow block_size from {self.config.block_size} to {block_size}")
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
+        self.transformer.wpe.weight = nn.Parameter(
+            self.transformer.wpe.weight[:block_size].detach().clone())
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token: 6N + 12*L*H*Q*T (forward + backward, with attention), where N counts
@@ -188,4 +195,5 @@ class GPT(nn.Module):
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         p = next(self.parameters())
         s = self.config
-        return KVCache(s.n_layer, batch, s.n_head, s.head_dim, max_len or s.block_size, p.device, p.dtype)
+        return KVCache(s.n_layer, batch, s.n_head, s.head_dim, max_len or s.block_size, p.device,
+                       p.dtype)

@@ -1,7 +1,7 @@
 """Background batch production: a worker thread draws (and starts copying) the next step's micro-batches
-while the GPU works. Each item carries the sampler state from *before* it was drawn, so a checkpoint records
-the next unconsumed batch however far ahead the worker is. Threads suffice: numpy gathers release the GIL.
-"""
+while the GPU works. Each item carries the sampler state from *before* it was drawn, so a checkpoint
+records the next unconsumed batch however far ahead the worker is. Threads suffice: numpy gathers release
+the GIL. """
 
 from __future__ import annotations
 

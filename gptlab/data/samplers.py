@@ -35,9 +35,11 @@ def _to_xy(block: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 class RandomWindowSampler:
     """Random windows of seq_len + 1 tokens anywhere in one stream. Batch k of rank r draws its offsets
-    from a generator seeded by (seed, rank, k): the whole state is the batch counter, so resuming is exact."""
+    from a generator seeded by (seed, rank, k): the whole state is the batch counter, so resuming is
+    exact."""
 
-    def __init__(self, data, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, data, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
         if batch_size <= 0 or seq_len <= 0:
             raise UserError(f"batch_size ({batch_size}) and seq_len ({seq_len}) must be positive")
         if not 0 <= rank < world_size:
@@ -45,7 +47,8 @@ class RandomWindowSampler:
         n = len(data)
         if n < seq_len + 2:
             raise UserError(
-                f"the data has {n} tokens, too few for windows of seq_len {seq_len} + 1: use a smaller seq_len/block_size or more data"
+                f"the data has {n} tokens, too few for windows of seq_len {seq_len} + 1: use a smaller "
+                "seq_len/block_size or more data"
             )
         self._reopen = _as_reopenable(data)
         self._data = None if self._reopen else data
@@ -69,10 +72,12 @@ class RandomWindowSampler:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("kind") != "random_window":
-            raise UserError(f"sampler state is for a {state.get('kind')!r} sampler, not random windows: use the same data.sampler setting as the saved run")
+            raise UserError(f"sampler state is for a {state.get('kind')!r} sampler, not random windows: "
+                            "use the same data.sampler setting as the saved run")
         self.step = int(state["step"])
         if int(state["seed"]) != self.seed:
-            raise UserError(f"sampler state was saved with seed {state['seed']} but this run has seed {self.seed}: resume with the same seed")
+            raise UserError(f"sampler state was saved with seed {state['seed']} but this run has seed "
+                            f"{self.seed}: resume with the same seed")
 
 
 def assign_rows(doc_lengths: np.ndarray, n_rows: int) -> list[list[int]]:
@@ -80,9 +85,9 @@ def assign_rows(doc_lengths: np.ndarray, n_rows: int) -> list[list[int]]:
     (ties to the lowest row index). Returns the doc indices of each row."""
     heap = [(0, r) for r in range(n_rows)]
     rows: list[list[int]] = [[] for _ in range(n_rows)]
-    for d, L in enumerate(np.asarray(doc_lengths, dtype=np.int64).tolist()):
+    for doc, L in enumerate(np.asarray(doc_lengths, dtype=np.int64).tolist()):
         total, r = heapq.heappop(heap)
-        rows[r].append(d)
+        rows[r].append(doc)
         heapq.heappush(heap, (total + L, r))
     return rows
 
@@ -106,9 +111,9 @@ class DocRows:
         # Per row: data start of each of its docs, and the row position where each doc begins.
         self._maps = []
         for r in self.rows:
-            d = np.array(r, dtype=np.int64)
-            pos = np.concatenate([[0], np.cumsum(lengths[d])[:-1]]).astype(np.int64)
-            self._maps.append((starts[d], pos))
+            doc_ids = np.array(r, dtype=np.int64)
+            pos = np.concatenate([[0], np.cumsum(lengths[doc_ids])[:-1]]).astype(np.int64)
+            self._maps.append((starts[doc_ids], pos))
 
     def indices(self, row: int, p0: int, length: int, wrap: bool) -> np.ndarray:
         dstart, pos = self._maps[row]
@@ -128,18 +133,20 @@ class DocRows:
 class StreamBatcher:
     """Document streams, the Languini way: documents dealt to `batch_size` global rows (DocRows);
     batch k is positions [k*seq_len, k*seq_len + seq_len + 1) of every row, no shuffling. Rank r owns
-    rows i % world_size == r, cut into `micro_batches`; `next()` returns one optimiser step's (x, y) list.
-    Each row wraps on its own (the benchmark's repeat=True); an epoch ends when the shortest row first wraps."""
+    rows i % world_size == r, cut into `micro_batches`; `next()` returns one optimiser step's (x, y)
+    list. Each row wraps on its own (the benchmark's repeat=True); an epoch ends when the shortest row
+    first wraps."""
 
     def __init__(self, data, doc_offsets, batch_size: int, seq_len: int, eot_id: int | None = None,
                  rank: int = 0, world_size: int = 1, micro_batches: int = 1):
         if batch_size % world_size:
-            raise UserError(f"train_batch_size {batch_size} is not divisible by world size {world_size}: pick a multiple")
+            raise UserError(f"train_batch_size {batch_size} is not divisible by world size "
+                            f"{world_size}: pick a multiple")
         per_rank = batch_size // world_size
         if per_rank % micro_batches:
             raise UserError(
-                f"train_batch_size {batch_size} / world size {world_size} = {per_rank} rows is not divisible by "
-                f"gradient_accumulation_steps {micro_batches}: pick values that divide"
+                f"train_batch_size {batch_size} / world size {world_size} = {per_rank} rows is not "
+                f"divisible by gradient_accumulation_steps {micro_batches}: pick values that divide"
             )
         n = len(data)
         self._reopen = _as_reopenable(data)
@@ -151,8 +158,9 @@ class StreamBatcher:
         shortest = int(self.row_lengths.min())
         if shortest < 2:
             raise UserError(
-                f"{self.doc_rows.n_docs} documents ({n} tokens) spread over {batch_size} rows leave the shortest row "
-                f"{shortest} tokens, too few to stream: use fewer rows, a shorter seq_len or more data"
+                f"{self.doc_rows.n_docs} documents ({n} tokens) spread over {batch_size} rows leave the "
+                f"shortest row {shortest} tokens, too few to stream: use fewer rows, a shorter seq_len "
+                "or more data"
             )
         self.steps_per_epoch = max(1, (shortest - 1) // seq_len)
         self.my_rows = [i for i in range(batch_size) if i % world_size == rank]
@@ -182,8 +190,10 @@ class StreamBatcher:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("kind") != "stream":
-            raise UserError(f"sampler state is for a {state.get('kind')!r} sampler, not document streams: use the same data.sampler setting as the saved run")
+            raise UserError(f"sampler state is for a {state.get('kind')!r} sampler, not document "
+                            "streams: use the same data.sampler setting as the saved run")
         for k in ("batch_size", "seq_len"):
             if int(state[k]) != getattr(self, k):
-                raise UserError(f"stream state was saved with {k} {state[k]} but this run has {getattr(self, k)}: resume with the same {k}")
+                raise UserError(f"stream state was saved with {k} {state[k]} but this run has "
+                                f"{getattr(self, k)}: resume with the same {k}")
         self.batches = int(state["batches"])

@@ -1,5 +1,5 @@
-"""Inputs of `gptlab prepare`: text read and decoded, folders of documents, Languini's file lists, and the
-`Stream` every source yields (the documents of one split, in batches, resumable by row)."""
+"""Inputs of `gptlab prepare`: text read and decoded, folders of documents, Languini's file lists, and
+the `Stream` every source yields (the documents of one split, in batches, resumable by row)."""
 
 from __future__ import annotations
 
@@ -20,14 +20,15 @@ from gptlab.errors import UserError
 # --- What a path is: named before anything opens it (a FIFO or a device would block or never end) ---
 _SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-_STAT_ERRORS = {errno.ELOOP: "is (or lies under) a symbolic link loop", errno.ENOTDIR: "lies under a file",
+_STAT_ERRORS = {errno.ELOOP: "is (or lies under) a symbolic link loop",
+                errno.ENOTDIR: "lies under a file",
                 errno.ENAMETOOLONG: "has a name too long for the file system",
                 errno.EACCES: "cannot be reached (permission denied)"}
 
 
 def path_problem(path, want: str = "file or folder") -> str | None:
-    """Why `path` is not a readable regular file or folder ("does not exist", "is a FIFO (named pipe)", "is a
-    symbolic link loop", ...), or None. want "file" or "folder" narrows it. Only stats the path."""
+    """Why `path` is not a readable regular file or folder ("does not exist", "is a FIFO (named pipe)",
+    "is a symbolic link loop", ...), or None. want "file" or "folder" narrows it. Only stats the path."""
     try:
         mode = os.stat(path).st_mode
     except OSError as e:
@@ -49,8 +50,8 @@ def check_path(path, flag: str, fix: str, want: str = "file or folder") -> Path:
 
 
 def safe_text(value):
-    """Strings (in dicts and lists) with undecodable file-name bytes as backslash escapes: safe to print or
-    write as UTF-8 JSON; other strings unchanged."""
+    """Strings (in dicts and lists) with undecodable file-name bytes as backslash escapes: safe to print
+    or write as UTF-8 JSON; other strings unchanged."""
     if isinstance(value, str):
         return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     if isinstance(value, dict):
@@ -61,8 +62,8 @@ def safe_text(value):
 # --- Reading text ---
 
 # Byte-order marks and the codecs that read (and drop) them; UTF-32's first, as it starts like UTF-16's.
-_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xef\xbb\xbf", "utf-8-sig"),
-         (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
+         (b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
 
 
 def decode_text(data: bytes, where) -> str:
@@ -75,12 +76,13 @@ def decode_text(data: bytes, where) -> str:
                 break
     head = data[:1 << 16]
     if head and head.count(0) * 8 > len(head):
-        raise UserError(f"{where} looks like UTF-16 or UTF-32 text without a byte-order mark (many NUL bytes): "
-                        "convert it to UTF-8 first (e.g. `iconv -f UTF-16LE -t UTF-8 IN > OUT`)")
+        raise UserError(f"{where} looks like UTF-16 or UTF-32 text without a byte-order mark (many NUL "
+                        "bytes): convert it to UTF-8 first (e.g. `iconv -f UTF-16LE -t UTF-8 IN > OUT`)")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"{where} is not UTF-8 text (bad byte at offset {e.start}): convert it to UTF-8 first") from None
+        raise UserError(f"{where} is not UTF-8 text (bad byte at offset {e.start}): convert it to UTF-8 "
+                        "first") from None
 
 
 def read_text_file(path: Path) -> str:
@@ -108,7 +110,8 @@ def files_digest(paths: list[Path], root: Path) -> str:
 @dataclass
 class Stream:
     """Rows going to `split` (a `carve` fraction to val). iter_batches(skip, max_docs, max_bytes) yields
-    (kind, items): "texts" (str), "raw"/"raw_nl" ((name, bytes) of a file), "jsonl" (lines) or "ids" (tokens)."""
+    (kind, items): "texts" (str), "raw"/"raw_nl" ((name, bytes) of a file), "jsonl" (lines) or "ids"
+    (tokens)."""
 
     split: str
     rows: int
@@ -120,9 +123,9 @@ class Stream:
 def capped_batches(docs, max_docs: int, max_bytes: int):
     """Lists of documents, each closed at max_docs documents or max_bytes bytes."""
     batch, nb = [], 0
-    for d in docs:
-        batch.append(d)
-        nb += len(d[1]) if isinstance(d, tuple) else len(d)
+    for doc in docs:
+        batch.append(doc)
+        nb += len(doc[1]) if isinstance(doc, tuple) else len(doc)
         if len(batch) >= max_docs or nb >= max_bytes:
             yield batch
             batch, nb = [], 0
@@ -131,7 +134,8 @@ def capped_batches(docs, max_docs: int, max_bytes: int):
 
 
 def text_files_stream(split: str, paths: list[Path], opener=open, newlines: bool = False) -> Stream:
-    """One document per file, read by the main process and decoded by the workers (newlines: universal newlines)."""
+    """One document per file, read by the main process and decoded by the workers (newlines: universal
+    newlines)."""
     def read(p):
         with opener(p, "rb") as fh:
             return str(p), fh.read()
@@ -147,7 +151,8 @@ def texts_of(kind: str, items: list, field_name: str = "text") -> list[str]:
         return [t if t is not None else "" for t in items]
     if kind in ("raw", "raw_nl"):  # raw_nl: universal newlines, as Python's text mode reads
         texts = [decode_text(data, name) for name, data in items]
-        return [t.replace("\r\n", "\n").replace("\r", "\n") for t in texts] if kind == "raw_nl" else texts
+        return [t.replace("\r\n", "\n").replace("\r", "\n")
+                for t in texts] if kind == "raw_nl" else texts
     return jsonl_texts(items, field_name)
 
 
@@ -162,21 +167,26 @@ def _jsonl_text(line, field_name: str) -> str:
     except json.JSONDecodeError as e:
         raise UserError(f"a jsonl line is not JSON ({e.msg}): fix the file or skip it") from None
     if not isinstance(row, dict):
-        raise UserError(f"a jsonl line is not an object: give one JSON object with a {field_name!r} field per line")
+        raise UserError(f"a jsonl line is not an object: give one JSON object with a {field_name!r} "
+                        "field per line")
     if row.get(field_name) is None:
-        raise UserError(f"a jsonl line has no field {field_name!r} (it has {', '.join(row)}): pass --text_field NAME")
+        raise UserError(f"a jsonl line has no field {field_name!r} (it has {', '.join(row)}): pass "
+                        "--text_field NAME")
     return row[field_name]
 
 
 def languini_file_lists(folder: Path, root: Path, splits: list[str] | None) -> tuple[dict, dict]:
-    """{split: document paths in list order} and {split: listed token counts} from file_list_SPLIT.npy rows
-    (name, length); a name matches a file under root by its stem. An object array (pickle) is refused."""
+    """{split: document paths in list order} and {split: listed token counts} from file_list_SPLIT.npy
+    rows (name, length); a name matches a file under root by its stem. An object array (pickle) is
+    refused."""
     fix = "give the folder with Languini's file_list_SPLIT.npy files"
     lists = sorted(check_path(folder, "--file_lists", fix, "folder").glob("file_list_*.npy"))
     if not lists:
-        raise UserError(f"--file_lists {folder} holds no file_list_SPLIT.npy files: give the folder with Languini's lists")
+        raise UserError(f"--file_lists {folder} holds no file_list_SPLIT.npy files: give the folder "
+                        "with Languini's lists")
     # the first file of each stem, in sorted order
-    by_stem = {os.path.splitext(f.name)[0]: f for f in sorted((p for p in root.rglob("*") if p.is_file()), reverse=True)}
+    by_stem = {os.path.splitext(f.name)[0]: f for f in sorted((p for p in root.rglob("*")
+                                                               if p.is_file()), reverse=True)}
     paths, lengths = {}, {}
     for lst in lists:
         split = lst.name[len("file_list_"):-len(".npy")]
@@ -186,16 +196,18 @@ def languini_file_lists(folder: Path, root: Path, splits: list[str] | None) -> t
         try:
             rows = np.load(lst, allow_pickle=False)
         except ValueError:
-            raise UserError(f"{lst} is not a plain numpy array (object arrays need pickle, which gptlab never reads): "
-                            "re-save it as strings, e.g. np.save(F, np.load(F, allow_pickle=True).astype(str))") from None
+            raise UserError(f"{lst} is not a plain numpy array (object arrays need pickle, which gptlab "
+                            "never reads): re-save it as strings, e.g. np.save(F, np.load(F, "
+                            "allow_pickle=True).astype(str))") from None
         rows = rows.reshape(len(rows), -1)  # (documents, name[, length])
         names = [os.path.splitext(os.path.basename(str(n)))[0] for n in rows[:, 0]]
         missing = [n for n in names if n not in by_stem]
         if missing:
-            raise UserError(f"{len(missing)} documents of {lst.name} are not under {root} (first: {missing[0]!r}): "
-                            "point --input at the folder that holds them")
+            raise UserError(f"{len(missing)} documents of {lst.name} are not under {root} (first: "
+                            f"{missing[0]!r}): point --input at the folder that holds them")
         paths[split] = [by_stem[n] for n in names]
         lengths[split] = rows[:, 1].astype(np.int64) if rows.shape[1] > 1 else None
     if splits and set(splits) - set(paths):
-        raise UserError(f"--splits {', '.join(sorted(set(splits) - set(paths)))}: no such file list in {folder}")
+        raise UserError(f"--splits {', '.join(sorted(set(splits) - set(paths)))}: no such file list in "
+                        f"{folder}")
     return paths, lengths

