@@ -384,7 +384,14 @@ def resume_source(cfg: Config, given: set[str], d: dist_.Dist, log) -> tuple[Con
         arch = source_arch(cfg.train.init_from, cfg.model.pad_vocab_multiple)
         fresh = resolve(cfg, world_size=d.world_size, device=d.device, data_meta=meta, init_source=arch)
         run = resolved_run_dir(fresh, d.world_size)
-    return resume_config(cfg, given, run, d.world_size, log, main=d.is_main)
+    try:  # every rank checks; all stop with the lowest rank's refusal, so ranks agree before acting
+        found, problem = resume_config(cfg, given, run, d.world_size, log, main=d.is_main), None
+    except UserError as e:
+        found, problem = None, str(e)
+    refusal = next((p for p in dist_.gather_objects(problem, d) if p), None)
+    if refusal:
+        raise UserError(refusal)
+    return found
 
 
 def build_model(cfg: Config, resumed: dict | None, log, idea=None) -> torch.nn.Module:

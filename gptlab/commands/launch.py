@@ -105,10 +105,13 @@ class WorkerFailed(Exception):
 
 
 def _failure_line(error) -> WorkerFailed:
-    """The first failed worker's error as one line with its rank; a bug's traceback printed first."""
-    rank, failure = error.get_first_failure()
+    """The lowest rank's one-line error (ranks that agree on a refusal all stop with it; which one
+    exits first is chance), else the first failed worker's, a bug's traceback printed first."""
+    stops = sorted((rank, failure) for rank, failure in error.failures.items()
+                   if _record_text(failure).startswith(WorkerStop.__name__ + ": "))
+    rank, failure = stops[0] if stops else error.get_first_failure()
     record = failure.message  # the error file's record: a dict holding "message", or a line
-    text = str(record.get("message", record) if isinstance(record, dict) else record)
+    text = _record_text(failure)
     kind, _, detail = text.partition(": ")
     if kind == WorkerStop.__name__:
         return WorkerFailed(f"rank {rank}: {detail.strip()}", failure.exitcode)
@@ -118,6 +121,11 @@ def _failure_line(error) -> WorkerFailed:
     first = text.strip().splitlines()[0] if text.strip() else f"exit code {failure.exitcode}"
     return WorkerFailed(f"rank {rank} failed (exit code {failure.exitcode}): {first}",
                         failure.exitcode if failure.exitcode > 0 else 1)
+
+
+def _record_text(failure) -> str:
+    record = failure.message  # the error file's record: a dict holding "message", or a line
+    return str(record.get("message", record) if isinstance(record, dict) else record)
 
 
 @contextlib.contextmanager
