@@ -75,8 +75,8 @@ def _build_for_timing(make_model, cfg, device, dtype):
     """Model (seeded, train mode), optimiser and (fp16 only) GradScaler, as training builds them."""
     torch.manual_seed(0)
     model = make_model().to(device).train()
-    return model, build_optimizer(model, cfg, device.type), torch.amp.GradScaler(device.type,
-                                                                                 enabled=dtype == torch.float16)
+    return (model, build_optimizer(model, cfg, device.type),
+            torch.amp.GradScaler(device.type, enabled=dtype == torch.float16))
 
 
 def time_steps(step_fn, batches, device: torch.device, warmup: int, steps: int) -> dict:
@@ -223,7 +223,8 @@ def train_vocab(cfg) -> tuple[int, str]:
         return DEFAULT_VOCAB, (f"GPT-2 BPE assumed: dataset {cfg.data.dataset!r} is not prepared here; "
                                f"`{prepare_command(cfg.data.dataset, cfg.data.data_root)}` to time "
                                "train's vocab")
-    return int(read_meta(data_dir)["vocab_size"]), f"{cfg.data.dataset}'s, as train uses ({data_dir}/meta.json)"
+    return (int(read_meta(data_dir)["vocab_size"]),
+            f"{cfg.data.dataset}'s, as train uses ({data_dir}/meta.json)")
 
 
 def _setup(args, rest: list[str]):
@@ -421,7 +422,8 @@ def throughput(args, rest: list[str]) -> dict:
     rows = [found[b] for b in sorted(found)]
     # the benchmark's reference: the best of the sweep
     best = max(rows, key=lambda r: r["tokens_per_sec"])
-    global_batch = cfg.train.train_batch_size or cfg.train.batch_size * cfg.train.gradient_accumulation_steps
+    global_batch = (cfg.train.train_batch_size
+                    or cfg.train.batch_size * cfg.train.gradient_accumulation_steps)
     tps = best["tokens_per_sec"]
     return {"kind": "throughput", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": "gptlab throughput " + " ".join(args.argv), "device": dev_name,
