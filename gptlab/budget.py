@@ -44,8 +44,8 @@ def steps_for_budget(hours: float, tokens_per_second: float, train_batch_size: i
     _check_positive(hours=hours, tokens_per_second=tokens_per_second,
                     train_batch_size=train_batch_size, seq_len=seq_len)
     # Divide the exact product, not the rounded token budget, so only one rounding happens.
-    steps = round(_check_finite(hours * SECONDS_PER_HOUR * tokens_per_second / (train_batch_size * seq_len),
-                                "step count"))
+    steps = round(_check_finite(hours * SECONDS_PER_HOUR * tokens_per_second
+                                / (train_batch_size * seq_len), "step count"))
     if steps < 1:
         raise UserError(f"a {hours:g}h budget at {tokens_per_second:g} tokens/s is less than one step "
                         "of "
