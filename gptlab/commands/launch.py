@@ -18,7 +18,8 @@ from gptlab.errors import UserError
 LAUNCH_FLAGS = ("--nproc_per_node", "--nnodes", "--rdzv_endpoint", "--rdzv_id", "--max_restarts")
 _NNODES = re.compile(r"^(\d+)(?::(\d+))?$")
 _ENDPOINT = re.compile(r"^\[?[\w.:-]+\]?:\d{1,5}$")
-MULTI_NODE_HINT = "pass --rdzv_endpoint HOST:PORT (the first node's address and a free port) on every node"
+MULTI_NODE_HINT = ("pass --rdzv_endpoint HOST:PORT (the first node's address and a free port) "
+                   "on every node")
 
 
 @dataclass
