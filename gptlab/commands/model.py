@@ -27,7 +27,8 @@ def main(argv: list[str]) -> int:
                                                    f"here; run `gptlab prepare {cfg.data.dataset}` for "
                                                    "the exact figure")
         else:
-            cfg.model.vocab_size, source = int(read_meta(data_dir)["vocab_size"]), f"from {data_dir}/meta.json"
+            cfg.model.vocab_size, source = (int(read_meta(data_dir)["vocab_size"]),
+                                            f"from {data_dir}/meta.json")
     registry.resolve_model(cfg.model)  # an idea: its options typed
     check_memory(cfg, weights_only=True)
     model = registry.init_weights(registry.build_model(cfg.model))
