@@ -92,7 +92,8 @@ def check_device(name: str) -> None:
 
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            build = ("a CPU-only build" if torch.version.cuda is None
+                     else f"built for CUDA {torch.version.cuda}")
             raise UserError(f"--device {name}: no CUDA GPU is usable here (torch {torch.__version__} is "
                             f"{build}): use --device "
                             "cpu, or install a CUDA build of torch (pip install torch --index-url "
