@@ -46,7 +46,8 @@ class Dist:
 def pick_device(name: str) -> torch.device:
     check_device(name)  # a missing GPU or a bad name is a one-line error before anything runs
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        name = ("cuda" if torch.cuda.is_available()
+                else "mps" if torch.backends.mps.is_available() else "cpu")
     return torch.device(name)
 
 
