@@ -308,8 +308,8 @@ def check_same_tokenizer(run_meta: dict | None, meta: dict, data_dir) -> None:
         return
     a, b = run_meta.get("tokenizer") or {}, meta.get("tokenizer") or {}
     keys = ("fingerprint", "kind", "chars")
-    if [a.get(k) for k in keys] + [run_meta.get("vocab_size")] != [b.get(k)
-                                                                   for k in keys] + [meta.get("vocab_size")]:
+    if ([a.get(k) for k in keys] + [run_meta.get("vocab_size")]
+            != [b.get(k) for k in keys] + [meta.get("vocab_size")]):
         raise UserError(f"{data_dir} was tokenized with a different tokenizer ({b.get('kind')}, vocab "
                         f"{meta.get('vocab_size')}) "
                         f"than the run ({a.get('kind')}, vocab {run_meta.get('vocab_size')}): evaluate "
