@@ -385,10 +385,11 @@ def check_output_file(path, what: str, tag: str | None, make_parents: bool = Fal
         top_level = path.absolute().parent == folder
         if kind != "run" or not top_level or path.name in RUN_LAYOUT or path.name.startswith("."):
             where = f"the {kind} folder {_shown(folder)}"
-            raise UserError(f"{what} {_shown(path)} is inside {where}, whose files belong to gptlab "
-                            f"{'train' if kind == 'run' else 'prepare' if kind == 'dataset' else 'export'}: "
-                            "write it elsewhere (a run folder takes new files beside its own, not in "
-                            "its subfolders)")
+            raise UserError(
+                f"{what} {_shown(path)} is inside {where}, whose files belong to gptlab "
+                f"{'train' if kind == 'run' else 'prepare' if kind == 'dataset' else 'export'}: "
+                "write it elsewhere (a run folder takes new files beside its own, not in "
+                "its subfolders)")
     parent = path.absolute().parent
     if not parent.is_dir() and not make_parents:
         raise UserError(f"{what} {_shown(path)}: its folder does not exist: create it or choose another "
