@@ -76,7 +76,8 @@ def parse_spec(text: str, builtins: dict[str, Any] | tuple[str, ...], flag: str 
     """A --model (or `flag`) value as a Spec; a malformed one is a UserError naming the accepted
     forms."""
     text = str(text).strip()
-    forms = f"give {flag} {'|'.join(builtins)}, {flag} path/to/file.py:{noun} or {flag} package.module:{noun}"
+    forms = (f"give {flag} {'|'.join(builtins)}, {flag} path/to/file.py:{noun} "
+             f"or {flag} package.module:{noun}")
     if text.lower() in builtins:
         return Spec(text, "builtin", text.lower(), "")
     target, colon, name = text.rpartition(":")
