@@ -119,7 +119,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_h, grad_w, n_valid = ctx.saved_tensors
         factor = grad_out.float() / n_valid
-        return (grad_h.float() * factor).to(grad_h.dtype), (grad_w * factor).to(ctx.w_dtype), None, None, None
+        return ((grad_h.float() * factor).to(grad_h.dtype), (grad_w * factor).to(ctx.w_dtype),
+                None, None, None)
 
 
 def _chunk_loop(h, w, targets, vocab: int, chunk: int, grads: bool):
