@@ -189,7 +189,8 @@ class TrainMetrics:
 
     def _line(self, step: int, v: dict) -> str:
         total = self.cfg.train.max_iters
-        mem = f" | {'peak mem' if self.d.device.type == 'cuda' else 'peak RSS'} {v['peak_mem_gb']:.2f} GiB"
+        mem = (f" | {'peak mem' if self.d.device.type == 'cuda' else 'peak RSS'} "
+               f"{v['peak_mem_gb']:.2f} GiB")
         eta = f" | elapsed {_hms(self.clock.now())} | ETA {_hms(self.rate.eta(total - step))}" \
             if step < total else ""
         return (f"step {step}/{total} | loss {v['loss']:.4f} | lr {v['lr']:.2e} | "
@@ -263,4 +264,5 @@ def entropy_gap(meta: dict, m: dict) -> str:
         return ""
     bound = -p * math.log(p) - (1 - p) * math.log(1 - p)
     loss = m.get("loss_excl_eot", m["loss"])
-    return f" | word-token loss {loss:.4f}, gap to entropy bound {bound:.4f}: {(loss / bound - 1) * 100:+.2f}%"
+    return (f" | word-token loss {loss:.4f}, gap to entropy bound {bound:.4f}: "
+            f"{(loss / bound - 1) * 100:+.2f}%")
