@@ -14,7 +14,8 @@ from gptlab.model import GPT
 
 BUILTIN_MODELS: dict[str, type[nn.Module]] = {"gpt": GPT}
 GPT_FLOPS_NOTE = "6N + 12*L*H*Q*T"
-assert tuple(BUILTIN_MODELS) == BUILTIN_MODEL_NAMES, "gptlab.config.BUILTIN_MODEL_NAMES names them for the schema"
+assert tuple(BUILTIN_MODELS) == BUILTIN_MODEL_NAMES, ("gptlab.config.BUILTIN_MODEL_NAMES names them "
+                                                      "for the schema")
 
 
 def load(model_config: ModelConfig) -> ideas.Idea:
