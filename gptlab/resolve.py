@@ -177,7 +177,8 @@ def resolve(cfg: Config, *, world_size: int, device, data_meta: dict | None,
         raise UserError(ideas.resume_changed_message(m.model.rsplit(":", 1)[0], old_m.model_sha256,
                                                      m.model_sha256))
     o, old_o = out.optim, resume_config.optim
-    if o.optimizer == old_o.optimizer and old_o.optimizer_sha256 and o.optimizer_sha256 != old_o.optimizer_sha256:
+    if (o.optimizer == old_o.optimizer and old_o.optimizer_sha256
+            and o.optimizer_sha256 != old_o.optimizer_sha256):
         raise UserError(ideas.resume_changed_message(o.optimizer.rsplit(":", 1)[0],
                                                      old_o.optimizer_sha256, o.optimizer_sha256))
     if m.options != old_m.options:
