@@ -195,7 +195,8 @@ class Run:
         """The run's --model: the built-in name, a module, or its recorded copy of an idea's file."""
         m = self.config.model
         spec = ideas.parse_spec(m.model, BUILTIN_MODEL_NAMES)
-        return f"{self.dir.absolute() / idea_copy(spec)}:{spec.class_name}" if spec.kind == "file" else m.model
+        return (f"{self.dir.absolute() / idea_copy(spec)}:{spec.class_name}" if spec.kind == "file"
+                else m.model)
 
     def idea(self) -> ideas.Idea | None:
         """The run's model idea (None for a built-in model), loaded from the run's copy of its file, or
