@@ -32,7 +32,8 @@ def compile_model(model: torch.nn.Module, mode: str, scope: str = "model", dynam
 
 def autocast_ctx(device: torch.device, dtype: torch.dtype):
     """Mixed precision: weights stay fp32, matmuls run in dtype."""
-    return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device_type=device.type, dtype=dtype)
+    return (contextlib.nullcontext() if dtype == torch.float32
+            else torch.autocast(device_type=device.type, dtype=dtype))
 
 
 def resolve_data_dir(dataset: str, data_root: str) -> Path:
