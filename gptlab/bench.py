@@ -203,11 +203,11 @@ def profile_step(step_fn, batches, device: torch.device, out_prefix: Path, steps
     csv_path = out_prefix.with_name(out_prefix.name + "_kernels.csv")
     with open(csv_path, "w", newline="") as f:
         csv.writer(f).writerows([KERNELS_HEADER] + [
-            [i, name, n, f"{t / 1000:.3f}", f"{t / total:.4f}", f"{t / max(n, 1):.1f}"] for i,
-            (name, n, t) in enumerate(top, 1)])
+            [i, name, n, f"{t / 1000:.3f}", f"{t / total:.4f}",
+             f"{t / max(n, 1):.1f}"] for i, (name, n, t) in enumerate(top, 1)])
     lines = [f"{'#':>2} {'share':>6} {'ms':>8} {'calls':>6}  kernel"] + [
-        f"{i:>2} {100 * t / total:5.1f}% {t / 1000:8.2f} {n:>6}  {name[:90]}" for i,
-        (name, n, t) in enumerate(top, 1)]
+        f"{i:>2} {100 * t / total:5.1f}% {t / 1000:8.2f} {n:>6}  "
+        f"{name[:90]}" for i, (name, n, t) in enumerate(top, 1)]
     return {"trace": str(trace), "kernels_csv": str(csv_path), "table": "\n".join(lines),
             "profiled_steps": steps, "kernel_time_ms_per_step": total / 1000 / steps}
 
@@ -285,32 +285,27 @@ def bench(args, rest: list[str]) -> dict:
         with _sdpa_ctx(args.sdpa):
             res["peer"] = run_hf_peer(cfg, shape, batch, seq, accum, device, dtype, compile_mode,
                                       args.steps, args.warmup, fpt, peak, mm)
-        res["ratio"] = {f"vs_{k}": res["tokens_per_sec"] / v["tokens_per_sec"] for k,
-                        v in res["peer"].items()}
+        res["ratio"] = {f"vs_{k}": res["tokens_per_sec"] / v["tokens_per_sec"]
+                        for k, v in res["peer"].items()}
     return res
 
 
 def _line(label: str, r: dict) -> str:
     mem = f"{r['peak_mem_gb']:.2f} GiB" if r.get("peak_mem_gb") is not None else "n/a"
     return (f"{label:<12} {r['tokens_per_sec']:>12,.0f} tok/s  {r['ms_per_step']:8.2f} ms/step  "
-            f"{r['tflops']:7.1f} "
-            f"TFLOP/s  MFU {fmt_mfu(r['mfu_table'])} (table) {fmt_mfu(r.get('mfu_matmul'))} (matmul)  "
-            f"mem {mem}  "
-            f"first step {r['first_step_s']:.1f}s")
+            f"{r['tflops']:7.1f} TFLOP/s  MFU {fmt_mfu(r['mfu_table'])} (table) "
+            f"{fmt_mfu(r.get('mfu_matmul'))} (matmul)  mem {mem}  first step {r['first_step_s']:.1f}s")
 
 
 def format_bench(res: dict) -> str:
     mm = f"{res['matmul_tflops']:.0f} TFLOP/s" if res["matmul_tflops"] else "n/a"
     pk = f"{res['peak_table_tflops']:.1f} TFLOP/s" if res["peak_table_tflops"] else "n/a"
     out = [f"bench {res['preset']} on {res['device']} (torch {res['torch']}): batch {res['batch_size']} "
-           "x seq "
-           f"{res['seq_len']} x accum {res['accum']} = {res['tokens_per_step']:,} tokens/step, "
-           f"{res['dtype']}, "
-           f"compile {res['compile']} ({res['compile_scope']}), ce_chunk {res['ce_chunk']}, sdpa "
-           f"{res['sdpa']}",
+           f"x seq {res['seq_len']} x accum {res['accum']} = {res['tokens_per_step']:,} tokens/step, "
+           f"{res['dtype']}, compile {res['compile']} ({res['compile_scope']}), ce_chunk "
+           f"{res['ce_chunk']}, sdpa {res['sdpa']}",
            f"FLOPs/token {res['flops_per_token'] / 1e9:.3f} G ({res['flops_formula']}); peak {pk} "
-           "(table), "
-           f"bf16 8192^3 matmul measured {mm}",
+           f"(table), bf16 8192^3 matmul measured {mm}",
            f"vocab {res['shape']['vocab_size']:,}: {res.get('vocab_source', 'set in the config')}",
            _line("gptlab", res)]
     out += [_line(k, v) for k, v in res.get("peer", {}).items()]
@@ -471,8 +466,8 @@ def throughput_main(argv: list[str]) -> int:
     b = res["best"]
     print(f"best: batch {b['batch']} -> {b['tokens_per_sec']:,.0f} tokens/s on {res['device']} "
           f"({res['dtype']}, compile {res['compile']}; MFU {fmt_mfu(b['mfu_table'])}); largest batch "
-          "that fits "
-          f"{res['largest_batch']}; use --tokens_per_second {b['tokens_per_sec']:.0f}", flush=True)
+          f"that fits {res['largest_batch']}; use --tokens_per_second {b['tokens_per_sec']:.0f}",
+          flush=True)
     print(f"compute classes at train_batch_size {res['train_batch_size']} x seq_len {res['seq_len']}:",
           *(
         f"{c['hours']:3d}h: {c['tokens']:>16,} tokens  {c['steps']:>9,} steps" for c in res["classes"]),
