@@ -48,8 +48,7 @@ def steps_for_budget(hours: float, tokens_per_second: float, train_batch_size: i
                                 / (train_batch_size * seq_len), "step count"))
     if steps < 1:
         raise UserError(f"a {hours:g}h budget at {tokens_per_second:g} tokens/s is less than one step "
-                        "of "
-                        f"{train_batch_size} x {seq_len} tokens: raise --hours or lower the batch")
+                        f"of {train_batch_size} x {seq_len} tokens: raise --hours or lower the batch")
     return steps
 
 
