@@ -23,9 +23,8 @@ def main(argv: list[str]) -> int:
             data_dir = resolve_data_dir(cfg.data.dataset, cfg.data.data_root)
         except UserError:
             cfg.model.vocab_size, source = 50257, (f"assumed GPT-2 BPE: dataset {cfg.data.dataset!r} is "
-                                                   "not prepared "
-                                                   f"here; run `gptlab prepare {cfg.data.dataset}` for "
-                                                   "the exact figure")
+                                                   "not prepared here; run `gptlab prepare "
+                                                   f"{cfg.data.dataset}` for the exact figure")
         else:
             cfg.model.vocab_size, source = (int(read_meta(data_dir)["vocab_size"]),
                                             f"from {data_dir}/meta.json")
@@ -39,9 +38,8 @@ def main(argv: list[str]) -> int:
     with torch.no_grad():
         logits, loss = logits_and_loss(model, x, x)
     print(f"preset {cfg.preset}: {shape.n_layer} layers, {shape.n_head} heads x {shape.head_dim}, width "
-          f"{shape.n_embd}, "
-          f"mlp {shape.mlp_dim}, block {shape.block_size}, vocab {shape.vocab_size} (padded {padded}; "
-          f"{source})")
+          f"{shape.n_embd}, mlp {shape.mlp_dim}, block {shape.block_size}, vocab {shape.vocab_size} "
+          f"(padded {padded}; {source})")
     print(f"parameters: {registry.parameter_count(model):,}")
     fpt = registry.flops_per_token(model, shape.block_size)
     print(f"FLOPs per token ({registry.flops_note(model)}, T={shape.block_size}): {fpt:,.0f}")
