@@ -28,8 +28,7 @@ def _help(rest: list[str], trust_code: bool) -> int:
     if shown and not is_builtin(shown.model.model) and (trust_code or not _names_a_run(rest)):
         registry.resolve_model(shown.model)  # the idea's own keys, with their defaults
     print("usage: gptlab train [PRESET | CONFIG.toml | nanoGPT_config.py | RUN/config.json] "
-          "[--key=value ...]"
-          " [--model FILE.py:Class] [--trust_code] [--smoke] [--nproc_per_node N]\n")
+          "[--key=value ...] [--model FILE.py:Class] [--trust_code] [--smoke] [--nproc_per_node N]\n")
     print(help_text(shown))
     return 0
 
@@ -58,8 +57,8 @@ def main(argv: list[str]) -> int:
     cfg = config_from_argv(rest)
     if _names_a_run(rest) and not is_builtin(cfg.model.model) and not trust_code:
         raise UserError(f"{rest[0]} names the model idea {cfg.model.model.rsplit(':', 1)[0]}: gptlab "
-                        "runs code "
-                        "named by a run's config only with --trust_code; read it, then add --trust_code")
+                        "runs code named by a run's config only with --trust_code; read it, then add "
+                        "--trust_code")
     check_run_config(cfg, world)
     worker_argv = [*rest, "--trust_code"] if trust_code else rest
     if options:  # the workers start here, through PyTorch's elastic launcher
