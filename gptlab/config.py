@@ -81,9 +81,8 @@ BUILTIN_OPTIMIZERS = ("adamw", "adam", "muon")
 @dataclass
 class OptimConfig:
     optimizer: str = _f("adamw", "adamw (decoupled decay on >=2-D weights), adam (no decay), muon "
-                                 "(torch.optim.Muon on the "
-                        "block matrices, AdamW elsewhere), or an idea: path/opt.py:function | "
-                        "module:function")
+                        "(torch.optim.Muon on the block matrices, AdamW elsewhere), or an idea: "
+                        "path/opt.py:function | module:function")
     optimizer_sha256: str = _f("", "set by gptlab: sha256 of an optimiser idea's file (a changed file "
                                    "is refused on --resume)")
     learning_rate: float = _f(6e-4, "peak learning rate", ("max_lr", "lr"))
@@ -224,8 +223,7 @@ def option_values(values: Any) -> dict[str, Any]:
     if not isinstance(values, dict) or not all(
             isinstance(k, str) and isinstance(v, (bool, int, float, str)) for k, v in values.items()):
         raise UserError(f"config: model.{OPTIONS} must map option names to numbers, booleans or "
-                        "strings, "
-                        f"got {values!r}: restore the run's config.json")
+                        f"strings, got {values!r}: restore the run's config.json")
     return dict(values)
 
 
