@@ -48,8 +48,7 @@ def validate(cfg: Config) -> None:
     # far past the cores torch's thread pool crashes rather than slows
     if cfg.system.num_threads > 4 * cores:
         raise UserError(f"--num_threads {cfg.system.num_threads} is far more than this machine's "
-                        f"{cores} cores: "
-                        f"use at most {cores}, or 0 for torch's default")
+                        f"{cores} cores: use at most {cores}, or 0 for torch's default")
     if t.compute_class and not t.tokens_per_second:
         raise UserError("--compute_class needs --tokens_per_second (the config's reference throughput)")
     if t.compute_class:
@@ -72,8 +71,8 @@ def check_optimizer_spec(spec: str) -> None:
         close = difflib.get_close_matches(spec, BUILTIN_OPTIMIZERS, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
         raise UserError(f"--optimizer {spec!r}: {hint}use {', '.join(BUILTIN_OPTIMIZERS)}, "
-                        "path/to/opt.py:function "
-                        "or package.module:function (a function (model, config) -> optimiser)")
+                        "path/to/opt.py:function or package.module:function (a function (model, config) "
+                        "-> optimiser)")
 
 
 def check_device_name(name: str) -> None:
@@ -95,9 +94,8 @@ def check_device(name: str) -> None:
             build = ("a CPU-only build" if torch.version.cuda is None
                      else f"built for CUDA {torch.version.cuda}")
             raise UserError(f"--device {name}: no CUDA GPU is usable here (torch {torch.__version__} is "
-                            f"{build}): use --device "
-                            "cpu, or install a CUDA build of torch (pip install torch --index-url "
-                            "https://download.pytorch.org/whl/cu124)")
+                            f"{build}): use --device cpu, or install a CUDA build of torch (pip install "
+                            "torch --index-url https://download.pytorch.org/whl/cu124)")
         n = torch.cuda.device_count()
         if ":" in name and int(name.split(":")[1]) >= n:
             raise UserError(f"--device {name}: this machine has {n} GPU(s), numbered 0..{n - 1}: use "
