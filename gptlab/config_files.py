@@ -62,13 +62,11 @@ def load_py_config(path: str | Path) -> dict[str, Any]:
             # only names things: nanoGPT's 'ft-' + str(time.time()) is dropped, not refused
             elif key == "wandb_run":
                 print(f"note: {p}:{assignment.line}: {name} is computed, not a literal; ignored (the "
-                      "run folder's "
-                      "name is used)", file=sys.stderr)
+                      "run folder's name is used)", file=sys.stderr)
             else:
                 raise UserError(f"{p}:{assignment.line}: `{assignment.text}` is not a literal value: "
-                                "gptlab reads "
-                                "config files without running them; write the value itself, e.g. "
-                                f"{name} = 5 * 8")
+                                "gptlab reads config files without running them; write the value "
+                                f"itself, e.g. {name} = 5 * 8")
     return out
 
 
