@@ -65,8 +65,7 @@ def init(device_name: str = "auto") -> Dist:
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise UserError(f"local rank {local_rank} but this node has {torch.cuda.device_count()} "
-                            "GPU(s): "
-                            "set --nproc_per_node to at most the GPU count")
+                            "GPU(s): set --nproc_per_node to at most the GPU count")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
@@ -222,8 +221,7 @@ def _sharded_folder(run_dir, ref) -> Path:
     """The folder a checkpoint's "sharded" entry names, if gptlab could have written it (dcp_<8 digits>,
     a real folder in checkpoints/)."""
     bad = ("the checkpoint's 'sharded' entry {what}, so the checkpoint was not written by gptlab or was "
-           "edited: "
-           "resume from another checkpoint (delete the newer ckpt_*.pt) or retrain")
+           "edited: resume from another checkpoint (delete the newer ckpt_*.pt) or retrain")
     if not (isinstance(ref, dict) and isinstance(ref.get("name"),
                                                  str) and isinstance(ref.get("metadata_sha256"), str)):
         raise UserError(bad.format(what="is not {name, metadata_sha256}"))
@@ -251,8 +249,7 @@ def _verified_metadata(run_dir, ref):
     data = meta_path.read_bytes()
     if hashlib.sha256(data).hexdigest() != ref["metadata_sha256"]:
         raise UserError(f"sharded checkpoint {meta_path} does not match the hash its checkpoint "
-                        "recorded "
-                        "(changed or damaged): resume from another checkpoint")
+                        "recorded (changed or damaged): resume from another checkpoint")
 
     class Restricted(pickle.Unpickler):  # only the classes in _DCP_GLOBALS and torch dtypes
         def find_class(self, module, name):
@@ -305,8 +302,7 @@ def load_sharded(run_dir, ref, model: torch.nn.Module, optimizer) -> None:
         # DCP: the rank's error last
         last = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()[:160]
         raise UserError(f"sharded checkpoint {folder} cannot be loaded into this model ({last}): resume "
-                        "with the "
-                        "run's own config, or from an older checkpoint (delete the newer "
+                        "with the run's own config, or from an older checkpoint (delete the newer "
                         "ckpt_*.pt)") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optimizer"])
@@ -331,8 +327,7 @@ class StopAgreement:
             os._exit(128 + signum)
         self.signum = signum
         print(f"\nsignal {signal.Signals(signum).name}: finishing the current step and writing a "
-              "checkpoint "
-              "(send it again to exit at once)", file=sys.stderr, flush=True)
+              "checkpoint (send it again to exit at once)", file=sys.stderr, flush=True)
 
     def poll(self, state) -> str | None:
         """None, "signal" or "diverged". On a GPU the reduced flags reach the host in the background
