@@ -264,8 +264,8 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_siz
 
 def format_metrics(m: dict) -> str:
     parts = [f"loss {m['loss']:.4f}", f"ppl {m['ppl']:.3f}"]
-    parts += [f"{name} {m[k]:.4f}" for k,
-              name in (("normalised_ppl", "norm_ppl"), ("bpb", "bpb")) if k in m]
+    parts += [f"{name} {m[k]:.4f}" for k, name in (("normalised_ppl", "norm_ppl"),
+                                                   ("bpb", "bpb")) if k in m]
     parts += [f"acc1 {m['acc1']:.3f}", f"acc10 {m['acc10']:.3f}", f"tokens {m['eval_tokens']:,}"]
     return " | ".join(parts + [f"{k[5:]} {m[k]:,}" for k in ("eval_chars", "eval_bytes") if k in m])
 
@@ -311,10 +311,9 @@ def check_same_tokenizer(run_meta: dict | None, meta: dict, data_dir) -> None:
     if ([a.get(k) for k in keys] + [run_meta.get("vocab_size")]
             != [b.get(k) for k in keys] + [meta.get("vocab_size")]):
         raise UserError(f"{data_dir} was tokenized with a different tokenizer ({b.get('kind')}, vocab "
-                        f"{meta.get('vocab_size')}) "
-                        f"than the run ({a.get('kind')}, vocab {run_meta.get('vocab_size')}): evaluate "
-                        "on data prepared "
-                        "with the run's tokenizer")
+                        f"{meta.get('vocab_size')}) than the run ({a.get('kind')}, vocab "
+                        f"{run_meta.get('vocab_size')}): evaluate on data prepared with the run's "
+                        "tokenizer")
 
 
 def checkpoint_facts(path: Path, tokens_per_second: float) -> dict:
@@ -380,8 +379,7 @@ def main(argv: list[str]) -> int:
     tokens = tk.load_split(data_dir, a.eval_data_split, meta)
     if int(meta["vocab_size"]) > cfg.model.vocab_size:
         raise UserError(f"dataset vocab {meta['vocab_size']} is larger than the model's "
-                        f"{cfg.model.vocab_size}: "
-                        "evaluate on data prepared with the run's tokenizer")
+                        f"{cfg.model.vocab_size}: evaluate on data prepared with the run's tokenizer")
     tk.check_token_range(tokens, cfg.model.vocab_size)
     device = pick_device(a.device)
     model = run.build_model(device)  # a damaged checkpoint is reported before any counting
