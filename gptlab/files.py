@@ -102,8 +102,7 @@ def _read(path: Path, what: str, parse: Callable[[str], Any], bad: type,
             data = f.read(MAX_TEXT_FILE + 1)
         if len(data) > MAX_TEXT_FILE:
             raise UserError(f"{what} {path} is larger than {MAX_TEXT_FILE >> 20} MiB, more than such a "
-                            "file "
-                            "holds: check the path, or restore the file")
+                            "file holds: check the path, or restore the file")
         return parse(data.decode("utf-8"))
     except RecursionError:
         raise UserError(f"{what} {path} is nested too deeply to read: restore or rewrite it") from None
@@ -190,9 +189,8 @@ def _is_stale(holder: dict, lock: Path) -> bool:
 
 def _held_error(lock: Path, what: str, h: dict) -> UserError:
     return UserError(f"{what} {lock.parent} is in use by pid {h.get('pid', '?')} on "
-                     f"{h.get('host', '?')} since "
-                     f"{h.get('time', '?')}: wait for it to finish, or if that process is gone delete "
-                     f"{lock}")
+                     f"{h.get('host', '?')} since {h.get('time', '?')}: wait for it to finish, or if "
+                     f"that process is gone delete {lock}")
 
 
 def _try_create(lock: Path, content: str) -> bool:
@@ -310,8 +308,7 @@ def check_name(path, what: str) -> Path:
     long = next((p for p in Path(text).parts if len(p.encode("utf-8")) > NAME_MAX), None)
     if long is not None:
         raise UserError(f"{what}: the name {long[:24]}... is {len(long.encode('utf-8'))} bytes long, "
-                        "more than "
-                        f"a file name may be ({NAME_MAX}): choose a shorter name")
+                        f"more than a file name may be ({NAME_MAX}): choose a shorter name")
     if len(raw) > PATH_MAX:
         raise UserError(f"{what} is {len(raw)} bytes long, more than a path may be: choose a shorter "
                         "path")
@@ -345,8 +342,8 @@ def made_by(path: Path, tag: str) -> bool:
         # a FIFO or a device is nobody's output (and may block)
         if not stat.S_ISREG(os.lstat(path).st_mode):
             return False
-        with open(path, "rb", opener=lambda p,
-                  flags: os.open(p, flags | os.O_NOFOLLOW | os.O_NONBLOCK)) as f:
+        with open(path, "rb",
+                  opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW | os.O_NONBLOCK)) as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(_MADE_BY_SPAN)
             f.seek(max(0, size - _MADE_BY_SPAN))
@@ -377,8 +374,7 @@ def check_output_file(path, what: str, tag: str | None, make_parents: bool = Fal
         raise UserError(f"{what} {_shown(path)} is a folder: give a file path")
     if path.exists() and (tag is None or not made_by(path, tag)):
         raise UserError(f"{what} {_shown(path)} exists and was not written by this gptlab command: "
-                        "gptlab "
-                        "replaces only its own files; choose a new file name")
+                        "gptlab replaces only its own files; choose a new file name")
     inside = enclosing_folder(path)
     if inside is not None:
         kind, folder = inside
@@ -432,5 +428,4 @@ def reject_symlinks(folder: Path, names, what: str) -> None:
     for name in names:
         if (Path(folder) / name).is_symlink():
             raise UserError(f"{what}: {_shown(Path(folder) / name)} is a symbolic link, so gptlab would "
-                            "write "
-                            "outside the folder: replace it with the real file or start a new run")
+                            "write outside the folder: replace it with the real file or start a new run")
