@@ -87,8 +87,7 @@ def parse_spec(text: str, builtins: dict[str, Any] | tuple[str, ...], flag: str 
         close = difflib.get_close_matches(text.lower(), list(builtins), n=1)
         hint = f"did you mean {flag} {close[0]}? " if close else ""
         raise UserError(f"{flag} {text!r} is neither built in ({', '.join(builtins)}) nor a file or "
-                        "module: "
-                        f"{hint}{forms}")
+                        f"module: {hint}{forms}")
     if not _IDENTIFIER.fullmatch(name):
         raise UserError(f"{flag} {text}: {name!r} after the last ':' is not a Python name: {forms}")
     if target.endswith(".py") or "/" in target or "\\" in target:
@@ -132,8 +131,7 @@ def load_idea(text: str, builtins: dict[str, type]) -> Idea:
     cls, spec = loaded.obj, loaded.spec
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise UserError(f"--model {spec.text}: {spec.class_name} is {type(cls).__name__}, not a "
-                        "torch.nn.Module "
-                        "subclass: name the model's class")
+                        "torch.nn.Module subclass: name the model's class")
     if spec.kind != "builtin":
         _check_contract(cls, spec.text)
     return Idea(spec, cls, loaded.source, loaded.sha256, declared_options(cls, spec.text), loaded.code)
@@ -252,8 +250,7 @@ def resume_changed_message(path: str, recorded: str, now: str) -> str:
     """--resume of a run whose idea file no longer has the sha256 its config.json records."""
     return (f"--resume: {path} has changed since the run started (sha256 {recorded[:12]}... in its "
             f"config.json, {now[:12]}... now): restore the idea's file, or train the new version as a "
-            "new "
-            "run (drop --resume)")
+            "new run (drop --resume)")
 
 
 def file_sha256(spec_text: str) -> str | None:
