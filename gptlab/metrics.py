@@ -150,13 +150,10 @@ class TrainMetrics:
     def header(self, cfg, run_dir) -> str:
         t = cfg.train
         return (f"run: {run_dir}\nmodel: {parameter_count(self.raw):,} parameters, {self.fpt / 1e9:.3f} "
-                f"GFLOPs/token{self.fpt_note} | "
-                f"device {self.device_name} | dtype {cfg.system.dtype} | compile {cfg.system.compile} | "
-                "world "
-                f"{self.d.world_size} | batch {t.train_batch_size} = {self.d.world_size} ranks x "
-                f"{t.batch_size} x "
-                f"{t.gradient_accumulation_steps} accum | seq {cfg.model.block_size} | "
-                f"{self.tokens_per_step:,} tokens/step")
+                f"GFLOPs/token{self.fpt_note} | device {self.device_name} | dtype {cfg.system.dtype} | "
+                f"compile {cfg.system.compile} | world {self.d.world_size} | batch {t.train_batch_size} "
+                f"= {self.d.world_size} ranks x {t.batch_size} x {t.gradient_accumulation_steps} accum "
+                f"| seq {cfg.model.block_size} | {self.tokens_per_step:,} tokens/step")
 
     def record(self, state, out, lr: float, waited: float) -> None:
         end = state.step == self.cfg.train.max_iters
@@ -194,8 +191,8 @@ class TrainMetrics:
         eta = f" | elapsed {_hms(self.clock.now())} | ETA {_hms(self.rate.eta(total - step))}" \
             if step < total else ""
         return (f"step {step}/{total} | loss {v['loss']:.4f} | lr {v['lr']:.2e} | "
-                f"{v['ms_per_step']:.1f} ms/step | "
-                f"{v['tokens_per_sec']:,.0f} tok/s | MFU {fmt_mfu(v['mfu'])}{mem}{eta}")
+                f"{v['ms_per_step']:.1f} ms/step | {v['tokens_per_sec']:,.0f} tok/s | MFU "
+                f"{fmt_mfu(v['mfu'])}{mem}{eta}")
 
     def weights_before(self, step: int) -> dict | None:
         """A copy of the weights before `step` when it logs grads statistics (rank 0; not under FSDP2,
