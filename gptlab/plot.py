@@ -37,8 +37,8 @@ def read_metrics(run: str | Path) -> list[dict[str, Any]]:
         raise UserError(f"no metrics file at {str(path)!r}: pass a run folder written by `gptlab train`")
     records: list[dict[str, Any]] = []
     bad: list[int] = []
-    lines = [(n, line) for n,
-             line in enumerate(path.read_text("utf-8", errors="replace").split("\n"), 1) if line.strip()]
+    lines = [(n, line) for n, line in enumerate(path.read_text("utf-8", errors="replace").split("\n"),
+                                                1) if line.strip()]
     for lineno, line in lines:
         try:
             rec = json.loads(line)
@@ -84,8 +84,8 @@ def short_labels(runs: list[str | Path]) -> list[str]:
     # A legend wider than the chart is unreadable, and a cut one hides what tells runs apart: wrap.
     out = [wrap_label(lab) for lab in labels]
     # Identical labels (the same run twice) get numbered.
-    return [f"{lab} #{out[:i].count(lab) + 1}" if out.count(lab) > 1 else lab for i,
-            lab in enumerate(out)]
+    return [f"{lab} #{out[:i].count(lab) + 1}" if out.count(lab) > 1 else lab
+            for i, lab in enumerate(out)]
 
 
 def _x_value(rec: dict, x: str, tokens_per_second: float | None, run: str | Path) -> float:
@@ -94,9 +94,8 @@ def _x_value(rec: dict, x: str, tokens_per_second: float | None, run: str | Path
     v = rec.get(key)
     if v is None and key == "accel_hours":
         raise UserError(f"run {str(run)!r} has no accelerator-hours (trained without "
-                        "--tokens_per_second): "
-                        "pass --tokens_per_second T to compute them, or plot with --x steps or --x "
-                        "tokens")
+                        "--tokens_per_second): pass --tokens_per_second T to compute them, or plot "
+                        "with --x steps or --x tokens")
     if v is None:
         raise UserError(f"{metrics_path(run)}: records lack {key!r}: plot with --x steps")
     return v if key == X_KEYS[x] else v / tokens_per_second / 3600
