@@ -41,8 +41,7 @@ def prepare_command(dataset: str, data_root: str) -> str:
         if OPENBOOKS_DEFAULT.is_dir():
             return f"gptlab prepare openbooks --out {target}"
         return (f"gptlab prepare books --input {BOOKS_INPUT} --out {target} ({BOOKS_INPUT}: Languini's "
-                "books, "
-                "with train/ and test/ subfolders)")
+                "books, with train/ and test/ subfolders)")
     return f"gptlab prepare text --input YOUR_TEXT_FILE --out {target}"
 
 
@@ -68,8 +67,7 @@ def split_problems(cfg, data_dir: Path, meta: dict) -> list[str]:
         pick = (held_out or names)[0] if flag == "val_split" else ("train" if "train" in names
                                                                    else names[0])
         problems.append(f"--{flag} {name!r}: dataset {data_dir} has no such split (has: "
-                        f"{', '.join(names)}): "
-                        f"pass --{flag} {pick}")
+                        f"{', '.join(names)}): pass --{flag} {pick}")
     return problems
 
 
@@ -93,9 +91,9 @@ def stream_problem(cfg, data_dir: Path, meta: dict, world_size: int) -> str | No
     if int(doc_rows.lengths.min()) >= 2:
         return None
     return (f"split {split!r} of {data_dir} has {doc_rows.n_docs:,} document(s), too few for {rows} "
-            "document "
-            f"streams (one per sequence of the batch, --train_batch_size {rows}): pass --sampler random "
-            f"(windows from anywhere in the text), or use data with at least {rows} documents")
+            f"document streams (one per sequence of the batch, --train_batch_size {rows}): pass "
+            f"--sampler random (windows from anywhere in the text), or use data with at least {rows} "
+            "documents")
 
 
 def config_problems(cfg, world_size: int) -> list[str]:
