@@ -70,8 +70,7 @@ def parse(text: str, where: str, limits: Limits = LIMITS) -> ast.Module:
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > limits.source_bytes:
         raise UserError(f"{where} is {size:,} bytes, more than a config file may be "
-                        f"({limits.source_bytes:,}): "
-                        "a nanoGPT config is a few lines of `key = value`")
+                        f"({limits.source_bytes:,}): a nanoGPT config is a few lines of `key = value`")
     _check_tokens(text, where, limits)
     try:
         tree = ast.parse(text, filename=where)
@@ -92,17 +91,14 @@ def _check_tokens(text: str, where: str, limits: Limits) -> None:
         for count, token in enumerate(tokenize.generate_tokens(io.StringIO(text).readline), 1):
             if count > limits.tokens:
                 raise UserError(f"{where} holds more than {limits.tokens:,} tokens, more than a config "
-                                "file may: "
-                                "write each value itself")
+                                "file may: write each value itself")
             if token.type == tokenize.NUMBER and len(token.string) > digits:
                 raise UserError(f"{where}:{token.start[0]}: a number of {len(token.string):,} digits, "
-                                "more than a "
-                                f"config file may hold ({digits:,}): write a smaller value")
+                                f"more than a config file may hold ({digits:,}): write a smaller value")
             if token.type == tokenize.STRING and len(token.string) > limits.text_length + 8:
                 raise UserError(f"{where}:{token.start[0]}: a text of {len(token.string):,} characters, "
-                                "more than "
-                                f"a config file may hold ({limits.text_length:,}): write a shorter "
-                                "value")
+                                f"more than a config file may hold ({limits.text_length:,}): write a "
+                                "shorter value")
     except (tokenize.TokenError, SyntaxError):
         pass  # ast.parse names the line
 
@@ -201,9 +197,7 @@ class Evaluator:
         limit = self.limits.text_length if isinstance(sample, (str, bytes)) else self.limits.list_length
         if length > limit:
             raise self.refuse(f"a {'text' if limit == self.limits.text_length else 'list'} of "
-                              f"{length:,} "
-                              f"{'characters' if isinstance(sample, (str, bytes)) else 'items'} (more "
-                              f"than {limit:,})")
+                              f"{length:,} {'characters' if isinstance(sample, (str, bytes)) else 'items'} (more than {limit:,})")
 
     def predict_number(self, op: type, left: Any, right: Any) -> None:
         """Integer results are sized from their operands' bits before they are computed."""
