@@ -58,8 +58,8 @@ def build_model(model_config: ModelConfig, idea: ideas.Idea | None = None) -> nn
         model.config = config  # gptlab reads config.vocab_size and config.block_size
     elif not (hasattr(own, "vocab_size") and hasattr(own, "block_size")):
         raise UserError(f"{idea.name}: self.config must be the config the constructor received (gptlab "
-                        "reads "
-                        "its vocab_size and block_size): store your own settings under another name")
+                        "reads its vocab_size and block_size): store your own settings under another "
+                        "name")
     return model
 
 
