@@ -53,22 +53,20 @@ def resolve_batch(cfg: Config, world_size: int) -> BatchSplit:
     if t.train_batch_size > 0:
         if t.train_batch_size % (world_size * accum):
             raise UserError(f"--train_batch_size {t.train_batch_size} is not divisible by world_size "
-                            f"{world_size} x "
-                            f"gradient_accumulation_steps {accum}: pick a multiple of "
+                            f"{world_size} x gradient_accumulation_steps {accum}: pick a multiple of "
                             f"{world_size * accum}")
         micro = t.train_batch_size // (world_size * accum)
         if t.batch_size and t.batch_size != micro:
             raise UserError(f"--batch_size {t.batch_size} disagrees with --train_batch_size "
-                            f"{t.train_batch_size} "
-                            f"/ {world_size} ranks / {accum} accumulation = {micro}: set only one")
+                            f"{t.train_batch_size} / {world_size} ranks / {accum} accumulation = "
+                            f"{micro}: set only one")
         return BatchSplit(micro, accum, t.train_batch_size)
     if accum == 1:
         return BatchSplit(t.batch_size, 1, t.batch_size * world_size)
     if accum % world_size:
         raise UserError(f"--gradient_accumulation_steps {accum} is the global count (nanoGPT's meaning) "
-                        "and does not "
-                        f"divide over {world_size} ranks: use a multiple of {world_size}, or set "
-                        "--train_batch_size")
+                        f"and does not divide over {world_size} ranks: use a multiple of {world_size}, "
+                        "or set --train_batch_size")
     return BatchSplit(t.batch_size, accum // world_size, t.batch_size * accum)
 
 
@@ -137,8 +135,7 @@ def run_dir(cfg: Config, world_size: int = 1) -> Path:
     if len(name.encode("utf-8")) > NAME_MAX:
         flag = "--name" if cfg.log.name else "--comment (part of the run's encoded name)"
         raise UserError(f"{flag} gives a folder name of {len(name.encode('utf-8'))} bytes, more than a "
-                        "file "
-                        f"name may be ({NAME_MAX}): choose a shorter {flag.split()[0]}")
+                        f"file name may be ({NAME_MAX}): choose a shorter {flag.split()[0]}")
     rel, cc = Path(cfg.log.relative_log_path), cfg.train.compute_class
     if rel.is_absolute() or ".." in rel.parts:
         raise UserError(f"--relative_log_path {cfg.log.relative_log_path!r} must stay under --log_root: "
@@ -183,8 +180,7 @@ def resolve(cfg: Config, *, world_size: int, device, data_meta: dict | None,
                                                      old_o.optimizer_sha256, o.optimizer_sha256))
     if m.options != old_m.options:
         raise UserError(f"the idea's options {m.options} differ from {old_m.options} in the run's "
-                        "config.json: "
-                        "a resumed run keeps its config; drop the changed --key value")
+                        "config.json: a resumed run keeps its config; drop the changed --key value")
     for k in FIELD_INFO:
         v, old = out.get(k), resume_config.get(k)
         if v != old and k not in RESUME_MAY_CHANGE:
@@ -265,8 +261,6 @@ def check_memory(cfg: Config, weights_only: bool = False) -> None:
                      for i in range(torch.cuda.device_count()))
     if need > avail:
         raise UserError(f"this model needs at least {need / 2**30:,.0f} GiB (n_layer {m.n_layer}, "
-                        "n_embd "
-                        f"{width}, vocab_size {m.vocab_size}, block_size {m.block_size}, batch {micro}) "
-                        "but this machine "
-                        f"has {avail / 2**30:,.0f} GiB: reduce --vocab_size, --block_size, --batch_size "
-                        "or the model size")
+                        f"n_embd {width}, vocab_size {m.vocab_size}, block_size {m.block_size}, batch "
+                        f"{micro}) but this machine has {avail / 2**30:,.0f} GiB: reduce --vocab_size, "
+                        "--block_size, --batch_size or the model size")
