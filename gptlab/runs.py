@@ -53,12 +53,10 @@ def _check_place(path: Path, overwrite: bool) -> None:
     if path.exists() and (path.resolve() == here or path.resolve() in here.parents):
         if not _is_run(path):
             raise UserError(f"--out_dir {str(path)!r} is the current folder (or holds it), not a run "
-                            "folder: "
-                            "choose a new folder such as --out_dir out/myrun")
+                            "folder: choose a new folder such as --out_dir out/myrun")
         if overwrite:
             raise UserError(f"--overwrite would move {str(path)!r} aside while you are in it: run from "
-                            "another "
-                            "folder or choose another --out_dir")
+                            "another folder or choose another --out_dir")
 
 
 def _check_contents(path: Path, resume: bool, overwrite: bool) -> None:
@@ -66,19 +64,17 @@ def _check_contents(path: Path, resume: bool, overwrite: bool) -> None:
     if not _has_contents(path):
         if resume:
             raise UserError(f"--resume: run folder {str(path)!r} is missing or empty, so there is "
-                            "nothing to "
-                            "continue: drop --resume to start a new run")
+                            "nothing to continue: drop --resume to start a new run")
         return
     if not _is_run(path):
         raise UserError(f"{str(path)!r} is not empty and is not a run folder (no {CONFIG_FILE}, "
-                        f"{CHECKPOINT_DIR}/ "
-                        f"or {METRICS_FILE}): gptlab leaves it alone; choose a new or empty --out_dir")
+                        f"{CHECKPOINT_DIR}/ or {METRICS_FILE}): gptlab leaves it alone; choose a new or "
+                        "empty --out_dir")
     if resume:
         if not list_checkpoints(path):
             raise UserError(f"--resume: run folder {str(path)!r} has no checkpoint (it stopped before "
-                            "its first "
-                            "save): pass --overwrite instead of --resume to move it aside and start "
-                            "afresh")
+                            "its first save): pass --overwrite instead of --resume to move it aside and "
+                            "start afresh")
     elif not overwrite:
         raise UserError(f"run folder {str(path)!r} exists: pass --resume to continue it or --overwrite "
                         "to move it aside")
@@ -92,8 +88,7 @@ def _check_not_inside(path: Path, flag: str, source, overwrite: bool) -> None:
         src, here = Path(source).resolve(), path.resolve()
         if src == here or here in src.parents:
             raise UserError(f"{flag} {source} lies in --out_dir {path}, which --overwrite would move "
-                            "aside: "
-                            f"choose another --out_dir (nothing was moved)")
+                            f"aside: choose another --out_dir (nothing was moved)")
 
 
 def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = False,
@@ -207,12 +202,10 @@ class Run:
         where = self.idea_spec().rsplit(":", 1)[0]
         if not self.trust_code:
             raise UserError(f"run {self.dir} carries code ({where}): gptlab runs it only with "
-                            "--trust_code; "
-                            "read it, then pass --trust_code")
+                            "--trust_code; read it, then pass --trust_code")
         if spec.kind == "file" and not Path(where).is_file():
             raise UserError(f"run {self.dir} names the idea {spec.text} but holds no copy of it "
-                            f"({where}): "
-                            "the run folder is incomplete")
+                            f"({where}): the run folder is incomplete")
         return load_spec(self.idea_spec())
 
     def data_dir(self) -> Path:
@@ -226,9 +219,8 @@ class Run:
             if (cand / "meta.json").is_file():
                 return cand
         raise UserError(f"dataset {d.dataset!r} of run {self.dir} not found (data_root "
-                        f"{d.data_root!r}): "
-                        f"prepare it again with `gptlab prepare {Path(d.dataset).name}` or pass "
-                        "--dataset/--data_root")
+                        f"{d.data_root!r}): prepare it again with `gptlab prepare "
+                        f"{Path(d.dataset).name}` or pass --dataset/--data_root")
 
 
 def idea_copy(spec: ideas.Spec) -> Path:
@@ -244,8 +236,7 @@ def record_optimizer(run_dir: Path, loaded: ideas.Loaded | None) -> None:
     target = run_dir / IDEA_DIR / f"optimizer_{loaded.source.name}"
     if target.parent.is_symlink() or (target.parent.exists() and not target.parent.is_dir()):
         raise UserError(f"{target.parent} is not a folder gptlab made (a link or a file): move it out "
-                        "of the run "
-                        "folder, then run the command again")
+                        "of the run folder, then run the command again")
     target.parent.mkdir(exist_ok=True)
     atomic_write_bytes(target, loaded.code)
 
@@ -257,8 +248,7 @@ def record_idea(run_dir: Path, idea: ideas.Idea) -> None:
     target = run_dir / idea_copy(idea.spec)
     if target.parent.is_symlink() or (target.parent.exists() and not target.parent.is_dir()):
         raise UserError(f"{target.parent} is not a folder gptlab made (a link or a file): move it out "
-                        "of the run "
-                        "folder, then run the command again")
+                        "of the run folder, then run the command again")
     target.parent.mkdir(exist_ok=True)
     # a rename: a link at the file's own place is replaced, not followed
     atomic_write_bytes(target, idea.code)
@@ -275,8 +265,7 @@ def load_run(path: str | Path, config_file: str | Path | None = None, trust_code
         ckpt_file, p = p, p.absolute().parent.parent
         if config_file is None and not (p / CONFIG_FILE).is_file():
             raise UserError(f"checkpoint {path} is not inside a run's {CHECKPOINT_DIR}/ folder: pass "
-                            "the run folder, "
-                            f"or the run's config with --config_file")
+                            f"the run folder, or the run's config with --config_file")
     elif not p.is_dir():
         raise UserError(f"run {str(path)!r} not found: pass a run folder written by `gptlab train` or a "
                         "checkpoint file")
