@@ -62,8 +62,8 @@ def read_start(start: str) -> str:
             data = f.read(MAX_PROMPT_BYTES + 1)
         if len(data) > MAX_PROMPT_BYTES:
             raise UserError(f"--start FILE:{path} holds more than {MAX_PROMPT_BYTES:,} bytes, the most "
-                            "a prompt may "
-                            "be (the model sees only its last block_size tokens): give a shorter file")
+                            "a prompt may be (the model sees only its last block_size tokens): give a "
+                            "shorter file")
         return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"--start FILE:{path}: cannot read it as UTF-8 text "
@@ -106,9 +106,8 @@ def open_model(a, device: torch.device):
         return model, tokenizer_from_meta(read_json(meta, "the export's tokenizer meta"), Path(src)), src
     if model.config.vocab_size != GPT2Tokenizer.vocab_size:
         raise UserError(f"{src} has a vocabulary of {model.config.vocab_size}, not GPT-2's "
-                        f"{GPT2Tokenizer.vocab_size}, "
-                        "and no data_meta.json naming its tokenizer: export it again with `gptlab "
-                        "export`")
+                        f"{GPT2Tokenizer.vocab_size}, and no data_meta.json naming its tokenizer: "
+                        "export it again with `gptlab export`")
     return model, GPT2Tokenizer(), src
 
 
@@ -117,8 +116,8 @@ def main(argv: list[str]) -> int:
     # Argument ranges, before any model is loaded.
     if not (0 < a.num_samples <= MAX_SAMPLES and 0 < a.max_new_tokens <= MAX_NEW_TOKENS):
         raise UserError(f"--num_samples must be in 1..{MAX_SAMPLES:,} and --max_new_tokens in "
-                        f"1..{MAX_NEW_TOKENS:,} "
-                        f"(got {a.num_samples} and {a.max_new_tokens}): ask for fewer")
+                        f"1..{MAX_NEW_TOKENS:,} (got {a.num_samples} and {a.max_new_tokens}): ask for "
+                        "fewer")
     if not 0 <= a.temperature < float("inf"):  # also refuses nan
         raise UserError(f"--temperature {a.temperature} must be a finite number >= 0 (0 = greedy; 0.8 "
                         "is usual)")
