@@ -67,8 +67,8 @@ def _sdpa_ctx(name: str):
 
     backend = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION",
                "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
-    return sdpa_kernel([getattr(SDPBackend,
-                                backend[name])]) if name in backend else contextlib.nullcontext()
+    return (sdpa_kernel([getattr(SDPBackend, backend[name])]) if name in backend
+            else contextlib.nullcontext())
 
 
 def _build_for_timing(make_model, cfg, device, dtype):
