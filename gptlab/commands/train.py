@@ -47,8 +47,8 @@ def main(argv: list[str]) -> int:
         return _help(rest, trust_code)
     smoke, rest = take_smoke_flag(rest)
     launch_flags, rest = split_launch_flags(rest)
-    options = parse_launch(launch_flags,
-                           config_from_argv(rest, check=False).system.device) if launch_flags else None
+    options = (parse_launch(launch_flags, config_from_argv(rest, check=False).system.device)
+               if launch_flags else None)
     # under torchrun: its world
     world = options.world_size if options else int(os.environ.get("WORLD_SIZE", "1"))
     if smoke:  # the preset shrunk; what the user passed after it still wins
