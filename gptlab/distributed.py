@@ -265,8 +265,8 @@ def _verified_metadata(run_dir, ref):
         raise UserError(f"sharded checkpoint metadata {meta_path} is not DCP metadata written by gptlab "
                         f"({str(e)[:120]}): it was not read; resume from another checkpoint") from None
     storage = getattr(md, "storage_data", None) if isinstance(md, Metadata) else None
-    files = {getattr(s, "relative_path", None) for s in storage.values()} if isinstance(storage,
-                                                                                        dict) else {None}
+    files = ({getattr(s, "relative_path", None) for s in storage.values()}
+             if isinstance(storage, dict) else {None})
     if any(not isinstance(f, str) or not re.fullmatch(r"[A-Za-z0-9_.]+",
                                                       f) or f.startswith(".") for f in files):
         raise UserError(f"sharded checkpoint metadata {meta_path} names files outside its folder: "
