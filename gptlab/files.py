@@ -235,8 +235,8 @@ def folder_lock(path: Path, what: str = "folder") -> Iterator[Path]:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise write_error(folder,
-                          e) or UserError(f"cannot create {what} {folder}: {e.strerror}") from None
+        raise (write_error(folder, e)
+               or UserError(f"cannot create {what} {folder}: {e.strerror}")) from None
     lock = folder / LOCK_FILE
     me = {"pid": os.getpid(), "host": socket.gethostname(),
           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "token": secrets.token_hex(8)}
