@@ -43,8 +43,8 @@ def chunkable(model: torch.nn.Module) -> bool:
     """Can the chunked loss run through this (unwrapped) model's output layer: a bias-free nn.Linear
     `lm_head` (the GPT's; an idea's if it has one) whose weight is not sharded (FSDP2's DTensor)?"""
     head = getattr(model, "lm_head", None)
-    return isinstance(head,
-                      torch.nn.Linear) and head.bias is None and type(head.weight).__name__ != "DTensor"
+    return (isinstance(head, torch.nn.Linear) and head.bias is None
+            and type(head.weight).__name__ != "DTensor")
 
 
 def lm_loss(model, idx: torch.Tensor, targets: torch.Tensor, ce_chunk: int = 0) -> torch.Tensor:
