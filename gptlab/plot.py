@@ -74,8 +74,8 @@ def wrap_label(label: str, width: int = _LABEL_MAX) -> str:
 def short_labels(runs: list[str | Path]) -> list[str]:
     """Legend labels: the `_`-joined parts of the run names (and class/preset folders) that
     differ between the runs; shared hyperparameters say nothing in a legend."""
-    folders = [(p.parent if p.name == METRICS_FILE or p.is_file() else p).resolve() for p in map(Path,
-                                                                                                 runs)]
+    folders = [(p.parent if p.name == METRICS_FILE or p.is_file() else p).resolve()
+               for p in map(Path, runs)]
     tokens = [[t for t in [f.parent.parent.name, f.parent.name,
                            *f.name.split("_")] if t] for f in folders]
     common = set(tokens[0]).intersection(*map(set, tokens[1:])) if len(runs) > 1 else set()
