@@ -151,8 +151,8 @@ class Evaluator:
         """The value of an expression node; _NotLiteral for anything else (nothing is called or run)."""
         self.line = getattr(node, "lineno", self.line)
         self.charge(1)
-        if isinstance(node, ast.Constant) and isinstance(node.value,
-                                                         (int, float, str, bytes, bool, type(None))):
+        if (isinstance(node, ast.Constant)
+                and isinstance(node.value, (int, float, str, bytes, bool, type(None)))):
             return self.check_size(node.value)
         if isinstance(node, ast.Name) and node.id in known:
             return known[node.id]
@@ -196,8 +196,8 @@ class Evaluator:
     def predict_length(self, sample: Any, length: int) -> None:
         limit = self.limits.text_length if isinstance(sample, (str, bytes)) else self.limits.list_length
         if length > limit:
-            raise self.refuse(f"a {'text' if limit == self.limits.text_length else 'list'} of "
-                              f"{length:,} {'characters' if isinstance(sample, (str, bytes)) else 'items'} "
+            raise self.refuse(f"a {'text' if limit == self.limits.text_length else 'list'} of {length:,} "
+                              f"{'characters' if isinstance(sample, (str, bytes)) else 'items'} "
                               f"(more than {limit:,})")
 
     def predict_number(self, op: type, left: Any, right: Any) -> None:
