@@ -78,9 +78,8 @@ class RunLogger:
         rec = {"kind": kind, "step": step, "tokens": tokens,
                "accel_hours": tokens / tps / 3600.0 if tps else None,
                "time_s": round(time.time() - self.t0, 3)}
-        rec.update({k: (None if isinstance(v,
-                                           float) and not math.isfinite(v) else v)
-                                           for k, v in values.items()})
+        rec.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                    for k, v in values.items()})
         self.jsonl.write(json.dumps(rec) + "\n")
         self.jsonl.flush()
         # eval records by split (eval/val, eval/train): never the training loss's train/ tags
@@ -96,9 +95,8 @@ class RunLogger:
                             self.tb.add_scalar(f"{prefix}/loss_vs_accel_seconds", v,
                                                int(rec["accel_hours"] * 3600))
         if self.wandb is not None:
-            self.wandb.log({f"{prefix}/{k}": v for k, v in values.items() if isinstance(v,
-                                                                                        (int, float))} |
-                           {"tokens": tokens}, step=step)
+            self.wandb.log({f"{prefix}/{k}": v for k, v in values.items()
+                            if isinstance(v, (int, float))} | {"tokens": tokens}, step=step)
 
     def close(self) -> None:
         for sink in (self.bar, self.jsonl, self.tb):
