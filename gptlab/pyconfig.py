@@ -196,9 +196,9 @@ class Evaluator:
     def predict_length(self, sample: Any, length: int) -> None:
         limit = self.limits.text_length if isinstance(sample, (str, bytes)) else self.limits.list_length
         if length > limit:
-            raise self.refuse(f"a {'text' if limit == self.limits.text_length else 'list'} of "
-                              f"{length:,} {'characters' if isinstance(sample, (str, bytes)) else 'items'}"
-                              f" (more than {limit:,})")
+            raise self.refuse(
+                f"a {'text' if limit == self.limits.text_length else 'list'} of {length:,} "
+                f"{'characters' if isinstance(sample, (str, bytes)) else 'items'} (more than {limit:,})")
 
     def predict_number(self, op: type, left: Any, right: Any) -> None:
         """Integer results are sized from their operands' bits before they are computed."""
