@@ -469,8 +469,7 @@ def throughput_main(argv: list[str]) -> int:
           f"that fits {res['largest_batch']}; use --tokens_per_second {b['tokens_per_sec']:.0f}",
           flush=True)
     print(f"compute classes at train_batch_size {res['train_batch_size']} x seq_len {res['seq_len']}:",
-          *(
-        f"{c['hours']:3d}h: {c['tokens']:>16,} tokens  {c['steps']:>9,} steps" for c in res["classes"]),
-        sep="\n")
+          *(f"{c['hours']:3d}h: {c['tokens']:>16,} tokens  {c['steps']:>9,} steps"
+            for c in res["classes"]), sep="\n")
     _write_json(args.json, res)
     return 0
