@@ -238,8 +238,8 @@ SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(Config) i
 FIELD_INFO: dict[str, dataclasses.Field] = {f.name: f for c in SECTIONS.values() for f in leaves(c)}
 SECTION_OF: dict[str, str] = {f.name: s for s, c in SECTIONS.items() for f in leaves(c)}
 ALIASES: dict[str, str] = {a: f.name for f in FIELD_INFO.values() for a in f.metadata["aliases"]}
-ALL_KEYS = sorted(n for c in SECTIONS.values() for f in leaves(c) for n in (f.name,
-                                                                            *f.metadata["aliases"]))
+ALL_KEYS = sorted(n for c in SECTIONS.values() for f in leaves(c)
+                  for n in (f.name, *f.metadata["aliases"]))
 assert len(ALL_KEYS) == len(set(ALL_KEYS)), "duplicate config key or alias"
 
 
