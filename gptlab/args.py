@@ -10,14 +10,16 @@ import sys
 
 from gptlab.errors import UserError
 
-BOOL_WORDS = dict.fromkeys(("1", "true", "yes", "on", "y", "t"), True) | dict.fromkeys(("0", "false", "no", "off", "n", "f"), False)
+BOOL_WORDS = dict.fromkeys(("1", "true", "yes", "on", "y", "t"),
+                           True) | dict.fromkeys(("0", "false", "no", "off", "n", "f"), False)
 
 
 class ArgParser(argparse.ArgumentParser):
     """argparse whose bad flag is one UserError line naming the closest valid flag, never the usage."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **{"allow_abbrev": False, **kwargs})  # --temp must not silently mean --temperature
+        # --temp must not silently mean --temperature
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
     def parse_args(self, args=None, namespace=None):
         return super().parse_args(self._known_flags_first(args), namespace)

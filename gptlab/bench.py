@@ -65,15 +65,18 @@ def _sdpa_ctx(name: str):
     """Pin the attention backend ("auto" lets PyTorch pick)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    backend = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
-    return sdpa_kernel([getattr(SDPBackend, backend[name])]) if name in backend else contextlib.nullcontext()
+    backend = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION",
+               "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
+    return (sdpa_kernel([getattr(SDPBackend, backend[name])]) if name in backend
+            else contextlib.nullcontext())
 
 
 def _build_for_timing(make_model, cfg, device, dtype):
     """Model (seeded, train mode), optimiser and (fp16 only) GradScaler, as training builds them."""
     torch.manual_seed(0)
     model = make_model().to(device).train()
-    return model, build_optimizer(model, cfg, device.type), torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    return (model, build_optimizer(model, cfg, device.type),
+            torch.amp.GradScaler(device.type, enabled=dtype == torch.float16))
 
 
 def time_steps(step_fn, batches, device: torch.device, warmup: int, steps: int) -> dict:
@@ -100,47 +103,57 @@ def time_steps(step_fn, batches, device: torch.device, warmup: int, steps: int) 
             "ms_per_step_median": statistics.median(times_ms), "ms_per_step_min": min(times_ms)}
 
 
-def _random_batches(n: int, batch: int, seq: int, vocab: int, accum: int, device: torch.device, gen_seed=0):
+def _random_batches(n: int, batch: int, seq: int, vocab: int, accum: int, device: torch.device,
+                    gen_seed=0):
     """n steps of accum micro-batches (x, y), each (batch, seq), of random tokens on the device."""
-    t = torch.randint(0, vocab, (n, accum, batch, seq + 1), generator=torch.Generator().manual_seed(gen_seed))
-    return [[(m[:, :-1].contiguous().to(device), m[:, 1:].contiguous().to(device)) for m in step] for step in t]
+    t = torch.randint(0, vocab, (n, accum, batch, seq + 1),
+                      generator=torch.Generator().manual_seed(gen_seed))
+    return [[(m[:, :-1].contiguous().to(device),
+              m[:, 1:].contiguous().to(device)) for m in step] for step in t]
 
 
 def make_train_step(model, optimizer, ctx, scaler, clip: float, ce_chunk: int = 0, loss_of=None):
-    """gptlab.train.train_step, the training loop's own step, as a function of one step's micro-batches."""
+    """gptlab.train.train_step, the training loop's own step, as a function of one step's
+    micro-batches."""
     return lambda micro_batches: train_step(model, optimizer, scaler, micro_batches, ctx=ctx, clip=clip,
                                             ce_chunk=ce_chunk, loss_fn=loss_of)
 
 
-def _rates(fpt: float, tokens_per_step: int, ms: float, peak: float | None, mm_tflops: float | None) -> dict:
+def _rates(fpt: float, tokens_per_step: int, ms: float, peak: float | None,
+           mm_tflops: float | None) -> dict:
     tps = tokens_per_step / (ms / 1000)
     achieved = fpt * tps
     return {"tokens_per_sec": tps, "tflops": achieved / 1e12, "mfu_table": mfu(fpt, tps, peak),
             "mfu_matmul": achieved / (mm_tflops * 1e12) if mm_tflops else None}
 
 
-def run_hf_peer(cfg, shape, batch, seq, accum, device, dtype, compile_mode, steps, warmup, fpt, peak, mm) -> dict:
+def run_hf_peer(cfg, shape, batch, seq, accum, device, dtype, compile_mode, steps, warmup, fpt, peak,
+                mm) -> dict:
     """transformers' GPT2LMHeadModel on the same shapes, optimiser and step; eager and compiled."""
     try:
         from transformers import GPT2Config, GPT2LMHeadModel
     except ImportError:
         raise UserError("--peer hf needs transformers: pip install 'gptlab[hf]'") from None
-    conf = GPT2Config(vocab_size=padded_vocab(shape.vocab_size, shape.pad_vocab_multiple), n_positions=seq, n_embd=shape.n_embd, n_layer=shape.n_layer,
-                      n_head=shape.n_head, n_inner=shape.mlp_dim, activation_function="gelu_new", resid_pdrop=0.0,
-                      embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=shape.tie_embeddings, attn_implementation="sdpa")
+    conf = GPT2Config(vocab_size=padded_vocab(shape.vocab_size, shape.pad_vocab_multiple),
+                      n_positions=seq, n_embd=shape.n_embd, n_layer=shape.n_layer, n_head=shape.n_head,
+                      n_inner=shape.mlp_dim, activation_function="gelu_new", resid_pdrop=0.0,
+                      embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=shape.tie_embeddings,
+                      attn_implementation="sdpa")
     out = {}
-    for label, mode in (("hf_eager", "none"), ("hf_compiled", compile_mode if compile_mode != "none" else "default")):
+    for label, mode in (("hf_eager", "none"),
+                        ("hf_compiled", compile_mode if compile_mode != "none" else "default")):
         if mode != "none" and device.type == "cpu" and compile_mode == "none":
             continue  # CPU tests: skip the (slow) compiled peer unless asked for
         _free(device)
         model, opt, scaler = _build_for_timing(lambda: GPT2LMHeadModel(conf), cfg, device, dtype)
         # HF shifts labels itself: give it the inputs as labels (same loss work).
-        step = make_train_step(compile_model(model, mode, dynamic=False), opt, autocast_ctx(device, dtype), scaler,
-                               cfg.optim.grad_clip, loss_of=lambda m, x, y: m(input_ids=x, labels=x).loss)
+        step = make_train_step(compile_model(model, mode, dynamic=False), opt,
+                               autocast_ctx(device, dtype), scaler, cfg.optim.grad_clip,
+                               loss_of=lambda m, x, y: m(input_ids=x, labels=x).loss)
         batches = _random_batches(4, batch, seq, shape.vocab_size, accum, device, gen_seed=1)
         t = time_steps(step, batches, device, warmup, steps)
-        out[label] = dict(t, **_rates(fpt, batch * seq * accum, t["ms_per_step"], peak, mm), compile=mode,
-                          peak_mem_gb=_peak_mem_gb(device), params=parameter_count(model))
+        out[label] = dict(t, **_rates(fpt, batch * seq * accum, t["ms_per_step"], peak, mm),
+                          compile=mode, peak_mem_gb=_peak_mem_gb(device), params=parameter_count(model))
         del model, opt, step, batches
     _free(device)
     return out
@@ -177,22 +190,26 @@ def profile_step(step_fn, batches, device: torch.device, out_prefix: Path, steps
             step_fn(batches[i % len(batches)])
         _sync(device)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    trace = out_prefix.with_name(out_prefix.name + "_trace.json.gz")  # Perfetto/Chrome open it; 10x smaller
+    # Perfetto/Chrome open it; 10x smaller
+    trace = out_prefix.with_name(out_prefix.name + "_trace.json.gz")
     prof.export_chrome_trace(str(trace))
 
     # Kernels by their own device time; on CPU (no kernels) the ops' own CPU time stands in.
-    rows = [(e.key, e.count, e.self_device_time_total if cuda else e.self_cpu_time_total) for e in prof.key_averages()
+    rows = [(e.key, e.count,
+             e.self_device_time_total if cuda else e.self_cpu_time_total) for e in prof.key_averages()
             if not cuda or str(e.device_type).endswith("CUDA")]
     total = sum(r[2] for r in rows) or 1.0
     top = sorted((r for r in rows if r[2] > 0), key=lambda r: -r[2])[:32]
     csv_path = out_prefix.with_name(out_prefix.name + "_kernels.csv")
     with open(csv_path, "w", newline="") as f:
         csv.writer(f).writerows([KERNELS_HEADER] + [
-            [i, name, n, f"{t / 1000:.3f}", f"{t / total:.4f}", f"{t / max(n, 1):.1f}"] for i, (name, n, t) in enumerate(top, 1)])
+            [i, name, n, f"{t / 1000:.3f}", f"{t / total:.4f}",
+             f"{t / max(n, 1):.1f}"] for i, (name, n, t) in enumerate(top, 1)])
     lines = [f"{'#':>2} {'share':>6} {'ms':>8} {'calls':>6}  kernel"] + [
-        f"{i:>2} {100 * t / total:5.1f}% {t / 1000:8.2f} {n:>6}  {name[:90]}" for i, (name, n, t) in enumerate(top, 1)]
-    return {"trace": str(trace), "kernels_csv": str(csv_path), "table": "\n".join(lines), "profiled_steps": steps,
-            "kernel_time_ms_per_step": total / 1000 / steps}
+        f"{i:>2} {100 * t / total:5.1f}% {t / 1000:8.2f} {n:>6}  "
+        f"{name[:90]}" for i, (name, n, t) in enumerate(top, 1)]
+    return {"trace": str(trace), "kernels_csv": str(csv_path), "table": "\n".join(lines),
+            "profiled_steps": steps, "kernel_time_ms_per_step": total / 1000 / steps}
 
 
 def train_vocab(cfg) -> tuple[int, str]:
@@ -204,8 +221,10 @@ def train_vocab(cfg) -> tuple[int, str]:
         data_dir = resolve_data_dir(cfg.data.dataset, cfg.data.data_root)
     except UserError:
         return DEFAULT_VOCAB, (f"GPT-2 BPE assumed: dataset {cfg.data.dataset!r} is not prepared here; "
-                               f"`{prepare_command(cfg.data.dataset, cfg.data.data_root)}` to time train's vocab")
-    return int(read_meta(data_dir)["vocab_size"]), f"{cfg.data.dataset}'s, as train uses ({data_dir}/meta.json)"
+                               f"`{prepare_command(cfg.data.dataset, cfg.data.data_root)}` to time "
+                               "train's vocab")
+    return (int(read_meta(data_dir)["vocab_size"]),
+            f"{cfg.data.dataset}'s, as train uses ({data_dir}/meta.json)")
 
 
 def _setup(args, rest: list[str]):
@@ -231,8 +250,10 @@ def bench(args, rest: list[str]) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     mm = matmul_tflops(device) if not args.no_matmul else None
 
-    # --ce_chunk resolved as training does; per-block compile leaves the loss eager (plain is faster there).
-    ce_chunk = resolve_ce_chunk(cfg.system.ce_chunk, compile_mode if args.compile_scope == "model" else "none",
+    # --ce_chunk resolved as training does; per-block compile leaves the loss eager (plain is faster
+    # there).
+    ce_chunk = resolve_ce_chunk(cfg.system.ce_chunk,
+                                compile_mode if args.compile_scope == "model" else "none",
                                 padded_vocab(shape.vocab_size, shape.pad_vocab_multiple))
     model, opt, scaler = _build_for_timing(lambda: init_weights(build_model(shape)), cfg, device, dtype)
     _free(device)
@@ -246,12 +267,12 @@ def bench(args, rest: list[str]) -> dict:
     tokens_per_step = batch * seq * accum
     res = {
         "kind": "bench", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": "gptlab bench " + " ".join(args.argv), "device": dev_name, "torch": torch.__version__, "preset": cfg.preset,
-        "shape": dataclasses.asdict(shape), "vocab_source": train_vocab(cfg)[1],
+        "command": "gptlab bench " + " ".join(args.argv), "device": dev_name, "torch": torch.__version__,
+        "preset": cfg.preset, "shape": dataclasses.asdict(shape), "vocab_source": train_vocab(cfg)[1],
         "params": parameter_count(model), "batch_size": batch, "seq_len": seq, "accum": accum,
-        "tokens_per_step": tokens_per_step, "dtype": str(dtype).replace("torch.", ""), "compile": compile_mode,
-        "compile_scope": args.compile_scope, "ce_chunk": ce_chunk, "sdpa": args.sdpa,
-        "steps": args.steps, "warmup": args.warmup, "flops_per_token": fpt,
+        "tokens_per_step": tokens_per_step, "dtype": str(dtype).replace("torch.", ""),
+        "compile": compile_mode, "compile_scope": args.compile_scope, "ce_chunk": ce_chunk,
+        "sdpa": args.sdpa, "steps": args.steps, "warmup": args.warmup, "flops_per_token": fpt,
         "flops_formula": flops_note(model),
         "peak_table_tflops": peak / 1e12 if peak else None, "matmul_tflops": mm,
         **t, **_rates(fpt, tokens_per_step, t["ms_per_step"], peak, mm),
@@ -264,25 +285,27 @@ def bench(args, rest: list[str]) -> dict:
         with _sdpa_ctx(args.sdpa):
             res["peer"] = run_hf_peer(cfg, shape, batch, seq, accum, device, dtype, compile_mode,
                                       args.steps, args.warmup, fpt, peak, mm)
-        res["ratio"] = {f"vs_{k}": res["tokens_per_sec"] / v["tokens_per_sec"] for k, v in res["peer"].items()}
+        res["ratio"] = {f"vs_{k}": res["tokens_per_sec"] / v["tokens_per_sec"]
+                        for k, v in res["peer"].items()}
     return res
 
 
 def _line(label: str, r: dict) -> str:
     mem = f"{r['peak_mem_gb']:.2f} GiB" if r.get("peak_mem_gb") is not None else "n/a"
-    return (f"{label:<12} {r['tokens_per_sec']:>12,.0f} tok/s  {r['ms_per_step']:8.2f} ms/step  {r['tflops']:7.1f} "
-            f"TFLOP/s  MFU {fmt_mfu(r['mfu_table'])} (table) {fmt_mfu(r.get('mfu_matmul'))} (matmul)  mem {mem}  "
-            f"first step {r['first_step_s']:.1f}s")
+    return (f"{label:<12} {r['tokens_per_sec']:>12,.0f} tok/s  {r['ms_per_step']:8.2f} ms/step  "
+            f"{r['tflops']:7.1f} TFLOP/s  MFU {fmt_mfu(r['mfu_table'])} (table) "
+            f"{fmt_mfu(r.get('mfu_matmul'))} (matmul)  mem {mem}  first step {r['first_step_s']:.1f}s")
 
 
 def format_bench(res: dict) -> str:
     mm = f"{res['matmul_tflops']:.0f} TFLOP/s" if res["matmul_tflops"] else "n/a"
     pk = f"{res['peak_table_tflops']:.1f} TFLOP/s" if res["peak_table_tflops"] else "n/a"
-    out = [f"bench {res['preset']} on {res['device']} (torch {res['torch']}): batch {res['batch_size']} x seq "
-           f"{res['seq_len']} x accum {res['accum']} = {res['tokens_per_step']:,} tokens/step, {res['dtype']}, "
-           f"compile {res['compile']} ({res['compile_scope']}), ce_chunk {res['ce_chunk']}, sdpa {res['sdpa']}",
-           f"FLOPs/token {res['flops_per_token'] / 1e9:.3f} G ({res['flops_formula']}); peak {pk} (table), "
-           f"bf16 8192^3 matmul measured {mm}",
+    out = [f"bench {res['preset']} on {res['device']} (torch {res['torch']}): batch {res['batch_size']} "
+           f"x seq {res['seq_len']} x accum {res['accum']} = {res['tokens_per_step']:,} tokens/step, "
+           f"{res['dtype']}, compile {res['compile']} ({res['compile_scope']}), ce_chunk "
+           f"{res['ce_chunk']}, sdpa {res['sdpa']}",
+           f"FLOPs/token {res['flops_per_token'] / 1e9:.3f} G ({res['flops_formula']}); peak {pk} "
+           f"(table), bf16 8192^3 matmul measured {mm}",
            f"vocab {res['shape']['vocab_size']:,}: {res.get('vocab_source', 'set in the config')}",
            _line("gptlab", res)]
     out += [_line(k, v) for k, v in res.get("peer", {}).items()]
@@ -295,12 +318,15 @@ def format_bench(res: dict) -> str:
 
 def main(argv: list[str]) -> int:
     p = ArgParser(prog="gptlab bench", description="time the training step on random batches; any other "
-                "--key value is a config override (batch_size, seq_len, dtype, compile, gradient_accumulation_steps...)")
+                "--key value is a config override (batch_size, seq_len, dtype, compile, "
+                "gradient_accumulation_steps...)")
     p.add_argument("preset", nargs="?", default="gpt2")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (the first compiles)")
-    p.add_argument("--peer", choices=("none", "hf"), default="none", help="hf: also time transformers' GPT2LMHeadModel")
-    p.add_argument("--profile", default="", help="path prefix: writes PREFIX_trace.json.gz and PREFIX_kernels.csv")
+    p.add_argument("--peer", choices=("none", "hf"), default="none",
+                   help="hf: also time transformers' GPT2LMHeadModel")
+    p.add_argument("--profile", default="",
+                   help="path prefix: writes PREFIX_trace.json.gz and PREFIX_kernels.csv")
     p.add_argument("--json", default="", help="write the result as JSON here")
     p.add_argument("--device", default="auto")
     p.add_argument("--sdpa", choices=("auto", "cudnn", "flash", "efficient", "math"), default="auto")
@@ -382,42 +408,55 @@ def throughput(args, rest: list[str]) -> dict:
         print(f"batch {b:>5}: {r['tokens_per_sec']:>12,.0f} tok/s  {t['ms_per_step']:8.2f} ms/step  "
               f"MFU {fmt_mfu(r['mfu_table'])}", flush=True)
         return {"batch": b, "tokens_per_sec": r["tokens_per_sec"], "ms_per_step": t["ms_per_step"],
-                "peak_mem_gb": _peak_mem_gb(device), "mfu_table": r["mfu_table"], "first_step_s": t["first_step_s"]}
+                "peak_mem_gb": _peak_mem_gb(device), "mfu_table": r["mfu_table"],
+                "first_step_s": t["first_step_s"]}
 
     found = languini_batch_sweep(measure, args.batch_size_step, args.max_batch or (0 if on_gpu else 4))
     if not found:
         raise UserError(f"batch 1 does not fit on {dev_name}: use a smaller preset or --seq_len")
     rows = [found[b] for b in sorted(found)]
-    best = max(rows, key=lambda r: r["tokens_per_sec"])  # the benchmark's reference: the best of the sweep
-    global_batch = cfg.train.train_batch_size or cfg.train.batch_size * cfg.train.gradient_accumulation_steps
+    # the benchmark's reference: the best of the sweep
+    best = max(rows, key=lambda r: r["tokens_per_sec"])
+    global_batch = (cfg.train.train_batch_size
+                    or cfg.train.batch_size * cfg.train.gradient_accumulation_steps)
     tps = best["tokens_per_sec"]
     return {"kind": "throughput", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": "gptlab throughput " + " ".join(args.argv), "device": dev_name, "torch": torch.__version__, "preset": cfg.preset, "seq_len": seq,
+            "command": "gptlab throughput " + " ".join(args.argv), "device": dev_name,
+            "torch": torch.__version__, "preset": cfg.preset, "seq_len": seq,
             "dtype": str(dtype).replace("torch.", ""), "compile": compile_mode, "ce_chunk": ce_chunk,
-            "flops_per_token": fpt, "params": parameter_count(model), "peak_table_tflops": peak / 1e12 if peak else None,
-            "rows": rows, "best": best, "largest_batch": rows[-1]["batch"], "train_batch_size": global_batch,
+            "flops_per_token": fpt, "params": parameter_count(model),
+            "peak_table_tflops": peak / 1e12 if peak else None, "rows": rows, "best": best,
+            "largest_batch": rows[-1]["batch"], "train_batch_size": global_batch,
             # the hours -> steps table of the five compute classes at this throughput and batch
-            "classes": [{"hours": h, "tokens": token_budget(h, tps), "steps": steps_for_budget(h, tps, global_batch, seq)}
+            "classes": [{"hours": h, "tokens": token_budget(h, tps),
+                         "steps": steps_for_budget(h, tps, global_batch, seq)}
                         for h in COMPUTE_CLASS_HOURS]}
 
 
 def throughput_main(argv: list[str]) -> int:
-    p = ArgParser(prog="gptlab throughput", description="reference tokens/s of a preset, swept as Languini does (batch "
-                  "1, 8, 16, ... then bisection); fp16 + GradScaler, compiled (GPU); and the five compute classes' steps")
+    p = ArgParser(prog="gptlab throughput",
+                  description="reference tokens/s of a preset, swept as Languini does (batch "
+                  "1, 8, 16, ... then bisection); fp16 + GradScaler, compiled (GPU); and the five "
+                  "compute classes' steps")
     p.add_argument("preset")
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", default="default", choices=COMPILE_MODES)
-    p.add_argument("--batch_size_step", type=int, default=8, help="first step of the batch grid (the benchmark's 8)")
-    p.add_argument("--max_batch", type=int, default=0, help="treat larger batches as not fitting (CPU default 4)")
+    p.add_argument("--batch_size_step", type=int, default=8,
+                   help="first step of the batch grid (the benchmark's 8)")
+    p.add_argument("--max_batch", type=int, default=0,
+                   help="treat larger batches as not fitting (CPU default 4)")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=15, help="timed steps per batch size (the benchmark's 15)")
+    p.add_argument("--rounds", type=int, default=15,
+                   help="timed steps per batch size (the benchmark's 15)")
     p.add_argument("--csv", default="", help="write the rows here (else to stdout)")
     p.add_argument("--json", default="")
     args, rest = p.parse_known_args(argv)
     args.argv = list(argv)
-    if not (1 <= args.rounds <= MAX_STEPS and 1 <= args.warmup <= MAX_STEPS) or args.batch_size_step < 1 \
+    if not (1 <= args.rounds <= MAX_STEPS
+            and 1 <= args.warmup <= MAX_STEPS) or args.batch_size_step < 1 \
             or args.max_batch < 0:
-        raise UserError("--rounds, --warmup and --batch_size_step must be at least 1, --max_batch at least 0")
+        raise UserError("--rounds, --warmup and --batch_size_step must be at least 1, --max_batch at "
+                        "least 0")
     check_outputs(args, "throughput")
     res = throughput(args, rest)
     with open(args.csv, "w", newline="") if args.csv else contextlib.nullcontext(sys.stdout) as fh:
@@ -426,9 +465,11 @@ def throughput_main(argv: list[str]) -> int:
              "" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.3f}"] for r in res["rows"]])
     b = res["best"]
     print(f"best: batch {b['batch']} -> {b['tokens_per_sec']:,.0f} tokens/s on {res['device']} "
-          f"({res['dtype']}, compile {res['compile']}; MFU {fmt_mfu(b['mfu_table'])}); largest batch that fits "
-          f"{res['largest_batch']}; use --tokens_per_second {b['tokens_per_sec']:.0f}", flush=True)
-    print(f"compute classes at train_batch_size {res['train_batch_size']} x seq_len {res['seq_len']}:", *(
-        f"{c['hours']:3d}h: {c['tokens']:>16,} tokens  {c['steps']:>9,} steps" for c in res["classes"]), sep="\n")
+          f"({res['dtype']}, compile {res['compile']}; MFU {fmt_mfu(b['mfu_table'])}); largest batch "
+          f"that fits {res['largest_batch']}; use --tokens_per_second {b['tokens_per_sec']:.0f}",
+          flush=True)
+    print(f"compute classes at train_batch_size {res['train_batch_size']} x seq_len {res['seq_len']}:",
+          *(f"{c['hours']:3d}h: {c['tokens']:>16,} tokens  {c['steps']:>9,} steps"
+            for c in res["classes"]), sep="\n")
     _write_json(args.json, res)
     return 0

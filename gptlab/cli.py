@@ -14,7 +14,8 @@ USAGE = """usage: gptlab COMMAND [ARGS]
 
 commands:
   prepare NAME [--input PATH] [--tokenizer char|gpt2|sentencepiece] [--out DIR]   text -> token files
-  train [PRESET | CONFIG.toml | config.py] [--key=value ...]   train (`gptlab train PRESET --help`: every key)
+  train [PRESET | CONFIG.toml | config.py] [--key=value ...]   train (`gptlab train PRESET \
+--help`: every key)
         [--nproc_per_node N [--nnodes M --rdzv_endpoint HOST:PORT]]   ... on N workers per machine
         [--smoke]                                      ... any preset shrunk to a minute on a CPU
   sample --run DIR | --init_from gpt2 [--start TEXT|FILE:f] [...]   print samples
@@ -59,10 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `gptlab train --help | head`: the reader left; exit quietly as SIGPIPE would
+    # `gptlab train --help | head`: the reader left; exit quietly as SIGPIPE would
+    except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 128 + signal.SIGPIPE
-    except Exception as e:  # UserError and deliberate stops (divergence) carry an exit_code: one line, no traceback
+    # UserError and deliberate stops (divergence) carry an exit_code: one line, no traceback
+    except Exception as e:
         if getattr(e, "exit_code", None) is None:
             raise
         if getattr(e, "rank_zero_only", False) and os.environ.get("RANK", "0") != "0":

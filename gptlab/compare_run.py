@@ -141,7 +141,8 @@ def train_run(plan: Plan, entry: Entry, seed: int, tps: float, steps: int, comma
         f"--out_dir={run_dir}",
     ]
     if any((run_dir / "checkpoints").glob("ckpt_*.pt")):
-        # The idea's code is the file named in this command (check_out_folder: unchanged since it trained).
+        # The idea's code is the file named in this command (check_out_folder: unchanged since it
+        # trained).
         argv += ["--resume"] + (["--trust_code"] if entry.kind != "preset" else [])
     elif run_dir.exists() and any(run_dir.iterdir()):
         argv.append("--overwrite")  # stopped before its first checkpoint: moved aside, nothing deleted

@@ -11,7 +11,8 @@ import re
 from gptlab.config import BUILTIN_OPTIMIZERS, FIELD_INFO, Config, parse_hours
 from gptlab.errors import UserError
 
-INT_CEILING = 1 << 40  # ~1.1e12: above any real step count, interval or size; a typo like 1e18 is refused
+# ~1.1e12: above any real step count, interval or size; a typo like 1e18 is refused
+INT_CEILING = 1 << 40
 
 
 def validate(cfg: Config) -> None:
@@ -31,19 +32,23 @@ def validate(cfg: Config) -> None:
             raise UserError(f"--{k} must be a finite number, got {v}")
         high = high or (INT_CEILING if fld.type == "int" else 0)  # no count gptlab reads may be absurd
         if v < low or (high and v > high):
-            raise UserError(f"--{k} {v} is out of range: use " + (f"{low} to {high}" if high else f"at least {low}"))
+            raise UserError(f"--{k} {v} is out of range: "
+                            "use " + (f"{low} to {high}" if high else f"at least {low}"))
     if t.batch_size <= 0 and t.train_batch_size <= 0:
-        raise UserError("set --batch_size (per-rank micro batch) or --train_batch_size (global batch) to a positive number")
+        raise UserError("set --batch_size (per-rank micro batch) or --train_batch_size (global batch) "
+                        "to a positive number")
     if o.min_lr > o.learning_rate and o.decay_lr and o.schedule != "constant":
         raise UserError(f"--min_lr must be in [0, learning_rate={o.learning_rate}], got {o.min_lr}")
     if m.head_dim == 0 and m.n_embd % m.n_head:
-        raise UserError(f"--n_embd {m.n_embd} is not divisible by --n_head {m.n_head}: change one, or set --head_dim")
+        raise UserError(f"--n_embd {m.n_embd} is not divisible by --n_head {m.n_head}: change one, or "
+                        "set --head_dim")
     if t.last_n and m.block_size % t.last_n:
         raise UserError(f"--last_n {t.last_n} must divide --block_size/--seq_len {m.block_size}")
     cores = os.cpu_count() or 1
-    if cfg.system.num_threads > 4 * cores:  # far past the cores torch's thread pool crashes rather than slows
-        raise UserError(f"--num_threads {cfg.system.num_threads} is far more than this machine's {cores} cores: "
-                        f"use at most {cores}, or 0 for torch's default")
+    # far past the cores torch's thread pool crashes rather than slows
+    if cfg.system.num_threads > 4 * cores:
+        raise UserError(f"--num_threads {cfg.system.num_threads} is far more than this machine's "
+                        f"{cores} cores: use at most {cores}, or 0 for torch's default")
     if t.compute_class and not t.tokens_per_second:
         raise UserError("--compute_class needs --tokens_per_second (the config's reference throughput)")
     if t.compute_class:
@@ -65,14 +70,16 @@ def check_optimizer_spec(spec: str) -> None:
     if not found or not (target.endswith(".py") or _MODULE.fullmatch(target)):
         close = difflib.get_close_matches(spec, BUILTIN_OPTIMIZERS, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
-        raise UserError(f"--optimizer {spec!r}: {hint}use {', '.join(BUILTIN_OPTIMIZERS)}, path/to/opt.py:function "
-                        "or package.module:function (a function (model, config) -> optimiser)")
+        raise UserError(f"--optimizer {spec!r}: {hint}use {', '.join(BUILTIN_OPTIMIZERS)}, "
+                        "path/to/opt.py:function or package.module:function (a function (model, config) "
+                        "-> optimiser)")
 
 
 def check_device_name(name: str) -> None:
     """A device string torch understands, among those gptlab runs on (no torch import)."""
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
-        raise UserError(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:N (N = GPU index) or mps")
+        raise UserError(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:N (N = GPU "
+                        "index) or mps")
 
 
 def check_device(name: str) -> None:
@@ -84,12 +91,15 @@ def check_device(name: str) -> None:
 
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-            raise UserError(f"--device {name}: no CUDA GPU is usable here (torch {torch.__version__} is {build}): use --device "
-                            "cpu, or install a CUDA build of torch (pip install torch --index-url https://download.pytorch.org/whl/cu124)")
+            build = ("a CPU-only build" if torch.version.cuda is None
+                     else f"built for CUDA {torch.version.cuda}")
+            raise UserError(f"--device {name}: no CUDA GPU is usable here (torch {torch.__version__} is "
+                            f"{build}): use --device cpu, or install a CUDA build of torch (pip install "
+                            "torch --index-url https://download.pytorch.org/whl/cu124)")
         n = torch.cuda.device_count()
         if ":" in name and int(name.split(":")[1]) >= n:
-            raise UserError(f"--device {name}: this machine has {n} GPU(s), numbered 0..{n - 1}: use one of those")
+            raise UserError(f"--device {name}: this machine has {n} GPU(s), numbered 0..{n - 1}: use "
+                            "one of those")
     elif not torch.backends.mps.is_available():
         raise UserError("--device mps: Apple's Metal backend is not available here: use --device cpu")
 

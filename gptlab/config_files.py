@@ -29,24 +29,29 @@ from gptlab.files import closest_path, read_json, read_toml
 
 
 def layer_key(key: str, where: str = "") -> str | None:
-    """The canonical key, or None (after a note) for a flag with no meaning here; `where` (file:line) opens both."""
+    """The canonical key, or None (after a note) for a flag with no meaning here; `where` (file:line)
+    opens both."""
     bare = key.replace("-", "_")
     if bare in NO_MEANING:
-        print(f"note: {where}--{bare} is accepted but has no effect: {NO_MEANING[bare]}", file=sys.stderr)
+        print(f"note: {where}--{bare} is accepted but has no effect: {NO_MEANING[bare]}",
+              file=sys.stderr)
         return None
     return canonical_key(bare, where)
 
 
 def load_py_config(path: str | Path) -> dict[str, Any]:
-    """A nanoGPT-style config file (`key = value` lines), read with ast under pyconfig's limits, never executed."""
+    """A nanoGPT-style config file (`key = value` lines), read with ast under pyconfig's limits, never
+    executed."""
     p = Path(path)
     try:
         with open(p, "rb") as f:  # one byte past the limit is enough to refuse it
             text = f.read(pyconfig.LIMITS.source_bytes + 1).decode("utf-8")
     except UnicodeDecodeError:
-        raise UserError(f"{p}: not a readable Python config file (not UTF-8 text): fix its encoding") from None
+        raise UserError(f"{p}: not a readable Python config file (not UTF-8 text): fix its "
+                        "encoding") from None
     except OSError as e:
-        raise UserError(f"cannot read config file {p}: {e.strerror}: check the path and its permissions") from None
+        raise UserError(f"cannot read config file {p}: {e.strerror}: check the path and its "
+                        "permissions") from None
     out: dict[str, Any] = {}
     for assignment in pyconfig.read_assignments(text, str(p)):
         for name in assignment.names:
@@ -54,24 +59,29 @@ def load_py_config(path: str | Path) -> dict[str, Any]:
             if assignment.value is not pyconfig.COMPUTED:
                 if key is not None:
                     out[key] = assignment.value
-            elif key == "wandb_run":  # only names things: nanoGPT's 'ft-' + str(time.time()) is dropped, not refused
-                print(f"note: {p}:{assignment.line}: {name} is computed, not a literal; ignored (the run folder's "
-                      "name is used)", file=sys.stderr)
+            # only names things: nanoGPT's 'ft-' + str(time.time()) is dropped, not refused
+            elif key == "wandb_run":
+                print(f"note: {p}:{assignment.line}: {name} is computed, not a literal; ignored (the "
+                      "run folder's name is used)", file=sys.stderr)
             else:
-                raise UserError(f"{p}:{assignment.line}: `{assignment.text}` is not a literal value: gptlab reads "
-                                f"config files without running them; write the value itself, e.g. {name} = 5 * 8")
+                raise UserError(f"{p}:{assignment.line}: `{assignment.text}` is not a literal value: "
+                                "gptlab reads config files without running them; write the value "
+                                f"itself, e.g. {name} = 5 * 8")
     return out
 
 
 def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], str | None]:
-    """(values, base layer, preset label) of a .toml, a nanoGPT .py (over NANOGPT_BASE) or a run's config.json."""
+    """(values, base layer, preset label) of a .toml, a nanoGPT .py (over NANOGPT_BASE) or a run's
+    config.json."""
     p = Path(path)
     if not p.is_file():
         close = closest_path(p, (".toml", ".py", ".json"))
-        raise UserError(f"config file {str(p)!r} not found" + (f": did you mean {str(close)!r}?" if close else
+        raise UserError(f"config file {str(p)!r} not "
+                        "found" + (f": did you mean {str(close)!r}?" if close else
                         ": give the path of a .toml, a nanoGPT .py or a run's config.json"))
     if p.suffix == ".py":  # train_shakespeare_char.py -> runs under .../train_shakespeare_char/
-        return load_py_config(p), NANOGPT_BASE, "".join(c if c.isalnum() or c in "._-" else "-" for c in p.stem)
+        return load_py_config(p), NANOGPT_BASE, "".join(c if c.isalnum() or c in "._-" else "-"
+                                                        for c in p.stem)
     if p.suffix == ".json":
         saved = load_run_config(p)
         return {k: saved.get(k) for k in FIELD_INFO} | saved.model.options, {}, saved.preset
@@ -91,7 +101,8 @@ def parse_overrides(argv: list[str], options: bool = False) -> dict[str, str]:
     i = 0
     while i < len(argv):
         if not argv[i].startswith("--"):
-            raise UserError(f"unexpected argument {argv[i]!r}: overrides look like --key=value or --key value")
+            raise UserError(f"unexpected argument {argv[i]!r}: overrides look like --key=value or --key "
+                            "value")
         key, eq, value = argv[i][2:].partition("=")
         if not eq:  # the next argument is the value unless it is another --flag
             has_value = i + 1 < len(argv) and not (argv[i + 1].startswith("--") and len(argv[i + 1]) > 2)
@@ -125,7 +136,8 @@ def split_options(cfg: Config, layers: list[dict[str, Any]]) -> dict[str, Any]:
 
 def build_config(preset: str | None = None, config_file: str | None = None,
                  overrides: dict[str, Any] | None = None, check: bool = True) -> Config:
-    """defaults -> preset (or NANOGPT_BASE under a .py file) -> config file -> overrides; validated unless check=False."""
+    """defaults -> preset (or NANOGPT_BASE under a .py file) -> config file -> overrides; validated
+    unless check=False."""
     cfg = Config()
     file_values, base, label = load_config_file(config_file) if config_file else ({}, {}, None)
     preset = preset or file_values.get("preset")

@@ -46,7 +46,8 @@ class Dist:
 def pick_device(name: str) -> torch.device:
     check_device(name)  # a missing GPU or a bad name is a one-line error before anything runs
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        name = ("cuda" if torch.cuda.is_available()
+                else "mps" if torch.backends.mps.is_available() else "cpu")
     return torch.device(name)
 
 
@@ -63,8 +64,8 @@ def init(device_name: str = "auto") -> Dist:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise UserError(f"local rank {local_rank} but this node has {torch.cuda.device_count()} GPU(s): "
-                            "set --nproc_per_node to at most the GPU count")
+            raise UserError(f"local rank {local_rank} but this node has {torch.cuda.device_count()} "
+                            "GPU(s): set --nproc_per_node to at most the GPU count")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
@@ -81,8 +82,8 @@ def shutdown(barrier: bool = False) -> None:
         dist.destroy_process_group()
 
 
-def wrap_model(model: torch.nn.Module, d: Dist, strategy: str = "ddp", mp_dtype: torch.dtype | None = None,
-               bucket_mb: int = 100, bucket_view: bool = True):
+def wrap_model(model: torch.nn.Module, d: Dist, strategy: str = "ddp",
+               mp_dtype: torch.dtype | None = None, bucket_mb: int = 100, bucket_view: bool = True):
     """DDP, or FSDP2 with one shard unit per block (it swaps the parameters in place: build the optimiser
     after this call). mp_dtype: FSDP2's gathered parameter dtype (gradients reduced in fp32)."""
     if not d.enabled:
@@ -95,7 +96,8 @@ def wrap_model(model: torch.nn.Module, d: Dist, strategy: str = "ddp", mp_dtype:
             raise UserError("--parallel fsdp runs in bfloat16 or float32: use --dtype bfloat16")
         # FSDP2 warns that outputs may be views; the loop never modifies them in place
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
-        mp = MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32) if mp_dtype else MixedPrecisionPolicy()
+        mp = MixedPrecisionPolicy(param_dtype=mp_dtype,
+                                  reduce_dtype=torch.float32) if mp_dtype else MixedPrecisionPolicy()
         for block in registry.blocks(model):
             fully_shard(block, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
@@ -139,8 +141,9 @@ def gather_objects(obj, d: Dist) -> list:
 
 
 def agree_config(values: dict, d: Dist) -> None:
-    """Every rank was started with the same config: a sha256 of it is all-gathered before anything is read,
-    built or written; on a difference every rank raises the same one-line UserError naming a differing key."""
+    """Every rank was started with the same config: a sha256 of it is all-gathered before anything is
+    read, built or written; on a difference every rank raises the same one-line UserError naming a
+    differing key."""
     if not d.enabled:
         return
     digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=repr).encode("utf-8")).hexdigest()
@@ -149,7 +152,8 @@ def agree_config(values: dict, d: Dist) -> None:
         return
     every = gather_objects(values, d)  # only on a mismatch: name the key
     other = next(r for r, h in enumerate(digests) if h != digests[0])
-    key = next(k for k in sorted(set(every[0]) | set(every[other]), key=str) if every[0].get(k) != every[other].get(k))
+    key = next(k for k in sorted(set(every[0]) | set(every[other]),
+                                 key=str) if every[0].get(k) != every[other].get(k))
     raise UserError(f"rank {other} was started with {key} = {every[other].get(key)!r} but rank 0 with "
                     f"{every[0].get(key)!r}: start every rank with the same config and arguments")
 
@@ -214,13 +218,16 @@ def _write_failure(folder: Path, e) -> Exception:
 
 
 def _sharded_folder(run_dir, ref) -> Path:
-    """The folder a checkpoint's "sharded" entry names, if gptlab could have written it (dcp_<8 digits>, a real folder in checkpoints/)."""
-    bad = ("the checkpoint's 'sharded' entry {what}, so the checkpoint was not written by gptlab or was edited: "
-           "resume from another checkpoint (delete the newer ckpt_*.pt) or retrain")
-    if not (isinstance(ref, dict) and isinstance(ref.get("name"), str) and isinstance(ref.get("metadata_sha256"), str)):
+    """The folder a checkpoint's "sharded" entry names, if gptlab could have written it (dcp_<8 digits>,
+    a real folder in checkpoints/)."""
+    bad = ("the checkpoint's 'sharded' entry {what}, so the checkpoint was not written by gptlab or was "
+           "edited: resume from another checkpoint (delete the newer ckpt_*.pt) or retrain")
+    if not (isinstance(ref, dict) and isinstance(ref.get("name"),
+                                                 str) and isinstance(ref.get("metadata_sha256"), str)):
         raise UserError(bad.format(what="is not {name, metadata_sha256}"))
     if not DCP_RE.match(ref["name"]) or not re.fullmatch(r"[0-9a-f]{64}", ref["metadata_sha256"]):
-        raise UserError(bad.format(what=f"names {ref['name'][:80]!r}, not a dcp_<8 digits> folder with a sha256"))
+        raise UserError(bad.format(what=f"names {ref['name'][:80]!r}, not a dcp_<8 digits> folder with "
+                                        "a sha256"))
     ckdir = Path(run_dir) / CHECKPOINT_DIR
     folder = ckdir / ref["name"]
     if folder.is_symlink() or not folder.is_dir() or folder.resolve().parent != ckdir.resolve():
@@ -241,8 +248,8 @@ def _verified_metadata(run_dir, ref):
                         "resume from an older checkpoint (delete the newer ckpt_*.pt)")
     data = meta_path.read_bytes()
     if hashlib.sha256(data).hexdigest() != ref["metadata_sha256"]:
-        raise UserError(f"sharded checkpoint {meta_path} does not match the hash its checkpoint recorded "
-                        "(changed or damaged): resume from another checkpoint")
+        raise UserError(f"sharded checkpoint {meta_path} does not match the hash its checkpoint "
+                        "recorded (changed or damaged): resume from another checkpoint")
 
     class Restricted(pickle.Unpickler):  # only the classes in _DCP_GLOBALS and torch dtypes
         def find_class(self, module, name):
@@ -258,8 +265,10 @@ def _verified_metadata(run_dir, ref):
         raise UserError(f"sharded checkpoint metadata {meta_path} is not DCP metadata written by gptlab "
                         f"({str(e)[:120]}): it was not read; resume from another checkpoint") from None
     storage = getattr(md, "storage_data", None) if isinstance(md, Metadata) else None
-    files = {getattr(s, "relative_path", None) for s in storage.values()} if isinstance(storage, dict) else {None}
-    if any(not isinstance(f, str) or not re.fullmatch(r"[A-Za-z0-9_.]+", f) or f.startswith(".") for f in files):
+    files = ({getattr(s, "relative_path", None) for s in storage.values()}
+             if isinstance(storage, dict) else {None})
+    if any(not isinstance(f, str) or not re.fullmatch(r"[A-Za-z0-9_.]+",
+                                                      f) or f.startswith(".") for f in files):
         raise UserError(f"sharded checkpoint metadata {meta_path} names files outside its folder: "
                         "resume from another checkpoint")
     return folder, md
@@ -288,11 +297,15 @@ def load_sharded(run_dir, ref, model: torch.nn.Module, optimizer) -> None:
     state = {"model": msd, "optimizer": osd}
     try:
         dcp.load(state, storage_reader=VerifiedReader(str(folder)))
-    except (Exception, CheckpointException) as e:  # noqa: BLE001 - shards of another model, or short files
-        last = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()[:160]  # DCP: the rank's error last
-        raise UserError(f"sharded checkpoint {folder} cannot be loaded into this model ({last}): resume with the "
-                        "run's own config, or from an older checkpoint (delete the newer ckpt_*.pt)") from None
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    # noqa: BLE001 - shards of another model, or short files
+    except (Exception, CheckpointException) as e:
+        # DCP: the rank's error last
+        last = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()[:160]
+        raise UserError(f"sharded checkpoint {folder} cannot be loaded into this model ({last}): resume "
+                        "with the run's own config, or from an older checkpoint (delete the newer "
+                        "ckpt_*.pt)") from None
+    set_state_dict(model, optimizer, model_state_dict=state["model"],
+                   optim_state_dict=state["optimizer"])
 
 
 class StopAgreement:
@@ -313,8 +326,8 @@ class StopAgreement:
         if self.signum:
             os._exit(128 + signum)
         self.signum = signum
-        print(f"\nsignal {signal.Signals(signum).name}: finishing the current step and writing a checkpoint "
-              "(send it again to exit at once)", file=sys.stderr, flush=True)
+        print(f"\nsignal {signal.Signals(signum).name}: finishing the current step and writing a "
+              "checkpoint (send it again to exit at once)", file=sys.stderr, flush=True)
 
     def poll(self, state) -> str | None:
         """None, "signal" or "diverged". On a GPU the reduced flags reach the host in the background
@@ -324,7 +337,8 @@ class StopAgreement:
             return "signal"
         if state.step % self.every and not end:
             return None
-        flags = torch.stack([torch.full((), float(self.signum), device=state.consec_bad.device), state.consec_bad])
+        flags = torch.stack([torch.full((), float(self.signum), device=state.consec_bad.device),
+                             state.consec_bad])
         flags = all_reduce(flags, self.d, "max")  # every rank, at these steps
         if flags.is_cuda and not end:
             host = torch.empty(2, pin_memory=True).copy_(flags, non_blocking=True)

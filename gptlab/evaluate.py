@@ -38,9 +38,10 @@ from gptlab.runtime import autocast_ctx, resolve_data_dir, resolve_dtype
 LANGUINI_EVAL_STREAMS = 16  # the benchmark's in-training eval: 16 document streams,
 LANGUINI_MAX_EVAL_STEPS = 500  # the first 500 batches
 # Ceilings on eval's sizes (each stream, window and batch costs memory before the first forward).
-EVAL_ARG_CEILING = {"seq_len": 1 << 24, "last_n": 1 << 24, "eval_batch_size": 1 << 16, "max_eval_steps": 1 << 40,
-                    "streams": 1 << 16}
-# The first key of an `eval --json` file: the mark that lets a later --json replace it (and nothing else).
+EVAL_ARG_CEILING = {"seq_len": 1 << 24, "last_n": 1 << 24, "eval_batch_size": 1 << 16,
+                    "max_eval_steps": 1 << 40, "streams": 1 << 16}
+# The first key of an `eval --json` file: the mark that lets a later --json replace it (and nothing
+# else).
 EVAL_JSON_KEY, EVAL_JSON_MARK = "written_by", "gptlab eval"
 EVAL_JSON_TAG = f'"{EVAL_JSON_KEY}": "{EVAL_JSON_MARK}"'
 
@@ -73,7 +74,8 @@ def check_window(seq_len: int, last_n: int) -> int:
         raise UserError(f"--seq_len {seq_len} must be at least 1")
     last_n = last_n or seq_len
     if last_n < 1 or last_n > seq_len or seq_len % last_n:
-        raise UserError(f"--last_n {last_n} must be between 1 and seq_len {seq_len} and divide it (e.g. {seq_len // 4 or 1})")
+        raise UserError(f"--last_n {last_n} must be between 1 and seq_len {seq_len} and divide it (e.g. "
+                        f"{seq_len // 4 or 1})")
     return last_n
 
 
@@ -88,7 +90,8 @@ def eval_plan(n_tokens: int, seq_len: int, last_n: int = 0, doc_offsets=None, st
     rows = DocRows(doc_offsets, n_tokens, streams, data, eot_id)
     items = []
     for r, length in enumerate(rows.lengths.tolist()):
-        # Of the windows the loader emits (start <= length - 2), those whose first scored target is in the row.
+        # Of the windows the loader emits (start <= length - 2), those whose first scored target is in
+        # the row.
         n_score = max(0, (length - 1 - (seq_len - last_n + 1)) // last_n + 1)
         k = np.arange(min(n_score, max_batches or n_score), dtype=np.int64)
         items.append(np.stack([np.full_like(k, r), k * last_n], axis=1))
@@ -116,7 +119,8 @@ def count_targets(plan: EvalPlan, tokens: np.ndarray, tokenizer=None, byte_lengt
     return plan.counts
 
 
-def languini_eval_plan(tokens: np.ndarray, doc_offsets, seq_len: int, *, streams: int = LANGUINI_EVAL_STREAMS,
+def languini_eval_plan(tokens: np.ndarray, doc_offsets, seq_len: int, *,
+                       streams: int = LANGUINI_EVAL_STREAMS,
                        max_steps: int | None = LANGUINI_MAX_EVAL_STEPS, last_n: int = 0, tokenizer=None,
                        byte_lengths=None, eot_id: int | None = None) -> EvalPlan:
     """The benchmark's in-training eval: the first `max_steps` batches of `streams` document
@@ -131,8 +135,10 @@ def _batch(plan: EvalPlan, tokens: np.ndarray, sel: np.ndarray) -> tuple[torch.T
     def take(idx, fill):  # the tokens at idx, `fill` where idx is -1 (past the row's end)
         return np.where(idx >= 0, tokens[np.maximum(idx, 0)].astype(np.int64), fill)
 
-    x = np.array([take(plan.input_indices(i), 0) for i in sel.tolist()], np.int64).reshape(len(sel), plan.seq_len)
-    y = np.array([take(plan.target_indices(i), -1) for i in sel.tolist()], np.int64).reshape(len(sel), plan.last_n)
+    x = np.array([take(plan.input_indices(i), 0) for i in sel.tolist()], np.int64).reshape(len(sel),
+                                                                                           plan.seq_len)
+    y = np.array([take(plan.target_indices(i), -1) for i in sel.tolist()], np.int64).reshape(len(sel),
+                                                                                             plan.last_n)
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
@@ -202,11 +208,12 @@ def _score(forward, x, y, last_n: int, ctx, eot_id) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_size: int, device: torch.device,
-             last_n: int = 0, max_batches: int | None = None, byte_lengths: np.ndarray | None = None,
-             autocast=None, rank: int = 0, world_size: int = 1, reduce=None, eot_id: int | None = None, *,
-             plan: EvalPlan | None = None, tokenizer=None, doc_offsets=None, streams: int = 1,
-             progress=None, forward: EvalForward | None = None) -> dict:
+def evaluate(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_size: int,
+             device: torch.device, last_n: int = 0, max_batches: int | None = None,
+             byte_lengths: np.ndarray | None = None, autocast=None, rank: int = 0, world_size: int = 1,
+             reduce=None, eot_id: int | None = None, *, plan: EvalPlan | None = None, tokenizer=None,
+             doc_offsets=None, streams: int = 1, progress=None,
+             forward: EvalForward | None = None) -> dict:
     """Score `tokens` over `plan` (default: eval_plan of these arguments), batch_size windows per
     forward (forward.batch_size where it fixes one), logits from `forward` (default EvalForward(model)).
     Ranks deal the forwards round-robin, each running as many (sharded models need every rank in every
@@ -217,7 +224,8 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_siz
         count_targets(plan, tokens, tokenizer, byte_lengths)
     forward = forward or EvalForward(model)
     batch_size = forward.batch_size or batch_size
-    chunks = [np.arange(i, min(i + batch_size, len(plan.items))) for i in range(0, len(plan.items), batch_size)]
+    chunks = [np.arange(i, min(i + batch_size, len(plan.items))) for i in range(0, len(plan.items),
+                                                                                batch_size)]
     n_rounds = math.ceil(len(chunks) / world_size)
     sums = torch.zeros(6, dtype=torch.float64, device=device)
     ctx = autocast or contextlib.nullcontext()
@@ -232,21 +240,23 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_siz
                 progress(r + 1, n_rounds)
     if reduce is not None:
         sums = reduce(sums)
-    # The reported metrics from the summed [nll, tokens, top1, top10, nll_words, words] and the plan's counts.
+    # The reported metrics from the summed [nll, tokens, top1, top10, nll_words, words] and the plan's
+    # counts.
     nll, ntok, top1, top10, nll_words, nwords = sums.tolist()  # .tolist(): a CPU-GPU sync
     loss = nll / max(ntok, 1)
     c = plan.counts or {}
-    out = {"loss": loss, "ppl": math.exp(min(loss, 700)), "acc1": top1 / max(ntok, 1), "acc10": top10 / max(ntok, 1),
-           "total_loss": nll, "eval_tokens": int(ntok), "eval_windows": int(len(plan.items)),
-           "eval_batches": plan.batches, "eval_streams": len(plan.rows.rows), "seq_len": plan.seq_len,
-           "last_n": plan.last_n}
+    out = {"loss": loss, "ppl": math.exp(min(loss, 700)), "acc1": top1 / max(ntok, 1),
+           "acc10": top10 / max(ntok, 1), "total_loss": nll, "eval_tokens": int(ntok),
+           "eval_windows": int(len(plan.items)), "eval_batches": plan.batches,
+           "eval_streams": len(plan.rows.rows), "seq_len": plan.seq_len, "last_n": plan.last_n}
     if world_size == 1 and c.get("eval_tokens") is not None and c["eval_tokens"] != int(ntok):
         raise RuntimeError(f"scored {int(ntok)} tokens but the plan counts {c['eval_tokens']}")
     if c.get("eval_chars"):
         out.update(eval_chars=c["eval_chars"], normalised_loss=nll / c["eval_chars"],
                    normalised_ppl=math.exp(min(nll / c["eval_chars"], 700)))
     if c.get("eval_bytes"):
-        out.update(eval_bytes=c["eval_bytes"], loss_per_byte=nll / c["eval_bytes"], bpb=nll / c["eval_bytes"] / math.log(2))
+        out.update(eval_bytes=c["eval_bytes"], loss_per_byte=nll / c["eval_bytes"],
+                   bpb=nll / c["eval_bytes"] / math.log(2))
     if nwords and nwords != ntok:  # e.g. zero_one's bound is per word token, not per <eot>
         out.update(loss_excl_eot=nll_words / nwords, tokens_excl_eot=int(nwords))
     return out
@@ -254,7 +264,8 @@ def evaluate(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_siz
 
 def format_metrics(m: dict) -> str:
     parts = [f"loss {m['loss']:.4f}", f"ppl {m['ppl']:.3f}"]
-    parts += [f"{name} {m[k]:.4f}" for k, name in (("normalised_ppl", "norm_ppl"), ("bpb", "bpb")) if k in m]
+    parts += [f"{name} {m[k]:.4f}" for k, name in (("normalised_ppl", "norm_ppl"),
+                                                   ("bpb", "bpb")) if k in m]
     parts += [f"acc1 {m['acc1']:.3f}", f"acc10 {m['acc10']:.3f}", f"tokens {m['eval_tokens']:,}"]
     return " | ".join(parts + [f"{k[5:]} {m[k]:,}" for k in ("eval_chars", "eval_bytes") if k in m])
 
@@ -286,7 +297,8 @@ def _check_args(a) -> None:
         v = getattr(a, name)
         if v is not None and not 1 <= v <= EVAL_ARG_CEILING[name]:
             raise UserError(f"--{name} {v} must be an integer from 1 to {EVAL_ARG_CEILING[name]:,}")
-    if a.json_out:  # a new file, or one an earlier `gptlab eval --json` wrote; never a run's or dataset's
+    # a new file, or one an earlier `gptlab eval --json` wrote; never a run's or dataset's
+    if a.json_out:
         check_output_file(a.json_out, "--json", EVAL_JSON_TAG)
 
 
@@ -296,10 +308,12 @@ def check_same_tokenizer(run_meta: dict | None, meta: dict, data_dir) -> None:
         return
     a, b = run_meta.get("tokenizer") or {}, meta.get("tokenizer") or {}
     keys = ("fingerprint", "kind", "chars")
-    if [a.get(k) for k in keys] + [run_meta.get("vocab_size")] != [b.get(k) for k in keys] + [meta.get("vocab_size")]:
-        raise UserError(f"{data_dir} was tokenized with a different tokenizer ({b.get('kind')}, vocab {meta.get('vocab_size')}) "
-                        f"than the run ({a.get('kind')}, vocab {run_meta.get('vocab_size')}): evaluate on data prepared "
-                        "with the run's tokenizer")
+    if ([a.get(k) for k in keys] + [run_meta.get("vocab_size")]
+            != [b.get(k) for k in keys] + [meta.get("vocab_size")]):
+        raise UserError(f"{data_dir} was tokenized with a different tokenizer ({b.get('kind')}, vocab "
+                        f"{meta.get('vocab_size')}) than the run ({a.get('kind')}, vocab "
+                        f"{run_meta.get('vocab_size')}): evaluate on data prepared with the run's "
+                        "tokenizer")
 
 
 def checkpoint_facts(path: Path, tokens_per_second: float) -> dict:
@@ -310,7 +324,8 @@ def checkpoint_facts(path: Path, tokens_per_second: float) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - an older (non-zip) file: the weights loaded, the facts are unknown
+    # noqa: BLE001 - an older (non-zip) file: the weights loaded, the facts are unknown
+    except Exception:
         state = {}
     tokens = state.get("tokens")
     hours = tokens / tokens_per_second / 3600.0 if tokens is not None and tokens_per_second else None
@@ -320,54 +335,66 @@ def checkpoint_facts(path: Path, tokens_per_second: float) -> dict:
 
 def main(argv: list[str]) -> int:
     """gptlab eval --checkpoint_file F [--config_file C] --eval_data_split test --last_n 128"""
-    p = ArgParser(prog="gptlab eval", description="Evaluate a checkpoint on a prepared split, the Languini way.")
+    p = ArgParser(prog="gptlab eval",
+                  description="Evaluate a checkpoint on a prepared split, the Languini way.")
     p.add_argument("--run", help="run folder (instead of --checkpoint_file/--config_file)")
     p.add_argument("--checkpoint_file", help="checkpoint .pt")
     p.add_argument("--config_file", help="config.json of the run (default: beside checkpoints/)")
     p.add_argument("--eval_data_split", default="test", help="split name, e.g. val or test")
-    p.add_argument("--dataset", help="prepared dataset (name under data_root, or a folder); default: the run's")
+    p.add_argument("--dataset",
+                   help="prepared dataset (name under data_root, or a folder); default: the run's")
     p.add_argument("--data_root", help="folder of prepared datasets; default: the run's")
-    p.add_argument("--last_n", type=int, default=None, help="score the last N targets of each window (default: seq_len)")
-    p.add_argument("--seq_len", type=int, default=None, help="window length (default: the model's block size)")
+    p.add_argument("--last_n", type=int, default=None,
+                   help="score the last N targets of each window (default: seq_len)")
+    p.add_argument("--seq_len", type=int, default=None,
+                   help="window length (default: the model's block size)")
     p.add_argument("--eval_batch_size", type=int, default=8, help="windows per forward (speed only)")
-    p.add_argument("--streams", type=int, default=1, help=f"document streams (1: the benchmark's eval.py, {LANGUINI_EVAL_STREAMS}: its trainer's)")
-    p.add_argument("--max_eval_steps", type=int, default=None, help="only the first N batches of the streams")
+    p.add_argument("--streams", type=int, default=1, help="document streams (1: the benchmark's "
+                                                          f"eval.py, {LANGUINI_EVAL_STREAMS}: its "
+                                                          "trainer's)")
+    p.add_argument("--max_eval_steps", type=int, default=None,
+                   help="only the first N batches of the streams")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
-    p.add_argument("--trust_code", action="store_true", help="run the model idea's code that a run folder carries (read it first)")
+    p.add_argument("--trust_code", action="store_true",
+                   help="run the model idea's code that a run folder carries (read it first)")
     a = p.parse_args(argv)
     _check_args(a)
     check_device(a.device)  # a missing GPU is reported before any data is read
-    run = load_run(a.checkpoint_file or a.run, config_file=a.config_file, trust_code=a.trust_code)  # paths resolved against the run folder
+    # paths resolved against the run folder
+    run = load_run(a.checkpoint_file or a.run, config_file=a.config_file, trust_code=a.trust_code)
     cfg, ckpt_path = run.config, run.checkpoint("best")
     seq_len = a.seq_len or cfg.model.block_size
     if seq_len > cfg.model.block_size:
-        raise UserError(f"--seq_len {seq_len} exceeds the model's block size {cfg.model.block_size}: use at most that")
+        raise UserError(f"--seq_len {seq_len} exceeds the model's block size {cfg.model.block_size}: "
+                        "use at most that")
     last_n = check_window(seq_len, a.last_n or 0)
     data_dir = resolve_data_dir(a.dataset or cfg.data.dataset, a.data_root or cfg.data.data_root) \
         if a.dataset or a.data_root else run.data_dir()
     meta = tk.read_meta(data_dir)
-    reader = tk.open_for_reading(data_dir, meta, [a.eval_data_split])  # held to exit; sha256 as meta.json
+    # held to exit; sha256 as meta.json
+    reader = tk.open_for_reading(data_dir, meta, [a.eval_data_split])
     check_same_tokenizer(run.data_meta, meta, data_dir)
     tokens = tk.load_split(data_dir, a.eval_data_split, meta)
     if int(meta["vocab_size"]) > cfg.model.vocab_size:
-        raise UserError(f"dataset vocab {meta['vocab_size']} is larger than the model's {cfg.model.vocab_size}: "
-                        "evaluate on data prepared with the run's tokenizer")
+        raise UserError(f"dataset vocab {meta['vocab_size']} is larger than the model's "
+                        f"{cfg.model.vocab_size}: evaluate on data prepared with the run's tokenizer")
     tk.check_token_range(tokens, cfg.model.vocab_size)
     device = pick_device(a.device)
     model = run.build_model(device)  # a damaged checkpoint is reported before any counting
     tok = tokenizer_from_meta(meta, data_dir)
-    plan = eval_plan(len(tokens), seq_len, last_n, tk.doc_offsets(data_dir, a.eval_data_split, meta), a.streams,
-                     a.max_eval_steps, tokens, meta.get("eot_id"))
-    print(f"counting the characters and bytes of {len(plan.items):,} windows ...", file=sys.stderr, flush=True)
+    plan = eval_plan(len(tokens), seq_len, last_n, tk.doc_offsets(data_dir, a.eval_data_split, meta),
+                     a.streams, a.max_eval_steps, tokens, meta.get("eot_id"))
+    print(f"counting the characters and bytes of {len(plan.items):,} windows ...", file=sys.stderr,
+          flush=True)
     count_targets(plan, tokens, tok, token_byte_lengths(tok))
     m = evaluate(model, tokens, seq_len, a.eval_batch_size, device, eot_id=meta.get("eot_id"),
                  autocast=autocast_ctx(device, resolve_dtype(a.dtype, device)), plan=plan,
                  progress=progress_printer(f"eval {a.eval_data_split}"))
     reader.check()  # the split was not rewritten while it was scored
-    m.update(split=a.eval_data_split, checkpoint=str(ckpt_path), dataset=str(data_dir), streams=a.streams,
-             **checkpoint_facts(ckpt_path, cfg.train.tokens_per_second))
+    m.update(split=a.eval_data_split, checkpoint=str(ckpt_path), dataset=str(data_dir),
+             streams=a.streams, **checkpoint_facts(ckpt_path, cfg.train.tokens_per_second))
     print(f"{a.eval_data_split}: {format_metrics(m)}")
     record = {EVAL_JSON_KEY: EVAL_JSON_MARK, **m}  # the line and the --json file are the same record
     print(json.dumps(record), flush=True)

@@ -1,6 +1,6 @@
-"""Files gptlab writes and reads: atomic writes (a full or read-only disk is a one-line UserError), JSON/TOML
-with one-line errors, hashes, and folder locks (`.gptlab.lock` with pid, host and time; taken over only when its
-pid is dead on this host)."""
+"""Files gptlab writes and reads: atomic writes (a full or read-only disk is a one-line UserError),
+JSON/TOML with one-line errors, hashes, and folder locks (`.gptlab.lock` with pid, host and time; taken
+over only when its pid is dead on this host)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ LOCK_FILE = ".gptlab.lock"
 
 
 def _open_for_write(path: Path):  # an indirection so tests can inject a failing writer (full disk)
-    """A new file (never through a symbolic link planted at the temporary name; a stale one of ours goes)."""
+    """A new file (never through a symbolic link planted at the temporary name; a stale one of ours
+    goes)."""
     path.unlink(missing_ok=True)
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666), "wb")
 
@@ -34,9 +35,11 @@ def write_error(path: Path, e: BaseException | None) -> UserError | None:
     """The one-line UserError for a full / read-only disk behind e (or what it wraps), else None."""
     for _ in range(8):  # e, then what it wraps
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            return UserError(f"disk full while writing {path} (nothing was replaced): free space and run the command again")
+            return UserError(f"disk full while writing {path} (nothing was replaced): free space and "
+                             "run the command again")
         if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            return UserError(f"cannot write {path}: {e.strerror or 'read-only'}: choose a writable folder or fix its permissions")
+            return UserError(f"cannot write {path}: {e.strerror or 'read-only'}: choose a writable "
+                             "folder or fix its permissions")
         e = e and (e.__cause__ or e.__context__)
 
 
@@ -51,7 +54,8 @@ def fsync_dir(d: Path) -> None:
 
 
 def atomic_write_stream(path: Path, write: Callable[[Any], Any]) -> Any:
-    """write(binary file object) into path atomically (temporary file, fsync, rename); returns what write returned."""
+    """write(binary file object) into path atomically (temporary file, fsync, rename); returns what write
+    returned."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -82,12 +86,14 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-MAX_TEXT_FILE = 64 << 20  # bytes of a JSON/TOML file gptlab reads (a run's config, a meta.json, an HF config)
+# bytes of a JSON/TOML file gptlab reads (a run's config, a meta.json, an HF config)
+MAX_TEXT_FILE = 64 << 20
 
 
-def _read(path: Path, what: str, parse: Callable[[str], Any], bad: type, fix: Callable[[Any], str]) -> Any:
-    """parse(text of path); UserError one-liner if it is missing, unreadable, too large, nested beyond what
-    the parser can follow, or damaged (bad, described by fix)."""
+def _read(path: Path, what: str, parse: Callable[[str], Any], bad: type,
+          fix: Callable[[Any], str]) -> Any:
+    """parse(text of path); UserError one-liner if it is missing, unreadable, too large, nested beyond
+    what the parser can follow, or damaged (bad, described by fix)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {path} is missing: check the path")
@@ -95,8 +101,8 @@ def _read(path: Path, what: str, parse: Callable[[str], Any], bad: type, fix: Ca
         with open(path, "rb") as f:
             data = f.read(MAX_TEXT_FILE + 1)
         if len(data) > MAX_TEXT_FILE:
-            raise UserError(f"{what} {path} is larger than {MAX_TEXT_FILE >> 20} MiB, more than such a file "
-                            "holds: check the path, or restore the file")
+            raise UserError(f"{what} {path} is larger than {MAX_TEXT_FILE >> 20} MiB, more than such a "
+                            "file holds: check the path, or restore the file")
         return parse(data.decode("utf-8"))
     except RecursionError:
         raise UserError(f"{what} {path} is nested too deeply to read: restore or rewrite it") from None
@@ -114,7 +120,8 @@ def read_json(path: Path, what: str) -> Any:
 
 
 def read_toml(path: Path, what: str) -> dict:
-    return _read(path, what, tomllib.loads, tomllib.TOMLDecodeError, lambda e: f"TOML ({str(e).splitlines()[0]}): fix it")
+    return _read(path, what, tomllib.loads, tomllib.TOMLDecodeError,
+                 lambda e: f"TOML ({str(e).splitlines()[0]}): fix it")
 
 
 def closest_path(path: str | Path, suffixes: tuple[str, ...]) -> Path | None:
@@ -129,7 +136,8 @@ def closest_path(path: str | Path, suffixes: tuple[str, ...]) -> Path | None:
             base = base / part
             continue
         try:
-            names = [e.name for e in base.iterdir() if (e.is_file() and e.suffix in suffixes if last else e.is_dir())]
+            names = [e.name for e in base.iterdir() if (e.is_file() and e.suffix in suffixes if last
+                                                        else e.is_dir())]
         except OSError:
             return None
         close = difflib.get_close_matches(part, names, n=1, cutoff=0.6)
@@ -180,8 +188,9 @@ def _is_stale(holder: dict, lock: Path) -> bool:
 
 
 def _held_error(lock: Path, what: str, h: dict) -> UserError:
-    return UserError(f"{what} {lock.parent} is in use by pid {h.get('pid', '?')} on {h.get('host', '?')} since "
-                     f"{h.get('time', '?')}: wait for it to finish, or if that process is gone delete {lock}")
+    return UserError(f"{what} {lock.parent} is in use by pid {h.get('pid', '?')} on "
+                     f"{h.get('host', '?')} since {h.get('time', '?')}: wait for it to finish, or if "
+                     f"that process is gone delete {lock}")
 
 
 def _try_create(lock: Path, content: str) -> bool:
@@ -219,13 +228,15 @@ def _take_over(lock: Path, holder: dict, what: str) -> None:
 
 @contextlib.contextmanager
 def folder_lock(path: Path, what: str = "folder") -> Iterator[Path]:
-    """Hold path/.gptlab.lock for the block. A folder the lock had to create is removed again if left empty."""
+    """Hold path/.gptlab.lock for the block. A folder the lock had to create is removed again if left
+    empty."""
     folder = Path(path)
     created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise write_error(folder, e) or UserError(f"cannot create {what} {folder}: {e.strerror}") from None
+        raise (write_error(folder, e)
+               or UserError(f"cannot create {what} {folder}: {e.strerror}")) from None
     lock = folder / LOCK_FILE
     me = {"pid": os.getpid(), "host": socket.gethostname(),
           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "token": secrets.token_hex(8)}
@@ -239,7 +250,8 @@ def folder_lock(path: Path, what: str = "folder") -> Iterator[Path]:
             raise _held_error(lock, what, holder)
         _take_over(lock, holder, what)
     else:
-        raise UserError(f"could not take the lock {lock} (it keeps changing): retry when other gptlab commands finish")
+        raise UserError(f"could not take the lock {lock} (it keeps changing): retry when other gptlab "
+                        "commands finish")
     try:
         yield folder
     finally:
@@ -281,23 +293,25 @@ def _writable(folder: Path) -> bool:  # an indirection so tests can model a read
 
 
 def check_name(path, what: str) -> Path:
-    """path as a Path whose name gptlab can write, record in JSON and print: UTF-8, each component at most
-    255 bytes, no symbolic link loop on the way. UserError (one line) otherwise."""
+    """path as a Path whose name gptlab can write, record in JSON and print: UTF-8, each component at
+    most 255 bytes, no symbolic link loop on the way. UserError (one line) otherwise."""
     text = str(path)
     if not text.strip():
         raise UserError(f"{what} is empty: give a path")
     try:
         raw = text.encode("utf-8")
     except UnicodeEncodeError:
-        raise UserError(f"{what} {_shown(path)} is not a UTF-8 name: choose a name of UTF-8 characters") from None
+        raise UserError(f"{what} {_shown(path)} is not a UTF-8 name: choose a name of UTF-8 "
+                        "characters") from None
     if "\0" in text:
         raise UserError(f"{what} {ascii(text)} holds a NUL character: choose another name")
     long = next((p for p in Path(text).parts if len(p.encode("utf-8")) > NAME_MAX), None)
     if long is not None:
-        raise UserError(f"{what}: the name {long[:24]}... is {len(long.encode('utf-8'))} bytes long, more than "
-                        f"a file name may be ({NAME_MAX}): choose a shorter name")
+        raise UserError(f"{what}: the name {long[:24]}... is {len(long.encode('utf-8'))} bytes long, "
+                        f"more than a file name may be ({NAME_MAX}): choose a shorter name")
     if len(raw) > PATH_MAX:
-        raise UserError(f"{what} is {len(raw)} bytes long, more than a path may be: choose a shorter path")
+        raise UserError(f"{what} is {len(raw)} bytes long, more than a path may be: choose a shorter "
+                        "path")
     try:
         Path(text).absolute().resolve(strict=False)
     except (OSError, RuntimeError):  # RuntimeError: Python < 3.13 reports a symlink loop so
@@ -325,9 +339,11 @@ def enclosing_folder(path: Path) -> tuple[str, Path] | None:
 def made_by(path: Path, tag: str) -> bool:
     """Does the regular file path hold tag (the mark a gptlab command puts in what it writes)?"""
     try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):  # a FIFO or a device is nobody's output (and may block)
+        # a FIFO or a device is nobody's output (and may block)
+        if not stat.S_ISREG(os.lstat(path).st_mode):
             return False
-        with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW | os.O_NONBLOCK)) as f:
+        with open(path, "rb",
+                  opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW | os.O_NONBLOCK)) as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(_MADE_BY_SPAN)
             f.seek(max(0, size - _MADE_BY_SPAN))
@@ -345,10 +361,11 @@ def _existing_ancestor(path: Path) -> Path:
 
 
 def check_output_file(path, what: str, tag: str | None, make_parents: bool = False) -> Path:
-    """The rule for one file a command writes (eval --json, plot --out, bench --json/--csv), checked before
-    anything is written: a name gptlab can write; not a symbolic link, not a folder; an existing file only
-    if it holds tag (this command wrote it; None: never); never inside a dataset or an export, and inside a run folder
-    only a new file beside the run's own (not one of RUN_LAYOUT, not in its subfolders); a writable folder."""
+    """The rule for one file a command writes (eval --json, plot --out, bench --json/--csv), checked
+    before anything is written: a name gptlab can write; not a symbolic link, not a folder; an existing
+    file only if it holds tag (this command wrote it; None: never); never inside a dataset or an export,
+    and inside a run folder only a new file beside the run's own (not one of RUN_LAYOUT, not in its
+    subfolders); a writable folder."""
     path = check_name(path, what)
     if path.is_symlink():
         raise UserError(f"{what} {_shown(path)} is a symbolic link: gptlab never writes through one; "
@@ -356,26 +373,30 @@ def check_output_file(path, what: str, tag: str | None, make_parents: bool = Fal
     if path.is_dir():
         raise UserError(f"{what} {_shown(path)} is a folder: give a file path")
     if path.exists() and (tag is None or not made_by(path, tag)):
-        raise UserError(f"{what} {_shown(path)} exists and was not written by this gptlab command: gptlab "
-                        "replaces only its own files; choose a new file name")
+        raise UserError(f"{what} {_shown(path)} exists and was not written by this gptlab command: "
+                        "gptlab replaces only its own files; choose a new file name")
     inside = enclosing_folder(path)
     if inside is not None:
         kind, folder = inside
         top_level = path.absolute().parent == folder
         if kind != "run" or not top_level or path.name in RUN_LAYOUT or path.name.startswith("."):
             where = f"the {kind} folder {_shown(folder)}"
-            raise UserError(f"{what} {_shown(path)} is inside {where}, whose files belong to gptlab "
-                            f"{'train' if kind == 'run' else 'prepare' if kind == 'dataset' else 'export'}: "
-                            "write it elsewhere (a run folder takes new files beside its own, not in its subfolders)")
+            raise UserError(
+                f"{what} {_shown(path)} is inside {where}, whose files belong to gptlab "
+                f"{'train' if kind == 'run' else 'prepare' if kind == 'dataset' else 'export'}: "
+                "write it elsewhere (a run folder takes new files beside its own, not in "
+                "its subfolders)")
     parent = path.absolute().parent
     if not parent.is_dir() and not make_parents:
-        raise UserError(f"{what} {_shown(path)}: its folder does not exist: create it or choose another path")
+        raise UserError(f"{what} {_shown(path)}: its folder does not exist: create it or choose another "
+                        "path")
     check_writable_folder(parent, what)
     return path
 
 
 def check_writable_folder(folder: Path, what: str) -> None:
-    """UserError unless folder (or, if it is yet to be made, its nearest existing ancestor) is a writable folder."""
+    """UserError unless folder (or, if it is yet to be made, its nearest existing ancestor) is a writable
+    folder."""
     here = Path(folder) if Path(folder).exists() else _existing_ancestor(Path(folder) / "x")
     if not here.is_dir():
         raise UserError(f"{what}: {_shown(here)} is a file, not a folder: choose another path")
@@ -402,8 +423,9 @@ def check_output_folder(path, what: str, kind: str) -> Path:
 
 
 def reject_symlinks(folder: Path, names, what: str) -> None:
-    """UserError if any of folder/name is a symbolic link (a run's own files are never written through one)."""
+    """UserError if any of folder/name is a symbolic link (a run's own files are never written through
+    one)."""
     for name in names:
         if (Path(folder) / name).is_symlink():
-            raise UserError(f"{what}: {_shown(Path(folder) / name)} is a symbolic link, so gptlab would write "
-                            "outside the folder: replace it with the real file or start a new run")
+            raise UserError(f"{what}: {_shown(Path(folder) / name)} is a symbolic link, so gptlab would "
+                            "write outside the folder: replace it with the real file or start a new run")

@@ -23,8 +23,8 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     return logits
 
 
-def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, V) logits -> (B, 1) token ids; temperature 0 is greedy. The exponential race
     (argmax of p / E, E ~ Exp(1)) picks token i with probability p_i, with no host sync."""
     if temperature == 0:
@@ -43,7 +43,8 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     tokens. The loop never reads a tensor back to the host (the caller's .tolist() is the sync)."""
     model.eval()
     block = model.config.block_size
-    use_cache = use_cache and hasattr(model, "new_cache")  # an idea without a cache recomputes the window
+    # an idea without a cache recomputes the window
+    use_cache = use_cache and hasattr(model, "new_cache")
     cache = None
     for _ in range(max_new_tokens):
         # Model input: the whole window (no cache, or a new or full one, rebuilt) or the newest token.
@@ -53,6 +54,7 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
         window = idx[:, -block:] if whole else idx[:, -1:]
         logits = model(window) if cache is None else model(window, cache=cache)
         # padded vocab columns (embedding padding) are never sampled
-        nxt = sample(logits[:, -1, :model.config.vocab_size], temperature, top_k, top_p, generator)  # (B, 1)
+        # (B, 1)
+        nxt = sample(logits[:, -1, :model.config.vocab_size], temperature, top_k, top_p, generator)
         idx = torch.cat([idx, nxt], dim=1)
     return idx

@@ -47,7 +47,8 @@ class Spec:
 
     @property
     def label(self) -> str:
-        """A short name for run folders: GPT, or the class after the file's stem or module's last part."""
+        """A short name for run folders: GPT, or the class after the file's stem or module's last
+        part."""
         if self.kind == "builtin":
             return self.target.upper()
         stem = Path(self.target).stem if self.kind == "file" else self.target.rsplit(".", 1)[-1]
@@ -72,9 +73,11 @@ class Idea:
 
 def parse_spec(text: str, builtins: dict[str, Any] | tuple[str, ...], flag: str = "--model",
                noun: str = "ClassName") -> Spec:
-    """A --model (or `flag`) value as a Spec; a malformed one is a UserError naming the accepted forms."""
+    """A --model (or `flag`) value as a Spec; a malformed one is a UserError naming the accepted
+    forms."""
     text = str(text).strip()
-    forms = f"give {flag} {'|'.join(builtins)}, {flag} path/to/file.py:{noun} or {flag} package.module:{noun}"
+    forms = (f"give {flag} {'|'.join(builtins)}, {flag} path/to/file.py:{noun} "
+             f"or {flag} package.module:{noun}")
     if text.lower() in builtins:
         return Spec(text, "builtin", text.lower(), "")
     target, colon, name = text.rpartition(":")
@@ -83,8 +86,8 @@ def parse_spec(text: str, builtins: dict[str, Any] | tuple[str, ...], flag: str 
             raise UserError(f"{flag} {text}: name the {noun} too, as {text}:{noun} ({forms})")
         close = difflib.get_close_matches(text.lower(), list(builtins), n=1)
         hint = f"did you mean {flag} {close[0]}? " if close else ""
-        raise UserError(f"{flag} {text!r} is neither built in ({', '.join(builtins)}) nor a file or module: "
-                        f"{hint}{forms}")
+        raise UserError(f"{flag} {text!r} is neither built in ({', '.join(builtins)}) nor a file or "
+                        f"module: {hint}{forms}")
     if not _IDENTIFIER.fullmatch(name):
         raise UserError(f"{flag} {text}: {name!r} after the last ':' is not a Python name: {forms}")
     if target.endswith(".py") or "/" in target or "\\" in target:
@@ -106,7 +109,8 @@ class Loaded:
     code: bytes
 
 
-def load_object(text: str, builtins: dict[str, Any], flag: str = "--model", noun: str = "ClassName") -> Loaded:
+def load_object(text: str, builtins: dict[str, Any], flag: str = "--model",
+                noun: str = "ClassName") -> Loaded:
     """What a spec names: a built-in, or a name defined by a file (executed from the bytes hashed, as a
     module of its own) or an importable module; every failure is one line naming the file and line.
     gptlab's --model and --optimizer both load their ideas this way."""
@@ -121,12 +125,13 @@ def load_object(text: str, builtins: dict[str, Any], flag: str = "--model", noun
 
 
 def load_idea(text: str, builtins: dict[str, type]) -> Idea:
-    """The model class a spec names, checked against the contract, with its source's sha256 and options."""
+    """The model class a spec names, checked against the contract, with its source's sha256 and
+    options."""
     loaded = load_object(text, builtins)
     cls, spec = loaded.obj, loaded.spec
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise UserError(f"--model {spec.text}: {spec.class_name} is {type(cls).__name__}, not a torch.nn.Module "
-                        "subclass: name the model's class")
+        raise UserError(f"--model {spec.text}: {spec.class_name} is {type(cls).__name__}, not a "
+                        "torch.nn.Module subclass: name the model's class")
     if spec.kind != "builtin":
         _check_contract(cls, spec.text)
     return Idea(spec, cls, loaded.source, loaded.sha256, declared_options(cls, spec.text), loaded.code)
@@ -244,15 +249,17 @@ def changed_message(idea: Idea, recorded: str) -> str:
 def resume_changed_message(path: str, recorded: str, now: str) -> str:
     """--resume of a run whose idea file no longer has the sha256 its config.json records."""
     return (f"--resume: {path} has changed since the run started (sha256 {recorded[:12]}... in its "
-            f"config.json, {now[:12]}... now): restore the idea's file, or train the new version as a new "
-            "run (drop --resume)")
+            f"config.json, {now[:12]}... now): restore the idea's file, or train the new version as a "
+            "new run (drop --resume)")
 
 
 def file_sha256(spec_text: str) -> str | None:
-    """The sha256 of the file a file spec names, read without running it (None for other specs or no file)."""
+    """The sha256 of the file a file spec names, read without running it (None for other specs or no
+    file)."""
     target, colon, _ = str(spec_text).strip().rpartition(":")
     path = Path(target)
-    if not colon or not (target.endswith(".py") or "/" in target or "\\" in target) or not path.is_file():
+    if not colon or not (target.endswith(".py") or "/" in target
+                         or "\\" in target) or not path.is_file():
         return None
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

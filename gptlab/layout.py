@@ -1,4 +1,5 @@
-"""The names of the files and folders inside a run folder, shared by everything that reads or writes one."""
+"""The names of the files and folders inside a run folder, shared by everything that reads or writes
+one."""
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"

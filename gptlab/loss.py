@@ -35,14 +35,16 @@ def resolve_ce_chunk(ce_chunk: int, compile_mode: str, padded_vocab: int) -> int
     """Tokens per chunk of the linear+cross-entropy; 0 = the plain loss. -1 (auto): chunked under
     torch.compile (fused, lighter: BENCHMARKS.md) when the logits are large (padded_vocab >=
     CHUNKED_MIN_VOCAB); plain in eager mode (F.cross_entropy is the fast path) or for a small vocab."""
-    return ce_chunk if ce_chunk >= 0 else (8192 if compile_mode != "none" and padded_vocab >= CHUNKED_MIN_VOCAB else 0)
+    return ce_chunk if ce_chunk >= 0 else (8192 if compile_mode != "none"
+                                           and padded_vocab >= CHUNKED_MIN_VOCAB else 0)
 
 
 def chunkable(model: torch.nn.Module) -> bool:
     """Can the chunked loss run through this (unwrapped) model's output layer: a bias-free nn.Linear
     `lm_head` (the GPT's; an idea's if it has one) whose weight is not sharded (FSDP2's DTensor)?"""
     head = getattr(model, "lm_head", None)
-    return isinstance(head, torch.nn.Linear) and head.bias is None and type(head.weight).__name__ != "DTensor"
+    return (isinstance(head, torch.nn.Linear) and head.bias is None
+            and type(head.weight).__name__ != "DTensor")
 
 
 def lm_loss(model, idx: torch.Tensor, targets: torch.Tensor, ce_chunk: int = 0) -> torch.Tensor:
@@ -52,7 +54,8 @@ def lm_loss(model, idx: torch.Tensor, targets: torch.Tensor, ce_chunk: int = 0) 
     gpt = raw_model(model)
     if ce_chunk <= 0 or not chunkable(gpt):
         return logits_and_loss(model, idx, targets)[1]
-    return chunked_cross_entropy(model(idx, return_hidden=True), gpt.lm_head.weight, targets, gpt.config.vocab_size, ce_chunk)
+    return chunked_cross_entropy(model(idx, return_hidden=True), gpt.lm_head.weight, targets,
+                                 gpt.config.vocab_size, ce_chunk)
 
 
 def _chunk_logits(hc, w, vocab: int, cols):
@@ -101,9 +104,9 @@ def _fused(fn, device: torch.device):
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """Mean CE of (h @ w.T) over targets != -1, chunk by chunk: each chunk's gradients for h and w are
-    computed in the forward (softmax - one-hot), so (N, vocab) logits are never stored; same matmul FLOPs.
-    1/n_valid and the upstream gradient (fp16's loss scale) are applied in backward, in fp32: dividing
-    by 16K tokens first would push fp16 gradients under its smallest normal number."""
+    computed in the forward (softmax - one-hot), so (N, vocab) logits are never stored; same matmul
+    FLOPs. 1/n_valid and the upstream gradient (fp16's loss scale) are applied in backward, in fp32:
+    dividing by 16K tokens first would push fp16 gradients under its smallest normal number."""
 
     @staticmethod
     def forward(ctx, h, w, targets, vocab: int, chunk: int):
@@ -116,13 +119,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_h, grad_w, n_valid = ctx.saved_tensors
         factor = grad_out.float() / n_valid
-        return (grad_h.float() * factor).to(grad_h.dtype), (grad_w * factor).to(ctx.w_dtype), None, None, None
+        return ((grad_h.float() * factor).to(grad_h.dtype), (grad_w * factor).to(ctx.w_dtype),
+                None, None, None)
 
 
 def _chunk_loop(h, w, targets, vocab: int, chunk: int, grads: bool):
     """(summed loss, count of targets != -1, and with grads the summed d/d h and d/d w)."""
     valid = targets != -1
-    n_valid = valid.sum().to(torch.float32)  # on the device: no host sync; 0 gives nan, as F.cross_entropy
+    # on the device: no host sync; 0 gives nan, as F.cross_entropy
+    n_valid = valid.sum().to(torch.float32)
     safe_t = torch.where(valid, targets, torch.zeros_like(targets))
     cols = torch.arange(w.size(0), device=h.device)
     loss = torch.zeros((), dtype=torch.float32, device=h.device)

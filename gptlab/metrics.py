@@ -18,8 +18,8 @@ from gptlab.registry import GPT_FLOPS_NOTE, flops_note, flops_per_token, paramet
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, FLOP/s.
 PEAK_BF16 = {
-    "H100 SXM": 989.4e12, "H100 SXM5": 989.4e12, "H100 80GB HBM3": 989.4e12, "H200 NVL": 835e12, "H100 NVL": 835e12, "H100 PCIe": 756e12,
-    "H200": 989.4e12, "GH200": 989.4e12, "B200": 2250e12,
+    "H100 SXM": 989.4e12, "H100 SXM5": 989.4e12, "H100 80GB HBM3": 989.4e12, "H200 NVL": 835e12,
+    "H100 NVL": 835e12, "H100 PCIe": 756e12, "H200": 989.4e12, "GH200": 989.4e12, "B200": 2250e12,
     "A100": 312e12, "A800": 312e12, "L40S": 362.05e12, "L4": 121e12, "A10G": 70e12, "A10": 125e12,
     "RTX 4090": 165.2e12, "RTX 3090": 71e12,
 }
@@ -64,7 +64,8 @@ class TrainClock:
 
     @contextlib.contextmanager
     def paused(self):
-        if self.device.type == "cuda":  # the device runs behind the host: its queued steps count as training
+        # the device runs behind the host: its queued steps count as training
+        if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t = time.time()
         try:
@@ -148,10 +149,11 @@ class TrainMetrics:
 
     def header(self, cfg, run_dir) -> str:
         t = cfg.train
-        return (f"run: {run_dir}\nmodel: {parameter_count(self.raw):,} parameters, {self.fpt / 1e9:.3f} GFLOPs/token{self.fpt_note} | "
-                f"device {self.device_name} | dtype {cfg.system.dtype} | compile {cfg.system.compile} | world "
-                f"{self.d.world_size} | batch {t.train_batch_size} = {self.d.world_size} ranks x {t.batch_size} x "
-                f"{t.gradient_accumulation_steps} accum | seq {cfg.model.block_size} | {self.tokens_per_step:,} tokens/step")
+        return (f"run: {run_dir}\nmodel: {parameter_count(self.raw):,} parameters, {self.fpt / 1e9:.3f} "
+                f"GFLOPs/token{self.fpt_note} | device {self.device_name} | dtype {cfg.system.dtype} | "
+                f"compile {cfg.system.compile} | world {self.d.world_size} | batch {t.train_batch_size} "
+                f"= {self.d.world_size} ranks x {t.batch_size} x {t.gradient_accumulation_steps} accum "
+                f"| seq {cfg.model.block_size} | {self.tokens_per_step:,} tokens/step")
 
     def record(self, state, out, lr: float, waited: float) -> None:
         end = state.step == self.cfg.train.max_iters
@@ -159,7 +161,8 @@ class TrainMetrics:
         for w in (self.jsonl, self.term):
             w.add(out.loss, out.bad, waited)
         if state.step % log.log_metrics_every == 0 or end:
-            self.logger.log("train", state.step, state.tokens, self._values(self.jsonl.take(self.d), state, out, lr))
+            self.logger.log("train", state.step, state.tokens,
+                            self._values(self.jsonl.take(self.d), state, out, lr))
         if state.step % log.log_interval == 0 or end:
             v = self._values(self.term.take(self.d), state, out, lr)
             self.rate.update(v["ms_per_step"] / 1000)
@@ -174,7 +177,8 @@ class TrainMetrics:
              "mfu": mfu(self.fpt, tps / self.d.world_size, self.peak), "grad_norm": float(out.grad_norm),
              "data_wait_share": w["data_wait_share"], "nonfinite_skipped": int(state.bad_total),
              "train_time_s": self.clock.now()}  # float()/int(): CPU-GPU syncs, at this record's cadence
-        if self.d.device.type == "cuda":  # peak memory torch allocated; on the CPU, the process's peak RSS
+        # peak memory torch allocated; on the CPU, the process's peak RSS
+        if self.d.device.type == "cuda":
             v["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.d.device) / 2**30
         else:
             v["peak_mem_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
@@ -182,17 +186,20 @@ class TrainMetrics:
 
     def _line(self, step: int, v: dict) -> str:
         total = self.cfg.train.max_iters
-        mem = f" | {'peak mem' if self.d.device.type == 'cuda' else 'peak RSS'} {v['peak_mem_gb']:.2f} GiB"
+        mem = (f" | {'peak mem' if self.d.device.type == 'cuda' else 'peak RSS'} "
+               f"{v['peak_mem_gb']:.2f} GiB")
         eta = f" | elapsed {_hms(self.clock.now())} | ETA {_hms(self.rate.eta(total - step))}" \
             if step < total else ""
-        return (f"step {step}/{total} | loss {v['loss']:.4f} | lr {v['lr']:.2e} | {v['ms_per_step']:.1f} ms/step | "
-                f"{v['tokens_per_sec']:,.0f} tok/s | MFU {fmt_mfu(v['mfu'])}{mem}{eta}")
+        return (f"step {step}/{total} | loss {v['loss']:.4f} | lr {v['lr']:.2e} | "
+                f"{v['ms_per_step']:.1f} ms/step | {v['tokens_per_sec']:,.0f} tok/s | MFU "
+                f"{fmt_mfu(v['mfu'])}{mem}{eta}")
 
     def weights_before(self, step: int) -> dict | None:
         """A copy of the weights before `step` when it logs grads statistics (rank 0; not under FSDP2,
         whose ranks hold shards), else None."""
         every = self.cfg.log.log_grads_every
-        if not every or step % every or not self.d.is_main or hasattr(next(self.raw.parameters()), "full_tensor"):
+        if not every or step % every or not self.d.is_main or hasattr(next(self.raw.parameters()),
+                                                                      "full_tensor"):
             return None
         return {n: p.detach().float().clone() for n, p in self.raw.named_parameters()}
 
@@ -212,7 +219,8 @@ class TrainMetrics:
 
     def state_dict(self) -> dict:
         """The jsonl window's partial sums: a resume continues the record in progress."""
-        return {"loss_sum": self.jsonl.loss_sum.detach().cpu().clone(), "loss_count": float(self.jsonl.loss_count)}
+        return {"loss_sum": self.jsonl.loss_sum.detach().cpu().clone(),
+                "loss_count": float(self.jsonl.loss_count)}
 
 
 def _hms(seconds: float) -> str:
@@ -220,7 +228,8 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def grad_stats(model: torch.nn.Module, before: dict[str, torch.Tensor] | None, scale: float = 1.0) -> dict:
+def grad_stats(model: torch.nn.Module, before: dict[str, torch.Tensor] | None,
+               scale: float = 1.0) -> dict:
     """Mean / max / min / L2 of weights, gradients and the last update, per parameter and pooled over all
     ("global"). Call after the optimiser step, before zero_grad (gradients divided by `scale`)."""
     out: dict[str, float] = {}
@@ -231,14 +240,16 @@ def grad_stats(model: torch.nn.Module, before: dict[str, torch.Tensor] | None, s
                  "u": w - before[name] if before is not None and name in before else None}
         for kind, t in parts.items():
             if t is not None:  # .item(): host syncs, on log_grads_every steps only
-                s = {"mean": t.mean().item(), "max": t.max().item(), "min": t.min().item(), "l2": t.norm().item()}
+                s = {"mean": t.mean().item(), "max": t.max().item(), "min": t.min().item(),
+                     "l2": t.norm().item()}
                 out.update({f"{kind}/{name}/{k}": v for k, v in s.items()})
                 pooled[kind].append((t.numel(), *s.values()))
     for kind, rows in pooled.items():
         if rows:
             n, mean, mx, mn, l2 = torch.tensor(rows, dtype=torch.float64).T
-            out.update({f"{kind}/global/mean": float((n * mean).sum() / n.sum()), f"{kind}/global/max": float(mx.max()),
-                        f"{kind}/global/min": float(mn.min()), f"{kind}/global/l2": float(l2.norm())})
+            out.update({f"{kind}/global/mean": float((n * mean).sum() / n.sum()),
+                        f"{kind}/global/max": float(mx.max()), f"{kind}/global/min": float(mn.min()),
+                        f"{kind}/global/l2": float(l2.norm())})
     return out
 
 
@@ -250,4 +261,5 @@ def entropy_gap(meta: dict, m: dict) -> str:
         return ""
     bound = -p * math.log(p) - (1 - p) * math.log(1 - p)
     loss = m.get("loss_excl_eot", m["loss"])
-    return f" | word-token loss {loss:.4f}, gap to entropy bound {bound:.4f}: {(loss / bound - 1) * 100:+.2f}%"
+    return (f" | word-token loss {loss:.4f}, gap to entropy bound {bound:.4f}: "
+            f"{(loss / bound - 1) * 100:+.2f}%")

@@ -10,7 +10,8 @@ from gptlab.config import BUILTIN_OPTIMIZERS, Config
 from gptlab.optimizers import from_idea, muon_with_adamw
 
 
-def build_optimizer(model: torch.nn.Module, cfg: Config, device_type: str, idea=None) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, cfg: Config, device_type: str,
+                    idea=None) -> torch.optim.Optimizer:
     """Adam(W) that decays matrices and embeddings (>= 2-D), never biases or LayerNorm gains; or
     --optimizer muon, or an optimiser idea (`idea`: its loaded function; gptlab.optimizers)."""
     o = cfg.optim
@@ -25,7 +26,8 @@ def build_optimizer(model: torch.nn.Module, cfg: Config, device_type: str, idea=
     # The fused kernel does the whole update in a few launches and skips a step on the device
     # (found_inf) without a host sync; torch >= 2.4 has it on CPU too.
     cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, lr=o.learning_rate, betas=(o.beta1, o.beta2), eps=o.eps, fused=device_type in ("cuda", "cpu"))
+    return cls(groups, lr=o.learning_rate, betas=(o.beta1, o.beta2), eps=o.eps,
+               fused=device_type in ("cuda", "cpu"))
 
 
 def lr_at(step: int, cfg: Config) -> float:

@@ -195,8 +195,9 @@ def from_idea(model: nn.Module, config, loaded: ideas.Loaded | None = None):
     if len(held) != len(set(held)) or set(held) != trainable:
         raise UserError(
             f"--optimizer {name} must hold every trainable parameter of the model exactly once; "
-            f"it holds {len(set(held) & trainable)} of {len(trainable)} (and {len(held) - len(set(held))} "
-            f"twice, {len(set(held) - trainable)} foreign): fix its param groups"
+            f"it holds {len(set(held) & trainable)} of {len(trainable)} (and "
+            f"{len(held) - len(set(held))} twice, {len(set(held) - trainable)} foreign): fix its param "
+            "groups"
         )
     for group in optimizer.param_groups:
         group.setdefault("lr_scale", group["lr"] / o.learning_rate)

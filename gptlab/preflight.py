@@ -40,8 +40,8 @@ def prepare_command(dataset: str, data_root: str) -> str:
     if name.startswith(("books", "openbooks")):
         if OPENBOOKS_DEFAULT.is_dir():
             return f"gptlab prepare openbooks --out {target}"
-        return (f"gptlab prepare books --input {BOOKS_INPUT} --out {target} ({BOOKS_INPUT}: Languini's books, "
-                "with train/ and test/ subfolders)")
+        return (f"gptlab prepare books --input {BOOKS_INPUT} --out {target} ({BOOKS_INPUT}: Languini's "
+                "books, with train/ and test/ subfolders)")
     return f"gptlab prepare text --input YOUR_TEXT_FILE --out {target}"
 
 
@@ -64,9 +64,10 @@ def split_problems(cfg, data_dir: Path, meta: dict) -> list[str]:
         if name in names or (flag == "val_split" and name == "val"):
             continue  # the default "val" falls back to "test", or to no held-out split
         held_out = [n for n in names if n != cfg.data.train_split]
-        pick = (held_out or names)[0] if flag == "val_split" else ("train" if "train" in names else names[0])
-        problems.append(f"--{flag} {name!r}: dataset {data_dir} has no such split (has: {', '.join(names)}): "
-                        f"pass --{flag} {pick}")
+        pick = (held_out or names)[0] if flag == "val_split" else ("train" if "train" in names
+                                                                   else names[0])
+        problems.append(f"--{flag} {name!r}: dataset {data_dir} has no such split (has: "
+                        f"{', '.join(names)}): pass --{flag} {pick}")
     return problems
 
 
@@ -89,9 +90,10 @@ def stream_problem(cfg, data_dir: Path, meta: dict, world_size: int) -> str | No
     doc_rows = DocRows(tk.doc_offsets(data_dir, split, meta), len(data), rows, data, meta.get("eot_id"))
     if int(doc_rows.lengths.min()) >= 2:
         return None
-    return (f"split {split!r} of {data_dir} has {doc_rows.n_docs:,} document(s), too few for {rows} document "
-            f"streams (one per sequence of the batch, --train_batch_size {rows}): pass --sampler random "
-            f"(windows from anywhere in the text), or use data with at least {rows} documents")
+    return (f"split {split!r} of {data_dir} has {doc_rows.n_docs:,} document(s), too few for {rows} "
+            f"document streams (one per sequence of the batch, --train_batch_size {rows}): pass "
+            f"--sampler random (windows from anywhere in the text), or use data with at least {rows} "
+            "documents")
 
 
 def config_problems(cfg, world_size: int) -> list[str]:

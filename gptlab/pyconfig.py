@@ -34,7 +34,8 @@ class Limits:
 
 
 LIMITS = Limits()
-COMPUTED = object()  # the value of an assignment that is not a literal (a call, an attribute, an unknown name)
+# the value of an assignment that is not a literal (a call, an attribute, an unknown name)
+COMPUTED = object()
 
 
 class Assignment(NamedTuple):
@@ -48,8 +49,9 @@ class _NotLiteral(Exception):
     pass
 
 
-_ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-               ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+               ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+               ast.Pow: operator.pow}
 _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 _SEQUENCES = (str, bytes, list, tuple)
 
@@ -67,8 +69,8 @@ def parse(text: str, where: str, limits: Limits = LIMITS) -> ast.Module:
     """The syntax tree of a config file's text, within the size, token, node and depth limits."""
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > limits.source_bytes:
-        raise UserError(f"{where} is {size:,} bytes, more than a config file may be ({limits.source_bytes:,}): "
-                        "a nanoGPT config is a few lines of `key = value`")
+        raise UserError(f"{where} is {size:,} bytes, more than a config file may be "
+                        f"({limits.source_bytes:,}): a nanoGPT config is a few lines of `key = value`")
     _check_tokens(text, where, limits)
     try:
         tree = ast.parse(text, filename=where)
@@ -88,14 +90,15 @@ def _check_tokens(text: str, where: str, limits: Limits) -> None:
     try:
         for count, token in enumerate(tokenize.generate_tokens(io.StringIO(text).readline), 1):
             if count > limits.tokens:
-                raise UserError(f"{where} holds more than {limits.tokens:,} tokens, more than a config file may: "
-                                "write each value itself")
+                raise UserError(f"{where} holds more than {limits.tokens:,} tokens, more than a config "
+                                "file may: write each value itself")
             if token.type == tokenize.NUMBER and len(token.string) > digits:
-                raise UserError(f"{where}:{token.start[0]}: a number of {len(token.string):,} digits, more than a "
-                                f"config file may hold ({digits:,}): write a smaller value")
+                raise UserError(f"{where}:{token.start[0]}: a number of {len(token.string):,} digits, "
+                                f"more than a config file may hold ({digits:,}): write a smaller value")
             if token.type == tokenize.STRING and len(token.string) > limits.text_length + 8:
-                raise UserError(f"{where}:{token.start[0]}: a text of {len(token.string):,} characters, more than "
-                                f"a config file may hold ({limits.text_length:,}): write a shorter value")
+                raise UserError(f"{where}:{token.start[0]}: a text of {len(token.string):,} characters, "
+                                f"more than a config file may hold ({limits.text_length:,}): write a "
+                                "shorter value")
     except (tokenize.TokenError, SyntaxError):
         pass  # ast.parse names the line
 
@@ -110,13 +113,14 @@ def _check_shape(tree: ast.AST, where: str, limits: Limits) -> None:
             line = getattr(node, "lineno", 0)
             what = f"nested more than {limits.depth} deep" if depth > limits.depth else \
                 f"more than {limits.nodes:,} syntax nodes"
-            raise UserError(f"{where}:{line}: {what}, more than a config file may be: write each value itself")
+            raise UserError(f"{where}:{line}: {what}, more than a config file may be: write each value "
+                            "itself")
         stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
 
 
 class Evaluator:
-    """Literal values of config expressions (numbers, strings, bytes, booleans, None, lists, tuples, + - * /
-    // % ** and names assigned earlier), every result's size checked before it is made."""
+    """Literal values of config expressions (numbers, strings, bytes, booleans, None, lists, tuples, + -
+    * / // % ** and names assigned earlier), every result's size checked before it is made."""
 
     def __init__(self, where: str, limits: Limits = LIMITS):
         self.where, self.limits, self.work, self.line = where, limits, 0, 0
@@ -147,13 +151,15 @@ class Evaluator:
         """The value of an expression node; _NotLiteral for anything else (nothing is called or run)."""
         self.line = getattr(node, "lineno", self.line)
         self.charge(1)
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bytes, bool, type(None))):
+        if (isinstance(node, ast.Constant)
+                and isinstance(node.value, (int, float, str, bytes, bool, type(None)))):
             return self.check_size(node.value)
         if isinstance(node, ast.Name) and node.id in known:
             return known[node.id]
         if isinstance(node, (ast.List, ast.Tuple)) and isinstance(node.ctx, ast.Load):
             if len(node.elts) > self.limits.list_length:
-                raise self.refuse(f"a list of {len(node.elts):,} items (more than {self.limits.list_length:,})")
+                raise self.refuse(f"a list of {len(node.elts):,} items (more than "
+                                  f"{self.limits.list_length:,})")
             items = [self.value(e, known) for e in node.elts]
             return self.check_size(items if isinstance(node, ast.List) else tuple(items))
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
@@ -190,8 +196,9 @@ class Evaluator:
     def predict_length(self, sample: Any, length: int) -> None:
         limit = self.limits.text_length if isinstance(sample, (str, bytes)) else self.limits.list_length
         if length > limit:
-            raise self.refuse(f"a {'text' if limit == self.limits.text_length else 'list'} of {length:,} "
-                              f"{'characters' if isinstance(sample, (str, bytes)) else 'items'} (more than {limit:,})")
+            raise self.refuse(
+                f"a {'text' if limit == self.limits.text_length else 'list'} of {length:,} "
+                f"{'characters' if isinstance(sample, (str, bytes)) else 'items'} (more than {limit:,})")
 
     def predict_number(self, op: type, left: Any, right: Any) -> None:
         """Integer results are sized from their operands' bits before they are computed."""
@@ -203,12 +210,14 @@ class Evaluator:
         elif op is ast.Mult:
             bits = left.bit_length() + right.bit_length() - 1
         if bits > self.limits.int_bits:
-            raise self.refuse(f"an integer of at least {bits:,} bits (more than {self.limits.int_bits:,})")
+            raise self.refuse(f"an integer of at least {bits:,} bits (more than "
+                              f"{self.limits.int_bits:,})")
 
 
 def read_assignments(text: str, where: str, limits: Limits = LIMITS) -> Iterator[Assignment]:
-    """The `name = value` statements of a config file in order (imports and docstrings skipped), each value
-    evaluated within the limits (COMPUTED when it is not a literal); any other statement: one UserError line."""
+    """The `name = value` statements of a config file in order (imports and docstrings skipped), each
+    value evaluated within the limits (COMPUTED when it is not a literal); any other statement: one
+    UserError line."""
     tree, lines = parse(text, where, limits), text.splitlines()
     evaluator, known = Evaluator(where, limits), {}
     for stmt in tree.body:
@@ -220,7 +229,8 @@ def read_assignments(text: str, where: str, limits: Limits = LIMITS) -> Iterator
         if not targets or not all(isinstance(t, ast.Name) for t in targets):
             first = min([stmt.lineno] + [d.lineno for d in getattr(stmt, "decorator_list", [])])
             raise UserError(f"{where}:{first}: only `key = value` lines are read, got "
-                            f"`{_first_line(lines, first)}`: gptlab reads config files without running them")
+                            f"`{_first_line(lines, first)}`: gptlab reads config files without running "
+                            "them")
         names = tuple(t.id for t in targets)
         try:
             value = evaluator.value(stmt.value, known)

@@ -14,7 +14,8 @@ from gptlab.model import GPT
 
 BUILTIN_MODELS: dict[str, type[nn.Module]] = {"gpt": GPT}
 GPT_FLOPS_NOTE = "6N + 12*L*H*Q*T"
-assert tuple(BUILTIN_MODELS) == BUILTIN_MODEL_NAMES, "gptlab.config.BUILTIN_MODEL_NAMES names them for the schema"
+assert tuple(BUILTIN_MODELS) == BUILTIN_MODEL_NAMES, ("gptlab.config.BUILTIN_MODEL_NAMES names them "
+                                                      "for the schema")
 
 
 def load(model_config: ModelConfig) -> ideas.Idea:
@@ -39,9 +40,9 @@ def resolve_model(model_config: ModelConfig, idea: ideas.Idea | None = None) -> 
 
 
 def build_model(model_config: ModelConfig, idea: ideas.Idea | None = None) -> nn.Module:
-    """The model the config describes, allocated (on the default or current meta device), not initialised.
-    An idea is built from `idea` when given (a run's recorded copy), else from its spec, and must be the
-    source config.model_sha256 records when it records one."""
+    """The model the config describes, allocated (on the default or current meta device), not
+    initialised. An idea is built from `idea` when given (a run's recorded copy), else from its spec, and
+    must be the source config.model_sha256 records when it records one."""
     if is_builtin(model_config.model):
         return BUILTIN_MODELS[model_config.model.strip().lower()](model_config)
     idea = idea or load(model_config)
@@ -56,8 +57,9 @@ def build_model(model_config: ModelConfig, idea: ideas.Idea | None = None) -> nn
     if own is None:
         model.config = config  # gptlab reads config.vocab_size and config.block_size
     elif not (hasattr(own, "vocab_size") and hasattr(own, "block_size")):
-        raise UserError(f"{idea.name}: self.config must be the config the constructor received (gptlab reads "
-                        "its vocab_size and block_size): store your own settings under another name")
+        raise UserError(f"{idea.name}: self.config must be the config the constructor received (gptlab "
+                        "reads its vocab_size and block_size): store your own settings under another "
+                        "name")
     return model
 
 
@@ -81,7 +83,8 @@ def flops_note(model: nn.Module) -> str:
     """Where flops_per_token's figure comes from, for output next to FLOPs and MFU."""
     if isinstance(model, GPT):
         return GPT_FLOPS_NOTE
-    return "the model's flops_per_token" if callable(getattr(model, "flops_per_token", None)) else ideas.COUNTED_NOTE
+    return "the model's flops_per_token" if callable(getattr(model, "flops_per_token",
+                                                             None)) else ideas.COUNTED_NOTE
 
 
 # Where a model keeps its repeated blocks: gptlab's GPT, and the names ideas commonly use.

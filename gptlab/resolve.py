@@ -44,31 +44,36 @@ BatchSplit = NamedTuple("BatchSplit", [("micro", int), ("accum", int), ("global_
 
 
 def resolve_batch(cfg: Config, world_size: int) -> BatchSplit:
-    """The split for world_size ranks. train_batch_size set (Languini): the global batch, gradient_accumulation_steps
-    per rank. Unset (nanoGPT): batch_size is the micro batch, gradient_accumulation_steps the global count divided
-    over the ranks (40 = 5 on each of 8 GPUs), so the global batch does not change with the rank count."""
+    """The split for world_size ranks. train_batch_size set (Languini): the global batch,
+    gradient_accumulation_steps per rank. Unset (nanoGPT): batch_size is the micro batch,
+    gradient_accumulation_steps the global count divided over the ranks (40 = 5 on each of 8 GPUs), so
+    the global batch does not change with the rank count."""
     t = cfg.train
     accum = t.gradient_accumulation_steps
     if t.train_batch_size > 0:
         if t.train_batch_size % (world_size * accum):
-            raise UserError(f"--train_batch_size {t.train_batch_size} is not divisible by world_size {world_size} x "
-                            f"gradient_accumulation_steps {accum}: pick a multiple of {world_size * accum}")
+            raise UserError(f"--train_batch_size {t.train_batch_size} is not divisible by world_size "
+                            f"{world_size} x gradient_accumulation_steps {accum}: pick a multiple of "
+                            f"{world_size * accum}")
         micro = t.train_batch_size // (world_size * accum)
         if t.batch_size and t.batch_size != micro:
-            raise UserError(f"--batch_size {t.batch_size} disagrees with --train_batch_size {t.train_batch_size} "
-                            f"/ {world_size} ranks / {accum} accumulation = {micro}: set only one")
+            raise UserError(f"--batch_size {t.batch_size} disagrees with --train_batch_size "
+                            f"{t.train_batch_size} / {world_size} ranks / {accum} accumulation = "
+                            f"{micro}: set only one")
         return BatchSplit(micro, accum, t.train_batch_size)
     if accum == 1:
         return BatchSplit(t.batch_size, 1, t.batch_size * world_size)
     if accum % world_size:
-        raise UserError(f"--gradient_accumulation_steps {accum} is the global count (nanoGPT's meaning) and does not "
-                        f"divide over {world_size} ranks: use a multiple of {world_size}, or set --train_batch_size")
+        raise UserError(f"--gradient_accumulation_steps {accum} is the global count (nanoGPT's meaning) "
+                        f"and does not divide over {world_size} ranks: use a multiple of {world_size}, "
+                        "or set --train_batch_size")
     return BatchSplit(t.batch_size, accum // world_size, t.batch_size * accum)
 
 
 _PRECISION = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "auto": "autoPrec"}
 _COMPILE = {"none": "", "default": "defaultCompile", "reduce-overhead": "reduceOverheadCompile",
-            "max-autotune": "maxAutotuneCompile", "max-autotune-no-cudagraphs": "maxAutotuneNoGraphsCompile"}
+            "max-autotune": "maxAutotuneCompile",
+            "max-autotune-no-cudagraphs": "maxAutotuneNoGraphsCompile"}
 
 
 def _safe(text: str) -> str:
@@ -83,12 +88,15 @@ def run_name(cfg: Config, world_size: int = 1) -> str:
     constant = o.schedule == "constant" or not o.decay_lr
     lr = f"constlr{o.learning_rate}" if constant else f"coslr{o.learning_rate}to{o.min_lr}"
     # A dataset given as a path is named by its last component, without '_' (books_16384 -> books16384).
-    data = _safe(Path(cfg.data.dataset.rstrip("/\\")).name or cfg.data.dataset).replace("_", "") or "data"
-    ff, head_dim = m.mlp_dim or 4 * m.n_embd, m.head_dim or m.n_embd // m.n_head  # 0 = derived (as GPTShape)
+    data = _safe(Path(cfg.data.dataset.rstrip("/\\")).name or cfg.data.dataset).replace("_",
+                                                                                        "") or "data"
+    # 0 = derived (as GPTShape)
+    ff, head_dim = m.mlp_dim or 4 * m.n_embd, m.head_dim or m.n_embd // m.n_head
     label = _safe(ideas.parse_spec(m.model, BUILTIN_MODEL_NAMES).label)  # GPT, or the idea's file.Class
     parts = [label, data, f"bsz{global_batch}" + (f"_micro{accum}" if accum > 1 else ""),
-             f"sl{m.block_size}", lr, f"h{m.n_embd}", f"ff{ff}", f"nH{m.n_head}", f"dH{head_dim}", f"nl{m.n_layer}",
-             f"clip{float(o.grad_clip)}", f"decay{o.lr_decay_iters // 1000}k", f"workers{world_size}",
+             f"sl{m.block_size}", lr, f"h{m.n_embd}", f"ff{ff}", f"nH{m.n_head}", f"dH{head_dim}",
+             f"nl{m.n_layer}", f"clip{float(o.grad_clip)}", f"decay{o.lr_decay_iters // 1000}k",
+             f"workers{world_size}",
              _COMPILE.get(cfg.system.compile, _safe(cfg.system.compile) + "Compile"),
              _PRECISION.get(cfg.system.dtype, _safe(cfg.system.dtype)), f"seed{t.seed}", variant(cfg),
              _safe(cfg.log.comment)]
@@ -96,13 +104,13 @@ def run_name(cfg: Config, world_size: int = 1) -> str:
 
 
 # Model and optimiser keys the name shows (or that the data decides), and the idea's own record.
-_NAMED = {"n_layer", "n_head", "n_embd", "head_dim", "mlp_dim", "block_size", "vocab_size", "lr_decay_iters",
-          "model", "model_sha256", "optimizer_sha256"}
+_NAMED = {"n_layer", "n_head", "n_embd", "head_dim", "mlp_dim", "block_size", "vocab_size",
+          "lr_decay_iters", "model", "model_sha256", "optimizer_sha256"}
 
 
 def variant(cfg: Config) -> str:
-    """'opt' + 6 hex digits of the sha256 of what sets this model and optimiser apart and the name does not
-    show: an idea's options, and every model/optimiser key that differs from the preset's value (the
+    """'opt' + 6 hex digits of the sha256 of what sets this model and optimiser apart and the name does
+    not show: an idea's options, and every model/optimiser key that differs from the preset's value (the
     baseline's too); empty when there is none, so a preset's own run keeps Languini's name."""
     base = build_config(cfg.preset, check=False) if cfg.preset in PRESETS else Config()
     differs = {k: cfg.get(k) for section in ("model", "optim") for k, fld in FIELD_INFO.items()
@@ -116,16 +124,18 @@ def variant(cfg: Config) -> str:
 
 def run_dir(cfg: Config, world_size: int = 1) -> Path:
     """Where this run's files go: log.out_dir if set, else log_root/<class>/<preset>/<name>, where
-    Languini's --relative_log_path (a relative path that stays under log_root) replaces <class>/<preset>."""
+    Languini's --relative_log_path (a relative path that stays under log_root) replaces
+    <class>/<preset>."""
     if cfg.log.out_dir:
         return Path(cfg.log.out_dir)
     name = _safe(cfg.log.name) if cfg.log.name else run_name(cfg, world_size)
     if not name:
-        raise UserError(f"--name {cfg.log.name!r} has no usable characters: use letters, digits, '.', '-' or '_'")
+        raise UserError(f"--name {cfg.log.name!r} has no usable characters: use letters, digits, '.', "
+                        "'-' or '_'")
     if len(name.encode("utf-8")) > NAME_MAX:
         flag = "--name" if cfg.log.name else "--comment (part of the run's encoded name)"
-        raise UserError(f"{flag} gives a folder name of {len(name.encode('utf-8'))} bytes, more than a file "
-                        f"name may be ({NAME_MAX}): choose a shorter {flag.split()[0]}")
+        raise UserError(f"{flag} gives a folder name of {len(name.encode('utf-8'))} bytes, more than a "
+                        f"file name may be ({NAME_MAX}): choose a shorter {flag.split()[0]}")
     rel, cc = Path(cfg.log.relative_log_path), cfg.train.compute_class
     if rel.is_absolute() or ".." in rel.parts:
         raise UserError(f"--relative_log_path {cfg.log.relative_log_path!r} must stay under --log_root: "
@@ -143,30 +153,34 @@ RESUME_REFUSED = ("--{key} {value!r} differs from {old!r} in the run's config.js
                   "may change): drop --{key}, or start a new run from its weights with "
                   "--init_from {run}")
 RESUME_MAY_CHANGE = frozenset({f.name for f in fields(SystemConfig)} | {
-    "max_iters", "eval_interval", "eval_iters", "eval_batch_size", "eval_at_start", "eval_only", "checkpoint_interval",
-    "keep_last", "always_save_checkpoint", "log_interval", "log_metrics_every", "log_grads_every", "tensorboard", "wandb_log",
-    "wandb_project", "logger_type", "progress", "max_nonfinite", "resume", "overwrite",
-    "init_from", "out_dir", "log_root", "name", "comment", "data_root", "batch_size", "gradient_accumulation_steps"})
+    "max_iters", "eval_interval", "eval_iters", "eval_batch_size", "eval_at_start", "eval_only",
+    "checkpoint_interval", "keep_last", "always_save_checkpoint", "log_interval", "log_metrics_every",
+    "log_grads_every", "tensorboard", "wandb_log", "wandb_project", "logger_type", "progress",
+    "max_nonfinite", "resume", "overwrite", "init_from", "out_dir", "log_root", "name", "comment",
+    "data_root", "batch_size", "gradient_accumulation_steps"})
 
 
-def resolve(cfg: Config, *, world_size: int, device, data_meta: dict | None, init_source: dict | None = None,
-            resume_config: Config | None = None) -> Config:
-    """The config a run trains with, a new Config: dtype/compile per device, vocab from the data, architecture from
-    init_source (ModelConfig values), compute-class steps, batch split, absolute dataset path. With resume_config
-    (the run's config.json) a differing key outside RESUME_MAY_CHANGE is a UserError."""
+def resolve(cfg: Config, *, world_size: int, device, data_meta: dict | None,
+            init_source: dict | None = None, resume_config: Config | None = None) -> Config:
+    """The config a run trains with, a new Config: dtype/compile per device, vocab from the data,
+    architecture from init_source (ModelConfig values), compute-class steps, batch split, absolute
+    dataset path. With resume_config (the run's config.json) a differing key outside RESUME_MAY_CHANGE is
+    a UserError."""
     out = _resolved(cfg, world_size, device, data_meta, init_source)
     if resume_config is None:
         return out
     m, old_m = out.model, resume_config.model
     if m.model == old_m.model and old_m.model_sha256 and m.model_sha256 != old_m.model_sha256:
-        raise UserError(ideas.resume_changed_message(m.model.rsplit(":", 1)[0], old_m.model_sha256, m.model_sha256))
+        raise UserError(ideas.resume_changed_message(m.model.rsplit(":", 1)[0], old_m.model_sha256,
+                                                     m.model_sha256))
     o, old_o = out.optim, resume_config.optim
-    if o.optimizer == old_o.optimizer and old_o.optimizer_sha256 and o.optimizer_sha256 != old_o.optimizer_sha256:
-        raise UserError(ideas.resume_changed_message(o.optimizer.rsplit(":", 1)[0], old_o.optimizer_sha256,
-                                                     o.optimizer_sha256))
+    if (o.optimizer == old_o.optimizer and old_o.optimizer_sha256
+            and o.optimizer_sha256 != old_o.optimizer_sha256):
+        raise UserError(ideas.resume_changed_message(o.optimizer.rsplit(":", 1)[0],
+                                                     old_o.optimizer_sha256, o.optimizer_sha256))
     if m.options != old_m.options:
-        raise UserError(f"the idea's options {m.options} differ from {old_m.options} in the run's config.json: "
-                        "a resumed run keeps its config; drop the changed --key value")
+        raise UserError(f"the idea's options {m.options} differ from {old_m.options} in the run's "
+                        "config.json: a resumed run keeps its config; drop the changed --key value")
     for k in FIELD_INFO:
         v, old = out.get(k), resume_config.get(k)
         if v != old and k not in RESUME_MAY_CHANGE:
@@ -175,19 +189,22 @@ def resolve(cfg: Config, *, world_size: int, device, data_meta: dict | None, ini
     return out
 
 
-def _resolved(cfg: Config, world_size: int, device, data_meta: dict | None, init_source: dict | None) -> Config:
+def _resolved(cfg: Config, world_size: int, device, data_meta: dict | None,
+              init_source: dict | None) -> Config:
     out = copy.deepcopy(cfg)
     m, s, t = out.model, out.system, out.train
     dev = torch.device(device)
     if init_source:  # the architecture is the source's; dropout and a shorter context are ours
-        keep = {"dropout": m.dropout, "block_size": min(m.block_size, int(init_source.get("block_size", m.block_size)))}
+        keep = {"dropout": m.dropout,
+                "block_size": min(m.block_size, int(init_source.get("block_size", m.block_size)))}
         for k, v in dict(init_source, **keep).items():
             if SECTION_OF.get(k) == "model":
                 setattr(m, k, v)
         m.options = dict(init_source.get(OPTIONS) or {})
     registry.resolve_model(m)  # an idea's file runs here: its options typed, its sha256 recorded
     optimizers.resolve_idea(out.optim)  # an optimiser idea's file likewise
-    # The model's vocab: the data's unless set (or fixed by pretrained weights); never smaller than the data's.
+    # The model's vocab: the data's unless set (or fixed by pretrained weights); never smaller than the
+    # data's.
     data_vocab = int(data_meta["vocab_size"]) if data_meta else 0
     if m.vocab_size and m.vocab_size < data_vocab:
         hint = "prepare the data with the source model's tokenizer" if init_source else \
@@ -206,7 +223,8 @@ def _resolved(cfg: Config, world_size: int, device, data_meta: dict | None, init
             parse_hours(t.compute_class), t.tokens_per_second, t.train_batch_size, m.block_size)
     if data_meta is not None:
         out.data.dataset = str(resolve_data_dir(out.data.dataset, out.data.data_root).resolve())
-    # The run folder, named once from this config; --resume/--overwrite are this command's, not the run's.
+    # The run folder, named once from this config; --resume/--overwrite are this command's, not the
+    # run's.
     out.log.out_dir = str(run_dir(out, world_size).absolute())
     t.resume = t.overwrite = False
     validate(out)
@@ -215,8 +233,9 @@ def _resolved(cfg: Config, world_size: int, device, data_meta: dict | None, init
 
 
 def check_memory(cfg: Config, weights_only: bool = False) -> None:
-    """Refuse shapes that fit nowhere here: 16 bytes a parameter (fp32 weights, grads, Adam moments; FSDP-shared; 4 for
-    eval_only/weights_only) plus >= 16 bytes per token, layer and width of a micro-batch, against host + GPU memory."""
+    """Refuse shapes that fit nowhere here: 16 bytes a parameter (fp32 weights, grads, Adam moments;
+    FSDP-shared; 4 for eval_only/weights_only) plus >= 16 bytes per token, layer and width of a
+    micro-batch, against host + GPU memory."""
     m, t = cfg.model, cfg.train
     try:
         avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -228,7 +247,8 @@ def check_memory(cfg: Config, weights_only: bool = False) -> None:
     try:
         with torch.device("meta"):  # shapes only: no memory
             params = parameter_count(build_model(replace(m, vocab_size=max(m.vocab_size, 1))))
-    except UserError:  # an idea whose constructor cannot run on the meta device: its size is unknown here
+    # an idea whose constructor cannot run on the meta device: its size is unknown here
+    except UserError:
         return
     shards = max(1, int(os.environ.get("WORLD_SIZE", "1"))) if cfg.system.parallel == "fsdp" else 1
     micro = t.batch_size or max(1, t.train_batch_size // max(1, t.gradient_accumulation_steps))
@@ -237,8 +257,10 @@ def check_memory(cfg: Config, weights_only: bool = False) -> None:
     else:
         need = 16 * params // shards + 16 * micro * m.block_size * m.n_layer * width
     if need > avail:  # no CUDA: device_count() is 0
-        avail += sum(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
+        avail += sum(torch.cuda.get_device_properties(i).total_memory
+                     for i in range(torch.cuda.device_count()))
     if need > avail:
-        raise UserError(f"this model needs at least {need / 2**30:,.0f} GiB (n_layer {m.n_layer}, n_embd "
-                        f"{width}, vocab_size {m.vocab_size}, block_size {m.block_size}, batch {micro}) but this machine "
-                        f"has {avail / 2**30:,.0f} GiB: reduce --vocab_size, --block_size, --batch_size or the model size")
+        raise UserError(f"this model needs at least {need / 2**30:,.0f} GiB (n_layer {m.n_layer}, "
+                        f"n_embd {width}, vocab_size {m.vocab_size}, block_size {m.block_size}, batch "
+                        f"{micro}) but this machine has {avail / 2**30:,.0f} GiB: reduce --vocab_size, "
+                        "--block_size, --batch_size or the model size")

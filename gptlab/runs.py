@@ -37,7 +37,8 @@ def _has_contents(path: Path) -> bool:
 
 def _is_run(path: Path) -> bool:
     """Does path hold something `gptlab train` writes?"""
-    return any((path / name).exists() for name in (CONFIG_FILE, CHECKPOINT_DIR, METRICS_FILE, DATA_META_FILE))
+    return any((path / name).exists() for name in (CONFIG_FILE, CHECKPOINT_DIR, METRICS_FILE,
+                                                   DATA_META_FILE))
 
 
 def _check_place(path: Path, overwrite: bool) -> None:
@@ -51,29 +52,32 @@ def _check_place(path: Path, overwrite: bool) -> None:
     here = Path.cwd().resolve()
     if path.exists() and (path.resolve() == here or path.resolve() in here.parents):
         if not _is_run(path):
-            raise UserError(f"--out_dir {str(path)!r} is the current folder (or holds it), not a run folder: "
-                            "choose a new folder such as --out_dir out/myrun")
+            raise UserError(f"--out_dir {str(path)!r} is the current folder (or holds it), not a run "
+                            "folder: choose a new folder such as --out_dir out/myrun")
         if overwrite:
-            raise UserError(f"--overwrite would move {str(path)!r} aside while you are in it: run from another "
-                            "folder or choose another --out_dir")
+            raise UserError(f"--overwrite would move {str(path)!r} aside while you are in it: run from "
+                            "another folder or choose another --out_dir")
 
 
 def _check_contents(path: Path, resume: bool, overwrite: bool) -> None:
     """Refusals that depend on what the folder holds; none of them writes anything."""
     if not _has_contents(path):
         if resume:
-            raise UserError(f"--resume: run folder {str(path)!r} is missing or empty, so there is nothing to "
-                            "continue: drop --resume to start a new run")
+            raise UserError(f"--resume: run folder {str(path)!r} is missing or empty, so there is "
+                            "nothing to continue: drop --resume to start a new run")
         return
     if not _is_run(path):
-        raise UserError(f"{str(path)!r} is not empty and is not a run folder (no {CONFIG_FILE}, {CHECKPOINT_DIR}/ "
-                        f"or {METRICS_FILE}): gptlab leaves it alone; choose a new or empty --out_dir")
+        raise UserError(f"{str(path)!r} is not empty and is not a run folder (no {CONFIG_FILE}, "
+                        f"{CHECKPOINT_DIR}/ or {METRICS_FILE}): gptlab leaves it alone; choose a new or "
+                        "empty --out_dir")
     if resume:
         if not list_checkpoints(path):
-            raise UserError(f"--resume: run folder {str(path)!r} has no checkpoint (it stopped before its first "
-                            "save): pass --overwrite instead of --resume to move it aside and start afresh")
+            raise UserError(f"--resume: run folder {str(path)!r} has no checkpoint (it stopped before "
+                            "its first save): pass --overwrite instead of --resume to move it aside and "
+                            "start afresh")
     elif not overwrite:
-        raise UserError(f"run folder {str(path)!r} exists: pass --resume to continue it or --overwrite to move it aside")
+        raise UserError(f"run folder {str(path)!r} exists: pass --resume to continue it or --overwrite "
+                        "to move it aside")
 
 
 def _check_not_inside(path: Path, flag: str, source, overwrite: bool) -> None:
@@ -83,16 +87,16 @@ def _check_not_inside(path: Path, flag: str, source, overwrite: bool) -> None:
     with contextlib.suppress(OSError, RuntimeError):
         src, here = Path(source).resolve(), path.resolve()
         if src == here or here in src.parents:
-            raise UserError(f"{flag} {source} lies in --out_dir {path}, which --overwrite would move aside: "
-                            f"choose another --out_dir (nothing was moved)")
+            raise UserError(f"{flag} {source} lies in --out_dir {path}, which --overwrite would move "
+                            f"aside: choose another --out_dir (nothing was moved)")
 
 
 def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = False,
                     inputs: dict[str, str | Path] | None = None) -> Path:
-    """Check `path`, every refusal before any write: a run is continued (--resume) or renamed to `<path>.old-<timestamp>`
-    (--overwrite); a folder of other files, the cwd, a file, a locked folder, an input of the run (`inputs`:
-    flag -> path) inside a folder --overwrite would move, a run file that is a symbolic link: refused.
-    Nothing is deleted or created."""
+    """Check `path`, every refusal before any write: a run is continued (--resume) or renamed to
+    `<path>.old-<timestamp>` (--overwrite); a folder of other files, the cwd, a file, a locked folder, an
+    input of the run (`inputs`: flag -> path) inside a folder --overwrite would move, a run file that is
+    a symbolic link: refused. Nothing is deleted or created."""
     path = check_name(path, "run folder")
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other: pass one of them")
@@ -108,7 +112,8 @@ def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = Fa
     _check_contents(path, resume, overwrite)
     if overwrite and _has_contents(path):
         stem = f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"
-        names = itertools.chain([stem], (f"{stem}-{n}" for n in itertools.count(1)))  # two overwrites in one second
+        # two overwrites in one second
+        names = itertools.chain([stem], (f"{stem}-{n}" for n in itertools.count(1)))
         aside = next(p for p in map(path.with_name, names) if not p.exists())
         path.rename(aside)
         print(f"moved the old run {path} aside to {aside} (nothing was deleted)")
@@ -117,7 +122,8 @@ def prepare_run_dir(path: str | Path, resume: bool = False, overwrite: bool = Fa
 
 @contextlib.contextmanager
 def run_lock(path: str | Path, enabled: bool = True):
-    """Hold the run folder's lock for the run; folders it created go if left empty. enabled=False (ranks > 0): no-op."""
+    """Hold the run folder's lock for the run; folders it created go if left empty. enabled=False (ranks
+    > 0): no-op."""
     path = Path(path)
     if not enabled:
         yield path
@@ -134,7 +140,8 @@ def run_lock(path: str | Path, enabled: bool = True):
 
 @dataclasses.dataclass
 class Run:
-    """A run folder opened for reading (sample, eval, export, init_from); paths resolve against `dir`, not the cwd."""
+    """A run folder opened for reading (sample, eval, export, init_from); paths resolve against `dir`,
+    not the cwd."""
 
     dir: Path
     config: Config
@@ -163,9 +170,11 @@ class Run:
         return sd, state.get("step", 0)
 
     def build_model(self, device="cpu", which: str = "best"):
-        """The run's GPT with the checkpoint's weights, on `device` (train mode; call .eval() to sample)."""
+        """The run's GPT with the checkpoint's weights, on `device` (train mode; call .eval() to
+        sample)."""
         if not self.config.model.vocab_size:
-            raise UserError(f"{self.dir}/{CONFIG_FILE} has no vocab_size: the run never started training")
+            raise UserError(f"{self.dir}/{CONFIG_FILE} has no vocab_size: the run never started "
+                            "training")
         idea = self.idea()  # before the checkpoint is read: a refusal costs nothing
         sd, _ = self.model_state(which)
         model = build_model(self.config.model, idea)
@@ -173,14 +182,16 @@ class Run:
             model.load_state_dict(sd)
         except RuntimeError as e:
             raise UserError(f"checkpoint {self.checkpoint(which)} does not fit {self.dir}/{CONFIG_FILE} "
-                            f"({str(e).splitlines()[0][:150]}): the run folder is inconsistent") from None
+                            f"({str(e).splitlines()[0][:150]}): the run folder is "
+                            "inconsistent") from None
         return model.to(device)
 
     def idea_spec(self) -> str:
         """The run's --model: the built-in name, a module, or its recorded copy of an idea's file."""
         m = self.config.model
         spec = ideas.parse_spec(m.model, BUILTIN_MODEL_NAMES)
-        return f"{self.dir.absolute() / idea_copy(spec)}:{spec.class_name}" if spec.kind == "file" else m.model
+        return (f"{self.dir.absolute() / idea_copy(spec)}:{spec.class_name}" if spec.kind == "file"
+                else m.model)
 
     def idea(self) -> ideas.Idea | None:
         """The run's model idea (None for a built-in model), loaded from the run's copy of its file, or
@@ -190,23 +201,26 @@ class Run:
             return None
         where = self.idea_spec().rsplit(":", 1)[0]
         if not self.trust_code:
-            raise UserError(f"run {self.dir} carries code ({where}): gptlab runs it only with --trust_code; "
-                            "read it, then pass --trust_code")
+            raise UserError(f"run {self.dir} carries code ({where}): gptlab runs it only with "
+                            "--trust_code; read it, then pass --trust_code")
         if spec.kind == "file" and not Path(where).is_file():
-            raise UserError(f"run {self.dir} names the idea {spec.text} but holds no copy of it ({where}): "
-                            "the run folder is incomplete")
+            raise UserError(f"run {self.dir} names the idea {spec.text} but holds no copy of it "
+                            f"({where}): the run folder is incomplete")
         return load_spec(self.idea_spec())
 
     def data_dir(self) -> Path:
-        """The run's prepared dataset: its recorded path, else relative to the cwd or the run folder's ancestors."""
+        """The run's prepared dataset: its recorded path, else relative to the cwd or the run folder's
+        ancestors."""
         d = self.config.data
         rel = [Path(d.dataset), Path(d.data_root) / d.dataset]
         bases = [Path(".")] + [self.dir.resolve(), *self.dir.resolve().parents]
-        for cand in [r for r in rel if r.is_absolute()] + [b / r for b in bases for r in rel if not r.is_absolute()]:
+        for cand in [r for r in rel if r.is_absolute()] + [b / r for b in bases for r in rel
+                                                           if not r.is_absolute()]:
             if (cand / "meta.json").is_file():
                 return cand
-        raise UserError(f"dataset {d.dataset!r} of run {self.dir} not found (data_root {d.data_root!r}): "
-                        f"prepare it again with `gptlab prepare {Path(d.dataset).name}` or pass --dataset/--data_root")
+        raise UserError(f"dataset {d.dataset!r} of run {self.dir} not found (data_root "
+                        f"{d.data_root!r}): prepare it again with `gptlab prepare "
+                        f"{Path(d.dataset).name}` or pass --dataset/--data_root")
 
 
 def idea_copy(spec: ideas.Spec) -> Path:
@@ -221,8 +235,8 @@ def record_optimizer(run_dir: Path, loaded: ideas.Loaded | None) -> None:
         return
     target = run_dir / IDEA_DIR / f"optimizer_{loaded.source.name}"
     if target.parent.is_symlink() or (target.parent.exists() and not target.parent.is_dir()):
-        raise UserError(f"{target.parent} is not a folder gptlab made (a link or a file): move it out of the run "
-                        "folder, then run the command again")
+        raise UserError(f"{target.parent} is not a folder gptlab made (a link or a file): move it out "
+                        "of the run folder, then run the command again")
     target.parent.mkdir(exist_ok=True)
     atomic_write_bytes(target, loaded.code)
 
@@ -233,14 +247,16 @@ def record_idea(run_dir: Path, idea: ideas.Idea) -> None:
         return
     target = run_dir / idea_copy(idea.spec)
     if target.parent.is_symlink() or (target.parent.exists() and not target.parent.is_dir()):
-        raise UserError(f"{target.parent} is not a folder gptlab made (a link or a file): move it out of the run "
-                        "folder, then run the command again")
+        raise UserError(f"{target.parent} is not a folder gptlab made (a link or a file): move it out "
+                        "of the run folder, then run the command again")
     target.parent.mkdir(exist_ok=True)
-    atomic_write_bytes(target, idea.code)  # a rename: a link at the file's own place is replaced, not followed
+    # a rename: a link at the file's own place is replaced, not followed
+    atomic_write_bytes(target, idea.code)
 
 
 def load_run(path: str | Path, config_file: str | Path | None = None, trust_code: bool = False) -> Run:
-    """Open a run: its folder, its config.json, or a checkpoint in its checkpoints/ (kept elsewhere: pass config_file)."""
+    """Open a run: its folder, its config.json, or a checkpoint in its checkpoints/ (kept elsewhere: pass
+    config_file)."""
     p = Path(path).expanduser()
     ckpt_file = None
     if p.is_file() and p.name == CONFIG_FILE:
@@ -248,14 +264,16 @@ def load_run(path: str | Path, config_file: str | Path | None = None, trust_code
     elif p.is_file():
         ckpt_file, p = p, p.absolute().parent.parent
         if config_file is None and not (p / CONFIG_FILE).is_file():
-            raise UserError(f"checkpoint {path} is not inside a run's {CHECKPOINT_DIR}/ folder: pass the run folder, "
-                            f"or the run's config with --config_file")
+            raise UserError(f"checkpoint {path} is not inside a run's {CHECKPOINT_DIR}/ folder: pass "
+                            f"the run folder, or the run's config with --config_file")
     elif not p.is_dir():
-        raise UserError(f"run {str(path)!r} not found: pass a run folder written by `gptlab train` or a checkpoint file")
+        raise UserError(f"run {str(path)!r} not found: pass a run folder written by `gptlab train` or a "
+                        "checkpoint file")
     cfg_path = Path(config_file) if config_file else p / CONFIG_FILE
     if cfg_path.suffix in (".pickle", ".pkl"):  # Languini's eval habit: --config_file P/config.pickle
         raise UserError(f"--config_file {cfg_path}: gptlab never unpickles a config; drop --config_file "
-                        f"(the run's {CONFIG_FILE} beside {CHECKPOINT_DIR}/ is found) or pass that {CONFIG_FILE}")
+                        f"(the run's {CONFIG_FILE} beside {CHECKPOINT_DIR}/ is found) or pass that "
+                        f"{CONFIG_FILE}")
     if not cfg_path.is_file():
         raise UserError(f"{p} has no {CONFIG_FILE}: pass a run folder written by `gptlab train`")
     meta_path = p / DATA_META_FILE

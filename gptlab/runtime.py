@@ -12,12 +12,14 @@ from gptlab.errors import UserError
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The dtype training runs `name` with on `device` (config_check.dtype_for): sample and eval agree with it."""
+    """The dtype training runs `name` with on `device` (config_check.dtype_for): sample and eval agree
+    with it."""
     return getattr(torch, dtype_for(name, device))
 
 
 def compile_model(model: torch.nn.Module, mode: str, scope: str = "model", dynamic: bool | None = None):
-    """torch.compile in one of config.COMPILE_MODES ("none": as it is); scope "blocks" compiles each block in place."""
+    """torch.compile in one of config.COMPILE_MODES ("none": as it is); scope "blocks" compiles each
+    block in place."""
     if mode == "none":
         return model
     kw = {} if mode == "default" else {"mode": mode}
@@ -30,7 +32,8 @@ def compile_model(model: torch.nn.Module, mode: str, scope: str = "model", dynam
 
 def autocast_ctx(device: torch.device, dtype: torch.dtype):
     """Mixed precision: weights stay fp32, matmuls run in dtype."""
-    return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device_type=device.type, dtype=dtype)
+    return (contextlib.nullcontext() if dtype == torch.float32
+            else torch.autocast(device_type=device.type, dtype=dtype))
 
 
 def resolve_data_dir(dataset: str, data_root: str) -> Path:

@@ -30,7 +30,8 @@ def smoke_overrides(cfg, world_size: int = 1) -> list[str]:
     block = min(m.block_size, SMOKE_BLOCK)
     shrunk = {
         "n_layer": min(m.n_layer, 2), "n_embd": SMOKE_WIDTH, "n_head": SMOKE_HEADS,
-        # a head width of its own stays one (Languini: heads narrower than the stream), the 4x MLP likewise
+        # a head width of its own stays one (Languini: heads narrower than the stream), the 4x MLP
+        # likewise
         "head_dim": (SMOKE_HEAD_DIM if m.n_head * m.head_dim != m.n_embd else SMOKE_WIDTH // SMOKE_HEADS)
         if m.head_dim else 0, "mlp_dim": 4 * SMOKE_WIDTH if m.mlp_dim else 0,
         "block_size": block, "max_iters": SMOKE_STEPS, "lr_decay_iters": SMOKE_STEPS,

@@ -1,6 +1,7 @@
-"""One logger (rank 0; others get enabled=False) that fans out to the terminal, metrics.jsonl, TensorBoard
-and W&B. metrics.jsonl: one JSON object a line, {"kind": "train"|"eval"|"grads", "step", "tokens" (training
-tokens seen), "accel_hours", "time_s", ...}, flushed line by line so a killed run keeps what it logged."""
+"""One logger (rank 0; others get enabled=False) that fans out to the terminal, metrics.jsonl,
+TensorBoard and W&B. metrics.jsonl: one JSON object a line, {"kind": "train"|"eval"|"grads", "step",
+"tokens" (training tokens seen), "accel_hours", "time_s", ...}, flushed line by line so a killed run
+keeps what it logged."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ NO_TENSORBOARD = ("note: this run writes no TensorBoard events: tensorboard is n
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path | None, cfg, enabled: bool = True, total_steps: int = 0, start_step: int = 0):
+    def __init__(self, run_dir: Path | None, cfg, enabled: bool = True, total_steps: int = 0,
+                 start_step: int = 0):
         self.enabled = enabled and run_dir is not None
         self.cfg = cfg
         self.t0 = time.time()
@@ -43,13 +45,17 @@ class RunLogger:
             try:
                 import wandb
             except ImportError:
-                raise UserError("--wandb_log needs Weights & Biases: pip install wandb (or drop --wandb_log)") from None
-            self.wandb = wandb.init(project=cfg.log.wandb_project, name=cfg.log.wandb_run or run_dir.name, config=cfg.to_dict(),
+                raise UserError("--wandb_log needs Weights & Biases: pip install wandb (or drop "
+                                "--wandb_log)") from None
+            self.wandb = wandb.init(project=cfg.log.wandb_project,
+                                    name=cfg.log.wandb_run or run_dir.name, config=cfg.to_dict(),
                                     dir=str(run_dir))
-        if cfg.log.progress == "on" or (cfg.log.progress == "auto" and sys.stderr.isatty()):  # tqdm is a dependency
+        # tqdm is a dependency
+        if cfg.log.progress == "on" or (cfg.log.progress == "auto" and sys.stderr.isatty()):
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, leave=True)
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                            leave=True)
 
     def print(self, line: str) -> None:
         if not self.enabled:
@@ -69,9 +75,11 @@ class RunLogger:
         if not self.enabled:
             return
         tps = self.cfg.train.tokens_per_second
-        rec = {"kind": kind, "step": step, "tokens": tokens, "accel_hours": tokens / tps / 3600.0 if tps else None,
+        rec = {"kind": kind, "step": step, "tokens": tokens,
+               "accel_hours": tokens / tps / 3600.0 if tps else None,
                "time_s": round(time.time() - self.t0, 3)}
-        rec.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()})
+        rec.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                    for k, v in values.items()})
         self.jsonl.write(json.dumps(rec) + "\n")
         self.jsonl.flush()
         # eval records by split (eval/val, eval/train): never the training loss's train/ tags
@@ -84,10 +92,11 @@ class RunLogger:
                         self.tb.add_scalar(f"{prefix}/loss_vs_tokens", v, tokens)
                         if rec["accel_hours"] is not None:
                             # TensorBoard steps are integers: accelerator-seconds keep resolution.
-                            self.tb.add_scalar(f"{prefix}/loss_vs_accel_seconds", v, int(rec["accel_hours"] * 3600))
+                            self.tb.add_scalar(f"{prefix}/loss_vs_accel_seconds", v,
+                                               int(rec["accel_hours"] * 3600))
         if self.wandb is not None:
-            self.wandb.log({f"{prefix}/{k}": v for k, v in values.items() if isinstance(v, (int, float))} |
-                           {"tokens": tokens}, step=step)
+            self.wandb.log({f"{prefix}/{k}": v for k, v in values.items()
+                            if isinstance(v, (int, float))} | {"tokens": tokens}, step=step)
 
     def close(self) -> None:
         for sink in (self.bar, self.jsonl, self.tb):

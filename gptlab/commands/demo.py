@@ -11,7 +11,8 @@ def demo_argv(argv: list[str]) -> list[str]:
     from gptlab.config_files import parse_overrides
 
     keys = parse_overrides(argv)
-    decay = ["--lr_decay_iters", str(keys["max_iters"])] if "max_iters" in keys and "lr_decay_iters" not in keys else []
+    decay = ["--lr_decay_iters",
+             str(keys["max_iters"])] if "max_iters" in keys and "lr_decay_iters" not in keys else []
     return ["baby", "--out_dir", "out/demo", "--overwrite", "true", *decay, *argv]
 
 

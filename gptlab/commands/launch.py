@@ -18,7 +18,8 @@ from gptlab.errors import UserError
 LAUNCH_FLAGS = ("--nproc_per_node", "--nnodes", "--rdzv_endpoint", "--rdzv_id", "--max_restarts")
 _NNODES = re.compile(r"^(\d+)(?::(\d+))?$")
 _ENDPOINT = re.compile(r"^\[?[\w.:-]+\]?:\d{1,5}$")
-MULTI_NODE_HINT = "pass --rdzv_endpoint HOST:PORT (the first node's address and a free port) on every node"
+MULTI_NODE_HINT = ("pass --rdzv_endpoint HOST:PORT (the first node's address and a free port) "
+                   "on every node")
 
 
 @dataclass
@@ -69,12 +70,15 @@ def parse_launch(found: dict[str, str], device: str = "auto") -> LaunchOptions:
     opts = LaunchOptions(nproc_per_node=_count("--nproc_per_node", nproc, 1),
                          max_restarts=_count("--max_restarts", found.get("--max_restarts", "0"), 0))
     nodes = _NNODES.match(found.get("--nnodes", "1"))
-    if not nodes or int(nodes.group(1)) < 1 or int(nodes.group(2) or nodes.group(1)) < int(nodes.group(1)):
-        raise UserError(f"--nnodes {found['--nnodes']!r} is not N or MIN:MAX with 1 <= MIN <= MAX: e.g. --nnodes 2")
+    if not nodes or int(nodes.group(1)) < 1 or int(nodes.group(2)
+                                                   or nodes.group(1)) < int(nodes.group(1)):
+        raise UserError(f"--nnodes {found['--nnodes']!r} is not N or MIN:MAX with 1 <= MIN <= MAX: e.g. "
+                        "--nnodes 2")
     opts.min_nodes, opts.max_nodes = int(nodes.group(1)), int(nodes.group(2) or nodes.group(1))
     opts.rdzv_endpoint = found.get("--rdzv_endpoint", "")
     if opts.rdzv_endpoint and not _ENDPOINT.match(opts.rdzv_endpoint):
-        raise UserError(f"--rdzv_endpoint {opts.rdzv_endpoint!r} is not HOST:PORT: e.g. --rdzv_endpoint node0:29500")
+        raise UserError(f"--rdzv_endpoint {opts.rdzv_endpoint!r} is not HOST:PORT: e.g. --rdzv_endpoint "
+                        "node0:29500")
     if opts.max_nodes > 1 and not opts.rdzv_endpoint:
         raise UserError(f"--nnodes {found['--nnodes']} without --rdzv_endpoint: {MULTI_NODE_HINT}")
     opts.rdzv_id = found.get("--rdzv_id", "gptlab" if opts.max_nodes > 1 else uuid.uuid4().hex)
@@ -132,7 +136,8 @@ def _record_text(failure) -> str:
 def _quiet_agent():
     """The elastic agent logs each worker's failure as a framed report, torch.multiprocessing each
     sibling it stops: the user gets one line instead."""
-    loggers = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.multiprocessing")]
+    loggers = [logging.getLogger(name) for name in ("torch.distributed.elastic",
+                                                    "torch.multiprocessing")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)

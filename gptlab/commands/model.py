@@ -22,23 +22,28 @@ def main(argv: list[str]) -> int:
         try:
             data_dir = resolve_data_dir(cfg.data.dataset, cfg.data.data_root)
         except UserError:
-            cfg.model.vocab_size, source = 50257, (f"assumed GPT-2 BPE: dataset {cfg.data.dataset!r} is not prepared "
-                                                   f"here; run `gptlab prepare {cfg.data.dataset}` for the exact figure")
+            cfg.model.vocab_size, source = 50257, (f"assumed GPT-2 BPE: dataset {cfg.data.dataset!r} is "
+                                                   "not prepared here; run `gptlab prepare "
+                                                   f"{cfg.data.dataset}` for the exact figure")
         else:
-            cfg.model.vocab_size, source = int(read_meta(data_dir)["vocab_size"]), f"from {data_dir}/meta.json"
+            cfg.model.vocab_size, source = (int(read_meta(data_dir)["vocab_size"]),
+                                            f"from {data_dir}/meta.json")
     registry.resolve_model(cfg.model)  # an idea: its options typed
     check_memory(cfg, weights_only=True)
     model = registry.init_weights(registry.build_model(cfg.model))
     shape = model.config
-    padded = getattr(model, "padded_vocab", None) or shape.padded_vocab  # the GPT's, or an idea's config's
+    # the GPT's, or an idea's config's
+    padded = getattr(model, "padded_vocab", None) or shape.padded_vocab
     x = torch.randint(0, shape.vocab_size, (2, min(shape.block_size, 64)))
     with torch.no_grad():
         logits, loss = logits_and_loss(model, x, x)
-    print(f"preset {cfg.preset}: {shape.n_layer} layers, {shape.n_head} heads x {shape.head_dim}, width {shape.n_embd}, "
-          f"mlp {shape.mlp_dim}, block {shape.block_size}, vocab {shape.vocab_size} (padded {padded}; {source})")
+    print(f"preset {cfg.preset}: {shape.n_layer} layers, {shape.n_head} heads x {shape.head_dim}, width "
+          f"{shape.n_embd}, mlp {shape.mlp_dim}, block {shape.block_size}, vocab {shape.vocab_size} "
+          f"(padded {padded}; {source})")
     print(f"parameters: {registry.parameter_count(model):,}")
     fpt = registry.flops_per_token(model, shape.block_size)
     print(f"FLOPs per token ({registry.flops_note(model)}, T={shape.block_size}): {fpt:,.0f}")
-    print(f"dummy batch {tuple(x.shape)} -> logits {tuple(logits.shape)}, loss {loss.item():.4f} "  # .item(): a sync
+    # .item(): a sync
+    print(f"dummy batch {tuple(x.shape)} -> logits {tuple(logits.shape)}, loss {loss.item():.4f} "
           f"(ln vocab = {math.log(shape.vocab_size):.4f})")
     return 0

@@ -7,7 +7,8 @@ import os
 
 
 def config_from_argv(argv: list[str], check: bool = True):
-    """The Config of `gptlab train [PRESET | FILE.toml|.py|.json] [--key value ...]`; check=False: unvalidated."""
+    """The Config of `gptlab train [PRESET | FILE.toml|.py|.json] [--key value ...]`; check=False:
+    unvalidated."""
     from gptlab.config_files import build_config, parse_overrides
 
     first = argv[0] if argv and not argv[0].startswith("-") else ""
@@ -26,8 +27,8 @@ def _help(rest: list[str], trust_code: bool) -> int:
         any(a.split("=", 1)[0] == "--model" for a in rest) else None
     if shown and not is_builtin(shown.model.model) and (trust_code or not _names_a_run(rest)):
         registry.resolve_model(shown.model)  # the idea's own keys, with their defaults
-    print("usage: gptlab train [PRESET | CONFIG.toml | nanoGPT_config.py | RUN/config.json] [--key=value ...]"
-          " [--model FILE.py:Class] [--trust_code] [--smoke] [--nproc_per_node N]\n")
+    print("usage: gptlab train [PRESET | CONFIG.toml | nanoGPT_config.py | RUN/config.json] "
+          "[--key=value ...] [--model FILE.py:Class] [--trust_code] [--smoke] [--nproc_per_node N]\n")
     print(help_text(shown))
     return 0
 
@@ -46,15 +47,18 @@ def main(argv: list[str]) -> int:
         return _help(rest, trust_code)
     smoke, rest = take_smoke_flag(rest)
     launch_flags, rest = split_launch_flags(rest)
-    options = parse_launch(launch_flags, config_from_argv(rest, check=False).system.device) if launch_flags else None
-    world = options.world_size if options else int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun: its world
+    options = (parse_launch(launch_flags, config_from_argv(rest, check=False).system.device)
+               if launch_flags else None)
+    # under torchrun: its world
+    world = options.world_size if options else int(os.environ.get("WORLD_SIZE", "1"))
     if smoke:  # the preset shrunk; what the user passed after it still wins
         first = [rest[0]] if rest and not rest[0].startswith("-") else []
         rest = [*first, *smoke_overrides(config_from_argv(rest, check=False), world), *rest[len(first):]]
     cfg = config_from_argv(rest)
     if _names_a_run(rest) and not is_builtin(cfg.model.model) and not trust_code:
-        raise UserError(f"{rest[0]} names the model idea {cfg.model.model.rsplit(':', 1)[0]}: gptlab runs code "
-                        "named by a run's config only with --trust_code; read it, then add --trust_code")
+        raise UserError(f"{rest[0]} names the model idea {cfg.model.model.rsplit(':', 1)[0]}: gptlab "
+                        "runs code named by a run's config only with --trust_code; read it, then add "
+                        "--trust_code")
     check_run_config(cfg, world)
     worker_argv = [*rest, "--trust_code"] if trust_code else rest
     if options:  # the workers start here, through PyTorch's elastic launcher

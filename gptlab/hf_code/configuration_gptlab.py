@@ -1,4 +1,5 @@
-"""Configuration of a gptlab GPT exported for transformers (self-contained: torch and transformers only)."""
+"""Configuration of a gptlab GPT exported for transformers (self-contained: torch and transformers
+only)."""
 
 from transformers import PretrainedConfig
 
