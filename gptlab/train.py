@@ -1,9 +1,11 @@
-"""The training loop, and the parts it is made of.
+"""The training loop: setup, the loop, shutdown. The parts it calls live in train_parts.
 
     resolve.resolve ->  setup(): data, model (fresh, pretrained or resumed), DDP/FSDP2, optimiser
     loop, each step:    batches -> train_step (accumulate, backward, clip, skip non-finite, step)
-                        -> TrainState.advance -> metrics.record -> stop.poll -> evaluator -> checkpointer
-    shutdown:           threads joined (prefetch, checkpoint writer), model freed, barrier, group destroyed
+                        -> TrainState.advance -> metrics.record -> stop.poll -> evaluator
+                        -> checkpointer
+    shutdown:           threads joined (prefetch, checkpoint writer), model freed, barrier, group
+                        destroyed
 
 Each component owns its cadence; the loop only calls them in order. Every rank runs the
 same collectives at the same steps (metric reductions, the stop flag, evaluation, saves).
@@ -12,15 +14,12 @@ same collectives at the same steps (metric reductions, the stop flag, evaluation
 from __future__ import annotations
 
 import contextlib
-import difflib
 import gc
-import math
 import random
 import shlex
 import shutil
 import signal
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,251 +30,38 @@ from gptlab import distributed as dist_
 from gptlab import hf, ideas, optimizers, registry, runs, startup
 from gptlab.config import BUILTIN_OPTIMIZERS, FIELD_INFO, Config, is_builtin
 from gptlab.data import tokens as tk
-from gptlab.data.prefetch import Prefetcher
-from gptlab.data.samplers import RandomWindowSampler, StreamBatcher
-from gptlab.data.tokenizers import token_byte_lengths, tokenizer_files, tokenizer_from_meta
+from gptlab.data.samplers import StreamBatcher
+from gptlab.data.tokenizers import tokenizer_files
 from gptlab.errors import UserError
-from gptlab.evaluate import count_targets, eval_plan, evaluate, format_metrics, progress_printer
 from gptlab.files import atomic_write_json, atomic_write_text, read_json
 from gptlab.layout import CHECKPOINT_DIR, CONFIG_FILE, DATA_META_FILE
-from gptlab.loss import lm_loss
-from gptlab.metrics import TrainClock, TrainMetrics, entropy_gap
+from gptlab.metrics import TrainClock, TrainMetrics
 from gptlab.optim import build_optimizer, lr_at, set_lr
 from gptlab.resolve import resolve
 from gptlab.resolve import run_dir as resolved_run_dir
 from gptlab.resume import given_keys, resume_config
 from gptlab.runtime import autocast_ctx, compile_model, resolve_data_dir
 from gptlab.tracker import RunLogger
+from gptlab.train_parts import (
+    Batches,
+    Evaluator,
+    StepOutput,
+    TrainState,
+    build_sampler,
+    load_splits,
+    pick_splits,
+    train_step,
+)
+
+# the loop's parts are named here too, where callers have always imported them
+__all__ = ["Batches", "Evaluator", "RunStopped", "Session", "StepOutput", "TrainState", "build_sampler",
+           "load_splits", "pick_splits", "resume_command", "setup", "train", "train_step"]
 
 
 class RunStopped(Exception):
     """The run stopped on purpose (divergence); exit code 1, message printed, no traceback."""
 
     exit_code = 1
-
-
-# ------------------------------------------------------------------------------ the step
-
-@dataclass
-class StepOutput:
-    loss: torch.Tensor  # mean loss over the micro-batches (device scalar)
-    grad_norm: torch.Tensor  # before clipping (device scalar)
-    bad: torch.Tensor  # True when the loss or the gradients were not finite: the update was skipped
-
-
-def train_step(model, optimizer, scaler, batches, *, ctx, clip: float, ce_chunk: int = 0, loss_fn=None,
-               keep_grads: bool = False) -> StepOutput:
-    """One optimiser step over the micro-batches `batches` [(x, y), ...]; `gptlab bench` times exactly this.
-    The fused optimiser and the fp16 GradScaler skip a non-finite step on the device (no host sync)."""
-    loss_fn = loss_fn or (lambda m, x, y: lm_loss(m, x, y, ce_chunk))
-    n = len(batches)
-    step_loss = torch.zeros((), device=batches[0][0].device)
-    for i, (x, y) in enumerate(batches):
-        with dist_.grad_sync(model, i == n - 1), ctx:  # gradients reduced on the last micro-batch only
-            loss = loss_fn(model, x, y) / n
-        scaler.scale(loss).backward()
-        step_loss += loss.detach()
-    if scaler.is_enabled():
-        scaler.unscale_(optimizer)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    gnorm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"), foreach=True)
-    gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # FSDP2's norm is a DTensor
-    bad = ~torch.isfinite(step_loss) if scaler.is_enabled() else ~(torch.isfinite(step_loss) & torch.isfinite(gnorm))
-    if scaler.is_enabled():
-        scaler.step(optimizer)  # skips on overflow, on the device
-        scaler.update()
-    elif optimizer.defaults.get("fused"):
-        optimizer.found_inf, optimizer.grad_scale = bad.float(), None  # the fused kernel skips on the device
-        optimizer.step()
-    elif not bool(bad):  # bool(): a CPU-GPU sync (non-fused optimisers only)
-        optimizer.step()
-    if not keep_grads:
-        optimizer.zero_grad(set_to_none=True)
-    return StepOutput(step_loss, gnorm, bad)
-
-
-# ------------------------------------------------------------------------------ state
-
-@dataclass
-class TrainState:
-    """What a resume restores besides model, optimiser, scaler, RNG and data position."""
-
-    step: int = 0
-    tokens: int = 0
-    best_val: float = math.inf
-    train_time: float = 0.0  # seconds of training steps (no evaluation, no checkpoints)
-    streak_start: int | None = None  # first step of the current non-finite streak (None: none)
-    consec_bad: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # device counters: no sync per step
-    bad_total: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
-
-    def to(self, device) -> "TrainState":
-        self.consec_bad, self.bad_total = self.consec_bad.to(device), self.bad_total.to(device)
-        return self
-
-    def advance(self, out: StepOutput, tokens_per_step: int) -> None:
-        bad = out.bad.float()
-        self.consec_bad = (self.consec_bad + bad) * bad
-        self.bad_total = self.bad_total + bad
-        self.step += 1
-        self.tokens += tokens_per_step
-
-    def note_streak(self, step: int, streak: int) -> None:
-        """What a check read at `step`: the current streak of `streak` non-finite steps, or none.
-        Only the current streak is tracked: a blip that recovered is forgotten, and a later
-        divergence sets aside the checkpoints of its own streak only."""
-        self.streak_start = step - streak + 1 if streak > 0 else None
-
-    def state_dict(self) -> dict:
-        # int(): a CPU-GPU sync, at checkpoints only
-        return {"tokens": self.tokens, "best_val_loss": self.best_val, "nonfinite_skipped": int(self.bad_total),
-                "nonfinite_streak_start": self.streak_start, "train_time_s": self.train_time}
-
-    def load_state_dict(self, ckpt: dict) -> None:
-        self.step, self.tokens = int(ckpt["step"]), int(ckpt.get("tokens", 0))
-        self.best_val = float(ckpt.get("best_val_loss", math.inf))
-        self.train_time = float(ckpt.get("train_time_s", 0.0))
-        self.bad_total.fill_(float(ckpt.get("nonfinite_skipped", 0)))
-        self.streak_start = ckpt.get("nonfinite_streak_start")
-        if "consec_bad" in (ckpt.get("loop") or {}):
-            self.consec_bad.copy_(ckpt["loop"]["consec_bad"])
-
-
-# ------------------------------------------------------------------------------ components
-
-class Batches:
-    """Training batches, one optimiser step at a time, drawn one step ahead (by a worker
-    thread on a GPU). position() is the sampler state of the next step not yet handed out."""
-
-    def __init__(self, sampler, accum: int, device: torch.device):
-        self.sampler, self.accum, self.device = sampler, accum, device
-        self.prefetch = Prefetcher(self._produce, depth=2, enabled=device.type == "cuda")
-        self.upcoming = self.prefetch.get()
-
-    def _produce(self):
-        before = self.sampler.state_dict()
-        stream = isinstance(self.sampler, StreamBatcher)  # it hands out a whole step's micro-batches at once
-        batches = self.sampler.next() if stream else [self.sampler.next() for _ in range(self.accum)]
-        if self.device.type == "cuda":  # pinned host memory lets the copy overlap with compute
-            return before, [(x.pin_memory().to(self.device, non_blocking=True),
-                             y.pin_memory().to(self.device, non_blocking=True)) for x, y in batches]
-        return before, [(x.to(self.device), y.to(self.device)) for x, y in batches]
-
-    def next(self) -> tuple[list, float]:
-        """(this step's micro-batches, seconds waited for the next step's)."""
-        batches = self.upcoming[1]
-        t = time.time()
-        self.upcoming = self.prefetch.get()
-        return batches, time.time() - t
-
-    def position(self) -> dict:
-        return self.upcoming[0]
-
-    def close(self) -> None:
-        self.prefetch.close()
-        thread = getattr(self.prefetch, "thread", None)
-        if thread is not None:  # close() waits 5 s at most; a daemon thread left in a CUDA copy aborts the exit
-            thread.join()
-
-
-PROGRESS_MIN_BATCHES = 20  # an evaluation this long shows its progress
-
-
-class Evaluator:
-    """In-training evaluation of the train and held-out splits at its own cadence, the benchmark's
-    way: the first eval_iters batches of eval_batch_size document streams, planned once per split."""
-
-    def __init__(self, cfg: Config, model, splits: dict, meta: dict, data_dir: Path, ctx, d, logger, clock):
-        self.cfg, self.model, self.splits, self.meta, self.ctx, self.d = cfg, model, splits, meta, ctx, d
-        self.logger, self.clock = logger, clock
-        self.forward = None  # evaluate's default; setup() sets startup.eval_forward's choice
-        self.data_checked = lambda: None  # setup(): joins the background data verification
-        self.val_name = next((k for k in splits if k != "train"), None)
-        self.last: dict = {}
-        self.plans = {}
-        self.counted = startup.Background(lambda: None, inline=True)
-        self.announced = False
-        t = cfg.train
-        if t.eval_iters == 0:
-            return
-        tok = tokenizer_from_meta(meta, data_dir)
-        lengths = token_byte_lengths(tok)
-        streams = t.eval_batch_size or 16
-        self.batches = self.capped(len(splits), streams)
-        for split, toks in splits.items():
-            offsets = tk.doc_offsets(data_dir, cfg.data.train_split if split == "train" else split, meta)
-            if (offsets is None or len(offsets) == 1) and len(toks) // streams > cfg.model.block_size:
-                # One text without document boundaries (e.g. shakespeare): cut it into `streams` equal parts,
-                # else all but one stream would be empty. Documented data keeps Languini's dealing.
-                offsets = np.arange(streams, dtype=np.int64) * (len(toks) // streams)
-            # planned (and checked) now; a bad plan stops the run here
-            self.plans[split] = eval_plan(len(toks), cfg.model.block_size, t.last_n, offsets, streams,
-                                          self.batches, toks, meta.get("eot_id"))
-        # Characters and bytes of every scored window (languini_eval_plan's counts): on a GPU,
-        # counted while the model compiles; the first evaluation waits for them.
-        counts = [(plan, splits[split], tok, lengths) for split, plan in self.plans.items()]
-        self.counted = startup.Background(lambda: [count_targets(*job) for job in counts],
-                                          inline=d.device.type != "cuda")
-
-    def evaluations(self) -> int:
-        t = self.cfg.train
-        every, last = t.eval_interval, t.max_iters
-        return (last // every + (last % every > 0) if every else 1) + int(t.eval_at_start)
-
-    def capped(self, n_splits: int, streams: int) -> int:
-        """eval_iters, or fewer where all evaluations would score more than eval_cap of the run's training
-        tokens (a short run of a Languini preset: 500 batches of 16 x 512 tokens on 2 splits)."""
-        t = self.cfg.train
-        per_batch = streams * self.cfg.model.block_size
-        trained = t.max_iters * t.train_batch_size * self.cfg.model.block_size
-        allowed = int(t.eval_cap * trained / (self.evaluations() * n_splits * per_batch)) if t.eval_cap else t.eval_iters
-        return max(1, min(t.eval_iters, allowed))
-
-    def announcement(self) -> str:
-        """What every evaluation costs and how often it comes: said once, before the first."""
-        t = self.cfg.train
-        every, last, count = t.eval_interval, t.max_iters, self.evaluations()
-        sizes = " + ".join(f"{split} {plan.batches:,} batches x {len(plan.rows.rows)} streams x "
-                           f"{plan.seq_len} tokens ({plan.counts['eval_tokens']:,} scored)"
-                           for split, plan in self.plans.items())
-        cadence = f"every {every:,} steps and at the end" if every else "at the end"
-        cap = "" if self.batches == t.eval_iters else (
-            f" (capped from --eval_iters {t.eval_iters:,}: evaluation kept to {t.eval_cap:g} of this run's "
-            f"training tokens; --eval_cap 0 for all {t.eval_iters:,})")
-        return f"in-training eval: {sizes}, {cadence}: {count:,} evaluation(s) in {last:,} steps{cap}"
-
-    def due(self, step: int) -> bool:
-        every, t = self.cfg.train.eval_interval, self.cfg.train
-        return bool(every and step % every == 0) or step == t.max_iters or (step == 0 and t.eval_at_start)
-
-    def run(self, state: TrainState) -> bool:
-        """Evaluate every split and log it; True when the held-out loss improved."""
-        t, d = self.cfg.train, self.d
-        reduce = (lambda x: dist_.all_reduce(x, d)) if d.enabled else None
-        out = {}
-        with self.clock.paused():
-            self.data_checked()
-            self.counted.join()  # the announcement names the scored tokens
-            if not self.announced and self.plans:
-                self.logger.print(self.announcement())
-                self.announced = True
-            for split, plan in self.plans.items():
-                shown = d.is_main and plan.batches >= PROGRESS_MIN_BATCHES
-                m = evaluate(self.model, self.splits[split], self.cfg.model.block_size, t.eval_batch_size or t.batch_size,
-                             d.device, autocast=self.ctx, rank=d.rank, world_size=d.world_size, reduce=reduce,
-                             eot_id=self.meta.get("eot_id"), plan=plan, forward=self.forward,
-                             progress=progress_printer(f"eval step {state.step} {split}") if shown else None)
-                out[split] = dict(m, split=split, train_time_s=self.clock.now())
-                self.logger.log("eval", state.step, state.tokens, out[split])
-        self.last = out
-        val = out.get(self.val_name) or out.get("train")
-        if val is None:
-            return False
-        self.logger.print(f"eval step {state.step}: " + " | ".join(
-            f"{k} {format_metrics(v)}{entropy_gap(self.meta, v)}" if k == self.val_name
-            else f"{k} loss {v['loss']:.4f}" for k, v in out.items()))
-        improved = val["loss"] < state.best_val
-        state.best_val = min(state.best_val, val["loss"])
-        return improved
 
 
 # ------------------------------------------------------------------------------ setup
@@ -322,21 +108,24 @@ def check_trust(cfg: Config, arch: dict | None, trust_code: bool, resume: bool) 
     """Code that came with a run (--resume of an idea run, --init_from a run of an idea) runs only
     with --trust_code; refused before anything is executed."""
     src = cfg.train.init_from
-    carried = arch.get("model") if arch and not resume and _is_run(src) else (cfg.model.model if resume else None)
+    carried = (arch.get("model") if arch and not resume and _is_run(src)
+               else (cfg.model.model if resume else None))
     if carried and not is_builtin(carried) and not trust_code:
         what = "--resume" if resume else f"--init_from {src}"
-        raise UserError(f"{what} runs the model idea {carried.rsplit(':', 1)[0]}: gptlab runs code a run "
-                        "carries only with --trust_code; read it, then add --trust_code")
+        raise UserError(f"{what} runs the model idea {carried.rsplit(':', 1)[0]}: gptlab runs code a "
+                        "run carries only with --trust_code; read it, then add --trust_code")
     if resume and cfg.optim.optimizer not in BUILTIN_OPTIMIZERS and not trust_code:
-        raise UserError(f"--resume runs the optimiser idea {cfg.optim.optimizer.rsplit(':', 1)[0]}: gptlab runs "
-                        "code a run carries only with --trust_code; read it, then add --trust_code")
+        raise UserError(f"--resume runs the optimiser idea {cfg.optim.optimizer.rsplit(':', 1)[0]}: "
+                        "gptlab runs code a run carries only with --trust_code; read it, then add "
+                        "--trust_code")
 
 
 def check_idea_unchanged(cfg: Config, saved: Config) -> None:
     """--resume: an idea file (a model's or an optimiser's) that changed since the run started (its
     config.json, `saved`) is refused before any of it runs."""
-    for spec, old_spec, old_sha in ((cfg.model.model, saved.model.model, saved.model.model_sha256),
-                                    (cfg.optim.optimizer, saved.optim.optimizer, saved.optim.optimizer_sha256)):
+    for spec, old_spec, old_sha in (
+            (cfg.model.model, saved.model.model, saved.model.model_sha256),
+            (cfg.optim.optimizer, saved.optim.optimizer, saved.optim.optimizer_sha256)):
         now = ideas.file_sha256(spec)
         if now is None or not old_sha:
             continue
@@ -346,14 +135,16 @@ def check_idea_unchanged(cfg: Config, saved: Config) -> None:
 
 
 def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitStack,
-                saved: Config | None = None, trust_code: bool = False) -> tuple[Config, Path, dict | None]:
+                saved: Config | None = None,
+                trust_code: bool = False) -> tuple[Config, Path, dict | None]:
     """(final config, run folder, the newest valid checkpoint on --resume, whose config.json is `saved`).
     Rank 0 takes the folder's lock into `hold`."""
     resume = saved is not None
     if not resume:
         arch = source_arch(cfg.train.init_from, cfg.model.pad_vocab_multiple)
     else:  # started from another model's weights: that architecture (saved) wins, as it did then
-        arch = saved.to_dict()["model"] if saved.train.init_from not in ("scratch", "resume", "") else None
+        started_from = saved.train.init_from not in ("scratch", "resume", "")
+        arch = saved.to_dict()["model"] if started_from else None
     check_trust(cfg, arch, trust_code, resume)
     if resume:
         check_idea_unchanged(cfg, saved)
@@ -362,7 +153,8 @@ def resolve_run(cfg: Config, d: dist_.Dist, meta: dict, hold: contextlib.ExitSta
     run_dir = resolved_run_dir(final, d.world_size)
     if d.is_main:
         runs.prepare_run_dir(run_dir, resume=resume, overwrite=cfg.train.overwrite,
-                             inputs={"--init_from": arch and cfg.train.init_from, "--dataset": final.data.dataset})
+                             inputs={"--init_from": arch and cfg.train.init_from,
+                                     "--dataset": final.data.dataset})
         hold.enter_context(runs.run_lock(run_dir))
     if not resume:
         return final, run_dir, None
@@ -420,9 +212,9 @@ def build_model(cfg: Config, resumed: dict | None, log, idea=None) -> torch.nn.M
     _load_weights(model, state, src)
     if cfg.model.block_size < model.config.block_size:
         if not hasattr(model, "crop_block_size"):
-            raise UserError(f"--block_size {cfg.model.block_size} is shorter than {src}'s {model.config.block_size} "
-                            f"and {type(model).__name__} has no crop_block_size(): keep --block_size "
-                            f"{model.config.block_size}")
+            raise UserError(f"--block_size {cfg.model.block_size} is shorter than {src}'s "
+                            f"{model.config.block_size} and {type(model).__name__} has no "
+                            f"crop_block_size(): keep --block_size {model.config.block_size}")
         model.crop_block_size(cfg.model.block_size)
     log(f"initialised from {where} ({registry.parameter_count(model):,} parameters)")
     return model
@@ -436,53 +228,17 @@ def _load_weights(model: torch.nn.Module, state: dict, where) -> None:
                         f"resume with the run's own config ({CONFIG_FILE})") from None
 
 
-def pick_splits(cfg: Config, data_dir: Path, meta: dict) -> list[str]:
-    """[train split, held-out split (the default "val" falls back to "test", or none)]; a mistyped name is refused."""
-    names = list(meta["splits"])
-    for flag, name in (("train_split", cfg.data.train_split), ("val_split", cfg.data.val_split)):
-        if name not in names and not (flag == "val_split" and name == "val"):
-            hint = "".join(f"did you mean {c!r}? " for c in difflib.get_close_matches(name, names, n=1))
-            raise UserError(f"--{flag} {name!r}: dataset {data_dir} has no such split (has: {', '.join(names)}): "
-                            f"{hint}pass one of those")
-    val = cfg.data.val_split if cfg.data.val_split in names else ("test" if "test" in names else None)
-    return [cfg.data.train_split] + ([val] if val else [])
-
-
-def load_splits(cfg: Config, data_dir: Path, meta: dict,
-                vocab: int) -> tuple[dict, startup.Background]:
-    """({"train": tokens, <held-out split name>: tokens}, the sha256 check's handle) after checking
-    sizes and token range; large bins are hashed in the background (startup.verify_in_background)."""
-    wanted = pick_splits(cfg, data_dir, meta)
-    # meta.json's sha256, cached by size and mtime
-    verified = startup.verify_in_background(tk.verify_bins, data_dir, meta, wanted, tk.bin_path)
-    out = {}
-    for name in wanted:
-        out["train" if name == cfg.data.train_split else name] = toks = tk.load_split(data_dir, name, meta)
-        tk.check_token_range(toks, vocab, f"{data_dir}/{name}.bin")
-    if len(out["train"]) < cfg.model.block_size + 1:
-        raise UserError(f"the train split has {len(out['train'])} tokens, fewer than seq_len + 1 = "
-                        f"{cfg.model.block_size + 1}: use a shorter --block_size or more data")
-    return out, verified
-
-
-def build_sampler(cfg: Config, data_dir: Path, meta: dict, train_tokens, d: dist_.Dist):
-    t = cfg.train
-    if cfg.data.sampler == "stream":
-        offsets = tk.doc_offsets(data_dir, cfg.data.train_split, meta)
-        return StreamBatcher(train_tokens, offsets, t.train_batch_size, cfg.model.block_size, meta.get("eot_id"),
-                             rank=d.rank, world_size=d.world_size, micro_batches=t.gradient_accumulation_steps)
-    return RandomWindowSampler(train_tokens, t.batch_size, cfg.model.block_size, seed=t.seed, rank=d.rank,
-                               world_size=d.world_size)
-
-
-def restore(resumed: dict, run_dir: Path, cfg: Config, d, raw, optimizer, scaler, sampler, log) -> TrainState:
-    """Optimiser (a sharded one resharded when the rank count changed), scaler, data position, RNG, loop state."""
+def restore(resumed: dict, run_dir: Path, cfg: Config, d, raw, optimizer, scaler, sampler,
+            log) -> TrainState:
+    """Optimiser (a sharded one resharded when the rank count changed), scaler, data position, RNG,
+    loop state."""
     state, fsdp = resumed["state"], cfg.system.parallel == "fsdp" and d.enabled
     if state.get("sharded"):  # written under FSDP2 by any number of ranks: DCP reshards it
         dist_.load_sharded(run_dir, state["sharded"], raw, optimizer)
     elif fsdp:  # a 1-rank or DDP checkpoint: its optimiser state does not map onto FSDP2's shards here
-        raise UserError(f"checkpoint {resumed['path']} holds a single-file optimiser state (one process or DDP), "
-                        "and FSDP2 resumes only its own sharded checkpoints: resume with --parallel ddp")
+        raise UserError(f"checkpoint {resumed['path']} holds a single-file optimiser state (one "
+                        "process or DDP), and FSDP2 resumes only its own sharded checkpoints: resume "
+                        "with --parallel ddp")
     else:
         ck.check_optimizer_fits(state["optimizer"], optimizer, resumed["path"])
         optimizer.load_state_dict(state["optimizer"])
@@ -506,7 +262,8 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack,
           given: set[str] | None = None, trust_code: bool = False) -> Session:
     """Resolve the config (on --resume from the run's config.json and the `given` keys), open the data,
     build (or restore) model and optimiser, wrap, compile. trust_code: code a run carries may run."""
-    dist_.agree_config({"preset": cfg.preset, **{k: cfg.get(k) for k in FIELD_INFO}}, d)  # before any rank acts
+    # before any rank acts
+    dist_.agree_config({"preset": cfg.preset, **{k: cfg.get(k) for k in FIELD_INFO}}, d)
     if cfg.system.num_threads:
         torch.set_num_threads(cfg.system.num_threads)
     torch.use_deterministic_algorithms(cfg.system.deterministic)
@@ -519,7 +276,8 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack,
         cfg, saved = resume_source(cfg, given_keys(cfg, None) if given is None else given, d, log)
     data_dir = resolve_data_dir(cfg.data.dataset, cfg.data.data_root)
     meta = tk.read_meta(data_dir)
-    hold.enter_context(tk.open_for_reading(data_dir))  # prepare refuses to replace it while this run reads it
+    # prepare refuses to replace it while this run reads it
+    hold.enter_context(tk.open_for_reading(data_dir))
     pick_splits(cfg, data_dir, meta)  # a mistyped split name is refused before the run folder is touched
     startup.eval_graph_choice(cfg.model.dropout, d.enabled)  # so is a bad GPTLAB_EVAL_GRAPH
     cfg, run_dir, resumed = resolve_run(cfg, d, meta, hold, saved, trust_code)
@@ -534,21 +292,27 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack,
     scaler = torch.amp.GradScaler(d.device.type, enabled=dtype == torch.float16)
     wrapped = dist_.wrap_model(model, d, cfg.system.parallel, dtype if dtype != torch.float32 else None,
                                cfg.system.ddp_bucket_mb, cfg.system.ddp_bucket_view)
-    optimizer_idea = None if cfg.optim.optimizer in BUILTIN_OPTIMIZERS else optimizers.load_idea(cfg.optim.optimizer)
-    optimizer = build_optimizer(model, cfg, d.device.type, optimizer_idea)  # after wrapping: FSDP2 swaps parameters
-    state = restore(resumed, run_dir, cfg, d, model, optimizer, scaler, sampler, log) if resumed else TrainState()
+    optimizer_idea = (None if cfg.optim.optimizer in BUILTIN_OPTIMIZERS
+                      else optimizers.load_idea(cfg.optim.optimizer))
+    # after wrapping: FSDP2 swaps parameters
+    optimizer = build_optimizer(model, cfg, d.device.type, optimizer_idea)
+    state = (restore(resumed, run_dir, cfg, d, model, optimizer, scaler, sampler, log) if resumed
+             else TrainState())
     loop = resumed["state"].get("loop") if resumed else None
     resumed = None  # the checkpoint's tensors are restored; do not hold them for the whole run
-    if d.is_main:  # config, data meta, tokenizer: enough to sample; written now, so a failed resume changes nothing
+    # config, data meta, tokenizer: enough to sample; written now, so a failed resume changes nothing
+    if d.is_main:
         runs.record_idea(run_dir, idea)  # the source built above, beside its sha256 in config.json
         runs.record_optimizer(run_dir, optimizer_idea)
         atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json() + "\n")
         atomic_write_json(run_dir / DATA_META_FILE, meta)
-        for name in tokenizer_files(meta):  # checked plain NAME.model names, never a path meta.json chose
+        # checked plain NAME.model names, never a path meta.json chose
+        for name in tokenizer_files(meta):
             shutil.copyfile(data_dir / name, run_dir / name)
     wrapped = compile_model(wrapped, cfg.system.compile)
     ctx = autocast_ctx(d.device, dtype)
-    logger = RunLogger(run_dir, cfg, enabled=d.is_main, total_steps=cfg.train.max_iters, start_step=state.step)
+    logger = RunLogger(run_dir, cfg, enabled=d.is_main, total_steps=cfg.train.max_iters,
+                       start_step=state.step)
     hold.callback(logger.close)
     clock = TrainClock(d.device, state.train_time)
     evaluator = Evaluator(cfg, wrapped, splits, meta, data_dir, ctx, d, logger, clock)
@@ -562,10 +326,10 @@ def setup(cfg: Config, d: dist_.Dist, hold: contextlib.ExitStack,
     hold.callback(checkpointer.close)
     stop = dist_.StopAgreement(cfg, d)  # installs the signal handlers
     hold.callback(stop.restore)
-    return Session(cfg=cfg, d=d, run_dir=run_dir, model=wrapped, raw=model, optimizer=optimizer, scaler=scaler,
-                   ctx=ctx, data=data, state=state.to(d.device), logger=logger, clock=clock,
-                   metrics=TrainMetrics(cfg, model, d, logger, clock, loop), evaluator=evaluator,
-                   checkpointer=checkpointer, stop=stop)
+    return Session(cfg=cfg, d=d, run_dir=run_dir, model=wrapped, raw=model, optimizer=optimizer,
+                   scaler=scaler, ctx=ctx, data=data, state=state.to(d.device), logger=logger,
+                   clock=clock, metrics=TrainMetrics(cfg, model, d, logger, clock, loop),
+                   evaluator=evaluator, checkpointer=checkpointer, stop=stop)
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -587,7 +351,9 @@ def train(cfg: Config, argv: list[str] | None = None, trust_code: bool = False) 
         finished = True
         return summary
     finally:
-        gc.collect()  # DDP sits in a reference cycle: its reducer (holding the group) goes now, not at interpreter exit
+        # DDP sits in a reference cycle: its reducer (holding the group) goes now, not at
+        # interpreter exit
+        gc.collect()
         dist_.shutdown(barrier=finished)
 
 
@@ -655,25 +421,30 @@ def finish(s: Session, stop: str | None, argv: list[str]) -> dict:
     idea = not is_builtin(s.cfg.model.model)  # sample and eval run a model idea, never an optimiser idea
     if stop == "signal":
         code = idea or s.cfg.optim.optimizer not in BUILTIN_OPTIMIZERS
-        s.logger.print(f"stopped by {signal.Signals(s.stop.signum).name} at step {st.step}; checkpoint written. "
-                       f"Resume with: {resume_command(argv, code)}")
+        s.logger.print(f"stopped by {signal.Signals(s.stop.signum).name} at step {st.step}; checkpoint "
+                       f"written. Resume with: {resume_command(argv, code)}")
     else:
         run, trust = shlex.quote(str(s.run_dir)), " --trust_code" if idea else ""
         s.logger.print(f"done: {st.step} steps in {st.train_time:.1f}s of training. Next:\n"
                        f"  gptlab sample --run {run}{trust}\n"
-                       f"  gptlab eval --run {run}{trust} --eval_data_split {s.evaluator.val_name or 'train'}\n"
+                       f"  gptlab eval --run {run}{trust} --eval_data_split "
+                       f"{s.evaluator.val_name or 'train'}\n"
                        f"  gptlab plot {run} --out {shlex.quote(str(s.run_dir / 'loss.png'))}")
-    return {"run_dir": str(s.run_dir), "step": st.step, "best_val_loss": st.best_val, "eval": s.evaluator.last,
-            "tokens": st.tokens, "train_time_s": st.train_time, "nonfinite_skipped": int(st.bad_total),
-            "train_loss": s.metrics.last_loss, "stopped": stop == "signal"}
+    return {"run_dir": str(s.run_dir), "step": st.step, "best_val_loss": st.best_val,
+            "eval": s.evaluator.last, "tokens": st.tokens, "train_time_s": st.train_time,
+            "nonfinite_skipped": int(st.bad_total), "train_loss": s.metrics.last_loss,
+            "stopped": stop == "signal"}
 
 
 def resume_command(argv: list[str], idea: bool = False) -> str:
-    """The same arguments with --resume instead of --resume/--overwrite (and the value that may follow either);
-    for a model idea with --trust_code, as resuming runs the idea's code."""
+    """The same arguments with --resume instead of --resume/--overwrite (and the value that may follow
+    either); for a model idea with --trust_code, as resuming runs the idea's code."""
     flags, out = ("--resume", "--overwrite"), []
     for a in argv:
-        if not (out and out[-1] in flags and a.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off")):
+        words = ("true", "false", "1", "0", "yes", "no", "on", "off")
+        if not (out and out[-1] in flags and a.lower() in words):
             out.append(a)
-    trust = ["--trust_code"] if idea and not any(a.split("=", 1)[0] == "--trust_code" for a in argv) else []
-    return shlex.join(["gptlab", "train", *(a for a in out if a.split("=", 1)[0] not in flags), "--resume", *trust])
+    given = any(a.split("=", 1)[0] == "--trust_code" for a in argv)
+    trust = ["--trust_code"] if idea and not given else []
+    kept = (a for a in out if a.split("=", 1)[0] not in flags)
+    return shlex.join(["gptlab", "train", *kept, "--resume", *trust])

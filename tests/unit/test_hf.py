@@ -13,7 +13,7 @@ pytest.importorskip("safetensors", reason="safetensors is not installed (pip ins
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
-from gptlab import hf  # noqa: E402
+from gptlab import hf, hf_export  # noqa: E402
 from gptlab.config import PRESETS, Config, ModelConfig  # noqa: E402
 from gptlab.errors import UserError  # noqa: E402
 from gptlab.loss import logits_and_loss  # noqa: E402
@@ -435,7 +435,7 @@ def test_export_gpt2_tokenizer_files_work_in_transformers(tmp_path):
     model = _our_model(vocab=50257, n_layer=1)
     res = hf.export_hf(model, tmp_path / "out", {"tokenizer": {"kind": "gpt2"}, "eot_id": 50256})
     assert {"vocab.json", "merges.txt", "tokenizer_config.json"} <= set(res["files"])
-    assert hf.json.loads((tmp_path / "out" / "config.json").read_text())["eos_token_id"] == 50256
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["eos_token_id"] == 50256
     merges = (tmp_path / "out" / "merges.txt").read_bytes()
     assert toks.sha256_bytes(merges) == toks.GPT2_VOCAB_BPE_SHA256  # byte-identical to OpenAI's vocab.bpe
     tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
@@ -509,8 +509,9 @@ def test_export_copies_the_runs_own_tokenizer_files(tmp_path):
     meta = {"tokenizer": {"kind": "sentencepiece", "model_file": "tok.model"}, "vocab_size": 100}
     out = tmp_path / "out"
     out.mkdir()
-    notes = hf._copy_run_tokenizer(types.SimpleNamespace(dir=run_dir, data_meta=meta), out)
+    notes = hf_export._copy_run_tokenizer(types.SimpleNamespace(dir=run_dir, data_meta=meta), out)
     assert (out / "tok.model").read_bytes() == b"sentencepiece model bytes"
     assert json.loads((out / "data_meta.json").read_text()) == meta and "tok.model" in notes[0]
     gpt2 = types.SimpleNamespace(dir=run_dir, data_meta={"tokenizer": {"kind": "gpt2"}})
-    assert hf._copy_run_tokenizer(gpt2, tmp_path / "none") == []  # GPT-2 BPE travels as vocab.json/merges.txt
+    # GPT-2 BPE travels as vocab.json/merges.txt
+    assert hf_export._copy_run_tokenizer(gpt2, tmp_path / "none") == []
