@@ -21,11 +21,13 @@ FLOORS = {
     3: ("gptlab.model", "gptlab.ideas", "gptlab.registry", "gptlab.loss", "gptlab.optim", "gptlab.optimizers",
         "gptlab.generate", "gptlab.data"),
     4: ("gptlab.resolve", "gptlab.resume", "gptlab.runtime", "gptlab.distributed", "gptlab.checkpoint",
+        "gptlab.checkpoint_format",
         "gptlab.runs", "gptlab.preflight", "gptlab.smoke"),
     5: ("gptlab.evaluate", "gptlab.metrics", "gptlab.tracker", "gptlab.hf", "gptlab.hf_import",
         "gptlab.hf_export", "gptlab.hf_remote", "gptlab.hf_code", "gptlab.plot", "gptlab.startup",
         "gptlab.compare_report", "gptlab.train_parts"),
-    6: ("gptlab.train", "gptlab.bench", "gptlab.sample", "gptlab.compare", "gptlab.compare_run"),
+    6: ("gptlab.train", "gptlab.bench", "gptlab.bench_timing", "gptlab.sample", "gptlab.compare",
+        "gptlab.compare_run"),
     7: ("gptlab.cli", "gptlab.__main__", "gptlab.commands"),
 }
 COMMAND_FLOOR = 7
