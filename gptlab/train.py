@@ -92,14 +92,15 @@ def source_arch(src: str, pad_multiple: int) -> dict | None:
     """ModelConfig values of an --init_from source (another run, or GPT-2 weights); None for scratch."""
     if src in ("scratch", "resume", ""):
         return None
-    if _is_run(src):
+    if _is_run_source(src):
         run = runs.load_run(src)
         return dict(run.config.to_dict()["model"], model=run.idea_spec())  # an idea: the run's own copy
     folder = hf.resolve_pretrained(src)
     return hf.overrides_from_hf_config(read_json(folder / CONFIG_FILE, "model config"), pad_multiple)
 
 
-def _is_run(src: str) -> bool:
+def _is_run_source(src: str) -> bool:
+    """Is an --init_from source a run folder or a checkpoint file (not a Hugging Face name)?"""
     p = Path(src)
     return (p / CHECKPOINT_DIR).is_dir() or p.is_file()
 
@@ -108,7 +109,7 @@ def check_trust(cfg: Config, arch: dict | None, trust_code: bool, resume: bool) 
     """Code that came with a run (--resume of an idea run, --init_from a run of an idea) runs only
     with --trust_code; refused before anything is executed."""
     src = cfg.train.init_from
-    carried = (arch.get("model") if arch and not resume and _is_run(src)
+    carried = (arch.get("model") if arch and not resume and _is_run_source(src)
                else (cfg.model.model if resume else None))
     if carried and not is_builtin(carried) and not trust_code:
         what = "--resume" if resume else f"--init_from {src}"
@@ -202,7 +203,7 @@ def build_model(cfg: Config, resumed: dict | None, log, idea=None) -> torch.nn.M
         return model
     arch = source_arch(src, cfg.model.pad_vocab_multiple)  # built at the source's context, then cropped
     model = registry.build_model(replace(cfg.model, block_size=int(arch["block_size"])), idea)
-    if _is_run(src):
+    if _is_run_source(src):
         run = runs.load_run(src)
         state, step = run.model_state("best")
         where = f"{run.checkpoint('best')} (step {step})"

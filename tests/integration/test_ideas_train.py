@@ -14,7 +14,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 from gptlab import cli
 from tests.conftest import run_cli
@@ -24,14 +23,6 @@ from tests.integration.test_resume import (assert_same_tensors, final_state, mak
 REPO = Path(__file__).resolve().parents[2]
 MODERN = REPO / "examples" / "ideas" / "modern_block.py"
 TINY = REPO / "tests" / "ideas" / "tiny_gpt.py"
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(det)
 
 
 @pytest.fixture(scope="module")

@@ -24,14 +24,6 @@ from gptlab import cli
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(det)
-
-
 def test_metrics_records_do_not_depend_on_the_terminal_interval(tmp_path):
     data = make_dataset(tmp_path)
     for every in (1, 4):  # the second run also evaluates before step 1 (nanoGPT's habit)

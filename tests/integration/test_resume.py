@@ -58,16 +58,6 @@ def train_args(data: Path, run: Path, sampler: str, max_iters: int, checkpoint_i
     return out
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    """The in-process runs set threads and deterministic mode for the whole process."""
-    threads = torch.get_num_threads()
-    det = torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(det)
-
-
 def train_records(run: Path) -> dict[int, dict]:
     """Last train record per step (a resumed run appends to metrics.jsonl)."""
     out = {}
